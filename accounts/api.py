@@ -1,0 +1,192 @@
+from __future__ import annotations
+
+from django.contrib.auth import authenticate
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from accounts import selectors, services
+from accounts.apiviews import OrgAPIView, OrgContextMixin
+from accounts.errors import NotFound
+from accounts.models import Membership, Organization
+from accounts.permissions import IsStaff
+from accounts.serializers import (
+    ApiKeyCreated,
+    ApiKeyInput,
+    ApiKeyOutput,
+    MembershipInput,
+    MembershipOutput,
+    MembershipUpdate,
+    OrganizationInput,
+    OrganizationOutput,
+    RegisterInput,
+    RegisterOutput,
+    TokenInput,
+    TokenOutput,
+)
+from accounts.throttling import AuthThrottle, RegisterThrottle
+
+
+class RegisterApi(OrgAPIView):
+    permission_classes = [AllowAny]
+    authentication_classes: list = []
+    throttle_classes = [RegisterThrottle]
+
+    @extend_schema(request=RegisterInput, responses={201: RegisterOutput})
+    def post(self, request: Request) -> Response:
+        data = RegisterInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        org = data.validated_data["organization"]
+        user, organization, token = services.user_register(
+            email=data.validated_data["email"],
+            password=data.validated_data["password"],
+            org_name=org["name"],
+            org_kind=org["kind"],
+            currency=org["currency"],
+        )
+        body = RegisterOutput(
+            {"user": user, "organization": organization, "token": token},
+            context={"roles": {organization.pk: "owner"}},
+        ).data
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class TokenApi(OrgAPIView):
+    permission_classes = [AllowAny]
+    authentication_classes: list = []
+    throttle_classes = [AuthThrottle]
+
+    @extend_schema(request=TokenInput, responses={200: TokenOutput})
+    def post(self, request: Request) -> Response:
+        data = TokenInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        user = authenticate(
+            request._request,
+            email=data.validated_data["email"].strip().lower(),
+            password=data.validated_data["password"],
+        )
+        if user is None:
+            from rest_framework.exceptions import AuthenticationFailed
+
+            raise AuthenticationFailed("Wrong email or password.")
+        _, token = services.api_key_create(user=user, name=data.validated_data.get("name") or "token")
+        return Response({"token": token})
+
+
+class ApiKeyViewSet(OrgContextMixin, mixins.ListModelMixin, viewsets.GenericViewSet):
+    """The caller's own API keys: list, create (the token is shown once), revoke."""
+
+    serializer_class = ApiKeyOutput
+
+    def get_queryset(self):
+        return selectors.api_keys_for_user(user=self.request.user)
+
+    @extend_schema(request=ApiKeyInput, responses={201: ApiKeyCreated})
+    def create(self, request: Request) -> Response:
+        data = ApiKeyInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        key, token = services.api_key_create(user=request.user, name=data.validated_data["name"])
+        key.token = token
+        return Response(ApiKeyCreated(key).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses={200: ApiKeyOutput})
+    def destroy(self, request: Request, pk: str) -> Response:
+        key = services.api_key_revoke(user=request.user, key_id=_int_or_404(pk))
+        return Response(ApiKeyOutput(key).data)
+
+
+def _int_or_404(value: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise NotFound("Not found.") from None
+
+
+class OrganizationViewSet(OrgContextMixin, mixins.ListModelMixin, viewsets.GenericViewSet):
+    """Organisations the caller belongs to (staff: all), their members, and staff approval."""
+
+    serializer_class = OrganizationOutput
+    filterset_fields = ["status", "kind"]
+
+    def get_queryset(self):
+        return selectors.organizations_visible_to(user=self.request.user).order_by("id")
+
+    def get_serializer_context(self):
+        context = super().get_serializer_context()
+        if self.request.user.is_authenticated:
+            context["roles"] = dict(
+                Membership.objects.filter(user=self.request.user).values_list("organization_id", "role")
+            )
+        return context
+
+    def _org(self, pk: str) -> Organization:
+        org = self.get_queryset().filter(pk=_int_or_404(pk)).first()
+        if org is None:
+            raise NotFound("Unknown organization.")
+        return org
+
+    def _actor(self, org: Organization) -> Membership:
+        actor = Membership.objects.filter(organization=org, user=self.request.user).first()
+        if actor is None:  # staff looking at someone else's organisation
+            from accounts.errors import NotAllowed
+
+            raise NotAllowed("You are not a member of this organization.")
+        return actor
+
+    def retrieve(self, request: Request, pk: str) -> Response:
+        return Response(self.get_serializer(self._org(pk)).data)
+
+    @extend_schema(request=OrganizationInput, responses={201: OrganizationOutput})
+    def create(self, request: Request) -> Response:
+        data = OrganizationInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        org = services.organization_create(user=request.user, **data.validated_data)
+        return Response(OrganizationOutput(org, context={"roles": {org.pk: "owner"}}).data, status=201)
+
+    @extend_schema(request=None, responses={200: OrganizationOutput})
+    @action(detail=True, methods=["post"])
+    def approve(self, request: Request, pk: str) -> Response:
+        org = self._org(pk)
+        IsStaff().has_permission(request, self) or self.permission_denied(request, IsStaff.message)
+        org = services.organization_approve(org=org, staff=request.user)
+        return Response(self.get_serializer(org).data)
+
+    @extend_schema(methods=["GET"], responses={200: MembershipOutput(many=True)})
+    @extend_schema(methods=["POST"], request=MembershipInput, responses={201: MembershipOutput})
+    @action(detail=True, methods=["get", "post"], serializer_class=MembershipOutput)
+    def members(self, request: Request, pk: str) -> Response:
+        org = self._org(pk)
+        if request.method == "GET":
+            page = self.paginate_queryset(org.memberships.select_related("user").order_by("id"))
+            return self.get_paginated_response(MembershipOutput(page, many=True).data)
+        data = MembershipInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        membership = services.membership_add(org=org, actor=self._actor(org), **data.validated_data)
+        return Response(MembershipOutput(membership).data, status=201)
+
+    @extend_schema(methods=["PATCH"], request=MembershipUpdate, responses={200: MembershipOutput})
+    @extend_schema(methods=["DELETE"], responses={204: None})
+    @action(
+        detail=True,
+        methods=["patch", "delete"],
+        url_path=r"members/(?P<member_id>[^/.]+)",
+        serializer_class=MembershipOutput,
+    )
+    def member(self, request: Request, pk: str, member_id: str) -> Response:
+        org = self._org(pk)
+        membership = org.memberships.filter(pk=_int_or_404(member_id)).select_related("user").first()
+        if membership is None:
+            raise NotFound("Unknown member.")
+        actor = self._actor(org)
+        if request.method == "DELETE":
+            services.membership_remove(membership=membership, actor=actor)
+            return Response(status=204)
+        data = MembershipUpdate(data=request.data)
+        data.is_valid(raise_exception=True)
+        membership = services.membership_update(
+            membership=membership, actor=actor, role=data.validated_data["role"]
+        )
+        return Response(MembershipOutput(membership).data)

@@ -1,0 +1,54 @@
+"""Rate limits counted atomically in the cache (Redis INCR in production).
+
+DRF's own cache throttle reads, appends and writes back a list, so concurrent requests can all pass;
+here each request is one `incr` on a key per client and window, so at most `limit` pass a window.
+"""
+
+from __future__ import annotations
+
+import time
+
+from django.conf import settings
+from django.core.cache import cache
+from rest_framework.request import Request
+from rest_framework.throttling import BaseThrottle
+
+
+def parse_rate(rate: str) -> tuple[int, int]:
+    count, seconds = rate.split("/")
+    return int(count), int(seconds)
+
+
+def hit(scope: str, ident: str, rate: str) -> tuple[bool, int]:
+    """Count one request; (allowed, seconds until the window resets)."""
+    limit, window = parse_rate(rate)
+    now = int(time.time())
+    start = now - now % window
+    key = f"rl:{scope}:{ident}:{start}"
+    cache.add(key, 0, timeout=window + 1)
+    try:
+        count = cache.incr(key)
+    except ValueError:  # expired between add and incr
+        cache.add(key, 1, timeout=window + 1)
+        count = 1
+    return count <= limit, start + window - now
+
+
+class AtomicScopedThrottle(BaseThrottle):
+    scope = ""
+
+    def allow_request(self, request: Request, view: object) -> bool:
+        rate = settings.SUANLI_RATE_LIMITS[self.scope]
+        allowed, self._wait = hit(self.scope, self.get_ident(request), rate)
+        return allowed
+
+    def wait(self) -> float | None:
+        return float(getattr(self, "_wait", 1))
+
+
+class AuthThrottle(AtomicScopedThrottle):
+    scope = "auth"
+
+
+class RegisterThrottle(AtomicScopedThrottle):
+    scope = "register"

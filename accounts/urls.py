@@ -1,0 +1,14 @@
+from django.urls import path
+from rest_framework.routers import SimpleRouter
+
+from accounts import api
+
+router = SimpleRouter()
+router.register("orgs", api.OrganizationViewSet, basename="org")
+router.register("auth/keys", api.ApiKeyViewSet, basename="api-key")
+
+urlpatterns = [
+    path("auth/register/", api.RegisterApi.as_view(), name="auth-register"),
+    path("auth/token/", api.TokenApi.as_view(), name="auth-token"),
+    *router.urls,
+]

@@ -1,0 +1,18 @@
+import os
+from pathlib import Path
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+app = Celery("suanli")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+
+@app.on_configure.connect
+def _make_broker_folders(sender: Celery, **_: object) -> None:
+    # The server-less filesystem transport needs its folders before the first message.
+    for folder in (sender.conf.broker_transport_options or {}).values():
+        if isinstance(folder, str):
+            Path(folder).mkdir(parents=True, exist_ok=True)

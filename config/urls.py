@@ -1,0 +1,52 @@
+from django.contrib import admin
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from accounts.errors import error_body, is_api_path
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"status": "ok"})
+
+
+api_v1 = [
+    path("", include("accounts.urls")),
+    path("", include("inventory.urls")),
+    path("", include("marketplace.api_urls")),
+]
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("accounts/", include("allauth.urls")),
+    path("i18n/", include("django.conf.urls.i18n")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/v1/", include(api_v1)),
+    path("healthz", healthz),
+    path("", include("marketplace.urls")),
+]
+
+
+def _page_or_json(request: HttpRequest, status: int, code: str, message: str, template: str) -> HttpResponse:
+    if is_api_path(request.path):
+        return JsonResponse(error_body(code, message), status=status)
+    from django.shortcuts import render
+
+    return render(request, template, {"message": message}, status=status)
+
+
+def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    return _page_or_json(request, 404, "not_found", "Not found.", "404.html")
+
+
+def handler500(request: HttpRequest) -> HttpResponse:
+    return _page_or_json(request, 500, "server_error", "Something went wrong on our side.", "500.html")
+
+
+def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    return _page_or_json(request, 400, "bad_request", "Bad request.", "400.html")
+
+
+def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    return _page_or_json(request, 403, "forbidden", "You may not do this.", "403.html")

@@ -1,0 +1,135 @@
+"""The GPU catalogue, providers' servers and their GPUs."""
+
+from __future__ import annotations
+
+from django.contrib.postgres.fields import ArrayField
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+from django.utils.translation import gettext_lazy as _
+
+from accounts.models import Organization
+from accounts.tenancy import TenantQuerySet
+
+
+class Interconnect(models.TextChoices):
+    NVLINK = "nvlink", "NVLink / NVSwitch"
+    PCIE = "pcie", "PCIe"
+    INFINITY_FABRIC = "infinity_fabric", "AMD Infinity Fabric"
+    HCCS = "hccs", "Huawei HCCS"
+
+
+class GpuModel(models.Model):
+    """A catalogue entry: one GPU product with its rated figures (each with a public source)."""
+
+    slug = models.SlugField(max_length=50, unique=True)
+    name = models.CharField(max_length=100, unique=True)
+    vendor = models.CharField(max_length=50)
+    memory_gb = models.PositiveIntegerField()
+    memory_type = models.CharField(max_length=20, blank=True)
+    fp16_tflops = models.DecimalField(
+        max_digits=8, decimal_places=1, help_text=_("Dense FP16/BF16 tensor TFLOPS (no sparsity).")
+    )
+    fp32_tflops = models.DecimalField(max_digits=8, decimal_places=1)
+    tdp_w = models.PositiveIntegerField()
+    interconnect = models.CharField(max_length=20, choices=Interconnect.choices)
+    interconnect_gbps = models.PositiveIntegerField(null=True, blank=True, help_text=_("GB/s per GPU"))
+    nvml_names = ArrayField(models.CharField(max_length=100), default=list, blank=True)
+    sources = models.JSONField(default=dict, help_text=_("Figure name -> public source URL"))
+    active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["vendor", "name"]
+        constraints = [
+            models.CheckConstraint(condition=Q(fp16_tflops__gt=0), name="gpumodel_fp16_positive"),
+            models.CheckConstraint(condition=Q(memory_gb__gt=0), name="gpumodel_memory_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Server(models.Model):
+    """A provider's GPU host. Enrolled by its agent with a one-time token."""
+
+    class Status(models.TextChoices):
+        PENDING_ENROLLMENT = "pending_enrollment", _("Waiting for the agent")
+        ONLINE = "online", _("Online")
+        UNREACHABLE = "unreachable", _("Unreachable")
+        RETIRED = "retired", _("Retired")
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="servers")
+    name = models.CharField(max_length=100)
+    region = models.CharField(max_length=50)
+    site = models.CharField(max_length=100, blank=True)
+    gpu_model = models.ForeignKey(GpuModel, on_delete=models.PROTECT, related_name="servers")
+    gpu_count = models.PositiveSmallIntegerField(validators=[MinValueValidator(1), MaxValueValidator(16)])
+    cpu_cores = models.PositiveIntegerField(validators=[MinValueValidator(1), MaxValueValidator(4096)])
+    ram_gb = models.PositiveIntegerField(validators=[MinValueValidator(1), MaxValueValidator(65536)])
+    disk_gb = models.PositiveIntegerField(validators=[MinValueValidator(1), MaxValueValidator(10_000_000)])
+    network_gbps = models.PositiveIntegerField(default=25, validators=[MaxValueValidator(100_000)])
+    interconnect = models.CharField(max_length=20, choices=Interconnect.choices, blank=True)
+    status = models.CharField(max_length=24, choices=Status.choices, default=Status.PENDING_ENROLLMENT)
+    drained = models.BooleanField(default=False)
+    drained_reason = models.CharField(max_length=200, blank=True)
+    hostname = models.CharField(max_length=255, blank=True)
+    enrollment_token_hash = models.CharField(max_length=64, blank=True)
+    enrollment_expires_at = models.DateTimeField(null=True, blank=True)
+    enrolled_at = models.DateTimeField(null=True, blank=True)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    TENANT_FIELD = "organization"
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "name"], name="server_name_unique_per_org"),
+            models.CheckConstraint(
+                condition=Q(gpu_count__gte=1, gpu_count__lte=16), name="server_gpu_count_1_16"
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=["pending_enrollment", "online", "unreachable", "retired"]),
+                name="server_status_valid",
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "last_seen_at"])]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Gpu(models.Model):
+    """One card in a server, registered from the agent's first enrolment."""
+
+    class Health(models.TextChoices):
+        HEALTHY = "healthy", _("Healthy")
+        DEGRADED = "degraded", _("Degraded")
+        FAILED = "failed", _("Failed")
+
+    server = models.ForeignKey(Server, on_delete=models.CASCADE, related_name="gpus")
+    index = models.PositiveSmallIntegerField()
+    uuid = models.CharField(max_length=80, unique=True)
+    serial = models.CharField(max_length=80, blank=True)
+    name = models.CharField(max_length=100, blank=True, help_text=_("Product name as NVML reports it"))
+    memory_total_mb = models.PositiveIntegerField(null=True, blank=True)
+    health = models.CharField(max_length=16, choices=Health.choices, default=Health.HEALTHY)
+    health_reason = models.CharField(max_length=300, blank=True)
+    health_changed_at = models.DateTimeField(null=True, blank=True)
+    drained = models.BooleanField(default=False)
+
+    TENANT_FIELD = "server__organization"
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["server_id", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["server", "index"], name="gpu_index_unique_per_server"),
+            models.CheckConstraint(
+                condition=Q(health__in=["healthy", "degraded", "failed"]), name="gpu_health_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.server.name}/gpu{self.index}"

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from django.core.cache import cache
+from rest_framework.test import APIClient
+
+from accounts.models import Membership, Organization, Role, User
+from accounts.services import api_key_create
+from tests.factories import MembershipFactory, OrganizationFactory, ProviderFactory, UserFactory
+
+
+@dataclass
+class Persona:
+    """A user acting for one organisation, with an API client that carries their token and org."""
+
+    user: User
+    org: Organization
+    membership: Membership
+    token: str
+    api: APIClient
+
+
+def make_persona(org: Organization, role: str = Role.OWNER, email: str | None = None) -> Persona:
+    user = UserFactory(**({"email": email} if email else {}))
+    membership = MembershipFactory(organization=org, user=user, role=role)
+    _, token = api_key_create(user=user, name="test")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}", HTTP_X_ORGANIZATION=str(org.pk))
+    return Persona(user=user, org=org, membership=membership, token=token, api=client)
+
+
+@pytest.fixture(autouse=True)
+def _clear_cache():
+    # Rate-limit counters live in Redis; each test starts with none.
+    cache.clear()
+    yield
+
+
+@pytest.fixture
+def alice(db) -> Persona:
+    """A customer organisation's owner."""
+    return make_persona(OrganizationFactory(name="Alice Labs"), email="alice@example.com")
+
+
+@pytest.fixture
+def bob(db) -> Persona:
+    """An approved provider organisation's owner."""
+    return make_persona(ProviderFactory(name="Bob IDC"), email="bob@example.com")
+
+
+@pytest.fixture
+def charlie(db) -> Persona:
+    """Another tenant (customer and provider) who must never see alice's or bob's data."""
+    return make_persona(OrganizationFactory(name="Charlie Corp", kind="both"), email="charlie@example.com")
+
+
+@pytest.fixture
+def staff(db) -> Persona:
+    persona = make_persona(OrganizationFactory(name="Suanli Ops"), email="staff@example.com")
+    persona.user.is_staff = True
+    persona.user.save(update_fields=["is_staff"])
+    return persona
+
+
+@pytest.fixture
+def anon(db) -> APIClient:
+    return APIClient()
