@@ -10,7 +10,7 @@ from rest_framework.response import Response
 
 from accounts import selectors, services
 from accounts.apiviews import OrgAPIView, OrgContextMixin
-from accounts.errors import NotFound
+from accounts.errors import NotAllowed, NotFound, Unauthenticated
 from accounts.models import Membership, Organization
 from accounts.permissions import IsStaff
 from accounts.serializers import (
@@ -69,9 +69,7 @@ class TokenApi(OrgAPIView):
             password=data.validated_data["password"],
         )
         if user is None:
-            from rest_framework.exceptions import AuthenticationFailed
-
-            raise AuthenticationFailed("Wrong email or password.")
+            raise Unauthenticated("Wrong email or password.")
         _, token = services.api_key_create(user=user, name=data.validated_data.get("name") or "token")
         return Response({"token": token})
 
@@ -131,8 +129,6 @@ class OrganizationViewSet(OrgContextMixin, mixins.ListModelMixin, viewsets.Gener
     def _actor(self, org: Organization) -> Membership:
         actor = Membership.objects.filter(organization=org, user=self.request.user).first()
         if actor is None:  # staff looking at someone else's organisation
-            from accounts.errors import NotAllowed
-
             raise NotAllowed("You are not a member of this organization.")
         return actor
 

@@ -1,4 +1,4 @@
-"""Which organisation a request acts for: `X-Organization` (API), the session's choice (pages), or the first."""
+"""Which organisation a request acts for: `X-Organization` (API), the session choice (pages), or the first."""
 
 from __future__ import annotations
 

@@ -38,6 +38,11 @@ class InvalidInput(DomainError):
     code = "invalid"
 
 
+class Unauthenticated(DomainError):
+    status_code = status.HTTP_401_UNAUTHORIZED
+    code = "authentication_failed"
+
+
 class NotAllowed(DomainError):
     status_code = status.HTTP_403_FORBIDDEN
     code = "forbidden"

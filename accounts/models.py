@@ -167,3 +167,6 @@ class IdempotencyRecord(models.Model):
             models.UniqueConstraint(fields=["organization", "scope", "key"], name="idempotency_key_unique")
         ]
         indexes = [models.Index(fields=["expires_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.scope} {self.key}"

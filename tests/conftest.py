@@ -32,8 +32,8 @@ def make_persona(org: Organization, role: str = Role.OWNER, email: str | None = 
 
 
 @pytest.fixture(autouse=True)
-def _clear_cache():
-    # Rate-limit counters live in Redis; each test starts with none.
+def _clear_cache(db):
+    # Every test may use the database; rate-limit counters live in Redis and each test starts with none.
     cache.clear()
     yield
 
