@@ -191,6 +191,16 @@ SUANLI_RATE_LIMITS = {
 SUANLI_ENROLLMENT_TOKEN_TTL_HOURS = env_int("ENROLLMENT_TOKEN_TTL_HOURS", 72)
 SUANLI_AGENT_SILENT_INTERVALS = env_int("AGENT_SILENT_INTERVALS", 3)
 SUANLI_AGENT_INTERVAL_SECONDS = env_int("AGENT_INTERVAL_SECONDS", 10)
+# Keys that encrypt agent secrets at rest (newest first); derived from DJANGO_SECRET_KEY when empty.
+AGENT_SECRET_KEYS = env_list("AGENT_SECRET_KEYS")
+# Agent reports whose signature timestamp is further than this from the platform clock are refused.
+SUANLI_AGENT_MAX_SKEW_SECONDS = env_int("AGENT_MAX_SKEW_SECONDS", 300)
+# Raw telemetry samples are kept this many days (daily partitions); 1-minute roll-ups and 1-hour roll-ups longer.
+SUANLI_TELEMETRY_RAW_DAYS = env_int("TELEMETRY_RAW_DAYS", 7)
+SUANLI_TELEMETRY_1M_DAYS = env_int("TELEMETRY_1M_DAYS", 90)
+SUANLI_TELEMETRY_1H_DAYS = env_int("TELEMETRY_1H_DAYS", 1095)
+# /metrics (Prometheus) needs `Authorization: Bearer <METRICS_TOKEN>`; unset, only staff sessions may read it.
+METRICS_TOKEN = env_str("METRICS_TOKEN")
 
 # --- i18n, time, static -----------------------------------------------------------------------------------
 LANGUAGE_CODE = "en"
