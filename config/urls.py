@@ -24,6 +24,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/v1/", include(api_v1)),
     path("healthz", healthz),
+    path("org/", include("accounts.web_urls")),
     path("", include("marketplace.urls")),
 ]
 

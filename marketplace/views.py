@@ -1,0 +1,42 @@
+"""Storefront pages. Thin: read through selectors or tenant-scoped querysets, render a template."""
+
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+
+from accounts.models import Membership, Organization
+from accounts.selectors import api_keys_for_user
+from accounts.tenancy import scoped
+from inventory.models import Server
+
+
+def home(request: HttpRequest) -> HttpResponse:
+    return render(request, "marketplace/home.html")
+
+
+@login_required
+def dashboard(request: HttpRequest) -> HttpResponse:
+    org: Organization | None = getattr(request, "org", None)
+    context = {
+        "org": org,
+        "membership": getattr(request, "membership", None),
+        "members": scoped(Membership, org).select_related("user").order_by("id"),
+        "api_keys": api_keys_for_user(user=request.user),  # type: ignore[arg-type]
+        "servers": (
+            scoped(Server, org).select_related("gpu_model").order_by("name")
+            if org is not None and org.is_provider
+            else None
+        ),
+        "pending_providers": (
+            Organization.objects.filter(status=Organization.Status.PENDING)
+            .exclude(kind=Organization.Kind.CUSTOMER)
+            .order_by("created_at", "id")
+            if request.user.is_staff
+            else None
+        ),
+        "kinds": Organization.Kind.choices,
+        "currencies": Organization.Currency.choices,
+    }
+    return render(request, "marketplace/dashboard.html", context)
