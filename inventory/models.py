@@ -19,8 +19,17 @@ class Interconnect(models.TextChoices):
     HCCS = "hccs", "Huawei HCCS"
 
 
+class GpuModelQuerySet(models.QuerySet):
+    def get_by_natural_key(self, slug: str) -> GpuModel:
+        return self.get(slug=slug)
+
+
 class GpuModel(models.Model):
-    """A catalogue entry: one GPU product with its rated figures (each with a public source)."""
+    """A catalogue entry: one GPU product with its rated figures (each with a public source).
+
+    The catalogue ships as `inventory/fixtures/gpu_models.json`, loaded by a data migration; `slug` is its
+    natural key, so `loaddata gpu_models` also updates rows in place instead of duplicating them.
+    """
 
     slug = models.SlugField(max_length=50, unique=True)
     name = models.CharField(max_length=100, unique=True)
@@ -28,15 +37,18 @@ class GpuModel(models.Model):
     memory_gb = models.PositiveIntegerField()
     memory_type = models.CharField(max_length=20, blank=True)
     fp16_tflops = models.DecimalField(
-        max_digits=8, decimal_places=1, help_text=_("Dense FP16/BF16 tensor TFLOPS (no sparsity).")
+        max_digits=9, decimal_places=2, help_text=_("Dense FP16/BF16 tensor TFLOPS (no sparsity).")
     )
-    fp32_tflops = models.DecimalField(max_digits=8, decimal_places=1)
-    tdp_w = models.PositiveIntegerField()
+    # Null where the vendor publishes no figure (we do not guess one); `sources["notes"]` says so.
+    fp32_tflops = models.DecimalField(max_digits=9, decimal_places=2, null=True, blank=True)
+    tdp_w = models.PositiveIntegerField(null=True, blank=True)
     interconnect = models.CharField(max_length=20, choices=Interconnect.choices)
     interconnect_gbps = models.PositiveIntegerField(null=True, blank=True, help_text=_("GB/s per GPU"))
     nvml_names = ArrayField(models.CharField(max_length=100), default=list, blank=True)
     sources = models.JSONField(default=dict, help_text=_("Figure name -> public source URL"))
     active = models.BooleanField(default=True)
+
+    objects = GpuModelQuerySet.as_manager()
 
     class Meta:
         ordering = ["vendor", "name"]
@@ -48,9 +60,21 @@ class GpuModel(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def natural_key(self) -> tuple[str]:
+        return (self.slug,)
+
+    def matches_nvml_name(self, name: str) -> bool:
+        """Whether NVML's product name `name` is one of this model's (case and outer spaces ignored)."""
+        wanted = " ".join(name.split()).casefold()
+        return any(" ".join(known.split()).casefold() == wanted for known in self.nvml_names)
+
 
 class Server(models.Model):
-    """A provider's GPU host. Enrolled by its agent with a one-time token."""
+    """A provider's GPU host. Enrolled by its agent with a one-time token.
+
+    Only a SHA-256 hash of the enrolment token is stored (the token itself is shown once); an empty hash
+    means no token is outstanding.
+    """
 
     class Status(models.TextChoices):
         PENDING_ENROLLMENT = "pending_enrollment", _("Waiting for the agent")
@@ -72,6 +96,7 @@ class Server(models.Model):
     status = models.CharField(max_length=24, choices=Status.choices, default=Status.PENDING_ENROLLMENT)
     drained = models.BooleanField(default=False)
     drained_reason = models.CharField(max_length=200, blank=True)
+    drained_at = models.DateTimeField(null=True, blank=True)
     hostname = models.CharField(max_length=255, blank=True)
     enrollment_token_hash = models.CharField(max_length=64, blank=True)
     enrollment_expires_at = models.DateTimeField(null=True, blank=True)
@@ -86,9 +111,13 @@ class Server(models.Model):
         ordering = ["id"]
         constraints = [
             models.UniqueConstraint(fields=["organization", "name"], name="server_name_unique_per_org"),
-            models.CheckConstraint(
-                condition=Q(gpu_count__gte=1, gpu_count__lte=16), name="server_gpu_count_1_16"
+            # Enrolment looks a server up by its token hash; unique, so a token can never name two servers.
+            models.UniqueConstraint(
+                fields=["enrollment_token_hash"],
+                condition=~Q(enrollment_token_hash=""),
+                name="server_enrollment_token_unique",
             ),
+            models.CheckConstraint(condition=Q(gpu_count__gte=1, gpu_count__lte=16), name="server_gpu_count_1_16"),
             models.CheckConstraint(
                 condition=Q(status__in=["pending_enrollment", "online", "unreachable", "retired"]),
                 name="server_status_valid",
@@ -126,9 +155,7 @@ class Gpu(models.Model):
         ordering = ["server_id", "index"]
         constraints = [
             models.UniqueConstraint(fields=["server", "index"], name="gpu_index_unique_per_server"),
-            models.CheckConstraint(
-                condition=Q(health__in=["healthy", "degraded", "failed"]), name="gpu_health_valid"
-            ),
+            models.CheckConstraint(condition=Q(health__in=["healthy", "degraded", "failed"]), name="gpu_health_valid"),
         ]
 
     def __str__(self) -> str:
