@@ -1,1 +1,12 @@
-urlpatterns: list = []
+from django.urls import path
+from rest_framework.routers import SimpleRouter
+
+from inventory import api
+
+router = SimpleRouter()
+router.register("servers", api.ServerViewSet, basename="server")
+
+urlpatterns = [
+    path("gpu-models/", api.GpuModelListApi.as_view(), name="gpu-model-list"),
+    *router.urls,
+]

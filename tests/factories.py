@@ -50,3 +50,55 @@ class MembershipFactory(factory.django.DjangoModelFactory):
     organization = factory.SubFactory(OrganizationFactory)
     user = factory.SubFactory(UserFactory)
     role = Role.OWNER
+
+
+# --- inventory -------------------------------------------------------------------------------------------
+from inventory.models import Gpu, GpuModel, Server  # noqa: E402
+
+
+class GpuModelFactory(factory.django.DjangoModelFactory):
+    """A catalogue entry of its own (the real catalogue is loaded by migration; use `GpuModel.objects.get(slug=...)`
+    for a real model)."""
+
+    class Meta:
+        model = GpuModel
+        django_get_or_create = ("slug",)
+
+    slug = factory.Sequence(lambda n: f"test-gpu-{n}")
+    name = factory.Sequence(lambda n: f"Test GPU {n}")
+    vendor = "NVIDIA"
+    memory_gb = 80
+    memory_type = "HBM3"
+    fp16_tflops = "989.40"
+    fp32_tflops = "67.00"
+    tdp_w = 700
+    interconnect = "nvlink"
+    interconnect_gbps = 900
+    nvml_names = factory.LazyAttribute(lambda o: [f"NVIDIA {o.name}"])
+    sources = factory.LazyFunction(lambda: {"fp16_tflops": "https://example.com/datasheet"})
+
+
+class ServerFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Server
+
+    organization = factory.SubFactory(ProviderFactory)
+    name = factory.Sequence(lambda n: f"node-{n:03d}")
+    region = "cn-east-1"
+    gpu_model = factory.SubFactory(GpuModelFactory)
+    gpu_count = 8
+    cpu_cores = 128
+    ram_gb = 2048
+    disk_gb = 30000
+    interconnect = factory.LazyAttribute(lambda o: o.gpu_model.interconnect)
+
+
+class GpuFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Gpu
+
+    server = factory.SubFactory(ServerFactory)
+    index = factory.Sequence(lambda n: n % 8)
+    uuid = factory.Sequence(lambda n: f"GPU-{n:08x}-0000-4000-8000-{n:012x}")
+    name = factory.LazyAttribute(lambda o: (o.server.gpu_model.nvml_names or [""])[0])
+    memory_total_mb = 81559

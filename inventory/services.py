@@ -1,0 +1,262 @@
+"""Writes for servers and their GPUs: registration, enrolment tokens, drain, liveness.
+
+Every function here is the one way its change is made; the API, admin actions, Celery tasks, management
+commands and `seed_demo` call these, never the models directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from accounts.errors import InvalidInput, InvalidTransition, NotAllowed
+from accounts.models import Organization
+from inventory.models import Gpu, GpuModel, Server
+
+ENROLLMENT_TOKEN_PREFIX = "enr_"  # noqa: S105 (a prefix, not a secret)
+
+
+def enrollment_token_hash(token: str) -> str:
+    """The SHA-256 hex digest stored for an enrolment token (the agent side hashes the same way)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _new_enrollment_token() -> tuple[str, str]:
+    token = ENROLLMENT_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    return token, enrollment_token_hash(token)
+
+
+def _enrollment_expiry(now: datetime) -> datetime:
+    return now + timedelta(hours=settings.SUANLI_ENROLLMENT_TOKEN_TTL_HOURS)
+
+
+def server_register(
+    *,
+    org: Organization,
+    name: str,
+    region: str,
+    gpu_model: GpuModel,
+    gpu_count: int,
+    cpu_cores: int,
+    ram_gb: int,
+    disk_gb: int,
+    site: str = "",
+    network_gbps: int | None = None,
+    interconnect: str = "",
+) -> tuple[Server, str]:
+    """Register a provider's server, waiting for its agent; returns it and its enrolment token.
+
+    The token is returned once and only its SHA-256 hash is stored, with an expiry of
+    SUANLI_ENROLLMENT_TOKEN_TTL_HOURS. `interconnect` defaults to the GPU model's. A pending provider may
+    register (its offers are what stay unlisted). A name already used in the organisation is refused by the
+    database's unique constraint, reported as a field error; nothing is created then.
+    """
+    if not org.is_provider:
+        raise NotAllowed("Only provider organizations can register servers.")
+    if not gpu_model.active:
+        raise InvalidInput("This GPU model is no longer offered.", fields={"gpu_model": ["Inactive GPU model."]})
+    name = name.strip()
+    now = timezone.now()
+    token, token_hash = _new_enrollment_token()
+    server = Server(
+        organization=org,
+        name=name,
+        region=region.strip(),
+        site=site.strip(),
+        gpu_model=gpu_model,
+        gpu_count=gpu_count,
+        cpu_cores=cpu_cores,
+        ram_gb=ram_gb,
+        disk_gb=disk_gb,
+        interconnect=interconnect or gpu_model.interconnect,
+        status=Server.Status.PENDING_ENROLLMENT,
+        enrollment_token_hash=token_hash,
+        enrollment_expires_at=_enrollment_expiry(now),
+    )
+    if network_gbps is not None:
+        server.network_gbps = network_gbps
+    try:
+        with transaction.atomic():
+            server.save()
+    except IntegrityError as exc:
+        if "server_name_unique_per_org" in str(exc):
+            raise InvalidInput(
+                "A server with this name already exists in your organization.",
+                code="duplicate_name",
+                fields={"name": ["A server with this name already exists in your organization."]},
+            ) from None
+        raise
+    return server, token
+
+
+def server_enrollment_token_issue(*, server: Server) -> tuple[Server, str]:
+    """A fresh enrolment token for a server not yet enrolled; the previous one stops working at once.
+
+    One conditional UPDATE (`enrolled_at IS NULL`) replaces the stored hash, so a token can never be
+    issued for a server whose agent has already enrolled (409 `invalid_state`).
+    """
+    now = timezone.now()
+    token, token_hash = _new_enrollment_token()
+    updated = Server.objects.filter(pk=server.pk, enrolled_at__isnull=True).update(
+        enrollment_token_hash=token_hash, enrollment_expires_at=_enrollment_expiry(now)
+    )
+    if not updated:
+        raise InvalidTransition("This server is already enrolled; an enrolment token is only for a new server.")
+    server.refresh_from_db()
+    return server, token
+
+
+def server_drain(*, server: Server, reason: str = "") -> Server:
+    """Stop new leases on the server (running ones go on). Idempotent: draining again keeps the first
+    time and reason."""
+    Server.objects.filter(pk=server.pk, drained=False).update(
+        drained=True, drained_reason=reason[:200], drained_at=timezone.now()
+    )
+    server.refresh_from_db()
+    return server
+
+
+def server_undrain(*, server: Server) -> Server:
+    """Accept new leases on the server again. Idempotent."""
+    Server.objects.filter(pk=server.pk, drained=True).update(drained=False, drained_reason="", drained_at=None)
+    server.refresh_from_db()
+    return server
+
+
+def _gpu_problem(index: int, field: str, message: str) -> InvalidInput:
+    return InvalidInput(f"gpus[{index}]: {message}", fields={"gpus": {str(index): {field: [message]}}})
+
+
+def gpus_register(*, server: Server, gpus: list[dict[str, Any]]) -> list[Gpu]:
+    """Record the cards an agent found on `server`; all or nothing.
+
+    Each card's NVML product name must be one of `server.gpu_model.nvml_names` (case and spacing ignored),
+    there may be no more cards than `server.gpu_count`, and indexes and uuids must be unique. The first
+    registration creates the Gpu rows; a later one (re-enrolment) must report the same set of uuids and
+    refreshes their index, name and memory. Locks the server row for the duration, so two enrolments of
+    one server cannot interleave. Call inside the enrolment's transaction.
+    """
+    if not gpus:
+        raise InvalidInput("The agent reported no GPUs.", fields={"gpus": ["At least one GPU is required."]})
+    if len(gpus) > server.gpu_count:
+        raise InvalidInput(
+            f"The agent reported {len(gpus)} GPUs but the server was registered with {server.gpu_count}.",
+            code="gpu_count_mismatch",
+            fields={"gpus": [f"At most {server.gpu_count} GPUs."]},
+        )
+    model = server.gpu_model
+    seen_indexes: set[int] = set()
+    seen_uuids: set[str] = set()
+    for position, card in enumerate(gpus):
+        index, uuid, name = card.get("index"), str(card.get("uuid") or "").strip(), str(card.get("name") or "")
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < 64:
+            raise _gpu_problem(position, "index", "A GPU index from 0 to 63 is required.")
+        if not uuid or len(uuid) > 80:
+            raise _gpu_problem(position, "uuid", "A GPU uuid is required.")
+        if index in seen_indexes or uuid in seen_uuids:
+            raise _gpu_problem(position, "uuid", "A GPU appears twice.")
+        seen_indexes.add(index)
+        seen_uuids.add(uuid)
+        if not model.matches_nvml_name(name):
+            raise InvalidInput(
+                f"gpus[{position}] is a {name!r}, not a {model.name} ({', '.join(model.nvml_names) or 'no names'}).",
+                code="gpu_model_mismatch",
+                fields={"gpus": {str(position): {"name": [f"Expected one of: {', '.join(model.nvml_names)}."]}}},
+            )
+    with transaction.atomic():
+        Server.objects.select_for_update().filter(pk=server.pk).first()
+        existing = {gpu.uuid: gpu for gpu in Gpu.objects.filter(server=server)}
+        if existing and set(existing) != seen_uuids:
+            raise InvalidInput(
+                "These are not the GPUs this server enrolled with; ask support to re-register the server.",
+                code="gpus_changed",
+                fields={"gpus": ["The set of GPU uuids differs from the enrolled one."]},
+            )
+        taken = Gpu.objects.filter(uuid__in=seen_uuids).exclude(server=server).values_list("uuid", flat=True)
+        if taken:
+            raise InvalidInput(
+                "A GPU uuid is already registered to another server.",
+                code="gpu_uuid_taken",
+                fields={"gpus": ["GPU uuid already registered elsewhere."]},
+            )
+        if existing:
+            # Indexes may be renumbered: move every card out of the way first, so the
+            # (server, index) unique constraint holds after each single-row UPDATE.
+            Gpu.objects.filter(server=server).update(index=F("index") + 1000)
+        rows = []
+        for card in gpus:
+            uuid = str(card["uuid"]).strip()
+            values = {
+                "index": card["index"],
+                "name": str(card.get("name") or "")[:100],
+                "memory_total_mb": card.get("memory_total_mb"),
+                "serial": str(card.get("serial") or "")[:80],
+            }
+            if uuid in existing:
+                Gpu.objects.filter(pk=existing[uuid].pk).update(**values)
+                rows.append(existing[uuid].pk)
+            else:
+                rows.append(Gpu.objects.create(server=server, uuid=uuid, **values).pk)
+    return list(Gpu.objects.filter(pk__in=rows).order_by("index"))
+
+
+def server_enroll(*, server: Server, hostname: str, gpus: list[dict[str, Any]], now: datetime | None = None) -> Server:
+    """Mark `server` enrolled with the cards its agent reported: GPUs registered (see `gpus_register`),
+    the enrolment token spent, hostname recorded, status online and seen now. All or nothing; locks the
+    server row. The agent credentials are the enrolment endpoint's business, not this function's.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        gpus_register(server=server, gpus=gpus)
+        Server.objects.filter(pk=server.pk).update(
+            enrollment_token_hash="",
+            enrollment_expires_at=None,
+            hostname=hostname[:255],
+            enrolled_at=server.enrolled_at or now,
+            last_seen_at=now,
+            status=Server.Status.ONLINE,
+        )
+    server.refresh_from_db()
+    return server
+
+
+def server_mark_seen(*, server_id: int, now: datetime | None = None) -> bool:
+    """Record that the server's agent was heard from: `last_seen_at = now`, status online.
+
+    One conditional UPDATE; only an enrolled, not retired server changes, and `last_seen_at` never moves
+    backwards (a late, spooled report does not undo a newer one). Returns whether a row changed.
+    """
+    now = now or timezone.now()
+    return bool(
+        Server.objects.filter(pk=server_id, enrolled_at__isnull=False)
+        .exclude(status=Server.Status.RETIRED)
+        .filter(Q(last_seen_at__isnull=True) | Q(last_seen_at__lte=now))
+        .update(last_seen_at=now, status=Server.Status.ONLINE)
+    )
+
+
+def agent_silence_limit() -> timedelta:
+    """How long an online server's agent may stay silent before the server counts as unreachable."""
+    return timedelta(seconds=settings.SUANLI_AGENT_SILENT_INTERVALS * settings.SUANLI_AGENT_INTERVAL_SECONDS)
+
+
+def servers_mark_unreachable(*, now: datetime | None = None) -> int:
+    """Mark every ONLINE server silent for longer than `agent_silence_limit()` UNREACHABLE.
+
+    One conditional UPDATE, so it is idempotent and safe to run from several workers at once; a server
+    whose agent reports in between is not touched. Returns how many servers changed.
+    """
+    now = now or timezone.now()
+    cutoff = now - agent_silence_limit()
+    return (
+        Server.objects.filter(status=Server.Status.ONLINE)
+        .filter(Q(last_seen_at__lt=cutoff) | Q(last_seen_at__isnull=True))
+        .update(status=Server.Status.UNREACHABLE)
+    )
