@@ -1,0 +1,196 @@
+"""Demo data for a fresh site: staff, a customer, two providers with enrolled, online servers.
+
+Idempotent: every object is looked up by its natural identity first (email, organisation name and owner,
+server name within its organisation) and only created when missing, so running it twice changes nothing and
+it is safe on a database that already has data. Writes go through the services where one exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from allauth.account.models import EmailAddress
+from django.core.management.base import BaseCommand
+from django.db import transaction
+
+from accounts import services as accounts_services
+from accounts.models import ApiKey, Organization, Role, User
+from inventory import services as inventory_services
+from inventory.models import GpuModel, Server
+
+PASSWORD = "suanli-demo-pass"  # noqa: S105 (the documented demo password, printed at the end)
+ADMIN_EMAIL = "admin@suanli.local"
+CUSTOMER_EMAIL = "customer@suanli.local"
+DEMO_KEY_NAME = "seed_demo"
+
+
+@dataclass(frozen=True)
+class DemoServer:
+    name: str
+    gpu_model: str  # catalogue slug
+    cpu_cores: int
+    ram_gb: int
+    disk_gb: int
+    network_gbps: int
+
+
+@dataclass(frozen=True)
+class DemoProvider:
+    name: str
+    owner: str
+    currency: str
+    region: str
+    site: str
+    servers: tuple[DemoServer, ...]
+
+
+def _hgx(name: str, slug: str) -> DemoServer:
+    return DemoServer(name, slug, cpu_cores=112, ram_gb=2048, disk_gb=30720, network_gbps=400)
+
+
+def _pcie(name: str, slug: str) -> DemoServer:
+    return DemoServer(name, slug, cpu_cores=64, ram_gb=512, disk_gb=7680, network_gbps=100)
+
+
+PROVIDERS = (
+    DemoProvider(
+        name="Bob IDC",
+        owner="bob@suanli.local",
+        currency="USD",
+        region="cn-east-1",
+        site="Shanghai Jiading DC, hall 3",
+        servers=(
+            _hgx("bob-h100-01", "h100-sxm5-80gb"),
+            _hgx("bob-h100-02", "h100-sxm5-80gb"),
+            _hgx("bob-h100-03", "h100-sxm5-80gb"),
+            _hgx("bob-h20-01", "h20-96gb"),
+        ),
+    ),
+    DemoProvider(
+        name="Shenzhen Compute",
+        owner="shenzhen@suanli.local",
+        currency="CNY",
+        region="cn-south-1",
+        site="Shenzhen Nanshan DC",
+        servers=(
+            _hgx("szc-a800-01", "a800-sxm4-80gb"),
+            _hgx("szc-a800-02", "a800-sxm4-80gb"),
+            _pcie("szc-4090-01", "rtx-4090-24gb"),
+            _pcie("szc-4090-02", "rtx-4090-24gb"),
+        ),
+    ),
+)
+GPUS_PER_SERVER = 8
+
+
+def demo_gpu_uuid(server_name: str, index: int) -> str:
+    """A well-formed, NVML-style card uuid derived from the server name and index (the same every run)."""
+    digest = hashlib.sha256(f"suanli-demo:{server_name}:{index}".encode()).hexdigest()
+    return f"GPU-{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
+
+
+class Command(BaseCommand):
+    help = "Create demo users, organisations and enrolled servers (idempotent). Password: " + PASSWORD
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument(
+            "--new-token",
+            action="store_true",
+            help="Issue another API token for the demo customer even if one was issued before.",
+        )
+
+    def handle(self, *args, new_token: bool = False, **options) -> None:
+        with transaction.atomic():
+            admin = self._user(ADMIN_EMAIL, staff=True)
+            customer = self._user(CUSTOMER_EMAIL)
+            self._org("Demo Labs", owner=customer, kind=Organization.Kind.CUSTOMER, currency="USD", staff=admin)
+            for provider in PROVIDERS:
+                owner = self._user(provider.owner)
+                org = self._org(
+                    provider.name, owner=owner, kind=Organization.Kind.PROVIDER, currency=provider.currency, staff=admin
+                )
+                for spec in provider.servers:
+                    self._server(org, provider, spec)
+            token = self._customer_token(customer, new_token)
+        self._report(token)
+
+    # --- the pieces ---------------------------------------------------------------------------------------
+
+    def _user(self, email: str, *, staff: bool = False) -> User:
+        user = User.objects.filter(email=email).first()
+        if user is None:
+            create = User.objects.create_superuser if staff else User.objects.create_user
+            user = create(email=email, password=PASSWORD)
+            self.stdout.write(f"created user {email}")
+        elif staff and not (user.is_staff and user.is_superuser):
+            User.objects.filter(pk=user.pk).update(is_staff=True, is_superuser=True)
+            user.refresh_from_db()
+        address = EmailAddress.objects.filter(user=user, email__iexact=email).first()
+        if address is None:
+            EmailAddress.objects.create(user=user, email=email, verified=True, primary=True)
+        elif not (address.verified and address.primary):
+            EmailAddress.objects.filter(pk=address.pk).update(verified=True, primary=True)
+        return user
+
+    def _org(self, name: str, *, owner: User, kind: str, currency: str, staff: User) -> Organization:
+        org = Organization.objects.filter(name=name, memberships__user=owner, memberships__role=Role.OWNER).first()
+        if org is None:
+            org = accounts_services.organization_create(user=owner, name=name, kind=kind, currency=currency)
+            self.stdout.write(f"created organization {name}")
+        if org.status == Organization.Status.PENDING:
+            org = accounts_services.organization_approve(org=org, staff=staff)
+        return org
+
+    def _server(self, org: Organization, provider: DemoProvider, spec: DemoServer) -> Server:
+        server = Server.objects.for_org(org).filter(name=spec.name).first()
+        if server is None:
+            server, _token = inventory_services.server_register(
+                org=org,
+                name=spec.name,
+                region=provider.region,
+                site=provider.site,
+                gpu_model=GpuModel.objects.get(slug=spec.gpu_model),
+                gpu_count=GPUS_PER_SERVER,
+                cpu_cores=spec.cpu_cores,
+                ram_gb=spec.ram_gb,
+                disk_gb=spec.disk_gb,
+                network_gbps=spec.network_gbps,
+            )
+            self.stdout.write(f"registered server {org.name}/{spec.name}")
+        if server.enrolled_at is None:
+            model = server.gpu_model
+            gpus = [
+                {
+                    "index": index,
+                    "uuid": demo_gpu_uuid(spec.name, index),
+                    "name": model.nvml_names[0],
+                    "memory_total_mb": model.memory_gb * 1024,
+                }
+                for index in range(server.gpu_count)
+            ]
+            hostname = f"{spec.name}.{provider.region}.demo.suanli.local"
+            server = inventory_services.server_enroll(server=server, hostname=hostname, gpus=gpus)
+        return server
+
+    def _customer_token(self, customer: User, new_token: bool) -> str | None:
+        if not new_token and ApiKey.objects.filter(user=customer, name=DEMO_KEY_NAME, revoked_at=None).exists():
+            return None  # tokens are stored hashed: the first run printed it
+        _key, token = accounts_services.api_key_create(user=customer, name=DEMO_KEY_NAME)
+        return token
+
+    def _report(self, token: str | None) -> None:
+        self.stdout.write(self.style.SUCCESS("Demo data is in place. Logins (web and API), one password for all:"))
+        logins = [("staff, admin site /admin/", ADMIN_EMAIL), ("customer, Demo Labs", CUSTOMER_EMAIL)]
+        logins += [(f"provider, {provider.name}", provider.owner) for provider in PROVIDERS]
+        for role, email in logins:
+            self.stdout.write(f"  {role + ':':<30} {email}")
+        self.stdout.write(f"  password: {PASSWORD}")
+        if token:
+            self.stdout.write(f"  customer API token: {token}")
+            self.stdout.write("    curl -H 'Authorization: Bearer <token>' http://localhost:8000/api/v1/gpu-models/")
+        else:
+            self.stdout.write(
+                "  customer API token: issued on the first run (stored hashed, cannot be shown again); "
+                "run with --new-token for another, or POST /api/v1/auth/token/."
+            )

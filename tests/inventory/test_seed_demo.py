@@ -1,0 +1,88 @@
+"""`manage.py seed_demo`: a working demo world, and running it again changes nothing."""
+
+from __future__ import annotations
+
+import re
+from io import StringIO
+
+from allauth.account.models import EmailAddress
+from django.contrib.auth import authenticate
+from django.core.management import call_command
+from rest_framework.test import APIClient
+
+from accounts.models import ApiKey, Membership, Organization, User
+from inventory.models import Gpu, Server
+from marketplace.management.commands.seed_demo import PASSWORD, demo_gpu_uuid
+
+UUID = re.compile(r"^GPU-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_VOLATILE = {"last_login", "last_used_at"}
+
+
+def seed(*args: str) -> str:
+    out = StringIO()
+    call_command("seed_demo", *args, stdout=out)
+    return out.getvalue()
+
+
+def snapshot() -> dict:
+    models = [User, EmailAddress, Organization, Membership, ApiKey, Server, Gpu]
+    return {m._meta.label: [_stable(row) for row in m.objects.order_by("pk").values()] for m in models}
+
+
+def _stable(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in _VOLATILE}
+
+
+def test_seed_demo_builds_two_active_providers_with_enrolled_online_servers(db):
+    output = seed()
+    bob = Organization.objects.get(name="Bob IDC")
+    shenzhen = Organization.objects.get(name="Shenzhen Compute")
+    assert (bob.kind, bob.status) == ("provider", "active")
+    assert (shenzhen.status, shenzhen.currency) == ("active", "CNY")
+    assert Organization.objects.get(name="Demo Labs").currency == "USD"
+    bob_models = sorted(Server.objects.filter(organization=bob).values_list("gpu_model__slug", flat=True))
+    assert bob_models == ["h100-sxm5-80gb"] * 3 + ["h20-96gb"]
+    szc_models = sorted(Server.objects.filter(organization=shenzhen).values_list("gpu_model__slug", flat=True))
+    assert szc_models == ["a800-sxm4-80gb"] * 2 + ["rtx-4090-24gb"] * 2
+    assert set(Server.objects.values_list("region", flat=True).filter(organization=bob)) == {"cn-east-1"}
+    assert set(Server.objects.values_list("region", flat=True).filter(organization=shenzhen)) == {"cn-south-1"}
+    for server in Server.objects.all():
+        assert server.status == "online" and server.enrolled_at and server.enrollment_token_hash == ""
+        gpus = list(server.gpus.order_by("index"))
+        assert [g.index for g in gpus] == list(range(8))
+        assert all(UUID.match(g.uuid) for g in gpus)
+        assert gpus[3].uuid == demo_gpu_uuid(server.name, 3)
+        assert all(g.name == server.gpu_model.nvml_names[0] for g in gpus)
+    assert Gpu.objects.count() == 64
+    assert PASSWORD in output
+    assert "customer API token:" in output
+
+
+def test_demo_users_can_log_in_on_the_web_and_the_api(db):
+    output = seed()
+    for email in ("admin@suanli.local", "customer@suanli.local", "bob@suanli.local", "shenzhen@suanli.local"):
+        assert authenticate(email=email, password=PASSWORD) is not None, email
+        assert EmailAddress.objects.filter(email=email, verified=True, primary=True).exists()
+        assert email in output
+    admin = User.objects.get(email="admin@suanli.local")
+    assert admin.is_staff and admin.is_superuser
+    token = re.search(r"customer API token: (\S+)", output).group(1)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    orgs = client.get("/api/v1/orgs/").json()["results"]
+    assert [o["name"] for o in orgs] == ["Demo Labs"]
+
+
+def test_running_seed_demo_twice_changes_nothing(db):
+    seed()
+    before = snapshot()
+    output = seed()
+    assert snapshot() == before
+    assert "issued on the first run" in output
+
+
+def test_seed_demo_is_safe_on_a_database_with_other_data(bob, alice):
+    seed()
+    assert Organization.objects.filter(name="Bob IDC").count() == 2  # the persona's and the demo's
+    assert Server.objects.filter(organization=bob.org).count() == 0
+    assert Membership.objects.filter(organization=alice.org).count() == 1
