@@ -350,8 +350,8 @@ class Collector:
 
         try:
             util = call(index, "nvmlDeviceGetUtilizationRates", handle)
-            s["utilization_pct"] = int(util.gpu)
-            s["memory_util_pct"] = int(util.memory)
+            s["utilization_pct"] = _pct(util.gpu)
+            s["memory_util_pct"] = _pct(util.memory)
         except _Absent:
             pass
         try:
@@ -389,7 +389,8 @@ class Collector:
             pass
         _put(s, "throttle_reasons", lambda: decode_throttle_reasons(self._throttle_mask(index, handle)))
         _put(s, "pcie_replay_count", lambda: int(call(index, "nvmlDeviceGetPcieReplayCounter", handle)))
-        _put(s, "fan_pct", lambda: int(call(index, "nvmlDeviceGetFanSpeed", handle)))
+        # NVML documents that the intended fan speed "may exceed 100%"; the platform takes 0..100.
+        _put(s, "fan_pct", lambda: _pct(call(index, "nvmlDeviceGetFanSpeed", handle)))
         if index in self._lost:
             s["gpu_lost"] = True
         return s
@@ -409,6 +410,10 @@ def _put(sample: dict[str, Any], key: str, read: Callable[[], Any]) -> None:
         sample[key] = read()
     except _Absent:
         pass
+
+
+def _pct(value: Any) -> int:
+    return max(0, min(100, int(value)))
 
 
 def _text(value: Any) -> str:

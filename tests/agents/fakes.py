@@ -285,27 +285,30 @@ class FakePlatform:
 
 
 class FakeClock:
-    """Monotonic and wall time that only move when the agent waits; `at(t, fn)` runs fn when time reaches t."""
+    """Monotonic and wall time that only move when the agent waits; `at(t, fn)` runs fn when time reaches t.
+
+    Elapsed time is kept apart from the epoch so that tiny waits still move the monotonic clock.
+    """
 
     def __init__(self, start: float = 1_800_000_000.0):
-        self.now = start
         self.start = start
+        self.elapsed = 0.0
         self.waits: list[float] = []
         self._triggers: list[tuple[float, Any]] = []
 
     def time(self) -> float:
-        return self.now
+        return self.start + self.elapsed
 
     def monotonic(self) -> float:
-        return self.now - self.start
+        return self.elapsed
 
     def at(self, elapsed: float, fn: Any) -> None:
-        self._triggers.append((self.start + elapsed, fn))
+        self._triggers.append((elapsed, fn))
         self._triggers.sort(key=lambda t: t[0])
 
     def sleep(self, seconds: float) -> None:
         self.waits.append(seconds)
-        self.now += max(0.0, seconds)
-        while self._triggers and self._triggers[0][0] <= self.now:
+        self.elapsed += max(0.0, seconds)
+        while self._triggers and self._triggers[0][0] <= self.elapsed:
             _, fn = self._triggers.pop(0)
             fn()

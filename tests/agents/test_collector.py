@@ -251,3 +251,9 @@ def test_the_real_pynvml_without_a_driver_is_reported_not_raised():
             assert samples and all(s["uuid"].startswith("GPU-") for s in samples)
         finally:
             collector.close()
+
+
+def test_percentages_are_kept_within_0_to_100_as_the_platform_requires():
+    fake = FakeNVML(cards(1))
+    fake.cards[0].fan = 117  # NVML: the intended fan speed "may exceed 100%"
+    assert started(fake).collect()[0]["fan_pct"] == 100

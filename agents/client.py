@@ -1,0 +1,181 @@
+"""The agent's HTTP side, on `urllib.request` only: enrolment, signed report delivery, and the back-off policy.
+
+Delivery outcomes of one report POST (`Client.send_report`):
+- `delivered`: 2xx. A 200 `{"duplicate": true}` (the platform already has that seq) is delivered too.
+- `retry`: the platform is unreachable or busy: a connection error or timeout (connect and read: 10 s), a 5xx,
+  408, 409 or 429, or a redirect (a wrong URL in the credentials file: logged, never followed, so a POST is never
+  silently turned into a GET). The caller keeps the report and waits `Backoff.delay()` before trying again.
+- `refused`: any other 4xx: the platform will never take this report (a bad signature, a clock more than 300 s off,
+  a GPU that is not this server's). Logged and dropped, so one bad report cannot block the queue forever.
+
+Back-off is exponential with full jitter: a delay drawn uniformly from [0, min(cap, base * 2**attempt)], base 1 s,
+cap 60 s. A `Retry-After` header (seconds or an HTTP date) is honoured as a floor (up to an hour).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import random
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.client import HTTPException
+from typing import Any
+
+from agents import __version__, signing
+
+log = logging.getLogger("suanli.agent.client")
+
+ENROLL_PATH = "/api/v1/agent/enroll/"
+REPORTS_PATH = "/api/v1/agent/reports/"
+TIMEOUT_S = 10.0
+RETRYABLE_4XX = frozenset({408, 409, 429})
+RETRY_AFTER_MAX_S = 3600.0
+MAX_RESPONSE_BYTES = 1 << 20
+
+DELIVERED = "delivered"
+RETRY = "retry"
+REFUSED = "refused"
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body or b"null")
+        except ValueError:
+            return None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: str  # DELIVERED, RETRY or REFUSED
+    status: int | None = None
+    retry_after: float | None = None
+    duplicate: bool = False
+    detail: str = ""
+
+
+class TransportError(Exception):
+    """The request did not get an HTTP answer (connection refused or reset, DNS, TLS, timeout)."""
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        return None  # urllib then raises HTTPError with the 3xx, which the caller treats as "retry"
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None if absent or unparseable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return max(0.0, min(seconds, RETRY_AFTER_MAX_S))
+
+
+class Backoff:
+    """Exponential back-off with full jitter (AWS architecture blog, "Exponential Backoff And Jitter")."""
+
+    def __init__(self, base: float = 1.0, cap: float = 60.0, rng: Callable[[], float] = random.random):
+        self.base, self.cap, self.rng = base, cap, rng
+
+    def ceiling(self, attempt: int) -> float:
+        return min(self.cap, self.base * 2 ** min(attempt, 32))
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """The wait before retry number `attempt` (0 for the first retry); never less than a Retry-After."""
+        delay = self.rng() * self.ceiling(attempt)
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        return delay
+
+
+class Client:
+    def __init__(
+        self,
+        base_url: str,
+        agent_id: str | None = None,
+        secret: str | None = None,
+        *,
+        timeout: float = TIMEOUT_S,
+        wall: Callable[[], float] = time.time,
+    ):
+        self.base_url = base_url.rstrip("/")
+        self.agent_id = agent_id
+        self.secret = secret
+        self.timeout = timeout
+        self.wall = wall
+        self._opener = urllib.request.build_opener(_NoRedirect)
+        self.user_agent = f"suanli-agent/{__version__}"
+
+    def post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> Response:
+        """POST `body` as JSON; an HTTP answer of any status is returned, no answer raises TransportError."""
+        request = urllib.request.Request(  # noqa: S310 - the URL is the platform's, from the credentials file
+            self.base_url + path,
+            data=body,
+            method="POST",
+            headers={
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+                "User-Agent": self.user_agent,
+                **(headers or {}),
+            },
+        )
+        try:
+            with self._opener.open(request, timeout=self.timeout) as resp:
+                return Response(resp.status, resp.read(MAX_RESPONSE_BYTES), dict(resp.headers.items()))
+        except urllib.error.HTTPError as exc:
+            with exc:
+                try:
+                    data = exc.read(MAX_RESPONSE_BYTES)
+                except (OSError, HTTPException):
+                    data = b""
+                return Response(exc.code, data, dict(exc.headers.items()) if exc.headers else {})
+        except urllib.error.URLError as exc:
+            raise TransportError(str(exc.reason)) from exc
+        except (OSError, HTTPException, ValueError) as exc:  # timeouts, resets, a bad status line, a bad URL
+            raise TransportError(f"{type(exc).__name__}: {exc}") from exc
+
+    def send_report(self, body: bytes) -> Outcome:
+        """POST one raw report body, signed now. Never raises for network trouble: see the module docstring."""
+        if not self.agent_id or not self.secret:
+            raise ValueError("a report client needs agent_id and secret")
+        try:
+            resp = self.post(REPORTS_PATH, body, signing.headers(self.agent_id, self.secret, body, int(self.wall())))
+        except TransportError as exc:
+            return Outcome(RETRY, detail=str(exc))
+        retry_after = parse_retry_after(resp.headers.get("Retry-After"), self.wall())
+        detail = resp.body[:300].decode("utf-8", "replace")
+        if 200 <= resp.status < 300:
+            payload = resp.json()
+            duplicate = isinstance(payload, dict) and bool(payload.get("duplicate"))
+            return Outcome(DELIVERED, resp.status, duplicate=duplicate, detail=detail)
+        if 300 <= resp.status < 400:
+            where = resp.headers.get("Location", "?")
+            return Outcome(RETRY, resp.status, retry_after, detail=f"redirected to {where}: fix the url in the config")
+        if resp.status >= 500 or resp.status in RETRYABLE_4XX:
+            return Outcome(RETRY, resp.status, retry_after, detail=detail)
+        return Outcome(REFUSED, resp.status, detail=detail)
+
+    def enroll(self, token: str, hostname: str, gpus: list[dict[str, Any]]) -> Response:
+        payload = {"enrollment_token": token, "hostname": hostname, "gpus": gpus, "agent_version": __version__}
+        body = json.dumps(payload).encode()
+        return self.post(ENROLL_PATH, body)

@@ -1,0 +1,87 @@
+import json
+import socket
+
+import pytest
+
+from agents.client import DELIVERED, REFUSED, RETRY, Backoff, Client, parse_retry_after
+
+
+def client_for(platform) -> Client:
+    return Client(platform.url, platform.AGENT_ID, platform.SECRET, timeout=2)
+
+
+def report(seq: int) -> bytes:
+    return json.dumps({"seq": seq, "gpus": []}).encode()
+
+
+def test_backoff_is_full_jitter_between_zero_and_the_exponential_ceiling_capped_at_60s():
+    assert [Backoff().ceiling(a) for a in range(9)] == [1, 2, 4, 8, 16, 32, 60, 60, 60]
+    assert Backoff(rng=lambda: 0.0).delay(5) == 0.0
+    assert Backoff(rng=lambda: 0.999999).delay(3) == pytest.approx(8, rel=1e-3)
+    assert Backoff(rng=lambda: 0.5).delay(100) == 30.0
+    delays = [Backoff().delay(4) for _ in range(2000)]
+    assert 0 <= min(delays) < 1 and 15 < max(delays) <= 16  # spread over the whole range
+
+
+def test_retry_after_is_a_floor_on_the_back_off():
+    assert Backoff(rng=lambda: 0.1).delay(0, retry_after=30) == 30
+    assert Backoff(rng=lambda: 1.0).delay(7, retry_after=5) == 60
+
+
+def test_retry_after_parses_seconds_and_http_dates():
+    assert parse_retry_after("120") == 120
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10
+    assert parse_retry_after("garbage") is None and parse_retry_after(None) is None
+    assert parse_retry_after("999999") == 3600
+
+
+def test_a_signed_report_is_delivered(platform):
+    outcome = client_for(platform).send_report(report(1))
+    assert outcome.kind == DELIVERED and outcome.status == 202 and not outcome.duplicate
+    assert [r["seq"] for r in platform.received] == [1]
+
+
+def test_a_duplicate_counts_as_delivered(platform):
+    client = client_for(platform)
+    client.send_report(report(1))
+    outcome = client.send_report(report(1))
+    assert outcome.kind == DELIVERED and outcome.duplicate and outcome.status == 200
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 408, 409, 429])
+def test_server_errors_and_throttling_are_retried(platform, status):
+    platform.fail_next, platform.fail_status, platform.retry_after = 1, status, "7"
+    outcome = client_for(platform).send_report(report(1))
+    assert outcome.kind == RETRY and outcome.status == status and outcome.retry_after == 7
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 413, 422])
+def test_other_4xx_refuse_the_report_for_good(platform, status):
+    platform.fail_next, platform.fail_status = 1, status
+    assert client_for(platform).send_report(report(1)).kind == REFUSED
+
+
+def test_a_bad_secret_is_refused(platform):
+    assert Client(platform.url, platform.AGENT_ID, "wrong").send_report(report(1)).kind == REFUSED
+
+
+def test_a_platform_that_is_down_is_retried(platform):
+    platform.down()
+    outcome = client_for(platform).send_report(report(1))
+    assert outcome.kind == RETRY and outcome.status is None and outcome.detail
+
+
+def test_a_read_timeout_is_retried():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)  # accepts the connection, never answers
+    try:
+        client = Client(f"http://127.0.0.1:{listener.getsockname()[1]}", "a", "s", timeout=0.3)
+        assert client.send_report(report(1)).kind == RETRY
+    finally:
+        listener.close()
+
+
+def test_a_redirect_is_not_followed_but_retried(platform):
+    platform.fail_next, platform.fail_status = 1, 301
+    assert client_for(platform).send_report(report(1)).kind == RETRY
