@@ -163,3 +163,16 @@ def test_creating_an_organisation_from_the_dashboard_makes_a_pending_provider(cl
     assert org.status == Organization.Status.PENDING
     assert client.session[SESSION_KEY] == org.pk
     assert "Pending approval." in client.get("/dashboard/").content.decode()
+
+
+def test_signing_up_sends_a_verification_email_and_shows_the_verification_page(client, db, mailoutbox):
+    response = client.post(
+        "/accounts/signup/",
+        {"email": "dora@example.com", "password1": PASSWORD, "password2": PASSWORD},
+        follow=True,
+    )
+    assert response.status_code == 200
+    assert response.redirect_chain[-1][0] == reverse("account_email_verification_sent")
+    assert "site-nav" in response.content.decode()
+    assert len(mailoutbox) == 1
+    assert mailoutbox[0].to == ["dora@example.com"]
