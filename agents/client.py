@@ -5,8 +5,12 @@ Delivery outcomes of one report POST (`Client.send_report`):
 - `retry`: the platform is unreachable or busy: a connection error or timeout (connect and read: 10 s), a 5xx,
   408, 409 or 429, or a redirect (a wrong URL in the credentials file: logged, never followed, so a POST is never
   silently turned into a GET). The caller keeps the report and waits `Backoff.delay()` before trying again.
-- `refused`: any other 4xx: the platform will never take this report (a bad signature, a clock more than 300 s off,
+- `refused`: any other 4xx: the platform will never take this report (a bad signature, a stale timestamp,
   a GPU that is not this server's). Logged and dropped, so one bad report cannot block the queue forever.
+
+Signing uses the host clock, unless the platform's `Date` header shows it more than a minute off: then the agent
+signs with the platform's time (and logs a warning to fix NTP), and a 401 that the correction explains is retried at
+once, so a host with a wrong clock does not lose its reports.
 
 Back-off is exponential with full jitter: a delay drawn uniformly from [0, min(cap, base * 2**attempt)], base 1 s,
 cap 60 s. A `Retry-After` header (seconds or an HTTP date) is honoured as a floor (up to an hour).
@@ -36,6 +40,7 @@ TIMEOUT_S = 10.0
 RETRYABLE_4XX = frozenset({408, 409, 429})
 RETRY_AFTER_MAX_S = 3600.0
 MAX_RESPONSE_BYTES = 1 << 20
+SKEW_TOLERANCE_S = 60.0
 
 DELIVERED = "delivered"
 RETRY = "retry"
@@ -123,6 +128,7 @@ class Client:
         self.secret = secret
         self.timeout = timeout
         self.wall = wall
+        self.skew = 0.0  # seconds to add to our clock to get the platform's (from its Date header)
         self._opener = urllib.request.build_opener(_NoRedirect)
         self.user_agent = f"suanli-agent/{__version__}"
 
@@ -158,8 +164,11 @@ class Client:
         """POST one raw report body, signed now. Never raises for network trouble: see the module docstring."""
         if not self.agent_id or not self.secret:
             raise ValueError("a report client needs agent_id and secret")
+        skew = self.skew
         try:
-            resp = self.post(REPORTS_PATH, body, signing.headers(self.agent_id, self.secret, body, int(self.wall())))
+            resp = self._signed_post(body)
+            if resp.status == 401 and abs(self.skew - skew) >= SKEW_TOLERANCE_S:
+                resp = self._signed_post(body)  # the platform's Date shows our clock is off: sign again with its time
         except TransportError as exc:
             return Outcome(RETRY, detail=str(exc))
         retry_after = parse_retry_after(resp.headers.get("Retry-After"), self.wall())
@@ -174,6 +183,32 @@ class Client:
         if resp.status >= 500 or resp.status in RETRYABLE_4XX:
             return Outcome(RETRY, resp.status, retry_after, detail=detail)
         return Outcome(REFUSED, resp.status, detail=detail)
+
+    def _signed_post(self, body: bytes) -> Response:
+        timestamp = int(self.wall() + self.skew)
+        resp = self.post(REPORTS_PATH, body, signing.headers(self.agent_id or "", self.secret or "", body, timestamp))
+        self._learn_skew(resp)
+        return resp
+
+    def _learn_skew(self, resp: Response) -> None:
+        """Follow the platform's clock (its Date header) when ours is more than SKEW_TOLERANCE_S off it."""
+        try:
+            date = email.utils.parsedate_to_datetime(resp.headers.get("Date", ""))
+        except (TypeError, ValueError, IndexError):
+            return
+        if date is None or date.tzinfo is None:
+            return
+        measured = date.timestamp() - self.wall()
+        if abs(measured) < SKEW_TOLERANCE_S:
+            if self.skew:
+                log.info("the host clock agrees with the platform's again")
+            self.skew = 0.0
+        elif abs(measured - self.skew) >= SKEW_TOLERANCE_S:
+            log.warning(
+                "the host clock is %+.0f s off the platform's: signing with the platform's time (fix NTP on this host)",
+                -measured,
+            )
+            self.skew = measured
 
     def enroll(self, token: str, hostname: str, gpus: list[dict[str, Any]]) -> Response:
         payload = {"enrollment_token": token, "hostname": hostname, "gpus": gpus, "agent_version": __version__}

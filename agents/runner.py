@@ -113,11 +113,33 @@ class Agent:
         except Exception:  # one bad interval must not end monitoring
             log.exception("collection failed; trying again next interval")
             return None
-        seq = self.spool.next_seq()
+        try:
+            seq = self.spool.next_seq()
+        except OSError as exc:  # the seq is advanced in memory before it is saved: still monotonic in this process
+            seq = self.spool.last_seq
+            log.error("cannot save the spool state (%s); seq %s kept in memory", exc, seq)
         report = build_report(seq, samples, interval=self.interval, hostname=self.hostname, wall=self.wall())
-        self.spool.put(seq, encode(report))
+        body = encode(report)
         self.stats["collected"] += 1
+        try:
+            self.spool.put(seq, body)
+        except OSError as exc:
+            self._unspooled(seq, body, exc)
         return report
+
+    def _unspooled(self, seq: int, body: bytes, exc: OSError) -> None:
+        """The spool cannot take a report (disk full, read-only): send it straight away if that keeps the order."""
+        if self.client is None or len(self.spool):
+            self.stats["lost"] = self.stats.get("lost", 0) + 1
+            log.error("cannot spool report %s (%s): dropped, the reports before it go first", seq, exc)
+            return
+        outcome = self.client.send_report(body)
+        if outcome.kind == DELIVERED:
+            self.stats["delivered"] += 1
+            log.error("cannot spool report %s (%s): sent without spooling", seq, exc)
+        else:
+            self.stats["lost"] = self.stats.get("lost", 0) + 1
+            log.error("cannot spool report %s (%s) and the platform did not take it: dropped", seq, exc)
 
     # -- sending ------------------------------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ exactly what the binding raises; it has no driver behind it.
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import hmac
 import json
@@ -220,6 +221,9 @@ class FakePlatform:
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: Any) -> None:
                 pass
+
+            def date_time_string(self, timestamp: float | None = None) -> str:
+                return email.utils.formatdate(platform.wall(), usegmt=True)
 
             def _answer(self, status: int, payload: Any, extra: dict[str, str] | None = None) -> None:
                 data = json.dumps(payload).encode()

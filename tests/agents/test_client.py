@@ -85,3 +85,26 @@ def test_a_read_timeout_is_retried():
 def test_a_redirect_is_not_followed_but_retried(platform):
     platform.fail_next, platform.fail_status = 1, 301
     assert client_for(platform).send_report(report(1)).kind == RETRY
+
+
+def test_a_host_clock_far_off_the_platform_follows_the_platform_date_and_loses_nothing():
+    import time
+
+    from tests.agents.fakes import FakePlatform
+
+    platform = FakePlatform(wall=lambda: time.time() + 1000)  # the host is 1000 s behind the platform
+    try:
+        client = client_for(platform)
+        first = client.send_report(report(1))  # refused as stale, corrected from the Date header, re-signed
+        assert first.kind == DELIVERED
+        assert 990 < client.skew < 1010
+        assert client.send_report(report(2)).kind == DELIVERED
+        assert [r["seq"] for r in platform.received] == [1, 2]
+    finally:
+        platform.close()
+
+
+def test_a_small_clock_difference_is_left_alone(platform):
+    client = client_for(platform)
+    client.send_report(report(1))
+    assert client.skew == 0.0

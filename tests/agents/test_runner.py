@@ -171,3 +171,15 @@ def test_the_fake_clock_only_moves_when_waited_on():
     assert fired == []
     clock.sleep(3)
     assert fired == [6.0]
+
+
+def test_a_full_disk_does_not_stop_reporting_while_the_platform_answers(tmp_path, platform, clock):
+    agent = make_agent(tmp_path, platform, clock, gpus=1)
+
+    def disk_full(seq, body):
+        raise OSError(28, "No space left on device")
+
+    agent.spool.put = disk_full
+    agent.run(duration=30)
+    seqs = [r["seq"] for r in platform.received]
+    assert len(seqs) == 3 and seqs == sorted(seqs)
