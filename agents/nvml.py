@@ -259,7 +259,9 @@ class Collector:
             try:
                 self._event_set = create()
             except Exception as exc:
-                log.warning("cannot create an NVML event set, XIDs are not watched: %s", exc)
+                self._warn_once(
+                    -1, "nvmlEventSetCreate", "cannot create an NVML event set, XIDs are not watched: %s", exc
+                )
                 return
         xid_type = self._const("nvmlEventTypeXidCriticalError")
         for index, handle in enumerate(self._handles):
@@ -268,12 +270,15 @@ class Collector:
             try:
                 self.nvml.nvmlDeviceRegisterEvents(handle, xid_type, self._event_set)
                 self._registered.add(index)
-            except self._error_cls as exc:
+            except Exception as exc:
                 if self._is(exc, "NVML_ERROR_NOT_SUPPORTED"):
                     self._register_unsupported.add(index)
-                log.warning("GPU %s: cannot watch XID events: %s", index, exc)
-            except Exception as exc:
-                log.warning("GPU %s: cannot watch XID events: %s", index, exc)
+                self._warn_once(index, "nvmlDeviceRegisterEvents", "GPU %s: cannot watch XID events: %s", index, exc)
+
+    def _warn_once(self, index: int, key: str, message: str, *args: Any) -> None:
+        if (index, key) not in self._warned:
+            self._warned.add((index, key))
+            log.warning(message, *args)
 
     def _event_index(self, data: Any) -> int | None:
         device = getattr(data, "device", None)
