@@ -180,6 +180,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "OrganizationStatusEnum": "accounts.models.Organization.Status",
+        "ServerStatusEnum": "inventory.models.Server.Status",
+    },
 }
 # Requests larger than this are refused with 400 before anything is parsed.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 1024 * 1024)
@@ -187,6 +191,7 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 1024 * 1024
 SUANLI_RATE_LIMITS = {
     "auth": env_str("RATE_LIMIT_AUTH", "10/60"),
     "register": env_str("RATE_LIMIT_REGISTER", "10/3600"),
+    "agent_enroll": env_str("RATE_LIMIT_AGENT_ENROLL", "30/60"),
 }
 SUANLI_ENROLLMENT_TOKEN_TTL_HOURS = env_int("ENROLLMENT_TOKEN_TTL_HOURS", 72)
 SUANLI_AGENT_SILENT_INTERVALS = env_int("AGENT_SILENT_INTERVALS", 3)

@@ -52,13 +52,7 @@ def test_check_deploy_security_is_clean_with_debug_off():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.xfail(
-    reason="drf_spectacular.W001 schema warnings (accounts/api.py get_queryset without swagger_fake_view, no "
-    "OpenApiAuthenticationExtension for ApiKeyAuthentication, a 'status' enum name collision); "
-    "remove this mark once they are fixed",
-    strict=False,
-)
-def test_check_deploy_is_clean_with_debug_off():
+def test_check_deploy_fail_level_warning_is_clean_with_debug_off():
     result = _check_deploy()
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -1,0 +1,160 @@
+"""Every tenant-owned API route, walked as a foreign tenant: 404, no data, nothing changed.
+
+The routes are enumerated from the URL resolver, so a new route with an object id in its path fails
+`test_every_object_route_is_covered` until it gets an entry in VICTIM_OBJECTS below.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from django.urls import URLPattern, URLResolver, get_resolver, reverse
+
+from accounts.models import ApiKey, User
+from accounts.tenancy import tenant_models
+from tests.conftest import Persona
+
+
+@dataclass
+class Victims:
+    alice: Persona
+    bob: Persona
+    objects: dict[str, Any] = field(default_factory=dict)
+
+    def secrets(self) -> list[str]:
+        """Strings that must never appear in a foreign tenant's response."""
+        values = [self.alice.user.email, self.alice.org.name, self.bob.user.email, self.bob.org.name]
+        values += [str(v) for v in self.objects.values() if isinstance(v, str)]
+        return values
+
+
+def _alice_org(v: Victims) -> dict:
+    return {"pk": v.alice.org.pk}
+
+
+def _bob_server(v: Victims) -> dict:
+    return {"pk": v.objects["server"].pk}
+
+
+# URL name -> the kwargs that point at a victim's object.
+VICTIM_OBJECTS: dict[str, Callable[[Victims], dict]] = {
+    "org-detail": _alice_org,
+    "org-approve": _alice_org,
+    "org-members": _alice_org,
+    "org-member": lambda v: {"pk": v.alice.org.pk, "member_id": v.alice.membership.pk},
+    "api-key-detail": lambda v: {"pk": ApiKey.objects.filter(user=v.alice.user).first().pk},
+    "server-detail": _bob_server,
+    "server-drain": _bob_server,
+    "server-undrain": _bob_server,
+    "server-enrollment-token": _bob_server,
+    "server-telemetry": _bob_server,
+}
+
+# Routes with ids that are public by design (e.g. a listed offer); only their writes are walked.
+PUBLIC_READS: set[str] = set()
+
+
+def _walk(patterns, prefix: str = "", namespace: str | None = None):
+    for entry in patterns:
+        if isinstance(entry, URLResolver):
+            ns = entry.namespace or namespace
+            yield from _walk(entry.url_patterns, prefix + str(entry.pattern), ns)
+        elif isinstance(entry, URLPattern):
+            yield prefix + str(entry.pattern), entry
+
+
+def object_routes() -> list[tuple[str, URLPattern]]:
+    routes = []
+    for route, pattern in _walk(get_resolver().url_patterns):
+        if route.startswith(("api/v1/", "^api/v1/")) and re.search(r"<\w+>|\(\?P<", route) and pattern.name:
+            if "format" in pattern.pattern.regex.groupindex:
+                continue  # DRF's ".json" suffix variants
+            routes.append((pattern.name, pattern))
+    return routes
+
+
+def methods_of(pattern: URLPattern) -> list[str]:
+    callback = pattern.callback
+    actions = getattr(callback, "actions", None)
+    if actions:
+        return [method for method in actions if method in ("get", "post", "put", "patch", "delete")]
+    view_class = getattr(callback, "cls", None) or getattr(callback, "view_class", None)
+    return [m for m in ("get", "post", "put", "patch", "delete") if view_class and hasattr(view_class, m)]
+
+
+# Bookkeeping of the attacker's own credential, not data.
+_VOLATILE = {"last_used_at", "last_login"}
+
+
+def snapshot() -> dict[str, list[dict]]:
+    models = [*tenant_models(), ApiKey, User]
+    return {
+        m._meta.label: [
+            {k: v for k, v in row.items() if k not in _VOLATILE} for row in m._default_manager.order_by("pk").values()
+        ]
+        for m in models
+    }
+
+
+@pytest.fixture
+def victims(alice, bob) -> Victims:
+    world = Victims(alice=alice, bob=bob)
+    try:
+        from tests.factories import ServerFactory
+    except ImportError:  # inventory not landed yet
+        return world
+    world.objects["server"] = ServerFactory(organization=bob.org, name="bob-secret-box-01")
+    world.objects["server_name"] = "bob-secret-box-01"
+    return world
+
+
+def test_every_object_route_is_covered():
+    names = {name for name, _ in object_routes()}
+    missing = sorted(names - set(VICTIM_OBJECTS) - PUBLIC_READS)
+    assert not missing, f"add these routes to VICTIM_OBJECTS in {__file__}: {missing}"
+
+
+def test_a_foreign_tenant_gets_404_and_no_data_on_every_object_route(victims, charlie):
+    walked = 0
+    for name, pattern in object_routes():
+        if name not in VICTIM_OBJECTS:
+            continue
+        try:
+            url = reverse(name, kwargs=VICTIM_OBJECTS[name](victims))
+        except KeyError:
+            continue  # the victim object of a route whose app has not landed
+        before = snapshot()
+        for method in methods_of(pattern):
+            if name in PUBLIC_READS and method == "get":
+                continue
+            response = getattr(charlie.api, method)(url, {}, format="json")
+            assert response.status_code == 404, f"{method.upper()} {url} -> {response.status_code}"
+            assert response.json()["error"]["code"] in ("not_found", "organization_not_found")
+            body = response.content.decode()
+            leaked = [s for s in victims.secrets() if s and s in body]
+            assert not leaked, f"{method.upper()} {url} leaked {leaked}"
+            walked += 1
+        assert snapshot() == before, f"{name}: a foreign request changed data"
+    assert walked >= 8
+
+
+def test_a_foreign_organization_header_never_reaches_its_data(victims, charlie):
+    charlie.api.credentials(
+        HTTP_AUTHORIZATION=f"Bearer {charlie.token}", HTTP_X_ORGANIZATION=str(victims.alice.org.pk)
+    )
+    for name, _pattern in object_routes():
+        if name in VICTIM_OBJECTS:
+            try:
+                url = reverse(name, kwargs=VICTIM_OBJECTS[name](victims))
+            except KeyError:
+                continue
+            assert charlie.api.get(url).status_code == 404
+
+
+def test_every_tenant_owned_model_declares_how_it_is_scoped():
+    labels = {m._meta.label for m in tenant_models()}
+    assert {"accounts.Organization", "accounts.Membership", "inventory.Server", "inventory.Gpu"} <= labels
