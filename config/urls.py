@@ -4,6 +4,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts.errors import error_body, is_api_path
+from inventory.metrics import metrics_view
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -24,6 +25,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/v1/", include(api_v1)),
     path("healthz", healthz),
+    path("metrics", metrics_view, name="metrics"),
     path("org/", include("accounts.web_urls")),
     path("", include("marketplace.urls")),
 ]

@@ -103,6 +103,14 @@ class Server(models.Model):
     enrolled_at = models.DateTimeField(null=True, blank=True)
     last_seen_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Agent credentials: the secret is kept encrypted (inventory/secretbox.py) because signatures are checked
+    # with it; `last_seq` is the highest report sequence accepted, so a replay or retry is a no-op.
+    agent_id = models.UUIDField(null=True, blank=True, unique=True)
+    agent_secret_sealed = models.TextField(blank=True)
+    last_seq = models.BigIntegerField(default=0)
+    hardware_flag = models.CharField(
+        max_length=200, blank=True, help_text=_("What the agent reported that does not match the registration")
+    )
 
     TENANT_FIELD = "organization"
     objects = TenantQuerySet.as_manager()
@@ -147,6 +155,15 @@ class Gpu(models.Model):
     health_reason = models.CharField(max_length=300, blank=True)
     health_changed_at = models.DateTimeField(null=True, blank=True)
     drained = models.BooleanField(default=False)
+    drained_reason = models.CharField(max_length=200, blank=True)
+    # What the health rules (inventory/health.py) remember between reports.
+    fault_latched_reason = models.CharField(max_length=300, blank=True)
+    pcie_replay_count = models.BigIntegerField(null=True, blank=True)
+    pcie_seen_at = models.DateTimeField(null=True, blank=True)
+    thermal_since = models.DateTimeField(null=True, blank=True)
+    # The latest sample, for the live views and /metrics; history lives in the telemetry tables.
+    last_sample = models.JSONField(null=True, blank=True)
+    last_sample_at = models.DateTimeField(null=True, blank=True)
 
     TENANT_FIELD = "server__organization"
     objects = TenantQuerySet.as_manager()
@@ -160,3 +177,30 @@ class Gpu(models.Model):
 
     def __str__(self) -> str:
         return f"{self.server.name}/gpu{self.index}"
+
+
+class GpuHealthEvent(models.Model):
+    """A change of a card's health, append-only. Also the outbox the scheduler reads (unhandled rows,
+    oldest first) to move leases off failed cards: written in the report's transaction, never lost."""
+
+    gpu = models.ForeignKey(Gpu, on_delete=models.CASCADE, related_name="health_events")
+    server = models.ForeignKey(Server, on_delete=models.CASCADE, related_name="+")
+    at = models.DateTimeField()
+    from_health = models.CharField(max_length=16, choices=Gpu.Health.choices)
+    to_health = models.CharField(max_length=16, choices=Gpu.Health.choices)
+    reason = models.CharField(max_length=300, blank=True)
+    handled_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    TENANT_FIELD = "server__organization"
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            models.Index(fields=["gpu", "at"]),
+            models.Index(fields=["id"], condition=Q(handled_at__isnull=True), name="gpuhealthevent_unhandled"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.gpu}: {self.from_health} -> {self.to_health}"

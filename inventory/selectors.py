@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from django.db.models import Prefetch, QuerySet
+from datetime import datetime, timedelta
 
+from django.db.models import Prefetch, QuerySet
+from django.utils import timezone
+
+from accounts.errors import InvalidInput
 from accounts.models import Organization
 from accounts.tenancy import scoped
+from inventory import telemetry
 from inventory.models import Gpu, GpuModel, Server
 
 
@@ -24,3 +29,37 @@ def with_details(queryset: QuerySet[Server]) -> QuerySet[Server]:
     return queryset.select_related("gpu_model").prefetch_related(
         Prefetch("gpus", queryset=Gpu.objects.order_by("index"))
     )
+
+
+MAX_POINTS = 2000
+# Steps offered to charts; the default is the smallest that keeps a series under ~360 points.
+NICE_STEPS = (10, 30, 60, 300, 900, 3600, 3 * 3600, 6 * 3600, 86400)
+
+
+def server_telemetry(
+    *, server: Server, since: datetime | None = None, until: datetime | None = None, step: int | None = None
+) -> dict:
+    """Per-GPU series of `server` over [since, until) at `step` seconds (default: the last hour)."""
+    now = timezone.now()
+    until = until or now
+    since = since or until - timedelta(hours=1)
+    if since >= until:
+        raise InvalidInput("until must be after since.", fields={"until": ["until must be after since."]})
+    span = (until - since).total_seconds()
+    if step is None:
+        step = next((s for s in NICE_STEPS if span / s <= 360), NICE_STEPS[-1])
+    if span / step > MAX_POINTS:
+        raise InvalidInput(
+            f"That range at that step is over {MAX_POINTS} points per card; use a larger step.",
+            fields={"step": [f"At least {int(span // MAX_POINTS) + 1} seconds for this range."]},
+        )
+    result = telemetry.series(server_id=server.pk, since=since, until=until, step=step, now=now)
+    gpus = Gpu.objects.filter(server=server).order_by("index").values_list("pk", "index", "uuid")
+    return {
+        "server": server.pk,
+        "since": since,
+        "until": until,
+        "step": step,
+        "source": result["source"],
+        "gpus": [{"index": index, "uuid": uuid, "points": result["points"].get(pk, [])} for pk, index, uuid in gpus],
+    }

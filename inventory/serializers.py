@@ -35,7 +35,43 @@ class GpuOutput(serializers.ModelSerializer):
 
     class Meta:
         model = Gpu
-        fields = ["index", "uuid", "name", "memory_total_mb", "health", "health_reason", "drained", "allocated"]
+        fields = [
+            "index",
+            "uuid",
+            "name",
+            "memory_total_mb",
+            "health",
+            "health_reason",
+            "health_changed_at",
+            "drained",
+            "drained_reason",
+            "allocated",
+            "last_sample_at",
+            "utilization_pct",
+            "memory_used_mb",
+            "temperature_c",
+            "power_w",
+        ]
+
+    utilization_pct = serializers.SerializerMethodField()
+    memory_used_mb = serializers.SerializerMethodField()
+    temperature_c = serializers.SerializerMethodField()
+    power_w = serializers.SerializerMethodField()
+
+    def _latest(self, gpu: Gpu, name: str) -> float | None:
+        return (gpu.last_sample or {}).get(name)
+
+    def get_utilization_pct(self, gpu: Gpu) -> float | None:
+        return self._latest(gpu, "utilization_pct")
+
+    def get_memory_used_mb(self, gpu: Gpu) -> float | None:
+        return self._latest(gpu, "memory_used_mb")
+
+    def get_temperature_c(self, gpu: Gpu) -> float | None:
+        return self._latest(gpu, "temperature_c")
+
+    def get_power_w(self, gpu: Gpu) -> float | None:
+        return self._latest(gpu, "power_w")
 
     def get_allocated(self, gpu: Gpu) -> bool:
         return bool(getattr(gpu, "allocated", False))
@@ -68,6 +104,7 @@ class ServerOutput(serializers.ModelSerializer):
             "enrolled_at",
             "last_seen_at",
             "created_at",
+            "hardware_flag",
         ]
 
 
@@ -108,3 +145,37 @@ class ServerInput(StrictSerializer):
 
 class DrainInput(StrictSerializer):
     reason = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+
+
+class TelemetryQuery(StrictSerializer):
+    since = serializers.DateTimeField(required=False)
+    until = serializers.DateTimeField(required=False)
+    step = serializers.IntegerField(required=False, min_value=1, max_value=30 * 86400)
+
+    def validate(self, attrs):
+        if attrs.get("since") and attrs.get("until") and attrs["since"] >= attrs["until"]:
+            raise serializers.ValidationError({"until": ["until must be after since."]})
+        return attrs
+
+
+class TelemetryPoint(serializers.Serializer):
+    t = serializers.DateTimeField()
+    utilization_pct = serializers.FloatField(allow_null=True)
+    memory_used_mb = serializers.FloatField(allow_null=True)
+    temperature_c = serializers.FloatField(allow_null=True)
+    power_w = serializers.FloatField(allow_null=True)
+
+
+class TelemetryGpu(serializers.Serializer):
+    index = serializers.IntegerField()
+    uuid = serializers.CharField()
+    points = TelemetryPoint(many=True)
+
+
+class TelemetryOutput(serializers.Serializer):
+    server = serializers.IntegerField()
+    since = serializers.DateTimeField()
+    until = serializers.DateTimeField()
+    step = serializers.IntegerField()
+    source = serializers.ChoiceField(choices=["raw", "1m", "1h"])
+    gpus = TelemetryGpu(many=True)

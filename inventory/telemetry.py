@@ -113,6 +113,26 @@ def ensure_partitions(*, today: date | None = None, ahead_days: int = 2) -> list
     return created
 
 
+_known_days: set[date] = set()
+
+
+def ensure_partition_for(day: date) -> None:
+    """Make sure the raw partition of `day` exists; checked once per day per process, so the day's first
+    report creates it even when the maintenance job has not run. Call it outside a report's transaction."""
+    if day in _known_days:
+        return
+    name = _partition_name(day)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass(%s)", [name])
+        if cursor.fetchone()[0] is None:
+            cursor.execute(
+                f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF {RAW} "
+                f"FOR VALUES FROM ('{day.isoformat()}T00:00:00+00') "
+                f"TO ('{(day + timedelta(days=1)).isoformat()}T00:00:00+00')"
+            )
+    _known_days.add(day)
+
+
 def drop_expired(*, today: date | None = None) -> list[str]:
     """Drop raw partitions past retention and delete roll-ups past theirs (idempotent)."""
     today = today or datetime.now(UTC).date()
@@ -129,6 +149,7 @@ def drop_expired(*, today: date | None = None) -> list[str]:
             if day < oldest_kept:
                 cursor.execute(f"DROP TABLE IF EXISTS {name}")
                 dropped.append(name)
+                _known_days.discard(day)
         now = datetime.now(UTC)
         cursor.execute(
             f"DELETE FROM {ONE_MINUTE} WHERE bucket < %s",  # noqa: S608

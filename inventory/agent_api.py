@@ -1,0 +1,96 @@
+"""The agent endpoints of API.md: enrolment and signed reports. Agents authenticate by signature, not by
+user credentials, so these views opt out of the user authentication and org context of the rest of the API."""
+
+from __future__ import annotations
+
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.serializers import StrictSerializer
+from accounts.throttling import AtomicScopedThrottle
+from inventory import ingest
+
+
+class EnrollGpu(StrictSerializer):
+    index = serializers.IntegerField(min_value=0, max_value=63)
+    uuid = serializers.CharField(max_length=80)
+    name = serializers.CharField(max_length=100)
+    memory_total_mb = serializers.IntegerField(min_value=0, max_value=10_000_000, required=False)
+    serial = serializers.CharField(max_length=80, required=False, allow_blank=True)
+
+
+class EnrollInput(StrictSerializer):
+    enrollment_token = serializers.CharField(max_length=200)
+    hostname = serializers.CharField(max_length=255, allow_blank=True, default="")
+    gpus = EnrollGpu(many=True, allow_empty=False, max_length=64)
+    agent_version = serializers.CharField(max_length=50, required=False)
+
+
+class EnrollOutput(serializers.Serializer):
+    server = serializers.IntegerField()
+    agent_id = serializers.UUIDField()
+    agent_secret = serializers.CharField()
+
+
+class ReportAccepted(serializers.Serializer):
+    accepted = serializers.BooleanField()
+    duplicate = serializers.BooleanField(required=False)
+
+
+class EnrollThrottle(AtomicScopedThrottle):
+    scope = "agent_enroll"
+
+
+class AgentEnrollApi(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+    throttle_classes = [EnrollThrottle]
+
+    @extend_schema(request=EnrollInput, responses={201: EnrollOutput}, tags=["agent"])
+    def post(self, request: Request) -> Response:
+        data = EnrollInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        server, secret = ingest.agent_enroll(
+            enrollment_token=data.validated_data["enrollment_token"],
+            hostname=data.validated_data["hostname"],
+            gpus=data.validated_data["gpus"],
+        )
+        body = {"server": server.pk, "agent_id": str(server.agent_id), "agent_secret": secret}
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+_SIGNED = [
+    OpenApiParameter("X-Agent-Id", str, OpenApiParameter.HEADER, required=True),
+    OpenApiParameter("X-Agent-Timestamp", int, OpenApiParameter.HEADER, required=True),
+    OpenApiParameter("X-Agent-Signature", str, OpenApiParameter.HEADER, required=True),
+]
+
+
+class AgentReportApi(APIView):
+    """Signed by the agent; the raw body is verified before it is parsed."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        parameters=_SIGNED, request=None, responses={202: ReportAccepted, 200: ReportAccepted}, tags=["agent"]
+    )
+    def post(self, request: Request) -> Response:
+        now = timezone.now()
+        body = request.body
+        server = ingest.authenticate_report(
+            agent_id=request.headers.get("X-Agent-Id", ""),
+            timestamp=request.headers.get("X-Agent-Timestamp", ""),
+            signature=request.headers.get("X-Agent-Signature", ""),
+            body=body,
+            now=now,
+        )
+        result = ingest.report_ingest(server=server, report=ingest.parse_report(body), now=now)
+        if result.duplicate:
+            return Response({"accepted": False, "duplicate": True}, status=status.HTTP_200_OK)
+        return Response({"accepted": True}, status=status.HTTP_202_ACCEPTED)

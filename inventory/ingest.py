@@ -1,0 +1,282 @@
+"""Agent enrolment and signed telemetry reports: the platform side of API.md's Agent section.
+
+A report is accepted at most once: its `seq` is claimed with one conditional UPDATE of the server row
+(`last_seq < seq`), in the same transaction that COPYs its samples and updates the cards' health, so a
+retry, a replay or a concurrent duplicate changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.errors import DomainError, InvalidInput, Unauthenticated
+from inventory import health, secretbox, telemetry
+from inventory.models import Gpu, GpuHealthEvent, Server
+from inventory.services import enrollment_token_hash, server_enroll
+
+MAX_GPUS_PER_REPORT = 64
+# Numeric sample fields: (lowest, highest) accepted. Anything else the agent sends is kept in `extra`.
+_BOUNDS: dict[str, tuple[float, float]] = {
+    "utilization_pct": (0, 100),
+    "memory_util_pct": (0, 100),
+    "memory_used_mb": (0, 10_000_000),
+    "memory_total_mb": (0, 10_000_000),
+    "temperature_c": (-50, 200),
+    "power_w": (0, 100_000),
+    "power_limit_w": (0, 100_000),
+    "sm_clock_mhz": (0, 100_000),
+    "mem_clock_mhz": (0, 100_000),
+    "fan_pct": (0, 100),
+    "ecc_sbe": (0, 2**62),
+    "ecc_dbe": (0, 2**62),
+    "ecc_sbe_aggregate": (0, 2**62),
+    "ecc_dbe_aggregate": (0, 2**62),
+    "retired_pages_sbe": (0, 2**31),
+    "retired_pages_dbe": (0, 2**31),
+    "remapped_rows_correctable": (0, 2**31),
+    "remapped_rows_uncorrectable": (0, 2**31),
+    "pcie_replay_count": (0, 2**62),
+}
+_FLAGS = ("retired_pages_pending", "remap_pending", "remap_failed", "event_wait_failed")
+
+
+class BadSignature(Unauthenticated):
+    code = "bad_signature"
+
+
+@dataclass
+class ReportResult:
+    accepted: bool
+    duplicate: bool = False
+    samples: int = 0
+
+
+# --- Signatures ------------------------------------------------------------------------------------------
+
+
+def signature_for(secret: str, timestamp: str, body: bytes) -> str:
+    """hex HMAC-SHA256 of "<timestamp>.<raw body>" keyed by the agent secret (API.md)."""
+    return hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def authenticate_report(*, agent_id: str, timestamp: str, signature: str, body: bytes, now: datetime) -> Server:
+    """The server whose agent signed `body`, or 401. Refuses unknown agents, bad signatures, and timestamps
+    further than AGENT_MAX_SKEW_SECONDS from `now` (replays of an old capture)."""
+    try:
+        agent_uuid = uuid.UUID(agent_id)
+        sent = int(timestamp)
+    except (TypeError, ValueError):
+        raise BadSignature("Missing or malformed X-Agent-Id / X-Agent-Timestamp.") from None
+    if abs(now.timestamp() - sent) > settings.SUANLI_AGENT_MAX_SKEW_SECONDS:
+        raise BadSignature("X-Agent-Timestamp is too far from the platform clock.", code="stale_timestamp")
+    server = Server.objects.filter(agent_id=agent_uuid).exclude(agent_secret_sealed="").first()
+    if server is None:
+        raise BadSignature("Unknown agent.")
+    expected = signature_for(secretbox.unseal(server.agent_secret_sealed), timestamp, body)
+    if not hmac.compare_digest(expected, (signature or "").strip().lower()):
+        raise BadSignature("The report signature does not match.")
+    return server
+
+
+# --- Enrolment -------------------------------------------------------------------------------------------
+
+
+def agent_enroll(*, enrollment_token: str, hostname: str, gpus: list[dict[str, Any]]) -> tuple[Server, str]:
+    """Trade a one-time enrolment token for agent credentials, registering the server's GPUs.
+
+    The token row is locked and spent in one transaction, so two agents racing with one token cannot both
+    win. A re-enrolment (a fresh token for an enrolled server) must report the same cards; it rotates the
+    secret and restarts `seq`. Fewer cards than registered are accepted and flagged on the server.
+    """
+    now = timezone.now()
+    agent_secret = secrets.token_urlsafe(32)
+    with transaction.atomic():
+        server = (
+            Server.objects.select_for_update()
+            .filter(enrollment_token_hash=enrollment_token_hash(enrollment_token or ""), enrollment_expires_at__gt=now)
+            .exclude(enrollment_token_hash="")
+            .first()
+        )
+        if server is None:
+            raise EnrollmentRefused("The enrolment token is unknown, used or expired.")
+        server = server_enroll(server=server, hostname=hostname, gpus=gpus, now=now)
+        flag = f"the agent found {len(gpus)} of {server.gpu_count} GPUs" if len(gpus) < server.gpu_count else ""
+        Server.objects.filter(pk=server.pk).update(
+            agent_id=uuid.uuid4(), agent_secret_sealed=secretbox.seal(agent_secret), last_seq=0, hardware_flag=flag
+        )
+    server.refresh_from_db()
+    return server, agent_secret
+
+
+class EnrollmentRefused(DomainError):
+    status_code = 403
+    code = "enrollment_refused"
+
+
+# --- Reports ---------------------------------------------------------------------------------------------
+
+
+def _number(value: Any, name: str, index: int) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidInput(f"gpus[{index}].{name} must be a finite number.", fields={"gpus": {index: {name: "number"}}})
+    low, high = _BOUNDS[name]
+    if not low <= value <= high:
+        raise InvalidInput(f"gpus[{index}].{name} is out of range.", fields={"gpus": {index: {name: "range"}}})
+    return value
+
+
+def parse_report(body: bytes) -> dict[str, Any]:
+    """Validate a report's shape and values; 400 with the first problem found."""
+    try:
+        payload = json.loads(body, parse_constant=_refuse_constant)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("The report is not valid JSON.", code="malformed_request") from None
+    if not isinstance(payload, dict):
+        raise InvalidInput("The report must be a JSON object.")
+    seq = payload.get("seq")
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq < 2**63:
+        raise InvalidInput("seq must be a positive integer.", fields={"seq": ["A positive integer is required."]})
+    try:
+        sent_at = datetime.fromisoformat(str(payload.get("sent_at")))
+    except ValueError:
+        raise InvalidInput("sent_at must be an ISO 8601 time.", fields={"sent_at": ["Invalid time."]}) from None
+    if sent_at.tzinfo is None:
+        raise InvalidInput("sent_at needs a UTC offset.", fields={"sent_at": ["A UTC offset is required."]})
+    gpus = payload.get("gpus")
+    if not isinstance(gpus, list) or not 0 < len(gpus) <= MAX_GPUS_PER_REPORT:
+        raise InvalidInput("gpus must be a non-empty list.", fields={"gpus": ["A non-empty list is required."]})
+    samples = []
+    for index, raw in enumerate(gpus):
+        if not isinstance(raw, dict) or not isinstance(raw.get("uuid"), str) or not 0 < len(raw["uuid"]) <= 80:
+            raise InvalidInput(f"gpus[{index}] needs a uuid.", fields={"gpus": {index: {"uuid": "required"}}})
+        sample: dict[str, Any] = {"uuid": raw["uuid"]}
+        for name, value in raw.items():
+            if name in _BOUNDS and value is not None:
+                sample[name] = _number(value, name, index)
+            elif name in _FLAGS:
+                sample[name] = bool(value)
+            elif name == "xid_errors":
+                if not isinstance(value, list) or len(value) > 1000 or not all(isinstance(x, int) for x in value):
+                    raise InvalidInput(f"gpus[{index}].xid_errors must be a list of integers.")
+                sample[name] = value
+            elif name == "throttle_reasons":
+                if not isinstance(value, list) or len(value) > 64 or not all(isinstance(x, str) for x in value):
+                    raise InvalidInput(f"gpus[{index}].throttle_reasons must be a list of strings.")
+                sample[name] = [x[:64] for x in value]
+        samples.append(sample)
+    if len({s["uuid"] for s in samples}) != len(samples):
+        raise InvalidInput("A GPU appears twice in one report.", fields={"gpus": ["Duplicate uuid."]})
+    return {"seq": seq, "sent_at": sent_at.astimezone(UTC), "gpus": samples}
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _state_of(gpu: Gpu) -> health.GpuState:
+    return health.GpuState(
+        latched_reason=gpu.fault_latched_reason,
+        pcie_replay_count=gpu.pcie_replay_count,
+        pcie_seen_at=gpu.pcie_seen_at,
+        thermal_since=gpu.thermal_since,
+    )
+
+
+def report_ingest(*, server: Server, report: dict[str, Any], now: datetime) -> ReportResult:
+    """Store one authenticated, parsed report exactly once and apply the health rules to its cards."""
+    gpus = {gpu.uuid: gpu for gpu in Gpu.objects.filter(server=server)}
+    unknown = [s["uuid"] for s in report["gpus"] if s["uuid"] not in gpus]
+    if unknown:
+        Server.objects.filter(pk=server.pk).update(hardware_flag=f"unregistered GPU reported: {unknown[0]}"[:200])
+        raise InvalidInput("The report names a GPU this server does not own.", code="unknown_gpu")
+    at = min(report["sent_at"], now + timedelta(seconds=settings.SUANLI_AGENT_MAX_SKEW_SECONDS))
+    raw_start, raw_end = telemetry.raw_window(now)
+    keep_raw = raw_start <= at < raw_end
+    if keep_raw:
+        telemetry.ensure_partition_for(at.date())
+    with transaction.atomic():
+        claimed = Server.objects.filter(pk=server.pk, last_seq__lt=report["seq"]).update(
+            last_seq=report["seq"], last_seen_at=now, status=Server.Status.ONLINE
+        )
+        if not claimed:
+            return ReportResult(accepted=False, duplicate=True)
+        rows = []
+        changed: list[Gpu] = []
+        events: list[GpuHealthEvent] = []
+        for sample in report["gpus"]:
+            gpu = gpus[sample["uuid"]]
+            if keep_raw:
+                extra = {k: v for k, v in sample.items() if k not in telemetry.SAMPLE_COLUMNS and k != "uuid"}
+                rows.append(
+                    (
+                        at,
+                        gpu.pk,
+                        server.pk,
+                        sample.get("utilization_pct"),
+                        sample.get("memory_used_mb"),
+                        sample.get("temperature_c"),
+                        sample.get("power_w"),
+                        sample.get("sm_clock_mhz"),
+                        sample.get("ecc_sbe"),
+                        sample.get("ecc_dbe"),
+                        json.dumps(extra),
+                    )
+                )
+            verdict = health.evaluate(sample, _state_of(gpu), at)
+            if verdict.health != gpu.health or verdict.reason != gpu.health_reason:
+                events.append(
+                    GpuHealthEvent(
+                        gpu=gpu,
+                        server=server,
+                        at=at,
+                        from_health=gpu.health,
+                        to_health=verdict.health,
+                        reason=verdict.reason[:300],
+                    )
+                )
+                gpu.health, gpu.health_reason, gpu.health_changed_at = verdict.health, verdict.reason[:300], at
+                if verdict.latch and not gpu.drained:
+                    gpu.drained, gpu.drained_reason = True, f"automatic: {verdict.reason}"[:200]
+            gpu.fault_latched_reason = verdict.state.latched_reason[:300]
+            gpu.pcie_replay_count = verdict.state.pcie_replay_count
+            gpu.pcie_seen_at = verdict.state.pcie_seen_at
+            gpu.thermal_since = verdict.state.thermal_since
+            gpu.last_sample, gpu.last_sample_at = sample, at
+            changed.append(gpu)
+        if rows:
+            telemetry.copy_samples(rows)
+            if now - at > telemetry.LATE_AFTER:
+                telemetry.note_backfill(server.pk, [at])
+        Gpu.objects.bulk_update(changed, _GPU_REPORT_FIELDS)
+        if events:
+            # The events are also the outbox the scheduler consumes (unhandled ones, oldest first) to move
+            # leases off failed cards: written in this transaction, they cannot be lost or told twice.
+            GpuHealthEvent.objects.bulk_create(events)
+    return ReportResult(accepted=True, samples=len(rows))
+
+
+_GPU_REPORT_FIELDS = [
+    "health",
+    "health_reason",
+    "health_changed_at",
+    "drained",
+    "drained_reason",
+    "fault_latched_reason",
+    "pcie_replay_count",
+    "pcie_seen_at",
+    "thermal_since",
+    "last_sample",
+    "last_sample_at",
+]

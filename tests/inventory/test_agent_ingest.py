@@ -1,0 +1,327 @@
+"""Agent enrolment and signed reports, from the platform's side (API.md, Agent)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import time_machine
+from django.db import connection
+from rest_framework.test import APIClient
+
+from inventory import telemetry
+from inventory.models import Gpu, GpuHealthEvent, Server
+from inventory.services import server_register
+from tests.factories import GpuModelFactory
+
+H100 = "NVIDIA H100 80GB HBM3"
+
+
+def cards(n=8, prefix="aaaa"):
+    return [{"index": i, "uuid": f"GPU-{prefix}{i:04d}-0000-4000-8000-000000000000", "name": H100} for i in range(n)]
+
+
+@pytest.fixture
+def h100():
+    return GpuModelFactory(slug="test-h100", name="Test H100", nvml_names=[H100])
+
+
+@pytest.fixture
+def registered(bob, h100):
+    server, token = server_register(
+        org=bob.org,
+        name="box-1",
+        region="cn-east-1",
+        gpu_model=h100,
+        gpu_count=8,
+        cpu_cores=64,
+        ram_gb=1024,
+        disk_gb=8000,
+    )
+    return server, token
+
+
+class Agent:
+    """A minimal, independent implementation of the agent's side of the protocol."""
+
+    def __init__(self, agent_id: str, secret: str, uuids: list[str]):
+        self.agent_id, self.secret, self.uuids = agent_id, secret, uuids
+        self.client = APIClient()
+        self.seq = 0
+
+    def body(self, seq=None, sent_at=None, **sample):
+        if seq is None:
+            self.seq += 1
+            seq = self.seq
+        sent_at = sent_at or datetime.now(UTC)
+        gpus = [
+            {
+                "uuid": u,
+                "utilization_pct": 50,
+                "memory_used_mb": 1000,
+                "temperature_c": 60,
+                "power_w": 300,
+                "ecc_dbe": 0,
+                "xid_errors": [],
+                **sample.get(u, {}),
+            }
+            for u in self.uuids
+        ]
+        return json.dumps({"seq": seq, "sent_at": sent_at.isoformat(), "gpus": gpus}).encode()
+
+    def post(self, body: bytes, timestamp=None, secret=None, agent_id=None):
+        ts = str(int(timestamp if timestamp is not None else time.time()))
+        signature = hmac.new((secret or self.secret).encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+        return self.client.post(
+            "/api/v1/agent/reports/",
+            data=body,
+            content_type="application/json",
+            HTTP_X_AGENT_ID=agent_id or self.agent_id,
+            HTTP_X_AGENT_TIMESTAMP=ts,
+            HTTP_X_AGENT_SIGNATURE=signature,
+        )
+
+
+def enroll(token, gpus=None, client=None):
+    client = client or APIClient()
+    return client.post(
+        "/api/v1/agent/enroll/",
+        {"enrollment_token": token, "hostname": "gpu-host-1", "gpus": gpus or cards()},
+        format="json",
+    )
+
+
+@pytest.fixture
+def agent(registered):
+    server, token = registered
+    body = enroll(token).json()
+    return Agent(body["agent_id"], body["agent_secret"], [c["uuid"] for c in cards()])
+
+
+def sample_rows():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM inventory_gpusample")
+        return cursor.fetchone()[0]
+
+
+def test_enrolment_registers_the_cards_and_returns_credentials_once(registered):
+    server, token = registered
+    response = enroll(token)
+    assert response.status_code == 201
+    body = response.json()
+    assert body["server"] == server.pk and body["agent_secret"]
+    server.refresh_from_db()
+    assert server.status == "online" and server.hostname == "gpu-host-1"
+    assert body["agent_secret"] not in server.agent_secret_sealed
+    assert Gpu.objects.filter(server=server).count() == 8
+    again = enroll(token)
+    assert again.status_code == 403
+    assert again.json()["error"]["code"] == "enrollment_refused"
+
+
+def test_enrolment_with_the_wrong_gpu_model_is_refused_and_changes_nothing(registered):
+    server, token = registered
+    wrong = [{**card, "name": "NVIDIA GeForce RTX 4090"} for card in cards()]
+    response = enroll(token, wrong)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "gpu_model_mismatch"
+    server.refresh_from_db()
+    assert server.status == "pending_enrollment" and server.agent_id is None
+    assert not Gpu.objects.filter(server=server).exists()
+    assert enroll(token).status_code == 201, "a refused attempt does not spend the token"
+
+
+def test_an_expired_token_is_refused(registered):
+    server, token = registered
+    with time_machine.travel(datetime.now(UTC) + timedelta(days=30)):
+        assert enroll(token).status_code == 403
+
+
+def test_fewer_cards_than_registered_are_accepted_and_flagged(registered):
+    server, token = registered
+    assert enroll(token, cards(7)).status_code == 201
+    server.refresh_from_db()
+    assert server.hardware_flag == "the agent found 7 of 8 GPUs"
+
+
+def test_a_signed_report_is_stored_and_updates_the_cards(agent):
+    response = agent.post(agent.body())
+    assert response.status_code == 202
+    assert response.json() == {"accepted": True}
+    assert sample_rows() == 8
+    gpu = Gpu.objects.get(uuid=agent.uuids[0])
+    assert gpu.last_sample["utilization_pct"] == 50 and gpu.health == "healthy"
+
+
+def test_a_repeated_seq_is_a_harmless_duplicate(agent):
+    body = agent.body()
+    assert agent.post(body).status_code == 202
+    response = agent.post(body)
+    assert response.status_code == 200
+    assert response.json() == {"accepted": False, "duplicate": True}
+    older = agent.body(seq=1)
+    assert agent.post(older).json()["duplicate"] is True
+    assert sample_rows() == 8
+
+
+@pytest.mark.parametrize("skew", [-301, 301])
+def test_a_signature_more_than_300_s_off_is_refused(agent, skew):
+    response = agent.post(agent.body(), timestamp=time.time() + skew)
+    assert response.status_code == 401
+    assert sample_rows() == 0
+
+
+def test_a_signature_299_s_old_is_accepted(agent):
+    assert agent.post(agent.body(), timestamp=time.time() - 299).status_code == 202
+
+
+def test_a_changed_byte_or_a_foreign_key_is_refused(agent):
+    body = agent.body()
+    ts = str(int(time.time()))
+    signature = hmac.new(agent.secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+    tampered = body.replace(b'"utilization_pct": 50', b'"utilization_pct": 51')
+    response = agent.client.post(
+        "/api/v1/agent/reports/",
+        data=tampered,
+        content_type="application/json",
+        HTTP_X_AGENT_ID=agent.agent_id,
+        HTTP_X_AGENT_TIMESTAMP=ts,
+        HTTP_X_AGENT_SIGNATURE=signature,
+    )
+    assert response.status_code == 401
+    assert agent.post(body, secret="not-the-secret").status_code == 401
+    assert agent.post(body, agent_id="00000000-0000-0000-0000-000000000000").status_code == 401
+    assert agent.post(body, agent_id="nonsense").status_code == 401
+    assert sample_rows() == 0
+
+
+def test_one_hosts_credential_cannot_post_another_hosts_gpu(agent, bob, h100):
+    other, token = server_register(
+        org=bob.org,
+        name="box-2",
+        region="cn-east-1",
+        gpu_model=h100,
+        gpu_count=8,
+        cpu_cores=64,
+        ram_gb=1024,
+        disk_gb=8000,
+    )
+    assert enroll(token, cards(prefix="bbbb")).status_code == 201
+    foreign_uuid = cards(prefix="bbbb")[0]["uuid"]
+    intruder = Agent(agent.agent_id, agent.secret, [*agent.uuids, foreign_uuid])
+    response = intruder.post(intruder.body(seq=5))
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "unknown_gpu"
+    assert sample_rows() == 0
+    assert Gpu.objects.get(uuid=foreign_uuid).last_sample is None
+    assert Server.objects.get(pk=other.pk).last_seq == 0
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda r: r.update(seq=-1),
+        lambda r: r.update(seq="7"),
+        lambda r: r.update(sent_at="yesterday"),
+        lambda r: r.update(sent_at="2026-11-01T00:00:00"),
+        lambda r: r.update(gpus=[]),
+        lambda r: r["gpus"][0].update(utilization_pct=101),
+        lambda r: r["gpus"][0].update(temperature_c="hot"),
+        lambda r: r["gpus"][0].update(xid_errors="79"),
+        lambda r: r["gpus"].append(dict(r["gpus"][0])),
+    ],
+)
+def test_malformed_reports_are_400_and_store_nothing(agent, mutate):
+    report = json.loads(agent.body())
+    mutate(report)
+    response = agent.post(json.dumps(report).encode())
+    assert response.status_code == 400, response.content
+    assert sample_rows() == 0
+
+
+def test_nan_in_a_report_is_refused(agent):
+    body = agent.body().replace(b'"utilization_pct": 50', b'"utilization_pct": NaN')
+    assert agent.post(body).status_code == 400
+
+
+def test_a_fatal_xid_fails_and_drains_the_card_and_records_the_event(agent):
+    agent.post(agent.body())
+    agent.post(agent.body(**{agent.uuids[3]: {"xid_errors": [79]}}))
+    gpu = Gpu.objects.get(uuid=agent.uuids[3])
+    assert gpu.health == "failed" and gpu.drained and "XID 79" in gpu.health_reason
+    event = GpuHealthEvent.objects.get(gpu=gpu)
+    assert (event.from_health, event.to_health, event.handled_at) == ("healthy", "failed", None)
+    agent.post(agent.body())
+    gpu.refresh_from_db()
+    assert gpu.health == "failed", "a fatal XID latches"
+    assert Gpu.objects.filter(server=gpu.server, health="healthy").count() == 7
+
+
+def test_a_late_spooled_report_is_stored_at_its_own_time_and_queued_for_rollup(agent):
+    old = datetime.now(UTC) - timedelta(minutes=20)
+    assert agent.post(agent.body(sent_at=old)).status_code == 202
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT min(ts) FROM inventory_gpusample")
+        assert abs((cursor.fetchone()[0] - old).total_seconds()) < 1
+        cursor.execute("SELECT count(*) FROM inventory_telemetrybackfill")
+        assert cursor.fetchone()[0] == 1
+    done = telemetry.rollup()
+    assert done["late_minutes"] == 1
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*), sum(samples) FROM inventory_gpusample_1m")
+        assert cursor.fetchone() == (8, 8)
+
+
+def test_rollups_are_idempotent_and_feed_the_telemetry_endpoint(agent, bob):
+    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=5)
+    for i in range(12):
+        at = start + timedelta(seconds=10 * i)
+        agent.post(agent.body(sent_at=at, **{u: {"utilization_pct": 10 * (i % 2)} for u in agent.uuids}))
+    first = telemetry.rollup()
+    telemetry.rollup()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*), sum(samples), avg(utilization_pct) FROM inventory_gpusample_1m")
+        count, samples, avg = cursor.fetchone()
+    assert first["minutes"] == 16 and (count, samples) == (16, 96) and avg == pytest.approx(5)
+
+    server = Server.objects.get(agent_id=agent.agent_id)
+    url = f"/api/v1/servers/{server.pk}/telemetry/"
+    raw = bob.api.get(
+        url, {"since": start.isoformat(), "until": (start + timedelta(minutes=2)).isoformat(), "step": 10}
+    )
+    assert raw.status_code == 200, raw.content
+    body = raw.json()
+    assert body["source"] == "raw" and len(body["gpus"]) == 8
+    assert len(body["gpus"][0]["points"]) == 12
+    minute = bob.api.get(
+        url, {"since": start.isoformat(), "until": (start + timedelta(minutes=2)).isoformat(), "step": 60}
+    )
+    points = minute.json()["gpus"][0]["points"]
+    assert minute.json()["source"] == "1m" and [p["utilization_pct"] for p in points] == [5.0, 5.0]
+
+
+def test_the_telemetry_endpoint_refuses_silly_ranges(agent, bob):
+    server = Server.objects.get(agent_id=agent.agent_id)
+    url = f"/api/v1/servers/{server.pk}/telemetry/"
+    assert bob.api.get(url, {"since": "2026-11-02T00:00:00Z", "until": "2026-11-01T00:00:00Z"}).status_code == 400
+    assert bob.api.get(url, {"since": "2020-01-01T00:00:00Z", "step": 1}).status_code == 400
+    assert bob.api.get(url, {"since": "garbage"}).status_code == 400
+    assert bob.api.get(url).status_code == 200
+
+
+def test_metrics_expose_each_card_like_dcgm_exporter(agent, staff, settings):
+    agent.post(agent.body())
+    settings.METRICS_TOKEN = "scrape-me"
+    client = APIClient()
+    assert client.get("/metrics").status_code == 401
+    response = client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-me")
+    assert response.status_code == 200
+    text = response.content.decode()
+    util = [line for line in text.splitlines() if line.startswith("DCGM_FI_DEV_GPU_UTIL{")]
+    assert len(util) == 8
+    assert any(f'UUID="{agent.uuids[0]}"' in line and 'Hostname="gpu-host-1"' in line for line in util)
+    assert "suanli_gpu_health" in text
