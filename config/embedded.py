@@ -56,14 +56,18 @@ def socket_url(socket_dir: Path | str) -> str:
     return f"postgres://postgres@{quote(str(socket_dir), safe='')}/{DB_NAME}"
 
 
-def _managing_itself() -> bool:
-    # `manage.py embedded_db ...` starts and stops the server itself: loading settings must not start it.
-    return len(sys.argv) > 1 and Path(sys.argv[0]).name == "manage.py" and sys.argv[1] == "embedded_db"
+def _needs_no_server() -> bool:
+    # `manage.py embedded_db ...` starts and stops the server itself, and help needs no database: loading
+    # settings must not start (and leave running) a server for them.
+    if Path(sys.argv[0]).name != "manage.py":
+        return False
+    args = sys.argv[1:]
+    return not args or args[0] in ("embedded_db", "help", "version") or bool({"-h", "--help", "--version"} & set(args))
 
 
 def ensure_running(base_dir: Path) -> str:
     """Start (or join) the embedded server and make sure our database exists; return its URL."""
-    if _managing_itself():
+    if _needs_no_server():
         return url(base_dir)
     return start(base_dir)
 

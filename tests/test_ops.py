@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -234,3 +235,18 @@ def test_dockerfile_builds_from_python_311_slim_and_collects_static():
     assert "FROM python:3.11-slim" in text
     assert "collectstatic --noinput" in text
     assert "\nUSER " in text, "the image runs as an unprivileged user"
+
+
+# --- README ---------------------------------------------------------------------------------------------------
+def test_every_environment_variable_the_settings_read_is_in_the_readme_configuration_table():
+    names: set[str] = set()
+    for module in ("settings.py", "embedded.py"):
+        text = (ROOT / "config" / module).read_text()
+        names |= set(re.findall(r'env_(?:str|bool|int|list)\(\s*"([A-Z][A-Z0-9_]*)"', text))
+        names |= set(re.findall(r'os\.environ(?:\.get)?\(\s*"([A-Z][A-Z0-9_]*)"', text))
+        names |= set(re.findall(r'os\.environ\[\s*"([A-Z][A-Z0-9_]*)"', text))
+    assert {"DJANGO_SECRET_KEY", "DATABASE_URL", "EMBEDDED_PG_DIR"} <= names  # the patterns still match
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    missing = sorted(name for name in names if f"`{name}`" not in table)
+    assert not missing, f"add these to README.md, Configuration: {missing}"
