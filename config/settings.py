@@ -125,6 +125,8 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # Every periodic job, in one place. Each is also a management command of the same name.
 CELERY_BEAT_SCHEDULE = {
     "check-agents": {"task": "inventory.check_agents", "schedule": 30.0},
+    "telemetry-rollup": {"task": "inventory.telemetry_rollup", "schedule": 60.0},
+    "telemetry-maintain": {"task": "inventory.telemetry_maintain", "schedule": 3600.0},
     "purge-expired-api-state": {"task": "accounts.purge_expired", "schedule": 3600.0},
 }
 

@@ -4,6 +4,7 @@ This module is the one place the rules live; README.md's "GPU health" section po
 
 Failed and latched (stays until a provider or staff clears it after a reset or repair):
 - an XID in FATAL_XIDS (NVIDIA's XID catalogue: these need a GPU reset, node reboot or RMA);
+- the card is lost (`gpu_lost`: NVML answers GPU_IS_LOST, the card fell off the bus);
 - any uncorrectable ECC error (`ecc_dbe` > 0): data corruption cannot be ruled out;
 - a row-remapping failure (`remap_failed`): the card ran out of spare rows;
 - 60 or more retired pages in all, or 16 or more retired for double-bit errors (NVIDIA's RMA limits).
@@ -74,6 +75,8 @@ class Verdict:
 
 
 def _latched_failure(sample: dict[str, Any]) -> str:
+    if sample.get("gpu_lost"):
+        return "GPU lost: NVML cannot reach the card (fallen off the bus)"
     fatal = [x for x in sample.get("xid_errors") or [] if x in FATAL_XIDS]
     if fatal:
         return f"XID {fatal[0]}: {FATAL_XIDS[fatal[0]]}"

@@ -49,7 +49,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "remapped_rows_uncorrectable": (0, 2**31),
     "pcie_replay_count": (0, 2**62),
 }
-_FLAGS = ("retired_pages_pending", "remap_pending", "remap_failed", "event_wait_failed")
+_FLAGS = ("retired_pages_pending", "remap_pending", "remap_failed", "event_wait_failed", "gpu_lost")
 
 
 class BadSignature(Unauthenticated):

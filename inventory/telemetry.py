@@ -308,3 +308,8 @@ def series(*, server_id: int, since: datetime, until: datetime, step: int, now: 
             )
             points.setdefault(gpu_id, []).append(point)
     return {"source": source.removeprefix("inventory_gpusample").lstrip("_") or "raw", "points": points}
+
+
+def maintain(*, today: date | None = None) -> dict[str, list[str]]:
+    """The daily housekeeping: partitions ahead created, expired ones dropped (idempotent)."""
+    return {"ensured": ensure_partitions(today=today), "dropped": drop_expired(today=today)}

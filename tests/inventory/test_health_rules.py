@@ -71,3 +71,8 @@ def test_a_failed_event_wait_marks_the_card_unhealthy_until_a_clean_report():
     blind = verdict({"event_wait_failed": True})
     assert blind.health == FAILED and not blind.latch
     assert verdict({}, blind.state, T0 + timedelta(seconds=10)).health == HEALTHY
+
+
+def test_a_lost_card_fails_and_latches():
+    lost = verdict({"gpu_lost": True})
+    assert lost.health == FAILED and lost.latch and "lost" in lost.reason
