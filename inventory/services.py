@@ -97,18 +97,22 @@ def server_register(
 
 
 def server_enrollment_token_issue(*, server: Server) -> tuple[Server, str]:
-    """A fresh enrolment token for a server not yet enrolled; the previous one stops working at once.
+    """A fresh enrolment token; the previous one stops working at once.
 
-    One conditional UPDATE (`enrolled_at IS NULL`) replaces the stored hash, so a token can never be
-    issued for a server whose agent has already enrolled (409 `invalid_state`).
+    For an enrolled server it is how a reinstalled agent enrols again (`suanli-agent enroll --force`): the
+    running agent's credentials stay valid until the new enrolment rotates them, and the new agent must
+    report the same cards. One conditional UPDATE replaces the stored hash; a retired server gets none
+    (409 `invalid_state`).
     """
     now = timezone.now()
     token, token_hash = _new_enrollment_token()
-    updated = Server.objects.filter(pk=server.pk, enrolled_at__isnull=True).update(
-        enrollment_token_hash=token_hash, enrollment_expires_at=_enrollment_expiry(now)
+    updated = (
+        Server.objects.filter(pk=server.pk)
+        .exclude(status=Server.Status.RETIRED)
+        .update(enrollment_token_hash=token_hash, enrollment_expires_at=_enrollment_expiry(now))
     )
     if not updated:
-        raise InvalidTransition("This server is already enrolled; an enrolment token is only for a new server.")
+        raise InvalidTransition("This server is retired; it cannot enrol an agent again.")
     server.refresh_from_db()
     return server, token
 

@@ -325,3 +325,16 @@ def test_metrics_expose_each_card_like_dcgm_exporter(agent, staff, settings):
     assert len(util) == 8
     assert any(f'UUID="{agent.uuids[0]}"' in line and 'Hostname="gpu-host-1"' in line for line in util)
     assert "suanli_gpu_health" in text
+
+
+def test_a_reinstalled_agent_enrols_again_with_a_new_token_and_the_old_secret_stops_working(agent, bob):
+    server = Server.objects.get(agent_id=agent.agent_id)
+    assert agent.post(agent.body()).status_code == 202
+    token = bob.api.post(f"/api/v1/servers/{server.pk}/enrollment-token/").json()["enrollment_token"]
+    assert agent.post(agent.body()).status_code == 202, "the running agent keeps working until re-enrolment"
+    assert enroll(token, cards(prefix="cccc")).json()["error"]["code"] == "gpus_changed"
+    again = enroll(token)
+    assert again.status_code == 201
+    assert agent.post(agent.body()).status_code == 401
+    fresh = Agent(again.json()["agent_id"], again.json()["agent_secret"], agent.uuids)
+    assert fresh.post(fresh.body()).status_code == 202, "seq restarts with the new credentials"

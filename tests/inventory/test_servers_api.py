@@ -205,8 +205,8 @@ def test_a_new_enrollment_token_replaces_the_old_one(bob, h100):
     assert response.json()["enrollment_expires_at"] > created["enrollment_expires_at"]
 
 
-def test_an_enrolled_server_gets_no_new_enrollment_token(bob, h100):
-    server = ServerFactory(organization=bob.org, gpu_model=h100, enrolled_at=timezone.now(), status="online")
+def test_a_retired_server_gets_no_new_enrollment_token(bob, h100):
+    server = ServerFactory(organization=bob.org, gpu_model=h100, enrolled_at=timezone.now(), status="retired")
     response = bob.api.post(f"/api/v1/servers/{server.pk}/enrollment-token/")
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "invalid_state"
