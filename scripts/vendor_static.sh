@@ -12,7 +12,7 @@ fi
 
 dest=static/vendor
 rm -rf "$dest"
-mkdir -p "$dest/htmx" "$dest/alpinejs" "$dest/pico"
+mkdir -p "$dest/htmx" "$dest/alpinejs" "$dest/pico" "$dest/uplot"
 
 copy() {  # package, file inside it, destination folder
     local version
@@ -20,9 +20,12 @@ copy() {  # package, file inside it, destination folder
     cp "node_modules/$1/$2" "$dest/$3/"
     cp "node_modules/$1/LICENSE"* "$dest/$3/" 2>/dev/null || cp "node_modules/$1/license"* "$dest/$3/" 2>/dev/null || true
     echo "$1@$version -> $dest/$3/$(basename "$2")"
-    echo "$1@$version" >> "$dest/VERSIONS"
+    grep -qxF "$1@$version" "$dest/VERSIONS" 2>/dev/null || echo "$1@$version" >> "$dest/VERSIONS"
 }
 
 copy htmx.org dist/htmx.min.js htmx
 copy alpinejs dist/cdn.min.js alpinejs
 copy @picocss/pico css/pico.min.css pico
+# Charts on the provider server pages (static/js/server_charts.js): the script and its stylesheet.
+copy uplot dist/uPlot.iife.min.js uplot
+copy uplot dist/uPlot.min.css uplot
