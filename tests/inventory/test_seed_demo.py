@@ -11,8 +11,9 @@ from django.core.management import call_command
 from rest_framework.test import APIClient
 
 from accounts.models import ApiKey, Membership, Organization, User
+from agents.simulate import SimulatedNVML
 from inventory.models import Gpu, Server
-from marketplace.management.commands.seed_demo import PASSWORD, demo_gpu_uuid
+from marketplace.management.commands.seed_demo import PASSWORD, SIMULATED_MODEL
 
 UUID = re.compile(r"^GPU-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _VOLATILE = {"last_login", "last_used_at"}
@@ -51,7 +52,9 @@ def test_seed_demo_builds_two_active_providers_with_enrolled_online_servers(db):
         gpus = list(server.gpus.order_by("index"))
         assert [g.index for g in gpus] == list(range(8))
         assert all(UUID.match(g.uuid) for g in gpus)
-        assert gpus[3].uuid == demo_gpu_uuid(server.name, 3)
+        simulated = SimulatedNVML(8, SIMULATED_MODEL[server.gpu_model.slug], seed=server.name)
+        assert [g.uuid for g in gpus] == [card.uuid for card in simulated.cards], "the demo agent's own cards"
+        assert simulated.model.name in server.gpu_model.nvml_names
         assert all(g.name == server.gpu_model.nvml_names[0] for g in gpus)
     assert Gpu.objects.count() == 64
     assert PASSWORD in output

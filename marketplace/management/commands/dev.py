@@ -56,6 +56,9 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=8000, help="port for the web server (default 8000)")
         parser.add_argument("--no-seed", action="store_true", help="skip loading the demo data")
         parser.add_argument(
+            "--no-agents", action="store_true", help="do not run a simulated agent for each demo server"
+        )
+        parser.add_argument(
             "--pool", default="prefork", choices=["prefork", "threads", "solo"], help="Celery worker pool"
         )
         parser.add_argument("--concurrency", type=int, default=2, help="Celery worker concurrency (default 2)")
@@ -108,7 +111,40 @@ class Command(BaseCommand):
             Child("web", [python, manage, "runserver", f"{addr}:{opts['port']}", "--noreload"]),
             Child("worker", worker),
             Child("beat", [python, "-m", "celery", "-A", "config", "beat", "-l", "info"]),
+            *self._demo_agents(opts),
         ]
+
+    def _demo_agents(self, opts) -> list[Child]:
+        """A simulated agent (agents/, `--simulate 8`) for each demo server, with fresh credentials, so the demo
+        servers stay online and their charts fill as on a real fleet."""
+        if opts["no_seed"] or opts["no_agents"]:
+            return []
+        from agents.config import Credentials, write_credentials
+        from inventory.ingest import agent_credentials_issue
+        from inventory.models import Server
+        from marketplace.management.commands.seed_demo import PROVIDERS, SIMULATED_MODEL
+
+        host = opts["addr"] if opts["addr"] not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
+        url = f"http://{f'[{host}]' if ':' in host else host}:{opts['port']}"
+        folder = settings.VAR_DIR / "demo-agents"
+        children = []
+        for provider in PROVIDERS:
+            for spec in provider.servers:
+                server = Server.objects.filter(organization__name=provider.name, name=spec.name).first()
+                if server is None or server.enrolled_at is None:
+                    continue
+                secret = agent_credentials_issue(server=server)
+                config = folder / f"{spec.name}.json"
+                write_credentials(
+                    str(config), Credentials(url, str(server.pk), str(server.agent_id), secret, server.hostname)
+                )
+                argv = [sys.executable, "-m", "agents", "--config", str(config)]
+                argv += ["--spool-dir", str(folder / f"{spec.name}.spool"), "--simulate", str(server.gpu_count)]
+                argv += ["--model", SIMULATED_MODEL[spec.gpu_model], "--seed", spec.name, "--log-level", "WARNING"]
+                children.append(Child(spec.name, [*argv, "run", "--interval", "10"]))
+        if children:
+            self._say(f"{len(children)} simulated agents report for the demo servers (--no-agents to skip)")
+        return children
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -120,7 +156,6 @@ class Command(BaseCommand):
 
     def _run(self, opts) -> str | None:
         """Run the children until a signal or until one dies; return why it failed, or None."""
-        self._close_db()  # the children open their own connections
         stop = threading.Event()
         reason: list[str] = []
 
@@ -131,6 +166,7 @@ class Command(BaseCommand):
             reason.append(signal.Signals(signum).name)
 
         children = self._children(opts)
+        self._close_db()  # the children open their own connections
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         failed = None
         try:

@@ -7,7 +7,6 @@ it is safe on a database that already has data. Writes go through the services w
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 from allauth.account.models import EmailAddress
@@ -17,7 +16,7 @@ from django.db import transaction
 from accounts import services as accounts_services
 from accounts.models import ApiKey, Organization, Role, User
 from inventory import services as inventory_services
-from inventory.models import GpuModel, Server
+from inventory.models import Gpu, GpuModel, Server
 
 PASSWORD = "suanli-demo-pass"  # noqa: S105 (the documented demo password, printed at the end)
 ADMIN_EMAIL = "admin@suanli.local"
@@ -84,10 +83,22 @@ PROVIDERS = (
 GPUS_PER_SERVER = 8
 
 
-def demo_gpu_uuid(server_name: str, index: int) -> str:
-    """A well-formed, NVML-style card uuid derived from the server name and index (the same every run)."""
-    digest = hashlib.sha256(f"suanli-demo:{server_name}:{index}".encode()).hexdigest()
-    return f"GPU-{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
+# The agent simulator's model for each catalogue entry the demo uses (`manage.py dev` runs a simulated agent
+# per demo server: agents/simulate.py, seeded with the server name).
+SIMULATED_MODEL = {
+    "h100-sxm5-80gb": "h100",
+    "h20-96gb": "h20",
+    "a800-sxm4-80gb": "a800",
+    "rtx-4090-24gb": "rtx4090",
+}
+
+
+def demo_gpu_uuids(server_name: str, gpu_model_slug: str) -> list[str]:
+    """The uuids the simulated agent of this demo server reports (seeded with the server name)."""
+    from agents.simulate import SimulatedNVML
+
+    simulated = SimulatedNVML(GPUS_PER_SERVER, SIMULATED_MODEL[gpu_model_slug], seed=server_name)
+    return [card.uuid for card in simulated.cards]
 
 
 class Command(BaseCommand):
@@ -158,12 +169,13 @@ class Command(BaseCommand):
                 network_gbps=spec.network_gbps,
             )
             self.stdout.write(f"registered server {org.name}/{spec.name}")
+        uuids = demo_gpu_uuids(spec.name, spec.gpu_model)
         if server.enrolled_at is None:
             model = server.gpu_model
             gpus = [
                 {
                     "index": index,
-                    "uuid": demo_gpu_uuid(spec.name, index),
+                    "uuid": uuids[index],
                     "name": model.nvml_names[0],
                     "memory_total_mb": model.memory_gb * 1024,
                 }
@@ -171,6 +183,9 @@ class Command(BaseCommand):
             ]
             hostname = f"{spec.name}.{provider.region}.demo.suanli.local"
             server = inventory_services.server_enroll(server=server, hostname=hostname, gpus=gpus)
+        for gpu in Gpu.objects.filter(server=server).exclude(uuid__in=uuids):
+            # A demo database seeded before the simulated agents: give the cards the agent's uuids.
+            Gpu.objects.filter(pk=gpu.pk).update(uuid=uuids[gpu.index])
         return server
 
     def _customer_token(self, customer: User, new_token: bool) -> str | None:
