@@ -1,0 +1,369 @@
+"""Provider pages for servers: the list with a register form, one server's cards and charts, drain.
+
+Thin: reads through inventory.selectors and tenant-scoped querysets, writes through inventory.services. A
+server of another organisation is answered 404 (the tenant-scoped queryset does not contain it); a customer
+organisation has no server pages (403). Reading needs any membership of a provider organisation; changing
+something needs one of the roles that may operate servers (accounts.permissions.OPERATE), like the API.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django import forms
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
+from django.core.validators import RegexValidator
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy, gettext_noop, pgettext_lazy
+from django.views.decorators.http import require_http_methods, require_POST
+
+from accounts.errors import InvalidInput, InvalidTransition, NotAllowed
+from accounts.models import Organization
+from accounts.permissions import OPERATE, has_role
+from accounts.tenancy import scoped
+from inventory import selectors, services
+from inventory.models import Gpu, Server
+
+# A one-time enrolment token waits here (server-side session) between the POST that made it and the page
+# that shows it once; reading it removes it.
+TOKEN_SESSION_KEY = "suanli_enrollment_token"  # noqa: S105 (a session key, not a secret)
+# The documented default of SITE_URL; while it is unchanged the command names the address the page was
+# reached at instead, which is right for a development site reached by another name.
+DEFAULT_SITE_URL = "http://127.0.0.1:8000"
+
+# Messages of inventory.services that can reach these pages, marked so that they are translated.
+SERVICE_MESSAGES = (
+    gettext_noop("A server with this name already exists in your organization."),
+    gettext_noop("Inactive GPU model."),
+)
+
+
+# --- access ---------------------------------------------------------------------------------------------
+
+
+def _provider_org(request: HttpRequest) -> Organization:
+    """The caller's provider organisation; a customer organisation (or none) may not see server pages."""
+    org: Organization | None = getattr(request, "org", None)
+    if org is None or not org.is_provider:
+        raise PermissionDenied
+    return org
+
+
+def _can_operate(request: HttpRequest) -> bool:
+    return has_role(request, OPERATE)
+
+
+def _require_operate(request: HttpRequest) -> None:
+    if not _can_operate(request):
+        raise PermissionDenied
+
+
+def _server(request: HttpRequest, server_id: int) -> Server:
+    """The caller's server `server_id`, cards prefetched; another tenant's id is 404 like an unknown one."""
+    return get_object_or_404(selectors.with_details(scoped(Server, getattr(request, "org", None))), pk=server_id)
+
+
+# --- card tiles -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CardTile:
+    """What one tile shows for a card: its colour (`state`), a visible label and the latest sample."""
+
+    index: int
+    state: str  # healthy | degraded | failed | drained | nodata
+    label: str
+    reason: str
+    utilization_pct: float | None = None
+    memory_used_gb: float | None = None
+    memory_total_gb: float | None = None
+    temperature_c: float | None = None
+    power_w: float | None = None
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _card_tile(gpu: Gpu, *, fresh_after: datetime) -> CardTile:
+    # Health wins over everything (a failed card is also drained, and it must show red); then a card the
+    # provider drained, then a card with no recent sample, whose last figures would mislead.
+    if gpu.health == Gpu.Health.FAILED:
+        state, label, reason = "failed", _("Failed"), gpu.health_reason
+    elif gpu.health == Gpu.Health.DEGRADED:
+        state, label, reason = "degraded", _("Degraded"), gpu.health_reason
+    elif gpu.drained:
+        state, label, reason = "drained", _("Drained"), gpu.drained_reason
+    elif gpu.last_sample_at is None or gpu.last_sample_at < fresh_after:
+        state, label, reason = "nodata", _("No data"), _("No recent report from the agent.")
+    else:
+        state, label, reason = "healthy", _("Healthy"), ""
+    # The figures of a card that stopped reporting are old: show none rather than stale ones.
+    sample = (gpu.last_sample or {}) if state != "nodata" else {}
+    used_mb = _number(sample.get("memory_used_mb"))
+    total_mb = _number(sample.get("memory_total_mb")) or _number(gpu.memory_total_mb)
+    return CardTile(
+        index=gpu.index,
+        state=state,
+        label=label,
+        reason=reason,
+        utilization_pct=_number(sample.get("utilization_pct")),
+        memory_used_gb=None if used_mb is None else used_mb / 1024,
+        memory_total_gb=None if total_mb is None else total_mb / 1024,
+        temperature_c=_number(sample.get("temperature_c")),
+        power_w=_number(sample.get("power_w")),
+    )
+
+
+def card_tiles(server: Server, *, now: datetime | None = None) -> list[CardTile]:
+    """One tile per card the agent registered, then grey ones up to the registered `gpu_count`."""
+    fresh_after = (now or timezone.now()) - services.agent_silence_limit()
+    tiles = [_card_tile(gpu, fresh_after=fresh_after) for gpu in server.gpus.all()]
+    taken = {tile.index for tile in tiles}
+    missing = (i for i in range(64) if i not in taken)
+    for _count in range(max(0, server.gpu_count - len(tiles))):
+        tiles.append(CardTile(index=next(missing), state="nodata", label=_("No data"), reason=_("Not reported yet.")))
+    return tiles
+
+
+def _grid_context(server: Server) -> dict[str, Any]:
+    samples = [gpu.last_sample_at for gpu in server.gpus.all() if gpu.last_sample_at]
+    return {"server": server, "tiles": card_tiles(server), "latest_sample_at": max(samples, default=None)}
+
+
+STATUS_LABELS = {
+    Server.Status.PENDING_ENROLLMENT: pgettext_lazy("server status", "Pending"),
+    Server.Status.ONLINE: gettext_lazy("Online"),
+    Server.Status.UNREACHABLE: gettext_lazy("Unreachable"),
+    Server.Status.RETIRED: gettext_lazy("Retired"),
+}
+
+
+# --- the install command --------------------------------------------------------------------------------
+
+
+def platform_url(request: HttpRequest) -> str:
+    """The address the agent enrols with: SITE_URL, or this request's own when SITE_URL is left unset."""
+    if settings.SITE_URL and settings.SITE_URL.rstrip("/") != DEFAULT_SITE_URL:
+        return settings.SITE_URL.rstrip("/")
+    return request.build_absolute_uri("/").rstrip("/")
+
+
+def agent_install_command(*, url: str, token: str, force: bool = False) -> str:
+    """agents/README.md's install steps as one line, run on the GPU host from a folder holding the suanli
+    wheel and deploy/suanli-agent.service. Creating the user is skipped where it exists (a second try)."""
+    enroll = f"sudo suanli-agent enroll --url {shlex.quote(url)} --token {shlex.quote(token)}"
+    if force:
+        enroll += " --force"
+    steps = [
+        "sudo python3 -m venv /opt/suanli-agent",
+        "sudo /opt/suanli-agent/bin/pip install nvidia-ml-py",
+        "sudo /opt/suanli-agent/bin/pip install --no-deps ./suanli-*.whl",
+        "sudo ln -sf /opt/suanli-agent/bin/suanli-agent /usr/local/bin/suanli-agent",
+        "(id -u suanli-agent >/dev/null 2>&1 || sudo useradd --system --no-create-home"
+        " --shell /usr/sbin/nologin --groups video suanli-agent)",
+        enroll,
+        "sudo install -m 0644 deploy/suanli-agent.service /etc/systemd/system/suanli-agent.service",
+        "sudo systemctl daemon-reload",
+        "sudo systemctl enable --now suanli-agent",
+    ]
+    return " && ".join(steps)
+
+
+def _keep_token_once(request: HttpRequest, server: Server, token: str) -> None:
+    request.session[TOKEN_SESSION_KEY] = {"server": server.pk, "token": token}
+
+
+def _take_token(request: HttpRequest, server: Server) -> str | None:
+    kept = request.session.get(TOKEN_SESSION_KEY)
+    if not isinstance(kept, dict) or kept.get("server") != server.pk:
+        return None
+    del request.session[TOKEN_SESSION_KEY]
+    return str(kept.get("token") or "") or None
+
+
+# --- the register form ----------------------------------------------------------------------------------
+
+
+class ServerRegisterForm(forms.Form):
+    """The fields of `server_register` a provider fills in; the same limits as the API's ServerInput."""
+
+    name = forms.CharField(
+        label=gettext_lazy("Name"),
+        max_length=100,
+        widget=forms.TextInput(attrs={"placeholder": "gpu-node-01", "autocomplete": "off"}),
+        validators=[
+            RegexValidator(
+                r"^[A-Za-z0-9][A-Za-z0-9._ -]*$",
+                gettext_lazy("Use letters, digits, spaces, '.', '_' and '-', starting with a letter or digit."),
+            )
+        ],
+    )
+    region = forms.CharField(
+        label=gettext_lazy("Region"),
+        max_length=50,
+        widget=forms.TextInput(attrs={"placeholder": "cn-east-1"}),
+        validators=[RegexValidator(r"^[a-z0-9][a-z0-9-]*$", gettext_lazy("Use a region id such as cn-east-1."))],
+    )
+    gpu_model = forms.ModelChoiceField(
+        label=gettext_lazy("GPU model"), queryset=selectors.gpu_models_listed(), empty_label=None
+    )
+    gpu_count = forms.IntegerField(label=gettext_lazy("GPUs"), min_value=1, max_value=16, initial=8)
+    cpu_cores = forms.IntegerField(label=gettext_lazy("CPU cores"), min_value=1, max_value=4096)
+    ram_gb = forms.IntegerField(label=gettext_lazy("RAM (GB)"), min_value=1, max_value=65536)
+    disk_gb = forms.IntegerField(label=gettext_lazy("Disk (GB)"), min_value=1, max_value=10_000_000)
+
+    def add_service_errors(self, exc: InvalidInput) -> None:
+        """Put the service's field errors beside their fields (the rest above the form)."""
+        placed = False
+        for field, problems in (exc.fields or {}).items():
+            for problem in problems if isinstance(problems, list) else [problems]:
+                self.add_error(field if field in self.fields else None, _(str(problem)))
+                placed = True
+        if not placed:
+            self.add_error(None, _(exc.message))
+
+    def describe_errors(self) -> None:
+        """Tie each field with an error to the text beside it, for screen readers."""
+        for name in self.errors:
+            if name in self.fields:
+                self.fields[name].widget.attrs["aria-describedby"] = f"{self[name].auto_id}_errors"
+
+
+def _chart_text() -> dict[str, str]:
+    """The words server_charts.js shows, in the page's language."""
+    return {
+        "card": _("GPU {index}"),
+        "loading": _("Loading telemetry…"),
+        "empty": _("No telemetry in this range yet."),
+        "error": _("Could not load the telemetry. It is retried when you pick a range again."),
+        "shown": _("Showing {range}, one point per {step} s."),
+    }
+
+
+# --- pages ----------------------------------------------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET", "HEAD", "POST"])
+def server_list(request: HttpRequest) -> HttpResponse:
+    """The organisation's servers with a tile per card, and the form that registers one more."""
+    org = _provider_org(request)
+    form = ServerRegisterForm()
+    if request.method == "POST":
+        _require_operate(request)
+        form = ServerRegisterForm(request.POST)
+        if form.is_valid():
+            try:
+                server, token = services.server_register(org=org, **form.cleaned_data)
+            except InvalidInput as exc:
+                form.add_service_errors(exc)
+            except NotAllowed:
+                raise PermissionDenied from None
+            else:
+                _keep_token_once(request, server, token)
+                messages.success(request, _("Server %(name)s is registered.") % {"name": server.name})
+                return HttpResponseRedirect(reverse("marketplace:server_detail", args=[server.pk]))
+    form.describe_errors()
+    now = timezone.now()
+    servers = [
+        {
+            "server": server,
+            "status_label": STATUS_LABELS.get(server.status, server.status),
+            "tiles": card_tiles(server, now=now),
+        }
+        for server in selectors.servers_for_org(org=org).order_by("name", "id")
+    ]
+    context = {"org": org, "servers": servers, "form": form, "can_operate": _can_operate(request)}
+    return render(request, "marketplace/servers/list.html", context, status=400 if form.errors else 200)
+
+
+@login_required
+def server_detail(request: HttpRequest, server_id: int) -> HttpResponse:
+    """One server: hardware, enrolment, its cards (refreshed by htmx) and the telemetry charts."""
+    server = _server(request, server_id)
+    token = _take_token(request, server)
+    context = {
+        **_grid_context(server),
+        "org": request.org,  # type: ignore[attr-defined]
+        "status_label": STATUS_LABELS.get(server.status, server.status),
+        "can_operate": _can_operate(request),
+        "token": token,
+        "install_command": (
+            agent_install_command(url=platform_url(request), token=token, force=server.enrolled_at is not None)
+            if token
+            else None
+        ),
+        "telemetry_url": reverse("server-telemetry", args=[server.pk]),
+        "chart_text": _chart_text(),
+        "now": timezone.now(),
+    }
+    response = render(request, "marketplace/servers/detail.html", context)
+    if token:
+        # The page carries a one-time secret: keep it out of every cache (and the back-forward cache).
+        response["Cache-Control"] = "no-store"
+    return response
+
+
+def server_tiles(request: HttpRequest, server_id: int) -> HttpResponse:
+    """Just the grid of card tiles, for htmx to swap in every 15 seconds."""
+    if not request.user.is_authenticated:
+        detail = reverse("marketplace:server_detail", args=[server_id])
+        if request.headers.get("HX-Request"):
+            # A poll after the session ended: send the whole page to the login form, rather than letting
+            # htmx follow the redirect and swap the login page into the grid.
+            response = HttpResponse(status=204)
+            response["HX-Redirect"] = redirect_to_login(detail)["Location"]
+            return response
+        return redirect_to_login(detail)
+    server = _server(request, server_id)
+    return render(request, "marketplace/servers/_gpu_grid.html", _grid_context(server))
+
+
+@require_POST
+@login_required
+def server_enrollment_token(request: HttpRequest, server_id: int) -> HttpResponse:
+    """A fresh enrolment token (the previous one stops working), shown once on the server page."""
+    server = _server(request, server_id)
+    _require_operate(request)
+    try:
+        server, token = services.server_enrollment_token_issue(server=server)
+    except InvalidTransition as exc:
+        messages.error(request, _(exc.message))
+    else:
+        _keep_token_once(request, server, token)
+        messages.success(request, _("A new enrolment token is ready; the previous one no longer works."))
+    return HttpResponseRedirect(reverse("marketplace:server_detail", args=[server.pk]))
+
+
+@require_POST
+@login_required
+def server_drain(request: HttpRequest, server_id: int) -> HttpResponse:
+    """Stop new leases on the server. Idempotent, so a second press changes nothing."""
+    server = _server(request, server_id)
+    _require_operate(request)
+    services.server_drain(server=server, reason=(request.POST.get("reason") or "").strip()[:200])
+    messages.success(request, _("%(name)s is drained: no new leases start on it.") % {"name": server.name})
+    return HttpResponseRedirect(reverse("marketplace:server_detail", args=[server.pk]))
+
+
+@require_POST
+@login_required
+def server_undrain(request: HttpRequest, server_id: int) -> HttpResponse:
+    """Accept new leases on the server again. Idempotent."""
+    server = _server(request, server_id)
+    _require_operate(request)
+    services.server_undrain(server=server)
+    messages.success(request, _("%(name)s accepts new leases again.") % {"name": server.name})
+    return HttpResponseRedirect(reverse("marketplace:server_detail", args=[server.pk]))

@@ -1,0 +1,240 @@
+// The provider's server page: telemetry charts (uPlot, vendored in static/vendor/uplot/) over a chosen range,
+// and the copy button of the agent install command. No build step; loaded with `defer` after uPlot.
+(function () {
+  "use strict";
+
+  // --- Copy buttons: <button data-copy-target="id-of-a-field"> ----------------------------------------------
+  function copyText(field) {
+    if (navigator.clipboard && window.isSecureContext) {
+      return navigator.clipboard.writeText(field.value);
+    }
+    // Plain-HTTP development sites have no async clipboard API: select the text and use the old command.
+    field.focus();
+    field.select();
+    return document.execCommand("copy") ? Promise.resolve() : Promise.reject(new Error("copy refused"));
+  }
+
+  document.addEventListener("click", function (event) {
+    var button = event.target instanceof Element ? event.target.closest("[data-copy-target]") : null;
+    if (!button) {
+      return;
+    }
+    var field = document.getElementById(button.getAttribute("data-copy-target"));
+    if (!field) {
+      return;
+    }
+    var label = button.textContent;
+    copyText(field).then(
+      function () {
+        button.textContent = button.getAttribute("data-copied-text") || label;
+        window.setTimeout(function () { button.textContent = label; }, 2000);
+      },
+      function () {
+        field.focus();
+        field.select();
+        button.textContent = button.getAttribute("data-copy-failed-text") || label;
+        window.setTimeout(function () { button.textContent = label; }, 4000);
+      }
+    );
+  });
+
+  // --- Charts ---------------------------------------------------------------------------------------------
+  var section = document.getElementById("server-charts");
+  if (!section) {
+    return;
+  }
+  var textNode = document.getElementById("server-chart-text");
+  var text = textNode ? JSON.parse(textNode.textContent) : {};
+  var status = section.querySelector(".chart-status");
+  var buttons = Array.prototype.slice.call(section.querySelectorAll("[data-range]"));
+  var containers = Array.prototype.slice.call(section.querySelectorAll(".chart[data-metric]"));
+  var HEIGHT = 240;
+  var REFRESH_MS = 60000;
+  // Sixteen distinguishable colours, one per card index (a server has at most 16 cards).
+  var PALETTE = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf", "#393b79", "#ad494a", "#637939", "#843c39", "#7b4173", "#3182bd"
+  ];
+  var plots = [];
+  var drawnKey = null;
+  var pending = null;
+  var rangeSeconds = 3600;
+
+  function say(message) {
+    if (status) {
+      status.textContent = message || "";
+    }
+  }
+
+  function fill(template, values) {
+    return String(template || "").replace(/\{(\w+)\}/g, function (whole, key) {
+      return Object.prototype.hasOwnProperty.call(values, key) ? values[key] : whole;
+    });
+  }
+
+  function inkColour() {
+    return window.getComputedStyle(section).color || "#444";
+  }
+
+  function formatValue(unit) {
+    return function (u, value) {
+      if (value == null) {
+        return "—";
+      }
+      return (Math.abs(value) >= 100 ? value.toFixed(0) : value.toFixed(1)) + " " + unit;
+    };
+  }
+
+  // The endpoint gives each card its own points; uPlot wants one shared x axis, so take the union of the
+  // timestamps and leave gaps (null) where a card has no point.
+  function align(body, metric, scale) {
+    var stamps = {};
+    body.gpus.forEach(function (gpu) {
+      gpu.points.forEach(function (point) {
+        stamps[Math.floor(Date.parse(point.t) / 1000)] = true;
+      });
+    });
+    var xs = Object.keys(stamps).map(Number).sort(function (a, b) { return a - b; });
+    var position = {};
+    xs.forEach(function (x, i) { position[x] = i; });
+    var data = [xs];
+    body.gpus.forEach(function (gpu) {
+      var ys = new Array(xs.length).fill(null);
+      gpu.points.forEach(function (point) {
+        var value = point[metric];
+        if (value != null) {
+          ys[position[Math.floor(Date.parse(point.t) / 1000)]] = value * scale;
+        }
+      });
+      data.push(ys);
+    });
+    return data;
+  }
+
+  function destroyPlots() {
+    plots.forEach(function (plot) { plot.destroy(); });
+    plots = [];
+  }
+
+  function draw(body) {
+    // Same cards as drawn already (a refresh, or another range): swap the data and keep the plots.
+    var key = body.gpus.map(function (gpu) { return gpu.index; }).join(",");
+    if (plots.length && key === drawnKey) {
+      plots.forEach(function (plot, i) {
+        var container = containers[i];
+        plot.setData(align(body, container.getAttribute("data-metric"),
+          parseFloat(container.getAttribute("data-scale") || "1")));
+      });
+      return;
+    }
+    drawnKey = key;
+    destroyPlots();
+    var ink = inkColour();
+    var grid = "rgba(128, 128, 128, 0.2)";
+    containers.forEach(function (container) {
+      var metric = container.getAttribute("data-metric");
+      var unit = container.getAttribute("data-unit") || "";
+      var scale = parseFloat(container.getAttribute("data-scale") || "1");
+      var series = [{}];
+      body.gpus.forEach(function (gpu) {
+        series.push({
+          label: fill(text.card || "GPU {index}", { index: gpu.index }),
+          stroke: PALETTE[gpu.index % PALETTE.length],
+          width: 1.5,
+          spanGaps: false,
+          value: formatValue(unit)
+        });
+      });
+      var options = {
+        width: Math.max(container.clientWidth, 280),
+        height: HEIGHT,
+        series: series,
+        scales: metric === "utilization_pct" ? { y: { range: [0, 100] } } : {},
+        axes: [
+          { stroke: ink, grid: { stroke: grid } },
+          { stroke: ink, grid: { stroke: grid }, size: 55, values: function (u, ticks) {
+            return ticks.map(function (v) { return v + (unit === "%" ? "%" : ""); });
+          } }
+        ],
+        legend: { live: true }
+      };
+      container.textContent = "";
+      plots.push(new window.uPlot(options, align(body, metric, scale), container));
+    });
+  }
+
+  function rangeLabel() {
+    var pressed = buttons.filter(function (b) { return b.getAttribute("aria-pressed") === "true"; })[0];
+    return pressed ? pressed.textContent.trim() : "";
+  }
+
+  function load() {
+    if (typeof window.uPlot !== "function") {
+      say(text.error);
+      return;
+    }
+    if (pending) {
+      pending.abort();
+    }
+    pending = typeof AbortController === "function" ? new AbortController() : null;
+    var until = new Date();
+    var since = new Date(until.getTime() - rangeSeconds * 1000);
+    var url = section.getAttribute("data-telemetry-url") +
+      "?since=" + encodeURIComponent(since.toISOString()) + "&until=" + encodeURIComponent(until.toISOString());
+    var headers = { Accept: "application/json" };
+    var org = section.getAttribute("data-org");
+    if (org) {
+      headers["X-Organization"] = org;
+    }
+    say(text.loading);
+    section.setAttribute("aria-busy", "true");
+    fetch(url, { credentials: "same-origin", headers: headers, signal: pending ? pending.signal : undefined })
+      .then(function (response) {
+        if (!response.ok) {
+          throw new Error("HTTP " + response.status);
+        }
+        return response.json();
+      })
+      .then(function (body) {
+        var points = body.gpus.reduce(function (n, gpu) { return n + gpu.points.length; }, 0);
+        draw(body);
+        say(points ? fill(text.shown, { range: rangeLabel(), step: body.step }) : text.empty);
+      })
+      .catch(function (error) {
+        if (error && error.name === "AbortError") {
+          return;
+        }
+        say(text.error);
+      })
+      .then(function () {
+        section.removeAttribute("aria-busy");
+      });
+  }
+
+  buttons.forEach(function (button) {
+    button.addEventListener("click", function () {
+      buttons.forEach(function (other) { other.setAttribute("aria-pressed", String(other === button)); });
+      rangeSeconds = parseInt(button.getAttribute("data-range"), 10) || 3600;
+      load();
+    });
+  });
+
+  var resizeTimer = null;
+  window.addEventListener("resize", function () {
+    window.clearTimeout(resizeTimer);
+    resizeTimer = window.setTimeout(function () {
+      plots.forEach(function (plot, i) {
+        plot.setSize({ width: Math.max(containers[i].clientWidth, 280), height: HEIGHT });
+      });
+    }, 150);
+  });
+
+  // Keep the charts current while the page is in view (the card tiles refresh themselves through htmx).
+  window.setInterval(function () {
+    if (!document.hidden) {
+      load();
+    }
+  }, REFRESH_MS);
+
+  load();
+})();
