@@ -127,6 +127,7 @@ CELERY_BEAT_SCHEDULE = {
     "telemetry-rollup": {"task": "inventory.telemetry_rollup", "schedule": 60.0},
     "telemetry-maintain": {"task": "inventory.telemetry_maintain", "schedule": 3600.0},
     "purge-expired-api-state": {"task": "accounts.purge_expired", "schedule": 3600.0},
+    "run-leases": {"task": "scheduler.run_leases", "schedule": 30.0},
 }
 
 # --- Auth ------------------------------------------------------------------------------------------------
@@ -210,6 +211,12 @@ SUANLI_AGENT_MAX_SKEW_SECONDS = env_int("AGENT_MAX_SKEW_SECONDS", 300)
 SUANLI_TELEMETRY_RAW_DAYS = env_int("TELEMETRY_RAW_DAYS", 7)
 SUANLI_TELEMETRY_1M_DAYS = env_int("TELEMETRY_1M_DAYS", 90)
 SUANLI_TELEMETRY_1H_DAYS = env_int("TELEMETRY_1H_DAYS", 1095)
+# Scheduler (plain settings: not read from the environment yet). Reservations start at most this many days ahead.
+SUANLI_RESERVATION_HORIZON_DAYS = 90
+# An interruptible lease keeps its cards this long after an on-demand request claims them.
+SUANLI_PREEMPTION_NOTICE_SECONDS = 120
+# Idempotency-Key answers are replayed for this long (never less than 24 h).
+SUANLI_IDEMPOTENCY_TTL_HOURS = 24
 # /metrics (Prometheus) needs `Authorization: Bearer <METRICS_TOKEN>`; unset, only staff sessions may read it.
 METRICS_TOKEN = env_str("METRICS_TOKEN")
 

@@ -14,6 +14,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
 api_v1 = [
     path("", include("accounts.urls")),
     path("", include("inventory.urls")),
+    path("", include("scheduler.urls")),
     path("", include("marketplace.api_urls")),
 ]
 

@@ -29,8 +29,7 @@ class GpuModelOutput(serializers.ModelSerializer):
 
 
 class GpuOutput(serializers.ModelSerializer):
-    # No leases exist yet: the scheduler issue annotates the queryset with whether each card is held now
-    # and this field reads that annotation. Until then no card can be allocated.
+    # Whether a lease holds the card now: the `allocated` annotation of inventory.selectors.with_details.
     allocated = serializers.SerializerMethodField()
 
     class Meta:

@@ -1,2 +1,177 @@
-# The scheduler layer has no tables yet; its models arrive with their issue. It sits above inventory and
-# accounts in the layering and may import from them only.
+"""Leases, their per-card allocations (a time range each) and the append-only lease event log.
+
+The scheduler sits above inventory and accounts in the layering and imports from them only.
+The invariant that matters most is in the database: an allocation holds one card for a half-open
+period `[start, end)` (end NULL = open-ended) and an exclusion constraint forbids two allocations of the
+same card whose periods overlap, whatever the Python above it does.
+"""
+
+from __future__ import annotations
+
+from django.contrib.postgres.constraints import ExclusionConstraint
+from django.contrib.postgres.fields import DateTimeRangeField, RangeOperators
+from django.db import models
+from django.db.models import Q
+from django.utils.translation import gettext_lazy as _
+
+from accounts.errors import InvalidTransition
+from accounts.models import Organization
+from accounts.tenancy import TenantQuerySet
+from inventory.models import Gpu, GpuModel, Server
+
+
+class Plan(models.TextChoices):
+    CARD_HOUR = "card_hour", _("Per card-hour")
+    SERVER_MONTH = "server_month", _("Per server-month")
+    PFLOPS_YEAR = "pflops_year", _("Per PFLOPS-year")
+
+
+class LeaseState(models.TextChoices):
+    SCHEDULED = "scheduled", _("Scheduled")
+    ACTIVE = "active", _("Active")
+    ENDED = "ended", _("Ended")
+    PREEMPTED = "preempted", _("Preempted")
+    CANCELLED = "cancelled", _("Cancelled")
+
+
+# The only allowed moves of a lease's state; `check_transition` is the one place that reads it, and every
+# state write goes through `scheduler.services` with a conditional UPDATE on the allowed source states.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    LeaseState.SCHEDULED: frozenset({LeaseState.ACTIVE, LeaseState.CANCELLED, LeaseState.PREEMPTED}),
+    LeaseState.ACTIVE: frozenset({LeaseState.ENDED, LeaseState.PREEMPTED}),
+    LeaseState.ENDED: frozenset(),
+    LeaseState.PREEMPTED: frozenset(),
+    LeaseState.CANCELLED: frozenset(),
+}
+
+
+def sources_of(target: str) -> list[str]:
+    """The states a lease may move to `target` from."""
+    return [state for state, targets in TRANSITIONS.items() if target in targets]
+
+
+def check_transition(current: str, target: str) -> None:
+    """Raise InvalidTransition unless `current` -> `target` is an allowed move."""
+    if target not in TRANSITIONS.get(current, frozenset()):
+        raise InvalidTransition(f"A {current} lease cannot become {target}.", code="invalid_state")
+
+
+class Lease(models.Model):
+    """A customer's rental under one of the three plans; holds cards through its allocations."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="leases")
+    plan = models.CharField(max_length=16, choices=Plan.choices)
+    state = models.CharField(max_length=16, choices=LeaseState.choices, default=LeaseState.SCHEDULED)
+    interruptible = models.BooleanField(default=False)
+    # The marketplace Offer arrives with its own issue; until then leases are placed by model/region/server
+    # and this stays empty (a later migration turns it into a foreign key).
+    offer_id = models.BigIntegerField(null=True, blank=True)
+    gpu_model = models.ForeignKey(GpuModel, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    region = models.CharField(max_length=50, blank=True)
+    server = models.ForeignKey(Server, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    # card_hour: the cards asked for; other plans: the cards allocated at creation.
+    gpu_count = models.PositiveIntegerField(default=0)
+    servers = models.PositiveIntegerField(null=True, blank=True)
+    pflops = models.DecimalField(max_digits=12, decimal_places=3, null=True, blank=True)
+    delivered_pflops = models.DecimalField(max_digits=12, decimal_places=3, default=0)
+    # Cards the lease should hold but does not (a failed card with no replacement): billing does not charge them.
+    shortfall_gpus = models.PositiveIntegerField(default=0)
+    start_at = models.DateTimeField()
+    end_at = models.DateTimeField(null=True, blank=True)
+    # An interruptible lease told to make way: its cards go at this instant (see services.preempt_leases).
+    preempt_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    TENANT_FIELD = "organization"
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(plan__in=["card_hour", "server_month", "pflops_year"]), name="lease_plan_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(state__in=["scheduled", "active", "ended", "preempted", "cancelled"]),
+                name="lease_state_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(end_at__isnull=True) | Q(end_at__gt=models.F("start_at")), name="lease_end_after_start"
+            ),
+            models.CheckConstraint(
+                condition=Q(end_at__isnull=False) | Q(plan="card_hour"), name="lease_end_required_unless_card_hour"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["state", "start_at"], name="lease_state_start"),
+            models.Index(fields=["state", "end_at"], name="lease_state_end"),
+            models.Index(fields=["organization", "-id"], name="lease_org_recent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"lease {self.pk} ({self.plan}, {self.state})"
+
+
+class Allocation(models.Model):
+    """One card held by one lease for `period` = [start, end), end NULL while open-ended.
+
+    Never two overlapping periods on one card: the exclusion constraint below is the last word.
+    """
+
+    lease = models.ForeignKey(Lease, on_delete=models.PROTECT, related_name="allocations")
+    gpu = models.ForeignKey(Gpu, on_delete=models.PROTECT, related_name="allocations")
+    server = models.ForeignKey(Server, on_delete=models.PROTECT, related_name="+")
+    period = DateTimeRangeField()
+    # Why the period was closed early (ended, shrink, failover, preempted); empty while it runs its course.
+    close_reason = models.CharField(max_length=32, blank=True)
+
+    TENANT_FIELD = "lease__organization"
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            ExclusionConstraint(
+                name="allocation_no_overlap_per_gpu",
+                expressions=[("gpu", RangeOperators.EQUAL), ("period", RangeOperators.OVERLAPS)],
+            ),
+            models.CheckConstraint(
+                condition=Q(period__isempty=False) & Q(period__startswith__isnull=False),
+                name="allocation_period_bounded_start",
+            ),
+        ]
+        indexes = [models.Index(fields=["lease"], name="allocation_lease")]
+
+    def __str__(self) -> str:
+        return f"gpu {self.gpu_id} for lease {self.lease_id} {self.period}"
+
+
+class LeaseEvent(models.Model):
+    """Append-only history of a lease, readable by its customer and staff. Code only ever inserts rows."""
+
+    class Kind(models.TextChoices):
+        CREATED = "created", _("Created")
+        STARTED = "started", _("Started")
+        ENDED = "ended", _("Ended")
+        CANCELLED = "cancelled", _("Cancelled")
+        RESIZED = "resized", _("Resized")
+        PREEMPTION_NOTICE = "preemption_notice", _("Preemption notice")
+        PREEMPTED = "preempted", _("Preempted")
+        FAILOVER = "failover", _("Card replaced")
+        SHORTFALL = "shortfall", _("Card lost without replacement")
+
+    lease = models.ForeignKey(Lease, on_delete=models.PROTECT, related_name="events")
+    at = models.DateTimeField()
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    data = models.JSONField(default=dict, blank=True)
+
+    TENANT_FIELD = "lease__organization"
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["lease", "id"], name="leaseevent_lease")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} at {self.at}"

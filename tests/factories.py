@@ -102,3 +102,34 @@ class GpuFactory(factory.django.DjangoModelFactory):
     uuid = factory.Sequence(lambda n: f"GPU-{n:08x}-0000-4000-8000-{n:012x}")
     name = factory.LazyAttribute(lambda o: (o.server.gpu_model.nvml_names or [""])[0])
     memory_total_mb = 81559
+
+
+# --- scheduler -------------------------------------------------------------------------------------------
+from datetime import timedelta  # noqa: E402
+
+from django.utils import timezone  # noqa: E402
+
+from scheduler.models import Lease  # noqa: E402
+
+
+def online_server(*, gpus: int = 8, **fields) -> Server:
+    """An enrolled, online server of an active provider with `gpus` healthy cards (indexes 0..gpus-1)."""
+    fields.setdefault("status", Server.Status.ONLINE)
+    server = ServerFactory(gpu_count=gpus, **fields)
+    for index in range(gpus):
+        GpuFactory(server=server, index=index)
+    return server
+
+
+class LeaseFactory(factory.django.DjangoModelFactory):
+    """A lease row without allocations (use scheduler.services.lease_create for a real, allocated one)."""
+
+    class Meta:
+        model = Lease
+
+    organization = factory.SubFactory(OrganizationFactory)
+    plan = "card_hour"
+    state = "active"
+    gpu_count = 1
+    start_at = factory.LazyFunction(timezone.now)
+    end_at = factory.LazyFunction(lambda: timezone.now() + timedelta(hours=1))

@@ -40,6 +40,14 @@ def _bob_server(v: Victims) -> dict:
     return {"pk": v.objects["server"].pk}
 
 
+def _alice_lease(v: Victims) -> dict:
+    if "lease" not in v.objects:
+        from tests.factories import LeaseFactory
+
+        v.objects["lease"] = LeaseFactory(organization=v.alice.org)
+    return {"pk": v.objects["lease"].pk}
+
+
 # URL name -> the kwargs that point at a victim's object.
 VICTIM_OBJECTS: dict[str, Callable[[Victims], dict]] = {
     "org-detail": _alice_org,
@@ -52,6 +60,10 @@ VICTIM_OBJECTS: dict[str, Callable[[Victims], dict]] = {
     "server-undrain": _bob_server,
     "server-enrollment-token": _bob_server,
     "server-telemetry": _bob_server,
+    "lease-detail": _alice_lease,
+    "lease-end": _alice_lease,
+    "lease-resize": _alice_lease,
+    "lease-events": _alice_lease,
 }
 
 # Routes with ids that are public by design (e.g. a listed offer); only their writes are walked.

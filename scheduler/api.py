@@ -1,0 +1,102 @@
+"""The lease endpoints of API.md. Parse, call a service or selector, serialize; Idempotency-Key on writes."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, status
+from rest_framework.decorators import action
+from rest_framework.permissions import BasePermission, IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from accounts.apiviews import TenantViewSet
+from accounts.permissions import OPERATE, HasOrganization, role_required
+from scheduler import services
+from scheduler.access import access_lease
+from scheduler.idempotency import HEADER, run_idempotent
+from scheduler.models import Lease
+from scheduler.selectors import lease_events
+from scheduler.serializers import LeaseEventOutput, LeaseInput, LeaseOutput, ResizeInput
+
+IDEMPOTENCY_KEY = OpenApiParameter(
+    HEADER, location=OpenApiParameter.HEADER, required=False, description="Retries with the same key replay the answer."
+)
+
+
+class IsCustomer(BasePermission):
+    message = "Only customer organizations can rent capacity."
+
+    def has_permission(self, request, view) -> bool:
+        if request.method in ("GET", "HEAD", "OPTIONS"):
+            return True
+        org = getattr(request, "org", None)
+        return org is not None and org.is_customer
+
+
+class LeaseViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewSet):
+    """A customer's leases. Reads: any member (and staff, for any lease); writes: owner, admin or member."""
+
+    model = Lease
+    serializer_class = LeaseOutput
+    permission_classes = [IsAuthenticated, HasOrganization, IsCustomer, role_required(*OPERATE)]
+    filterset_fields = ["state", "plan", "interruptible"]
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return Lease.objects.none()
+        return super().get_queryset()
+
+    def scope_queryset(self, queryset):
+        return queryset.select_related("gpu_model").order_by("-id")
+
+    def get_object(self) -> Lease:
+        staff_read = self.request.method == "GET" and bool(self.request.user.is_staff)
+        return access_lease(self.request.org, self.kwargs["pk"], staff=staff_read)
+
+    @extend_schema(request=LeaseInput, responses={201: LeaseOutput}, parameters=[IDEMPOTENCY_KEY])
+    def create(self, request: Request) -> Response:
+        def work():
+            data = LeaseInput(data=request.data)
+            data.is_valid(raise_exception=True)
+            fields = dict(data.validated_data)
+            fields.pop("offer", None)
+            lease = services.lease_create(org=request.org, **fields)
+            return status.HTTP_201_CREATED, LeaseOutput(lease).data
+
+        code, body = run_idempotent(request, scope="lease.create", work=work)
+        return Response(body, status=code)
+
+    @extend_schema(request=None, responses={200: LeaseOutput}, parameters=[IDEMPOTENCY_KEY])
+    @action(detail=True, methods=["post"])
+    def end(self, request: Request, pk: str) -> Response:
+        lease = self.get_object()
+
+        def work():
+            return status.HTTP_200_OK, LeaseOutput(services.lease_end(lease=lease)).data
+
+        code, body = run_idempotent(request, scope=f"lease.{lease.pk}.end", work=work)
+        return Response(body, status=code)
+
+    @extend_schema(request=ResizeInput, responses={200: LeaseOutput}, parameters=[IDEMPOTENCY_KEY])
+    @action(detail=True, methods=["post"])
+    def resize(self, request: Request, pk: str) -> Response:
+        lease = self.get_object()
+
+        def work():
+            data = ResizeInput(data=request.data)
+            data.is_valid(raise_exception=True)
+            lease_now = services.lease_resize(lease=lease, gpu_count=data.validated_data["gpu_count"])
+            return status.HTTP_200_OK, LeaseOutput(lease_now).data
+
+        code, body = run_idempotent(request, scope=f"lease.{lease.pk}.resize", work=work)
+        return Response(body, status=code)
+
+    @extend_schema(request=None, responses={200: LeaseEventOutput(many=True)})
+    @action(detail=True, methods=["get"])
+    def events(self, request: Request, pk: str) -> Response:
+        """The lease's append-only event log, oldest first (paginated)."""
+        queryset = lease_events(lease=self.get_object())
+        page = self.paginate_queryset(queryset)
+        if page is not None:
+            return self.get_paginated_response(LeaseEventOutput(page, many=True).data)
+        return Response(LeaseEventOutput(queryset, many=True).data)

@@ -1,0 +1,58 @@
+"""Row locks on cards, taken before an allocation is written.
+
+Every writer of allocations locks the card rows first (`FOR NO KEY UPDATE`: allocators exclude each other while
+the foreign-key checks of inserts, which take `KEY SHARE`, still pass). The usual path skips cards another
+transaction holds (`SKIP LOCKED`), so racing requests spread over different cards instead of queueing on the
+same one; a request that comes up short only because cards were locked waits once for those locks
+(`wait_for_cards`, blocking, in primary-key order) before it may answer `no_capacity`, so a competitor that
+then rolls back never makes it fail. The exclusion constraint stays the last word.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from django.db.backends.postgresql.psycopg_any import DateTimeTZRange
+
+from scheduler import selectors
+from scheduler.selectors import Filters
+
+
+def claim_free_cards(*, server_id: int, count: int, period: DateTimeTZRange, filters: Filters) -> list[int]:
+    """Lock up to `count` free allocatable cards of `server_id` (lowest ids first), skipping locked ones.
+
+    Returns the ids locked; fewer than `count` means the server cannot take the request right now.
+    """
+    return list(
+        selectors.free_gpus(filters, period)
+        .filter(server_id=server_id)
+        .order_by("pk")
+        .select_for_update(no_key=True, skip_locked=True, of=("self",))
+        .values_list("pk", flat=True)[:count]
+    )
+
+
+def claim_gpus(gpu_ids: Iterable[int]) -> list[int]:
+    """Lock exactly these cards, skipping locked ones; returns the ids locked."""
+    from inventory.models import Gpu
+
+    return list(
+        Gpu.objects.filter(pk__in=list(gpu_ids))
+        .order_by("pk")
+        .select_for_update(no_key=True, skip_locked=True)
+        .values_list("pk", flat=True)
+    )
+
+
+def wait_for_cards(*, server_ids: Iterable[int], period: DateTimeTZRange, filters: Filters) -> int:
+    """Block until the free-looking cards of `server_ids` are unlocked, then hold them (primary-key order, so two
+    waiters cannot deadlock each other). Returns how many cards were locked."""
+    return len(
+        list(
+            selectors.free_gpus(filters, period)
+            .filter(server_id__in=list(server_ids))
+            .order_by("pk")
+            .select_for_update(no_key=True, of=("self",))
+            .values_list("pk", flat=True)
+        )
+    )

@@ -1,0 +1,14 @@
+from django.core.management.base import BaseCommand
+
+from scheduler import services
+
+
+class Command(BaseCommand):
+    help = (
+        "Start due reservations, end leases at end_at, finish preemptions and fail leases over from failed cards "
+        "or unreachable servers (the Celery beat job scheduler.run_leases runs the same). Idempotent."
+    )
+
+    def handle(self, *args, **options) -> None:
+        counts = services.leases_run()
+        self.stdout.write(", ".join(f"{name}: {value}" for name, value in counts.items()))

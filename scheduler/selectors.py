@@ -1,0 +1,111 @@
+"""Reads of the scheduler: which cards can be allocated, free capacity per server, a tenant's leases."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db.backends.postgresql.psycopg_any import DateTimeTZRange
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Sum
+
+from accounts.models import Organization
+from accounts.tenancy import scoped
+from inventory.models import Gpu, Server
+from scheduler.allocator import ServerCapacity
+from scheduler.models import Allocation, Lease, LeaseEvent
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Where a lease may be placed: optionally one GPU model, region or server."""
+
+    gpu_model_id: int | None = None
+    region: str = ""
+    server_id: int | None = None
+
+
+def period_range(start: datetime, end: datetime | None) -> DateTimeTZRange:
+    """The half-open period [start, end); end None is open-ended."""
+    return DateTimeTZRange(start, end, "[)")
+
+
+def allocatable_gpus(filters: Filters = Filters()) -> QuerySet[Gpu]:  # noqa: B008 - frozen dataclass
+    """Cards that may be allocated at all: not failed, not drained, on an online undrained server of an active
+    provider, matching `filters`. Time is not considered here (see `free_gpus`)."""
+    qs = Gpu.objects.filter(
+        drained=False,
+        server__status=Server.Status.ONLINE,
+        server__drained=False,
+        server__organization__status=Organization.Status.ACTIVE,
+        server__organization__kind__in=[Organization.Kind.PROVIDER, Organization.Kind.BOTH],
+    ).exclude(health=Gpu.Health.FAILED)
+    if filters.gpu_model_id:
+        qs = qs.filter(server__gpu_model_id=filters.gpu_model_id)
+    if filters.region:
+        qs = qs.filter(server__region=filters.region)
+    if filters.server_id:
+        qs = qs.filter(server_id=filters.server_id)
+    return qs
+
+
+def overlapping(period: DateTimeTZRange, *, gpu_ref: str = "pk") -> QuerySet[Allocation]:
+    """Allocations of the outer query's card that overlap `period` (served by the exclusion constraint's index)."""
+    return Allocation.objects.filter(gpu_id=OuterRef(gpu_ref), period__overlap=period)
+
+
+def free_gpus(filters: Filters, period: DateTimeTZRange) -> QuerySet[Gpu]:
+    """Allocatable cards with no allocation overlapping `period`."""
+    return allocatable_gpus(filters).filter(~Exists(overlapping(period)))
+
+
+def free_capacity(filters: Filters, period: DateTimeTZRange) -> list[ServerCapacity]:
+    """Per server: how many of its cards are allocatable and free for the whole `period`."""
+    rows = (
+        free_gpus(filters, period)
+        .values("server_id", "server__gpu_model_id", "server__gpu_model__fp16_tflops", "server__gpu_count")
+        .annotate(free=Count("id"))
+        .order_by("server_id")
+    )
+    return [
+        ServerCapacity(
+            server_id=row["server_id"],
+            gpu_model_id=row["server__gpu_model_id"],
+            card_tflops=row["server__gpu_model__fp16_tflops"],
+            gpu_count=row["server__gpu_count"],
+            free=row["free"],
+        )
+        for row in rows
+    ]
+
+
+def allocatable_totals(filters: Filters) -> dict:
+    """The largest request that could ever be met with `filters`: cards, whole servers, rated PFLOPS."""
+    per_server = list(
+        allocatable_gpus(filters)
+        .values("server_id", "server__gpu_count")
+        .annotate(cards=Count("id"), tflops=Sum("server__gpu_model__fp16_tflops"))
+        .order_by()
+    )
+    return {
+        "cards": sum(row["cards"] for row in per_server),
+        "servers": sum(1 for row in per_server if row["cards"] == row["server__gpu_count"]),
+        "tflops": sum((row["tflops"] for row in per_server), 0),
+    }
+
+
+def leases_for_org(*, org: Organization | None) -> QuerySet[Lease]:
+    return scoped(Lease, org).select_related("gpu_model").order_by("-id")
+
+
+def held_allocations(*, lease: Lease, at: datetime) -> QuerySet[Allocation]:
+    """The lease's allocations held at `at` or later (open, or closing after `at`), card order."""
+    return (
+        Allocation.objects.filter(lease=lease)
+        .filter(Q(period__endswith__isnull=True) | Q(period__endswith__gt=at))
+        .select_related("gpu")
+        .order_by("server_id", "gpu__index")
+    )
+
+
+def lease_events(*, lease: Lease) -> QuerySet[LeaseEvent]:
+    return LeaseEvent.objects.filter(lease=lease).order_by("id")

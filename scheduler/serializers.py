@@ -1,0 +1,128 @@
+"""Input and output shapes of the lease API (API.md: Leases)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.utils import timezone
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from accounts.serializers import StrictSerializer
+from inventory.models import GpuModel, Server
+from scheduler.models import Lease, LeaseEvent, Plan
+
+# A start a little in the past (clock skew, a slow client) means "now"; older is refused.
+START_GRACE = timedelta(seconds=60)
+
+
+class LeaseInput(StrictSerializer):
+    plan = serializers.ChoiceField(choices=Plan.choices)
+    offer = serializers.IntegerField(required=False, allow_null=True)
+    gpu_model = serializers.PrimaryKeyRelatedField(
+        queryset=GpuModel.objects.filter(active=True), required=False, allow_null=True
+    )
+    region = serializers.CharField(max_length=50, required=False, allow_blank=True, default="")
+    server = serializers.PrimaryKeyRelatedField(queryset=Server.objects.all(), required=False, allow_null=True)
+    gpu_count = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    servers = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    pflops = serializers.DecimalField(max_digits=12, decimal_places=3, required=False, allow_null=True)
+    start_at = serializers.DateTimeField(required=False, allow_null=True)
+    end_at = serializers.DateTimeField(required=False, allow_null=True)
+    interruptible = serializers.BooleanField(required=False, default=False)
+
+    def validate_offer(self, value):
+        if value is not None:
+            # Offers arrive with the marketplace issue; until then no offer id exists.
+            raise serializers.ValidationError("Unknown offer.")
+        return value
+
+    def validate_pflops(self, value: Decimal | None) -> Decimal | None:
+        if value is not None and value <= 0:
+            raise serializers.ValidationError("Must be greater than 0.")
+        return value
+
+    def validate(self, attrs: dict) -> dict:
+        errors: dict[str, list[str]] = {}
+        plan = attrs["plan"]
+        now = timezone.now()
+        start_at, end_at = attrs.get("start_at"), attrs.get("end_at")
+        needs = {Plan.CARD_HOUR: "gpu_count", Plan.SERVER_MONTH: "servers", Plan.PFLOPS_YEAR: "pflops"}
+        for other_plan, name in needs.items():
+            if other_plan != plan and attrs.get(name) is not None:
+                errors[name] = [f"Not used by the {plan} plan."]
+        if plan == Plan.CARD_HOUR and attrs.get("gpu_count") is None:
+            errors["gpu_count"] = ["Required for card_hour."]
+        if plan == Plan.SERVER_MONTH and attrs.get("servers") is None:
+            attrs["servers"] = 1
+        if plan == Plan.PFLOPS_YEAR and attrs.get("pflops") is None:
+            errors["pflops"] = ["Required for pflops_year."]
+        if plan != Plan.CARD_HOUR and end_at is None:
+            errors["end_at"] = [f"Required for {plan}."]
+        if start_at is not None:
+            if start_at < now - START_GRACE:
+                errors["start_at"] = ["Must not be in the past."]
+            elif start_at > now + timedelta(days=settings.SUANLI_RESERVATION_HORIZON_DAYS):
+                errors["start_at"] = [
+                    f"Reservations can start at most {settings.SUANLI_RESERVATION_HORIZON_DAYS} days ahead."
+                ]
+        if end_at is not None and end_at <= max(start_at or now, now):
+            errors["end_at"] = ["Must be after start_at (and in the future)."]
+        if errors:
+            raise serializers.ValidationError(errors)
+        return attrs
+
+
+class ResizeInput(StrictSerializer):
+    gpu_count = serializers.IntegerField(min_value=1)
+
+
+class LeaseGpuOutput(serializers.Serializer):
+    uuid = serializers.CharField(source="gpu.uuid")
+    server = serializers.IntegerField(source="server_id")
+    since = serializers.DateTimeField(source="period.lower")
+    until = serializers.DateTimeField(source="period.upper", allow_null=True)
+
+
+class LeaseOutput(serializers.ModelSerializer):
+    gpus = serializers.SerializerMethodField()
+    offer = serializers.IntegerField(source="offer_id", allow_null=True, read_only=True)
+
+    class Meta:
+        model = Lease
+        fields = [
+            "id",
+            "state",
+            "plan",
+            "interruptible",
+            "offer",
+            "gpu_model",
+            "region",
+            "server",
+            "gpu_count",
+            "servers",
+            "pflops",
+            "delivered_pflops",
+            "shortfall_gpus",
+            "gpus",
+            "start_at",
+            "end_at",
+            "preempt_at",
+            "created_at",
+            "ended_at",
+        ]
+
+    @extend_schema_field(LeaseGpuOutput(many=True))
+    def get_gpus(self, lease: Lease) -> list[dict]:
+        from scheduler.selectors import held_allocations
+
+        at = self.context.get("now") or timezone.now()
+        return LeaseGpuOutput(held_allocations(lease=lease, at=at), many=True).data
+
+
+class LeaseEventOutput(serializers.ModelSerializer):
+    class Meta:
+        model = LeaseEvent
+        fields = ["id", "at", "kind", "data"]
