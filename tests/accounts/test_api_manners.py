@@ -4,7 +4,6 @@ import threading
 from datetime import UTC, datetime
 
 import time_machine
-
 from django.test import override_settings
 
 from accounts.models import Organization
