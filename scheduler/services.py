@@ -275,7 +275,7 @@ def _preempt(victim: Lease, *, cut: datetime, now: datetime) -> None:
 
 def _finish_preemption(lease: Lease, *, now: datetime) -> bool:
     if _transition(lease, LeaseState.PREEMPTED, ended_at=lease.preempt_at or now):
-        _event(lease, now, LeaseEvent.Kind.PREEMPTED, at=(lease.preempt_at or now).isoformat())
+        _event(lease, now, LeaseEvent.Kind.PREEMPTED, effective_at=(lease.preempt_at or now).isoformat())
         return True
     return False
 

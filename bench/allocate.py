@@ -1,0 +1,234 @@
+"""How fast does the scheduler allocate, next to a bare `SELECT ... FOR UPDATE SKIP LOCKED` claim?
+
+    .venv/bin/python bench/allocate.py                          # 1,000 servers x 8 cards, 16 clients, 3 runs
+    .venv/bin/python bench/allocate.py --servers 100 --leases 300 --runs 1      # a quick look
+
+Its own database (DATABASE_URL, default postgres://postgres@127.0.0.1:5432/suanli_bench_sched), created when missing
+and migrated. Per run, `--clients` forked processes, each on its own connection, share `--leases` requests of 1-4 cards:
+- service: `scheduler.services.lease_create` (best fit, skip-locked claims, events) — what the API calls;
+- raw SQL: one transaction per request inserting the lease row and claiming the same number of free cards with
+  `SELECT id FROM inventory_gpu ... ORDER BY id LIMIT n FOR UPDATE SKIP LOCKED` straight into allocations
+  (no placement rules, no events): the floor the service is compared with.
+Then the same again after 10 closed past allocations per card have been added (history), to show that allocation
+time does not grow with the number of past allocations. Medians of `--runs` runs and ratios are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import random
+import statistics
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/suanli_bench_sched")
+os.environ["DB_POOL"] = "0"  # forked clients open their own connections
+os.environ.setdefault("DJANGO_DEBUG", "1")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+
+def ensure_database(url: str) -> None:
+    import psycopg
+
+    base, name = url.rsplit("/", 1)
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def setup_world(servers: int) -> tuple[int, int]:
+    from django.core.management import call_command
+    from django.db import connection
+
+    from accounts.models import Organization
+    from inventory.models import Gpu, GpuModel, Server
+
+    call_command("migrate", verbosity=0)
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE scheduler_leaseevent, scheduler_allocation, scheduler_lease")
+    provider, _ = Organization.objects.get_or_create(name="bench provider", defaults={"kind": "provider"})
+    customer, _ = Organization.objects.get_or_create(name="bench customer", defaults={"kind": "customer"})
+    model = GpuModel.objects.order_by("id").first()
+    have = Server.objects.filter(organization=provider).count()
+    if have != servers:
+        Gpu.objects.filter(server__organization=provider).delete()
+        Server.objects.filter(organization=provider).delete()
+        rows = Server.objects.bulk_create(
+            Server(
+                organization=provider,
+                name=f"bench-{i:05d}",
+                region="bench",
+                gpu_model=model,
+                gpu_count=8,
+                cpu_cores=128,
+                ram_gb=2048,
+                disk_gb=30000,
+                status="online",
+            )
+            for i in range(servers)
+        )
+        Gpu.objects.bulk_create(
+            Gpu(server=s, index=i, uuid=f"BENCH-{s.pk}-{i}", name=model.name) for s in rows for i in range(8)
+        )
+    return provider.pk, customer.pk
+
+
+def reset_leases() -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM scheduler_leaseevent")
+        cursor.execute("DELETE FROM scheduler_allocation WHERE upper_inf(period) OR upper(period) > now()")
+        cursor.execute(
+            "DELETE FROM scheduler_lease WHERE NOT EXISTS (SELECT 1 FROM scheduler_allocation a "
+            "WHERE a.lease_id = scheduler_lease.id)"
+        )
+
+
+def add_history(per_card: int, customer_id: int) -> int:
+    """`per_card` closed allocations in the past on every card (one old lease holds them)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO scheduler_lease (organization_id, plan, state, interruptible, region, gpu_count, "
+            "delivered_pflops, shortfall_gpus, start_at, end_at, created_at, ended_at) VALUES "
+            "(%s, 'card_hour', 'ended', false, '', 0, 0, 0, now() - interval '400 days', now() - interval '1 day', "
+            "now(), now()) RETURNING id",
+            [customer_id],
+        )
+        lease_id = cursor.fetchone()[0]
+        cursor.execute(
+            "INSERT INTO scheduler_allocation (lease_id, gpu_id, server_id, period, close_reason) "
+            "SELECT %s, g.id, g.server_id, tstzrange(now() - (k + 2) * interval '1 day', "
+            "now() - (k + 1) * interval '1 day' - interval '1 hour', '[)'), 'ended' "
+            "FROM inventory_gpu g CROSS JOIN generate_series(1, %s) k",
+            [lease_id, per_card],
+        )
+        cursor.execute("ANALYZE scheduler_allocation")
+        cursor.execute("SELECT count(*) FROM scheduler_allocation")
+        return cursor.fetchone()[0]
+
+
+RAW_CLAIM = """
+WITH lease AS (
+  INSERT INTO scheduler_lease (organization_id, plan, state, interruptible, region, gpu_count, delivered_pflops,
+                               shortfall_gpus, start_at, created_at)
+  VALUES (%(org)s, 'card_hour', 'active', false, '', %(n)s, 0, 0, now(), now()) RETURNING id
+), cards AS (
+  SELECT g.id, g.server_id FROM inventory_gpu g
+  WHERE g.health <> 'failed' AND NOT g.drained
+    AND NOT EXISTS (SELECT 1 FROM scheduler_allocation a WHERE a.gpu_id = g.id AND a.period && tstzrange(now(), NULL))
+  ORDER BY g.id LIMIT %(n)s FOR UPDATE SKIP LOCKED
+)
+INSERT INTO scheduler_allocation (lease_id, gpu_id, server_id, period, close_reason)
+SELECT lease.id, cards.id, cards.server_id, tstzrange(now(), NULL, '[)'), '' FROM lease, cards
+"""
+
+
+def client(kind: str, customer_id: int, sizes: list[int], out) -> None:
+    import django
+
+    django.setup()
+    from django.db import IntegrityError, connection, transaction
+
+    from accounts.errors import DomainError
+    from accounts.models import Organization
+    from scheduler import services
+
+    org = Organization.objects.get(pk=customer_id)
+    granted = refused = 0
+    started = time.perf_counter()
+    for n in sizes:
+        if kind == "service":
+            try:
+                services.lease_create(org=org, plan="card_hour", gpu_count=n)
+                granted += 1
+            except DomainError:
+                refused += 1
+        else:
+            for _attempt in range(5):  # a card committed between snapshot and lock trips the constraint: retry
+                try:
+                    with transaction.atomic(), connection.cursor() as cursor:
+                        cursor.execute(RAW_CLAIM, {"org": customer_id, "n": n})
+                        if cursor.rowcount != n:
+                            raise LookupError
+                    granted += 1
+                    break
+                except LookupError:
+                    refused += 1
+                    break
+                except IntegrityError:
+                    continue
+    out.put((granted, refused, time.perf_counter() - started))
+    connection.close()
+
+
+def measure(kind: str, customer_id: int, leases: int, clients: int, seed: int) -> tuple[float, int, int]:
+    from django.db import connections
+
+    rng = random.Random(seed)
+    sizes = [rng.choice([1, 1, 2, 4]) for _ in range(leases)]
+    connections.close_all()
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=client, args=(kind, customer_id, sizes[i::clients], out)) for i in range(clients)]
+    started = time.perf_counter()
+    for proc in procs:
+        proc.start()
+    results = [out.get() for _ in procs]
+    for proc in procs:
+        proc.join()
+    elapsed = time.perf_counter() - started
+    granted = sum(r[0] for r in results)
+    return granted / elapsed, granted, sum(r[1] for r in results)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--servers", type=int, default=1000)
+    parser.add_argument("--leases", type=int, default=3000)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--history", type=int, default=10, help="past allocations per card in the second phase")
+    args = parser.parse_args()
+
+    ensure_database(os.environ["DATABASE_URL"])
+    import django
+
+    django.setup()
+    _, customer_id = setup_world(args.servers)
+    print(f"{args.servers} servers x 8 cards, {args.leases} requests of 1-4 cards, {args.clients} clients")
+    figures: dict[str, list[float]] = {}
+    for phase in ("empty history", f"{args.history} past allocations per card"):
+        if phase != "empty history":
+            total = add_history(args.history, customer_id)
+            print(f"history added: {total} allocation rows")
+        for run in range(args.runs):
+            for kind in ("service", "raw"):
+                reset_leases()
+                rate, granted, refused = measure(kind, customer_id, args.leases, args.clients, seed=run)
+                figures.setdefault(f"{phase}: {kind}", []).append(rate)
+                print(
+                    f"  {phase:32} {kind:8} run {run + 1}: {rate:8.1f} leases/s ({granted} granted, {refused} refused)"
+                )
+    reset_leases()
+    med = {key: statistics.median(values) for key, values in figures.items()}
+    print("\nmedians (leases/s):")
+    for key, value in med.items():
+        print(f"  {key:50} {value:8.1f}")
+    phases = ["empty history", f"{args.history} past allocations per card"]
+    for phase in phases:
+        print(f"  {phase}: service / raw SKIP LOCKED = {med[f'{phase}: service'] / med[f'{phase}: raw']:.2f}")
+    print(
+        f"  service with history / without = {med[f'{phases[1]}: service'] / med[f'{phases[0]}: service']:.2f}"
+        f"  (raw: {med[f'{phases[1]}: raw'] / med[f'{phases[0]}: raw']:.2f})"
+    )
+
+
+if __name__ == "__main__":
+    main()
