@@ -186,7 +186,5 @@ class OrganizationViewSet(OrgContextMixin, mixins.ListModelMixin, viewsets.Gener
             return Response(status=204)
         data = MembershipUpdate(data=request.data)
         data.is_valid(raise_exception=True)
-        membership = services.membership_update(
-            membership=membership, actor=actor, role=data.validated_data["role"]
-        )
+        membership = services.membership_update(membership=membership, actor=actor, role=data.validated_data["role"])
         return Response(MembershipOutput(membership).data)

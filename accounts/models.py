@@ -69,9 +69,9 @@ class Organization(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     currency = models.CharField(max_length=3, choices=Currency.choices, default=Currency.USD)
     approved_at = models.DateTimeField(null=True, blank=True)
-    approved_by = models.ForeignKey(
-        "accounts.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
+    # Set by billing when an invoice is overdue and SUANLI_OVERDUE_BLOCKS_LEASES is on: no new leases.
+    billing_hold = models.BooleanField(default=False)
+    approved_by = models.ForeignKey("accounts.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 
     TENANT_FIELD = "pk"
@@ -80,12 +80,8 @@ class Organization(models.Model):
     class Meta:
         ordering = ["id"]
         constraints = [
-            models.CheckConstraint(
-                condition=Q(kind__in=["customer", "provider", "both"]), name="org_kind_valid"
-            ),
-            models.CheckConstraint(
-                condition=Q(status__in=["pending", "active", "suspended"]), name="org_status_valid"
-            ),
+            models.CheckConstraint(condition=Q(kind__in=["customer", "provider", "both"]), name="org_kind_valid"),
+            models.CheckConstraint(condition=Q(status__in=["pending", "active", "suspended"]), name="org_status_valid"),
         ]
 
     def __str__(self) -> str:
@@ -163,9 +159,7 @@ class IdempotencyRecord(models.Model):
     objects = TenantQuerySet.as_manager()
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["organization", "scope", "key"], name="idempotency_key_unique")
-        ]
+        constraints = [models.UniqueConstraint(fields=["organization", "scope", "key"], name="idempotency_key_unique")]
         indexes = [models.Index(fields=["expires_at"])]
 
     def __str__(self) -> str:

@@ -68,9 +68,7 @@ def membership_add(*, org: Organization, actor: Membership, email: str, role: st
     _check_can_grant(actor, role)
     user = User.objects.filter(email__iexact=email.strip()).first()
     if user is None:
-        raise InvalidInput(
-            "No user has this email; ask them to sign up first.", fields={"email": ["Unknown user."]}
-        )
+        raise InvalidInput("No user has this email; ask them to sign up first.", fields={"email": ["Unknown user."]})
     try:
         with transaction.atomic():
             return Membership.objects.create(organization=org, user=user, role=role)
@@ -112,9 +110,7 @@ def _check_can_grant(actor: Membership, role: str) -> None:
 
 def _lock_owners(org_id: int) -> None:
     # Lock the organisation's owner rows in primary-key order so two demotions cannot both pass the check.
-    list(
-        Membership.objects.filter(organization_id=org_id, role=Role.OWNER).order_by("pk").select_for_update()
-    )
+    list(Membership.objects.filter(organization_id=org_id, role=Role.OWNER).order_by("pk").select_for_update())
 
 
 def _require_another_owner(membership: Membership) -> None:

@@ -1,2 +1,353 @@
-# The billing layer has no tables yet; its models arrive with their issue. It sits above inventory and
-# accounts in the layering and may import from them only.
+"""Usage records, invoices and their lines, credit notes, payments, Stripe events, provider statements, payouts.
+
+Money is Decimal with a currency beside it. Usage amounts keep 12 decimal places; an amount is rounded once,
+half-up to the cent, on the invoice line (billing/rating.py). A finalised invoice and its lines never change:
+PostgreSQL triggers (migration 0002) refuse it, whatever the Python above does; corrections are credit notes.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+from django.utils.translation import gettext_lazy as _
+
+from accounts.models import Organization
+from accounts.tenancy import TenantQuerySet
+from inventory.models import Server
+from scheduler.models import Allocation, Lease, Plan
+
+CURRENCY = {"max_length": 3, "choices": Organization.Currency.choices}
+
+
+def money(**kwargs) -> models.DecimalField:
+    return models.DecimalField(max_digits=18, decimal_places=2, **kwargs)
+
+
+def exact(**kwargs) -> models.DecimalField:
+    """An unrounded amount or quantity (12 decimal places)."""
+    return models.DecimalField(max_digits=30, decimal_places=12, **kwargs)
+
+
+class UsageRecord(models.Model):
+    """The seconds one allocation held its card within one slot (an hour of the platform's clock), rated.
+
+    Made once per (allocation, slot) by `manage.py meter`, only for slots that are over, so a record never
+    changes after it is written; running the meter twice or concurrently inserts nothing new. `seconds` is the
+    time held; `down_seconds` the part of it the card was failed or its server unreachable (not charged).
+    """
+
+    allocation = models.ForeignKey(Allocation, on_delete=models.PROTECT, related_name="usage")
+    lease = models.ForeignKey(Lease, on_delete=models.PROTECT, related_name="usage")
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="usage")
+    provider = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="provided_usage")
+    server = models.ForeignKey(Server, on_delete=models.PROTECT, related_name="+")
+    plan = models.CharField(max_length=16, choices=Plan.choices)
+    slot_start = models.DateTimeField()
+    start = models.DateTimeField()
+    end = models.DateTimeField()
+    seconds = models.DecimalField(max_digits=18, decimal_places=6)
+    down_seconds = models.DecimalField(max_digits=18, decimal_places=6, default=0)
+    units = exact()
+    unit_price = models.DecimalField(max_digits=20, decimal_places=6)
+    currency = models.CharField(**CURRENCY)
+    quantity = exact(help_text=_("Billable seconds in the plan's unit (card-hours, server-months, PFLOPS-years)"))
+    amount = exact()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    TENANT_FIELD = "organization"
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["allocation", "slot_start"], name="usage_once_per_slot"),
+            models.CheckConstraint(condition=Q(end__gt=models.F("start")), name="usage_end_after_start"),
+            models.CheckConstraint(
+                condition=Q(down_seconds__gte=0, down_seconds__lte=models.F("seconds")), name="usage_down_within"
+            ),
+            models.CheckConstraint(condition=Q(amount__gte=0), name="usage_amount_not_negative"),
+        ]
+        indexes = [
+            models.Index(fields=["organization", "slot_start"], name="usage_org_slot"),
+            models.Index(fields=["provider", "slot_start"], name="usage_provider_slot"),
+            models.Index(fields=["lease", "slot_start"], name="usage_lease_slot"),
+            models.Index(fields=["slot_start"], name="usage_slot"),
+        ]
+
+    def __str__(self) -> str:
+        return f"allocation {self.allocation_id} at {self.slot_start}: {self.amount} {self.currency}"
+
+
+class MeterRun(models.Model):
+    """The meter's watermark: every slot that ended at or before `until` is in the usage records."""
+
+    until = models.DateTimeField()
+    records = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-until"]
+        get_latest_by = "until"
+
+    def __str__(self) -> str:
+        return f"metered until {self.until}"
+
+
+class Invoice(models.Model):
+    class State(models.TextChoices):
+        DRAFT = "draft", _("Draft")
+        OPEN = "open", _("Open")
+        PAID = "paid", _("Paid")
+        VOID = "void", _("Void")
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="invoices")
+    period = models.CharField(max_length=7, help_text="YYYY-MM")
+    number = models.CharField(max_length=20, blank=True)
+    state = models.CharField(max_length=8, choices=State.choices, default=State.DRAFT)
+    currency = models.CharField(**CURRENCY)
+    subtotal = money(default=0)
+    credits = money(default=0)
+    tax_rate = models.DecimalField(max_digits=6, decimal_places=4, default=0)
+    tax = money(default=0)
+    total = money(default=0)
+    issued_at = models.DateTimeField(null=True, blank=True)
+    due_at = models.DateTimeField(null=True, blank=True)
+    paid_at = models.DateTimeField(null=True, blank=True)
+    overdue = models.BooleanField(default=False)
+    refunded = money(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    TENANT_FIELD = "organization"
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-period", "-id"]
+        constraints = [
+            # One invoice per organisation and month and currency: closing a period twice makes nothing new.
+            models.UniqueConstraint(fields=["organization", "period", "currency"], name="invoice_once_per_period"),
+            models.UniqueConstraint(fields=["number"], condition=~Q(number=""), name="invoice_number_unique"),
+            models.CheckConstraint(condition=Q(state__in=["draft", "open", "paid", "void"]), name="invoice_state_ok"),
+            models.CheckConstraint(condition=Q(state="draft") | ~Q(number=""), name="invoice_issued_has_number"),
+            models.CheckConstraint(
+                condition=Q(total=models.F("subtotal") - models.F("credits") + models.F("tax")), name="invoice_sums"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.number or f"draft invoice {self.pk}"
+
+
+class InvoiceLine(models.Model):
+    """One lease's charge under one plan and unit price in the invoice's month (rounded once, here)."""
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="lines")
+    lease = models.ForeignKey(Lease, on_delete=models.PROTECT, related_name="+")
+    plan = models.CharField(max_length=16, choices=Plan.choices)
+    description = models.CharField(max_length=200)
+    quantity = models.DecimalField(max_digits=24, decimal_places=6)
+    unit = models.CharField(max_length=20)
+    unit_price = models.DecimalField(max_digits=20, decimal_places=6)
+    amount = money()
+    exact_amount = exact()
+    seconds = models.DecimalField(max_digits=18, decimal_places=6)
+    down_seconds = models.DecimalField(max_digits=18, decimal_places=6, default=0)
+    sla_credit = money(default=0)
+
+    TENANT_FIELD = "invoice__organization"
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["invoice", "lease", "plan", "unit_price"], name="invoiceline_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.description}: {self.amount}"
+
+
+class DocumentCounter(models.Model):
+    """Gap-free numbering: the row of a series is locked while a number is taken, inside the transaction that
+    issues the document, so a rolled-back issue returns its number."""
+
+    series = models.CharField(max_length=10, primary_key=True)
+    last = models.PositiveBigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.series} #{self.last}"
+
+
+class CreditNote(models.Model):
+    """A correction to a finalised invoice: money given back to the customer (and charged back to providers)."""
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="credit_notes")
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="credit_notes")
+    number = models.CharField(max_length=20, unique=True)
+    amount = money()
+    currency = models.CharField(**CURRENCY)
+    reason = models.CharField(max_length=300)
+    lease = models.ForeignKey(Lease, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    created_by = models.ForeignKey("accounts.User", null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    TENANT_FIELD = "organization"
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.CheckConstraint(condition=Q(amount__gt=0), name="creditnote_positive")]
+
+    def __str__(self) -> str:
+        return self.number
+
+
+class Payment(models.Model):
+    """A Stripe PaymentIntent for an invoice; one per invoice and attempt key (its idempotency key)."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", _("Pending")
+        SUCCEEDED = "succeeded", _("Succeeded")
+        FAILED = "failed", _("Failed")
+        REFUNDED = "refunded", _("Refunded")
+        CANCELED = "canceled", _("Canceled")
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="payments")
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="payments")
+    stripe_payment_intent = models.CharField(max_length=100, unique=True)
+    amount = money()
+    currency = models.CharField(**CURRENCY)
+    state = models.CharField(max_length=12, choices=State.choices, default=State.PENDING)
+    refunded = money(default=0)
+    failure_message = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    TENANT_FIELD = "organization"
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.stripe_payment_intent} ({self.state})"
+
+
+class StripeEvent(models.Model):
+    """Each Stripe webhook event stored once, by its id; `processed_at` set in the transaction that applied it."""
+
+    event_id = models.CharField(max_length=100, unique=True)
+    type = models.CharField(max_length=100)
+    created = models.DateTimeField(help_text=_("When Stripe created the event (orders out-of-order deliveries)"))
+    payload = models.JSONField()
+    received_at = models.DateTimeField(auto_now_add=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.event_id}"
+
+
+class StripeCustomer(models.Model):
+    organization = models.OneToOneField(Organization, on_delete=models.PROTECT, related_name="stripe_customer")
+    customer_id = models.CharField(max_length=100, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.customer_id
+
+
+class ProviderStatement(models.Model):
+    """A provider's month in one currency: gross from its cards' usage, the platform's commission, credits
+    charged back, and the net paid out."""
+
+    class State(models.TextChoices):
+        OPEN = "open", _("To be paid")
+        PAID = "paid", _("Paid")
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="statements")
+    period = models.CharField(max_length=7)
+    currency = models.CharField(**CURRENCY)
+    gross = money()
+    take_rate = models.DecimalField(max_digits=5, decimal_places=4)
+    commission = money()
+    credits = money(default=0)
+    net = money()
+    state = models.CharField(max_length=8, choices=State.choices, default=State.OPEN)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    TENANT_FIELD = "organization"
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-period", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "period", "currency"], name="statement_once_per_period"),
+            models.CheckConstraint(
+                condition=Q(net=models.F("gross") - models.F("commission") - models.F("credits")), name="statement_sums"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id} {self.period} {self.currency}: net {self.net}"
+
+
+class Payout(models.Model):
+    """Money sent to a provider for a statement: a Stripe Connect transfer, or a bank settlement staff record."""
+
+    class Method(models.TextChoices):
+        STRIPE_TRANSFER = "stripe_transfer", _("Stripe Connect transfer")
+        BANK = "bank", _("Bank settlement")
+
+    class State(models.TextChoices):
+        PENDING = "pending", _("Pending")
+        PAID = "paid", _("Paid")
+        FAILED = "failed", _("Failed")
+
+    statement = models.ForeignKey(ProviderStatement, on_delete=models.PROTECT, related_name="payouts")
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="payouts")
+    method = models.CharField(max_length=20, choices=Method.choices)
+    amount = money()
+    currency = models.CharField(**CURRENCY)
+    state = models.CharField(max_length=8, choices=State.choices, default=State.PENDING)
+    reference = models.CharField(max_length=200, blank=True, help_text=_("Transfer id or bank reference"))
+    failure_message = models.CharField(max_length=300, blank=True)
+    recorded_by = models.ForeignKey("accounts.User", null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    paid_at = models.DateTimeField(null=True, blank=True)
+
+    TENANT_FIELD = "organization"
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            # One live payout per statement: paying twice is refused by the database.
+            models.UniqueConstraint(fields=["statement"], condition=~Q(state="failed"), name="payout_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.amount} {self.currency} ({self.state})"
+
+
+class ProviderTerms(models.Model):
+    """A provider's payout terms: its own commission rate (else SUANLI_TAKE_RATE) and Stripe Connect account
+    (none for providers Stripe Connect cannot pay, e.g. in mainland China: staff settle by bank)."""
+
+    organization = models.OneToOneField(Organization, on_delete=models.PROTECT, related_name="provider_terms")
+    take_rate = models.DecimalField(max_digits=5, decimal_places=4, null=True, blank=True)
+    stripe_account = models.CharField(max_length=100, blank=True)
+
+    TENANT_FIELD = "organization"
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(take_rate__isnull=True) | Q(take_rate__gte=0, take_rate__lt=1), name="terms_take_rate"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"terms of {self.organization_id}"

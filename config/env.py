@@ -29,3 +29,20 @@ def env_int(name: str, default: int) -> int:
 
 def env_list(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+def env_rates(name: str, default: str = "") -> dict:
+    """Exchange rates "USD:CNY=7.10,CNY:USD=0.1408" -> {("USD", "CNY"): Decimal("7.10"), ...}."""
+    from decimal import Decimal, InvalidOperation
+
+    rates = {}
+    for item in env_list(name, default):
+        try:
+            pair, rate = item.split("=")
+            source, target = (part.strip().upper() for part in pair.split(":"))
+            rates[(source, target)] = Decimal(rate.strip())
+        except (ValueError, InvalidOperation):
+            raise ValueError(f"{name}: {item!r} is not FROM:TO=RATE") from None
+        if rates[(source, target)] <= 0:
+            raise ValueError(f"{name}: the rate of {source}:{target} must be positive")
+    return rates

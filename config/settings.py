@@ -1,10 +1,11 @@
 """Suanli settings: one module, read from the environment (see README.md, Configuration)."""
 
+from decimal import Decimal
 from pathlib import Path
 
 import dj_database_url
 
-from config.env import env_bool, env_int, env_list, env_str
+from config.env import env_bool, env_int, env_list, env_rates, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("SUANLI_VAR_DIR", str(BASE_DIR / "var")))
@@ -211,12 +212,29 @@ SUANLI_AGENT_MAX_SKEW_SECONDS = env_int("AGENT_MAX_SKEW_SECONDS", 300)
 SUANLI_TELEMETRY_RAW_DAYS = env_int("TELEMETRY_RAW_DAYS", 7)
 SUANLI_TELEMETRY_1M_DAYS = env_int("TELEMETRY_1M_DAYS", 90)
 SUANLI_TELEMETRY_1H_DAYS = env_int("TELEMETRY_1H_DAYS", 1095)
-# Scheduler (plain settings: not read from the environment yet). Reservations start at most this many days ahead.
-SUANLI_RESERVATION_HORIZON_DAYS = 90
+# Scheduler. Reservations start at most this many days ahead.
+SUANLI_RESERVATION_HORIZON_DAYS = env_int("RESERVATION_HORIZON_DAYS", 90)
 # An interruptible lease keeps its cards this long after an on-demand request claims them.
-SUANLI_PREEMPTION_NOTICE_SECONDS = 120
+SUANLI_PREEMPTION_NOTICE_SECONDS = env_int("PREEMPTION_NOTICE_SECONDS", 120)
+# Exchange rates used when an offer is priced in another currency than the renter's; fixed into the lease.
+SUANLI_FX_RATES = env_rates("FX_RATES", "USD:CNY=7.10,CNY:USD=0.1408")
 # Idempotency-Key answers are replayed for this long (never less than 24 h).
 SUANLI_IDEMPOTENCY_TTL_HOURS = 24
+# Billing. Tax charged on invoices (0.06 = 6 %); the platform's commission on provider gross (per provider
+# overridable); days to pay an invoice; whether an overdue invoice stops new leases of its organisation; the
+# SLA: a lease whose card time was down more than 1 - SLA_TARGET in a month gets SLA_CREDIT_RATE of its line back.
+SUANLI_TAX_RATE = Decimal(env_str("TAX_RATE", "0"))
+SUANLI_TAKE_RATE = Decimal(env_str("PLATFORM_TAKE_RATE", "0.15"))
+SUANLI_INVOICE_DUE_DAYS = env_int("INVOICE_DUE_DAYS", 15)
+SUANLI_OVERDUE_BLOCKS_LEASES = env_bool("OVERDUE_BLOCKS_LEASES", True)
+SUANLI_SLA_TARGET = Decimal(env_str("SLA_TARGET", "0.995"))
+SUANLI_SLA_CREDIT_RATE = Decimal(env_str("SLA_CREDIT_RATE", "0.10"))
+# Stripe: the secret key and webhook signing secret; STRIPE_API_BASE points the SDK at another server (a local
+# fake Stripe in tests). Without a key the pay button says payments are not configured.
+STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY")
+STRIPE_PUBLISHABLE_KEY = env_str("STRIPE_PUBLISHABLE_KEY")
+STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET")
+STRIPE_API_BASE = env_str("STRIPE_API_BASE")
 # /metrics (Prometheus) needs `Authorization: Bearer <METRICS_TOKEN>`; unset, only staff sessions may read it.
 METRICS_TOKEN = env_str("METRICS_TOKEN")
 

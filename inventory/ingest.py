@@ -7,6 +7,7 @@ retry, a replay or a concurrent duplicate changes nothing.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -24,7 +25,7 @@ from django.utils import timezone
 from accounts.errors import DomainError, InvalidInput, Unauthenticated
 from inventory import health, secretbox, telemetry
 from inventory.models import Gpu, GpuHealthEvent, Server
-from inventory.services import enrollment_token_hash, server_enroll
+from inventory.services import enrollment_token_hash, server_enroll, server_outages_close
 
 MAX_GPUS_PER_REPORT = 64
 # Numeric sample fields: (lowest, highest) accepted. Anything else the agent sends is kept in `extra`.
@@ -223,6 +224,8 @@ def report_ingest(*, server: Server, report: dict[str, Any], now: datetime) -> R
         )
         if not claimed:
             return ReportResult(accepted=False, duplicate=True)
+        if server.status == Server.Status.UNREACHABLE:
+            server_outages_close(server_id=server.pk, now=now)
         rows = []
         changed: list[Gpu] = []
         events: list[GpuHealthEvent] = []
@@ -294,25 +297,37 @@ _GPU_REPORT_FIELDS = [
 
 
 def _save_report_fields(gpus: list[Gpu]) -> None:
-    """Write `_GPU_REPORT_FIELDS` of `gpus` in one `UPDATE ... FROM (VALUES ...)`.
+    """Write `_GPU_REPORT_FIELDS` of `gpus` in one `UPDATE ... FROM jsonb_to_recordset(...)`.
 
     The same rows and values as `Gpu.objects.bulk_update(gpus, _GPU_REPORT_FIELDS)`, which builds a
     CASE WHEN expression per field and card: for 8 cards x 11 fields that took ~25 ms of Python per report,
-    most of a report's cost (bench/ingest.py). Values are prepared by the model fields themselves; casts drop
-    a varchar's length so that an over-long value is refused by the column, as before, not cut short."""
+    most of a report's cost (bench/ingest.py). Here the cards travel as one JSON parameter (one statement
+    text, which psycopg and PostgreSQL can cache) and PostgreSQL converts each value to its column's type."""
     if not gpus:
         return
+    sql, fields = _save_report_fields_sql()
+    rows = [{field.column: _json_value(getattr(gpu, field.attname)) for field in fields} for gpu in gpus]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [json.dumps(rows)])
+
+
+def _json_value(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+@functools.cache
+def _save_report_fields_sql() -> tuple[str, list[Any]]:
+    """The UPDATE statement and the fields it writes, the primary key first."""
     meta = Gpu._meta
-    fields = [meta.get_field(name) for name in _GPU_REPORT_FIELDS]
-    columns = [meta.pk, *fields]
     quote = connection.ops.quote_name
-    row = "(" + ", ".join(f"%s::{field.db_type(connection).split('(')[0]}" for field in columns) + ")"
+    fields = [meta.pk, *(meta.get_field(name) for name in _GPU_REPORT_FIELDS)]
+    # A varchar's length is left out of the record type, so an over-long value is refused by the column, as
+    # with bulk_update, not cut short by a cast.
+    record = ", ".join(f"{quote(field.column)} {field.db_type(connection).split('(')[0]}" for field in fields)
     sql = (
-        f"UPDATE {quote(meta.db_table)} AS g SET "  # noqa: S608 (names from the model, values as parameters)
-        + ", ".join(f"{quote(field.column)} = v.{quote(field.column)}" for field in fields)
-        + f" FROM (VALUES {', '.join([row] * len(gpus))}) AS v ({', '.join(quote(f.column) for f in columns)})"
+        f"UPDATE {quote(meta.db_table)} AS g SET "  # noqa: S608 (names from the model, values as a parameter)
+        + ", ".join(f"{quote(field.column)} = v.{quote(field.column)}" for field in fields[1:])
+        + f" FROM jsonb_to_recordset(%s::jsonb) AS v ({record})"
         + f" WHERE g.{quote(meta.pk.column)} = v.{quote(meta.pk.column)}"
     )
-    params = [field.get_db_prep_save(getattr(gpu, field.attname), connection) for gpu in gpus for field in columns]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+    return sql, fields

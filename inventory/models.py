@@ -204,3 +204,110 @@ class GpuHealthEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.gpu}: {self.from_health} -> {self.to_health}"
+
+
+class ServerOutage(models.Model):
+    """A time the server's agent was silent long enough to count as unreachable: from its last report until it
+    reported again (`ended_at` NULL while it lasts). Written by `servers_mark_unreachable` and closed by the next
+    accepted report; billing does not charge leased cards for these seconds."""
+
+    server = models.ForeignKey(Server, on_delete=models.CASCADE, related_name="outages")
+    started_at = models.DateTimeField()
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    TENANT_FIELD = "server__organization"
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            # At most one open outage per server, so marking it unreachable twice changes nothing.
+            models.UniqueConstraint(fields=["server"], condition=Q(ended_at__isnull=True), name="outage_one_open"),
+            models.CheckConstraint(
+                condition=Q(ended_at__isnull=True) | Q(ended_at__gte=models.F("started_at")), name="outage_ordered"
+            ),
+        ]
+        indexes = [models.Index(fields=["server", "started_at"], name="outage_server_start")]
+
+    def __str__(self) -> str:
+        return f"{self.server} unreachable from {self.started_at}"
+
+
+PLAN_PRICE_FIELDS = {
+    # plan -> (on-demand price field, interruptible price field)
+    "card_hour": ("card_hour_price", "card_hour_interruptible_price"),
+    "server_month": ("server_month_price", "server_month_interruptible_price"),
+    "pflops_year": ("pflops_year_price", "pflops_year_interruptible_price"),
+}
+
+
+def _price_field(help_text: str) -> models.DecimalField:
+    return models.DecimalField(max_digits=14, decimal_places=4, null=True, blank=True, help_text=help_text)
+
+
+class Offer(models.Model):
+    """A provider's listing of one server: a price per plan (none = not offered), in one currency.
+
+    It lives in the inventory, not the storefront, because the scheduler (which may only place leases on cards
+    with a live offer for the plan) and billing (which fixes a lease's prices from it) sit below the marketplace;
+    the storefront's search, pages and API over offers are in `marketplace/`. A delisted offer keeps its row
+    (`delisted_at`); running leases keep the prices they started with.
+    """
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="offers")
+    server = models.ForeignKey(Server, on_delete=models.PROTECT, related_name="offers")
+    currency = models.CharField(max_length=3, choices=Organization.Currency.choices)
+    card_hour_price = _price_field(_("Per card per hour"))
+    server_month_price = _price_field(_("Per whole server per calendar month"))
+    pflops_year_price = _price_field(_("Per rated PFLOPS per year"))
+    card_hour_interruptible_price = _price_field(_("Interruptible, per card per hour"))
+    server_month_interruptible_price = _price_field(_("Interruptible, per server per month"))
+    pflops_year_interruptible_price = _price_field(_("Interruptible, per PFLOPS per year"))
+    min_gpus = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1), MaxValueValidator(16)])
+    available_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    delisted_at = models.DateTimeField(null=True, blank=True)
+
+    TENANT_FIELD = "organization"
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["server"], condition=Q(delisted_at__isnull=True), name="offer_one_live"),
+            models.CheckConstraint(condition=Q(currency__in=["CNY", "USD"]), name="offer_currency_valid"),
+            models.CheckConstraint(condition=Q(min_gpus__gte=1, min_gpus__lte=16), name="offer_min_gpus_1_16"),
+            *(
+                models.CheckConstraint(
+                    condition=Q(**{f"{field}__isnull": True}) | Q(**{f"{field}__gt": 0}), name=f"offer_{field}_positive"
+                )
+                for pair in PLAN_PRICE_FIELDS.values()
+                for field in pair
+            ),
+            # Interruptible is a discount on an offered plan: only beside an on-demand price, and below it.
+            *(
+                models.CheckConstraint(
+                    condition=Q(**{f"{spot}__isnull": True})
+                    | Q(**{f"{firm}__isnull": False, f"{spot}__lt": models.F(firm)}),
+                    name=f"offer_{plan}_interruptible_cheaper",
+                )
+                for plan, (firm, spot) in PLAN_PRICE_FIELDS.items()
+            ),
+        ]
+        indexes = [models.Index(fields=["server"], condition=Q(delisted_at__isnull=True), name="offer_live_server")]
+
+    def __str__(self) -> str:
+        return f"offer {self.pk} for {self.server}"
+
+    def price(self, plan: str, *, interruptible: bool = False):
+        """The price of `plan` (None when the plan is not offered that way)."""
+        return getattr(self, PLAN_PRICE_FIELDS[plan][1 if interruptible else 0])
+
+    @property
+    def prices(self) -> dict:
+        return {plan: getattr(self, firm) for plan, (firm, _spot) in PLAN_PRICE_FIELDS.items()}
+
+    @property
+    def interruptible_prices(self) -> dict:
+        return {plan: getattr(self, spot) for plan, (_firm, spot) in PLAN_PRICE_FIELDS.items()}

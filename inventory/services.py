@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from accounts.errors import InvalidInput, InvalidTransition, NotAllowed
 from accounts.models import Organization
-from inventory.models import Gpu, GpuModel, Server
+from inventory.models import Gpu, GpuModel, Server, ServerOutage
 
 ENROLLMENT_TOKEN_PREFIX = "enr_"  # noqa: S105 (a prefix, not a secret)
 
@@ -238,12 +238,15 @@ def server_mark_seen(*, server_id: int, now: datetime | None = None) -> bool:
     backwards (a late, spooled report does not undo a newer one). Returns whether a row changed.
     """
     now = now or timezone.now()
-    return bool(
+    changed = bool(
         Server.objects.filter(pk=server_id, enrolled_at__isnull=False)
         .exclude(status=Server.Status.RETIRED)
         .filter(Q(last_seen_at__isnull=True) | Q(last_seen_at__lte=now))
         .update(last_seen_at=now, status=Server.Status.ONLINE)
     )
+    if changed:
+        server_outages_close(server_id=server_id, now=now)
+    return changed
 
 
 def agent_silence_limit() -> timedelta:
@@ -252,15 +255,34 @@ def agent_silence_limit() -> timedelta:
 
 
 def servers_mark_unreachable(*, now: datetime | None = None) -> int:
-    """Mark every ONLINE server silent for longer than `agent_silence_limit()` UNREACHABLE.
+    """Mark every ONLINE server silent for longer than `agent_silence_limit()` UNREACHABLE, and open an outage
+    for it from its last report (billing does not charge leased cards for it).
 
-    One conditional UPDATE, so it is idempotent and safe to run from several workers at once; a server
-    whose agent reports in between is not touched. Returns how many servers changed.
+    Rows are claimed with SKIP LOCKED and changed by a conditional UPDATE, so it is idempotent and safe to run
+    from several workers at once; a server whose agent reports in between is not touched. Returns how many
+    servers changed.
     """
     now = now or timezone.now()
     cutoff = now - agent_silence_limit()
-    return (
-        Server.objects.filter(status=Server.Status.ONLINE)
-        .filter(Q(last_seen_at__lt=cutoff) | Q(last_seen_at__isnull=True))
-        .update(status=Server.Status.UNREACHABLE)
-    )
+    with transaction.atomic():
+        silent = dict(
+            Server.objects.select_for_update(skip_locked=True)
+            .filter(status=Server.Status.ONLINE)
+            .filter(Q(last_seen_at__lt=cutoff) | Q(last_seen_at__isnull=True))
+            .values_list("pk", "last_seen_at")
+        )
+        if not silent:
+            return 0
+        changed = Server.objects.filter(pk__in=list(silent), status=Server.Status.ONLINE).update(
+            status=Server.Status.UNREACHABLE
+        )
+        ServerOutage.objects.bulk_create(
+            [ServerOutage(server_id=pk, started_at=seen or now) for pk, seen in silent.items()],
+            ignore_conflicts=True,
+        )
+    return changed
+
+
+def server_outages_close(*, server_id: int, now: datetime) -> None:
+    """The server reported again: its open outage (if any) ends now."""
+    ServerOutage.objects.filter(server_id=server_id, ended_at__isnull=True).update(ended_at=now)

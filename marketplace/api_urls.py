@@ -1,1 +1,8 @@
-urlpatterns: list = []
+from rest_framework.routers import SimpleRouter
+
+from marketplace import api
+
+router = SimpleRouter()
+router.register("offers", api.OfferViewSet, basename="offer")
+
+urlpatterns = [*router.urls]

@@ -58,9 +58,7 @@ class LeaseViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewS
         def work():
             data = LeaseInput(data=request.data)
             data.is_valid(raise_exception=True)
-            fields = dict(data.validated_data)
-            fields.pop("offer", None)
-            lease = services.lease_create(org=request.org, **fields)
+            lease = services.lease_create(org=request.org, **data.validated_data)
             return status.HTTP_201_CREATED, LeaseOutput(lease).data
 
         code, body = run_idempotent(request, scope="lease.create", work=work)

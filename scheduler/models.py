@@ -17,7 +17,7 @@ from django.utils.translation import gettext_lazy as _
 from accounts.errors import InvalidTransition
 from accounts.models import Organization
 from accounts.tenancy import TenantQuerySet
-from inventory.models import Gpu, GpuModel, Server
+from inventory.models import Gpu, GpuModel, Offer, Server
 
 
 class Plan(models.TextChoices):
@@ -63,9 +63,8 @@ class Lease(models.Model):
     plan = models.CharField(max_length=16, choices=Plan.choices)
     state = models.CharField(max_length=16, choices=LeaseState.choices, default=LeaseState.SCHEDULED)
     interruptible = models.BooleanField(default=False)
-    # The marketplace Offer arrives with its own issue; until then leases are placed by model/region/server
-    # and this stays empty (a later migration turns it into a foreign key).
-    offer_id = models.BigIntegerField(null=True, blank=True)
+    # Pinned to one offer (its server) when the customer rented from an offer page; else placed by filters.
+    offer = models.ForeignKey(Offer, null=True, blank=True, on_delete=models.PROTECT, related_name="leases")
     gpu_model = models.ForeignKey(GpuModel, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     region = models.CharField(max_length=50, blank=True)
     server = models.ForeignKey(Server, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
@@ -78,6 +77,12 @@ class Lease(models.Model):
     shortfall_gpus = models.PositiveIntegerField(default=0)
     start_at = models.DateTimeField()
     end_at = models.DateTimeField(null=True, blank=True)
+    # Prices are fixed when the lease is made, in the organisation's currency (an offer in another currency is
+    # converted at SUANLI_FX_RATES then): `price_book` maps each server the lease has used to its price per plan
+    # unit; `unit_price` is the quote shown to the customer (the mean over the cards it got first).
+    currency = models.CharField(max_length=3, choices=Organization.Currency.choices)
+    unit_price = models.DecimalField(max_digits=20, decimal_places=6)
+    price_book = models.JSONField(default=dict, blank=True)
     # An interruptible lease told to make way: its cards go at this instant (see services.preempt_leases).
     preempt_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -125,6 +130,11 @@ class Allocation(models.Model):
     period = DateTimeRangeField()
     # Why the period was closed early (ended, shrink, failover, preempted); empty while it runs its course.
     close_reason = models.CharField(max_length=32, blank=True)
+    # What a second of this card costs: `units` of the plan's unit at `unit_price` (the lease's currency).
+    # card_hour: 1 card; server_month: 1/gpu_count of the server; pflops_year: the card's share of the contracted
+    # PFLOPS (the shares of a lease's cards sum to its contract, so excess delivered capacity is not charged).
+    unit_price = models.DecimalField(max_digits=20, decimal_places=6)
+    units = models.DecimalField(max_digits=24, decimal_places=12)
 
     TENANT_FIELD = "lease__organization"
     objects = TenantQuerySet.as_manager()

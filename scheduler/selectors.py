@@ -10,15 +10,20 @@ from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Sum
 
 from accounts.models import Organization
 from accounts.tenancy import scoped
-from inventory.models import Gpu, Server
+from inventory.models import PLAN_PRICE_FIELDS, Gpu, Offer, Server
 from scheduler.allocator import ServerCapacity
 from scheduler.models import Allocation, Lease, LeaseEvent
 
 
 @dataclass(frozen=True)
 class Filters:
-    """Where a lease may be placed: optionally one GPU model, region or server."""
+    """Where a lease may be placed: cards offered for `plan` (interruptibly or not) until `until` by a live offer
+    that lets `gpu_count` cards be rented, optionally of one GPU model, region or server."""
 
+    plan: str = ""
+    interruptible: bool = False
+    until: datetime | None = None
+    gpu_count: int | None = None
     gpu_model_id: int | None = None
     region: str = ""
     server_id: int | None = None
@@ -29,9 +34,20 @@ def period_range(start: datetime, end: datetime | None) -> DateTimeTZRange:
     return DateTimeTZRange(start, end, "[)")
 
 
+def live_offers(*, plan: str, interruptible: bool = False, until: datetime | None = None) -> QuerySet[Offer]:
+    """Offers not delisted that price `plan` (interruptibly when asked) and stay available until `until`
+    (an open-ended lease needs an offer with no end)."""
+    qs = Offer.objects.filter(delisted_at__isnull=True)
+    if plan:
+        qs = qs.filter(**{f"{PLAN_PRICE_FIELDS[plan][1 if interruptible else 0]}__isnull": False})
+    if until is None:
+        return qs.filter(available_until__isnull=True)
+    return qs.filter(Q(available_until__isnull=True) | Q(available_until__gte=until))
+
+
 def allocatable_gpus(filters: Filters = Filters()) -> QuerySet[Gpu]:  # noqa: B008 - frozen dataclass
     """Cards that may be allocated at all: not failed, not drained, on an online undrained server of an active
-    provider, matching `filters`. Time is not considered here (see `free_gpus`)."""
+    provider with a live offer for the plan, matching `filters`. Time is not considered here (see `free_gpus`)."""
     qs = Gpu.objects.filter(
         drained=False,
         server__status=Server.Status.ONLINE,
@@ -39,6 +55,11 @@ def allocatable_gpus(filters: Filters = Filters()) -> QuerySet[Gpu]:  # noqa: B0
         server__organization__status=Organization.Status.ACTIVE,
         server__organization__kind__in=[Organization.Kind.PROVIDER, Organization.Kind.BOTH],
     ).exclude(health=Gpu.Health.FAILED)
+    if filters.plan:
+        offers = live_offers(plan=filters.plan, interruptible=filters.interruptible, until=filters.until)
+        if filters.gpu_count is not None:
+            offers = offers.filter(min_gpus__lte=filters.gpu_count)
+        qs = qs.filter(Exists(offers.filter(server_id=OuterRef("server_id"))))
     if filters.gpu_model_id:
         qs = qs.filter(server__gpu_model_id=filters.gpu_model_id)
     if filters.region:

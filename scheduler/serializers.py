@@ -11,7 +11,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from accounts.serializers import StrictSerializer
-from inventory.models import GpuModel, Server
+from inventory.models import GpuModel, Offer, Server
 from scheduler.models import Lease, LeaseEvent, Plan
 
 # A start a little in the past (clock skew, a slow client) means "now"; older is refused.
@@ -20,7 +20,12 @@ START_GRACE = timedelta(seconds=60)
 
 class LeaseInput(StrictSerializer):
     plan = serializers.ChoiceField(choices=Plan.choices)
-    offer = serializers.IntegerField(required=False, allow_null=True)
+    offer = serializers.PrimaryKeyRelatedField(
+        queryset=Offer.objects.filter(delisted_at__isnull=True),
+        required=False,
+        allow_null=True,
+        help_text="Rent from this offer's server (its live offer must price the plan).",
+    )
     gpu_model = serializers.PrimaryKeyRelatedField(
         queryset=GpuModel.objects.filter(active=True), required=False, allow_null=True
     )
@@ -32,12 +37,6 @@ class LeaseInput(StrictSerializer):
     start_at = serializers.DateTimeField(required=False, allow_null=True)
     end_at = serializers.DateTimeField(required=False, allow_null=True)
     interruptible = serializers.BooleanField(required=False, default=False)
-
-    def validate_offer(self, value):
-        if value is not None:
-            # Offers arrive with the marketplace issue; until then no offer id exists.
-            raise serializers.ValidationError("Unknown offer.")
-        return value
 
     def validate_pflops(self, value: Decimal | None) -> Decimal | None:
         if value is not None and value <= 0:
@@ -59,6 +58,13 @@ class LeaseInput(StrictSerializer):
             attrs["servers"] = 1
         if plan == Plan.PFLOPS_YEAR and attrs.get("pflops") is None:
             errors["pflops"] = ["Required for pflops_year."]
+        offer = attrs.get("offer")
+        if offer is not None:
+            if attrs.get("server") is not None and attrs["server"] != offer.server:
+                errors["server"] = ["Another server than the offer's."]
+            if offer.price(plan, interruptible=attrs.get("interruptible", False)) is None:
+                kind = "interruptible " if attrs.get("interruptible") else ""
+                errors["offer"] = [f"This offer has no {kind}{plan} price."]
         if plan != Plan.CARD_HOUR and end_at is None:
             errors["end_at"] = [f"Required for {plan}."]
         if start_at is not None:
@@ -89,6 +95,9 @@ class LeaseGpuOutput(serializers.Serializer):
 class LeaseOutput(serializers.ModelSerializer):
     gpus = serializers.SerializerMethodField()
     offer = serializers.IntegerField(source="offer_id", allow_null=True, read_only=True)
+    unit_price = serializers.DecimalField(
+        max_digits=20, decimal_places=6, read_only=True, help_text="Price per plan unit, fixed at creation."
+    )
 
     class Meta:
         model = Lease
@@ -107,6 +116,8 @@ class LeaseOutput(serializers.ModelSerializer):
             "delivered_pflops",
             "shortfall_gpus",
             "gpus",
+            "currency",
+            "unit_price",
             "start_at",
             "end_at",
             "preempt_at",

@@ -24,8 +24,8 @@ from django.utils import timezone
 
 from accounts.errors import InvalidInput, InvalidTransition
 from accounts.models import Organization
-from inventory.models import Gpu, GpuHealthEvent, GpuModel, Server
-from scheduler import allocator, locks, selectors
+from inventory.models import Gpu, GpuHealthEvent, GpuModel, Offer, Server
+from scheduler import allocator, locks, pricing, selectors
 from scheduler.errors import NoCapacity
 from scheduler.models import Allocation, Lease, LeaseEvent, LeaseState, Plan, check_transition, sources_of
 from scheduler.selectors import Filters, period_range
@@ -119,12 +119,14 @@ def _allocate(
     now: datetime,
     prefer_servers: set[int] | None = None,
     preempt: bool = False,
+    price_like: Allocation | None = None,
 ) -> list[Allocation]:
     """Allocate `demand` to `lease` for [start, end), all or nothing; call inside a transaction.
 
     Locks the chosen card rows (`FOR NO KEY UPDATE`, skip locked, then at most one blocking wait in primary-key
     order) before inserting the allocations. Raises NoCapacity when the demand cannot be met in full; the caller's
-    transaction then rolls back, so nothing is held.
+    transaction then rolls back, so nothing is held. New rows are priced from the lease's price book
+    (scheduler/pricing.py), or like `price_like` (a failover replacement keeps the price of the card it replaces).
     """
     period = period_range(start, end)
     capacity = _capacity(filters, period)
@@ -144,7 +146,9 @@ def _allocate(
                 capacity = _capacity(filters, period)
                 continue
             if preempt:
-                return _allocate_preempting(lease=lease, demand=demand, filters=filters, start=start, end=end, now=now)
+                return _allocate_preempting(
+                    lease=lease, demand=demand, filters=filters, start=start, end=end, now=now, price_like=price_like
+                )
             raise NoCapacity()
         savepoint = transaction.savepoint()
         claimed: dict[int, list[int]] = {}
@@ -166,6 +170,7 @@ def _allocate(
             for server_id, ids in claimed.items()
             for gpu_id in ids
         ]
+        _price(lease, rows, price_like)
         try:
             with transaction.atomic():
                 Allocation.objects.bulk_create(rows)
@@ -177,6 +182,14 @@ def _allocate(
         transaction.savepoint_commit(savepoint)
         return rows
     raise NoCapacity()
+
+
+def _price(lease: Lease, rows: list[Allocation], like: Allocation | None) -> None:
+    if like is None:
+        pricing.price_allocations(lease, rows)
+        return
+    for row in rows:
+        row.unit_price, row.units = like.unit_price, like.units
 
 
 def preemption_notice() -> timedelta:
@@ -192,7 +205,14 @@ def _by_interruptible_only(period) -> Q:
 
 
 def _allocate_preempting(
-    *, lease: Lease, demand: Demand, filters: Filters, start: datetime, end: datetime | None, now: datetime
+    *,
+    lease: Lease,
+    demand: Demand,
+    filters: Filters,
+    start: datetime,
+    end: datetime | None,
+    now: datetime,
+    price_like: Allocation | None = None,
 ) -> list[Allocation]:
     """An on-demand request the free cards cannot meet: count cards held by interruptible leases as free too.
 
@@ -253,6 +273,7 @@ def _allocate_preempting(
         )
         for server_id, gpu_id in claimed
     ]
+    _price(lease, allocations, price_like)
     try:
         with transaction.atomic():
             Allocation.objects.bulk_create(allocations)
@@ -315,6 +336,7 @@ def lease_create(
     gpu_model: GpuModel | None = None,
     region: str = "",
     server: Server | None = None,
+    offer: Offer | None = None,
     start_at: datetime | None = None,
     end_at: datetime | None = None,
     interruptible: bool = False,
@@ -328,8 +350,16 @@ def lease_create(
     """
     now = now or timezone.now()
     start = start_at if start_at and start_at > now else now
+    if offer is not None:
+        server = offer.server
     filters = Filters(
-        gpu_model_id=gpu_model.pk if gpu_model else None, region=region or "", server_id=server.pk if server else None
+        plan=plan,
+        interruptible=interruptible,
+        until=end_at,
+        gpu_count=gpu_count if plan == Plan.CARD_HOUR else None,
+        gpu_model_id=gpu_model.pk if gpu_model else None,
+        region=region or "",
+        server_id=server.pk if server else None,
     )
     demand = Demand(
         plan=plan, gpu_count=gpu_count or 0, servers=servers or 0, pflops=pflops, mix_models=gpu_model is None
@@ -352,6 +382,9 @@ def lease_create(
             gpu_model=gpu_model,
             region=region or "",
             server=server,
+            offer=offer,
+            currency=org.currency,
+            unit_price=0,
             gpu_count=demand.gpu_count,
             servers=servers if plan == Plan.SERVER_MONTH else None,
             pflops=pflops if plan == Plan.PFLOPS_YEAR else None,
@@ -364,7 +397,8 @@ def lease_create(
         gpu_ids = [row.gpu_id for row in rows]
         lease.gpu_count = len(rows)
         lease.delivered_pflops = _rated_pflops(gpu_ids)
-        lease.save(update_fields=["gpu_count", "delivered_pflops"])
+        lease.unit_price = pricing.quote(rows)
+        lease.save(update_fields=["gpu_count", "delivered_pflops", "unit_price"])
         _event(
             lease,
             now,
@@ -421,7 +455,15 @@ def lease_resize(*, lease: Lease, gpu_count: int, now: datetime | None = None) -
         if gpu_count > current:
             models = {a.gpu.server.gpu_model_id for a in held} if held else set()
             model_id = locked.gpu_model_id or (models.pop() if len(models) == 1 else None)
-            filters = Filters(gpu_model_id=model_id, region=locked.region, server_id=locked.server_id)
+            filters = Filters(
+                plan=Plan.CARD_HOUR,
+                interruptible=locked.interruptible,
+                until=locked.end_at,
+                gpu_count=gpu_count,
+                gpu_model_id=model_id,
+                region=locked.region,
+                server_id=locked.server_id,
+            )
             if gpu_count - current > largest_allocatable(plan=Plan.CARD_HOUR, filters=filters):
                 raise NoCapacity()
             rows = _allocate(
@@ -529,7 +571,13 @@ def _replace_card(allocation: Allocation, *, now: datetime, reason: str) -> bool
     start = max(now, allocation.period.lower)
     end = allocation.period.upper
     _close_allocations(Allocation.objects.filter(pk=allocation.pk), at=now, reason="failover")
-    filters = Filters(gpu_model_id=gpu.server.gpu_model_id, region=lease.region)
+    filters = Filters(
+        plan=lease.plan,
+        interruptible=lease.interruptible,
+        until=end,
+        gpu_model_id=gpu.server.gpu_model_id,
+        region=lease.region,
+    )
     try:
         with transaction.atomic():
             rows = _allocate(
@@ -540,6 +588,7 @@ def _replace_card(allocation: Allocation, *, now: datetime, reason: str) -> bool
                 end=end,
                 now=now,
                 prefer_servers={gpu.server_id},
+                price_like=allocation,
             )
     except NoCapacity:
         lost = (gpu.server.gpu_model.fp16_tflops / 1000).quantize(Decimal("0.001"))

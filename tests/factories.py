@@ -53,7 +53,7 @@ class MembershipFactory(factory.django.DjangoModelFactory):
 
 
 # --- inventory -------------------------------------------------------------------------------------------
-from inventory.models import Gpu, GpuModel, Server  # noqa: E402
+from inventory.models import Gpu, GpuModel, Offer, Server  # noqa: E402
 
 
 class GpuModelFactory(factory.django.DjangoModelFactory):
@@ -106,18 +106,39 @@ class GpuFactory(factory.django.DjangoModelFactory):
 
 # --- scheduler -------------------------------------------------------------------------------------------
 from datetime import timedelta  # noqa: E402
+from decimal import Decimal  # noqa: E402
 
 from django.utils import timezone  # noqa: E402
 
 from scheduler.models import Lease  # noqa: E402
 
 
-def online_server(*, gpus: int = 8, **fields) -> Server:
-    """An enrolled, online server of an active provider with `gpus` healthy cards (indexes 0..gpus-1)."""
+class OfferFactory(factory.django.DjangoModelFactory):
+    """A live offer pricing every plan, on-demand and interruptible, in the provider's currency."""
+
+    class Meta:
+        model = Offer
+
+    server = factory.SubFactory(ServerFactory)
+    organization = factory.LazyAttribute(lambda o: o.server.organization)
+    currency = factory.LazyAttribute(lambda o: o.organization.currency)
+    card_hour_price = Decimal("2.5000")
+    server_month_price = Decimal("12000.0000")
+    pflops_year_price = Decimal("150000.0000")
+    card_hour_interruptible_price = Decimal("1.2500")
+    server_month_interruptible_price = Decimal("8000.0000")
+    pflops_year_interruptible_price = Decimal("100000.0000")
+
+
+def online_server(*, gpus: int = 8, offer: dict | None | bool = True, **fields) -> Server:
+    """An enrolled, online server of an active provider with `gpus` healthy cards (indexes 0..gpus-1), listed by a
+    live offer for every plan (`offer`: field overrides for it, or False for none)."""
     fields.setdefault("status", Server.Status.ONLINE)
     server = ServerFactory(gpu_count=gpus, **fields)
     for index in range(gpus):
         GpuFactory(server=server, index=index)
+    if offer is not False:
+        OfferFactory(server=server, **(offer if isinstance(offer, dict) else {}))
     return server
 
 
@@ -131,5 +152,7 @@ class LeaseFactory(factory.django.DjangoModelFactory):
     plan = "card_hour"
     state = "active"
     gpu_count = 1
+    currency = factory.LazyAttribute(lambda o: o.organization.currency)
+    unit_price = Decimal("2.500000")
     start_at = factory.LazyFunction(timezone.now)
     end_at = factory.LazyFunction(lambda: timezone.now() + timedelta(hours=1))

@@ -40,6 +40,14 @@ def _bob_server(v: Victims) -> dict:
     return {"pk": v.objects["server"].pk}
 
 
+def _bob_offer(v: Victims) -> dict:
+    if "offer" not in v.objects:
+        from tests.factories import OfferFactory
+
+        v.objects["offer"] = OfferFactory(server=v.objects["server"])
+    return {"pk": v.objects["offer"].pk}
+
+
 def _alice_lease(v: Victims) -> dict:
     if "lease" not in v.objects:
         from tests.factories import LeaseFactory
@@ -60,6 +68,7 @@ VICTIM_OBJECTS: dict[str, Callable[[Victims], dict]] = {
     "server-undrain": _bob_server,
     "server-enrollment-token": _bob_server,
     "server-telemetry": _bob_server,
+    "offer-detail": _bob_offer,
     "lease-detail": _alice_lease,
     "lease-end": _alice_lease,
     "lease-resize": _alice_lease,
@@ -67,7 +76,7 @@ VICTIM_OBJECTS: dict[str, Callable[[Victims], dict]] = {
 }
 
 # Routes with ids that are public by design (e.g. a listed offer); only their writes are walked.
-PUBLIC_READS: set[str] = set()
+PUBLIC_READS: set[str] = {"offer-detail"}
 
 
 def _walk(patterns, prefix: str = "", namespace: str | None = None):
@@ -155,9 +164,7 @@ def test_a_foreign_tenant_gets_404_and_no_data_on_every_object_route(victims, ch
 
 
 def test_a_foreign_organization_header_never_reaches_its_data(victims, charlie):
-    charlie.api.credentials(
-        HTTP_AUTHORIZATION=f"Bearer {charlie.token}", HTTP_X_ORGANIZATION=str(victims.alice.org.pk)
-    )
+    charlie.api.credentials(HTTP_AUTHORIZATION=f"Bearer {charlie.token}", HTTP_X_ORGANIZATION=str(victims.alice.org.pk))
     for name, _pattern in object_routes():
         if name in VICTIM_OBJECTS:
             try:

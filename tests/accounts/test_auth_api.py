@@ -51,9 +51,7 @@ def test_a_weak_password_is_a_field_error(anon):
 
 
 def test_token_with_right_password_and_refused_with_wrong_one(anon, alice):
-    good = anon.post(
-        "/api/v1/auth/token/", {"email": "ALICE@example.com", "password": "correct horse battery staple"}
-    )
+    good = anon.post("/api/v1/auth/token/", {"email": "ALICE@example.com", "password": "correct horse battery staple"})
     assert good.status_code == 200
     assert good.json()["token"].startswith("sl_")
     bad = anon.post("/api/v1/auth/token/", {"email": "alice@example.com", "password": "nope"}, format="json")
@@ -66,9 +64,7 @@ def test_keys_are_stored_hashed_listed_without_secret_and_revocable(alice, anon)
     assert created.status_code == 201
     token = created.json()["token"]
     key = ApiKey.objects.get(pk=created.json()["id"])
-    assert token not in key.key_hash and token.split("_")[2] not in str(
-        ApiKey.objects.values().get(pk=key.pk)
-    )
+    assert token not in key.key_hash and token.split("_")[2] not in str(ApiKey.objects.values().get(pk=key.pk))
     listing = alice.api.get("/api/v1/auth/keys/").json()["results"]
     assert {"ci", "test"} <= {k["name"] for k in listing}
     assert all("token" not in k and "key_hash" not in k for k in listing)

@@ -10,7 +10,7 @@ import time_machine
 from django.core.management import call_command
 from django.test import override_settings
 
-from inventory.models import Server
+from inventory.models import Server, ServerOutage
 from inventory.services import server_mark_seen, servers_mark_unreachable
 from inventory.tasks import check_agents_task
 from tests.factories import ServerFactory
@@ -94,8 +94,28 @@ def test_a_server_not_yet_enrolled_or_retired_is_not_marked_seen(db, clock):
     assert set(Server.objects.values_list("status", flat=True)) == {"pending_enrollment", "retired"}
 
 
-def test_the_check_is_one_conditional_update(db, clock, django_assert_num_queries):
+def test_the_check_costs_the_same_few_statements_for_one_server_or_many(db, clock, django_assert_max_num_queries):
     online()
     clock.shift(timedelta(hours=1))
-    with django_assert_num_queries(1):
-        servers_mark_unreachable()
+    with django_assert_max_num_queries(5):  # savepoint, claim (skip locked), update, outages insert, release
+        assert servers_mark_unreachable() == 1
+    for _ in range(20):
+        online()
+    clock.shift(timedelta(hours=1))
+    with django_assert_max_num_queries(5):
+        assert servers_mark_unreachable() == 20
+
+
+def test_an_unreachable_spell_is_one_outage_from_the_last_report_until_the_next(db, clock):
+    server = online()
+    clock.shift(timedelta(minutes=5))
+    servers_mark_unreachable()
+    servers_mark_unreachable()  # again: still one open outage
+    outage = ServerOutage.objects.get(server=server)
+    assert outage.started_at == START and outage.ended_at is None
+    clock.shift(timedelta(minutes=5))
+    assert server_mark_seen(server_id=server.pk)
+    outage.refresh_from_db()
+    assert outage.ended_at == START + timedelta(minutes=10)
+    server.refresh_from_db()
+    assert server.status == "online"

@@ -8,6 +8,7 @@ it is safe on a database that already has data. Writes go through the services w
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 
 from allauth.account.models import EmailAddress
 from django.core.management.base import BaseCommand
@@ -16,7 +17,8 @@ from django.db import transaction
 from accounts import services as accounts_services
 from accounts.models import ApiKey, Organization, Role, User
 from inventory import services as inventory_services
-from inventory.models import Gpu, GpuModel, Server
+from inventory.models import Gpu, GpuModel, Offer, Server
+from marketplace import services as marketplace_services
 
 PASSWORD = "suanli-demo-pass"  # noqa: S105 (the documented demo password, printed at the end)
 ADMIN_EMAIL = "admin@suanli.local"
@@ -81,6 +83,15 @@ PROVIDERS = (
     ),
 )
 GPUS_PER_SERVER = 8
+
+# Demo offer prices per catalogue entry, in the provider's currency: (card_hour, server_month, pflops_year) on
+# demand, then interruptible. Rough market levels of 2026, for the demo only.
+DEMO_PRICES = {
+    "h100-sxm5-80gb": (("2.4900", "13500", "190000"), ("1.4900", "9000", "130000")),
+    "h20-96gb": (("1.1000", "6000", "210000"), ("0.6500", "4000", "150000")),
+    "a800-sxm4-80gb": (("9.5000", "52000", "240000"), ("5.9000", "36000", "170000")),
+    "rtx-4090-24gb": (("2.2000", "11000", "330000"), ("1.3000", "7500", "230000")),
+}
 
 
 # The agent simulator's model for each catalogue entry the demo uses (`manage.py dev` runs a simulated agent
@@ -186,6 +197,16 @@ class Command(BaseCommand):
         for gpu in Gpu.objects.filter(server=server).exclude(uuid__in=uuids):
             # A demo database seeded before the simulated agents: give the cards the agent's uuids.
             Gpu.objects.filter(pk=gpu.pk).update(uuid=uuids[gpu.index])
+        if not Offer.objects.filter(server=server, delisted_at__isnull=True).exists():
+            firm, spot = DEMO_PRICES[spec.gpu_model]
+            plans = ("card_hour", "server_month", "pflops_year")
+            marketplace_services.offer_create(
+                org=org,
+                server=server,
+                prices={plan: Decimal(price) for plan, price in zip(plans, firm, strict=True)},
+                interruptible_prices={plan: Decimal(price) for plan, price in zip(plans, spot, strict=True)},
+            )
+            self.stdout.write(f"listed server {org.name}/{spec.name}")
         return server
 
     def _customer_token(self, customer: User, new_token: bool) -> str | None:

@@ -1,0 +1,114 @@
+"""The offer endpoints of API.md: public search and detail; providers list, change and delist their offers."""
+
+from __future__ import annotations
+
+from django.http import Http404
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from accounts.apiviews import OrgContextMixin
+from accounts.errors import NotAllowed
+from accounts.permissions import OPERATE, HasOrganization, IsProvider, has_role
+from inventory.models import Offer
+from marketplace import selectors, services
+from marketplace.serializers import OfferChange, OfferInput, OfferOutput, OfferSearch
+
+SEARCH_PARAMETERS = [
+    OpenApiParameter(name, description=text)
+    for name, text in [
+        ("gpu_model", "GPU model id"),
+        ("min_gpus", "At least this many cards free now"),
+        ("region", "Region"),
+        ("plan", "Only offers pricing this plan"),
+        ("interruptible", "Compare interruptible prices"),
+        ("max_price", "At most this price for the plan (card_hour when no plan), in `currency`"),
+        ("interconnect", "nvlink, pcie, infinity_fabric, hccs"),
+        ("min_reliability", "Share of the last 30 days reachable, 0..1"),
+        ("ordering", "price, -price, gpus_free, -gpus_free, reliability, -reliability, newest"),
+        ("currency", "Compare and show prices in this currency (default: your organisation's)"),
+    ]
+]
+
+
+def _need_operator(request: Request) -> None:
+    if not has_role(request, OPERATE):
+        raise NotAllowed("This needs one of the roles: owner, admin, member.")
+
+
+class OfferViewSet(OrgContextMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Search is public; writes need a provider organisation (owner, admin or member) and its own servers."""
+
+    serializer_class = OfferOutput
+
+    def get_permissions(self):
+        if self.action in ("list", "retrieve"):
+            return [AllowAny()]
+        return [IsAuthenticated(), HasOrganization(), IsProvider()]
+
+    def _search(self) -> OfferSearch:
+        search = OfferSearch(data=self.request.query_params.dict())
+        search.is_valid(raise_exception=True)
+        return search
+
+    def get_serializer_context(self) -> dict:
+        context = super().get_serializer_context()
+        org = getattr(self.request, "org", None)
+        wanted = self.request.query_params.get("currency") or (org.currency if org else "")
+        context["currency"] = wanted
+        return context
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return Offer.objects.none()
+        if self.action == "list":
+            data = self._search().validated_data
+            for unused in ("page", "page_size"):
+                data.pop(unused, None)
+            org = getattr(self.request, "org", None)
+            data["currency"] = data.get("currency") or (org.currency if org else "")
+            return selectors.offers_listed(selectors.OfferQuery(**data))
+        return selectors.offers_listed()
+
+    @extend_schema(parameters=SEARCH_PARAMETERS)
+    def list(self, request: Request, *args, **kwargs) -> Response:
+        return super().list(request, *args, **kwargs)
+
+    def _own(self, pk: str) -> Offer:
+        _need_operator(self.request)
+        offer = selectors.offers_of(self.request.org).filter(pk=pk).first()
+        if offer is None:
+            raise Http404
+        return offer
+
+    @extend_schema(request=OfferInput, responses={201: OfferOutput})
+    def create(self, request: Request) -> Response:
+        _need_operator(request)
+        data = OfferInput(data=request.data, org=request.org)
+        data.is_valid(raise_exception=True)
+        offer = services.offer_create(org=request.org, **data.validated_data)
+        return Response(OfferOutput(offer, context=self.get_serializer_context()).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=OfferChange, responses={200: OfferOutput})
+    def partial_update(self, request: Request, pk: str) -> Response:
+        offer = self._own(pk)
+        data = OfferChange(data=request.data)
+        data.is_valid(raise_exception=True)
+        offer = services.offer_update(offer=offer, **data.validated_data)
+        return Response(OfferOutput(offer, context=self.get_serializer_context()).data)
+
+    @extend_schema(request=None, responses={204: None})
+    def destroy(self, request: Request, pk: str) -> Response:
+        services.offer_delist(offer=self._own(pk))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(responses={200: OfferOutput(many=True)})
+    @action(detail=False, methods=["get"], permission_classes=[IsAuthenticated, HasOrganization])
+    def mine(self, request: Request) -> Response:
+        """The caller's organisation's offers, live and delisted, newest first."""
+        queryset = selectors.offers_of(request.org)
+        page = self.paginate_queryset(queryset)
+        return self.get_paginated_response(OfferOutput(page, many=True, context=self.get_serializer_context()).data)

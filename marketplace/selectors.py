@@ -1,0 +1,152 @@
+"""Reads of the storefront: offer search with free cards now, prices in the renter's currency and reliability."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.db.models import (
+    Case,
+    Count,
+    DecimalField,
+    DurationField,
+    Exists,
+    ExpressionWrapper,
+    F,
+    FloatField,
+    Func,
+    IntegerField,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+    Value,
+    When,
+)
+from django.db.models.functions import Coalesce, Greatest, Least, Now
+from django.utils import timezone
+
+from accounts.models import Organization
+from inventory.models import PLAN_PRICE_FIELDS, Offer, ServerOutage
+from scheduler.selectors import Filters, allocatable_gpus, overlapping, period_range
+
+RELIABILITY_WINDOW = timedelta(days=30)
+ORDERINGS = {
+    "price": ("sort_price", "id"),
+    "-price": ("-sort_price", "id"),
+    "gpus_free": ("gpus_free", "id"),
+    "-gpus_free": ("-gpus_free", "id"),
+    "reliability": ("reliability", "id"),
+    "-reliability": ("-reliability", "id"),
+    "newest": ("-created_at", "-id"),
+}
+
+
+@dataclass(frozen=True)
+class OfferQuery:
+    gpu_model: int | None = None
+    min_gpus: int | None = None
+    region: str = ""
+    plan: str = ""
+    interruptible: bool = False
+    max_price: Decimal | None = None
+    interconnect: str = ""
+    min_reliability: Decimal | None = None
+    ordering: str = "price"
+    currency: str = ""  # show (and compare) prices in this currency; empty = each offer's own
+
+
+def _epoch(expression) -> Func:
+    """Seconds in an interval expression."""
+    return Func(expression, template="EXTRACT(EPOCH FROM %(expressions)s)", output_field=FloatField())
+
+
+def _outage_seconds(since: datetime) -> Subquery:
+    """Seconds the offer's server was unreachable since `since` (open outages count until now)."""
+    seconds = (
+        ServerOutage.objects.filter(server_id=OuterRef("server_id"))
+        .filter(Q(ended_at__isnull=True) | Q(ended_at__gt=since))
+        .annotate(
+            secs=_epoch(
+                ExpressionWrapper(
+                    Coalesce(F("ended_at"), Now()) - Greatest(F("started_at"), Value(since)),
+                    output_field=DurationField(),
+                )
+            )
+        )
+        .values("server_id")
+        .annotate(total=Sum("secs"))
+        .values("total")
+    )
+    return Subquery(seconds, output_field=FloatField())
+
+
+def _in_currency(field: str, currency: str) -> Case | F:
+    """The price field converted into `currency` (the same rates a lease is priced at)."""
+    if not currency:
+        return F(field)
+    rates = {code: settings.SUANLI_FX_RATES.get((code, currency)) for code in Organization.Currency}
+    rates[currency] = Decimal(1)
+    # An offer in a currency with no rate configured has no comparable price (NULL: never under max_price).
+    whens = [When(currency=code, then=F(field) * Value(rate)) for code, rate in rates.items() if rate]
+    return Case(*whens, output_field=DecimalField(max_digits=20, decimal_places=6))
+
+
+def offers_listed(query: OfferQuery = OfferQuery(), *, now: datetime | None = None) -> QuerySet[Offer]:  # noqa: B008
+    """Live offers of approved providers on online servers, with `gpus_free` (allocatable, free now),
+    `reliability` (share of the last 30 days the server was reachable, 0..1) and `sort_price`."""
+    now = now or timezone.now()
+    since = now - RELIABILITY_WINDOW
+    gpus = allocatable_gpus(Filters()).filter(server_id=OuterRef("server_id"))
+    free = gpus.filter(~Exists(overlapping(period_range(now, now + timedelta(seconds=1)))))
+    count = lambda qs: Subquery(  # noqa: E731
+        qs.order_by().values("server_id").annotate(n=Count("id")).values("n"), output_field=IntegerField()
+    )
+    qs = (
+        Offer.objects.filter(delisted_at__isnull=True)
+        .filter(Q(available_until__isnull=True) | Q(available_until__gt=now))
+        .filter(
+            server__status="online",
+            server__drained=False,
+            organization__status=Organization.Status.ACTIVE,
+        )
+        .select_related("server", "server__gpu_model", "organization")
+        .annotate(
+            gpus_free=Coalesce(count(free), 0),
+            gpus_ok=Coalesce(count(gpus), 0),
+            reliability=Greatest(
+                Value(0.0),
+                1.0
+                - Coalesce(_outage_seconds(since), Value(0.0))
+                / Least(
+                    Value(RELIABILITY_WINDOW.total_seconds()),
+                    _epoch(ExpressionWrapper(Value(now) - F("server__created_at"), output_field=DurationField())),
+                ),
+            ),
+        )
+    )
+    if query.gpu_model:
+        qs = qs.filter(server__gpu_model_id=query.gpu_model)
+    if query.region:
+        qs = qs.filter(server__region=query.region)
+    if query.interconnect:
+        qs = qs.filter(server__interconnect=query.interconnect)
+    if query.min_gpus:
+        qs = qs.filter(gpus_free__gte=query.min_gpus)
+    if query.min_reliability is not None:
+        qs = qs.filter(reliability__gte=float(query.min_reliability))
+    plan = query.plan or "card_hour"
+    price_field = PLAN_PRICE_FIELDS[plan][1 if query.interruptible else 0]
+    if query.plan:
+        qs = qs.filter(**{f"{price_field}__isnull": False})
+    qs = qs.annotate(sort_price=_in_currency(price_field, query.currency))
+    if query.max_price is not None:
+        qs = qs.filter(sort_price__lte=query.max_price)
+    return qs.order_by(*ORDERINGS.get(query.ordering, ORDERINGS["price"]))
+
+
+def offers_of(org: Organization) -> QuerySet[Offer]:
+    return Offer.objects.for_org(org).select_related("server", "server__gpu_model").order_by("-id")

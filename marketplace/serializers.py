@@ -1,0 +1,141 @@
+"""Input and output shapes of the offer API (API.md: Offers and search)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from accounts.models import Organization
+from accounts.serializers import StrictSerializer
+from inventory.models import PLAN_PRICE_FIELDS, Interconnect, Offer, Server
+from marketplace.selectors import ORDERINGS
+from scheduler.models import Plan
+from scheduler.pricing import PRICE_PLACES
+
+PRICE = {"max_digits": 14, "decimal_places": 4, "min_value": Decimal("0.0001"), "allow_null": True, "required": False}
+
+
+class PricesField(StrictSerializer):
+    card_hour = serializers.DecimalField(**PRICE, help_text="Per card per hour")
+    server_month = serializers.DecimalField(**PRICE, help_text="Per whole server per calendar month")
+    pflops_year = serializers.DecimalField(**PRICE, help_text="Per rated PFLOPS per year")
+
+
+class OfferInput(StrictSerializer):
+    server = serializers.PrimaryKeyRelatedField(queryset=Server.objects.all())
+    prices = PricesField()
+    interruptible_prices = PricesField(required=False)
+    min_gpus = serializers.IntegerField(min_value=1, max_value=16, default=1)
+    available_until = serializers.DateTimeField(required=False, allow_null=True)
+    currency = serializers.ChoiceField(choices=Organization.Currency.choices, required=False)
+
+    def __init__(self, *args, org: Organization | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Only the caller's own servers can be named: another tenant's id reads as unknown.
+        self.fields["server"].queryset = Server.objects.for_org(org)
+
+
+class OfferChange(StrictSerializer):
+    prices = PricesField(required=False)
+    interruptible_prices = PricesField(required=False)
+    min_gpus = serializers.IntegerField(min_value=1, max_value=16, required=False)
+    available_until = serializers.DateTimeField(required=False, allow_null=True)
+    currency = serializers.ChoiceField(choices=Organization.Currency.choices, required=False)
+
+
+class OfferSearch(StrictSerializer):
+    gpu_model = serializers.IntegerField(required=False, min_value=1)
+    min_gpus = serializers.IntegerField(required=False, min_value=1, max_value=16)
+    region = serializers.CharField(required=False, max_length=50, default="")
+    plan = serializers.ChoiceField(choices=Plan.choices, required=False, default="")
+    interruptible = serializers.BooleanField(required=False, default=False)
+    max_price = serializers.DecimalField(max_digits=20, decimal_places=6, required=False, min_value=Decimal(0))
+    interconnect = serializers.ChoiceField(choices=Interconnect.choices, required=False, default="")
+    min_reliability = serializers.DecimalField(
+        max_digits=5, decimal_places=4, required=False, min_value=Decimal(0), max_value=Decimal(1)
+    )
+    ordering = serializers.ChoiceField(choices=sorted(ORDERINGS), required=False, default="price")
+    currency = serializers.ChoiceField(choices=Organization.Currency.choices, required=False, default="")
+    # Pagination parameters pass through.
+    page = serializers.IntegerField(required=False, min_value=1)
+    page_size = serializers.IntegerField(required=False, min_value=1, max_value=500)
+
+
+def _prices(offer: Offer, index: int, rate: Decimal = Decimal(1)) -> dict[str, str | None]:
+    out = {}
+    for plan, pair in PLAN_PRICE_FIELDS.items():
+        value = getattr(offer, pair[index])
+        if value is not None and rate != 1:
+            value = (value * rate).quantize(PRICE_PLACES)
+        out[plan] = None if value is None else str(value)
+    return out
+
+
+class OfferOutput(serializers.ModelSerializer):
+    gpu_model = serializers.IntegerField(source="server.gpu_model_id")
+    gpu_model_name = serializers.CharField(source="server.gpu_model.name")
+    gpus_total = serializers.IntegerField(source="server.gpu_count")
+    gpus_free = serializers.IntegerField(read_only=True, default=None)
+    region = serializers.CharField(source="server.region")
+    interconnect = serializers.CharField(source="server.interconnect")
+    provider = serializers.CharField(source="organization.name")
+    prices = serializers.SerializerMethodField()
+    interruptible_prices = serializers.SerializerMethodField()
+    local_prices = serializers.SerializerMethodField()
+    reliability = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Offer
+        fields = [
+            "id",
+            "server",
+            "gpu_model",
+            "gpu_model_name",
+            "gpus_total",
+            "gpus_free",
+            "region",
+            "interconnect",
+            "provider",
+            "currency",
+            "prices",
+            "interruptible_prices",
+            "local_prices",
+            "min_gpus",
+            "available_until",
+            "reliability",
+            "created_at",
+            "delisted_at",
+        ]
+
+    @extend_schema_field(PricesField)
+    def get_prices(self, offer: Offer) -> dict:
+        return _prices(offer, 0)
+
+    @extend_schema_field(PricesField)
+    def get_interruptible_prices(self, offer: Offer) -> dict:
+        return _prices(offer, 1)
+
+    @extend_schema_field(serializers.DictField(allow_null=True))
+    def get_local_prices(self, offer: Offer) -> dict | None:
+        """Prices in the currency asked for (`currency`, else the caller's organisation), at the rates a lease
+        would be priced at; null when it is the offer's own currency or no rate is configured."""
+        from django.conf import settings
+
+        currency = self.context.get("currency")
+        if not currency or currency == offer.currency:
+            return None
+        rate = settings.SUANLI_FX_RATES.get((offer.currency, currency))
+        if rate is None:
+            return None
+        return {
+            "currency": currency,
+            "prices": _prices(offer, 0, rate),
+            "interruptible_prices": _prices(offer, 1, rate),
+        }
+
+    @extend_schema_field(serializers.FloatField(allow_null=True))
+    def get_reliability(self, offer: Offer) -> float | None:
+        value = getattr(offer, "reliability", None)
+        return None if value is None else round(float(value), 4)

@@ -1,0 +1,95 @@
+"""Writes of the storefront: providers list, reprice and delist their servers' offers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from accounts.errors import Conflict, InvalidInput
+from accounts.models import Organization
+from inventory.models import PLAN_PRICE_FIELDS, Offer, Server
+
+
+def _check_prices(fields: dict[str, Any]) -> None:
+    """At least one plan priced; an interruptible price only beside an on-demand one, and below it."""
+    errors: dict[str, list[str]] = {}
+    if not any(fields.get(firm) for firm, _spot in PLAN_PRICE_FIELDS.values()):
+        errors["prices"] = ["Price at least one plan."]
+    for plan, (firm, spot) in PLAN_PRICE_FIELDS.items():
+        on_demand, interruptible = fields.get(firm), fields.get(spot)
+        if interruptible is not None and (on_demand is None or interruptible >= on_demand):
+            errors.setdefault("interruptible_prices", []).append(
+                f"{plan}: an interruptible price needs an on-demand price above it."
+            )
+    if errors:
+        raise InvalidInput("Check the prices.", fields=errors)
+
+
+def offer_create(
+    *,
+    org: Organization,
+    server: Server,
+    prices: dict[str, Decimal | None],
+    interruptible_prices: dict[str, Decimal | None] | None = None,
+    min_gpus: int = 1,
+    available_until: datetime | None = None,
+    currency: str | None = None,
+) -> Offer:
+    """List `server` (one live offer per server: a second one is 409)."""
+    if server.organization_id != org.pk:
+        raise InvalidInput("Not one of your servers.", fields={"server": ["Not one of your servers."]})
+    if min_gpus > server.gpu_count:
+        raise InvalidInput("More cards than the server has.", fields={"min_gpus": [f"At most {server.gpu_count}."]})
+    fields = _price_fields(prices, interruptible_prices or {})
+    _check_prices(fields)
+    try:
+        with transaction.atomic():
+            return Offer.objects.create(
+                organization=org,
+                server=server,
+                currency=currency or org.currency,
+                min_gpus=min_gpus,
+                available_until=available_until,
+                **fields,
+            )
+    except IntegrityError:
+        raise Conflict("This server already has a live offer; change or delist it.", code="offer_exists") from None
+
+
+def _price_fields(prices: dict, interruptible: dict) -> dict[str, Decimal | None]:
+    fields: dict[str, Decimal | None] = {}
+    for plan, (firm, spot) in PLAN_PRICE_FIELDS.items():
+        fields[firm] = prices.get(plan)
+        fields[spot] = interruptible.get(plan)
+    return fields
+
+
+def offer_update(*, offer: Offer, **changes: Any) -> Offer:
+    """Change prices, minimum, end or currency. Running leases keep the prices they started with."""
+    if offer.delisted_at is not None:
+        raise Conflict("A delisted offer cannot change.", code="invalid_state")
+    fields = {name: getattr(offer, name) for pair in PLAN_PRICE_FIELDS.values() for name in pair}
+    if "prices" in changes:
+        fields.update({PLAN_PRICE_FIELDS[p][0]: v for p, v in changes.pop("prices").items()})
+    if "interruptible_prices" in changes:
+        fields.update({PLAN_PRICE_FIELDS[p][1]: v for p, v in changes.pop("interruptible_prices").items()})
+    _check_prices(fields)
+    most = offer.server.gpu_count
+    if changes.get("min_gpus", offer.min_gpus) > most:
+        raise InvalidInput("More cards than the server has.", fields={"min_gpus": [f"At most {most}."]})
+    for name, value in {**fields, **changes}.items():
+        setattr(offer, name, value)
+    offer.save()
+    return offer
+
+
+def offer_delist(*, offer: Offer, now: datetime | None = None) -> Offer:
+    """Take the offer off the storefront; leases already running on it go on. Idempotent."""
+    if offer.delisted_at is None:
+        offer.delisted_at = now or timezone.now()
+        Offer.objects.filter(pk=offer.pk, delisted_at__isnull=True).update(delisted_at=offer.delisted_at)
+    return offer

@@ -1,0 +1,80 @@
+"""A lease's prices, fixed when it gets its cards: each server's offer price for the plan, in the renter's currency.
+
+`price_allocations` is called on new allocation rows before they are inserted. A server the lease has not used
+before gets its live offer's price (converted at SUANLI_FX_RATES when the offer is in another currency) written
+into the lease's `price_book`; later cards on that server (a resize) pay the same. A price change or a delisting
+after that never touches the lease.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from decimal import Decimal
+
+from django.conf import settings
+from django.db.models import F
+
+from inventory.models import Server
+from scheduler.errors import NoCapacity
+from scheduler.models import Allocation, Lease, Plan
+from scheduler.selectors import live_offers
+
+PRICE_PLACES = Decimal("0.000001")
+UNIT_PLACES = Decimal("0.000000000001")
+
+
+def fx_rate(source: str, target: str) -> Decimal:
+    """How many `target` one `source` buys, from SUANLI_FX_RATES. Raises NoCapacity when no rate is set."""
+    if source == target:
+        return Decimal(1)
+    try:
+        return settings.SUANLI_FX_RATES[(source, target)]
+    except KeyError:
+        raise NoCapacity(f"No exchange rate from {source} to {target} is configured.") from None
+
+
+def _book_prices(lease: Lease, server_ids: Iterable[int]) -> None:
+    missing = sorted({sid for sid in server_ids if str(sid) not in lease.price_book})
+    if not missing:
+        return
+    offers = live_offers(plan=lease.plan, interruptible=lease.interruptible, until=lease.end_at).filter(
+        server_id__in=missing
+    )
+    for offer in offers:
+        price = offer.price(lease.plan, interruptible=lease.interruptible)
+        converted = (price * fx_rate(offer.currency, lease.currency)).quantize(PRICE_PLACES)
+        lease.price_book[str(offer.server_id)] = str(converted)
+    if any(str(sid) not in lease.price_book for sid in missing):
+        raise NoCapacity("An offer was withdrawn while the cards were being placed; try again.")
+    Lease.objects.filter(pk=lease.pk).update(price_book=lease.price_book)
+
+
+def price_allocations(lease: Lease, rows: list[Allocation]) -> None:
+    """Set `unit_price` and `units` on the new allocation rows of `lease` (not yet saved)."""
+    if not rows:
+        return
+    _book_prices(lease, (row.server_id for row in rows))
+    servers = {
+        s["pk"]: s
+        for s in Server.objects.filter(pk__in={row.server_id for row in rows}).values(
+            "pk", "gpu_count", tflops=F("gpu_model__fp16_tflops")
+        )
+    }
+    total_tflops = sum(servers[row.server_id]["tflops"] for row in rows)
+    for row in rows:
+        row.unit_price = Decimal(lease.price_book[str(row.server_id)])
+        if lease.plan == Plan.CARD_HOUR:
+            row.units = Decimal(1)
+        elif lease.plan == Plan.SERVER_MONTH:
+            row.units = (Decimal(1) / servers[row.server_id]["gpu_count"]).quantize(UNIT_PLACES)
+        else:
+            row.units = (lease.pflops * servers[row.server_id]["tflops"] / total_tflops).quantize(UNIT_PLACES)
+
+
+def quote(rows: Iterable[Allocation]) -> Decimal:
+    """The lease's headline price: the mean of its cards' prices, weighted by their units."""
+    rows = list(rows)
+    units = sum((row.units for row in rows), Decimal(0))
+    if not units:
+        return Decimal(0)
+    return (sum((row.units * row.unit_price for row in rows), Decimal(0)) / units).quantize(PRICE_PLACES)
