@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import pytest
@@ -29,6 +30,16 @@ def make_persona(org: Organization, role: str = Role.OWNER, email: str | None = 
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}", HTTP_X_ORGANIZATION=str(org.pk))
     return Persona(user=user, org=org, membership=membership, token=token, api=client)
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
+    """Each pytest run gets a test database of its own (test_<name>_<pid>), so two runs side by side on one
+    PostgreSQL never create or drop each other's."""
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    database.setdefault("TEST", {})["NAME"] = f"test_{database['NAME']}_{os.getpid()}"
 
 
 @pytest.fixture(autouse=True)
