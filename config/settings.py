@@ -4,6 +4,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import dj_database_url
+from celery.schedules import crontab
 
 from config.env import env_bool, env_int, env_list, env_rates, env_str
 
@@ -129,6 +130,10 @@ CELERY_BEAT_SCHEDULE = {
     "telemetry-maintain": {"task": "inventory.telemetry_maintain", "schedule": 3600.0},
     "purge-expired-api-state": {"task": "accounts.purge_expired", "schedule": 3600.0},
     "run-leases": {"task": "scheduler.run_leases", "schedule": 30.0},
+    # Hourly, a few minutes past the hour; close-period daily, closing the month before once it is over.
+    "meter": {"task": "billing.meter", "schedule": crontab(minute=5)},
+    "close-period": {"task": "billing.close_last_period", "schedule": crontab(minute=30, hour=0)},
+    "mark-overdue": {"task": "billing.mark_overdue", "schedule": 3600.0},
 }
 
 # --- Auth ------------------------------------------------------------------------------------------------

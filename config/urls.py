@@ -16,6 +16,7 @@ api_v1 = [
     path("", include("inventory.urls")),
     path("", include("scheduler.urls")),
     path("", include("marketplace.api_urls")),
+    path("", include("billing.urls")),
 ]
 
 urlpatterns = [

@@ -22,7 +22,7 @@ from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import Count, Exists, ExpressionWrapper, F, Func, Q, QuerySet, Sum, Value
 from django.utils import timezone
 
-from accounts.errors import InvalidInput, InvalidTransition
+from accounts.errors import InvalidInput, InvalidTransition, NotAllowed
 from accounts.models import Organization
 from inventory.models import Gpu, GpuHealthEvent, GpuModel, Offer, Server
 from scheduler import allocator, locks, pricing, selectors
@@ -349,6 +349,8 @@ def lease_create(
     with `Idempotency-Key`.
     """
     now = now or timezone.now()
+    if org.billing_hold:
+        raise NotAllowed("Your organisation has an overdue invoice; pay it to start new leases.", code="billing_hold")
     start = start_at if start_at and start_at > now else now
     if offer is not None:
         server = offer.server

@@ -1,0 +1,316 @@
+"""Closing a month: one invoice per customer organisation and currency, one statement per provider and currency.
+
+`close_period("YYYY-MM")` (refused until the month is over in the platform time zone) meters up to the month's
+end, then for each customer organisation builds the lines (per lease, plan and unit price; amounts rounded once,
+half-up, on the line), SLA credits, tax and total, and finalises the invoice with the next gap-free number, all in
+one transaction per invoice. Running it again, or after a crash part-way, makes only what is missing: the
+database allows one invoice per (organisation, month, currency) and one statement per (provider, month,
+currency). Then provider statements: gross from their cards' usage, commission, SLA credits charged back, net.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Q, Sum
+from django.utils import timezone
+
+from accounts.errors import Conflict, InvalidInput, InvalidTransition
+from accounts.models import Organization
+from billing import rating
+from billing.metering import meter
+from billing.models import (
+    CreditNote,
+    DocumentCounter,
+    Invoice,
+    InvoiceLine,
+    ProviderStatement,
+    ProviderTerms,
+    UsageRecord,
+)
+from scheduler.models import Lease
+
+PERIOD = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+PLAN_LABELS = {"card_hour": "GPU card-hours", "server_month": "Whole server", "pflops_year": "Contracted PFLOPS"}
+
+
+@dataclass(frozen=True)
+class Period:
+    label: str
+    start: datetime
+    end: datetime
+
+
+def period_of(label: str) -> Period:
+    """'2026-05' -> the month's bounds in the platform time zone, as UTC instants. Bad input is a 400."""
+    match = PERIOD.match(label or "")
+    if not match:
+        raise InvalidInput("A period is YYYY-MM.", fields={"period": ["Use YYYY-MM, e.g. 2026-05."]})
+    zone = rating.platform_zone()
+    local = datetime(int(match[1]), int(match[2]), 15, tzinfo=zone)
+    start, end = rating.month_bounds(local, zone)
+    return Period(label=label, start=start, end=end)
+
+
+def period_containing(at: datetime) -> Period:
+    local = at.astimezone(rating.platform_zone())
+    return period_of(f"{local.year:04d}-{local.month:02d}")
+
+
+def next_number(series: str) -> str:
+    """The next number of `series` ('INV', 'CN'); call inside the transaction that issues the document."""
+    DocumentCounter.objects.get_or_create(series=series)
+    counter = DocumentCounter.objects.select_for_update().get(series=series)
+    counter.last += 1
+    counter.save(update_fields=["last"])
+    return f"{series}-{counter.last:06d}"
+
+
+# --- invoices ----------------------------------------------------------------------------------------------
+
+
+def _sla_credit(amount: Decimal, seconds: Decimal, down: Decimal) -> Decimal:
+    """SLA_CREDIT_RATE of the line when more than 1 - SLA_TARGET of its card time was down."""
+    if seconds <= 0 or down / seconds <= 1 - settings.SUANLI_SLA_TARGET:
+        return Decimal(0)
+    return rating.to_money(amount * settings.SUANLI_SLA_CREDIT_RATE)
+
+
+def _line_rows(org_id: int, currency: str, period: Period) -> list[dict]:
+    return list(
+        UsageRecord.objects.filter(
+            organization_id=org_id, currency=currency, slot_start__gte=period.start, slot_start__lt=period.end
+        )
+        .values("lease_id", "plan", "unit_price")
+        .annotate(q=Sum("quantity"), s=Sum("seconds"), d=Sum("down_seconds"), a=Sum("amount"))
+        .order_by("lease_id", "plan", "unit_price")
+    )
+
+
+def invoice_build(*, org_id: int, currency: str, period: Period, now: datetime) -> Invoice | None:
+    """Make and finalise the invoice of `org_id` for `period` in `currency`, unless it exists (None then)."""
+    with transaction.atomic():
+        if Invoice.objects.filter(organization_id=org_id, period=period.label, currency=currency).exists():
+            return None
+        rows = _line_rows(org_id, currency, period)
+        if not rows:
+            return None
+        try:
+            with transaction.atomic():
+                invoice = Invoice.objects.create(organization_id=org_id, period=period.label, currency=currency)
+        except IntegrityError:
+            return None  # another closer made it first
+        lines = []
+        for row in rows:
+            amount = rating.to_money(row["a"])
+            lines.append(
+                InvoiceLine(
+                    invoice=invoice,
+                    lease_id=row["lease_id"],
+                    plan=row["plan"],
+                    description=f"{PLAN_LABELS[row['plan']]}, lease {row['lease_id']}",
+                    quantity=row["q"].quantize(Decimal("0.000001")),
+                    unit=rating.UNIT_NAMES[row["plan"]],
+                    unit_price=row["unit_price"],
+                    amount=amount,
+                    exact_amount=row["a"],
+                    seconds=row["s"],
+                    down_seconds=row["d"],
+                    sla_credit=_sla_credit(amount, row["s"], row["d"]),
+                )
+            )
+        InvoiceLine.objects.bulk_create(lines)
+        subtotal = sum((line.amount for line in lines), Decimal(0))
+        credits = sum((line.sla_credit for line in lines), Decimal(0))
+        tax_rate = settings.SUANLI_TAX_RATE
+        tax = rating.to_money((subtotal - credits) * tax_rate)
+        total = subtotal - credits + tax
+        invoice.subtotal, invoice.credits, invoice.tax_rate, invoice.tax, invoice.total = (
+            subtotal,
+            credits,
+            tax_rate,
+            tax,
+            total,
+        )
+        invoice.number = next_number("INV")
+        invoice.issued_at = now
+        invoice.due_at = now + timedelta(days=settings.SUANLI_INVOICE_DUE_DAYS)
+        invoice.state = Invoice.State.OPEN if total > 0 else Invoice.State.PAID
+        invoice.paid_at = None if total > 0 else now
+        invoice.save()
+    return invoice
+
+
+def close_period(label: str, *, now: datetime | None = None) -> dict[str, int]:
+    """Finalise the invoices and provider statements of a month that is over. Idempotent; resumable."""
+    now = now or timezone.now()
+    period = period_of(label)
+    if now < period.end:
+        raise Conflict(f"{label} is not over yet (it ends {period.end.isoformat()}).", code="period_open")
+    meter(until=period.end)
+    customers = (
+        UsageRecord.objects.filter(slot_start__gte=period.start, slot_start__lt=period.end)
+        .values_list("organization_id", "currency")
+        .distinct()
+        .order_by("organization_id", "currency")
+    )
+    invoices = 0
+    for org_id, currency in customers:
+        invoices += invoice_build(org_id=org_id, currency=currency, period=period, now=now) is not None
+    statements = statements_build(period=period)
+    return {"invoices": invoices, "statements": statements}
+
+
+def close_last_period(*, now: datetime | None = None) -> dict[str, int]:
+    """The beat job: close the month before the current one (a no-op once it is closed)."""
+    now = now or timezone.now()
+    current = period_containing(now)
+    return close_period(period_containing(current.start - timedelta(seconds=1)).label, now=now)
+
+
+def invoice_void(*, invoice: Invoice) -> Invoice:
+    """Void an open invoice (a mistake; the customer owes nothing of it). Paid invoices are corrected by credit
+    notes instead."""
+    if not Invoice.objects.filter(pk=invoice.pk, state=Invoice.State.OPEN).update(state=Invoice.State.VOID):
+        raise InvalidTransition(f"A {invoice.state} invoice cannot be voided.")
+    invoice.refresh_from_db()
+    return invoice
+
+
+def credit_note_issue(
+    *, invoice: Invoice, amount: Decimal, reason: str, lease: Lease | None = None, by=None
+) -> CreditNote:
+    """Give money back on a finalised invoice; at most what is left of its total. Numbered like invoices."""
+    amount = rating.to_money(amount)
+    with transaction.atomic():
+        invoice = Invoice.objects.select_for_update().get(pk=invoice.pk)
+        if invoice.state not in (Invoice.State.OPEN, Invoice.State.PAID):
+            raise InvalidTransition(f"A {invoice.state} invoice takes no credit note.")
+        credited = invoice.credit_notes.aggregate(t=Sum("amount"))["t"] or Decimal(0)
+        if amount <= 0 or amount > invoice.total - credited:
+            left = invoice.total - credited
+            raise InvalidInput(f"Between 0.01 and {left}.", fields={"amount": [f"Between 0.01 and {left}."]})
+        if lease is not None and not InvoiceLine.objects.filter(invoice=invoice, lease=lease).exists():
+            raise InvalidInput("That lease is not on this invoice.", fields={"lease": ["Not on this invoice."]})
+        return CreditNote.objects.create(
+            invoice=invoice,
+            organization_id=invoice.organization_id,
+            number=next_number("CN"),
+            amount=amount,
+            currency=invoice.currency,
+            reason=reason[:300],
+            lease=lease,
+            created_by=by,
+        )
+
+
+def invoices_mark_overdue(*, now: datetime | None = None) -> int:
+    """Open invoices past their due date become overdue; with SUANLI_OVERDUE_BLOCKS_LEASES their organisation
+    is put on billing hold (no new leases) until it has paid. Idempotent."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        marked = Invoice.objects.filter(state=Invoice.State.OPEN, overdue=False, due_at__lt=now).update(overdue=True)
+        if settings.SUANLI_OVERDUE_BLOCKS_LEASES:
+            overdue_orgs = Invoice.objects.filter(state=Invoice.State.OPEN, overdue=True).values("organization_id")
+            Organization.objects.filter(pk__in=overdue_orgs, billing_hold=False).update(billing_hold=True)
+    return marked
+
+
+def billing_hold_release(*, org_id: int) -> bool:
+    """Lift the hold of an organisation that has no overdue open invoice left."""
+    if Invoice.objects.filter(organization_id=org_id, state=Invoice.State.OPEN, overdue=True).exists():
+        return False
+    return bool(Organization.objects.filter(pk=org_id, billing_hold=True).update(billing_hold=False))
+
+
+# --- provider statements -------------------------------------------------------------------------------------
+
+
+def _split(total: Decimal, weights: dict[int, Decimal]) -> dict[int, Decimal]:
+    """`total` (cents) shared by `weights`, largest remainder first, so the parts sum to it exactly."""
+    whole = sum(weights.values())
+    if not whole or not total:
+        return dict.fromkeys(weights, Decimal(0))
+    cents = int(total * 100)
+    raw = {k: Decimal(cents) * w / whole for k, w in weights.items()}
+    parts = {k: int(v) for k, v in raw.items()}
+    for k in sorted(raw, key=lambda k: (raw[k] - parts[k], -k), reverse=True)[: cents - sum(parts.values())]:
+        parts[k] += 1
+    return {k: Decimal(v) / 100 for k, v in parts.items()}
+
+
+def chargebacks(period: Period) -> dict[tuple[int, str], Decimal]:
+    """SLA credits of the month's invoice lines and credit notes issued in the month that name a lease, shared
+    among the providers whose cards the lease used, by their part of its usage: (provider, currency) -> amount."""
+    owed: dict[tuple[int, str], Decimal] = defaultdict(Decimal)
+    credits: list[tuple[int, Decimal, str]] = [
+        (lease_id, credit, currency)
+        for lease_id, credit, currency in InvoiceLine.objects.filter(
+            invoice__period=period.label, sla_credit__gt=0
+        ).values_list("lease_id", "sla_credit", "invoice__currency")
+    ]
+    credits += list(
+        CreditNote.objects.filter(
+            created_at__gte=period.start, created_at__lt=period.end, lease__isnull=False
+        ).values_list("lease_id", "amount", "currency")
+    )
+    for lease_id, credit, currency in credits:
+        shares = dict(
+            UsageRecord.objects.filter(lease_id=lease_id)
+            .values("provider_id")
+            .annotate(a=Sum("amount"))
+            .values_list("provider_id", "a")
+        )
+        for provider_id, part in _split(credit, shares).items():
+            owed[(provider_id, currency)] += part
+    return owed
+
+
+def take_rate_of(provider_id: int) -> Decimal:
+    terms = ProviderTerms.objects.filter(organization_id=provider_id, take_rate__isnull=False).first()
+    return terms.take_rate if terms else settings.SUANLI_TAKE_RATE
+
+
+def statements_build(*, period: Period) -> int:
+    """One statement per provider and currency for the month (skipped where it exists). Returns how many new."""
+    gross_rows = (
+        UsageRecord.objects.filter(slot_start__gte=period.start, slot_start__lt=period.end)
+        .values("provider_id", "currency")
+        .annotate(a=Sum("amount"))
+        .order_by("provider_id", "currency")
+    )
+    owed = chargebacks(period)
+    made = 0
+    keys = {(r["provider_id"], r["currency"]): r["a"] for r in gross_rows}
+    for key in sorted(set(keys) | set(owed)):
+        provider_id, currency = key
+        gross = rating.to_money(keys.get(key, Decimal(0)))
+        take = take_rate_of(provider_id)
+        commission = rating.to_money(gross * take)
+        credits = owed.get(key, Decimal(0))
+        try:
+            with transaction.atomic():
+                ProviderStatement.objects.create(
+                    organization_id=provider_id,
+                    period=period.label,
+                    currency=currency,
+                    gross=gross,
+                    take_rate=take,
+                    commission=commission,
+                    credits=credits,
+                    net=gross - commission - credits,
+                )
+                made += 1
+        except IntegrityError:
+            continue  # already made
+    return made
+
+
+def invoices_for(org: Organization | None):
+    return Invoice.objects.for_org(org).filter(~Q(state=Invoice.State.DRAFT)).order_by("-period", "-id")

@@ -1,0 +1,229 @@
+"""Metering: allocation periods -> usage records, one per allocation and hour (or the part of it that was held).
+
+PostgreSQL cuts each allocation period into hour slots of the platform clock (months begin on an hour of it, so
+no slot straddles two months) and measures, per slot, the seconds held and the seconds the card was down: failed
+(from its health events until it was healthy again) or its server unreachable (inventory ServerOutage). Python
+rates each slot with billing/rating.py. `meter` writes only slots that are over, with ON CONFLICT DO NOTHING on
+(allocation, slot), so it is idempotent and safe to run concurrently; `lease_usage` runs the same query up to now
+for a lease and adds the part not metered yet, so the cost a customer sees live is the one they are invoiced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Max, Sum
+from django.utils import timezone
+
+from billing import rating
+from billing.models import MeterRun, UsageRecord
+from scheduler.models import Lease
+
+# Slots are re-examined this far behind the watermark (a late report of a failure); existing records are kept.
+LOOKBACK = timedelta(hours=1)
+BATCH = 5000
+
+_SLOTS_SQL = """
+WITH a AS (
+    SELECT al.id AS allocation_id, al.lease_id, al.gpu_id, al.server_id, al.unit_price, al.units,
+           l.organization_id, l.plan, l.currency, s.organization_id AS provider_id,
+           al.period * tstzrange(%(since)s, %(until)s, '[)') AS p
+    FROM scheduler_allocation al
+    JOIN scheduler_lease l ON l.id = al.lease_id
+    JOIN inventory_server s ON s.id = al.server_id
+    WHERE al.period && tstzrange(%(since)s, %(until)s, '[)') {lease_filter}
+),
+slots AS (
+    SELECT a.*, h AS slot_start, a.p * tstzrange(h, h + interval '1 hour', '[)') AS part
+    FROM a, LATERAL generate_series(
+        date_trunc('hour', lower(a.p), %(zone)s), upper(a.p) - interval '1 microsecond', interval '1 hour'
+    ) AS h
+    WHERE NOT isempty(a.p)
+),
+events AS (
+    SELECT e.gpu_id, e.at, e.to_health, lead(e.at) OVER (PARTITION BY e.gpu_id ORDER BY e.at, e.id) AS next_at
+    FROM inventory_gpuhealthevent e
+    WHERE e.gpu_id IN (SELECT gpu_id FROM a)
+),
+down_periods AS (
+    SELECT gpu_id, tstzrange(at, coalesce(next_at, 'infinity'), '[)') AS r
+    FROM events WHERE to_health = 'failed' AND (next_at IS NULL OR next_at > at)
+    UNION ALL
+    SELECT g.id, tstzrange(o.started_at, coalesce(o.ended_at, 'infinity'), '[)')
+    FROM inventory_serveroutage o JOIN inventory_gpu g ON g.server_id = o.server_id
+    WHERE o.server_id IN (SELECT server_id FROM a) AND (o.ended_at IS NULL OR o.ended_at > o.started_at)
+),
+down AS (SELECT gpu_id, range_agg(r) AS mr FROM down_periods GROUP BY gpu_id)
+SELECT s.allocation_id, s.lease_id, s.organization_id, s.provider_id, s.server_id, s.plan, s.currency,
+       s.unit_price, s.units, s.slot_start, lower(s.part), upper(s.part),
+       extract(epoch FROM upper(s.part) - lower(s.part)),
+       coalesce((SELECT sum(extract(epoch FROM upper(r) - lower(r))) FROM unnest(multirange(s.part) * d.mr) AS r), 0)
+FROM slots s LEFT JOIN down d ON d.gpu_id = s.gpu_id
+WHERE NOT isempty(s.part)
+ORDER BY s.allocation_id, s.slot_start
+"""
+
+
+@dataclass(frozen=True)
+class Slot:
+    allocation_id: int
+    lease_id: int
+    organization_id: int
+    provider_id: int
+    server_id: int
+    plan: str
+    currency: str
+    unit_price: Decimal
+    units: Decimal
+    slot_start: datetime
+    start: datetime
+    end: datetime
+    seconds: Decimal
+    down_seconds: Decimal
+
+    def rated(self) -> rating.Rated:
+        return rating.rate(
+            plan=self.plan,
+            seconds=self.seconds - self.down_seconds,
+            units=self.units,
+            unit_price=self.unit_price,
+            at=self.slot_start,
+        )
+
+    def record(self) -> UsageRecord:
+        rated = self.rated()
+        return UsageRecord(
+            allocation_id=self.allocation_id,
+            lease_id=self.lease_id,
+            organization_id=self.organization_id,
+            provider_id=self.provider_id,
+            server_id=self.server_id,
+            plan=self.plan,
+            slot_start=self.slot_start,
+            start=self.start,
+            end=self.end,
+            seconds=self.seconds,
+            down_seconds=self.down_seconds,
+            units=self.units,
+            unit_price=self.unit_price,
+            currency=self.currency,
+            quantity=rated.quantity,
+            amount=rated.amount,
+        )
+
+
+def slots(*, since: datetime, until: datetime, lease_id: int | None = None) -> Iterator[Slot]:
+    """Every held slot part in [since, until), with its seconds and down seconds, allocation by allocation."""
+    sql = _SLOTS_SQL.format(lease_filter="AND al.lease_id = %(lease)s" if lease_id else "")
+    params = {"since": since, "until": until, "zone": settings.PLATFORM_TIME_ZONE, "lease": lease_id}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        while rows := cursor.fetchmany(BATCH):
+            for row in rows:
+                seconds, down = Decimal(row[12]).quantize(Decimal("0.000001")), Decimal(row[13])
+                yield Slot(*row[:12], seconds=seconds, down_seconds=min(down.quantize(Decimal("0.000001")), seconds))
+
+
+def hour_floor(at: datetime) -> datetime:
+    """The start of the platform-clock hour containing `at` (UTC)."""
+    zone = rating.platform_zone()
+    local = at.astimezone(zone).replace(minute=0, second=0, microsecond=0)
+    return local.astimezone(UTC)
+
+
+def meter(*, until: datetime | None = None) -> int:
+    """Write the usage records of every slot that is over by `until` (default now). Returns how many were new."""
+    until = hour_floor(until or timezone.now())
+    last = MeterRun.objects.aggregate(m=Max("until"))["m"]
+    since = (last - LOOKBACK) if last else datetime(2000, 1, 1, tzinfo=UTC)
+    if since >= until:
+        return 0
+    batch: list[UsageRecord] = []
+    with transaction.atomic():
+        before = UsageRecord.objects.filter(slot_start__gte=since).count()
+        for slot in slots(since=since, until=until):
+            batch.append(slot.record())
+            if len(batch) >= BATCH:
+                UsageRecord.objects.bulk_create(batch, ignore_conflicts=True)
+                batch = []
+        UsageRecord.objects.bulk_create(batch, ignore_conflicts=True)
+        created = UsageRecord.objects.filter(slot_start__gte=since).count() - before
+        MeterRun.objects.create(until=until, records=created)
+    return created
+
+
+def metered_until() -> datetime | None:
+    return MeterRun.objects.aggregate(m=Max("until"))["m"]
+
+
+@dataclass(frozen=True)
+class UsageLine:
+    plan: str
+    unit: str
+    unit_price: Decimal
+    quantity: Decimal
+    seconds: Decimal
+    down_seconds: Decimal
+    amount: Decimal  # rounded to the cent
+
+
+@dataclass(frozen=True)
+class LeaseUsage:
+    amount: Decimal
+    currency: str
+    seconds: Decimal
+    down_seconds: Decimal
+    lines: list[UsageLine]
+    metered_until: datetime | None
+    as_of: datetime
+
+
+def lease_usage(*, lease: Lease, now: datetime | None = None) -> LeaseUsage:
+    """Cost so far: the lease's usage records plus, rated the same way, what was held since the meter last ran."""
+    now = now or timezone.now()
+    watermark = metered_until()
+    totals: dict[tuple[str, Decimal], list[Decimal]] = {}
+
+    def add(plan: str, price: Decimal, quantity: Decimal, seconds: Decimal, down: Decimal, amount: Decimal) -> None:
+        entry = totals.setdefault((plan, price), [Decimal(0)] * 4)
+        for index, value in enumerate((quantity, seconds, down, amount)):
+            entry[index] += value
+
+    records = UsageRecord.objects.filter(lease=lease)
+    if watermark:
+        records = records.filter(slot_start__lt=watermark)
+    for row in records.values("plan", "unit_price").annotate(
+        q=Sum("quantity"), s=Sum("seconds"), d=Sum("down_seconds"), a=Sum("amount")
+    ):
+        add(row["plan"], row["unit_price"], row["q"], row["s"], row["d"], row["a"])
+    since = watermark or lease.start_at
+    if since < now:
+        for slot in slots(since=since, until=now, lease_id=lease.pk):
+            rated = slot.rated()
+            add(slot.plan, slot.unit_price, rated.quantity, slot.seconds, slot.down_seconds, rated.amount)
+    lines = [
+        UsageLine(
+            plan=plan,
+            unit=rating.UNIT_NAMES[plan],
+            unit_price=price,
+            quantity=q.quantize(Decimal("0.000001")),
+            seconds=s,
+            down_seconds=d,
+            amount=rating.to_money(a),
+        )
+        for (plan, price), (q, s, d, a) in sorted(totals.items())
+    ]
+    return LeaseUsage(
+        amount=sum((line.amount for line in lines), Decimal(0)),
+        currency=lease.currency,
+        seconds=sum((line.seconds for line in lines), Decimal(0)),
+        down_seconds=sum((line.down_seconds for line in lines), Decimal(0)),
+        lines=lines,
+        metered_until=watermark,
+        as_of=now,
+    )

@@ -1,0 +1,24 @@
+"""Celery tasks of billing: thin, idempotent wrappers around services (beat schedule in settings)."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from billing import invoicing, metering
+
+
+@shared_task(name="billing.meter")
+def meter_task() -> int:
+    """Usage records for every allocation hour that is over (same as `manage.py meter`)."""
+    return metering.meter()
+
+
+@shared_task(name="billing.close_last_period")
+def close_last_period_task() -> dict:
+    """Close the month before this one once it is over (same as `manage.py close_period` for it)."""
+    return invoicing.close_last_period()
+
+
+@shared_task(name="billing.mark_overdue")
+def mark_overdue_task() -> int:
+    return invoicing.invoices_mark_overdue()

@@ -1,0 +1,12 @@
+from django.urls import path
+from rest_framework.routers import SimpleRouter
+
+from billing import api
+
+router = SimpleRouter()
+router.register("invoices", api.InvoiceViewSet, basename="invoice")
+
+urlpatterns = [
+    path("leases/<int:pk>/usage/", api.LeaseUsageApi.as_view(), name="lease-usage"),
+    *router.urls,
+]
