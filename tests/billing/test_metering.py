@@ -84,3 +84,42 @@ def test_live_usage_adds_the_unmetered_part_with_the_same_rating(clock, customer
     clock.move_to(T0 + timedelta(hours=5))
     meter()
     assert lease_usage(lease=lease).amount == Decimal("2.17")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_meters_running_at_once_write_each_record_once():
+    import threading
+
+    from django.db import connections
+
+    from tests.scheduler.test_concurrency import _own_connection
+
+    customer = OrganizationFactory(currency="USD")
+    with time_machine.travel(T0, tick=False) as clock:
+        for _ in range(3):
+            online_server()
+        for _ in range(6):
+            services.lease_create(org=customer, plan="card_hour", gpu_count=4)
+        clock.move_to(T0 + timedelta(hours=30))
+        start = threading.Barrier(4)
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            _own_connection()
+            try:
+                start.wait()
+                meter()
+            except BaseException as exc:  # noqa: BLE001 - asserted empty below
+                errors.append(exc)
+            finally:
+                connections["default"].close()
+
+        threads = [threading.Thread(target=run) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
+    # 24 cards x (10:20-11:00 + 29 whole hours up to 16:00 the next day)
+    assert UsageRecord.objects.count() == 24 * 30
+    assert UsageRecord.objects.values("allocation_id", "slot_start").distinct().count() == 24 * 30
