@@ -1,5 +1,6 @@
 from collections.abc import Callable
 
+from django import db
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
@@ -34,3 +35,35 @@ class OrganizationMiddleware:
                 membership = membership_for(request.user)
             attach(request, membership)
         return self.get_response(request)
+
+
+def is_database_unavailable(exc: BaseException | None) -> bool:
+    """The database cannot be reached or its connection broke (restart, failover, pool timeout)."""
+    return isinstance(exc, (db.OperationalError, db.InterfaceError))
+
+
+def database_unavailable(request: HttpRequest) -> HttpResponse:
+    message = "The database is unavailable for a moment; try again shortly."
+    if is_api_path(request.path):
+        response: HttpResponse = json_error(request, "database_unavailable", message, 503)
+    else:
+        from django.template import loader
+
+        body = loader.get_template("503.html").render({"message": message})
+        response = HttpResponse(body, status=503)
+    response["Retry-After"] = "5"
+    return response
+
+
+class DatabaseUnavailableMiddleware:
+    """A view that lost the database answers 503 (JSON for the API) instead of a 500; errors raised outside
+    views reach `config.urls.handler500`, which does the same."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        return database_unavailable(request) if is_database_unavailable(exception) else None

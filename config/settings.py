@@ -58,6 +58,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
     "accounts.middleware.OrganizationMiddleware",
+    "accounts.middleware.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -90,11 +91,14 @@ DATABASES = {"default": dj_database_url.parse(DATABASE_URL)}
 DATABASES["default"]["ENGINE"] = "django.db.backends.postgresql"
 if env_bool("DB_POOL", True):
     # setdefault: keep options the URL carries (sslmode, ...).
+    # Health checks: a connection is tested as it leaves the pool, so after a PostgreSQL restart the site recovers by
+    # itself; `timeout`: how long a request waits for a connection before it is answered 503.
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": env_int("DB_POOL_MIN", 1),
         "max_size": env_int("DB_POOL_MAX", 10),
-        "timeout": 10,
+        "timeout": env_int("DB_POOL_TIMEOUT", 5),
     }
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True  # Django passes the pool ConnectionPool.check_connection
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 0)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

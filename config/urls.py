@@ -1,9 +1,13 @@
+import sys
+
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts.errors import error_body, is_api_path
+from accounts.middleware import database_unavailable, is_database_unavailable
+from billing.webhooks import stripe_webhook
 from inventory.metrics import metrics_view
 
 
@@ -16,6 +20,7 @@ api_v1 = [
     path("", include("inventory.urls")),
     path("", include("scheduler.urls")),
     path("", include("marketplace.api_urls")),
+    path("", include("billing.urls_payments")),
     path("", include("billing.urls")),
 ]
 
@@ -28,6 +33,7 @@ urlpatterns = [
     path("api/v1/", include(api_v1)),
     path("healthz", healthz),
     path("metrics", metrics_view, name="metrics"),
+    path("webhooks/stripe/", stripe_webhook, name="stripe-webhook"),
     path("org/", include("accounts.web_urls")),
     path("", include("marketplace.urls")),
 ]
@@ -46,6 +52,10 @@ def handler404(request: HttpRequest, exception: Exception | None = None) -> Http
 
 
 def handler500(request: HttpRequest) -> HttpResponse:
+    # Called inside Django's `except`: an error of a lost database (restarting, unreachable) is a 503 the
+    # client may retry, not a 500; the pool's connection check lets the site recover by itself.
+    if is_database_unavailable(sys.exc_info()[1]):
+        return database_unavailable(request)
     return _page_or_json(request, 500, "server_error", "Something went wrong on our side.", "500.html")
 
 
