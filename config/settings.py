@@ -200,6 +200,11 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "OrganizationStatusEnum": "accounts.models.Organization.Status",
         "ServerStatusEnum": "inventory.models.Server.Status",
+        "LeaseStateEnum": "scheduler.models.LeaseState",
+        "InvoiceStateEnum": "billing.models.Invoice.State",
+        "PaymentStateEnum": "billing.models.Payment.State",
+        "PayoutStateEnum": "billing.models.Payout.State",
+        "StatementStateEnum": "billing.models.ProviderStatement.State",
     },
 }
 # Requests larger than this are refused with 400 before anything is parsed.
