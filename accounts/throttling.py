@@ -2,14 +2,18 @@
 
 DRF's own cache throttle reads, appends and writes back a list, so concurrent requests can all pass;
 here each request is one `incr` on a key per client and window, so at most `limit` pass a window.
+When the cache server cannot be reached the request is let through (and logged): a Redis outage must not take
+logins and agent reports down with it; the limits are back as soon as Redis is.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 
 from django.conf import settings
 from django.core.cache import cache
+from redis.exceptions import RedisError
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
@@ -19,18 +23,25 @@ def parse_rate(rate: str) -> tuple[int, int]:
     return int(count), int(seconds)
 
 
+logger = logging.getLogger(__name__)
+
+
 def hit(scope: str, ident: str, rate: str) -> tuple[bool, int]:
     """Count one request; (allowed, seconds until the window resets)."""
     limit, window = parse_rate(rate)
     now = int(time.time())
     start = now - now % window
     key = f"rl:{scope}:{ident}:{start}"
-    cache.add(key, 0, timeout=window + 1)
     try:
-        count = cache.incr(key)
-    except ValueError:  # expired between add and incr
-        cache.add(key, 1, timeout=window + 1)
-        count = 1
+        cache.add(key, 0, timeout=window + 1)
+        try:
+            count = cache.incr(key)
+        except ValueError:  # expired between add and incr
+            cache.add(key, 1, timeout=window + 1)
+            count = 1
+    except (ConnectionError, OSError, RedisError) as exc:
+        logger.warning("rate limit %s not counted: the cache is unavailable (%s)", scope, exc)
+        return True, 0
     return count <= limit, start + window - now
 
 

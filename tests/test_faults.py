@@ -8,7 +8,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from datetime import timedelta
 from pathlib import Path
+
+import pytest
 
 from config import embedded
 from tests.test_ops import MANAGE, ROOT, _free_port, _production_env, pg_base  # noqa: F401 - pg_base is a fixture
@@ -84,3 +87,109 @@ def _alive(port: int) -> bool:
         return _get(port, "/healthz")[0] == 200
     except OSError:
         return False
+
+
+def _redis(port: int) -> subprocess.Popen:
+    proc = subprocess.Popen(  # noqa: S603
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _until(lambda: _port_open(port), 20, "redis-server up")
+    return proc
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_redis_stopped_pages_and_the_api_keep_serving_and_queued_work_runs_when_it_is_back(tmp_path):
+    from django.conf import settings as django_settings
+    from django.utils import timezone
+
+    from inventory.models import Server
+    from tests.factories import ServerFactory
+
+    silent = ServerFactory(
+        status="online", enrolled_at=timezone.now(), last_seen_at=timezone.now() - timedelta(hours=1)
+    )
+    db = django_settings.DATABASES["default"]
+    database_url = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    redis_port = _free_port()
+    redis = _redis(redis_port)
+    env = _production_env(
+        DATABASE_URL=database_url,
+        REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+        SUANLI_VAR_DIR=str(tmp_path / "var"),
+        SECURE_SSL_REDIRECT="0",
+    )
+    env["DJANGO_DEBUG"] = "1"  # pages find their static files without a collectstatic run
+    port = _free_port()
+    web = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=(tmp_path / "web.log").open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    worker = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "celery", "-A", "config", "worker", "-P", "solo", "-l", "info"],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=(tmp_path / "worker.log").open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        _until(lambda: _alive(port), 60, "the site up")
+        login = {"email": "nobody@example.com", "password": "wrong password"}
+        redis.terminate()
+        redis.wait(timeout=10)
+        time.sleep(1)
+        for path in ("/api/v1/gpu-models/", "/api/v1/offers/", "/"):
+            assert _get_status(port, path) == 200, path
+        # A rate-limited endpoint answers as usual (the limit is not counted while Redis is away).
+        assert _post_status(port, "/api/v1/auth/token/", login) in (400, 401)
+        redis = _redis(redis_port)
+        send = (
+            "from inventory.tasks import check_agents_task; "
+            "check_agents_task.apply_async(retry=True, retry_policy={'max_retries': 20, 'interval_step': 0.5})"
+        )
+        subprocess.run([sys.executable, MANAGE, "shell", "-c", send], cwd=ROOT, env=env, check=True, timeout=60)
+        _until(
+            lambda: Server.objects.get(pk=silent.pk).status == "unreachable",
+            90,
+            "the worker, reconnected, ran the task:\n" + (tmp_path / "worker.log").read_text()[-3000:],
+        )
+    finally:
+        for proc in (web, worker, redis):
+            proc.terminate()
+        for proc in (web, worker, redis):
+            proc.wait(timeout=30)
+
+
+def _get_status(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=15) as resp:  # noqa: S310
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def _post_status(port: int, path: str, body: dict) -> int:
+    request = urllib.request.Request(  # noqa: S310
+        f"http://127.0.0.1:{port}{path}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=15) as resp:  # noqa: S310
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
