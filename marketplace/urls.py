@@ -1,6 +1,6 @@
 from django.urls import path
 
-from marketplace import views, views_servers
+from marketplace import views, views_provider, views_servers, views_staff
 
 app_name = "marketplace"
 
@@ -17,4 +17,12 @@ urlpatterns = [
     ),
     path("servers/<int:server_id>/drain/", views_servers.server_drain, name="server_drain"),
     path("servers/<int:server_id>/undrain/", views_servers.server_undrain, name="server_undrain"),
+    path("provider/offers/", views_provider.offer_list, name="provider_offers"),
+    path("provider/offers/new/", views_provider.offer_new, name="provider_offer_new"),
+    path("provider/offers/<int:offer_id>/edit/", views_provider.offer_edit, name="provider_offer_edit"),
+    path("provider/offers/<int:offer_id>/delist/", views_provider.offer_delist, name="provider_offer_delist"),
+    path("provider/earnings/", views_provider.earnings, name="provider_earnings"),
+    path("staff/catalogue/", views_staff.catalogue, name="staff_catalogue"),
+    path("staff/close-period/", views_staff.close_period_page, name="staff_close_period"),
+    path("staff/fleet/", views_staff.fleet, name="staff_fleet"),
 ]

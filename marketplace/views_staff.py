@@ -1,0 +1,279 @@
+"""Staff pages: the GPU catalogue, closing a month, and the fleet across every provider.
+
+Only platform staff see them: an anonymous visitor is sent to the login page, anyone else is answered 403.
+The fleet page reads aggregates in SQL (a handful of GROUP BY queries, whatever the number of cards), and
+lists unhealthy cards a page at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from functools import wraps
+from typing import Any
+
+from django import forms
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.db.models import Avg, Count, F, FloatField, Func, Q, QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.http import urlencode
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy, gettext_noop
+from django.views.decorators.http import require_http_methods
+
+from accounts.errors import Conflict, InvalidInput
+from billing.invoicing import close_period, period_containing, period_of
+from billing.models import Invoice, ProviderStatement
+from inventory.models import Gpu, GpuModel
+from inventory.services import agent_silence_limit
+
+SERVICE_MESSAGES = (
+    gettext_noop("A period is YYYY-MM."),
+    gettext_noop("Use YYYY-MM, e.g. 2026-05."),
+)
+UNHEALTHY_PAGE = 50
+GROUPS_PAGE = 100
+
+
+def staff_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Log in first; then staff only (403 for everyone else)."""
+
+    @wraps(view)
+    @login_required
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not request.user.is_staff:
+            raise PermissionDenied
+        return view(request, *args, **kwargs)
+
+    return wrapped
+
+
+# --- the catalogue --------------------------------------------------------------------------------------
+
+
+@staff_required
+def catalogue(request: HttpRequest) -> HttpResponse:
+    """Every GPU model (active or not) with how many servers and cards use it; edits go through the admin."""
+    models = GpuModel.objects.annotate(
+        server_count=Count("servers", distinct=True),
+        card_count=Count("servers__gpus", distinct=True),
+    ).order_by("-active", "vendor", "name")
+    return render(request, "marketplace/staff/catalogue.html", {"models": models})
+
+
+# --- closing a month ------------------------------------------------------------------------------------
+
+
+class ClosePeriodForm(forms.Form):
+    period = forms.RegexField(
+        label=gettext_lazy("Month (YYYY-MM)"),
+        regex=r"^\d{4}-(0[1-9]|1[0-2])$",
+        error_messages={"invalid": gettext_lazy("Use YYYY-MM, e.g. 2026-05.")},
+        widget=forms.TextInput(attrs={"placeholder": "2026-05", "inputmode": "numeric", "autocomplete": "off"}),
+    )
+
+
+def _previous_period(now: datetime) -> str:
+    return period_containing(period_containing(now).start - timedelta(seconds=1)).label
+
+
+def _closed_periods() -> list[dict[str, Any]]:
+    """The last twelve months that have invoices or statements, with how many of each."""
+    invoices = dict(
+        Invoice.objects.exclude(state=Invoice.State.DRAFT)
+        .values("period")
+        .annotate(n=Count("id"))
+        .values_list("period", "n")
+    )
+    statements = dict(ProviderStatement.objects.values("period").annotate(n=Count("id")).values_list("period", "n"))
+    periods = sorted(set(invoices) | set(statements), reverse=True)[:12]
+    return [{"period": p, "invoices": invoices.get(p, 0), "statements": statements.get(p, 0)} for p in periods]
+
+
+@staff_required
+@require_http_methods(["GET", "HEAD", "POST"])
+def close_period_page(request: HttpRequest) -> HttpResponse:
+    """Finalise a month's invoices and provider statements (idempotent: closing again makes only what is
+    missing, so a second press is harmless). A month not over yet is refused beside the field."""
+    now = timezone.now()
+    if request.method == "POST":
+        form = ClosePeriodForm(request.POST)
+        if form.is_valid():
+            label = form.cleaned_data["period"]
+            try:
+                result = close_period(label, now=now)
+            except Conflict:
+                ends = period_of(label).end
+                form.add_error(
+                    "period",
+                    _("%(period)s is not over yet: it ends %(end)s UTC.")
+                    % {"period": label, "end": ends.strftime("%Y-%m-%d %H:%M")},
+                )
+            except InvalidInput as exc:
+                form.add_error("period", _(exc.message))
+            else:
+                messages.success(
+                    request,
+                    _("%(period)s is closed: %(invoices)s new invoices, %(statements)s new provider statements.")
+                    % {"period": label, **result},
+                )
+                url = reverse("marketplace:staff_close_period")
+                return HttpResponseRedirect(f"{url}?{urlencode({'closed': label})}")
+    else:
+        form = ClosePeriodForm(initial={"period": request.GET.get("closed") or _previous_period(now)})
+    if form.errors:
+        form.fields["period"].widget.attrs.update({"aria-invalid": "true", "aria-describedby": "id_period_errors"})
+    context = {"form": form, "periods": _closed_periods(), "current": period_containing(now).label}
+    return render(request, "marketplace/staff/close_period.html", context, status=400 if form.errors else 200)
+
+
+# --- the fleet ------------------------------------------------------------------------------------------
+
+
+def _utilization() -> Func:
+    """A card's utilisation from its latest sample, NULL where the sample has no number for it."""
+    return Func(
+        F("last_sample"),
+        template=(
+            "CASE WHEN jsonb_typeof(%(expressions)s -> 'utilization_pct') = 'number' "
+            "THEN (%(expressions)s ->> 'utilization_pct')::double precision END"
+        ),
+        output_field=FloatField(),
+    )
+
+
+def fleet_counts(fresh_after: datetime) -> dict[str, Any]:
+    """Counts by health, drained and silent cards, and the average and spread of utilisation over cards that
+    reported since `fresh_after`, in one aggregate query (a stale sample would mislead)."""
+    fresh = Q(last_sample_at__gte=fresh_after)
+    return Gpu.objects.annotate(util=_utilization()).aggregate(
+        total=Count("id"),
+        healthy=Count("id", filter=Q(health=Gpu.Health.HEALTHY)),
+        degraded=Count("id", filter=Q(health=Gpu.Health.DEGRADED)),
+        failed=Count("id", filter=Q(health=Gpu.Health.FAILED)),
+        drained=Count("id", filter=Q(drained=True) | Q(server__drained=True)),
+        silent=Count("id", filter=~fresh),
+        avg_util=Avg("util", filter=fresh),
+        idle=Count("id", filter=fresh & Q(util__lt=10)),
+        low=Count("id", filter=fresh & Q(util__gte=10, util__lt=50)),
+        busy=Count("id", filter=fresh & Q(util__gte=50, util__lt=90)),
+        full=Count("id", filter=fresh & Q(util__gte=90)),
+    )
+
+
+def fleet_groups(fresh_after: datetime) -> QuerySet:
+    """One row per provider and GPU model: cards by health, drained, silent, average utilisation."""
+    fresh = Q(last_sample_at__gte=fresh_after)
+    return (
+        Gpu.objects.values(
+            provider_id=F("server__organization_id"),
+            provider=F("server__organization__name"),
+            model=F("server__gpu_model__name"),
+        )
+        .annotate(
+            total=Count("id"),
+            healthy=Count("id", filter=Q(health=Gpu.Health.HEALTHY)),
+            degraded=Count("id", filter=Q(health=Gpu.Health.DEGRADED)),
+            failed=Count("id", filter=Q(health=Gpu.Health.FAILED)),
+            drained=Count("id", filter=Q(drained=True) | Q(server__drained=True)),
+            silent=Count("id", filter=~fresh),
+            servers=Count("server_id", distinct=True),
+            avg_util=Avg(_utilization(), filter=fresh),
+        )
+        .order_by("provider", "provider_id", "model")
+    )
+
+
+def fleet_models(fresh_after: datetime) -> QuerySet:
+    """One row per GPU model across all providers."""
+    fresh = Q(last_sample_at__gte=fresh_after)
+    return (
+        Gpu.objects.values(model=F("server__gpu_model__name"))
+        .annotate(
+            total=Count("id"),
+            healthy=Count("id", filter=Q(health=Gpu.Health.HEALTHY)),
+            degraded=Count("id", filter=Q(health=Gpu.Health.DEGRADED)),
+            failed=Count("id", filter=Q(health=Gpu.Health.FAILED)),
+            avg_util=Avg(_utilization(), filter=fresh),
+        )
+        .order_by("model")
+    )
+
+
+def unhealthy_cards(health: str = "") -> QuerySet[Gpu]:
+    """Failed and degraded cards (or only one of the two), most recently changed first, with their reasons."""
+    wanted = (
+        [health] if health in (Gpu.Health.FAILED, Gpu.Health.DEGRADED) else [Gpu.Health.FAILED, Gpu.Health.DEGRADED]
+    )
+    return (
+        Gpu.objects.filter(health__in=wanted)
+        .select_related("server", "server__organization", "server__gpu_model")
+        .only(
+            "index",
+            "uuid",
+            "health",
+            "health_reason",
+            "health_changed_at",
+            "drained",
+            "server__name",
+            "server__region",
+            "server__organization__name",
+            "server__gpu_model__name",
+        )
+        .order_by(F("health_changed_at").desc(nulls_last=True), "-id")
+    )
+
+
+HEALTH_FILTERS = {
+    "": gettext_lazy("Failed and degraded"),
+    "failed": gettext_lazy("Failed"),
+    "degraded": gettext_lazy("Degraded"),
+}
+
+
+@staff_required
+def fleet(request: HttpRequest) -> HttpResponse:
+    """Cards by health and utilisation across all providers, per provider and model, and the unhealthy ones."""
+    fresh_after = timezone.now() - agent_silence_limit()
+    health = request.GET.get("health", "")
+    health = health if health in HEALTH_FILTERS else ""
+    groups = Paginator(fleet_groups(fresh_after), GROUPS_PAGE).get_page(request.GET.get("groups"))
+    cards = Paginator(unhealthy_cards(health), UNHEALTHY_PAGE).get_page(request.GET.get("page"))
+    counts = fleet_counts(fresh_after)
+    total = counts["total"] or 1
+    bars = [
+        {"key": key, "label": label, "count": counts[key], "pct": 100 * counts[key] / total}
+        for key, label in (
+            ("healthy", _("Healthy")),
+            ("degraded", _("Degraded")),
+            ("failed", _("Failed")),
+        )
+    ]
+    reporting = counts["idle"] + counts["low"] + counts["busy"] + counts["full"]
+    util_bars = [
+        {"key": key, "label": label, "count": counts[key], "pct": 100 * counts[key] / (reporting or 1)}
+        for key, label in (
+            ("idle", _("Under 10%")),
+            ("low", _("10–50%")),
+            ("busy", _("50–90%")),
+            ("full", _("90% and over")),
+        )
+    ]
+    context = {
+        "counts": counts,
+        "bars": bars,
+        "util_bars": util_bars,
+        "groups": groups,
+        "models": fleet_models(fresh_after),
+        "cards": cards,
+        "health": health,
+        "health_filters": HEALTH_FILTERS,
+        "fresh_after": fresh_after,
+    }
+    return render(request, "marketplace/staff/fleet.html", context)
