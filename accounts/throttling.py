@@ -45,6 +45,18 @@ def hit(scope: str, ident: str, rate: str) -> tuple[bool, int]:
     return count <= limit, start + window - now
 
 
+def over_limit(scope: str, ident: str, rate: str, *, count: bool = True) -> bool:
+    """Whether `ident` is over `rate` in this window: counting one more (`count`), or only reading."""
+    if count:
+        return not hit(scope, ident, rate)[0]
+    limit, window = parse_rate(rate)
+    now = int(time.time())
+    try:
+        return int(cache.get(f"rl:{scope}:{ident}:{now - now % window}") or 0) >= limit
+    except (ConnectionError, OSError, RedisError):
+        return False
+
+
 class AtomicScopedThrottle(BaseThrottle):
     scope = ""
 

@@ -214,6 +214,10 @@ SUANLI_RATE_LIMITS = {
     "auth": env_str("RATE_LIMIT_AUTH", "10/60"),
     "register": env_str("RATE_LIMIT_REGISTER", "10/3600"),
     "agent_enroll": env_str("RATE_LIMIT_AGENT_ENROLL", "30/60"),
+    # Per agent, accepted reports (10 s interval = 6 a minute; the rest drains a spool after an outage).
+    "agent_reports": env_str("RATE_LIMIT_AGENT_REPORTS", "120/60"),
+    # Per client address, reports refused for their signature; over it, that address is refused outright.
+    "agent_auth_fail": env_str("RATE_LIMIT_AGENT_AUTH_FAIL", "30/60"),
 }
 SUANLI_ENROLLMENT_TOKEN_TTL_HOURS = env_int("ENROLLMENT_TOKEN_TTL_HOURS", 72)
 SUANLI_AGENT_SILENT_INTERVALS = env_int("AGENT_SILENT_INTERVALS", 3)

@@ -3,16 +3,19 @@ user credentials, so these views opt out of the user authentication and org cont
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
+from rest_framework.exceptions import Throttled
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.errors import Unauthenticated
 from accounts.serializers import StrictSerializer
-from accounts.throttling import AtomicScopedThrottle
+from accounts.throttling import AtomicScopedThrottle, hit, over_limit
 from inventory import ingest
 
 
@@ -81,15 +84,29 @@ class AgentReportApi(APIView):
         parameters=_SIGNED, request=None, responses={202: ReportAccepted, 200: ReportAccepted}, tags=["agent"]
     )
     def post(self, request: Request) -> Response:
+        """Two rate limits: failed signatures per client address (refused before any work once over), and
+        accepted reports per agent, counted only after the signature checks out, so nobody can use up another
+        agent's allowance by naming it. The agent honours the 429's Retry-After and keeps spooling."""
         now = timezone.now()
         body = request.body
-        server = ingest.authenticate_report(
-            agent_id=request.headers.get("X-Agent-Id", ""),
-            timestamp=request.headers.get("X-Agent-Timestamp", ""),
-            signature=request.headers.get("X-Agent-Signature", ""),
-            body=body,
-            now=now,
-        )
+        address = AtomicScopedThrottle().get_ident(request)
+        limits = settings.SUANLI_RATE_LIMITS
+        if over_limit("agent_auth_fail", address, limits["agent_auth_fail"], count=False):
+            raise Throttled(detail="Too many refused reports from this address.")
+        try:
+            server = ingest.authenticate_report(
+                agent_id=request.headers.get("X-Agent-Id", ""),
+                timestamp=request.headers.get("X-Agent-Timestamp", ""),
+                signature=request.headers.get("X-Agent-Signature", ""),
+                body=body,
+                now=now,
+            )
+        except Unauthenticated:
+            over_limit("agent_auth_fail", address, limits["agent_auth_fail"])
+            raise
+        allowed, wait = hit("agent_reports", str(server.agent_id), limits["agent_reports"])
+        if not allowed:
+            raise Throttled(wait=wait, detail="Too many reports from this agent; slow down.")
         result = ingest.report_ingest(server=server, report=ingest.parse_report(body), now=now)
         if result.duplicate:
             return Response({"accepted": False, "duplicate": True}, status=status.HTTP_200_OK)

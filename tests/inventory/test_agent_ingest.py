@@ -338,3 +338,26 @@ def test_a_reinstalled_agent_enrols_again_with_a_new_token_and_the_old_secret_st
     assert agent.post(agent.body()).status_code == 401
     fresh = Agent(again.json()["agent_id"], again.json()["agent_secret"], agent.uuids)
     assert fresh.post(fresh.body()).status_code == 202, "seq restarts with the new credentials"
+
+
+@time_machine.travel(datetime(2026, 11, 29, 12, 0, 5, tzinfo=UTC), tick=False)  # inside one rate window
+def test_reports_beyond_the_agent_rate_are_429_with_retry_after_and_forgeries_never_use_it_up(agent, settings):
+    settings.SUANLI_RATE_LIMITS = {**settings.SUANLI_RATE_LIMITS, "agent_reports": "3/60", "agent_auth_fail": "100/60"}
+    # Forged reports naming this agent are refused for their signature and do not count against it.
+    for _ in range(5):
+        assert agent.post(agent.body(), secret="not-the-secret").status_code == 401
+    for _ in range(3):
+        assert agent.post(agent.body()).status_code == 202
+    refused = agent.post(agent.body())
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limited"
+    assert 0 < int(refused["Retry-After"]) <= 60
+
+
+@time_machine.travel(datetime(2026, 11, 29, 12, 0, 5, tzinfo=UTC), tick=False)
+def test_an_address_sending_bad_signatures_is_refused_outright(agent, settings):
+    settings.SUANLI_RATE_LIMITS = {**settings.SUANLI_RATE_LIMITS, "agent_auth_fail": "4/60"}
+    for _ in range(4):
+        assert agent.post(agent.body(), secret="guess").status_code == 401
+    # Over the limit, even a correctly signed report from that address waits for the window.
+    assert agent.post(agent.body()).status_code == 429
