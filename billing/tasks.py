@@ -19,6 +19,12 @@ def close_last_period_task() -> dict:
     return invoicing.close_last_period()
 
 
+@shared_task(name="billing.close_period")
+def close_period_task(period: str) -> dict:
+    """Close one month (same as `manage.py close_period YYYY-MM`); a rerun after a crash makes what is missing."""
+    return invoicing.close_period(period)
+
+
 @shared_task(name="billing.mark_overdue")
 def mark_overdue_task() -> int:
     return invoicing.invoices_mark_overdue()

@@ -193,3 +193,79 @@ def _post_status(port: int, path: str, body: dict) -> int:
             return resp.status
     except urllib.error.HTTPError as exc:
         return exc.code
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_killed_in_the_middle_of_close_period_leaves_no_duplicate_and_the_redelivered_task_finishes(
+    tmp_path,
+):
+    import signal
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from django.conf import settings as django_settings
+
+    from billing.models import Invoice
+    from scheduler.models import Allocation
+    from scheduler.selectors import period_range
+    from tests.factories import LeaseFactory, OrganizationFactory, online_server
+
+    customers = 160
+    server = online_server()
+    cards = list(server.gpus.order_by("index"))
+    start = datetime(2026, 10, 2, tzinfo=UTC)
+    for i in range(customers):
+        at = start + timedelta(hours=i // len(cards))
+        lease = LeaseFactory(organization=OrganizationFactory(), start_at=at, end_at=at + timedelta(hours=1))
+        Allocation.objects.create(
+            lease=lease,
+            gpu=cards[i % len(cards)],
+            server=server,
+            period=period_range(at, at + timedelta(hours=1)),
+            unit_price=Decimal("2.5"),
+            units=Decimal(1),
+        )
+    db = django_settings.DATABASES["default"]
+    env = _production_env(
+        DATABASE_URL=f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+        REDIS_URL=f"redis://127.0.0.1:{(redis_port := _free_port())}/0",
+        SUANLI_VAR_DIR=str(tmp_path / "var"),
+        CELERY_VISIBILITY_TIMEOUT="3",
+    )
+    redis = _redis(redis_port)
+    log = (tmp_path / "worker.log").open("w")
+
+    def worker() -> subprocess.Popen:
+        return subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "-P", "solo", "-l", "info"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    first = worker()
+    try:
+        send = "from billing.tasks import close_period_task; close_period_task.delay('2026-10')"
+        subprocess.run([sys.executable, MANAGE, "shell", "-c", send], cwd=ROOT, env=env, check=True, timeout=60)
+        _until(lambda: Invoice.objects.exists(), 90, "the first invoices")
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        made_before = Invoice.objects.count()
+        assert 0 < made_before < customers, "the kill came too late to interrupt the run"
+        second = worker()
+        try:
+            _until(lambda: Invoice.objects.count() == customers, 120, "the redelivered task finishing the month")
+        finally:
+            second.terminate()
+            second.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        redis.terminate()
+        redis.wait(timeout=10)
+    numbers = sorted(Invoice.objects.values_list("number", flat=True))
+    assert numbers == [f"INV-{n:06d}" for n in range(1, customers + 1)]  # once each, no gap
+    assert Invoice.objects.values("organization").distinct().count() == customers
+    assert all(total == Decimal("2.50") for total in Invoice.objects.values_list("total", flat=True))
