@@ -21,6 +21,7 @@ api_v1 = [
     path("", include("scheduler.urls")),
     path("", include("marketplace.api_urls")),
     path("", include("billing.urls_payments")),
+    path("", include("billing.urls_payouts")),
     path("", include("billing.urls")),
 ]
 

@@ -56,6 +56,16 @@ def _alice_lease(v: Victims) -> dict:
     return {"pk": v.objects["lease"].pk}
 
 
+def _bob_statement(v: Victims) -> dict:
+    if "statement" not in v.objects:
+        from billing.models import ProviderStatement
+
+        v.objects["statement"] = ProviderStatement.objects.create(
+            organization=v.bob.org, period="2026-03", currency="USD", gross=100, take_rate="0.15", commission=15, net=85
+        )
+    return {"pk": v.objects["statement"].pk}
+
+
 # URL name -> the kwargs that point at a victim's object.
 VICTIM_OBJECTS: dict[str, Callable[[Victims], dict]] = {
     "org-detail": _alice_org,
@@ -73,6 +83,8 @@ VICTIM_OBJECTS: dict[str, Callable[[Victims], dict]] = {
     "lease-end": _alice_lease,
     "lease-resize": _alice_lease,
     "lease-events": _alice_lease,
+    "payout-detail": _bob_statement,
+    "payout-pay": _bob_statement,
 }
 
 # Routes with ids that are public by design (e.g. a listed offer); only their writes are walked.
