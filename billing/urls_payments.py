@@ -1,0 +1,7 @@
+from django.urls import path
+
+from billing import payments_api
+
+urlpatterns = [
+    path("invoices/<int:pk>/pay/", payments_api.InvoicePayView.as_view(), name="invoice-pay"),
+]
