@@ -6,9 +6,10 @@
 Its own database (DATABASE_URL, default postgres://postgres@127.0.0.1:5432/suanli_bench_sched), created when missing
 and migrated. Per run, `--clients` forked processes, each on its own connection, share `--leases` requests of 1-4 cards:
 - service: `scheduler.services.lease_create` (best fit, skip-locked claims, events) — what the API calls;
-- raw SQL: one transaction per request inserting the lease row and claiming the same number of free cards with
-  `SELECT id FROM inventory_gpu ... ORDER BY id LIMIT n FOR UPDATE SKIP LOCKED` straight into allocations
-  (no placement rules, no events): the floor the service is compared with.
+- raw SQL: one statement per request inserting the lease row and claiming the same number of free, offered cards
+  with `SELECT ... FROM inventory_gpu ... ORDER BY id LIMIT n FOR UPDATE OF g SKIP LOCKED` straight into
+  allocations at the offer's price (no placement rules, no events), retried when a card committed by another
+  client after its snapshot trips the exclusion constraint: the floor the service is compared with.
 Then the same again after 10 closed past allocations per card have been added (history), to show that allocation
 time does not grow with the number of past allocations. Medians of `--runs` runs and ratios are printed.
 """
@@ -22,6 +23,7 @@ import random
 import statistics
 import sys
 import time
+from decimal import Decimal
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -45,16 +47,17 @@ def setup_world(servers: int) -> tuple[int, int]:
     from django.db import connection
 
     from accounts.models import Organization
-    from inventory.models import Gpu, GpuModel, Server
+    from inventory.models import Gpu, GpuModel, Offer, Server
 
     call_command("migrate", verbosity=0)
-    with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE scheduler_leaseevent, scheduler_allocation, scheduler_lease")
+    with connection.cursor() as cursor:  # CASCADE: billing rows that point at allocations (none in this database)
+        cursor.execute("TRUNCATE scheduler_leaseevent, scheduler_allocation, scheduler_lease CASCADE")
     provider, _ = Organization.objects.get_or_create(name="bench provider", defaults={"kind": "provider"})
     customer, _ = Organization.objects.get_or_create(name="bench customer", defaults={"kind": "customer"})
     model = GpuModel.objects.order_by("id").first()
     have = Server.objects.filter(organization=provider).count()
     if have != servers:
+        Offer.objects.filter(organization=provider).delete()
         Gpu.objects.filter(server__organization=provider).delete()
         Server.objects.filter(organization=provider).delete()
         rows = Server.objects.bulk_create(
@@ -73,6 +76,16 @@ def setup_world(servers: int) -> tuple[int, int]:
         )
         Gpu.objects.bulk_create(
             Gpu(server=s, index=i, uuid=f"BENCH-{s.pk}-{i}", name=model.name) for s in rows for i in range(8)
+        )
+    # The scheduler places leases only on cards with a live offer for the plan.
+    listed = Offer.objects.filter(delisted_at__isnull=True).values("server_id")
+    unlisted = Server.objects.filter(organization=provider).exclude(pk__in=listed)
+    Offer.objects.bulk_create(
+        Offer(organization=provider, server=s, currency="USD", card_hour_price=Decimal("2.5")) for s in unlisted
+    )
+    with connection.cursor() as cursor:  # fresh rows: plan with their real counts, not autovacuum's later guess
+        cursor.execute(
+            "ANALYZE inventory_server, inventory_gpu, inventory_offer, scheduler_lease, scheduler_allocation"
         )
     return provider.pk, customer.pk
 
@@ -96,16 +109,16 @@ def add_history(per_card: int, customer_id: int) -> int:
     with connection.cursor() as cursor:
         cursor.execute(
             "INSERT INTO scheduler_lease (organization_id, plan, state, interruptible, region, gpu_count, "
-            "delivered_pflops, shortfall_gpus, start_at, end_at, created_at, ended_at) VALUES "
-            "(%s, 'card_hour', 'ended', false, '', 0, 0, 0, now() - interval '400 days', now() - interval '1 day', "
-            "now(), now()) RETURNING id",
+            "delivered_pflops, shortfall_gpus, start_at, end_at, created_at, ended_at, currency, unit_price, "
+            "price_book) VALUES (%s, 'card_hour', 'ended', false, '', 0, 0, 0, now() - interval '400 days', "
+            "now() - interval '1 day', now(), now(), 'USD', 2.5, '{}') RETURNING id",
             [customer_id],
         )
         lease_id = cursor.fetchone()[0]
         cursor.execute(
-            "INSERT INTO scheduler_allocation (lease_id, gpu_id, server_id, period, close_reason) "
+            "INSERT INTO scheduler_allocation (lease_id, gpu_id, server_id, period, close_reason, unit_price, units) "
             "SELECT %s, g.id, g.server_id, tstzrange(now() - (k + 2) * interval '1 day', "
-            "now() - (k + 1) * interval '1 day' - interval '1 hour', '[)'), 'ended' "
+            "now() - (k + 1) * interval '1 day' - interval '1 hour', '[)'), 'ended', 2.5, 1 "
             "FROM inventory_gpu g CROSS JOIN generate_series(1, %s) k",
             [lease_id, per_card],
         )
@@ -117,16 +130,18 @@ def add_history(per_card: int, customer_id: int) -> int:
 RAW_CLAIM = """
 WITH lease AS (
   INSERT INTO scheduler_lease (organization_id, plan, state, interruptible, region, gpu_count, delivered_pflops,
-                               shortfall_gpus, start_at, created_at)
-  VALUES (%(org)s, 'card_hour', 'active', false, '', %(n)s, 0, 0, now(), now()) RETURNING id
+                               shortfall_gpus, start_at, created_at, currency, unit_price, price_book)
+  VALUES (%(org)s, 'card_hour', 'active', false, '', %(n)s, 0, 0, now(), now(), 'USD', 0, '{}') RETURNING id
 ), cards AS (
-  SELECT g.id, g.server_id FROM inventory_gpu g
+  SELECT g.id, g.server_id, o.card_hour_price FROM inventory_gpu g
+  JOIN inventory_offer o ON o.server_id = g.server_id AND o.delisted_at IS NULL AND o.card_hour_price IS NOT NULL
   WHERE g.health <> 'failed' AND NOT g.drained
     AND NOT EXISTS (SELECT 1 FROM scheduler_allocation a WHERE a.gpu_id = g.id AND a.period && tstzrange(now(), NULL))
-  ORDER BY g.id LIMIT %(n)s FOR UPDATE SKIP LOCKED
+  ORDER BY g.id LIMIT %(n)s FOR UPDATE OF g SKIP LOCKED
 )
-INSERT INTO scheduler_allocation (lease_id, gpu_id, server_id, period, close_reason)
-SELECT lease.id, cards.id, cards.server_id, tstzrange(now(), NULL, '[)'), '' FROM lease, cards
+INSERT INTO scheduler_allocation (lease_id, gpu_id, server_id, period, close_reason, unit_price, units)
+SELECT lease.id, cards.id, cards.server_id, tstzrange(now(), NULL, '[)'), '', cards.card_hour_price, 1
+FROM lease, cards
 """
 
 
@@ -141,7 +156,7 @@ def client(kind: str, customer_id: int, sizes: list[int], out) -> None:
     from scheduler import services
 
     org = Organization.objects.get(pk=customer_id)
-    granted = refused = 0
+    granted = refused = retries = 0
     started = time.perf_counter()
     for n in sizes:
         if kind == "service":
@@ -151,7 +166,9 @@ def client(kind: str, customer_id: int, sizes: list[int], out) -> None:
             except DomainError:
                 refused += 1
         else:
-            for _attempt in range(5):  # a card committed between snapshot and lock trips the constraint: retry
+            # A card allocated and committed by another client after this statement's snapshot but before its lock
+            # looks free and trips the exclusion constraint: retry with a fresh snapshot, as the service does.
+            while True:
                 try:
                     with transaction.atomic(), connection.cursor() as cursor:
                         cursor.execute(RAW_CLAIM, {"org": customer_id, "n": n})
@@ -163,12 +180,12 @@ def client(kind: str, customer_id: int, sizes: list[int], out) -> None:
                     refused += 1
                     break
                 except IntegrityError:
-                    continue
-    out.put((granted, refused, time.perf_counter() - started))
+                    retries += 1
+    out.put((granted, refused, retries, time.perf_counter() - started))
     connection.close()
 
 
-def measure(kind: str, customer_id: int, leases: int, clients: int, seed: int) -> tuple[float, int, int]:
+def measure(kind: str, customer_id: int, leases: int, clients: int, seed: int) -> tuple[float, int, int, int]:
     from django.db import connections
 
     rng = random.Random(seed)
@@ -184,8 +201,8 @@ def measure(kind: str, customer_id: int, leases: int, clients: int, seed: int) -
     for proc in procs:
         proc.join()
     elapsed = time.perf_counter() - started
-    granted = sum(r[0] for r in results)
-    return granted / elapsed, granted, sum(r[1] for r in results)
+    granted, refused, retries = (sum(r[i] for r in results) for i in range(3))
+    return granted / elapsed, granted, refused, retries
 
 
 def main() -> None:
@@ -206,15 +223,17 @@ def main() -> None:
     figures: dict[str, list[float]] = {}
     for phase in ("empty history", f"{args.history} past allocations per card"):
         if phase != "empty history":
+            reset_leases()
             total = add_history(args.history, customer_id)
             print(f"history added: {total} allocation rows")
         for run in range(args.runs):
             for kind in ("service", "raw"):
                 reset_leases()
-                rate, granted, refused = measure(kind, customer_id, args.leases, args.clients, seed=run)
+                rate, granted, refused, retries = measure(kind, customer_id, args.leases, args.clients, seed=run)
                 figures.setdefault(f"{phase}: {kind}", []).append(rate)
                 print(
-                    f"  {phase:32} {kind:8} run {run + 1}: {rate:8.1f} leases/s ({granted} granted, {refused} refused)"
+                    f"  {phase:32} {kind:8} run {run + 1}: {rate:8.1f} leases/s "
+                    f"({granted} granted, {refused} refused, {retries} retried on a conflict)"
                 )
     reset_leases()
     med = {key: statistics.median(values) for key, values in figures.items()}
