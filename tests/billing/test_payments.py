@@ -309,6 +309,33 @@ def test_a_failed_payment_leaves_the_invoice_open_and_the_same_intent_takes_anot
     assert Invoice.objects.get(pk=invoice.pk).state == "paid"
 
 
+def test_after_a_canceled_intent_paying_again_makes_a_new_one(alice, fake_stripe):
+    invoice = open_invoice(alice.org)
+    payment, intent_id = started(alice, invoice)
+    canceled = customer_side(fake_stripe).v1.payment_intents.cancel(intent_id)
+
+    deliver(event("payment_intent.canceled", fake_stripe.get(f"/v1/payment_intents/{canceled.id}")))
+    again = pay(alice, invoice)
+
+    assert Payment.objects.get(pk=payment.pk).state == "canceled"
+    assert again.status_code == 200
+    second = Payment.objects.get(pk=again.json()["payment"])
+    assert second.pk != payment.pk
+    assert second.stripe_payment_intent != intent_id
+    assert fake_stripe.posts("/v1/payment_intents")[-1].idempotency_key == f"suanli-invoice-{invoice.pk}-attempt-2"
+
+
+def test_an_intent_canceled_on_stripe_before_its_event_arrives_is_replaced_when_paying(alice, fake_stripe):
+    invoice = open_invoice(alice.org)
+    payment, intent_id = started(alice, invoice)
+    customer_side(fake_stripe).v1.payment_intents.cancel(intent_id)
+
+    again = pay(alice, invoice)
+
+    assert Payment.objects.get(pk=payment.pk).state == "canceled"
+    assert Payment.objects.get(pk=again.json()["payment"]).stripe_payment_intent != intent_id
+
+
 def test_a_failure_created_before_the_success_but_delivered_after_it_leaves_the_invoice_paid(alice, fake_stripe):
     invoice = open_invoice(alice.org)
     payment, intent_id = started(alice, invoice)
