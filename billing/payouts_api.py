@@ -1,26 +1,34 @@
-"""Provider payouts (API.md: Billing).
+"""Provider payouts and the staff reconciliation report (API.md: Billing).
 
 - `GET /api/v1/payouts/`, `GET /api/v1/payouts/{id}/`: the caller's provider statements (gross, commission, credits,
   net, state) with their payouts; staff may read any statement by id.
 - `POST /api/v1/payouts/{id}/pay/` (staff): send the statement's net by Stripe Connect transfer, or, with
   `{"bank_reference": "..."}`, record that it was settled by bank. Another tenant's statement is 404 for
   non-staff, and one's own is 403 (only staff pay).
+- `GET /api/v1/admin/reconciliation/?period=YYYY-MM` (staff): totals and mismatches; `?format=csv` or
+  `Accept: text/csv` for the mismatches as CSV.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+from typing import Any
+
 from django.db.models import Prefetch
-from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework import mixins, serializers, status
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import mixins, renderers, serializers, status
 from rest_framework.decorators import action
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.apiviews import TenantViewSet
+from accounts.apiviews import OrgAPIView, TenantViewSet
 from accounts.errors import DomainError, NotAllowed, NotFound
 from accounts.permissions import HasOrganization, IsStaff
-from billing import payouts
+from accounts.serializers import StrictSerializer
+from billing import payouts, reconciliation
 from billing.models import Payout, ProviderStatement
 from billing.stripe_gateway import StripeUnavailable
 
@@ -68,7 +76,7 @@ class StatementOutput(serializers.ModelSerializer):
         ]
 
 
-class PayInput(serializers.Serializer):
+class PayInput(StrictSerializer):
     bank_reference = serializers.CharField(
         required=False,
         max_length=200,
@@ -142,3 +150,75 @@ class PayoutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantView
         except StripeUnavailable as exc:
             raise PaymentProviderError(str(exc)) from exc
         return Response(self.get_serializer(self.get_object()).data)
+
+
+# --- reconciliation ------------------------------------------------------------------------------------------
+
+
+class CSVRenderer(renderers.BaseRenderer):
+    """The reconciliation's mismatches as CSV (the view hands it the CSV text)."""
+
+    media_type = "text/csv"
+    format = "csv"
+    charset = "utf-8"
+
+    def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None) -> bytes:
+        if isinstance(data, str):
+            return data.encode()
+        out = io.StringIO()  # anything else (never reached by the view's own answers): one row per key
+        writer = csv.writer(out)
+        for key, value in (data or {}).items():
+            writer.writerow([key, value])
+        return out.getvalue().encode()
+
+
+class MismatchOutput(serializers.Serializer):
+    kind = serializers.CharField()
+    message = serializers.CharField()
+    currency = serializers.CharField()
+    objects = serializers.DictField(child=serializers.ListField(), help_text="Ids or numbers of the rows behind it")
+
+
+class ReconciliationOutput(serializers.Serializer):
+    period = serializers.CharField()
+    ok = serializers.BooleanField()
+    checked_at = serializers.DateTimeField()
+    totals = serializers.DictField(
+        child=serializers.DictField(child=serializers.DecimalField(max_digits=18, decimal_places=2)),
+        help_text="Per currency: metered, invoiced, paid, open, void, provider gross/commission/net, paid out, ...",
+    )
+    counts = serializers.DictField(child=serializers.IntegerField())
+    stripe = serializers.DictField(child=serializers.IntegerField(), help_text="How payments were matched")
+    mismatches = MismatchOutput(many=True)
+
+
+class ReconciliationApi(OrgAPIView):
+    """Staff: reconcile a closed month (billing/reconciliation.py). JSON, or CSV of the mismatches."""
+
+    permission_classes = [IsAuthenticated, IsStaff]
+    renderer_classes = [renderers.JSONRenderer, CSVRenderer]
+
+    def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
+        # Errors are JSON whatever was asked for (API.md: Errors).
+        if response.status_code >= 400 and isinstance(response, Response):
+            request.accepted_renderer = renderers.JSONRenderer()
+            request.accepted_media_type = "application/json"
+        return super().finalize_response(request, response, *args, **kwargs)
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("period", OpenApiTypes.STR, required=True, description="YYYY-MM"),
+            OpenApiParameter("format", OpenApiTypes.STR, enum=["json", "csv"], required=False),
+        ],
+        responses={200: ReconciliationOutput, (200, "text/csv"): OpenApiTypes.STR},
+    )
+    def get(self, request: Request) -> Response:
+        period = request.query_params.get("period", "")
+        result = reconciliation.reconcile(period)
+        if request.accepted_renderer.format == "csv":
+            filename = f"reconciliation-{result.period}.csv"
+            return Response(
+                reconciliation.mismatches_csv(result),
+                headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+            )
+        return Response(result.as_dict())

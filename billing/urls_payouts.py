@@ -1,3 +1,4 @@
+from django.urls import path
 from rest_framework.routers import SimpleRouter
 
 from billing import payouts_api
@@ -5,4 +6,7 @@ from billing import payouts_api
 router = SimpleRouter()
 router.register("payouts", payouts_api.PayoutViewSet, basename="payout")
 
-urlpatterns = [*router.urls]
+urlpatterns = [
+    path("admin/reconciliation/", payouts_api.ReconciliationApi.as_view(), name="admin-reconciliation"),
+    *router.urls,
+]

@@ -1,5 +1,6 @@
 from django.urls import path
 
+from billing import views as billing_views
 from marketplace import views, views_provider, views_servers, views_staff
 
 app_name = "marketplace"
@@ -25,4 +26,5 @@ urlpatterns = [
     path("staff/catalogue/", views_staff.catalogue, name="staff_catalogue"),
     path("staff/close-period/", views_staff.close_period_page, name="staff_close_period"),
     path("staff/fleet/", views_staff.fleet, name="staff_fleet"),
+    path("staff/reconciliation/", billing_views.reconciliation_page, name="staff_reconciliation"),
 ]

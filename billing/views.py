@@ -1,0 +1,113 @@
+"""Staff page: the reconciliation of a closed month (billing/reconciliation.py), with a CSV of its mismatches.
+
+Only platform staff see it: an anonymous visitor is sent to the login page, anyone else is answered 403 (as the
+other staff pages). `?period=YYYY-MM` picks the month (default: the last one), `&format=csv` downloads the CSV.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from functools import wraps
+from typing import Any
+
+from django import forms
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
+from django.views.decorators.http import require_safe
+
+from accounts.errors import Conflict, InvalidInput
+from billing import reconciliation
+from billing.invoicing import period_containing, period_of
+
+TOTAL_LABELS = {
+    "metered": gettext_lazy("Metered usage"),
+    "invoiced_subtotal": gettext_lazy("Invoiced (before credits)"),
+    "sla_credits": gettext_lazy("SLA credits"),
+    "invoiced": gettext_lazy("Invoiced (after credits)"),
+    "tax": gettext_lazy("Tax"),
+    "invoiced_total": gettext_lazy("Invoice totals"),
+    "paid": gettext_lazy("Paid invoices"),
+    "open": gettext_lazy("Open invoices"),
+    "void": gettext_lazy("Void invoices"),
+    "draft": gettext_lazy("Draft invoices"),
+    "payments_received": gettext_lazy("Stripe payments received"),
+    "refunded": gettext_lazy("Refunded"),
+    "credit_notes": gettext_lazy("Credit notes"),
+    "provider_gross": gettext_lazy("Provider gross"),
+    "commission": gettext_lazy("Commission"),
+    "provider_credits": gettext_lazy("Credits charged back"),
+    "provider_net": gettext_lazy("Provider net"),
+    "paid_out": gettext_lazy("Paid out"),
+}
+
+
+def staff_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Log in first; then staff only (403 for everyone else)."""
+
+    @wraps(view)
+    @login_required
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not request.user.is_staff:
+            raise PermissionDenied
+        return view(request, *args, **kwargs)
+
+    return wrapped
+
+
+class PeriodForm(forms.Form):
+    period = forms.RegexField(
+        label=gettext_lazy("Month (YYYY-MM)"),
+        regex=r"^\d{4}-(0[1-9]|1[0-2])$",
+        error_messages={"invalid": gettext_lazy("Use YYYY-MM, e.g. 2026-05.")},
+        widget=forms.TextInput(attrs={"placeholder": "2026-05", "inputmode": "numeric", "autocomplete": "off"}),
+    )
+
+
+def _last_period() -> str:
+    return period_containing(period_containing(timezone.now()).start - timedelta(seconds=1)).label
+
+
+@staff_required
+@require_safe
+def reconciliation_page(request: HttpRequest) -> HttpResponse:
+    """Totals per currency and every mismatch of a month; `format=csv` answers the mismatches as a CSV file."""
+    form = PeriodForm(request.GET if "period" in request.GET else {"period": _last_period()})
+    result = None
+    if form.is_valid():
+        label = form.cleaned_data["period"]
+        try:
+            result = reconciliation.reconcile(label)
+        except Conflict:
+            ends = period_of(label).end
+            form.add_error(
+                "period",
+                _("%(period)s is not over yet: it ends %(end)s UTC.")
+                % {"period": label, "end": ends.strftime("%Y-%m-%d %H:%M")},
+            )
+        except InvalidInput as exc:
+            form.add_error("period", _(exc.message))
+    if result is not None and request.GET.get("format") == "csv":
+        response = HttpResponse(reconciliation.mismatches_csv(result), content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="reconciliation-{result.period}.csv"'
+        return response
+    if form.errors:
+        form.fields["period"].widget.attrs.update({"aria-invalid": "true", "aria-describedby": "id_period_errors"})
+    currencies = sorted(result.totals) if result else []
+    context = {
+        "form": form,
+        "result": result,
+        "currencies": currencies,
+        "rows": [
+            {"label": label, "values": [result.totals[c][key] for c in currencies]}
+            for key, label in TOTAL_LABELS.items()
+        ]
+        if result
+        else [],
+    }
+    return render(request, "billing/reconciliation.html", context, status=400 if form.errors else 200)
