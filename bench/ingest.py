@@ -1,7 +1,7 @@
 """How many GPU samples/s can the platform ingest? Signed agent reports against the production server.
 
     .venv/bin/python bench/ingest.py                       # 200 servers x 8 GPUs, 3 x 20 s, 2 gunicorn workers
-    .venv/bin/python bench/ingest.py --servers 50 --seconds 5 --repeats 1 --profile 100     # a quick look
+    .venv/bin/python bench/ingest.py --servers 50 --seconds 5 --repeats 1 --profile 50      # a quick look
 
 What it does, loopback only, and stops by itself:
 1. its own database (`--database-url` or BENCH_DATABASE_URL, default postgres://postgres@127.0.0.1:5432/suanli_bench;
@@ -17,7 +17,7 @@ What it does, loopback only, and stops by itself:
      `--warmup`; 202s, other statuses and errors are counted, latency p50/p95 taken per request;
    - bare view: the same load generator GETs `/healthz` (a bare Django JSON view) through the same gunicorn;
    - COPY: the same rows (same columns, same partitioned table) written by `COPY ... FROM STDIN` from one psycopg
-     connection, as one statement and again as one 8-row COPY + commit per report;
+     connection, as one statement and again as one 8-row COPY + commit per report (1,000 reports);
    and the CPU each party used during the ingest window (gunicorn, every postgres process, the load generator);
 4. with gunicorn stopped, `--profile N` reports through the ingest code in this process: time per step (verify,
    parse, store, and within store the health rules, COPY, card update and commit), per SQL statement, and the
@@ -49,6 +49,7 @@ DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/suanli_bench"
 REPORT_PATH = "/api/v1/agent/reports/"
 GPUS_PER_SERVER = 8
 GPU_MODEL_SLUG = "h100-sxm5-80gb"  # NVML name "NVIDIA H100 80GB HBM3"
+COPY_REPORTS = 1000  # 8-row COPY + commit per report: the price of a commit per report, without Django
 TARGET_SAMPLES_PER_S = 10_000  # DESIGN.md: 100,000 GPUs reporting every 10 s
 
 
@@ -63,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--load-procs", type=int, default=2, help="load generator processes (default 2)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers (default 2)")
     parser.add_argument("--copy-rows", type=int, default=100_000, help="rows per bulk COPY run (default 100,000)")
-    parser.add_argument("--profile", type=int, default=300, help="reports profiled in-process; 0 skips (300)")
+    parser.add_argument("--profile", type=int, default=100, help="reports profiled in-process; 0 skips (100)")
     args = parser.parse_args(argv)
     if "bench" not in common.database_name(args.database_url):
         parser.error("the database name must contain 'bench': this script empties its raw telemetry")
@@ -207,7 +208,7 @@ def copy_rows(fleet: list[dict], count: int, at: datetime) -> list[tuple]:
 
 
 def run_copy(url: str, fleet: list[dict], count: int) -> dict[str, float]:
-    """COPY `count` rows as one statement, then `count // 8 // 4` reports' worth as one 8-row COPY + commit each."""
+    """COPY `count` rows as one statement, then the first COPY_REPORTS reports' worth as an 8-row COPY + commit each."""
     import psycopg
 
     from inventory import telemetry
@@ -221,7 +222,7 @@ def run_copy(url: str, fleet: list[dict], count: int) -> dict[str, float]:
                 copy.write_row(row)
         conn.commit()
         bulk_s = time.perf_counter() - started
-        reports = max(1, count // GPUS_PER_SERVER // 4)
+        reports = min(COPY_REPORTS, count // GPUS_PER_SERVER)
         started = time.perf_counter()
         for n in range(reports):
             with conn.cursor() as cursor, cursor.copy(statement) as copy:
