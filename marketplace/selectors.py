@@ -34,9 +34,10 @@ from inventory.models import PLAN_PRICE_FIELDS, Offer, ServerOutage
 from scheduler.selectors import Filters, allocatable_gpus, overlapping, period_range
 
 RELIABILITY_WINDOW = timedelta(days=30)
+# Offers with no price for the plan compared (or no exchange rate to the asked currency) sort last either way.
 ORDERINGS = {
-    "price": ("sort_price", "id"),
-    "-price": ("-sort_price", "id"),
+    "price": (F("sort_price").asc(nulls_last=True), "id"),
+    "-price": (F("sort_price").desc(nulls_last=True), "id"),
     "gpus_free": ("gpus_free", "id"),
     "-gpus_free": ("-gpus_free", "id"),
     "reliability": ("reliability", "id"),
@@ -121,9 +122,13 @@ def offers_listed(query: OfferQuery = OfferQuery(), *, now: datetime | None = No
                 Value(0.0),
                 1.0
                 - Coalesce(_outage_seconds(since), Value(0.0))
-                / Least(
-                    Value(RELIABILITY_WINDOW.total_seconds()),
-                    _epoch(ExpressionWrapper(Value(now) - F("server__created_at"), output_field=DurationField())),
+                / Greatest(
+                    # A server listed this very second has a history of one second, not of zero (no 0/0).
+                    Value(1.0),
+                    Least(
+                        Value(RELIABILITY_WINDOW.total_seconds()),
+                        _epoch(ExpressionWrapper(Value(now) - F("server__created_at"), output_field=DurationField())),
+                    ),
                 ),
             ),
         )
