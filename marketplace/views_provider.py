@@ -236,9 +236,22 @@ def _offer_initial(offer: Offer) -> dict[str, Any]:
     return initial
 
 
+def price_text(value: Decimal | None) -> str | None:
+    """A price as entered: trailing zeros dropped, but at least cents (2.4000 -> 2.40, 0.0125 -> 0.0125)."""
+    if value is None:
+        return None
+    places = max(2, -value.normalize().as_tuple().exponent)  # type: ignore[operator]
+    return f"{value:.{places}f}"
+
+
 def _offer_prices(offer: Offer) -> list[dict[str, Any]]:
     return [
-        {"plan": plan, "label": PLAN_LABELS[plan], "firm": getattr(offer, firm), "spot": getattr(offer, spot)}
+        {
+            "plan": plan,
+            "label": PLAN_LABELS[plan],
+            "firm": price_text(getattr(offer, firm)),
+            "spot": price_text(getattr(offer, spot)),
+        }
         for plan, (firm, spot) in PLAN_PRICE_FIELDS.items()
     ]
 
@@ -424,7 +437,11 @@ def earnings(request: HttpRequest) -> HttpResponse:
     now = timezone.now()
     statements = list(statements_of(org)[:240])
     for statement in statements:
-        statement.payout_label = PAYOUT_LABELS.get(statement.payout_state, statement.payout_state)
+        state = statement.payout_state
+        if state is None and statement.state == ProviderStatement.State.PAID:
+            state = Payout.State.PAID  # settled before payouts were recorded
+        statement.payout_state = state
+        statement.payout_label = PAYOUT_LABELS.get(state, state)
     # Two queries, not one with a join on payouts: a statement with a failed and a paid payout counts once.
     paid = dict(
         scoped(ProviderStatement, org)

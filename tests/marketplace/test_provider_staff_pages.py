@@ -100,6 +100,8 @@ def test_the_offer_list_shows_bobs_live_and_delisted_offers_and_not_charlies(cli
     assert body.index(f'id="offer-{live.pk}"') < body.index(f'id="offer-{old.pk}"')  # live first
     assert f"/provider/offers/{live.pk}/edit/" in body
     assert f"/provider/offers/{old.pk}/edit/" not in body  # a delisted offer cannot change
+    row = body[body.index(f'id="offer-{live.pk}"') :].split("</tr>")[0]
+    assert "2.50 USD" in row and "1.25" in row and "12000.00 USD" in row  # prices as entered, not 2.5000
 
 
 def test_a_provider_lists_a_server_through_the_form(client, bob):
@@ -390,8 +392,9 @@ def _count(body: str, name: str) -> str:
 def fleet(db):
     """Two providers, two models: 6 cards (4 healthy, 1 degraded, 1 failed), one silent, one drained."""
     h100, l40 = GpuModelFactory(name="Test H100"), GpuModelFactory(name="Test L40S")
-    north, south = OrganizationFactory(name="North IDC", kind="provider"), OrganizationFactory(
-        name="South IDC", kind="provider"
+    north, south = (
+        OrganizationFactory(name="North IDC", kind="provider"),
+        OrganizationFactory(name="South IDC", kind="provider"),
     )
     a = ServerFactory(organization=north, gpu_model=h100, name="north-1")
     b = ServerFactory(organization=south, gpu_model=l40, name="south-1")
