@@ -175,6 +175,9 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Suanli <noreply@localhost>")
 
 # --- API -------------------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
+    # No OPTIONS metadata (405): the OpenAPI schema describes every endpoint, and DRF's metadata needs a
+    # serializer class on every view.
+    "DEFAULT_METADATA_CLASS": None,
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "accounts.authentication.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",

@@ -79,7 +79,9 @@ class OfferViewSet(OrgContextMixin, mixins.ListModelMixin, mixins.RetrieveModelM
 
     def _own(self, pk: str) -> Offer:
         _need_operator(self.request)
-        offer = selectors.offers_of(self.request.org).filter(pk=pk).first()
+        if not str(pk).isdigit():
+            raise Http404
+        offer = selectors.offers_of(self.request.org).filter(pk=int(pk)).first()
         if offer is None:
             raise Http404
         return offer

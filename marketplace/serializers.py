@@ -77,7 +77,9 @@ class OfferOutput(serializers.ModelSerializer):
     gpu_model = serializers.IntegerField(source="server.gpu_model_id")
     gpu_model_name = serializers.CharField(source="server.gpu_model.name")
     gpus_total = serializers.IntegerField(source="server.gpu_count")
-    gpus_free = serializers.IntegerField(read_only=True, default=None)
+    gpus_free = serializers.IntegerField(
+        read_only=True, allow_null=True, default=None, help_text="Cards free now (null where not computed)"
+    )
     region = serializers.CharField(source="server.region")
     interconnect = serializers.CharField(source="server.interconnect")
     provider = serializers.CharField(source="organization.name")
