@@ -66,6 +66,22 @@ def _bob_statement(v: Victims) -> dict:
     return {"pk": v.objects["statement"].pk}
 
 
+def _alice_invoice(v: Victims) -> dict:
+    if "invoice" not in v.objects:
+        from billing.models import Invoice
+
+        v.objects["invoice"] = Invoice.objects.create(
+            organization=v.alice.org,
+            period="2026-03",
+            currency="USD",
+            number="INV-900001",
+            state="open",
+            subtotal=10,
+            total=10,
+        )
+    return {"pk": v.objects["invoice"].pk}
+
+
 # URL name -> the kwargs that point at a victim's object.
 VICTIM_OBJECTS: dict[str, Callable[[Victims], dict]] = {
     "org-detail": _alice_org,
@@ -85,6 +101,10 @@ VICTIM_OBJECTS: dict[str, Callable[[Victims], dict]] = {
     "lease-events": _alice_lease,
     "payout-detail": _bob_statement,
     "payout-pay": _bob_statement,
+    "lease-telemetry": _alice_lease,
+    "lease-usage": _alice_lease,
+    "invoice-detail": _alice_invoice,
+    "invoice-pay": _alice_invoice,
 }
 
 # Routes with ids that are public by design (e.g. a listed offer); only their writes are walked.
@@ -103,7 +123,7 @@ def _walk(patterns, prefix: str = "", namespace: str | None = None):
 def object_routes() -> list[tuple[str, URLPattern]]:
     routes = []
     for route, pattern in _walk(get_resolver().url_patterns):
-        if route.startswith(("api/v1/", "^api/v1/")) and re.search(r"<\w+>|\(\?P<", route) and pattern.name:
+        if route.startswith(("api/v1/", "^api/v1/")) and re.search(r"<(?:\w+:)?\w+>|\(\?P<", route) and pattern.name:
             if "format" in pattern.pattern.regex.groupindex:
                 continue  # DRF's ".json" suffix variants
             routes.append((pattern.name, pattern))
