@@ -3,7 +3,8 @@
 The same key and the same body answer the first answer again (status and body); the same key with another body
 is 409 `idempotency_key_reused`. The record is inserted in the transaction that does the work, so a concurrent
 retry with the same key waits on the unique index until the first commits, then replays its answer. Outcomes
-of the domain (201, 200, 409 no_capacity, ...) are kept; malformed input (400) is not, so a fixed retry works.
+of the domain (201, 200, 409 no_capacity, ...) are kept; malformed input (400) and failures of ours or of a
+provider we call (5xx) are not, so a fixed or later retry does the work.
 Records live SUANLI_IDEMPOTENCY_TTL_HOURS (at least 24 h); accounts.purge_expired deletes them after.
 """
 
@@ -69,7 +70,7 @@ def run_idempotent(request: Request, *, scope: str, work: Callable[[], tuple[int
             with transaction.atomic():
                 status, body = work()
         except DomainError as exc:
-            if exc.status_code == 400:
+            if exc.status_code == 400 or exc.status_code >= 500:
                 raise
             status, body = exc.status_code, error_body(exc.code, exc.message, exc.fields)
         body = _plain(body)
