@@ -35,6 +35,7 @@ urlpatterns = [
     path("healthz", healthz),
     path("metrics", metrics_view, name="metrics"),
     path("webhooks/stripe/", stripe_webhook, name="stripe-webhook"),
+    path("invoices/", include("billing.web_urls")),
     path("org/", include("accounts.web_urls")),
     path("", include("marketplace.urls")),
 ]
