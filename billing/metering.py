@@ -92,7 +92,7 @@ class Slot:
             seconds=self.seconds - self.down_seconds,
             units=self.units,
             unit_price=self.unit_price,
-            at=self.slot_start,
+            at=self.start,  # where the held part begins, so the slots of an allocation telescope (rating.py)
         )
 
     def record(self) -> UsageRecord:

@@ -8,13 +8,21 @@
 
 A usage amount keeps 12 decimal places; money is rounded once, half-up to the cent, where a line is made
 (`to_money`). Every function takes the seconds already net of down time.
+
+An amount (and a quantity) is the difference of one curve at two instants: the cost from the start of the month
+up to an instant, rounded at 12 places. Consecutive slots of an allocation share their edges, so their amounts
+telescope: a stretch held without down time costs its exact price rounded at its two ends only, however many hour
+slots it is cut into or wherever a resize splits it, and a whole month of a server is exactly its monthly price.
+Rounding each slot on its own instead drifts by up to half a unit of the 12th place per slot, which is enough to
+move a half-cent price to the wrong cent (100.0050 a month over 720 hour slots came to 100.00).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Decimal, localcontext
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
@@ -34,10 +42,15 @@ def month_bounds(at: datetime, zone: ZoneInfo | None = None) -> tuple[datetime, 
     """The calendar month (platform time zone) that contains `at`, as aware UTC instants [start, end)."""
     zone = zone or platform_zone()
     local = at.astimezone(zone)
-    start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    end = (start + timedelta(days=32)).replace(day=1)
-    # Build both from wall-clock fields in the zone so a DST change inside the month is counted right.
-    return _utc(start.replace(tzinfo=None), zone), _utc(end.replace(tzinfo=None), zone)
+    return _month(local.year, local.month, zone)
+
+
+@lru_cache(maxsize=512)
+def _month(year: int, month: int, zone: ZoneInfo) -> tuple[datetime, datetime]:
+    # Both bounds from wall-clock fields in the zone, so a DST change inside the month is counted right.
+    start = datetime(year, month, 1)  # noqa: DTZ001 - a wall-clock time, placed in `zone` by _utc
+    end = datetime(year + month // 12, month % 12 + 1, 1)  # noqa: DTZ001
+    return _utc(start, zone), _utc(end, zone)
 
 
 def _utc(wall: datetime, zone: ZoneInfo) -> datetime:
@@ -69,10 +82,32 @@ class Rated:
 def rate(
     *, plan: str, seconds: Decimal, units: Decimal, unit_price: Decimal, at: datetime, zone: ZoneInfo | None = None
 ) -> Rated:
-    """What `seconds` (billable, all inside one month) of one allocation at `at` cost."""
-    per = Decimal(unit_seconds(plan, at, zone))
-    quantity = Decimal(seconds) * units / per
-    return Rated(quantity=quantity.quantize(EXACT), amount=(quantity * unit_price).quantize(EXACT))
+    """What `seconds` (billable, all inside one month) of one allocation held from `at` cost.
+
+    `at` is where the held part starts (not its slot's hour), so that amounts telescope from slot to slot.
+    """
+    zone = zone or platform_zone()
+    month_start, month_end = month_bounds(at, zone)
+    if plan == "server_month":
+        per = Decimal(int((month_end - month_start).total_seconds()))
+    else:
+        per = Decimal(unit_seconds(plan, at, zone))
+    begin = _exact_seconds(at - month_start)
+    end = begin + Decimal(seconds)
+    # Wide enough that seconds x units x price is exact before the one division and rounding.
+    with localcontext() as context:
+        context.prec = 80
+
+        def upto(instant: Decimal, factor: Decimal) -> Decimal:
+            return (instant * factor / per).quantize(EXACT)
+
+        quantity = upto(end, units) - upto(begin, units)
+        amount = upto(end, units * unit_price) - upto(begin, units * unit_price)
+    return Rated(quantity=quantity, amount=amount)
+
+
+def _exact_seconds(delta: timedelta) -> Decimal:
+    return Decimal(delta.days * 86400 + delta.seconds) + Decimal(delta.microseconds).scaleb(-6)
 
 
 def to_money(amount: Decimal) -> Decimal:
