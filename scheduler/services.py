@@ -369,11 +369,6 @@ def lease_create(
     wanted: Decimal | int = {Plan.CARD_HOUR: demand.gpu_count, Plan.SERVER_MONTH: demand.servers}.get(
         plan, pflops or Decimal(0)
     )
-    largest = largest_allocatable(plan=plan, filters=filters)
-    if wanted > largest:
-        field = {Plan.CARD_HOUR: "gpu_count", Plan.SERVER_MONTH: "servers"}.get(plan, "pflops")
-        message = f"At most {largest} can be allocated with these filters."
-        raise InvalidInput(message, fields={field: [message]})
 
     def work() -> Lease:
         lease = Lease.objects.create(
@@ -412,7 +407,16 @@ def lease_create(
         )
         return lease
 
-    return _retrying(work)
+    try:
+        return _retrying(work)
+    except NoCapacity:
+        # Only now, off the fast path: a request no capacity could ever meet is bad input (400), not a 409.
+        largest = largest_allocatable(plan=plan, filters=filters)
+        if wanted > largest:
+            field = {Plan.CARD_HOUR: "gpu_count", Plan.SERVER_MONTH: "servers"}.get(plan, "pflops")
+            message = f"At most {largest} can be allocated with these filters."
+            raise InvalidInput(message, fields={field: [message]}) from None
+        raise
 
 
 def lease_end(*, lease: Lease, now: datetime | None = None) -> Lease:
