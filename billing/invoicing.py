@@ -198,7 +198,7 @@ def credit_note_issue(
             raise InvalidInput(f"Between 0.01 and {left}.", fields={"amount": [f"Between 0.01 and {left}."]})
         if lease is not None and not InvoiceLine.objects.filter(invoice=invoice, lease=lease).exists():
             raise InvalidInput("That lease is not on this invoice.", fields={"lease": ["Not on this invoice."]})
-        return CreditNote.objects.create(
+        note = CreditNote.objects.create(
             invoice=invoice,
             organization_id=invoice.organization_id,
             number=next_number("CN"),
@@ -208,6 +208,13 @@ def credit_note_issue(
             lease=lease,
             created_by=by,
         )
+        if invoice.state == Invoice.State.OPEN and invoice.amount_due() <= 0:
+            # Credited in full: nothing is left to pay.
+            Invoice.objects.filter(pk=invoice.pk).update(
+                state=Invoice.State.PAID, paid_at=timezone.now(), overdue=False
+            )
+            billing_hold_release(org_id=invoice.organization_id)
+        return note
 
 
 def invoices_mark_overdue(*, now: datetime | None = None) -> int:

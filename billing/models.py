@@ -136,6 +136,16 @@ class Invoice(models.Model):
     def __str__(self) -> str:
         return self.number or f"draft invoice {self.pk}"
 
+    def credited(self):
+        """The sum of the credit notes issued on this invoice."""
+        from django.db.models import Sum
+
+        return self.credit_notes.aggregate(t=Sum("amount"))["t"] or 0
+
+    def amount_due(self):
+        """What the customer pays: the total less its credit notes."""
+        return self.total - self.credited()
+
 
 class InvoiceLine(models.Model):
     """One lease's charge under one plan and unit price in the invoice's month (rounded once, here)."""

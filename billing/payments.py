@@ -98,10 +98,17 @@ def invoice_pay(*, invoice: Invoice, org: Organization) -> PaymentStart:
             raise InvalidTransition("This invoice is already paid.")
         if locked.state != Invoice.State.OPEN:
             raise InvalidTransition(f"Only an open invoice can be paid; this one is {locked.state}.")
-        if locked.total <= 0:
+        due = locked.amount_due()
+        if due <= 0:
             raise InvalidTransition("This invoice has nothing to pay.")
         payment = locked.payments.filter(state__in=_LIVE).order_by("-id").first()
         intent = None
+        if payment is not None and payment.amount != due:
+            # A credit note since this attempt: it asks for too much. Cancel it at Stripe (so it can no longer
+            # take money) and make a new attempt for what is due.
+            gateway.payment_intent_cancel(payment.stripe_payment_intent)
+            _payment_update(payment, state=Payment.State.CANCELED)
+            payment = None
         if payment is not None:
             intent = gateway.payment_intent_retrieve(payment.stripe_payment_intent)
             if intent.status == "canceled":
@@ -215,7 +222,7 @@ def _settle(invoice: Invoice, payment: Payment, when: datetime) -> None:
                 "stripe: payment %s took money for invoice %s, already %s", payment.pk, invoice, invoice.state
             )
         return
-    if payment.amount < invoice.total or payment.currency != invoice.currency:
+    if payment.amount < invoice.amount_due() or payment.currency != invoice.currency:
         logger.warning(
             "stripe: payment %s (%s %s) does not cover invoice %s",
             payment.pk,

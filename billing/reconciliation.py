@@ -331,7 +331,7 @@ def _invoice_states_and_payments(result: Reconciliation, period: Period) -> None
                 invoices=[label],
                 organizations=[invoice.organization_id],
             )
-        elif invoice.state == Invoice.State.PAID and invoice.total > 0 and took < invoice.total:
+        elif invoice.state == Invoice.State.PAID and invoice.amount_due() > 0 and took < invoice.amount_due():
             result.add(
                 "paid_without_payment",
                 f"Invoice {label} is paid ({invoice.total} {invoice.currency}) but its succeeded Stripe payments "

@@ -156,10 +156,11 @@ def customer_ensure(*, org: Organization) -> str:
 
 
 def payment_intent_create(*, invoice: Invoice, customer_id: str, attempt: int) -> Intent:
-    """A PaymentIntent for the invoice's total; the same invoice and attempt always get the same intent."""
+    """A PaymentIntent for the invoice's amount due (its total less credit notes); the same invoice and attempt
+    always get the same intent."""
     currency = invoice.currency.upper()
     params = {
-        "amount": to_minor_units(invoice.total, currency),
+        "amount": to_minor_units(invoice.amount_due(), currency),
         "currency": currency.lower(),
         "customer": customer_id,
         "payment_method_types": list(PAYMENT_METHOD_TYPES[currency]),
@@ -181,6 +182,10 @@ def payment_intent_create(*, invoice: Invoice, customer_id: str, attempt: int) -
         options={"idempotency_key": f"suanli-invoice-{invoice.pk}-attempt-{attempt}"},
     )
     return _intent(intent)
+
+
+def payment_intent_cancel(intent_id: str) -> Intent:
+    return _intent(_call("payment intent cancel", client().v1.payment_intents.cancel, intent_id))
 
 
 def payment_intent_retrieve(intent_id: str) -> Intent:

@@ -490,3 +490,22 @@ def test_localstripe_delivers_its_own_signed_webhook_and_the_invoice_gets_paid(a
     assert Invoice.objects.get(pk=invoice.pk).state == "paid"
     # (localstripe may also deliver events that earlier tests' confirmations left in flight: not ours, ignored)
     assert StripeEvent.objects.filter(type="payment_intent.succeeded", payload__data__object__id=intent_id).count() == 1
+
+
+def test_credit_notes_lower_what_is_charged_and_a_full_credit_settles_the_invoice(alice, fake_stripe):
+    from billing import invoicing
+
+    invoice = open_invoice(alice.org, total="100.00")
+    first, _ = started(alice, invoice)
+    invoicing.credit_note_issue(invoice=invoice, amount=Decimal("30"), reason="outage goodwill")
+    again = pay(alice, invoice).json()
+    assert again["amount"] == "70.00" and again["payment"] != first.pk
+    first.refresh_from_db()
+    assert first.state == "canceled"
+    assert fake_stripe.get(f"/v1/payment_intents/{first.stripe_payment_intent}")["status"] == "canceled"
+    intent = fake_stripe.get(f"/v1/payment_intents/{Payment.objects.get(pk=again['payment']).stripe_payment_intent}")
+    assert intent["amount"] == 7000
+    invoicing.credit_note_issue(invoice=invoice, amount=Decimal("70"), reason="the rest")
+    invoice.refresh_from_db()
+    assert invoice.state == "paid" and invoice.amount_due() == 0
+    assert pay(alice, invoice).status_code == 409
