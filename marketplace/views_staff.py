@@ -17,7 +17,8 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import Avg, Count, F, FloatField, Func, Q, QuerySet
+from django.db.models import Count, F, FloatField, Func, Q, QuerySet, Sum
+from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
@@ -28,9 +29,10 @@ from django.utils.translation import gettext_lazy, gettext_noop
 from django.views.decorators.http import require_http_methods
 
 from accounts.errors import Conflict, InvalidInput
+from accounts.models import Organization
 from billing.invoicing import close_period, period_containing, period_of
 from billing.models import Invoice, ProviderStatement
-from inventory.models import Gpu, GpuModel
+from inventory.models import Gpu, GpuModel, Server
 from inventory.services import agent_silence_limit
 
 SERVICE_MESSAGES = (
@@ -148,34 +150,30 @@ def _utilization() -> Func:
     )
 
 
-def fleet_counts(fresh_after: datetime) -> dict[str, Any]:
-    """Counts by health, drained and silent cards, and the average and spread of utilisation over cards that
-    reported since `fresh_after`, in one aggregate query (a stale sample would mislead)."""
-    fresh = Q(last_sample_at__gte=fresh_after)
-    return Gpu.objects.annotate(util=_utilization()).aggregate(
-        total=Count("id"),
-        healthy=Count("id", filter=Q(health=Gpu.Health.HEALTHY)),
-        degraded=Count("id", filter=Q(health=Gpu.Health.DEGRADED)),
-        failed=Count("id", filter=Q(health=Gpu.Health.FAILED)),
-        drained=Count("id", filter=Q(drained=True) | Q(server__drained=True)),
-        silent=Count("id", filter=~fresh),
-        avg_util=Avg("util", filter=fresh),
-        idle=Count("id", filter=fresh & Q(util__lt=10)),
-        low=Count("id", filter=fresh & Q(util__gte=10, util__lt=50)),
-        busy=Count("id", filter=fresh & Q(util__gte=50, util__lt=90)),
-        full=Count("id", filter=fresh & Q(util__gte=90)),
-    )
+COUNTS = (
+    "total",
+    "healthy",
+    "degraded",
+    "failed",
+    "drained",
+    "silent",
+    "util_sum",
+    "util_n",
+    "idle",
+    "low",
+    "busy",
+    "full",
+)
 
 
-def fleet_groups(fresh_after: datetime) -> QuerySet:
-    """One row per provider and GPU model: cards by health, drained, silent, average utilisation."""
+def fleet_groups(fresh_after: datetime) -> list[dict[str, Any]]:
+    """One row per provider and GPU model, from one GROUP BY over the cards (no join, no DISTINCT): cards by
+    health, drained, silent, the sum and number of fresh utilisation figures and how many fall in each band.
+    Utilisation counts only cards that reported since `fresh_after` (a stale sample would mislead)."""
     fresh = Q(last_sample_at__gte=fresh_after)
-    return (
-        Gpu.objects.values(
-            provider_id=F("server__organization_id"),
-            provider=F("server__organization__name"),
-            model=F("server__gpu_model__name"),
-        )
+    rows = list(
+        Gpu.objects.annotate(util=_utilization())
+        .values(provider_id=F("server__organization_id"), model_id=F("server__gpu_model_id"))
         .annotate(
             total=Count("id"),
             healthy=Count("id", filter=Q(health=Gpu.Health.HEALTHY)),
@@ -183,27 +181,51 @@ def fleet_groups(fresh_after: datetime) -> QuerySet:
             failed=Count("id", filter=Q(health=Gpu.Health.FAILED)),
             drained=Count("id", filter=Q(drained=True) | Q(server__drained=True)),
             silent=Count("id", filter=~fresh),
-            servers=Count("server_id", distinct=True),
-            avg_util=Avg(_utilization(), filter=fresh),
+            util_sum=Coalesce(Sum("util", filter=fresh), 0.0),
+            util_n=Count("util", filter=fresh),
+            idle=Count("id", filter=fresh & Q(util__lt=10)),
+            low=Count("id", filter=fresh & Q(util__gte=10, util__lt=50)),
+            busy=Count("id", filter=fresh & Q(util__gte=50, util__lt=90)),
+            full=Count("id", filter=fresh & Q(util__gte=90)),
         )
-        .order_by("provider", "provider_id", "model")
+        .order_by()
     )
+    # Names and server counts come from the small tables, once per page, not per card.
+    providers = dict(Organization.objects.filter(pk__in={r["provider_id"] for r in rows}).values_list("pk", "name"))
+    models = dict(GpuModel.objects.filter(pk__in={r["model_id"] for r in rows}).values_list("pk", "name"))
+    servers = {
+        (org, model): n
+        for org, model, n in Server.objects.values("organization_id", "gpu_model_id")
+        .annotate(n=Count("id"))
+        .values_list("organization_id", "gpu_model_id", "n")
+    }
+    for row in rows:
+        row["provider"] = providers.get(row["provider_id"], "")
+        row["model"] = models.get(row["model_id"], "")
+        row["servers"] = servers.get((row["provider_id"], row["model_id"]), 0)
+        row["avg_util"] = row["util_sum"] / row["util_n"] if row["util_n"] else None
+    rows.sort(key=lambda r: (r["provider"].casefold(), r["provider_id"], r["model"].casefold()))
+    return rows
 
 
-def fleet_models(fresh_after: datetime) -> QuerySet:
-    """One row per GPU model across all providers."""
-    fresh = Q(last_sample_at__gte=fresh_after)
-    return (
-        Gpu.objects.values(model=F("server__gpu_model__name"))
-        .annotate(
-            total=Count("id"),
-            healthy=Count("id", filter=Q(health=Gpu.Health.HEALTHY)),
-            degraded=Count("id", filter=Q(health=Gpu.Health.DEGRADED)),
-            failed=Count("id", filter=Q(health=Gpu.Health.FAILED)),
-            avg_util=Avg(_utilization(), filter=fresh),
-        )
-        .order_by("model")
-    )
+def _summed(rows: list[dict[str, Any]], **labels: Any) -> dict[str, Any]:
+    total = {name: sum(row[name] for row in rows) for name in COUNTS}
+    total["avg_util"] = total["util_sum"] / total["util_n"] if total["util_n"] else None
+    return {**labels, **total}
+
+
+def fleet_models(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The provider-and-model rows summed per GPU model."""
+    by_model: dict[int, list[dict[str, Any]]] = {}
+    for row in groups:
+        by_model.setdefault(row["model_id"], []).append(row)
+    summed = [_summed(rows, model=rows[0]["model"]) for rows in by_model.values()]
+    return sorted(summed, key=lambda r: r["model"].casefold())
+
+
+def fleet_counts(groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """The whole fleet: every row summed."""
+    return _summed(groups)
 
 
 def unhealthy_cards(health: str = "") -> QuerySet[Gpu]:
@@ -243,9 +265,10 @@ def fleet(request: HttpRequest) -> HttpResponse:
     fresh_after = timezone.now() - agent_silence_limit()
     health = request.GET.get("health", "")
     health = health if health in HEALTH_FILTERS else ""
-    groups = Paginator(fleet_groups(fresh_after), GROUPS_PAGE).get_page(request.GET.get("groups"))
+    rows = fleet_groups(fresh_after)
+    groups = Paginator(rows, GROUPS_PAGE).get_page(request.GET.get("groups"))
     cards = Paginator(unhealthy_cards(health), UNHEALTHY_PAGE).get_page(request.GET.get("page"))
-    counts = fleet_counts(fresh_after)
+    counts = fleet_counts(rows)
     total = counts["total"] or 1
     bars = [
         {"key": key, "label": label, "count": counts[key], "pct": 100 * counts[key] / total}
@@ -270,7 +293,7 @@ def fleet(request: HttpRequest) -> HttpResponse:
         "bars": bars,
         "util_bars": util_bars,
         "groups": groups,
-        "models": fleet_models(fresh_after),
+        "models": fleet_models(rows),
         "cards": cards,
         "health": health,
         "health_filters": HEALTH_FILTERS,
