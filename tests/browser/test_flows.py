@@ -14,7 +14,7 @@ from django.utils import timezone
 from billing.models import Payout, ProviderStatement
 from inventory.models import Server
 from scheduler.models import Lease
-from tests.browser.conftest import PHONE, fits_the_screen, screenshot
+from tests.browser.conftest import DESKTOP, PHONE, fits_the_screen, screenshot
 from tests.factories import GpuFactory, GpuModelFactory, ServerFactory, online_server
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -223,6 +223,10 @@ def test_staff_open_the_fleet_catalogue_close_period_and_reconciliation_pages(op
     page.get_by_text("XID 79: GPU has fallen off the bus").wait_for()
     assert page.locator('[data-count="failed"]').inner_text() == "1"
     screenshot(page, "staff-fleet")
+    page.set_viewport_size(PHONE)
+    assert fits_the_screen(page), "the fleet page scrolls sideways on a phone"
+    screenshot(page, "staff-fleet-phone")
+    page.set_viewport_size(DESKTOP)
     page.goto("/staff/catalogue/")
     page.locator("#gpu-catalogue").wait_for()
     screenshot(page, "staff-catalogue")
