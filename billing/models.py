@@ -47,7 +47,7 @@ class UsageRecord(models.Model):
     end = models.DateTimeField()
     seconds = models.DecimalField(max_digits=18, decimal_places=6)
     down_seconds = models.DecimalField(max_digits=18, decimal_places=6, default=0)
-    units = exact()
+    units = models.DecimalField(max_digits=30, decimal_places=18)
     unit_price = models.DecimalField(max_digits=20, decimal_places=6)
     currency = models.CharField(**CURRENCY)
     quantity = exact(help_text=_("Billable seconds in the plan's unit (card-hours, server-months, PFLOPS-years)"))

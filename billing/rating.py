@@ -110,6 +110,11 @@ def _exact_seconds(delta: timedelta) -> Decimal:
     return Decimal(delta.days * 86400 + delta.seconds) + Decimal(delta.microseconds).scaleb(-6)
 
 
+# Sums of usage amounts carry noise in the 12th place (a card's share of a 3-card server is 1/3 rounded there).
+# It is dropped first, at 10 places, so a price that ends in a half cent is not billed a cent short.
+NOISE = Decimal("0.0000000001")
+
+
 def to_money(amount: Decimal) -> Decimal:
-    """The one rounding of money: half-up to the cent."""
-    return Decimal(amount).quantize(CENT, rounding=ROUND_HALF_UP)
+    """The one rounding of money: half-up to the cent (after dropping noise below the 10th place)."""
+    return Decimal(amount).quantize(NOISE).quantize(CENT, rounding=ROUND_HALF_UP)

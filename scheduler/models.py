@@ -134,7 +134,8 @@ class Allocation(models.Model):
     # card_hour: 1 card; server_month: 1/gpu_count of the server; pflops_year: the card's share of the contracted
     # PFLOPS (the shares of a lease's cards sum to its contract, so excess delivered capacity is not charged).
     unit_price = models.DecimalField(max_digits=20, decimal_places=6)
-    units = models.DecimalField(max_digits=24, decimal_places=12)
+    # 18 places: a share such as 1/3 is off by under 1e-18, so even a 1,000,000-a-month price sums to the cent.
+    units = models.DecimalField(max_digits=30, decimal_places=18)
 
     TENANT_FIELD = "lease__organization"
     objects = TenantQuerySet.as_manager()

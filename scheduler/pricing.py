@@ -20,7 +20,7 @@ from scheduler.models import Allocation, Lease, Plan
 from scheduler.selectors import live_offers
 
 PRICE_PLACES = Decimal("0.000001")
-UNIT_PLACES = Decimal("0.000000000001")
+UNIT_PLACES = Decimal("1e-18")
 
 
 def fx_rate(source: str, target: str) -> Decimal:

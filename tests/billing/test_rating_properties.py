@@ -156,11 +156,6 @@ def test_a_card_held_for_a_whole_month_costs_its_hours_times_the_hourly_price(mo
     assert card.amount == hours * price
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="scheduler/pricing.py gives each card of a server 1/gpu_count rounded to 12 places, so the three shares "
-    "of a 3-card server sum to 0.999999999999 and a half-cent monthly price is billed a cent short",
-)
 def test_a_three_card_server_at_a_half_cent_monthly_price_is_billed_the_cent_rounded_up():
     with platform_clock("Asia/Shanghai") as tz:
         start, end = month_of((2026, 4), tz)
