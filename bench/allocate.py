@@ -3,7 +3,8 @@
     .venv/bin/python bench/allocate.py                          # 1,000 servers x 8 cards, 16 clients, 3 runs
     .venv/bin/python bench/allocate.py --servers 100 --leases 300 --runs 1      # a quick look
 
-Its own database (DATABASE_URL, default postgres://postgres@127.0.0.1:5432/suanli_bench_sched), created when missing
+Its own database (BENCH_SCHED_DATABASE_URL, default postgres://postgres@127.0.0.1:5432/suanli_bench_sched), created
+when missing
 and migrated. Per run, `--clients` forked processes, each on its own connection, share `--leases` requests of 1-4 cards:
 - service: `scheduler.services.lease_create` (best fit, skip-locked claims, events) — what the API calls;
 - raw SQL: one statement per request inserting the lease row and claiming the same number of free, offered cards
@@ -27,7 +28,11 @@ from decimal import Decimal
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/suanli_bench_sched")
+# Its own database always (BENCH_SCHED_DATABASE_URL), never a DATABASE_URL exported for the site or the tests:
+# the bench truncates leases.
+os.environ["DATABASE_URL"] = os.environ.get(
+    "BENCH_SCHED_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/suanli_bench_sched"
+)
 os.environ["DB_POOL"] = "0"  # forked clients open their own connections
 os.environ.setdefault("DJANGO_DEBUG", "1")
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")

@@ -254,22 +254,23 @@ def _split(total: Decimal, weights: dict[int, Decimal]) -> dict[int, Decimal]:
 
 def chargebacks(period: Period) -> dict[tuple[int, str], Decimal]:
     """SLA credits of the month's invoice lines and credit notes issued in the month that name a lease, shared
-    among the providers whose cards the lease used, by their part of its usage: (provider, currency) -> amount."""
+    among the providers whose cards the lease used, by their part of its usage in the credited invoice's month:
+    (provider, currency) -> amount."""
     owed: dict[tuple[int, str], Decimal] = defaultdict(Decimal)
-    credits: list[tuple[int, Decimal, str]] = [
-        (lease_id, credit, currency)
-        for lease_id, credit, currency in InvoiceLine.objects.filter(
-            invoice__period=period.label, sla_credit__gt=0
-        ).values_list("lease_id", "sla_credit", "invoice__currency")
-    ]
+    credits: list[tuple[int, Decimal, str, str]] = list(
+        InvoiceLine.objects.filter(invoice__period=period.label, sla_credit__gt=0).values_list(
+            "lease_id", "sla_credit", "invoice__currency", "invoice__period"
+        )
+    )
     credits += list(
         CreditNote.objects.filter(
             created_at__gte=period.start, created_at__lt=period.end, lease__isnull=False
-        ).values_list("lease_id", "amount", "currency")
+        ).values_list("lease_id", "amount", "currency", "invoice__period")
     )
-    for lease_id, credit, currency in credits:
+    for lease_id, credit, currency, label in credits:
+        month = period_of(label)
         shares = dict(
-            UsageRecord.objects.filter(lease_id=lease_id)
+            UsageRecord.objects.filter(lease_id=lease_id, slot_start__gte=month.start, slot_start__lt=month.end)
             .values("provider_id")
             .annotate(a=Sum("amount"))
             .values_list("provider_id", "a")
