@@ -120,6 +120,13 @@ def _price_field(label: str) -> forms.DecimalField:
     )
 
 
+def _server_label(server: Server) -> str:
+    label = f"{server.name} · {server.gpu_count}× {server.gpu_model.name}"
+    if getattr(server, "listed", False):
+        label += " · " + _("already listed")
+    return label
+
+
 class OfferForm(forms.Form):
     """Prices per plan (blank = not offered), interruptible prices below them, min cards, end and currency.
 
@@ -149,8 +156,14 @@ class OfferForm(forms.Form):
         self.offer = offer
         self.group_errors: dict[str, list[str]] = {}
         if offer is None:
-            self.fields["server"].queryset = scoped(Server, org).select_related("gpu_model").order_by("name", "id")
-            self.fields["server"].label_from_instance = lambda s: f"{s.name} · {s.gpu_count}× {s.gpu_model.name}"
+            # Servers still to be listed first; a listed one stays choosable (the error says what to do).
+            self.fields["server"].queryset = (
+                scoped(Server, org)
+                .select_related("gpu_model")
+                .annotate(listed=Exists(Offer.objects.filter(server_id=OuterRef("pk"), delisted_at__isnull=True)))
+                .order_by("listed", "name", "id")
+            )
+            self.fields["server"].label_from_instance = _server_label
             self.fields["currency"].initial = org.currency
         else:
             del self.fields["server"]
@@ -287,8 +300,8 @@ def offer_list(request: HttpRequest) -> HttpResponse:
     unlisted = (
         scoped(Server, org)
         .filter(~Exists(Offer.objects.filter(server_id=OuterRef("pk"), delisted_at__isnull=True)))
-        .order_by("name")
-        .values_list("name", flat=True)
+        .order_by("name", "id")
+        .values("pk", "name")
     )
     context = {
         "org": org,

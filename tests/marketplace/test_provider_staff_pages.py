@@ -139,9 +139,16 @@ def test_the_same_form_sent_twice_lists_the_server_once_without_an_error(client,
 
 
 def test_a_second_live_offer_is_a_friendly_error_beside_the_server(client, bob):
-    server = ServerFactory(organization=bob.org)
+    server = ServerFactory(organization=bob.org, name="bob-listed")
     OfferFactory(server=server)
+    waiting = ServerFactory(organization=bob.org, name="bob-waiting")
     client.force_login(bob.user)
+    listing = client.get("/provider/offers/").content.decode()
+    assert f'href="/provider/offers/new/?server={waiting.pk}"' in listing  # still to be listed
+    assert f'href="/provider/offers/new/?server={server.pk}"' not in listing
+    form = client.get("/provider/offers/new/").content.decode()
+    assert form.index("bob-waiting") < form.index("bob-listed · 8× ")
+    assert "already listed" in form
     response = client.post("/provider/offers/new/", _offer_data(server, form_key=_form_key(client)))
     assert response.status_code == 400
     body = response.content.decode()
