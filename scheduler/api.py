@@ -11,12 +11,13 @@ from rest_framework.response import Response
 
 from accounts.apiviews import TenantViewSet
 from accounts.permissions import OPERATE, HasOrganization, role_required
+from inventory.serializers import TelemetryQuery
 from scheduler import services
 from scheduler.access import access_lease
 from scheduler.idempotency import HEADER, run_idempotent
 from scheduler.models import Lease
-from scheduler.selectors import lease_events
-from scheduler.serializers import LeaseEventOutput, LeaseInput, LeaseOutput, ResizeInput
+from scheduler.selectors import lease_events, lease_telemetry
+from scheduler.serializers import LeaseEventOutput, LeaseInput, LeaseOutput, LeaseTelemetryOutput, ResizeInput
 
 IDEMPOTENCY_KEY = OpenApiParameter(
     HEADER, location=OpenApiParameter.HEADER, required=False, description="Retries with the same key replay the answer."
@@ -98,3 +99,13 @@ class LeaseViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewS
         if page is not None:
             return self.get_paginated_response(LeaseEventOutput(page, many=True).data)
         return Response(LeaseEventOutput(queryset, many=True).data)
+
+    @extend_schema(parameters=[TelemetryQuery], responses={200: LeaseTelemetryOutput})
+    @action(detail=True, methods=["get"])
+    def telemetry(self, request: Request, pk: str) -> Response:
+        """Per-card time series for charts: the lease's cards only, each over the time the lease held it (default:
+        the last hour it ran), at a step that keeps each series under 2,000 points."""
+        lease = self.get_object()
+        query = TelemetryQuery(data=request.query_params.dict())
+        query.is_valid(raise_exception=True)
+        return Response(lease_telemetry(lease=lease, **query.validated_data))

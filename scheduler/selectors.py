@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from django.db.backends.postgresql.psycopg_any import DateTimeTZRange
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Sum
+from django.utils import timezone
 
+from accounts.errors import InvalidInput
 from accounts.models import Organization
 from accounts.tenancy import scoped
+from inventory import telemetry
 from inventory.models import PLAN_PRICE_FIELDS, Gpu, Offer, Server
+from inventory.selectors import MAX_POINTS, NICE_STEPS
 from scheduler.allocator import ServerCapacity
 from scheduler.models import Allocation, Lease, LeaseEvent
 
@@ -130,3 +134,79 @@ def held_allocations(*, lease: Lease, at: datetime) -> QuerySet[Allocation]:
 
 def lease_events(*, lease: Lease) -> QuerySet[LeaseEvent]:
     return LeaseEvent.objects.filter(lease=lease).order_by("id")
+
+
+def _ceil(moment: datetime, unit: timedelta) -> datetime:
+    floor = _floor(moment, unit)
+    return floor if floor == moment else floor + unit
+
+
+def _floor(moment: datetime, unit: timedelta) -> datetime:
+    # Roll-up buckets are whole UTC minutes and hours (date_trunc on a UTC session).
+    return moment - (moment - datetime(2000, 1, 1, tzinfo=UTC)) % unit
+
+
+BUCKETS = {telemetry.ONE_MINUTE: timedelta(minutes=1), telemetry.ONE_HOUR: timedelta(hours=1)}
+
+
+def lease_telemetry(
+    *,
+    lease: Lease,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    step: int | None = None,
+    now: datetime | None = None,
+) -> dict:
+    """Per-card series of `lease` over [since, until) at `step` seconds (default: the last hour it ran): only the
+    cards it held, each only over the time it held it, through inventory.telemetry.series.
+
+    A roll-up bucket (a minute or an hour of averages) is used only when it lies wholly inside the time the lease
+    held the card, so a chart never shows a figure of the tenant before or after on the same card.
+    """
+    now = now or timezone.now()
+    until = until or min(now, lease.ended_at or now)
+    since = since or until - timedelta(hours=1)
+    if since >= until:
+        raise InvalidInput("until must be after since.", fields={"until": ["until must be after since."]})
+    span = (until - since).total_seconds()
+    if step is None:
+        step = next((s for s in NICE_STEPS if span / s <= 360), NICE_STEPS[-1])
+    if span / step > MAX_POINTS:
+        raise InvalidInput(
+            f"That range at that step is over {MAX_POINTS} points per card; use a larger step.",
+            fields={"step": [f"At least {int(span // MAX_POINTS) + 1} seconds for this range."]},
+        )
+    allocations = (
+        Allocation.objects.filter(lease=lease, period__overlap=period_range(since, until))
+        .select_related("gpu")
+        .order_by("server_id", "gpu__index", "id")
+    )
+    cards: dict[int, dict] = {}
+    windows: dict[tuple[int, datetime, datetime], list[int]] = {}
+    for allocation in allocations:
+        gpu = allocation.gpu
+        cards.setdefault(gpu.pk, {"uuid": gpu.uuid, "server": allocation.server_id, "index": gpu.index, "points": []})
+        start, end = allocation.period.lower, allocation.period.upper
+        low, high = max(since, start), min(until, end) if end else until
+        bucket = BUCKETS.get(telemetry.choose_source(step, low, now))
+        if bucket is not None:
+            # Trim to whole buckets at the lease's own edges (the caller's range edges are theirs anyway).
+            low = _ceil(low, bucket) if low == start else low
+            high = _floor(high, bucket) if high == end else high
+        if low < high:
+            windows.setdefault((allocation.server_id, low, high), []).append(gpu.pk)
+    for (server_id, low, high), gpu_ids in windows.items():
+        result = telemetry.series(server_id=server_id, since=low, until=high, step=step, now=now)
+        for gpu_id in gpu_ids:
+            cards[gpu_id]["points"].extend(result["points"].get(gpu_id, []))
+    for card in cards.values():
+        card["points"].sort(key=lambda point: point["t"])
+    source = telemetry.choose_source(step, since, now)
+    return {
+        "lease": lease.pk,
+        "since": since,
+        "until": until,
+        "step": step,
+        "source": source.removeprefix("inventory_gpusample").lstrip("_") or "raw",
+        "gpus": list(cards.values()),
+    }

@@ -12,6 +12,7 @@ from rest_framework import serializers
 
 from accounts.serializers import StrictSerializer
 from inventory.models import GpuModel, Offer, Server
+from inventory.serializers import TelemetryPoint
 from scheduler.models import Lease, LeaseEvent, Plan
 
 # A start a little in the past (clock skew, a slow client) means "now"; older is refused.
@@ -137,3 +138,21 @@ class LeaseEventOutput(serializers.ModelSerializer):
     class Meta:
         model = LeaseEvent
         fields = ["id", "at", "kind", "data"]
+
+
+class LeaseTelemetryGpu(serializers.Serializer):
+    uuid = serializers.CharField()
+    server = serializers.IntegerField()
+    index = serializers.IntegerField()
+    points = TelemetryPoint(many=True)
+
+
+class LeaseTelemetryOutput(serializers.Serializer):
+    """A lease's cards' series: only the cards it held, each only over the time it held it."""
+
+    lease = serializers.IntegerField()
+    since = serializers.DateTimeField()
+    until = serializers.DateTimeField()
+    step = serializers.IntegerField()
+    source = serializers.ChoiceField(choices=["raw", "1m", "1h"])
+    gpus = LeaseTelemetryGpu(many=True)
