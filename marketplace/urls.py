@@ -1,13 +1,22 @@
 from django.urls import path
 
 from billing import views as billing_views
-from marketplace import views, views_provider, views_servers, views_staff
+from marketplace import views, views_leases, views_offers, views_provider, views_servers, views_staff
 
 app_name = "marketplace"
 
 urlpatterns = [
     path("", views.home, name="home"),
     path("dashboard/", views.dashboard, name="dashboard"),
+    path("offers/", views_offers.offer_search, name="offer_search"),
+    path("offers/<int:offer_id>/", views_offers.offer_detail, name="offer_detail"),
+    path("offers/<int:offer_id>/estimate/", views_offers.offer_estimate, name="offer_estimate"),
+    path("offers/<int:offer_id>/availability/", views_offers.offer_availability, name="offer_availability"),
+    path("leases/", views_leases.lease_list, name="lease_list"),
+    path("leases/<int:lease_id>/", views_leases.lease_detail, name="lease_detail"),
+    path("leases/<int:lease_id>/live/", views_leases.lease_live, name="lease_live"),
+    path("leases/<int:lease_id>/resize/", views_leases.lease_resize, name="lease_resize"),
+    path("leases/<int:lease_id>/end/", views_leases.lease_end, name="lease_end"),
     path("servers/", views_servers.server_list, name="server_list"),
     path("servers/<int:server_id>/", views_servers.server_detail, name="server_detail"),
     path("servers/<int:server_id>/cards/", views_servers.server_tiles, name="server_tiles"),

@@ -1,0 +1,383 @@
+"""Customer pages for leases: the list, one lease (cards, cost so far, charts, event log), resize and end.
+
+Thin: leases are reached through scheduler.access.access_lease (another organisation's lease is 404 like an
+unknown one), changed through scheduler.services once per rendered form (marketplace.forms.IdempotentForm), and
+priced so far by billing.metering.lease_usage, the same figure the invoice will carry. Reading needs any
+membership; changing needs a role that may operate (owner, admin, member), like the API.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import render
+from django.urls import reverse
+from django.utils import formats, timezone
+from django.utils.dateparse import parse_datetime
+from django.utils.translation import gettext as _
+from django.utils.translation import ngettext, pgettext_lazy
+from django.views.decorators.http import require_GET, require_POST
+
+from accounts.errors import NotFound
+from accounts.permissions import OPERATE, has_role
+from billing.metering import lease_usage
+from marketplace.forms import PLAN_LABELS, EndForm, ResizeForm, describe_errors, service_message
+from marketplace.views_offers import UNIT_LABELS, money
+from scheduler import services as scheduler_services
+from scheduler.access import access_lease
+from scheduler.models import Allocation, Lease, LeaseEvent, LeaseState, Plan
+from scheduler.selectors import held_allocations, lease_events, leases_for_org
+
+PAGE_SIZE = 25
+LIVE_STATES = (LeaseState.SCHEDULED, LeaseState.ACTIVE)
+# The pages' own words for states and events (the models' labels serve other places with other meanings).
+STATE_LABELS = {
+    LeaseState.SCHEDULED: pgettext_lazy("lease state", "Reserved"),
+    LeaseState.ACTIVE: pgettext_lazy("lease state", "Active"),
+    LeaseState.ENDED: pgettext_lazy("lease state", "Ended"),
+    LeaseState.PREEMPTED: pgettext_lazy("lease state", "Preempted"),
+    LeaseState.CANCELLED: pgettext_lazy("lease state", "Cancelled"),
+}
+EVENT_LABELS = {
+    LeaseEvent.Kind.CREATED: pgettext_lazy("lease event", "Created"),
+    LeaseEvent.Kind.STARTED: pgettext_lazy("lease event", "Started"),
+    LeaseEvent.Kind.ENDED: pgettext_lazy("lease event", "Ended"),
+    LeaseEvent.Kind.CANCELLED: pgettext_lazy("lease event", "Cancelled"),
+    LeaseEvent.Kind.RESIZED: pgettext_lazy("lease event", "Resized"),
+    LeaseEvent.Kind.PREEMPTION_NOTICE: pgettext_lazy("lease event", "Preemption notice"),
+    LeaseEvent.Kind.PREEMPTED: pgettext_lazy("lease event", "Preempted"),
+    LeaseEvent.Kind.FAILOVER: pgettext_lazy("lease event", "Card replaced"),
+    LeaseEvent.Kind.SHORTFALL: pgettext_lazy("lease event", "Card lost"),
+}
+
+
+def _lease(request: HttpRequest, lease_id: int) -> Lease:
+    try:
+        return access_lease(getattr(request, "org", None), lease_id)
+    except NotFound:
+        raise Http404 from None
+
+
+def _require_operate(request: HttpRequest) -> None:
+    if not has_role(request, OPERATE):
+        raise PermissionDenied
+
+
+def is_live(lease: Lease) -> bool:
+    return lease.state in LIVE_STATES
+
+
+# --- cards and events -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CardRow:
+    """One card of the lease: where it is, when the lease held it, and (while held) its latest figures."""
+
+    uuid: str
+    server_id: int
+    region: str
+    model: str
+    index: int
+    since: datetime
+    until: datetime | None
+    held: bool
+    utilization_pct: float | None
+    memory_used_gb: float | None
+    memory_total_gb: float | None
+
+
+def _figure(sample: dict, name: str) -> float | None:
+    value = sample.get(name)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def card_rows(lease: Lease, *, now: datetime) -> list[CardRow]:
+    """The cards held now (or until a set end) for a live lease; for a lease that is over, every card it held."""
+    if is_live(lease):
+        allocations = held_allocations(lease=lease, at=now)
+    else:
+        allocations = Allocation.objects.filter(lease=lease).select_related("gpu").order_by("server_id", "gpu__index")
+    rows = []
+    for allocation in allocations.select_related("gpu__server__gpu_model"):
+        gpu = allocation.gpu
+        held = allocation.period.lower <= now and (allocation.period.upper is None or allocation.period.upper > now)
+        # Figures only for a card the lease holds now: the card's last sample may be another tenant's otherwise.
+        sample = (gpu.last_sample or {}) if held else {}
+        used, total = _figure(sample, "memory_used_mb"), _figure(sample, "memory_total_mb") or gpu.memory_total_mb
+        rows.append(
+            CardRow(
+                uuid=gpu.uuid,
+                server_id=allocation.server_id,
+                region=gpu.server.region,
+                model=gpu.server.gpu_model.name,
+                index=gpu.index,
+                since=allocation.period.lower,
+                until=allocation.period.upper,
+                held=held,
+                utilization_pct=_figure(sample, "utilization_pct"),
+                memory_used_gb=None if used is None else used / 1024,
+                memory_total_gb=None if not total else float(total) / 1024,
+            )
+        )
+    return rows
+
+
+def _when(value: str | None) -> str:
+    moment = parse_datetime(value) if value else None
+    if moment is None:
+        return value or ""
+    return formats.date_format(timezone.localtime(moment), "DATETIME_FORMAT") + " UTC"
+
+
+def _cards(uuids: Any) -> str:
+    return ", ".join(str(u) for u in uuids) if isinstance(uuids, list) else ""
+
+
+def event_text(event: LeaseEvent) -> str:
+    """One line saying what happened, in the page's language."""
+    data = event.data or {}
+    kind = event.kind
+    if kind == LeaseEvent.Kind.CREATED:
+        count = len(data.get("gpus") or [])
+        text = ngettext("Created with %(count)s card.", "Created with %(count)s cards.", count) % {"count": count}
+        if data.get("state") == LeaseState.SCHEDULED:
+            text += " " + _("Reserved from %(start)s.") % {"start": _when(data.get("start_at"))}
+        return text
+    if kind == LeaseEvent.Kind.STARTED:
+        return _("The reservation started.")
+    if kind == LeaseEvent.Kind.RESIZED:
+        return _("Resized from %(before)s to %(after)s cards.") % {
+            "before": data.get("from_count"),
+            "after": data.get("to_count"),
+        }
+    if kind in (LeaseEvent.Kind.ENDED, LeaseEvent.Kind.CANCELLED):
+        reason = data.get("reason")
+        if reason == "customer":
+            return _("Ended by you.") if kind == LeaseEvent.Kind.ENDED else _("Cancelled by you before it started.")
+        if reason == "end_at":
+            return _("Ended at its end time.")
+        return _("Ended.")
+    if kind == LeaseEvent.Kind.PREEMPTION_NOTICE:
+        return _("Preemption notice: an on-demand lease needs the cards; they go at %(at)s.") % {
+            "at": _when(data.get("effective_at"))
+        }
+    if kind == LeaseEvent.Kind.PREEMPTED:
+        return _("Preempted.")
+    if kind == LeaseEvent.Kind.FAILOVER:
+        return _("A card failed and was replaced: %(old)s → %(new)s.") % {
+            "old": data.get("from_gpu", ""),
+            "new": data.get("to_gpu", ""),
+        }
+    if kind == LeaseEvent.Kind.SHORTFALL:
+        return _("A card failed and no replacement was free: %(gpu)s. It is not charged.") % {
+            "gpu": data.get("gpu", "")
+        }
+    return str(EVENT_LABELS.get(event.kind, event.kind))
+
+
+def event_cards(event: LeaseEvent) -> str:
+    """The cards an event names, for the log's last column."""
+    data = event.data or {}
+    if event.kind == LeaseEvent.Kind.RESIZED:
+        parts = []
+        if data.get("added"):
+            parts.append(_("added: %(cards)s") % {"cards": _cards(data["added"])})
+        if data.get("removed"):
+            parts.append(_("released: %(cards)s") % {"cards": _cards(data["removed"])})
+        return "; ".join(parts)
+    return _cards(data.get("gpus"))
+
+
+# --- pages ------------------------------------------------------------------------------------------------
+
+
+def _chart_text() -> dict[str, str]:
+    """The words lease_charts.js shows, in the page's language."""
+    return {
+        "card": _("Server {server}, GPU {index}"),
+        "loading": _("Loading telemetry…"),
+        "empty": _("No telemetry in this range yet."),
+        "error": _("Could not load the telemetry. It is retried when you pick a range again."),
+        "shown": _("Showing {range}, one point per {step} s."),
+    }
+
+
+def _live_context(lease: Lease, now: datetime) -> dict[str, Any]:
+    usage = lease_usage(lease=lease, now=now)
+    return {
+        "lease": lease,
+        "live": is_live(lease),
+        "cards": card_rows(lease, now=now),
+        "usage": usage,
+        "cost": money(usage.amount, usage.currency),
+        "now": now,
+    }
+
+
+def _detail(
+    request: HttpRequest,
+    lease: Lease,
+    *,
+    resize_form: ResizeForm | None = None,
+    end_form: EndForm | None = None,
+    confirming: bool = False,
+    status: int = 200,
+) -> HttpResponse:
+    now = timezone.now()
+    can_operate = has_role(request, OPERATE)
+    live = is_live(lease)
+    if resize_form is None and live and lease.plan == Plan.CARD_HOUR:
+        resize_form = ResizeForm(current=lease.gpu_count)
+    if end_form is None and live:
+        end_form = EndForm()
+    for form in (resize_form, end_form):
+        if form is not None:
+            describe_errors(form)
+    context = {
+        **_live_context(lease, now),
+        "org": request.org,  # type: ignore[attr-defined]
+        "plan_label": PLAN_LABELS.get(lease.plan, lease.plan),
+        "unit_price": money(lease.unit_price, lease.currency),
+        "unit_label": UNIT_LABELS.get(lease.plan, ""),
+        "can_operate": can_operate,
+        "resize_form": resize_form if can_operate and live and lease.plan == Plan.CARD_HOUR else None,
+        "end_form": end_form if can_operate and live else None,
+        "confirming": confirming,
+        "state_label": STATE_LABELS.get(lease.state, lease.state),
+        "events": [
+            {
+                "event": event,
+                "label": EVENT_LABELS.get(event.kind, event.kind),
+                "text": event_text(event),
+                "cards": event_cards(event),
+            }
+            for event in lease_events(lease=lease)
+        ],
+        "telemetry_url": reverse("lease-telemetry", args=[lease.pk]),
+        "chart_text": _chart_text(),
+    }
+    return render(request, "marketplace/leases/detail.html", context, status=status)
+
+
+@login_required
+@require_GET
+def lease_list(request: HttpRequest) -> HttpResponse:
+    """The organisation's leases, newest first."""
+    org = getattr(request, "org", None)
+    page = Paginator(leases_for_org(org=org), PAGE_SIZE).get_page(request.GET.get("page"))
+    rows = [
+        {
+            "lease": lease,
+            "state_label": STATE_LABELS.get(lease.state, lease.state),
+            "plan_label": PLAN_LABELS.get(lease.plan, lease.plan),
+            "unit_price": money(lease.unit_price, lease.currency),
+            "unit_label": UNIT_LABELS.get(lease.plan, ""),
+        }
+        for lease in page.object_list
+    ]
+    return render(request, "marketplace/leases/list.html", {"org": org, "page": page, "rows": rows})
+
+
+@login_required
+@require_GET
+def lease_detail(request: HttpRequest, lease_id: int) -> HttpResponse:
+    """One lease: state, cards, cost so far (refreshed by htmx), charts per card, resize and end, the event log."""
+    return _detail(request, _lease(request, lease_id))
+
+
+@require_GET
+def lease_live(request: HttpRequest, lease_id: int) -> HttpResponse:
+    """Cost so far and the cards, for htmx to swap in every 30 seconds."""
+    if not request.user.is_authenticated:
+        detail = reverse("marketplace:lease_detail", args=[lease_id])
+        if request.headers.get("HX-Request"):
+            # A poll after the session ended: send the whole page to the login form instead of into the panel.
+            response = HttpResponse(status=204)
+            response["HX-Redirect"] = redirect_to_login(detail)["Location"]
+            return response
+        return redirect_to_login(detail)
+    lease = _lease(request, lease_id)
+    return render(request, "marketplace/leases/_live.html", _live_context(lease, timezone.now()))
+
+
+@require_POST
+@login_required
+def lease_resize(request: HttpRequest, lease_id: int) -> HttpResponse:
+    """Grow or shrink a card_hour lease, once per rendered form."""
+    lease = _lease(request, lease_id)
+    _require_operate(request)
+    form = ResizeForm(request.POST, current=lease.gpu_count)
+    if not form.is_valid():
+        form.renew_key()
+        return _detail(request, lease, resize_form=form, status=400)
+    count = form.cleaned_data["gpu_count"]
+    outcome = form.submit(
+        org=request.org,  # type: ignore[attr-defined]
+        scope=f"web.lease.{lease.pk}.resize",
+        payload={"gpu_count": count},
+        work=lambda: {"lease": scheduler_services.lease_resize(lease=lease, gpu_count=count).pk, "gpu_count": count},
+    )
+    if outcome.ok:
+        messages.success(
+            request,
+            ngettext("The lease now has %(count)s card.", "The lease now has %(count)s cards.", count)
+            % {"count": count},
+        )
+        return HttpResponseRedirect(reverse("marketplace:lease_detail", args=[lease.pk]))
+    if outcome.code == "no_capacity":
+        form.add_error(
+            "gpu_count",
+            _("Not enough free cards to grow to %(count)s right now; nothing changed.") % {"count": count},
+        )
+    elif outcome.code == "invalid" and outcome.fields:
+        for problems in outcome.fields.values():
+            for problem in problems if isinstance(problems, list) else [problems]:
+                form.add_error("gpu_count", service_message(str(problem)))
+    elif outcome.code == "invalid_state":
+        form.add_error(None, _("This lease is over and can no longer be resized."))
+    else:
+        form.add_error(None, service_message(outcome.message))
+    form.renew_key()
+    lease.refresh_from_db()
+    return _detail(request, lease, resize_form=form, status=409 if outcome.code != "invalid" else 400)
+
+
+@require_POST
+@login_required
+def lease_end(request: HttpRequest, lease_id: int) -> HttpResponse:
+    """End the lease now (a reservation not started is cancelled). Once per rendered form; ending a lease that is
+    already over changes nothing and says so."""
+    lease = _lease(request, lease_id)
+    _require_operate(request)
+    form = EndForm(request.POST)
+    if not form.is_valid():
+        form.renew_key()
+        return _detail(request, lease, end_form=form, status=400)
+    if is_live(lease) and not form.cleaned_data["confirm"]:
+        # Asked without the browser's confirm dialog (no JavaScript): ask on the page, with the same key.
+        return _detail(request, lease, end_form=form, confirming=True)
+    if not is_live(lease):
+        messages.info(request, _("This lease is already over."))
+        return HttpResponseRedirect(reverse("marketplace:lease_detail", args=[lease.pk]))
+    outcome = form.submit(
+        org=request.org,  # type: ignore[attr-defined]
+        scope=f"web.lease.{lease.pk}.end",
+        payload={"confirm": True},
+        work=lambda: {"lease": scheduler_services.lease_end(lease=lease).pk},
+    )
+    if outcome.ok:
+        messages.success(request, _("Lease %(id)s has ended; its cards are released.") % {"id": lease.pk})
+    elif outcome.code == "invalid_state":
+        messages.info(request, _("This lease is already over."))
+    else:
+        messages.error(request, service_message(outcome.message))
+    return HttpResponseRedirect(reverse("marketplace:lease_detail", args=[lease.pk]))

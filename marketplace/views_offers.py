@@ -1,0 +1,421 @@
+"""Storefront pages for offers: the search (public), an offer's page with live availability, the rent form and
+its price estimate.
+
+Thin: search reads through marketplace.selectors.offers_listed (free cards now, reliability, prices compared in
+one currency); renting calls scheduler.services.lease_create pinned to the offer, once per rendered form
+(marketplace.forms.IdempotentForm). Prices are shown in the viewer's organisation's currency at the rates a
+lease would be priced at (scheduler.pricing), with the offer's own price beside them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import render
+from django.urls import reverse
+from django.utils import formats, timezone
+from django.utils.cache import patch_vary_headers
+from django.utils.translation import get_language, gettext_lazy, ngettext
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from accounts.models import Organization
+from accounts.permissions import OPERATE, has_role
+from billing.rating import YEAR_SECONDS, to_money
+from inventory.models import Offer
+from marketplace.forms import PLAN_LABELS, OfferSearchForm, RentForm, describe_errors, months_between, service_message
+from marketplace.selectors import OfferQuery, offers_listed
+from scheduler import services as scheduler_services
+from scheduler.models import Plan
+from scheduler.pricing import PRICE_PLACES
+
+PAGE_SIZE = 12
+UNIT_LABELS = {
+    Plan.CARD_HOUR: gettext_lazy("per card per hour"),
+    Plan.SERVER_MONTH: gettext_lazy("per server per month"),
+    Plan.PFLOPS_YEAR: gettext_lazy("per PFLOPS per year"),
+}
+
+
+# --- money ------------------------------------------------------------------------------------------------
+
+
+def money(amount: Decimal | None, currency: str) -> str:
+    """`amount` for the page's locale with its currency code: two decimals, four when a price needs them
+    (a per-hour price converted into another currency often does)."""
+    if amount is None:
+        return "—"
+    places = 2 if amount == amount.quantize(Decimal("0.01")) else 4
+    value = Decimal(amount).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+    number = formats.number_format(value, decimal_pos=places, use_l10n=True, force_grouping=True)
+    return _("%(currency)s %(amount)s") % {"currency": currency, "amount": number}
+
+
+def fx_rate(source: str, target: str) -> Decimal | None:
+    """SUANLI_FX_RATES from `source` into `target` (the rate lease prices are fixed at); None when unset."""
+    if source == target:
+        return Decimal(1)
+    return settings.SUANLI_FX_RATES.get((source, target))
+
+
+def converted(price: Decimal | None, rate: Decimal | None) -> Decimal | None:
+    """A price in the viewer's currency, rounded as scheduler.pricing rounds a lease's price book."""
+    if price is None or rate is None:
+        return None
+    return (price * rate).quantize(PRICE_PLACES)
+
+
+def viewer_currency(request: HttpRequest, wanted: str = "") -> str:
+    """The currency prices are shown in: asked for, else the organisation's, else the language's usual one."""
+    if wanted:
+        return wanted
+    org: Organization | None = getattr(request, "org", None)
+    if org is not None:
+        return org.currency
+    return Organization.Currency.CNY if (get_language() or "").startswith("zh") else Organization.Currency.USD
+
+
+# --- what a page shows of an offer ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlanPrice:
+    plan: str
+    label: str
+    unit: str
+    price: str  # in the viewer's currency
+    original: str  # in the offer's currency, empty when that is the viewer's
+    interruptible: str  # in the viewer's currency, empty when not offered
+
+
+@dataclass
+class OfferView:
+    offer: Offer
+    currency: str
+    prices: list[PlanPrice] = field(default_factory=list)
+    converted: bool = False
+    no_rate: bool = False
+
+    @property
+    def server(self) -> Any:
+        return self.offer.server
+
+    @property
+    def gpus_free(self) -> int:
+        return int(getattr(self.offer, "gpus_free", 0) or 0)
+
+    @property
+    def gpus_total(self) -> int:
+        return self.offer.server.gpu_count
+
+    @property
+    def reliability_pct(self) -> float | None:
+        value = getattr(self.offer, "reliability", None)
+        return None if value is None else round(float(value) * 100, 1)
+
+    @property
+    def interconnect(self) -> str:
+        server = self.offer.server
+        return server.get_interconnect_display() if server.interconnect else server.gpu_model.get_interconnect_display()
+
+    @property
+    def has_interruptible(self) -> bool:
+        return any(price.interruptible for price in self.prices)
+
+    @property
+    def rated_pflops(self) -> Decimal:
+        server = self.offer.server
+        return (Decimal(server.gpu_model.fp16_tflops) * server.gpu_count / 1000).quantize(Decimal("0.001"))
+
+
+def offer_view(offer: Offer, currency: str) -> OfferView:
+    rate = fx_rate(offer.currency, currency)
+    shown = currency if rate is not None else offer.currency
+    view = OfferView(offer=offer, currency=shown, converted=shown != offer.currency, no_rate=rate is None)
+    rate = rate or Decimal(1)
+    for plan in Plan:
+        price = offer.price(plan)
+        if price is None:
+            continue
+        spot = offer.price(plan, interruptible=True)
+        view.prices.append(
+            PlanPrice(
+                plan=plan.value,
+                label=str(PLAN_LABELS[plan]),
+                unit=str(UNIT_LABELS[plan]),
+                price=money(converted(price, rate), shown),
+                original=money(price, offer.currency) if view.converted else "",
+                interruptible=money(converted(spot, rate), shown) if spot is not None else "",
+            )
+        )
+    return view
+
+
+def _listed_offer(offer_id: int, currency: str, now: datetime | None = None) -> Offer:
+    """A listed offer (live, on an online server of an approved provider) with its free cards and reliability."""
+    offer = offers_listed(OfferQuery(currency=currency), now=now).filter(pk=offer_id).first()
+    if offer is None:
+        raise Http404
+    return offer
+
+
+# --- search -----------------------------------------------------------------------------------------------
+
+
+@require_GET
+def offer_search(request: HttpRequest) -> HttpResponse:
+    """Offers matching the filters, a page at a time; htmx asks for just the results as the filters change."""
+    params = request.GET.copy()
+    if not params.get("currency"):
+        # Show (and keep in the links) the currency the prices are in.
+        params["currency"] = viewer_currency(request)
+    form = OfferSearchForm(params)
+    form.is_valid()
+    data: dict[str, Any] = form.cleaned_data
+    currency = viewer_currency(request, data.get("currency") or "")
+    reliability = data.get("min_reliability")
+    query = OfferQuery(
+        gpu_model=data["gpu_model"].pk if data.get("gpu_model") else None,
+        min_gpus=data.get("min_gpus"),
+        region=data.get("region") or "",
+        plan=data.get("plan") or "",
+        interruptible=bool(data.get("interruptible")),
+        max_price=data.get("max_price"),
+        interconnect=data.get("interconnect") or "",
+        min_reliability=None if reliability is None else reliability / 100,
+        ordering=data.get("ordering") or "price",
+        currency=currency,
+    )
+    offers = offers_listed(query)
+    if data.get("min_price") is not None:
+        offers = offers.filter(sort_price__gte=data["min_price"])
+    page = Paginator(offers, PAGE_SIZE).get_page(request.GET.get("page"))
+    describe_errors(form)
+    context = {
+        "form": form,
+        "page": page,
+        "results": [offer_view(offer, currency) for offer in page.object_list],
+        "currency": currency,
+        "price_plan": PLAN_LABELS.get(query.plan or Plan.CARD_HOUR),
+    }
+    partial = request.headers.get("HX-Request") and request.headers.get("HX-Target") == "offer-results"
+    template = "marketplace/offers/_results.html" if partial else "marketplace/offers/search.html"
+    response = render(request, template, context)
+    patch_vary_headers(response, ["HX-Request", "HX-Target"])
+    return response
+
+
+# --- the estimate -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The price estimate beside the rent form. `amount` is the figure (None while the form lacks something)."""
+
+    amount: Decimal | None = None
+    total: str = ""
+    breakdown: str = ""
+    message: str = ""
+    per_second: bool = False
+    note: str = ""
+
+
+def estimate_for(form: RentForm, currency: str) -> Estimate:
+    """Price × quantity × duration, from the offer's price for the plan in `currency` at the lease's FX rate.
+
+    Uses whatever fields validated: a half-filled form gets a prompt instead of a figure. The quantity of a
+    server-month is counted as billing counts it (each second against its own calendar month).
+    """
+    offer = form.offer
+    if not form.is_bound:
+        # The page as first shown: estimate what the form's initial values would rent.
+        initial = {name: field.initial for name, field in form.fields.items() if field.initial is not None}
+        form = RentForm(initial, offer=offer, now=form.now)
+        form.is_valid()
+    data = getattr(form, "cleaned_data", {})
+    plan = data.get("plan") or form.chosen_plan
+    if not plan:
+        return Estimate(message=_("Choose a plan to see an estimate."))
+    interruptible = bool(data.get("interruptible"))
+    price = offer.price(plan, interruptible=interruptible)
+    if price is None:
+        return Estimate(message=_("This offer has no interruptible price for this plan."))
+    rate = fx_rate(offer.currency, currency)
+    note = ""
+    if rate is None:
+        currency, rate = offer.currency, Decimal(1)
+    elif currency != offer.currency:
+        note = _("Converted from %(price)s at %(rate)s, the rate your lease is priced at.") % {
+            "price": money(price, offer.currency),
+            "rate": formats.number_format(rate, use_l10n=True),
+        }
+    unit = converted(price, rate) or Decimal(0)
+    start = data.get("start") or form.now
+    end = data.get("end")
+    if plan == Plan.CARD_HOUR:
+        cards = data.get("gpu_count")
+        if cards is None:
+            return Estimate(message=_("Enter the number of cards to see an estimate."))
+        if end is None or end <= start:
+            per_hour = to_money(unit * cards)
+            return Estimate(
+                amount=per_hour,
+                total=_("%(amount)s per hour") % {"amount": money(per_hour, currency)},
+                breakdown=ngettext("%(price)s × %(count)s card", "%(price)s × %(count)s cards", cards)
+                % {"price": money(unit, currency), "count": cards},
+                message=_("No end chosen: billed per second while the lease runs, until you end it."),
+                per_second=True,
+                note=note,
+            )
+        hours = Decimal((end - start).total_seconds()) / 3600
+        amount = to_money(unit * cards * hours)
+        breakdown = ngettext(
+            "%(price)s × %(count)s card × %(hours)s h", "%(price)s × %(count)s cards × %(hours)s h", cards
+        ) % {"price": money(unit, currency), "count": cards, "hours": _number(hours, 2)}
+    elif plan == Plan.SERVER_MONTH:
+        months = data.get("months")
+        if months is None or end is None:
+            return Estimate(message=_("Enter the number of months to see an estimate."))
+        quantity = months_between(start, end)
+        amount = to_money(unit * quantity)
+        breakdown = _("%(price)s × %(quantity)s server-months (%(months)s calendar months from the start)") % {
+            "price": money(unit, currency),
+            "quantity": _number(quantity, 3),
+            "months": months,
+        }
+    else:
+        pflops, years = data.get("pflops"), data.get("term_years")
+        if pflops is None or years is None or end is None:
+            return Estimate(message=_("Enter the PFLOPS and the term to see an estimate."))
+        quantity = Decimal((end - start).total_seconds()) / YEAR_SECONDS
+        amount = to_money(unit * pflops * quantity)
+        breakdown = _("%(price)s × %(pflops)s PFLOPS × %(years)s years of 365 days") % {
+            "price": money(unit, currency),
+            "pflops": _number(pflops, 3),
+            "years": _number(quantity, 3),
+        }
+    return Estimate(amount=amount, total=money(amount, currency), breakdown=breakdown, note=note)
+
+
+def _number(value: Decimal, places: int) -> str:
+    value = Decimal(value).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP).normalize()
+    return formats.number_format(value, use_l10n=True, force_grouping=True)
+
+
+# --- the offer page ---------------------------------------------------------------------------------------
+
+
+def renter_problem(request: HttpRequest) -> str:
+    """Why the signed-in caller may not rent (empty when they may)."""
+    org: Organization | None = getattr(request, "org", None)
+    if org is None:
+        return _("Create or join a customer organisation to rent.")
+    if not org.is_customer:
+        return _("%(name)s is a provider organisation; switch to a customer organisation to rent.") % {"name": org.name}
+    if not has_role(request, OPERATE):
+        return _("Your role in %(name)s cannot rent; ask an owner, admin or member.") % {"name": org.name}
+    return ""
+
+
+def _page(
+    request: HttpRequest, offer: Offer, form: RentForm, currency: str, *, estimate: Estimate | None = None, status=200
+) -> HttpResponse:
+    describe_errors(form)
+    context = {
+        "view": offer_view(offer, currency),
+        "offer": offer,
+        "form": form,
+        "plan": form.chosen_plan,
+        "estimate": estimate or estimate_for(form, currency),
+        "renter_problem": renter_problem(request) if request.user.is_authenticated else "",
+        "now": form.now,
+    }
+    return render(request, "marketplace/offers/detail.html", context, status=status)
+
+
+@require_http_methods(["GET", "HEAD", "POST"])
+def offer_detail(request: HttpRequest, offer_id: int) -> HttpResponse:
+    """An offer: hardware, free cards now, prices, and the rent form (POST rents, once per rendered form)."""
+    now = timezone.now()
+    currency = viewer_currency(request)
+    offer = _listed_offer(offer_id, currency, now)
+    if request.method != "POST":
+        form = RentForm(offer=offer, now=now)
+        return _page(request, offer, form, currency)
+    if not request.user.is_authenticated:
+        return redirect_to_login(request.get_full_path())
+    if renter_problem(request):
+        raise PermissionDenied
+    org: Organization = request.org  # type: ignore[attr-defined]
+    form = RentForm(request.POST, offer=offer, now=now)
+    valid = form.is_valid()
+    if request.POST.get("action") == "estimate" or not valid:
+        # "Update the estimate" without JavaScript, or a form to correct: render, rent nothing.
+        form.renew_key()
+        return _page(request, offer, form, currency, status=200 if request.POST.get("action") == "estimate" else 400)
+    arguments = form.lease_arguments()
+    # The submitted values (not `now`-dependent ones like a computed end) identify a replay of this form.
+    payload = {
+        "offer": offer.pk,
+        **{name: form.cleaned_data.get(name) for name in form.fields if name != "idempotency_key"},
+    }
+    outcome = form.submit(
+        org=org,
+        scope=f"web.offer.{offer.pk}.rent",
+        payload=payload,
+        work=lambda: {"lease": scheduler_services.lease_create(org=org, offer=offer, now=now, **arguments).pk},
+    )
+    if outcome.ok:
+        lease_id = outcome.body["lease"]
+        messages.success(request, _("Lease %(id)s is yours. Its cards are listed below.") % {"id": lease_id})
+        return HttpResponseRedirect(reverse("marketplace:lease_detail", args=[lease_id]))
+    if outcome.code == "invalid":
+        form.add_service_errors(outcome.fields, outcome.message)
+    elif outcome.code == "no_capacity":
+        form.add_error(
+            None,
+            _(
+                "Not enough free cards on this server for that right now, so nothing was reserved. "
+                "Try fewer cards or a later start."
+            ),
+        )
+    elif outcome.code == "idempotency_key_reused":
+        form.add_error(None, _("This form was already sent with other values. Check it and send it again."))
+    else:
+        form.add_error(None, service_message(outcome.message))
+    form.renew_key()
+    return _page(request, offer, form, currency, status={"invalid": 400, "billing_hold": 403}.get(outcome.code, 409))
+
+
+@require_POST
+def offer_estimate(request: HttpRequest, offer_id: int) -> HttpResponse:
+    """The estimate for the rent form as it is now (htmx posts the form here as it changes)."""
+    now = timezone.now()
+    currency = viewer_currency(request)
+    offer = _listed_offer(offer_id, currency, now)
+    form = RentForm(request.POST, offer=offer, now=now)
+    form.is_valid()
+    return render(request, "marketplace/offers/_estimate.html", {"estimate": estimate_for(form, currency)})
+
+
+@require_GET
+def offer_availability(request: HttpRequest, offer_id: int) -> HttpResponse:
+    """Cards free now, for htmx to swap in every 30 seconds; an offer that went away says so."""
+    try:
+        offer = _listed_offer(offer_id, viewer_currency(request))
+    except Http404:
+        return render(request, "marketplace/offers/_availability.html", {"gone": True, "offer_id": offer_id})
+    return render(
+        request,
+        "marketplace/offers/_availability.html",
+        {"view": offer_view(offer, viewer_currency(request)), "offer": offer, "now": timezone.now()},
+    )
