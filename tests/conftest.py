@@ -4,6 +4,7 @@ import os
 from dataclasses import dataclass
 
 import pytest
+from django.conf import settings
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
@@ -42,10 +43,27 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: N
     database.setdefault("TEST", {})["NAME"] = f"test_{database['NAME']}_{os.getpid()}"
 
 
+# This run's cache keys carry a prefix of their own, so runs side by side on one Redis never see (or clear) each
+# other's rate-limit counters. Set before anything touches the cache.
+_KEY_PREFIX = f"test{os.getpid()}"
+settings.CACHES["default"]["KEY_PREFIX"] = _KEY_PREFIX
+
+
+def _clear_this_runs_cache() -> None:
+    client = getattr(getattr(cache, "_cache", None), "get_client", None)
+    if client is None:  # the in-memory cache of a run without Redis
+        cache.clear()
+        return
+    redis = client(None, write=True)
+    keys = list(redis.scan_iter(f"{_KEY_PREFIX}:*", count=1000))
+    if keys:
+        redis.delete(*keys)
+
+
 @pytest.fixture(autouse=True)
 def _clear_cache(db):
     # Every test may use the database; rate-limit counters live in Redis and each test starts with none.
-    cache.clear()
+    _clear_this_runs_cache()
     yield
 
 
