@@ -269,3 +269,91 @@ def test_a_worker_killed_in_the_middle_of_close_period_leaves_no_duplicate_and_t
     assert numbers == [f"INV-{n:06d}" for n in range(1, customers + 1)]  # once each, no gap
     assert Invoice.objects.values("organization").distinct().count() == customers
     assert all(total == Decimal("2.50") for total in Invoice.objects.values_list("total", flat=True))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_killed_in_the_middle_of_failover_leaves_no_half_moved_lease_and_the_redelivered_task_finishes(
+    tmp_path,
+):
+    import signal
+
+    from django.conf import settings as django_settings
+    from django.db import connection
+    from django.utils import timezone
+
+    from inventory.models import Gpu, GpuHealthEvent
+    from scheduler import services
+    from scheduler.models import Allocation, Lease, LeaseEvent
+    from tests.factories import GpuModelFactory, OrganizationFactory, online_server
+
+    leases_count = 120
+    model = GpuModelFactory()
+    busy = [online_server(name=f"busy-{i}", gpu_model=model) for i in range(leases_count // 8)]
+    customer = OrganizationFactory()
+    leases = [services.lease_create(org=customer, plan="card_hour", gpu_count=1) for _ in range(leases_count)]
+    assert {a.server_id for a in Allocation.objects.all()} == {s.pk for s in busy}
+    for i in range(leases_count // 8):
+        online_server(name=f"spare-{i}", gpu_model=model)
+    now = timezone.now()
+    failed = list(Gpu.objects.filter(server__in=busy))
+    Gpu.objects.filter(pk__in=[g.pk for g in failed]).update(health="failed", drained=True)
+    GpuHealthEvent.objects.bulk_create(
+        GpuHealthEvent(gpu=g, server_id=g.server_id, at=now, from_health="healthy", to_health="failed", reason="xid 79")
+        for g in failed
+    )
+    db = django_settings.DATABASES["default"]
+    redis_port = _free_port()
+    env = _production_env(
+        DATABASE_URL=f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+        REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+        SUANLI_VAR_DIR=str(tmp_path / "var"),
+        CELERY_VISIBILITY_TIMEOUT="3",
+    )
+    redis = _redis(redis_port)
+    log = (tmp_path / "worker.log").open("w")
+
+    def worker() -> subprocess.Popen:
+        return subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "-P", "solo", "-l", "info"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    moved = LeaseEvent.objects.filter(kind="failover")
+    first = worker()
+    try:
+        send = "from scheduler.tasks import failover_task; failover_task.delay()"
+        subprocess.run([sys.executable, MANAGE, "shell", "-c", send], cwd=ROOT, env=env, check=True, timeout=60)
+        _until(lambda: moved.exists(), 90, "the first leases moved")
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        assert 0 < moved.count() < leases_count, "the kill came too late to interrupt the run"
+        second = worker()
+        try:
+            _until(
+                lambda: not GpuHealthEvent.objects.filter(handled_at__isnull=True).exists(), 120, "every event handled"
+            )
+        finally:
+            second.terminate()
+            second.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        redis.terminate()
+        redis.wait(timeout=10)
+    # Every lease moved exactly once, to one healthy card, and no card is held twice.
+    assert moved.count() == leases_count and not LeaseEvent.objects.filter(kind="shortfall").exists()
+    assert sorted(moved.values_list("lease_id", flat=True)) == sorted(lease.pk for lease in leases)
+    live = Allocation.objects.filter(period__endswith__isnull=True)
+    assert live.count() == leases_count and live.values("lease_id").distinct().count() == leases_count
+    assert not live.filter(gpu__health="failed").exists()
+    assert set(Lease.objects.values_list("state", flat=True)) == {"active"}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM scheduler_allocation a JOIN scheduler_allocation b "
+            "ON a.gpu_id = b.gpu_id AND a.id < b.id AND a.period && b.period"
+        )
+        assert cursor.fetchone()[0] == 0
