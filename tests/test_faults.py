@@ -199,11 +199,8 @@ def _post_status(port: int, path: str, body: dict) -> int:
 def test_a_worker_killed_in_the_middle_of_close_period_leaves_no_duplicate_and_the_redelivered_task_finishes(
     tmp_path,
 ):
-    import signal
     from datetime import UTC, datetime
     from decimal import Decimal
-
-    from django.conf import settings as django_settings
 
     from billing.models import Invoice
     from scheduler.models import Allocation
@@ -225,46 +222,13 @@ def test_a_worker_killed_in_the_middle_of_close_period_leaves_no_duplicate_and_t
             unit_price=Decimal("2.5"),
             units=Decimal(1),
         )
-    db = django_settings.DATABASES["default"]
-    env = _production_env(
-        DATABASE_URL=f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
-        REDIS_URL=f"redis://127.0.0.1:{(redis_port := _free_port())}/0",
-        SUANLI_VAR_DIR=str(tmp_path / "var"),
-        CELERY_VISIBILITY_TIMEOUT="3",
+    _kill_a_worker_mid_task(
+        tmp_path,
+        "from billing.tasks import close_period_task; close_period_task.delay('2026-10')",
+        started=lambda: Invoice.objects.exists(),
+        unfinished=lambda: 0 < Invoice.objects.count() < customers,
+        finished=lambda: Invoice.objects.count() == customers,
     )
-    redis = _redis(redis_port)
-    log = (tmp_path / "worker.log").open("w")
-
-    def worker() -> subprocess.Popen:
-        return subprocess.Popen(  # noqa: S603
-            [sys.executable, "-m", "celery", "-A", "config", "worker", "-P", "solo", "-l", "info"],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-    first = worker()
-    try:
-        send = "from billing.tasks import close_period_task; close_period_task.delay('2026-10')"
-        subprocess.run([sys.executable, MANAGE, "shell", "-c", send], cwd=ROOT, env=env, check=True, timeout=60)
-        _until(lambda: Invoice.objects.exists(), 90, "the first invoices")
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=10)
-        made_before = Invoice.objects.count()
-        assert 0 < made_before < customers, "the kill came too late to interrupt the run"
-        second = worker()
-        try:
-            _until(lambda: Invoice.objects.count() == customers, 120, "the redelivered task finishing the month")
-        finally:
-            second.terminate()
-            second.wait(timeout=30)
-    finally:
-        if first.poll() is None:
-            first.kill()
-        redis.terminate()
-        redis.wait(timeout=10)
     numbers = sorted(Invoice.objects.values_list("number", flat=True))
     assert numbers == [f"INV-{n:06d}" for n in range(1, customers + 1)]  # once each, no gap
     assert Invoice.objects.values("organization").distinct().count() == customers
@@ -275,9 +239,7 @@ def test_a_worker_killed_in_the_middle_of_close_period_leaves_no_duplicate_and_t
 def test_a_worker_killed_in_the_middle_of_failover_leaves_no_half_moved_lease_and_the_redelivered_task_finishes(
     tmp_path,
 ):
-    import signal
 
-    from django.conf import settings as django_settings
     from django.db import connection
     from django.utils import timezone
 
@@ -301,6 +263,37 @@ def test_a_worker_killed_in_the_middle_of_failover_leaves_no_half_moved_lease_an
         GpuHealthEvent(gpu=g, server_id=g.server_id, at=now, from_health="healthy", to_health="failed", reason="xid 79")
         for g in failed
     )
+    moved = LeaseEvent.objects.filter(kind="failover")
+    _kill_a_worker_mid_task(
+        tmp_path,
+        "from scheduler.tasks import failover_task; failover_task.delay()",
+        started=lambda: moved.exists(),
+        unfinished=lambda: 0 < moved.count() < leases_count,
+        finished=lambda: not GpuHealthEvent.objects.filter(handled_at__isnull=True).exists(),
+    )
+    # Every lease moved exactly once, to one healthy card, and no card is held twice.
+    assert moved.count() == leases_count and not LeaseEvent.objects.filter(kind="shortfall").exists()
+    assert sorted(moved.values_list("lease_id", flat=True)) == sorted(lease.pk for lease in leases)
+    live = Allocation.objects.filter(period__endswith__isnull=True)
+    assert live.count() == leases_count and live.values("lease_id").distinct().count() == leases_count
+    assert not live.filter(gpu__health="failed").exists()
+    assert set(Lease.objects.values_list("state", flat=True)) == {"active"}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM scheduler_allocation a JOIN scheduler_allocation b "
+            "ON a.gpu_id = b.gpu_id AND a.id < b.id AND a.period && b.period"
+        )
+        assert cursor.fetchone()[0] == 0
+
+
+def _kill_a_worker_mid_task(tmp_path, send: str, *, started, unfinished, finished) -> None:
+    """On a Redis of its own: a worker takes the task `send` enqueues, is SIGKILLed once `started()`, (asserting
+    `unfinished()` then), and a second worker gets the task back after the visibility timeout and runs it until
+    `finished()`."""
+    import signal
+
+    from django.conf import settings as django_settings
+
     db = django_settings.DATABASES["default"]
     redis_port = _free_port()
     env = _production_env(
@@ -322,20 +315,16 @@ def test_a_worker_killed_in_the_middle_of_failover_leaves_no_half_moved_lease_an
             stderr=subprocess.STDOUT,
         )
 
-    moved = LeaseEvent.objects.filter(kind="failover")
     first = worker()
     try:
-        send = "from scheduler.tasks import failover_task; failover_task.delay()"
         subprocess.run([sys.executable, MANAGE, "shell", "-c", send], cwd=ROOT, env=env, check=True, timeout=60)
-        _until(lambda: moved.exists(), 90, "the first leases moved")
+        _until(started, 90, "the task started")
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
-        assert 0 < moved.count() < leases_count, "the kill came too late to interrupt the run"
+        assert unfinished(), "the kill came too late to interrupt the run"
         second = worker()
         try:
-            _until(
-                lambda: not GpuHealthEvent.objects.filter(handled_at__isnull=True).exists(), 120, "every event handled"
-            )
+            _until(finished, 120, f"the redelivered task finishing (worker log: {log.name})")
         finally:
             second.terminate()
             second.wait(timeout=30)
@@ -344,16 +333,3 @@ def test_a_worker_killed_in_the_middle_of_failover_leaves_no_half_moved_lease_an
             first.kill()
         redis.terminate()
         redis.wait(timeout=10)
-    # Every lease moved exactly once, to one healthy card, and no card is held twice.
-    assert moved.count() == leases_count and not LeaseEvent.objects.filter(kind="shortfall").exists()
-    assert sorted(moved.values_list("lease_id", flat=True)) == sorted(lease.pk for lease in leases)
-    live = Allocation.objects.filter(period__endswith__isnull=True)
-    assert live.count() == leases_count and live.values("lease_id").distinct().count() == leases_count
-    assert not live.filter(gpu__health="failed").exists()
-    assert set(Lease.objects.values_list("state", flat=True)) == {"active"}
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM scheduler_allocation a JOIN scheduler_allocation b "
-            "ON a.gpu_id = b.gpu_id AND a.id < b.id AND a.period && b.period"
-        )
-        assert cursor.fetchone()[0] == 0
