@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from django.conf import settings
 from django.db.models import (
     Case,
     Count,
@@ -31,6 +30,7 @@ from django.utils import timezone
 
 from accounts.models import Organization
 from inventory.models import PLAN_PRICE_FIELDS, Offer, ServerOutage
+from scheduler.pricing import rate_between
 from scheduler.selectors import Filters, allocatable_gpus, overlapping, period_range
 
 RELIABILITY_WINDOW = timedelta(days=30)
@@ -89,8 +89,7 @@ def _in_currency(field: str, currency: str) -> Case | F:
     """The price field converted into `currency` (the same rates a lease is priced at)."""
     if not currency:
         return F(field)
-    rates = {code: settings.SUANLI_FX_RATES.get((code, currency)) for code in Organization.Currency}
-    rates[currency] = Decimal(1)
+    rates = {code: rate_between(code, currency) for code in Organization.Currency}
     # An offer in a currency with no rate configured has no comparable price (NULL: never under max_price).
     whens = [When(currency=code, then=F(field) * Value(rate)) for code, rate in rates.items() if rate]
     return Case(*whens, output_field=DecimalField(max_digits=20, decimal_places=6))

@@ -12,7 +12,7 @@ from accounts.serializers import StrictSerializer
 from inventory.models import PLAN_PRICE_FIELDS, Interconnect, Offer, Server
 from marketplace.selectors import ORDERINGS
 from scheduler.models import Plan
-from scheduler.pricing import PRICE_PLACES
+from scheduler.pricing import PRICE_PLACES, rate_between
 
 PRICE = {"max_digits": 14, "decimal_places": 4, "min_value": Decimal("0.0001"), "allow_null": True, "required": False}
 
@@ -123,12 +123,10 @@ class OfferOutput(serializers.ModelSerializer):
     def get_local_prices(self, offer: Offer) -> dict | None:
         """Prices in the currency asked for (`currency`, else the caller's organisation), at the rates a lease
         would be priced at; null when it is the offer's own currency or no rate is configured."""
-        from django.conf import settings
-
         currency = self.context.get("currency")
         if not currency or currency == offer.currency:
             return None
-        rate = settings.SUANLI_FX_RATES.get((offer.currency, currency))
+        rate = rate_between(offer.currency, currency)
         if rate is None:
             return None
         return {

@@ -14,7 +14,6 @@ from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
@@ -36,7 +35,7 @@ from marketplace.forms import PLAN_LABELS, OfferSearchForm, RentForm, describe_e
 from marketplace.selectors import OfferQuery, offers_listed
 from scheduler import services as scheduler_services
 from scheduler.models import Plan
-from scheduler.pricing import PRICE_PLACES
+from scheduler.pricing import PRICE_PLACES, rate_between
 
 PAGE_SIZE = 12
 UNIT_LABELS = {
@@ -58,13 +57,6 @@ def money(amount: Decimal | None, currency: str) -> str:
     value = Decimal(amount).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
     number = formats.number_format(value, decimal_pos=places, use_l10n=True, force_grouping=True)
     return _("%(currency)s %(amount)s") % {"currency": currency, "amount": number}
-
-
-def fx_rate(source: str, target: str) -> Decimal | None:
-    """SUANLI_FX_RATES from `source` into `target` (the rate lease prices are fixed at); None when unset."""
-    if source == target:
-        return Decimal(1)
-    return settings.SUANLI_FX_RATES.get((source, target))
 
 
 def converted(price: Decimal | None, rate: Decimal | None) -> Decimal | None:
@@ -138,7 +130,7 @@ class OfferView:
 
 
 def offer_view(offer: Offer, currency: str) -> OfferView:
-    rate = fx_rate(offer.currency, currency)
+    rate = rate_between(offer.currency, currency)
     shown = currency if rate is not None else offer.currency
     view = OfferView(offer=offer, currency=shown, converted=shown != offer.currency, no_rate=rate is None)
     rate = rate or Decimal(1)
@@ -249,7 +241,7 @@ def estimate_for(form: RentForm, currency: str) -> Estimate:
     price = offer.price(plan, interruptible=interruptible)
     if price is None:
         return Estimate(message=_("This offer has no interruptible price for this plan."))
-    rate = fx_rate(offer.currency, currency)
+    rate = rate_between(offer.currency, currency)
     note = ""
     if rate is None:
         currency, rate = offer.currency, Decimal(1)

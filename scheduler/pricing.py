@@ -23,14 +23,20 @@ PRICE_PLACES = Decimal("0.000001")
 UNIT_PLACES = Decimal("1e-18")
 
 
-def fx_rate(source: str, target: str) -> Decimal:
-    """How many `target` one `source` buys, from SUANLI_FX_RATES. Raises NoCapacity when no rate is set."""
+def rate_between(source: str, target: str) -> Decimal | None:
+    """How many `target` one `source` buys, from SUANLI_FX_RATES (1 for the same currency); None when unset.
+    The one lookup of exchange rates: leases are priced, and the storefront converts, at these."""
     if source == target:
         return Decimal(1)
-    try:
-        return settings.SUANLI_FX_RATES[(source, target)]
-    except KeyError:
-        raise NoCapacity(f"No exchange rate from {source} to {target} is configured.") from None
+    return settings.SUANLI_FX_RATES.get((source, target))
+
+
+def fx_rate(source: str, target: str) -> Decimal:
+    """`rate_between`, for pricing a lease: raises NoCapacity when no rate is set."""
+    rate = rate_between(source, target)
+    if rate is None:
+        raise NoCapacity(f"No exchange rate from {source} to {target} is configured.")
+    return rate
 
 
 def _book_prices(lease: Lease, server_ids: Iterable[int]) -> None:
