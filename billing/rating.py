@@ -87,11 +87,8 @@ def rate(
     `at` is where the held part starts (not its slot's hour), so that amounts telescope from slot to slot.
     """
     zone = zone or platform_zone()
-    month_start, month_end = month_bounds(at, zone)
-    if plan == "server_month":
-        per = Decimal(int((month_end - month_start).total_seconds()))
-    else:
-        per = Decimal(unit_seconds(plan, at, zone))
+    month_start, _month_end = month_bounds(at, zone)
+    per = Decimal(unit_seconds(plan, at, zone))
     begin = _exact_seconds(at - month_start)
     end = begin + Decimal(seconds)
     # Wide enough that seconds x units x price is exact before the one division and rounding.
@@ -110,8 +107,9 @@ def _exact_seconds(delta: timedelta) -> Decimal:
     return Decimal(delta.days * 86400 + delta.seconds) + Decimal(delta.microseconds).scaleb(-6)
 
 
-# Sums of usage amounts carry noise in the 12th place (a card's share of a 3-card server is 1/3 rounded there).
-# It is dropped first, at 10 places, so a price that ends in a half cent is not billed a cent short.
+# Sums of usage amounts carry noise in the 12th place (each held stretch is rounded there at its two ends, and a
+# card's share of a 3-card server is 1/3 rounded at the 18th). It is dropped first, at 10 places, so a price that
+# ends in a half cent is not billed a cent short.
 NOISE = Decimal("0.0000000001")
 
 
