@@ -230,10 +230,15 @@ def invoices_mark_overdue(*, now: datetime | None = None) -> int:
 
 
 def billing_hold_release(*, org_id: int) -> bool:
-    """Lift the hold of an organisation that has no overdue open invoice left."""
-    if Invoice.objects.filter(organization_id=org_id, state=Invoice.State.OPEN, overdue=True).exists():
-        return False
-    return bool(Organization.objects.filter(pk=org_id, billing_hold=True).update(billing_hold=False))
+    """Lift the hold of an organisation that has no overdue open invoice left. The organisation row is locked
+    first, so a concurrent `invoices_mark_overdue` cannot put a hold on that this then lifts."""
+    with transaction.atomic():
+        org = Organization.objects.select_for_update().filter(pk=org_id, billing_hold=True).first()
+        if org is None:
+            return False
+        if Invoice.objects.filter(organization_id=org_id, state=Invoice.State.OPEN, overdue=True).exists():
+            return False
+        return bool(Organization.objects.filter(pk=org_id).update(billing_hold=False))
 
 
 # --- provider statements -------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from accounts.errors import DomainError, InvalidTransition, NotFound
 from accounts.models import Organization
 from accounts.tenancy import scoped
 from billing import stripe_gateway as gateway
+from billing.invoicing import billing_hold_release
 from billing.models import Invoice, Payment, StripeEvent
 
 logger = logging.getLogger(__name__)
@@ -235,16 +236,7 @@ def _settle(invoice: Invoice, payment: Payment, when: datetime) -> None:
     invoice.paid_at = when
     invoice.overdue = False
     invoice.save(update_fields=["state", "paid_at", "overdue"])
-    _billing_hold_release(invoice.organization_id)
-
-
-def _billing_hold_release(org_id: int) -> None:
-    org = Organization.objects.select_for_update().filter(pk=org_id, billing_hold=True).first()
-    if org is None:
-        return
-    if Invoice.objects.filter(organization_id=org_id, state=Invoice.State.OPEN, overdue=True).exists():
-        return
-    Organization.objects.filter(pk=org_id).update(billing_hold=False)
+    billing_hold_release(org_id=invoice.organization_id)
 
 
 def _on_intent_succeeded(obj: dict[str, Any], created: datetime, event: StripeEvent) -> None:
