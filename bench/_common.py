@@ -25,6 +25,30 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+
+def server_env(database_url: str, *, bench_name: str, redis_db: int, **extra: str) -> dict[str, str]:
+    """The environment of a production server under test (gunicorn, jobs, and a bench's own Django): debug off,
+    loopback only, logging at WARNING, its own Redis database, and the per-agent report limit counted but out of
+    reach (a bench's servers report many times a minute). The secret key is fixed per bench (`bench_name`):
+    agent secrets of a kept fleet are sealed with a key derived from it."""
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="config.settings",
+        DATABASE_URL=database_url,
+        DJANGO_DEBUG="0",
+        DJANGO_SECRET_KEY=f"bench-{bench_name}-only-not-a-real-secret-" + "0123456789abcdef" * 2,
+        SECURE_SSL_REDIRECT="0",
+        DJANGO_ALLOWED_HOSTS="127.0.0.1",
+        REDIS_URL=f"redis://127.0.0.1:6379/{redis_db}",
+        STATIC_MANIFEST="0",
+        LOG_LEVEL="WARNING",
+        RATE_LIMIT_AGENT_REPORTS="1000000000/60",
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
+    return env
+
+
 # --- numbers ---------------------------------------------------------------------------------------------
 
 

@@ -75,22 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def server_env(database_url: str) -> dict[str, str]:
     """The environment of the production server under test (and of this process's Django)."""
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="config.settings",
-        DATABASE_URL=database_url,
-        DJANGO_DEBUG="0",
-        DJANGO_SECRET_KEY="bench-ingest-only-not-a-real-secret-" + "0123456789abcdef" * 2,
-        SECURE_SSL_REDIRECT="0",
-        DJANGO_ALLOWED_HOSTS="127.0.0.1",
-        REDIS_URL="redis://127.0.0.1:6379/8",
-        STATIC_MANIFEST="0",
-        LOG_LEVEL="WARNING",
-        # Every server here reports many times a minute: still counted in Redis, as in production, never refused.
-        RATE_LIMIT_AGENT_REPORTS="1000000000/60",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
+    return common.server_env(database_url, bench_name="ingest", redis_db=8)
 
 
 # --- setup -----------------------------------------------------------------------------------------------

@@ -125,24 +125,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def server_env(database_url: str) -> dict[str, str]:
     """The environment of the production server under test (the jobs and this process add DB_POOL=0)."""
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="config.settings",
-        DATABASE_URL=database_url,
-        DJANGO_DEBUG="0",
-        # Fixed: the agent secrets of the cached fleet are sealed with a key derived from it.
-        DJANGO_SECRET_KEY="bench-soak-only-not-a-real-secret-" + "0123456789abcdef" * 2,
-        SECURE_SSL_REDIRECT="0",
-        DJANGO_ALLOWED_HOSTS="127.0.0.1",
-        REDIS_URL="redis://127.0.0.1:6379/9",
-        STATIC_MANIFEST="0",
-        LOG_LEVEL="WARNING",
-        RATE_LIMIT_AGENT_REPORTS="1000000000/60",  # counted, never refused (see bench/ingest.py)
-        DB_POOL_MIN="1",
-        DB_POOL_MAX="2",  # a sync worker serves one request at a time; the server is shared with others' tests
-        PYTHONUNBUFFERED="1",
-    )
-    return env
+    # DB_POOL_MAX 2: a sync worker serves one request at a time; the server is shared with others' tests.
+    return common.server_env(database_url, bench_name="soak", redis_db=9, DB_POOL_MIN="1", DB_POOL_MAX="2")
 
 
 # --- setup (Django) --------------------------------------------------------------------------------------
