@@ -11,7 +11,6 @@ from django.db.models import (
     Count,
     DecimalField,
     DurationField,
-    Exists,
     ExpressionWrapper,
     F,
     FloatField,
@@ -31,7 +30,7 @@ from django.utils import timezone
 from accounts.models import Organization
 from inventory.models import PLAN_PRICE_FIELDS, Offer, ServerOutage
 from scheduler.pricing import rate_between
-from scheduler.selectors import Filters, allocatable_gpus, overlapping, period_range
+from scheduler.selectors import Filters, allocatable_gpus, busy_gpu_ids, period_range
 
 RELIABILITY_WINDOW = timedelta(days=30)
 # Offers with no price for the plan compared (or no exchange rate to the asked currency) sort last either way.
@@ -101,7 +100,7 @@ def offers_listed(query: OfferQuery = OfferQuery(), *, now: datetime | None = No
     now = now or timezone.now()
     since = now - RELIABILITY_WINDOW
     gpus = allocatable_gpus(Filters()).filter(server_id=OuterRef("server_id"))
-    free = gpus.filter(~Exists(overlapping(period_range(now, now + timedelta(seconds=1)))))
+    free = gpus.exclude(id__in=busy_gpu_ids(period_range(now, now + timedelta(seconds=1))))
     count = lambda qs: Subquery(  # noqa: E731
         qs.order_by().values("server_id").annotate(n=Count("id")).values("n"), output_field=IntegerField()
     )

@@ -78,6 +78,13 @@ def overlapping(period: DateTimeTZRange, *, gpu_ref: str = "pk") -> QuerySet[All
     return Allocation.objects.filter(gpu_id=OuterRef(gpu_ref), period__overlap=period)
 
 
+def busy_gpu_ids(period: DateTimeTZRange) -> QuerySet[Allocation]:
+    """Ids of the cards with an allocation overlapping `period`, as one set: PostgreSQL hashes it once per
+    statement (`NOT (id = ANY (hashed SubPlan))`), where `overlapping` probes the index once per card; the set
+    wins when many cards are asked about at once (every offer of the storefront)."""
+    return Allocation.objects.filter(period__overlap=period).values("gpu_id")
+
+
 def free_gpus(filters: Filters, period: DateTimeTZRange) -> QuerySet[Gpu]:
     """Allocatable cards with no allocation overlapping `period`."""
     return allocatable_gpus(filters).filter(~Exists(overlapping(period)))
