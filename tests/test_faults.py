@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -333,3 +335,218 @@ def _kill_a_worker_mid_task(tmp_path, send: str, *, started, unfinished, finishe
             first.kill()
         redis.terminate()
         redis.wait(timeout=10)
+
+
+# --- An agent facing a platform that is down, then back ------------------------------------------------------------
+
+# Time runs 50x faster than in production: a 0.2 s report interval stands for 10 s, the agent's back-off (1 s base,
+# 60 s cap) is 20 ms / 1.2 s, so a 13 s outage spools the 65 reports a 10-minute outage would.
+OUTAGE_INTERVAL_S = 0.2
+OUTAGE_REPORTS = 65
+FIRST_SEQ = 1001
+
+
+def _platform(port: int, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """gunicorn on 127.0.0.1:`port` in a process group of its own, so that one signal takes the master and its
+    workers down at once; returns once /healthz answers."""
+    web = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log.open("a"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    _until(lambda: _alive(port) or web.poll() is not None, 60, "the platform up")
+    assert web.poll() is None, log.read_text()[-3000:]
+    return web
+
+
+def _spooled(directory: Path) -> list[int]:
+    """The seqs of the reports in an agent's spool directory, oldest first."""
+    return sorted(int(name[:-5]) for name in os.listdir(directory) if name[:-5].isdigit() and name.endswith(".json"))
+
+
+def _crash(web: subprocess.Popen) -> None:
+    """SIGKILL the platform's process group: a report in flight may be stored with its answer lost."""
+    if web.poll() is None:
+        os.killpg(web.pid, signal.SIGKILL)
+    web.wait(timeout=10)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_agent_facing_a_platform_down_for_an_outage_then_back_delivers_every_sample_exactly_once(bob, tmp_path):
+    import logging
+    import threading
+    from collections import Counter
+    from datetime import datetime
+
+    from django.conf import settings as django_settings
+    from django.db import connection
+
+    from agents import cli
+    from agents.client import Backoff, Client
+    from agents.config import load_credentials
+    from agents.nvml import Collector
+    from agents.runner import Agent
+    from agents.simulate import SimulatedNVML
+    from agents.spool import Spool, atomic_write
+    from inventory.models import Gpu, Server
+    from tests.factories import GpuModelFactory
+
+    db = django_settings.DATABASES["default"]
+    port = _free_port()
+    env = _production_env(
+        DATABASE_URL=f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+        SUANLI_VAR_DIR=str(tmp_path / "var"),
+        SECURE_SSL_REDIRECT="0",
+        # 4 reports a second for the agent's 5 a second: the catch-up after the outage runs into it (the agent
+        # must keep each refused report and send it again after Retry-After).
+        RATE_LIMIT_AGENT_REPORTS="20/1",
+    )
+    log = tmp_path / "platform.log"
+    model = GpuModelFactory(slug="outage-h100", name="Outage H100", nvml_names=["NVIDIA H100 80GB HBM3"])
+    created = bob.api.post(
+        "/api/v1/servers/",
+        {
+            "name": "outage-box",
+            "region": "cn-east-1",
+            "gpu_model": model.pk,
+            "gpu_count": 2,
+            "cpu_cores": 32,
+            "ram_gb": 256,
+            "disk_gb": 2000,
+        },
+    )
+    assert created.status_code == 201, created.content
+    token, server_id = created.json()["enrollment_token"], created.json()["id"]
+    web = _platform(port, env, log)
+    agent_thread = None
+    try:
+        sim = ["--simulate", "2", "--model", "h100", "--seed", "outage-e2e", "--config", str(tmp_path / "agent.json")]
+        assert cli.main([*sim, "enroll", "--url", f"http://127.0.0.1:{port}", "--token", token]) == 0
+        creds = load_credentials(str(tmp_path / "agent.json"))
+        spool_dir = tmp_path / "spool"
+        spool_dir.mkdir(mode=0o700)
+        atomic_write(str(spool_dir / "state.json"), json.dumps({"last_seq": FIRST_SEQ - 1}).encode())
+        spool = Spool(str(spool_dir))
+        client = Client(creds.url, creds.agent_id, creds.agent_secret, timeout=5)
+        answers: Counter = Counter()
+        send = client.send_report
+
+        def counted_send(body: bytes):
+            outcome = send(body)
+            answers[outcome.status or "no answer"] += 1
+            return outcome
+
+        client.send_report = counted_send
+        collector = Collector(SimulatedNVML(2, "h100", "outage-e2e"))
+        collector.start()
+        finishing = threading.Event()
+
+        def idle(seconds: float) -> None:
+            # Once the test asks for the end, the agent stops at its first idle moment with nothing spooled.
+            if finishing.is_set() and not len(spool):
+                agent.stop()
+            else:
+                time.sleep(seconds)
+
+        agent = Agent(
+            collector,
+            spool,
+            client,
+            interval=OUTAGE_INTERVAL_S,
+            hostname="outage-box",
+            backoff=Backoff(base=OUTAGE_INTERVAL_S / 10, cap=OUTAGE_INTERVAL_S * 6),
+            wait=idle,
+        )
+        crashed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                agent.run()
+            except BaseException as exc:  # surfaced by the test thread
+                crashed.append(exc)
+                raise
+
+        agent_thread = threading.Thread(target=run, name="agent", daemon=True)
+        agent_thread.start()
+        server = Server.objects.filter(pk=server_id)
+        _until(lambda: server.get().last_seq >= FIRST_SEQ + 4, 30, "five reports delivered")
+
+        _crash(web)
+        down_at = time.time()
+        _until(lambda: len(spool) >= OUTAGE_REPORTS or crashed, 60, f"{OUTAGE_REPORTS} reports spooled")
+        assert not crashed
+        spooled = {}
+        for seq in _spooled(spool_dir):  # nothing leaves the spool while the platform is down
+            report = json.loads((spool_dir / f"{seq:020d}.json").read_text())
+            spooled[report["seq"]] = datetime.fromisoformat(report["sent_at"])
+        assert len(spooled) >= OUTAGE_REPORTS
+        assert sorted(spooled) == list(range(min(spooled), max(spooled) + 1)), "spooled in seq order, no gap"
+
+        web = _platform(port, env, log)  # back on the same address
+        back_at = time.time()
+        _until(
+            lambda: crashed or min(_spooled(spool_dir), default=max(spooled) + 1) > max(spooled),
+            45,
+            "the spooled reports delivered",
+        )
+        caught_up_s = time.time() - back_at
+        finishing.set()
+        agent_thread.join(timeout=30)
+        assert not agent_thread.is_alive() and not crashed, crashed
+    finally:
+        if agent_thread is not None and agent_thread.is_alive():
+            agent.stop()
+            agent_thread.join(timeout=30)
+        _crash(web)
+
+    state = json.loads((spool_dir / "state.json").read_text())
+    produced = state["last_seq"] - FIRST_SEQ + 1
+    figures = (
+        f"{produced} reports, {len(spooled)} spooled in a {back_at - down_at:.1f} s outage, caught up in "
+        f"{caught_up_s:.1f} s; agent {agent.stats}; answers {dict(answers)}"
+    )
+    logging.getLogger(__name__).warning(figures)  # shown with -o log_cli=true
+    assert sorted(os.listdir(spool_dir)) == ["state.json"], f"the spool is empty; {figures}"
+    assert state["dropped"] == 0 and state["refused"] == 0 and state["last_sent_seq"] == state["last_seq"]
+    assert agent.stats["collected"] == agent.stats["delivered"] == produced
+    assert agent.stats["refused"] == 0 and "lost" not in agent.stats
+    assert answers["no answer"] > 0, "the agent tried while the platform was down"
+    assert server.get().last_seq == state["last_seq"]
+
+    gpus = dict(Gpu.objects.filter(server_id=server_id).values_list("pk", "uuid"))
+    assert len(gpus) == 2
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*), count(DISTINCT ts), count(DISTINCT (gpu_id, ts)) FROM inventory_gpusample "
+            "WHERE server_id = %s",
+            [server_id],
+        )
+        rows, reports, distinct_rows = cursor.fetchone()
+        cursor.execute(
+            "SELECT gpu_id, count(*) FROM inventory_gpusample WHERE server_id = %s GROUP BY gpu_id", [server_id]
+        )
+        per_gpu = dict(cursor.fetchall())
+        cursor.execute(
+            "SELECT ts, array_agg(gpu_id ORDER BY gpu_id) FROM inventory_gpusample WHERE server_id = %s "
+            "GROUP BY ts ORDER BY ts",
+            [server_id],
+        )
+        by_time = cursor.fetchall()
+        cursor.execute("DELETE FROM inventory_gpusample WHERE server_id = %s", [server_id])
+    # Every report arrived once: as many collection times as seqs produced, each with one row per card.
+    assert reports == produced, f"{produced - reports} report(s) missing; {figures}"
+    assert rows == distinct_rows == produced * 2, "a duplicate (gpu, time) row"
+    assert per_gpu == dict.fromkeys(gpus, produced)
+    assert all(cards == sorted(gpus) for _, cards in by_time)
+    # In seq order: report `seq` is the (seq - FIRST_SEQ)-th collection time, so no seq is missing or repeated.
+    times = [ts for ts, _ in by_time]
+    for seq, sent_at in spooled.items():
+        assert times[seq - FIRST_SEQ] == sent_at, f"seq {seq} stored at its collection time"
+    # The outage's samples carry the time they were taken, before the platform came back, not their delivery time.
+    outage = [ts for ts in times if down_at <= ts.timestamp() < back_at]
+    assert len(outage) >= len(spooled) - 1
+    assert all(sent_at.timestamp() < back_at for sent_at in spooled.values())
