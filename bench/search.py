@@ -153,6 +153,8 @@ def p95(values: list[float]) -> float:
 
 def raw_sql(query_string: str):
     """The statements the page's queryset sends (count + first page), captured once, then run bare."""
+    import psycopg
+    from django.conf import settings
     from django.db import connection
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
@@ -161,9 +163,9 @@ def raw_sql(query_string: str):
     with CaptureQueriesContext(connection) as captured:
         client.get(f"/offers/?{query_string}")
     statements = [q["sql"] for q in captured.captured_queries if "inventory_offer" in q["sql"]]
-    import psycopg
-
-    conn = psycopg.connect(os.environ["DATABASE_URL"], autocommit=True)
+    # The session settings the site's connections carry (jit=off), so the baseline differs by the framework only.
+    options = settings.DATABASES["default"].get("OPTIONS", {}).get("options", "")
+    conn = psycopg.connect(os.environ["DATABASE_URL"], autocommit=True, options=options)
 
     def run() -> None:
         for sql in statements:
