@@ -23,6 +23,35 @@
     }, 0);
   }, true);
 
+  // The Content-Security-Policy allows no inline event handlers (onclick=...): the pages mark elements with data
+  // attributes and these listeners, on the document, give them their behaviour.
+
+  // <button data-confirm="Question?">: asks first; "Cancel" sends nothing.
+  document.addEventListener("click", function (event) {
+    var button = event.target instanceof Element ? event.target.closest("[data-confirm]") : null;
+    if (button && !window.confirm(button.dataset.confirm)) {
+      event.preventDefault();
+      event.stopImmediatePropagation();
+    }
+  }, true);
+
+  // <select data-submit-on-change>: choosing an option sends its form (organisation and language switchers).
+  document.addEventListener("change", function (event) {
+    var field = event.target;
+    if (field instanceof HTMLElement && field.hasAttribute("data-submit-on-change") && field.form) {
+      field.form.requestSubmit();
+    }
+  });
+
+  // <input|textarea data-select-on-focus>: a one-time secret is selected whole, ready to copy.
+  document.addEventListener("focusin", function (event) {
+    var field = event.target;
+    if ((field instanceof HTMLInputElement || field instanceof HTMLTextAreaElement) &&
+        field.hasAttribute("data-select-on-focus")) {
+      field.select();
+    }
+  });
+
   // Coming back with the browser's back button shows the page from cache: make its forms usable again.
   window.addEventListener("pageshow", function (event) {
     if (!event.persisted) {

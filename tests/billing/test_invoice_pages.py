@@ -261,8 +261,11 @@ def test_the_pay_button_posts_to_the_pay_api_with_a_key_per_page_load(client, al
     assert f'data-org="{alice.org.pk}"' in first
     keys = [re.search(r'data-idempotency-key="([^"]+)"', body)[1] for body in (first, second)]
     assert keys[0] != keys[1]
-    assert '"Idempotency-Key": box.dataset.idempotencyKey' in first
-    assert '"X-CSRFToken": box.dataset.csrf' in first
+    # The page's script is a static file (the Content-Security-Policy runs no inline script without a nonce).
+    assert '<script defer src="/static/js/invoice_pay.js"></script>' in first
+    script = (settings.BASE_DIR / "static" / "js" / "invoice_pay.js").read_text()
+    assert '"Idempotency-Key": box.dataset.idempotencyKey' in script
+    assert '"X-CSRFToken": box.dataset.csrf' in script
 
 
 def test_without_stripe_keys_the_page_says_online_payment_is_not_configured(client, alice, invoice, settings):
