@@ -49,7 +49,9 @@ def database_unavailable(request: HttpRequest) -> HttpResponse:
     else:
         from django.template import loader
 
-        body = loader.get_template("503.html").render({"message": message})
+        # The request alone, not a RequestContext: context processors may need the database. Its CSP nonce
+        # lets the page's <style> through.
+        body = loader.get_template("503.html").render({"message": message, "request": request})
         response = HttpResponse(body, status=503)
     response["Retry-After"] = "5"
     return response

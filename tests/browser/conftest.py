@@ -68,7 +68,8 @@ def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 @pytest.fixture
 def open_as(browser: Any, live_server: Any) -> Iterator[Any]:
     """open_as(user, locale="en-GB", viewport=DESKTOP) -> a page whose browser carries `user`'s session (None:
-    anonymous), with the live server as base URL. Failing requests and page errors fail the test."""
+    anonymous), with the live server as base URL. Failing requests, page errors and Content-Security-Policy
+    violations fail the test."""
     contexts: list[Any] = []
 
     def open_page(user: Any = None, *, locale: str = "en-GB", viewport: dict | None = None) -> Any:
@@ -83,12 +84,20 @@ def open_as(browser: Any, live_server: Any) -> Iterator[Any]:
         page.set_default_timeout(15_000)
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
+        # What the Content-Security-Policy refused (an inline script, style or handler; eval; another origin):
+        # Chromium says so on the console, and the flows' page-error checks count it as an error.
+        page.on("console", lambda message: _note_csp_violation(errors, message.text))
         page.errors = errors
         return page
 
     yield open_page
     for context in contexts:
         context.close()
+
+
+def _note_csp_violation(errors: list[str], text: str) -> None:
+    if "Content Security Policy" in text:
+        errors.append(text)
 
 
 def screenshot(page: Any, name: str) -> Path:

@@ -1,0 +1,353 @@
+"""The Content-Security-Policy (django-csp, config/settings.py): every page carries it, every script a page runs is
+a file or carries the response's nonce, no template has an inline event handler or style attribute, and the API
+still answers plain JSON.
+
+The browser flows (tests/browser) fail on any CSP violation Chromium reports on the pages they visit.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import time_machine
+from django.conf import settings
+from django.db import OperationalError
+from django.http import HttpRequest, HttpResponse
+from django.test import Client, RequestFactory
+
+from accounts.middleware import DatabaseUnavailableMiddleware
+from billing import invoicing
+from billing.models import Invoice
+from scheduler import services
+from tests.factories import GpuModelFactory, online_server
+
+MARCH = datetime(2026, 2, 28, 16, 0, tzinfo=UTC)  # 2026-03-01 00:00 in Asia/Shanghai, the platform clock
+APRIL = datetime(2026, 3, 31, 16, 0, tzinfo=UTC)
+TEMPLATES = Path(settings.BASE_DIR) / "templates"
+STATIC = Path(settings.BASE_DIR) / "static"
+# <script type=...> that browsers do not run (data blocks such as json_script's): no nonce needed.
+DATA_SCRIPT_TYPES = {"application/json", "application/ld+json", "text/template"}
+
+
+# --- reading a policy and a page ---------------------------------------------------------------------------
+
+
+def directives(header: str) -> dict[str, list[str]]:
+    parsed = {}
+    for part in header.split(";"):
+        name, *sources = part.split()
+        parsed[name] = sources
+    return parsed
+
+
+def nonce_of(sources: list[str]) -> str | None:
+    nonces = [s.removeprefix("'nonce-").removesuffix("'") for s in sources if s.startswith("'nonce-")]
+    assert len(nonces) <= 1, sources
+    return nonces[0] if nonces else None
+
+
+class Tags(HTMLParser):
+    """Every start tag of a page with its attributes, in order."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    handle_startendtag = handle_starttag
+
+
+def tags_of(body: str) -> list[tuple[str, dict[str, str | None]]]:
+    parser = Tags()
+    parser.feed(body)
+    parser.close()
+    return parser.tags
+
+
+def assert_page_keeps_to_the_policy(response: HttpResponse) -> None:
+    """The page's inline <script>s and <style>s carry the header's nonce; its other scripts are files; no tag has
+    an on*= handler or a style attribute (the policy allows neither)."""
+    assert response["Content-Type"].startswith("text/html"), response["Content-Type"]
+    policy = directives(response["Content-Security-Policy"])
+    script_nonce, style_nonce = nonce_of(policy["script-src"]), nonce_of(policy["style-src"])
+    for tag, attrs in tags_of(response.content.decode()):
+        handlers = [name for name in attrs if name.startswith("on")]
+        assert not handlers, f"<{tag}> has inline handlers {handlers}"
+        assert "style" not in attrs, f"<{tag} style={attrs['style']!r}>"
+        if tag == "script" and not attrs.get("src") and (attrs.get("type") or "").lower() not in DATA_SCRIPT_TYPES:
+            assert script_nonce and attrs.get("nonce") == script_nonce, f"inline <script {attrs}> without the nonce"
+        if tag == "style":
+            assert style_nonce and attrs.get("nonce") == style_nonce, f"<style {attrs}> without the nonce"
+        if tag == "a":
+            assert not (attrs.get("href") or "").lower().startswith("javascript:"), attrs
+
+
+# --- the policy itself -------------------------------------------------------------------------------------
+
+
+def test_the_policy_allows_scripts_only_from_our_origin_stripe_and_the_nonce(client, db):
+    response = client.get("/")
+    assert response.status_code == 200
+    policy = directives(response["Content-Security-Policy"])
+    assert policy["default-src"] == ["'self'"]
+    nonce = nonce_of(policy["script-src"])
+    assert nonce and policy["script-src"] == [
+        "'self'",
+        f"'nonce-{nonce}'",
+        "https://js.stripe.com",
+        "https://*.js.stripe.com",
+    ]
+    assert policy["style-src"] == ["'self'", f"'nonce-{nonce}'"]
+    assert policy["img-src"] == ["'self'", "data:"]
+    assert policy["connect-src"] == ["'self'", "https://api.stripe.com"]
+    assert policy["frame-src"] == ["https://js.stripe.com", "https://*.js.stripe.com", "https://hooks.stripe.com"]
+    assert policy["object-src"] == ["'none'"]
+    assert policy["base-uri"] == ["'self'"]
+    assert policy["frame-ancestors"] == ["'none'"]
+    assert policy["form-action"] == ["'self'"]
+    everything = " ".join(s for sources in policy.values() for s in sources)
+    assert "'unsafe-inline'" not in everything and "'unsafe-eval'" not in everything
+
+
+def test_each_response_gets_a_nonce_of_its_own(client, db):
+    first = nonce_of(directives(client.get("/")["Content-Security-Policy"])["script-src"])
+    second = nonce_of(directives(client.get("/")["Content-Security-Policy"])["script-src"])
+    assert first and second and first != second
+
+
+# --- the pages ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def world(alice, bob, staff, settings):
+    """Bob's listed server, alice's running lease and her open March invoice (payable: Stripe is configured), and
+    staff who may open the admin. The clock stays on April 1st while the test runs."""
+    settings.STRIPE_PUBLISHABLE_KEY = "pk_test_suanli"
+    staff.user.is_superuser = True
+    staff.user.save(update_fields=["is_superuser"])
+    with time_machine.travel(MARCH, tick=False) as clock:
+        server = online_server(organization=bob.org, name="bob-csp-01")
+        clock.move_to(MARCH + timedelta(days=9, hours=10))
+        services.lease_create(org=alice.org, plan="card_hour", gpu_count=1, end_at=MARCH + timedelta(days=9, hours=12))
+        clock.move_to(APRIL + timedelta(hours=1))
+        invoicing.close_period("2026-03")
+        lease = services.lease_create(org=alice.org, plan="card_hour", gpu_count=2)
+        yield {
+            "alice": alice,
+            "bob": bob,
+            "staff": staff,
+            "server": server.pk,
+            "offer": server.offers.get().pk,
+            "lease": lease.pk,
+            "invoice": Invoice.objects.get(organization=alice.org).pk,
+            "org": alice.org.pk,
+        }
+
+
+PAGES = [
+    (None, "/"),
+    (None, "/offers/"),
+    (None, "/offers/{offer}/"),
+    (None, "/accounts/login/"),
+    (None, "/accounts/signup/"),
+    (None, "/accounts/password/reset/"),
+    (None, "/api/docs/"),
+    ("alice", "/dashboard/"),
+    ("alice", "/offers/{offer}/"),
+    ("alice", "/leases/"),
+    ("alice", "/leases/{lease}/"),
+    ("alice", "/invoices/"),
+    ("alice", "/invoices/{invoice}/"),
+    ("alice", "/accounts/email/"),
+    ("alice", "/accounts/password/change/"),
+    ("alice", "/accounts/2fa/"),
+    ("alice", "/accounts/reauthenticate/"),
+    ("alice", "/api/docs/"),
+    ("bob", "/servers/"),
+    ("bob", "/servers/{server}/"),
+    ("bob", "/provider/offers/"),
+    ("bob", "/provider/offers/new/"),
+    ("bob", "/provider/earnings/"),
+    ("staff", "/staff/fleet/"),
+    ("staff", "/staff/catalogue/"),
+    ("staff", "/staff/close-period/"),
+    ("staff", "/staff/reconciliation/"),
+    ("staff", "/admin/"),
+    ("staff", "/admin/accounts/organization/"),
+    ("staff", "/admin/accounts/organization/{org}/change/"),
+    ("staff", "/admin/scheduler/lease/{lease}/change/"),
+]
+
+
+@pytest.mark.parametrize(("who", "path"), PAGES, ids=[f"{who or 'anon'}:{path}" for who, path in PAGES])
+def test_every_script_on_the_main_pages_is_a_file_or_carries_the_nonce(world, who, path):
+    client = Client()
+    if who:
+        client.force_login(world[who].user)
+    response = client.get(path.format(**world))
+    assert response.status_code == 200, response.status_code
+    assert_page_keeps_to_the_policy(response)
+
+
+def test_the_invoice_pay_page_loads_stripe_js_and_its_own_script_from_files(world):
+    client = Client()
+    client.force_login(world["alice"].user)
+    response = client.get(f"/invoices/{world['invoice']}/")
+    scripts = [attrs.get("src") for tag, attrs in tags_of(response.content.decode()) if tag == "script"]
+    assert "https://js.stripe.com/v3/" in scripts and "/static/js/invoice_pay.js" in scripts
+
+
+def test_the_api_docs_run_swagger_ui_with_the_nonce(client, db):
+    response = client.get("/api/docs/")
+    nonce = nonce_of(directives(response["Content-Security-Policy"])["script-src"])
+    body = response.content.decode()
+    assert f'<script nonce="{nonce}">' in body and "SwaggerUIBundle(" in body
+
+
+def test_the_api_key_message_and_the_enrolment_command_select_themselves_without_inline_handlers(world):
+    client = Client()
+    client.force_login(world["bob"].user)
+    shown = client.post("/org/keys/", {"name": "ci"}, follow=True)
+    registered = client.post("/servers/", _register_data(), follow=True)
+    for response, field in ((shown, "input"), (registered, "textarea")):
+        assert response.status_code == 200
+        assert_page_keeps_to_the_policy(response)
+        selecting = [t for t, attrs in tags_of(response.content.decode()) if "data-select-on-focus" in attrs]
+        assert selecting == [field]
+
+
+def _register_data() -> dict:
+    return {
+        "name": "gpu-node-07",
+        "region": "cn-east-1",
+        "gpu_model": GpuModelFactory().pk,
+        "gpu_count": 8,
+        "cpu_cores": 128,
+        "ram_gb": 2048,
+        "disk_gb": 30000,
+    }
+
+
+def test_error_pages_keep_to_the_policy(world):
+    client = Client()
+    client.force_login(world["alice"].user)
+    response = client.get("/no-such-page/")
+    assert response.status_code == 404
+    assert_page_keeps_to_the_policy(response)
+
+
+def test_the_database_unavailable_page_styles_itself_with_the_nonce(db):
+    from csp.middleware import CSPMiddleware
+
+    def lost_the_database(request: HttpRequest) -> HttpResponse:
+        raise OperationalError("the server closed the connection")
+
+    # The two middlewares as the site stacks them: CSP outside, the 503 of a lost database inside.
+    inner = DatabaseUnavailableMiddleware(lost_the_database)
+
+    def view(request: HttpRequest) -> HttpResponse:
+        try:
+            return inner(request)
+        except OperationalError as exc:
+            answer = inner.process_exception(request, exc)
+            assert answer is not None
+            return answer
+
+    response = CSPMiddleware(view)(RequestFactory().get("/offers/"))
+    assert response.status_code == 503
+    assert_page_keeps_to_the_policy(response)
+    assert "<style nonce=" in response.content.decode()
+
+
+# --- the templates and the scripts we serve ----------------------------------------------------------------
+
+
+def _template_files() -> list[Path]:
+    files = sorted(TEMPLATES.rglob("*.html"))
+    assert files
+    return files
+
+
+def _without_comments(text: str) -> str:
+    text = re.sub(r"\{%\s*comment\s*%\}.*?\{%\s*endcomment\s*%\}", "", text, flags=re.S)
+    return re.sub(r"\{#.*?#\}", "", text, flags=re.S)
+
+
+def test_no_template_has_an_inline_event_handler_or_style_attribute():
+    handler = re.compile(r"<[a-zA-Z][^>]*?\s(on[a-z]+)\s*=", re.S)
+    style = re.compile(r"<[a-zA-Z][^>]*?\sstyle\s*=", re.S)
+    found = []
+    for path in _template_files():
+        text = _without_comments(path.read_text())
+        found += [f"{path.relative_to(TEMPLATES)}: {m.group(1)}=" for m in handler.finditer(text)]
+        found += [f"{path.relative_to(TEMPLATES)}: style=" for m in style.finditer(text)]
+    assert found == []
+
+
+def test_every_inline_script_and_style_in_the_templates_carries_the_nonce():
+    opening = re.compile(r"<(script|style)\b([^>]*)>", re.S)
+    found = []
+    for path in _template_files():
+        for m in opening.finditer(_without_comments(path.read_text())):
+            tag, attrs = m.groups()
+            if tag == "script" and ("src=" in attrs or re.search(r'type="application/(ld\+)?json"', attrs)):
+                continue
+            if 'nonce="{{ request.csp_nonce }}"' not in attrs:
+                found.append(f"{path.relative_to(TEMPLATES)}: <{tag}{attrs}>")
+    assert found == []
+
+
+def test_no_script_we_serve_compiles_code_from_strings_but_htmx_whose_eval_is_off(client, db):
+    """'unsafe-eval' is not in the policy: Alpine is its CSP build, uPlot and our own scripts use no eval; htmx
+    can, for hx-on and js: values, and base.html switches that off (and its inline indicator <style>)."""
+    compiling = re.compile(r"new Function\b|\beval\(|new AsyncFunction")
+    scripts = sorted((STATIC / "js").glob("*.js")) + sorted((STATIC / "vendor").rglob("*.js"))
+    assert any("alpinejs-csp" in str(path) for path in scripts)
+    offenders = [
+        str(path.relative_to(STATIC))
+        for path in scripts
+        if compiling.search(path.read_text()) and path.parent.name != "htmx"
+    ]
+    assert offenders == []
+    meta = [attrs for tag, attrs in tags_of(client.get("/").content.decode()) if attrs.get("name") == "htmx-config"]
+    assert len(meta) == 1 and json.loads(meta[0]["content"] or "") == {
+        "includeIndicatorStyles": False,
+        "allowEval": False,
+    }
+
+
+def test_no_template_uses_alpine_expressions_the_csp_build_cannot_run():
+    """Alpine's CSP build evaluates x-* expressions without eval and refuses globals (window, document): those
+    belong in static/js/suanli.js."""
+    attribute = re.compile(r'\s(?:x-[a-z:.-]+|@[a-z.-]+|:[a-z-]+)="([^"]*)"')
+    found = []
+    for path in _template_files():
+        for m in attribute.finditer(_without_comments(path.read_text())):
+            if re.search(r"\b(window|document|globalThis|\$event)\b|=>", m.group(1)):
+                found.append(f"{path.relative_to(TEMPLATES)}: {m.group(0).strip()}")
+    assert found == []
+
+
+# --- the API -----------------------------------------------------------------------------------------------
+
+
+def test_api_answers_stay_plain_json_with_no_nonce_in_their_policy(world):
+    alice = world["alice"]
+    for path in ("/api/v1/leases/", f"/api/v1/leases/{world['lease']}/", "/api/v1/invoices/"):
+        response = alice.api.get(path)
+        assert response.status_code == 200, (path, response.status_code)
+        assert response["Content-Type"] == "application/json"
+        json.loads(response.content)
+        assert "nonce-" not in response["Content-Security-Policy"]
+    error = alice.api.get("/api/v1/leases/999999/")
+    assert error.status_code == 404 and error["Content-Type"] == "application/json"
+    assert "error" in json.loads(error.content)
+    health = Client().get("/healthz")
+    assert health.status_code == 200 and json.loads(health.content) == {"status": "ok"}
