@@ -123,12 +123,12 @@ def free_port() -> int:
 class Gunicorn:
     """`gunicorn config.wsgi` (sync workers) on 127.0.0.1 in its own process group; `stop()` ends the group."""
 
-    def __init__(self, env: dict[str, str], *, workers: int, log_path: str) -> None:
-        self.port = free_port()
+    def __init__(self, env: dict[str, str], *, workers: int, log_path: str, port: int | None = None) -> None:
+        self.port = port or free_port()  # a port of an earlier one: the platform back on the same address
         self.log_path = log_path
         gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
         argv = [gunicorn, "config.wsgi", "-b", f"127.0.0.1:{self.port}", "--workers", str(workers)]
-        self.log = open(log_path, "wb")  # closed in stop()
+        self.log = open(log_path, "ab")  # closed in stop(); appended to by a restart on the same port
         self.proc = subprocess.Popen(
             [*argv, "--threads", "1", "--log-level", "warning"],
             cwd=REPO,
