@@ -202,7 +202,12 @@ class Agent:
                 next_collect = start + slot * self.interval
             silent = self.collector.silent()
             if len(self.spool) and not silent and self.clock() >= next_send:
+                delivered = self.stats["delivered"]
                 failure = self.drain(until=next_collect)
+                if failure is not None and self.stats["delivered"] > delivered:
+                    # The platform took reports before this failure (a 429 in the catch-up after an outage): it is
+                    # back, so the back-off starts again rather than waiting out the outage's long delays.
+                    self.attempt = 0
                 if failure is not None:
                     delay = max(MIN_RETRY_S, self.backoff.delay(self.attempt, failure.retry_after))
                     level = logging.WARNING if self.attempt < 3 else logging.DEBUG

@@ -73,6 +73,31 @@ def test_an_outage_with_503s_and_retry_after_loses_nothing(tmp_path, platform, c
     assert len(delays) == 25 and min(delays) >= 30, "every retry waited at least Retry-After"
 
 
+def test_a_429_in_the_catch_up_after_an_outage_waits_its_retry_after_not_the_outage_back_off(tmp_path, platform, clock):
+    platform.down()
+    clock.at(600, platform.up)
+    agent = make_agent(tmp_path, platform, clock)
+    agent.run(duration=600)
+    assert agent.attempt > 5, "the outage pushed the back-off towards its 60 s cap"
+    send = agent.client.send_report
+
+    def rate_limited_after_ten(body):  # the platform's per-agent limit answers the 11th report of the catch-up
+        if len(platform.received) == 10 and platform.requests and not platform.retry_after:
+            platform.fail_next, platform.fail_status, platform.retry_after = 1, 429, "2"
+        return send(body)
+
+    agent.client.send_report = rate_limited_after_ten
+    delays = []
+    draw = agent.backoff.delay
+    agent.backoff.delay = lambda attempt, retry_after=None: (
+        delays.append((retry_after, draw(attempt, retry_after))) or (delays[-1][1])
+    )
+    agent.run(duration=120)
+    assert_all_once_in_order(platform, 72)
+    after_429 = [delay for retry_after, delay in delays if retry_after == 2]
+    assert after_429 == [2], "the catch-up resumed after Retry-After, not after up to 60 s of outage back-off"
+
+
 def test_the_spool_survives_an_agent_restart_during_an_outage(tmp_path, platform, clock):
     platform.down()
     first = make_agent(tmp_path, platform, clock)
