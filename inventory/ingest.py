@@ -271,7 +271,7 @@ def report_ingest(*, server: Server, report: dict[str, Any], now: datetime) -> R
             changed.append(gpu)
         if rows:
             telemetry.copy_samples(rows)
-            if now - at > telemetry.LATE_AFTER:
+            if now - at > telemetry.BACKFILL_AFTER:
                 telemetry.note_backfill(server.pk, [at])
         _save_report_fields(changed)
         if events:

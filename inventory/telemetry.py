@@ -86,8 +86,12 @@ CREATE TABLE IF NOT EXISTS inventory_telemetrywatermark (
 """
 DROP_SQL = f"DROP TABLE IF EXISTS {RAW}, {ONE_MINUTE}, {ONE_HOUR}, {BACKFILL}, inventory_telemetrywatermark CASCADE;"
 
-# A report older than this when it arrives is "late": its minutes are queued for re-aggregation.
+# Each roll-up re-aggregates this far behind its watermark, for reports that were in flight when the last one ran.
 LATE_AFTER = timedelta(minutes=3)
+# A report older than this when it arrives is "late": its minutes are queued for re-aggregation. Less than LATE_AFTER
+# by more than a request can take, so a report whose request started before a roll-up and committed after it (its
+# minute then behind the next look-back) is queued too.
+BACKFILL_AFTER = LATE_AFTER - timedelta(seconds=90)
 
 
 def _partition_name(day: date) -> str:

@@ -276,6 +276,23 @@ def test_a_late_spooled_report_is_stored_at_its_own_time_and_queued_for_rollup(a
         assert cursor.fetchone() == (8, 8)
 
 
+def test_a_report_that_commits_after_a_roll_up_of_a_later_minute_still_reaches_the_roll_ups(agent):
+    """A report taken 175 s before its request started, committed only after a roll-up that ran in the next
+    minute: the next roll-up's look-back (3 min behind that watermark) starts after the report's minute, so the
+    report must have been queued as late."""
+    started = datetime.now(UTC).replace(second=50, microsecond=0) - timedelta(minutes=10)
+    taken = started - timedelta(seconds=175)
+    telemetry.rollup(now=started + timedelta(seconds=30))  # ran while the report's request was in flight
+    with time_machine.travel(started, tick=False):
+        assert agent.post(agent.body(sent_at=taken)).status_code == 202
+    telemetry.rollup(now=started + timedelta(minutes=1, seconds=30))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*), sum(samples) FROM inventory_gpusample_1m WHERE bucket = %s", [taken.replace(second=0)]
+        )
+        assert cursor.fetchone() == (8, 8)
+
+
 def test_rollups_are_idempotent_and_feed_the_telemetry_endpoint(agent, bob):
     start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=5)
     for i in range(12):
