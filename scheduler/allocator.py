@@ -26,6 +26,8 @@ class ServerCapacity:
     card_tflops: Decimal
     gpu_count: int
     free: int
+    # The fewest cards a lease may take on this server (its offer's min_gpus; 1 where the lease already holds some).
+    min_cards: int = 1
 
     @property
     def whole(self) -> bool:
@@ -35,11 +37,12 @@ class ServerCapacity:
 
 def place_cards(servers: Iterable[ServerCapacity], count: int) -> Placement | None:
     """`count` cards: on one server if any can take them all (the fullest such, so whole servers stay free
-    for server_month), else across the fewest servers (the last one again best fit). None if they do not fit."""
+    for server_month), else across the fewest servers (the last one again best fit). No server gets fewer cards
+    than its `min_cards`. None if they do not fit."""
     if count <= 0:
         return {}
-    pool = [s for s in servers if s.free > 0]
-    fits = [s for s in pool if s.free >= count]
+    pool = [s for s in servers if s.free >= max(1, s.min_cards)]
+    fits = [s for s in pool if s.free >= count >= s.min_cards]
     if fits:
         best = min(fits, key=lambda s: (s.free, s.server_id))
         return {best.server_id: count}
@@ -48,10 +51,14 @@ def place_cards(servers: Iterable[ServerCapacity], count: int) -> Placement | No
     remaining = count
     for index, server in enumerate(pool):
         if server.free >= remaining:
-            # The fewest servers is fixed by now; of those left that cover the rest, take the fullest.
-            last = min((s for s in pool[index:] if s.free >= remaining), key=lambda s: (s.free, s.server_id))
-            placement[last.server_id] = remaining
-            return placement
+            # The fewest servers is fixed by now; of those left that cover the rest, take the fullest that may
+            # take that few. None may: go on taking whole servers.
+            lasts = [s for s in pool[index:] if s.free >= remaining >= s.min_cards]
+            if lasts:
+                last = min(lasts, key=lambda s: (s.free, s.server_id))
+                placement[last.server_id] = remaining
+                return placement
+            continue
         placement[server.server_id] = server.free
         remaining -= server.free
     return None
@@ -89,7 +96,7 @@ def place_pflops(servers: Iterable[ServerCapacity], pflops: Decimal, *, mix_mode
 
     Without `mix_models` all cards are of one model. None if the capacity cannot reach the figure.
     """
-    pool = [s for s in servers if s.free > 0]
+    pool = [s for s in servers if s.free >= max(1, s.min_cards)]
     target = pflops_target(pflops)
     models: dict[int, tuple[int, int]] = {}  # model id -> (centi-TFLOPS per card, free cards)
     for s in pool:
@@ -112,7 +119,7 @@ def place_pflops(servers: Iterable[ServerCapacity], pflops: Decimal, *, mix_mode
     for model_id, need in counts.items():
         if need:
             part = place_cards([s for s in pool if s.gpu_model_id == model_id], need)
-            if part is None:  # pragma: no cover - counts never exceed the free cards of a model
+            if part is None:  # the count fits the model's free cards, but not the servers' minimums
                 return None
             placement.update(part)
     return placement

@@ -90,14 +90,23 @@ def free_gpus(filters: Filters, period: DateTimeTZRange) -> QuerySet[Gpu]:
     return allocatable_gpus(filters).filter(~Exists(overlapping(period)))
 
 
-def free_capacity(filters: Filters, period: DateTimeTZRange) -> list[ServerCapacity]:
+def free_capacity(filters: Filters, period: DateTimeTZRange, *, held: set[int] = frozenset()) -> list[ServerCapacity]:
     """Per server: how many of its cards are allocatable and free for the whole `period`."""
+    return capacity_of(free_gpus(filters, period), filters, held=held)
+
+
+def capacity_of(gpus: QuerySet[Gpu], filters: Filters, *, held: set[int] = frozenset()) -> list[ServerCapacity]:
+    """`gpus` counted per server, with the fewest cards a lease may take there: the `min_gpus` of the server's live
+    offer for the plan, except on the servers in `held`, where the lease already has cards."""
     rows = (
-        free_gpus(filters, period)
-        .values("server_id", "server__gpu_model_id", "server__gpu_model__fp16_tflops", "server__gpu_count")
+        gpus.values("server_id", "server__gpu_model_id", "server__gpu_model__fp16_tflops", "server__gpu_count")
         .annotate(free=Count("id"))
         .order_by("server_id")
     )
+    minimums: dict[int, int] = {}
+    if filters.plan:
+        offers = live_offers(plan=filters.plan, interruptible=filters.interruptible, until=filters.until)
+        minimums = dict(offers.filter(min_gpus__gt=1).values_list("server_id", "min_gpus"))
     return [
         ServerCapacity(
             server_id=row["server_id"],
@@ -105,6 +114,7 @@ def free_capacity(filters: Filters, period: DateTimeTZRange) -> list[ServerCapac
             card_tflops=row["server__gpu_model__fp16_tflops"],
             gpu_count=row["server__gpu_count"],
             free=row["free"],
+            min_cards=1 if row["server_id"] in held else minimums.get(row["server_id"], 1),
         )
         for row in rows
     ]

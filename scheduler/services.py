@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from django.conf import settings
 from django.contrib.postgres.fields import DateTimeRangeField
 from django.db import IntegrityError, OperationalError, transaction
-from django.db.models import Count, Exists, ExpressionWrapper, F, Func, Q, QuerySet, Sum, Value
+from django.db.models import Exists, ExpressionWrapper, F, Func, Q, QuerySet, Sum, Value
 from django.utils import timezone
 
 from accounts.errors import InvalidInput, InvalidTransition, NotAllowed
@@ -105,8 +105,19 @@ def _rated_pflops(gpu_ids: Iterable[int]) -> Decimal:
 # --- allocation --------------------------------------------------------------------------------------------
 
 
-def _capacity(filters: Filters, period) -> dict[int, allocator.ServerCapacity]:
-    return {c.server_id: c for c in selectors.free_capacity(filters, period)}
+def _capacity(filters: Filters, period, held: set[int]) -> dict[int, allocator.ServerCapacity]:
+    return {c.server_id: c for c in selectors.free_capacity(filters, period, held=held)}
+
+
+def _servers_held(lease: Lease, now: datetime) -> set[int]:
+    """Servers where `lease` holds cards from `now` on (an offer's minimum is met there already)."""
+    if lease.pk is None:
+        return set()
+    return set(
+        Allocation.objects.filter(lease=lease, period__overlap=period_range(now, None))
+        .values_list("server_id", flat=True)
+        .distinct()
+    )
 
 
 def _allocate(
@@ -129,7 +140,8 @@ def _allocate(
     (scheduler/pricing.py), or like `price_like` (a failover replacement keeps the price of the card it replaces).
     """
     period = period_range(start, end)
-    capacity = _capacity(filters, period)
+    held = _servers_held(lease, now)
+    capacity = _capacity(filters, period, held)
     contended: set[int] = set()
     waited = False
     for _ in range(MAX_ROUNDS):
@@ -143,7 +155,7 @@ def _allocate(
                 locks.wait_for_cards(server_ids=contended, period=period, filters=filters)
                 waited = True
                 contended.clear()
-                capacity = _capacity(filters, period)
+                capacity = _capacity(filters, period, held)
                 continue
             if preempt:
                 return _allocate_preempting(
@@ -177,7 +189,7 @@ def _allocate(
         except IntegrityError:
             # A card allocated by a transaction that committed between our snapshot and our lock.
             transaction.savepoint_rollback(savepoint)
-            capacity = _capacity(filters, period)
+            capacity = _capacity(filters, period, held)
             continue
         transaction.savepoint_commit(savepoint)
         return rows
@@ -225,21 +237,7 @@ def _allocate_preempting(
     period = period_range(start, end)
     cut = max(start, now + preemption_notice())
     candidates = selectors.allocatable_gpus(filters).filter(_by_interruptible_only(period))
-    rows = (
-        candidates.values("server_id", "server__gpu_model_id", "server__gpu_model__fp16_tflops", "server__gpu_count")
-        .annotate(free=Count("id"))
-        .order_by("server_id")
-    )
-    capacity = [
-        allocator.ServerCapacity(
-            server_id=r["server_id"],
-            gpu_model_id=r["server__gpu_model_id"],
-            card_tflops=r["server__gpu_model__fp16_tflops"],
-            gpu_count=r["server__gpu_count"],
-            free=r["free"],
-        )
-        for r in rows
-    ]
+    capacity = selectors.capacity_of(candidates, filters, held=_servers_held(lease, now))
     placement = _place(demand, capacity)
     if placement is None:
         raise NoCapacity()

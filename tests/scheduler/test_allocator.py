@@ -10,8 +10,12 @@ H100 = Decimal("989.40")
 A100 = Decimal("312.00")
 
 
-def cap(server_id: int, free: int, *, total: int = 8, model: int = 1, tflops: Decimal = H100) -> ServerCapacity:
-    return ServerCapacity(server_id=server_id, gpu_model_id=model, card_tflops=tflops, gpu_count=total, free=free)
+def cap(
+    server_id: int, free: int, *, total: int = 8, model: int = 1, tflops: Decimal = H100, least: int = 1
+) -> ServerCapacity:
+    return ServerCapacity(
+        server_id=server_id, gpu_model_id=model, card_tflops=tflops, gpu_count=total, free=free, min_cards=least
+    )
 
 
 def test_a_request_that_fits_on_one_server_goes_to_the_fullest_server_that_fits():
@@ -26,6 +30,27 @@ def test_a_larger_request_spans_the_fewest_servers():
     placement = place_cards(servers, 12)
     assert placement is not None and len(placement) == 2 and sum(placement.values()) == 12
     assert placement == {1: 8, 4: 4}  # the second server is the fullest that covers the rest
+
+
+def test_no_server_gets_fewer_cards_than_its_offers_minimum():
+    # 10 cards: 8 on server 1, and the 2 left go to the fullest server that may take 2 (3), not to 2 (at least 4).
+    servers = [cap(1, 8), cap(2, 4, least=4), cap(3, 8)]
+    assert place_cards(servers, 10) == {1: 8, 3: 2}
+    # One fit: server 2 is the fullest with 4 free, but 3 cards are below its minimum.
+    assert place_cards(servers, 3) == {1: 3}
+    assert place_cards([cap(2, 4, least=4)], 4) == {2: 4}
+    # A server with fewer free cards than its minimum takes none; nothing else can finish the request.
+    assert place_cards([cap(1, 8), cap(2, 3, least=4)], 10) is None
+    assert place_cards([cap(1, 8), cap(2, 4, least=4)], 10) is None
+    # The cards of the minimum-4 server taken whole, the rest elsewhere.
+    assert place_cards([cap(1, 6, least=6), cap(2, 3)], 9) == {1: 6, 2: 3}
+
+
+def test_pflops_cards_keep_to_the_servers_minimums():
+    # 4 H100s reach 3.9 PFLOPS; on server 1 (5 free, at least 6) none may go.
+    servers = [cap(1, 5, least=6), cap(2, 4), cap(3, 2)]
+    assert place_pflops(servers, Decimal("3.9"), mix_models=False) == {2: 4}
+    assert place_pflops([cap(1, 5, least=6)], Decimal("1"), mix_models=False) is None
 
 
 def test_cards_that_do_not_exist_are_not_placed():

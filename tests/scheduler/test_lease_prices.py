@@ -126,6 +126,25 @@ def test_an_offers_minimum_card_count_is_respected(alice, bob, h100):
     assert Allocation.objects.filter(server=big).count() == 4
 
 
+def test_a_lease_spread_over_servers_gives_none_fewer_cards_than_its_offers_minimum(alice, bob, h100):
+    first = online_server(organization=bob.org, gpu_model=h100, gpus=8, name="first")
+    picky = online_server(organization=bob.org, gpu_model=h100, gpus=4, name="picky", offer={"min_gpus": 4})
+    last = online_server(organization=bob.org, gpu_model=h100, gpus=8, name="last")
+    # 10 cards: 8 + 2. The best fit for the 2 would be `picky` (fewest free), but it rents 4 cards or more.
+    lease = rent(alice, gpu_count=10)
+    per_server = Counter(g["server"] for g in lease["gpus"])
+    assert per_server == {first.pk: 8, last.pk: 2}
+    assert not Allocation.objects.filter(server=picky).exists()
+
+
+def test_a_lease_that_holds_an_offers_minimum_may_grow_there_by_one(alice, bob, h100):
+    picky = online_server(organization=bob.org, gpu_model=h100, gpus=8, name="picky", offer={"min_gpus": 4})
+    lease = rent(alice, gpu_count=4)
+    grown = alice.api.post(f"/api/v1/leases/{lease['id']}/resize/", {"gpu_count": 5}, format="json")
+    assert grown.status_code == 200, grown.content
+    assert {g["server"] for g in grown.json()["gpus"]} == {picky.pk} and len(grown.json()["gpus"]) == 5
+
+
 def test_pinning_an_offer_places_on_its_server(alice, bob, rack):
     pinned = offer_on(rack[2])
     lease = rent(alice, gpu_count=3, offer=pinned.pk)
