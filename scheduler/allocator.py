@@ -64,6 +64,24 @@ def place_cards(servers: Iterable[ServerCapacity], count: int) -> Placement | No
     return None
 
 
+def cards_to_release(held: dict[int, list[int]], count: int, minimums: dict[int, int]) -> list[int] | None:
+    """Which `count` of a lease's cards to give back (`held`: server id -> card ids, the first to go last): from
+    the servers the lease uses least, so what remains stays together, and never leaving a server with fewer
+    cards than its minimum (all of them go, or few enough). None if no such choice is found."""
+    release: list[int] = []
+    remaining = count
+    for server_id, cards in sorted(held.items(), key=lambda item: (len(item[1]), item[0])):
+        if remaining == 0:
+            break
+        if remaining >= len(cards):
+            release += cards
+            remaining -= len(cards)
+        elif len(cards) - remaining >= minimums.get(server_id, 1):
+            release += cards[len(cards) - remaining :]
+            remaining = 0
+    return release if remaining == 0 else None
+
+
 def place_servers(servers: Iterable[ServerCapacity], count: int) -> Placement | None:
     """`count` whole servers (every card healthy and free), lowest ids first. None if there are not enough."""
     whole = sorted((s for s in servers if s.whole), key=lambda s: s.server_id)

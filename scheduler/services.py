@@ -482,12 +482,21 @@ def lease_resize(*, lease: Lease, gpu_count: int, now: datetime | None = None) -
             )
             added = [row.gpu_id for row in rows]
         elif gpu_count < current:
-            per_server: dict[int, int] = {}
-            for a in held:
-                per_server[a.server_id] = per_server.get(a.server_id, 0) + 1
-            # Give back cards from the servers the lease uses least, so what remains stays together.
-            order = sorted(held, key=lambda a: (per_server[a.server_id], a.server_id, -a.gpu.index))
-            going = [a.pk for a in order[: current - gpu_count]]
+            per_server: dict[int, list[int]] = {}
+            for a in sorted(held, key=lambda a: a.gpu.index):
+                per_server.setdefault(a.server_id, []).append(a.pk)
+            minimums = dict(
+                Offer.objects.filter(server_id__in=per_server, delisted_at__isnull=True).values_list(
+                    "server_id", "min_gpus"
+                )
+            )
+            going = allocator.cards_to_release(per_server, current - gpu_count, minimums)
+            if going is None:
+                raise InvalidInput(
+                    "Giving back that many cards would leave a server with fewer than its offer's minimum.",
+                    code="below_offer_minimum",
+                    fields={"gpu_count": ["A server of this lease rents a minimum number of cards."]},
+                )
             removed = _close_allocations(Allocation.objects.filter(pk__in=going), at=now, reason="resized")
         else:
             return locked

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from scheduler.allocator import ServerCapacity, place_cards, place_pflops, place_servers, rated_pflops
+from scheduler.allocator import (
+    ServerCapacity,
+    cards_to_release,
+    place_cards,
+    place_pflops,
+    place_servers,
+    rated_pflops,
+)
 
 H100 = Decimal("989.40")
 A100 = Decimal("312.00")
@@ -86,3 +93,13 @@ def test_mixing_models_finds_a_closer_fit_and_never_falls_short():
 def test_pflops_beyond_the_capacity_are_not_placed():
     assert place_pflops([cap(1, 8)], Decimal("8"), mix_models=True) is None
     assert place_pflops([cap(1, 8)], Decimal("7.915"), mix_models=False) == {1: 8}
+
+
+def test_cards_are_given_back_from_the_least_used_servers_without_leaving_one_under_its_minimum():
+    held = {1: [11, 12, 13, 14, 15, 16], 2: [21, 22], 3: [31, 32, 33, 34]}
+    assert cards_to_release(held, 3, {}) == [21, 22, 34]  # server 2 whole, then the last card of server 3
+    # Server 3 rents at least 4: it goes whole or not at all, so the third card comes from server 1.
+    assert cards_to_release(held, 3, {3: 4}) == [21, 22, 16]
+    assert cards_to_release(held, 6, {3: 4}) == [21, 22, 31, 32, 33, 34]
+    assert cards_to_release({3: [31, 32, 33, 34]}, 1, {3: 4}) is None
+    assert cards_to_release({3: [31, 32, 33, 34]}, 4, {3: 4}) == [31, 32, 33, 34]

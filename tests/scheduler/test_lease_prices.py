@@ -145,6 +145,23 @@ def test_a_lease_that_holds_an_offers_minimum_may_grow_there_by_one(alice, bob, 
     assert {g["server"] for g in grown.json()["gpus"]} == {picky.pk} and len(grown.json()["gpus"]) == 5
 
 
+def test_a_lease_shrinks_without_leaving_a_server_under_its_offers_minimum(alice, bob, h100):
+    picky = online_server(organization=bob.org, gpu_model=h100, gpus=4, name="picky", offer={"min_gpus": 4})
+    other = online_server(organization=bob.org, gpu_model=h100, gpus=8, name="other")
+    lease = rent(alice, gpu_count=4)
+    assert {g["server"] for g in lease["gpus"]} == {picky.pk}
+    resize = f"/api/v1/leases/{lease['id']}/resize/"
+    assert alice.api.post(resize, {"gpu_count": 6}, format="json").status_code == 200  # 2 more on `other`
+    # Down to 3: `other`'s 2 go, and a third would leave `picky` with 3 of its minimum 4.
+    refused_body = alice.api.post(resize, {"gpu_count": 3}, format="json")
+    assert refused_body.status_code == 400 and refused_body.json()["error"]["code"] == "below_offer_minimum"
+    assert Allocation.objects.filter(lease_id=lease["id"], period__upper_inf=True).count() == 6
+    shrunk = alice.api.post(resize, {"gpu_count": 4}, format="json")
+    assert shrunk.status_code == 200
+    assert Counter(g["server"] for g in shrunk.json()["gpus"]) == {picky.pk: 4}
+    assert not Allocation.objects.filter(server=other, period__upper_inf=True).exists()
+
+
 def test_pinning_an_offer_places_on_its_server(alice, bob, rack):
     pinned = offer_on(rack[2])
     lease = rent(alice, gpu_count=3, offer=pinned.pk)
