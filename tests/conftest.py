@@ -33,6 +33,23 @@ def make_persona(org: Organization, role: str = Role.OWNER, email: str | None = 
     return Persona(user=user, org=org, membership=membership, token=token, api=client)
 
 
+def register_server(persona: Persona, gpu_model, **fields) -> dict:
+    """POST /api/v1/servers/ as `persona` (201 asserted): the server, with its one-time `enrollment_token`."""
+    body = {
+        "name": "box-1",
+        "region": "cn-east-1",
+        "gpu_model": gpu_model.pk,
+        "gpu_count": 1,
+        "cpu_cores": 32,
+        "ram_gb": 256,
+        "disk_gb": 2000,
+        **fields,
+    }
+    response = persona.api.post("/api/v1/servers/", body, format="json")
+    assert response.status_code == 201, response.content
+    return response.json()
+
+
 @pytest.fixture(scope="session")
 def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
     """Each pytest run gets a test database of its own (test_<name>_<pid>), so two runs side by side on one

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from inventory.models import Gpu, GpuHealthEvent, Server
+from tests.conftest import register_server
 from tests.factories import GpuModelFactory
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,20 +39,8 @@ def wait_for(condition, proc=None, timeout=30.0):
 @pytest.mark.django_db(transaction=True)
 def test_a_simulated_agent_enrols_reports_and_a_fault_drains_the_card(live_server, bob, tmp_path):
     model = GpuModelFactory(slug="e2e-h100", name="E2E H100", nvml_names=["NVIDIA H100 80GB HBM3"])
-    created = bob.api.post(
-        "/api/v1/servers/",
-        {
-            "name": "e2e-box",
-            "region": "cn-east-1",
-            "gpu_model": model.pk,
-            "gpu_count": 8,
-            "cpu_cores": 96,
-            "ram_gb": 1024,
-            "disk_gb": 8000,
-        },
-    )
-    assert created.status_code == 201, created.content
-    token, server_id = created.json()["enrollment_token"], created.json()["id"]
+    created = register_server(bob, model, name="e2e-box", gpu_count=8, cpu_cores=96, ram_gb=1024, disk_gb=8000)
+    token, server_id = created["enrollment_token"], created["id"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO")}
 
     enrolled = subprocess.run(

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from config import embedded
+from tests.conftest import register_server
 from tests.test_ops import MANAGE, ROOT, _free_port, _production_env, pg_base  # noqa: F401 - pg_base is a fixture
 
 
@@ -407,20 +408,8 @@ def test_an_agent_facing_a_platform_down_for_an_outage_then_back_delivers_every_
     )
     log = tmp_path / "platform.log"
     model = GpuModelFactory(slug="outage-h100", name="Outage H100", nvml_names=["NVIDIA H100 80GB HBM3"])
-    created = bob.api.post(
-        "/api/v1/servers/",
-        {
-            "name": "outage-box",
-            "region": "cn-east-1",
-            "gpu_model": model.pk,
-            "gpu_count": 2,
-            "cpu_cores": 32,
-            "ram_gb": 256,
-            "disk_gb": 2000,
-        },
-    )
-    assert created.status_code == 201, created.content
-    token, server_id = created.json()["enrollment_token"], created.json()["id"]
+    created = register_server(bob, model, name="outage-box", gpu_count=2)
+    token, server_id = created["enrollment_token"], created["id"]
     web = _platform(port, env, log)
     agent_thread = None
     try:

@@ -9,6 +9,7 @@ from django.test import Client
 from django.urls import reverse
 from rest_framework.test import APIClient
 
+from tests.conftest import register_server
 from tests.factories import GpuModelFactory, UserFactory
 
 H100 = "NVIDIA H100 80GB HBM3"
@@ -25,19 +26,7 @@ def test_api_keys_enrolment_tokens_and_agent_secrets_appear_once_and_nowhere_els
     caplog.set_level(logging.DEBUG)
     model = GpuModelFactory(nvml_names=[H100])
     key = bob.api.post("/api/v1/auth/keys/", {"name": "ci"}, format="json").json()["token"]
-    server = bob.api.post(
-        "/api/v1/servers/",
-        {
-            "name": "s1",
-            "region": "r1",
-            "gpu_model": model.pk,
-            "gpu_count": 1,
-            "cpu_cores": 8,
-            "ram_gb": 64,
-            "disk_gb": 100,
-        },
-        format="json",
-    ).json()
+    server = register_server(bob, model, name="s1", region="r1", cpu_cores=8, ram_gb=64, disk_gb=100)
     token = server["enrollment_token"]
     gpus = [{"index": 0, "uuid": "GPU-1111", "name": H100}]
     enrolled = APIClient().post(
