@@ -50,6 +50,8 @@ SERVICE_MESSAGES = (
     gettext_noop("An offer was withdrawn while the cards were being placed; try again."),
     gettext_noop("Only card_hour leases can be resized."),
     gettext_noop("Only card_hour leases resize."),
+    gettext_noop("Giving back that many cards would leave a server with fewer than its offer's minimum."),
+    gettext_noop("That would leave a server with fewer cards than its offer's minimum."),
     gettext_noop("This Idempotency-Key was used with a different request."),
 )
 MAX_MONTHS = 36

@@ -494,8 +494,7 @@ def lease_resize(*, lease: Lease, gpu_count: int, now: datetime | None = None) -
             if going is None:
                 raise InvalidInput(
                     "Giving back that many cards would leave a server with fewer than its offer's minimum.",
-                    code="below_offer_minimum",
-                    fields={"gpu_count": ["A server of this lease rents a minimum number of cards."]},
+                    fields={"gpu_count": ["That would leave a server with fewer cards than its offer's minimum."]},
                 )
             removed = _close_allocations(Allocation.objects.filter(pk__in=going), at=now, reason="resized")
         else:

@@ -115,6 +115,18 @@ def test_resize_grows_and_shrinks_a_card_hour_lease(client, alice, lease):
     assert lease.allocations.filter(period__endswith__isnull=True).count() == 1
 
 
+def test_a_shrink_below_an_offers_minimum_is_refused_beside_the_field(client, alice, offer):
+    offer.min_gpus = 2
+    offer.save(update_fields=["min_gpus"])
+    lease = lease_create(org=alice.org, plan="card_hour", gpu_count=2, offer=offer)
+    client.force_login(alice.user)
+    response = client.post(f"/leases/{lease.pk}/resize/", {"gpu_count": 1, "idempotency_key": "below"})
+    assert response.status_code == 400
+    assert re.search(r'id="id_gpu_count_errors" class="field-error">[^<]*minimum', response.content.decode())
+    lease.refresh_from_db()
+    assert lease.gpu_count == 2 and lease.allocations.filter(period__endswith__isnull=True).count() == 2
+
+
 def test_a_double_resize_submission_resizes_once(client, alice, lease):
     client.force_login(alice.user)
     for _ in range(2):
