@@ -38,7 +38,8 @@ class ServerCapacity:
 def place_cards(servers: Iterable[ServerCapacity], count: int) -> Placement | None:
     """`count` cards: on one server if any can take them all (the fullest such, so whole servers stay free
     for server_month), else across the fewest servers (the last one again best fit). No server gets fewer cards
-    than its `min_cards`. None if they do not fit."""
+    than its `min_cards`. None if they do not fit, or (rarely) when only taking fewer than all free cards of a
+    fuller server would leave a remainder that a server's minimum accepts: the search is greedy."""
     if count <= 0:
         return {}
     pool = [s for s in servers if s.free >= max(1, s.min_cards)]
