@@ -131,7 +131,9 @@ class Server(models.Model):
                 name="server_status_valid",
             ),
         ]
-        indexes = [models.Index(fields=["status", "last_seen_at"])]
+        # No index on last_seen_at or last_seq: every agent report updates them, and an indexed column that changes
+        # makes each report's UPDATE a non-HOT one, a new entry in every index of the table (bench/ingest.py).
+        # check_agents reads the silent servers once a minute with a scan of this small table instead.
 
     def __str__(self) -> str:
         return self.name

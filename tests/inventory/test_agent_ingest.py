@@ -293,6 +293,28 @@ def test_a_report_that_commits_after_a_roll_up_of_a_later_minute_still_reaches_t
         assert cursor.fetchone() == (8, 8)
 
 
+def test_a_report_rewrites_its_server_and_card_rows_in_place(agent):
+    """Every report updates its server row and its cards' rows: no index may cover a column those updates change
+    (last_seen_at, last_seq, the last sample), so PostgreSQL can make them HOT updates (no new index entries; the
+    dead versions pruned on the page) in the room the tables' fill factor leaves."""
+    agent.post(agent.body())
+
+    def updates() -> dict[str, tuple[int, int]]:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT relname, pg_stat_get_xact_tuples_updated(oid), pg_stat_get_xact_tuples_hot_updated(oid) "
+                "FROM pg_class WHERE relname IN ('inventory_server', 'inventory_gpu')"
+            )
+            return {name: (updated, hot) for name, updated, hot in cursor.fetchall()}
+
+    before = updates()
+    assert agent.post(agent.body()).status_code == 202
+    after = updates()
+    for table in ("inventory_server", "inventory_gpu"):
+        updated, hot = (after[table][0] - before[table][0], after[table][1] - before[table][1])
+        assert updated > 0 and hot == updated, f"{table}: {hot} of {updated} updates were HOT"
+
+
 def test_rollups_are_idempotent_and_feed_the_telemetry_endpoint(agent, bob):
     start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=5)
     for i in range(12):
