@@ -111,6 +111,34 @@ def ensure_database(url: str) -> bool:
     return True
 
 
+def migrate_database(url: str) -> None:
+    """Create the bench's database when missing, set Django up on it (DATABASE_URL in the environment already
+    names it) and migrate it."""
+    created = ensure_database(url)
+    print(f"database {database_name(url)}: {'created' if created else 'exists'}; migrating ...", flush=True)
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    call_command("migrate", verbosity=0, interactive=False)
+
+
+def approved_provider(name: str, tag: str) -> Any:
+    """The bench's provider organisation `name`, approved; made on first use with an owner and a staff user whose
+    emails carry `tag`."""
+    from accounts.models import Organization, User
+    from accounts.services import organization_approve, organization_create
+
+    org = Organization.objects.filter(name=name, kind=Organization.Kind.PROVIDER).first()
+    if org is None:
+        owner = User.objects.create_user(email=f"{tag}-provider@example.invalid", password=None)
+        org = organization_create(user=owner, name=name, kind=Organization.Kind.PROVIDER)
+    if org.status == Organization.Status.PENDING:
+        staff, _ = User.objects.get_or_create(email=f"{tag}-staff@example.invalid", defaults={"is_staff": True})
+        organization_approve(org=org, staff=staff)
+    return org
+
+
 # --- the server under test -------------------------------------------------------------------------------
 
 

@@ -86,28 +86,13 @@ def server_env(database_url: str) -> dict[str, str]:
 
 def setup(url: str, cards: int) -> tuple[int, str]:
     """A new server of `cards` H100s for the outage provider: (server id, enrolment token)."""
-    created = common.ensure_database(url)
-    print(f"database {common.database_name(url)}: {'created' if created else 'exists'}; migrating ...", flush=True)
-    import django
-    from django.core.management import call_command
-
-    django.setup()
-    call_command("migrate", verbosity=0, interactive=False)
-    from accounts.models import Organization, User
-    from accounts.services import organization_approve, organization_create
+    common.migrate_database(url)
     from inventory import services, telemetry
     from inventory.models import GpuModel
 
     telemetry.ensure_partitions()
-    staff, _ = User.objects.get_or_create(email="outage-staff@example.invalid", defaults={"is_staff": True})
-    org = Organization.objects.filter(name=PROVIDER_NAME, kind=Organization.Kind.PROVIDER).first()
-    if org is None:
-        owner = User.objects.create_user(email="outage-provider@example.invalid", password=None)
-        org = organization_create(user=owner, name=PROVIDER_NAME, kind=Organization.Kind.PROVIDER)
-    if org.status == Organization.Status.PENDING:
-        organization_approve(org=org, staff=staff)
     server, token = services.server_register(
-        org=org,
+        org=common.approved_provider(PROVIDER_NAME, "outage"),
         name=f"outage-{uuid.uuid4().hex[:12]}",
         region="bench",
         gpu_model=GpuModel.objects.get(slug=GPU_MODEL_SLUG),

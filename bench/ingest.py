@@ -82,13 +82,7 @@ def server_env(database_url: str) -> dict[str, str]:
 
 
 def setup_database(url: str) -> None:
-    created = common.ensure_database(url)
-    print(f"database {common.database_name(url)}: {'created' if created else 'exists'}; migrating ...", flush=True)
-    import django
-    from django.core.management import call_command
-
-    django.setup()
-    call_command("migrate", verbosity=0, interactive=False)
+    common.migrate_database(url)
     from django.db import connection
 
     from inventory import telemetry

@@ -139,13 +139,7 @@ RUN_TABLES = (
 
 
 def setup_database(url: str) -> None:
-    created = common.ensure_database(url)
-    print(f"database {common.database_name(url)}: {'created' if created else 'exists'}; migrating ...", flush=True)
-    import django
-    from django.core.management import call_command
-
-    django.setup()
-    call_command("migrate", verbosity=0, interactive=False)
+    common.migrate_database(url)
     empty_run_rows()
     from inventory import telemetry
 
@@ -167,19 +161,11 @@ def ensure_fleet(count: int) -> list[dict[str, Any]]:
     """`count` enrolled, listed servers of the soak provider, enrolling what is missing; agent id, secret, cards."""
     from django.db import connection
 
-    from accounts.models import Organization, User
-    from accounts.services import organization_approve, organization_create
     from inventory import ingest, secretbox, services
     from inventory.models import Gpu, GpuModel, Offer, Server
     from marketplace.services import offer_create, offer_delist
 
-    staff, _ = User.objects.get_or_create(email="soak-staff@example.invalid", defaults={"is_staff": True})
-    org = Organization.objects.filter(name=PROVIDER_NAME, kind=Organization.Kind.PROVIDER).first()
-    if org is None:
-        owner = User.objects.create_user(email="soak-provider@example.invalid", password=None)
-        org = organization_create(user=owner, name=PROVIDER_NAME, kind=Organization.Kind.PROVIDER)
-    if org.status == Organization.Status.PENDING:
-        organization_approve(org=org, staff=staff)
+    org = common.approved_provider(PROVIDER_NAME, "soak")
     model = GpuModel.objects.get(slug=GPU_MODEL_SLUG)
     enrolled = Server.objects.filter(organization=org, status=Server.Status.ONLINE).exclude(agent_secret_sealed="")
     have = enrolled.count()
