@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -90,23 +92,22 @@ def free_gpus(filters: Filters, period: DateTimeTZRange) -> QuerySet[Gpu]:
     return allocatable_gpus(filters).filter(~Exists(overlapping(period)))
 
 
-def free_capacity(filters: Filters, period: DateTimeTZRange, *, held: set[int] = frozenset()) -> list[ServerCapacity]:
+def free_capacity(
+    filters: Filters, period: DateTimeTZRange, *, held: AbstractSet[int] = frozenset()
+) -> list[ServerCapacity]:
     """Per server: how many of its cards are allocatable and free for the whole `period`."""
-    return capacity_of(free_gpus(filters, period), filters, held=held)
+    return capacity_of(free_gpus(filters, period), held=held)
 
 
-def capacity_of(gpus: QuerySet[Gpu], filters: Filters, *, held: set[int] = frozenset()) -> list[ServerCapacity]:
-    """`gpus` counted per server, with the fewest cards a lease may take there: the `min_gpus` of the server's live
-    offer for the plan, except on the servers in `held`, where the lease already has cards."""
+def capacity_of(gpus: QuerySet[Gpu], *, held: AbstractSet[int] = frozenset()) -> list[ServerCapacity]:
+    """`gpus` counted per server, with the fewest cards a lease may take there: its offer's minimum, except on
+    the servers in `held`, where the lease already has cards."""
     rows = (
         gpus.values("server_id", "server__gpu_model_id", "server__gpu_model__fp16_tflops", "server__gpu_count")
         .annotate(free=Count("id"))
         .order_by("server_id")
     )
-    minimums: dict[int, int] = {}
-    if filters.plan:
-        offers = live_offers(plan=filters.plan, interruptible=filters.interruptible, until=filters.until)
-        minimums = dict(offers.filter(min_gpus__gt=1).values_list("server_id", "min_gpus"))
+    minimums = offer_minimums()
     return [
         ServerCapacity(
             server_id=row["server_id"],
@@ -118,6 +119,14 @@ def capacity_of(gpus: QuerySet[Gpu], filters: Filters, *, held: set[int] = froze
         )
         for row in rows
     ]
+
+
+def offer_minimums(server_ids: Iterable[int] | None = None) -> dict[int, int]:
+    """Server id -> the `min_gpus` of its live offer (a server has one), where above 1; of `server_ids` if given."""
+    offers = Offer.objects.filter(delisted_at__isnull=True, min_gpus__gt=1)
+    if server_ids is not None:
+        offers = offers.filter(server_id__in=list(server_ids))
+    return dict(offers.values_list("server_id", "min_gpus"))
 
 
 def allocatable_totals(filters: Filters) -> dict:

@@ -237,7 +237,7 @@ def _allocate_preempting(
     period = period_range(start, end)
     cut = max(start, now + preemption_notice())
     candidates = selectors.allocatable_gpus(filters).filter(_by_interruptible_only(period))
-    capacity = selectors.capacity_of(candidates, filters, held=_servers_held(lease, now))
+    capacity = selectors.capacity_of(candidates, held=_servers_held(lease, now))
     placement = _place(demand, capacity)
     if placement is None:
         raise NoCapacity()
@@ -485,11 +485,7 @@ def lease_resize(*, lease: Lease, gpu_count: int, now: datetime | None = None) -
             per_server: dict[int, list[int]] = {}
             for a in sorted(held, key=lambda a: a.gpu.index):
                 per_server.setdefault(a.server_id, []).append(a.pk)
-            minimums = dict(
-                Offer.objects.filter(server_id__in=per_server, delisted_at__isnull=True).values_list(
-                    "server_id", "min_gpus"
-                )
-            )
+            minimums = selectors.offer_minimums(per_server)
             going = allocator.cards_to_release(per_server, current - gpu_count, minimums)
             if going is None:
                 raise InvalidInput(
