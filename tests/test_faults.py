@@ -47,29 +47,9 @@ def test_a_postgresql_restart_answers_503_json_and_the_site_recovers_without_a_r
     subprocess.run([sys.executable, MANAGE, "migrate", "--noinput"], cwd=ROOT, env=env, check=True, capture_output=True)
     port = _free_port()
     log = Path(tmp_path / "gunicorn.log")
-    web = subprocess.Popen(  # noqa: S603
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "config.wsgi",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "1",
-            "--threads",
-            "4",
-            "--timeout",
-            "60",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
+    web = _platform(port, env, log, "--threads", "4", "--timeout", "60")
     try:
-        _until(lambda: _get(port, "/api/v1/gpu-models/")[0] == 200 if _alive(port) else False, 60, "the site up")
+        _until(lambda: _get(port, "/api/v1/gpu-models/")[0] == 200, 60, "the site up")
         assert embedded.stop(pg_base)
         status, headers, body = _get(port, "/api/v1/gpu-models/")
         assert status == 503, (status, body, log.read_text()[-2000:])
@@ -90,6 +70,27 @@ def _alive(port: int) -> bool:
         return _get(port, "/healthz")[0] == 200
     except OSError:
         return False
+
+
+def _platform(port: int, env: dict[str, str], log: Path, *options: str) -> subprocess.Popen:
+    """gunicorn (1 worker, `options` added) on 127.0.0.1:`port` in a process group of its own, so that one signal
+    takes the master and its workers down at once; returns once /healthz answers."""
+    web = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "1", *options],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log.open("a"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        _until(lambda: _alive(port) or web.poll() is not None, 60, "the platform up")
+        assert web.poll() is None, log.read_text()[-3000:]
+    except BaseException:
+        _crash(web)  # not left running behind a failed start
+        raise
+    return web
 
 
 def _redis(port: int) -> subprocess.Popen:
@@ -132,14 +133,7 @@ def test_with_redis_stopped_pages_and_the_api_keep_serving_and_queued_work_runs_
     )
     env["DJANGO_DEBUG"] = "1"  # pages find their static files without a collectstatic run
     port = _free_port()
-    web = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=(tmp_path / "web.log").open("w"),
-        stderr=subprocess.STDOUT,
-    )
+    web = _platform(port, env, tmp_path / "web.log")
     worker = subprocess.Popen(  # noqa: S603
         [sys.executable, "-m", "celery", "-A", "config", "worker", "-P", "solo", "-l", "info"],
         cwd=ROOT,
@@ -149,7 +143,6 @@ def test_with_redis_stopped_pages_and_the_api_keep_serving_and_queued_work_runs_
         stderr=subprocess.STDOUT,
     )
     try:
-        _until(lambda: _alive(port), 60, "the site up")
         login = {"email": "nobody@example.com", "password": "wrong password"}
         redis.terminate()
         redis.wait(timeout=10)
@@ -345,23 +338,6 @@ def _kill_a_worker_mid_task(tmp_path, send: str, *, started, unfinished, finishe
 OUTAGE_INTERVAL_S = 0.2
 OUTAGE_REPORTS = 65
 FIRST_SEQ = 1001
-
-
-def _platform(port: int, env: dict[str, str], log: Path) -> subprocess.Popen:
-    """gunicorn on 127.0.0.1:`port` in a process group of its own, so that one signal takes the master and its
-    workers down at once; returns once /healthz answers."""
-    web = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=log.open("a"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    _until(lambda: _alive(port) or web.poll() is not None, 60, "the platform up")
-    assert web.poll() is None, log.read_text()[-3000:]
-    return web
 
 
 def _spooled(directory: Path) -> list[int]:
