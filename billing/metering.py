@@ -1,5 +1,9 @@
 """Metering: allocation periods -> usage records, one per allocation and hour (or the part of it that was held).
 
+A customer pays for what was usable: a card_hour or interruptible lease that runs a workload is charged on each
+server from its workload's first `running` report there (workloads.Workload.started_at), not from allocation; one
+that never ran is never charged. Contracts (server_month, pflops_year) are charged from their start.
+
 PostgreSQL cuts each allocation period into hour slots of the platform clock (months begin on an hour of it, so
 no slot straddles two months) and measures, per slot, the seconds held and the seconds the card was down: failed
 (from its health events until it was healthy again) or its server unreachable (inventory ServerOutage). Python
@@ -32,10 +36,15 @@ _SLOTS_SQL = """
 WITH a AS (
     SELECT al.id AS allocation_id, al.lease_id, al.gpu_id, al.server_id, al.unit_price, al.units,
            l.organization_id, l.plan, l.currency, s.organization_id AS provider_id,
-           al.period * tstzrange(%(since)s, %(until)s, '[)') AS p
+           al.period * tstzrange(%(since)s, %(until)s, '[)')
+               * CASE WHEN ws.id IS NOT NULL AND (l.plan = 'card_hour' OR l.interruptible)
+                      THEN tstzrange(coalesce(w.started_at, 'infinity'), NULL, '[)')
+                      ELSE tstzrange(NULL, NULL) END AS p
     FROM scheduler_allocation al
     JOIN scheduler_lease l ON l.id = al.lease_id
     JOIN inventory_server s ON s.id = al.server_id
+    LEFT JOIN workloads_workloadspec ws ON ws.lease_id = al.lease_id
+    LEFT JOIN workloads_workload w ON w.lease_id = al.lease_id AND w.server_id = al.server_id
     WHERE al.period && tstzrange(%(since)s, %(until)s, '[)') {lease_filter}
 ),
 slots AS (

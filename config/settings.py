@@ -44,6 +44,7 @@ INSTALLED_APPS = [
     "accounts",
     "inventory",
     "scheduler",
+    "workloads",
     "billing",
     "marketplace",
 ]
@@ -144,6 +145,7 @@ CELERY_BEAT_SCHEDULE = {
     "telemetry-maintain": {"task": "inventory.telemetry_maintain", "schedule": 3600.0},
     "purge-expired-api-state": {"task": "accounts.purge_expired", "schedule": 3600.0},
     "run-leases": {"task": "scheduler.run_leases", "schedule": 30.0},
+    "check-workloads": {"task": "workloads.check_workloads", "schedule": 30.0},
     # Hourly, a few minutes past the hour; close-period daily, closing the month before once it is over.
     "meter": {"task": "billing.meter", "schedule": crontab(minute=5)},
     "close-period": {"task": "billing.close_last_period", "schedule": crontab(minute=30, hour=0)},
@@ -247,6 +249,12 @@ SUANLI_TELEMETRY_1H_DAYS = env_int("TELEMETRY_1H_DAYS", 1095)
 SUANLI_RESERVATION_HORIZON_DAYS = env_int("RESERVATION_HORIZON_DAYS", 90)
 # An interruptible lease keeps its cards this long after an on-demand request claims them.
 SUANLI_PREEMPTION_NOTICE_SECONDS = env_int("PREEMPTION_NOTICE_SECONDS", 120)
+# Workloads: a card-hour lease whose workload is not running this long after it was asked for fails (uncharged);
+# a card whose agent has not reported it clean this long after its workload left is drained for the provider.
+SUANLI_WORKLOAD_START_TIMEOUT_SECONDS = env_int("WORKLOAD_START_TIMEOUT_SECONDS", 15 * 60)
+SUANLI_WORKLOAD_CLEAN_TIMEOUT_SECONDS = env_int("WORKLOAD_CLEAN_TIMEOUT_SECONDS", 10 * 60)
+# Workloads stuck this long in pulling/starting/stopping show on the staff fleet page.
+SUANLI_WORKLOAD_STUCK_SECONDS = env_int("WORKLOAD_STUCK_SECONDS", 10 * 60)
 # Exchange rates used when an offer is priced in another currency than the renter's; fixed into the lease.
 SUANLI_FX_RATES = env_rates("FX_RATES", "USD:CNY=7.10,CNY:USD=0.1408")
 # Idempotency-Key answers are replayed for this long (never less than 24 h).

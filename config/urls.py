@@ -18,7 +18,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
 api_v1 = [
     path("", include("accounts.urls")),
     path("", include("inventory.urls")),
-    path("", include("scheduler.urls")),
+    path("", include("workloads.urls")),
     path("", include("marketplace.api_urls")),
     path("", include("billing.urls_payments")),
     path("", include("billing.urls_payouts")),

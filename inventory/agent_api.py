@@ -3,6 +3,9 @@ user credentials, so these views opt out of the user authentication and org cont
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 from django.conf import settings
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -17,6 +20,7 @@ from accounts.errors import Unauthenticated
 from accounts.serializers import StrictSerializer
 from accounts.throttling import AtomicScopedThrottle, hit, over_limit
 from inventory import ingest
+from inventory.models import Server
 
 
 class EnrollGpu(StrictSerializer):
@@ -67,11 +71,37 @@ class AgentEnrollApi(APIView):
         return Response(body, status=status.HTTP_201_CREATED)
 
 
-_SIGNED = [
+SIGNED = [
     OpenApiParameter("X-Agent-Id", str, OpenApiParameter.HEADER, required=True),
     OpenApiParameter("X-Agent-Timestamp", int, OpenApiParameter.HEADER, required=True),
     OpenApiParameter("X-Agent-Signature", str, OpenApiParameter.HEADER, required=True),
 ]
+
+
+def authenticate_agent(request: Request, *, body: bytes, now) -> Server:
+    """The server whose agent signed this request (reports and the desired-state read alike), under two limits:
+    failed signatures per client address (refused before any work once over), and signed requests per agent,
+    counted only after the signature checks out, so nobody can use up another agent's allowance by naming it.
+    The agent honours the 429's Retry-After and keeps spooling."""
+    address = AtomicScopedThrottle().get_ident(request)
+    limits = settings.SUANLI_RATE_LIMITS
+    if over_limit("agent_auth_fail", address, limits["agent_auth_fail"], count=False):
+        raise Throttled(detail="Too many refused reports from this address.")
+    try:
+        server = ingest.authenticate_report(
+            agent_id=request.headers.get("X-Agent-Id", ""),
+            timestamp=request.headers.get("X-Agent-Timestamp", ""),
+            signature=request.headers.get("X-Agent-Signature", ""),
+            body=body,
+            now=now,
+        )
+    except Unauthenticated:
+        over_limit("agent_auth_fail", address, limits["agent_auth_fail"])
+        raise
+    allowed, wait = hit("agent_reports", str(server.agent_id), limits["agent_reports"])
+    if not allowed:
+        raise Throttled(wait=wait, detail="Too many reports from this agent; slow down.")
+    return server
 
 
 class AgentReportApi(APIView):
@@ -80,34 +110,25 @@ class AgentReportApi(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
 
+    def parse_extra(self, body: bytes) -> dict[str, Any]:
+        """Parts of a report that layers above the inventory read (workload states); checked before anything is
+        stored, so a bad report is refused whole."""
+        return {}
+
+    def after_ingest(self, server: Server, report: dict[str, Any], extra: dict[str, Any], now: datetime) -> None:
+        """Called once per report accepted (not for a duplicate), after its telemetry is stored."""
+
     @extend_schema(
-        parameters=_SIGNED, request=None, responses={202: ReportAccepted, 200: ReportAccepted}, tags=["agent"]
+        parameters=SIGNED, request=None, responses={202: ReportAccepted, 200: ReportAccepted}, tags=["agent"]
     )
     def post(self, request: Request) -> Response:
-        """Two rate limits: failed signatures per client address (refused before any work once over), and
-        accepted reports per agent, counted only after the signature checks out, so nobody can use up another
-        agent's allowance by naming it. The agent honours the 429's Retry-After and keeps spooling."""
         now = timezone.now()
         body = request.body
-        address = AtomicScopedThrottle().get_ident(request)
-        limits = settings.SUANLI_RATE_LIMITS
-        if over_limit("agent_auth_fail", address, limits["agent_auth_fail"], count=False):
-            raise Throttled(detail="Too many refused reports from this address.")
-        try:
-            server = ingest.authenticate_report(
-                agent_id=request.headers.get("X-Agent-Id", ""),
-                timestamp=request.headers.get("X-Agent-Timestamp", ""),
-                signature=request.headers.get("X-Agent-Signature", ""),
-                body=body,
-                now=now,
-            )
-        except Unauthenticated:
-            over_limit("agent_auth_fail", address, limits["agent_auth_fail"])
-            raise
-        allowed, wait = hit("agent_reports", str(server.agent_id), limits["agent_reports"])
-        if not allowed:
-            raise Throttled(wait=wait, detail="Too many reports from this agent; slow down.")
-        result = ingest.report_ingest(server=server, report=ingest.parse_report(body), now=now)
+        server = authenticate_agent(request, body=body, now=now)
+        report = ingest.parse_report(body)
+        extra = self.parse_extra(body)
+        result = ingest.report_ingest(server=server, report=report, now=now)
         if result.duplicate:
             return Response({"accepted": False, "duplicate": True}, status=status.HTTP_200_OK)
+        self.after_ingest(server, report, extra, now)
         return Response({"accepted": True}, status=status.HTTP_202_ACCEPTED)

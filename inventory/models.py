@@ -69,6 +69,14 @@ class GpuModel(models.Model):
         return any(" ".join(known.split()).casefold() == wanted for known in self.nvml_names)
 
 
+class Runtime(models.TextChoices):
+    """How a server's agent gives customers their cards: containers (Docker Engine), or the bare host itself
+    (a lease-only user with the customer's SSH keys, for whole-server rentals)."""
+
+    DOCKER = "docker", _("Containers (Docker)")
+    HOST = "host", _("Bare server (host access)")
+
+
 class Server(models.Model):
     """A provider's GPU host. Enrolled by its agent with a one-time token.
 
@@ -111,6 +119,14 @@ class Server(models.Model):
     hardware_flag = models.CharField(
         max_length=200, blank=True, help_text=_("What the agent reported that does not match the registration")
     )
+    # Workloads (workloads/): how the agent runs customers' work here, the host name customers connect to, and the
+    # host ports the agent may publish containers' ports on.
+    runtime = models.CharField(max_length=16, choices=Runtime.choices, default=Runtime.DOCKER)
+    public_host = models.CharField(
+        max_length=255, blank=True, help_text=_("Host name or address customers connect to (default: the hostname)")
+    )
+    port_range_start = models.PositiveIntegerField(default=40000)
+    port_range_end = models.PositiveIntegerField(default=40999)
 
     TENANT_FIELD = "organization"
     objects = TenantQuerySet.as_manager()
@@ -119,6 +135,12 @@ class Server(models.Model):
         ordering = ["id"]
         constraints = [
             models.UniqueConstraint(fields=["organization", "name"], name="server_name_unique_per_org"),
+            models.CheckConstraint(condition=Q(runtime__in=["docker", "host"]), name="server_runtime_valid"),
+            models.CheckConstraint(
+                condition=Q(port_range_start__gte=1024, port_range_end__lte=65535)
+                & Q(port_range_end__gte=models.F("port_range_start")),
+                name="server_port_range_valid",
+            ),
             # Enrolment looks a server up by its token hash; unique, so a token can never name two servers.
             models.UniqueConstraint(
                 fields=["enrollment_token_hash"],
@@ -166,6 +188,12 @@ class Gpu(models.Model):
     # The latest sample, for the live views and /metrics; history lives in the telemetry tables.
     last_sample = models.JSONField(null=True, blank=True)
     last_sample_at = models.DateTimeField(null=True, blank=True)
+    # Nothing of one tenant reaches the next: a card that was handed to an agent inside a workload is not
+    # allocatable again until the agent reports that it applied a desired state (`clean_after_version`, stamped
+    # when the card left every workload of the server) in which nothing of that workload remains.
+    needs_cleaning = models.BooleanField(default=False)
+    clean_after_version = models.BigIntegerField(null=True, blank=True)
+    clean_requested_at = models.DateTimeField(null=True, blank=True)
 
     TENANT_FIELD = "server__organization"
     objects = TenantQuerySet.as_manager()
@@ -267,6 +295,8 @@ class Offer(models.Model):
     pflops_year_interruptible_price = _price_field(_("Interruptible, per PFLOPS per year"))
     min_gpus = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1), MaxValueValidator(16)])
     available_until = models.DateTimeField(null=True, blank=True)
+    # server_month renters may ask for SSH onto the bare server (a lease-only user) instead of a container.
+    host_access = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     delisted_at = models.DateTimeField(null=True, blank=True)

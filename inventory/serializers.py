@@ -5,7 +5,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from accounts.serializers import StrictSerializer
-from inventory.models import Gpu, GpuModel, Interconnect, Server
+from inventory.models import Gpu, GpuModel, Interconnect, Runtime, Server
 
 
 class GpuModelOutput(serializers.ModelSerializer):
@@ -104,6 +104,10 @@ class ServerOutput(serializers.ModelSerializer):
             "last_seen_at",
             "created_at",
             "hardware_flag",
+            "runtime",
+            "public_host",
+            "port_range_start",
+            "port_range_end",
         ]
 
 
@@ -140,6 +144,26 @@ class ServerInput(StrictSerializer):
     disk_gb = serializers.IntegerField(min_value=1, max_value=10_000_000)
     network_gbps = serializers.IntegerField(min_value=1, max_value=100_000, required=False)
     interconnect = serializers.ChoiceField(choices=Interconnect.choices, required=False, allow_blank=True, default="")
+    runtime = serializers.ChoiceField(
+        choices=Runtime.choices,
+        required=False,
+        help_text="docker: customers get containers; host: whole-server rentals get SSH onto the bare server.",
+    )
+    public_host = serializers.RegexField(
+        r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$",
+        max_length=255,
+        required=False,
+        allow_blank=True,
+        help_text="Host name or address customers connect to (default: the agent's hostname).",
+    )
+    port_range_start = serializers.IntegerField(min_value=1024, max_value=65535, required=False)
+    port_range_end = serializers.IntegerField(min_value=1024, max_value=65535, required=False)
+
+    def validate(self, attrs: dict) -> dict:
+        start, end = attrs.get("port_range_start", 40000), attrs.get("port_range_end", 40999)
+        if end < start:
+            raise serializers.ValidationError({"port_range_end": ["Must not be below port_range_start."]})
+        return attrs
 
 
 class DrainInput(StrictSerializer):

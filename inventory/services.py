@@ -50,6 +50,10 @@ def server_register(
     site: str = "",
     network_gbps: int | None = None,
     interconnect: str = "",
+    runtime: str = "docker",
+    public_host: str = "",
+    port_range_start: int = 40000,
+    port_range_end: int = 40999,
 ) -> tuple[Server, str]:
     """Register a provider's server, waiting for its agent; returns it and its enrolment token.
 
@@ -76,6 +80,10 @@ def server_register(
         ram_gb=ram_gb,
         disk_gb=disk_gb,
         interconnect=interconnect or gpu_model.interconnect,
+        runtime=runtime,
+        public_host=public_host.strip(),
+        port_range_start=port_range_start,
+        port_range_end=port_range_end,
         status=Server.Status.PENDING_ENROLLMENT,
         enrollment_token_hash=token_hash,
         enrollment_expires_at=_enrollment_expiry(now),

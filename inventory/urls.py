@@ -9,6 +9,5 @@ router.register("servers", api.ServerViewSet, basename="server")
 urlpatterns = [
     path("gpu-models/", api.GpuModelListApi.as_view(), name="gpu-model-list"),
     path("agent/enroll/", agent_api.AgentEnrollApi.as_view(), name="agent-enroll"),
-    path("agent/reports/", agent_api.AgentReportApi.as_view(), name="agent-reports"),
     *router.urls,
 ]

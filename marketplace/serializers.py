@@ -30,6 +30,9 @@ class OfferInput(StrictSerializer):
     min_gpus = serializers.IntegerField(min_value=1, max_value=16, default=1)
     available_until = serializers.DateTimeField(required=False, allow_null=True)
     currency = serializers.ChoiceField(choices=Organization.Currency.choices, required=False)
+    host_access = serializers.BooleanField(
+        required=False, default=False, help_text="server_month renters may ask for SSH onto the bare server."
+    )
 
     def __init__(self, *args, org: Organization | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -43,6 +46,7 @@ class OfferChange(StrictSerializer):
     min_gpus = serializers.IntegerField(min_value=1, max_value=16, required=False)
     available_until = serializers.DateTimeField(required=False, allow_null=True)
     currency = serializers.ChoiceField(choices=Organization.Currency.choices, required=False)
+    host_access = serializers.BooleanField(required=False)
 
 
 class OfferSearch(StrictSerializer):
@@ -106,6 +110,7 @@ class OfferOutput(serializers.ModelSerializer):
             "local_prices",
             "min_gpus",
             "available_until",
+            "host_access",
             "reliability",
             "created_at",
             "delisted_at",

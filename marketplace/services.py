@@ -38,6 +38,7 @@ def offer_create(
     min_gpus: int = 1,
     available_until: datetime | None = None,
     currency: str | None = None,
+    host_access: bool = False,
 ) -> Offer:
     """List `server` (one live offer per server: a second one is 409)."""
     if server.organization_id != org.pk:
@@ -54,6 +55,7 @@ def offer_create(
                 currency=currency or org.currency,
                 min_gpus=min_gpus,
                 available_until=available_until,
+                host_access=host_access,
                 **fields,
             )
     except IntegrityError:

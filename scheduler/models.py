@@ -32,14 +32,17 @@ class LeaseState(models.TextChoices):
     ENDED = "ended", _("Ended")
     PREEMPTED = "preempted", _("Preempted")
     CANCELLED = "cancelled", _("Cancelled")
+    # Its workload never became usable (a failing image, not running within the start timeout): nothing charged.
+    FAILED = "failed", _("Failed")
 
 
 # The only allowed moves of a lease's state; `check_transition` is the one place that reads it, and every
 # state write goes through `scheduler.services` with a conditional UPDATE on the allowed source states.
 TRANSITIONS: dict[str, frozenset[str]] = {
     LeaseState.SCHEDULED: frozenset({LeaseState.ACTIVE, LeaseState.CANCELLED, LeaseState.PREEMPTED}),
-    LeaseState.ACTIVE: frozenset({LeaseState.ENDED, LeaseState.PREEMPTED}),
+    LeaseState.ACTIVE: frozenset({LeaseState.ENDED, LeaseState.PREEMPTED, LeaseState.FAILED}),
     LeaseState.ENDED: frozenset(),
+    LeaseState.FAILED: frozenset(),
     LeaseState.PREEMPTED: frozenset(),
     LeaseState.CANCELLED: frozenset(),
 }
@@ -83,6 +86,10 @@ class Lease(models.Model):
     currency = models.CharField(max_length=3, choices=Organization.Currency.choices)
     unit_price = models.DecimalField(max_digits=20, decimal_places=6)
     price_book = models.JSONField(default=dict, blank=True)
+    # Where its workload may run (inventory Runtime; blank: anywhere, a lease that only reserves cards), and whether
+    # it is host access (server_month on an offer that grants it). Growth and failover keep to the same servers.
+    runtime = models.CharField(max_length=16, blank=True)
+    host_access = models.BooleanField(default=False)
     # An interruptible lease told to make way: its cards go at this instant (see services.preempt_leases).
     preempt_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -98,7 +105,7 @@ class Lease(models.Model):
                 condition=Q(plan__in=["card_hour", "server_month", "pflops_year"]), name="lease_plan_valid"
             ),
             models.CheckConstraint(
-                condition=Q(state__in=["scheduled", "active", "ended", "preempted", "cancelled"]),
+                condition=Q(state__in=["scheduled", "active", "ended", "preempted", "cancelled", "failed"]),
                 name="lease_state_valid",
             ),
             models.CheckConstraint(
@@ -171,6 +178,8 @@ class LeaseEvent(models.Model):
         PREEMPTED = "preempted", _("Preempted")
         FAILOVER = "failover", _("Card replaced")
         SHORTFALL = "shortfall", _("Card lost without replacement")
+        FAILED = "failed", _("Failed to start")
+        WORKLOAD = "workload", _("Workload")
 
     lease = models.ForeignKey(Lease, on_delete=models.PROTECT, related_name="events")
     at = models.DateTimeField()

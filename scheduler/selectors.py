@@ -33,6 +33,10 @@ class Filters:
     gpu_model_id: int | None = None
     region: str = ""
     server_id: int | None = None
+    # A lease with a workload needs servers whose agent runs it that way (inventory Runtime); host access also
+    # needs an offer that grants it.
+    runtime: str = ""
+    host_access: bool = False
 
 
 def period_range(start: datetime, end: datetime | None) -> DateTimeTZRange:
@@ -52,10 +56,12 @@ def live_offers(*, plan: str, interruptible: bool = False, until: datetime | Non
 
 
 def allocatable_gpus(filters: Filters = Filters()) -> QuerySet[Gpu]:  # noqa: B008 - frozen dataclass
-    """Cards that may be allocated at all: not failed, not drained, on an online undrained server of an active
+    """Cards that may be allocated at all: not failed, not drained, not waiting for their agent to report them
+    clean after a workload, on an online undrained server of an active
     provider with a live offer for the plan, matching `filters`. Time is not considered here (see `free_gpus`)."""
     qs = Gpu.objects.filter(
         drained=False,
+        needs_cleaning=False,
         server__status=Server.Status.ONLINE,
         server__drained=False,
         server__organization__status=Organization.Status.ACTIVE,
@@ -65,6 +71,8 @@ def allocatable_gpus(filters: Filters = Filters()) -> QuerySet[Gpu]:  # noqa: B0
         offers = live_offers(plan=filters.plan, interruptible=filters.interruptible, until=filters.until)
         if filters.gpu_count is not None:
             offers = offers.filter(min_gpus__lte=filters.gpu_count)
+        if filters.host_access:
+            offers = offers.filter(host_access=True)
         qs = qs.filter(Exists(offers.filter(server_id=OuterRef("server_id"))))
     if filters.gpu_model_id:
         qs = qs.filter(server__gpu_model_id=filters.gpu_model_id)
@@ -72,6 +80,8 @@ def allocatable_gpus(filters: Filters = Filters()) -> QuerySet[Gpu]:  # noqa: B0
         qs = qs.filter(server__region=filters.region)
     if filters.server_id:
         qs = qs.filter(server_id=filters.server_id)
+    if filters.runtime:
+        qs = qs.filter(server__runtime=filters.runtime)
     return qs
 
 

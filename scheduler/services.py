@@ -338,6 +338,8 @@ def lease_create(
     start_at: datetime | None = None,
     end_at: datetime | None = None,
     interruptible: bool = False,
+    runtime: str = "",
+    host_access: bool = False,
     now: datetime | None = None,
 ) -> Lease:
     """Create a lease and allocate all its cards for [start, end), or raise NoCapacity holding nothing.
@@ -360,6 +362,8 @@ def lease_create(
         gpu_model_id=gpu_model.pk if gpu_model else None,
         region=region or "",
         server_id=server.pk if server else None,
+        runtime=runtime,
+        host_access=host_access,
     )
     demand = Demand(
         plan=plan, gpu_count=gpu_count or 0, servers=servers or 0, pflops=pflops, mix_models=gpu_model is None
@@ -385,6 +389,8 @@ def lease_create(
             pflops=pflops if plan == Plan.PFLOPS_YEAR else None,
             start_at=start,
             end_at=end_at,
+            runtime=runtime,
+            host_access=host_access,
         )
         rows = _allocate(
             lease=lease, demand=demand, filters=filters, start=start, end=end_at, now=now, preempt=not interruptible
@@ -435,6 +441,29 @@ def lease_end(*, lease: Lease, now: datetime | None = None) -> Lease:
     return lease
 
 
+def lease_fail(*, lease: Lease, reason: str, now: datetime | None = None) -> bool:
+    """Fail an active lease whose workload never became usable: its cards are released now and it is not
+    charged (billing charges such a lease from its workload's first `running` report, which never came).
+
+    Locks the lease row; returns False (changing nothing) when the lease is no longer active, so racing callers
+    fail it once.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        lease = Lease.objects.select_for_update().get(pk=lease.pk)
+        if lease.state != LeaseState.ACTIVE:
+            return False
+        released = _close_allocations(Allocation.objects.filter(lease=lease), at=now, reason=LeaseState.FAILED)
+        _transition(lease, LeaseState.FAILED, ended_at=now)
+        _event(lease, now, LeaseEvent.Kind.FAILED, reason=reason[:300], gpus=_uuids(released))
+    return True
+
+
+def lease_event_add(*, lease: Lease, kind: str, now: datetime | None = None, **data: Any) -> LeaseEvent:
+    """Append an event to a lease's log from a layer above the scheduler (workload state changes)."""
+    return _event(lease, now or timezone.now(), kind, **data)
+
+
 def lease_resize(*, lease: Lease, gpu_count: int, now: datetime | None = None) -> Lease:
     """Change a card_hour lease's card count: grow on the lease's servers where they can take it (elsewhere
     otherwise, NoCapacity if nowhere), shrink by closing the periods of the cards on its least-used servers.
@@ -467,6 +496,8 @@ def lease_resize(*, lease: Lease, gpu_count: int, now: datetime | None = None) -
                 gpu_model_id=model_id,
                 region=locked.region,
                 server_id=locked.server_id,
+                runtime=locked.runtime,
+                host_access=locked.host_access,
             )
             if gpu_count - current > largest_allocatable(plan=Plan.CARD_HOUR, filters=filters):
                 raise NoCapacity()
@@ -585,6 +616,8 @@ def _replace_card(allocation: Allocation, *, now: datetime, reason: str) -> bool
         until=end,
         gpu_model_id=gpu.server.gpu_model_id,
         region=lease.region,
+        runtime=lease.runtime,
+        host_access=lease.host_access,
     )
     try:
         with transaction.atomic():

@@ -1,8 +1,0 @@
-from rest_framework.routers import SimpleRouter
-
-from scheduler import api
-
-router = SimpleRouter()
-router.register("leases", api.LeaseViewSet, basename="lease")
-
-urlpatterns = [*router.urls]

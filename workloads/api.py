@@ -1,0 +1,149 @@
+"""The workload endpoints of API.md: SSH keys, templates, leases with a workload (restart, stop), and the agent's
+signed read of its server's desired state. Parse, call a service or selector, serialize."""
+
+from __future__ import annotations
+
+import json
+
+from django.utils import timezone
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.apiviews import OrgAPIView
+from accounts.permissions import OPERATE, HasOrganization, role_required
+from inventory import agent_api
+from scheduler import api as lease_api
+from scheduler.idempotency import run_idempotent
+from workloads import access, services
+from workloads.serializers import (
+    LeaseWithWorkloadInput,
+    LeaseWithWorkloadsOutput,
+    SshKeyInput,
+    SshKeyOutput,
+    TemplateInput,
+    TemplateOutput,
+)
+
+
+class SshKeyListApi(OrgAPIView):
+    """The signed-in user's SSH public keys."""
+
+    permission_classes = [IsAuthenticated]
+    serializer_class = SshKeyOutput
+
+    def get(self, request: Request) -> Response:
+        return Response(SshKeyOutput(access.ssh_keys_of(request.user), many=True).data)
+
+    @extend_schema(request=SshKeyInput, responses={201: SshKeyOutput})
+    def post(self, request: Request) -> Response:
+        data = SshKeyInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        key = services.ssh_key_add(user=request.user, **data.validated_data)
+        return Response(SshKeyOutput(key).data, status=status.HTTP_201_CREATED)
+
+
+class SshKeyDetailApi(OrgAPIView):
+    permission_classes = [IsAuthenticated]
+    serializer_class = SshKeyOutput
+
+    def get(self, request: Request, pk: str) -> Response:
+        return Response(SshKeyOutput(access.access_ssh_key(request.user, pk)).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, pk: str) -> Response:
+        services.ssh_key_delete(key=access.access_ssh_key(request.user, pk))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class TemplateListApi(OrgAPIView):
+    """The public catalogue of launch templates (no sign-in needed), and the caller's organisation's own."""
+
+    permission_classes = [AllowAny]
+    serializer_class = TemplateOutput
+
+    def get_permissions(self):
+        if self.request.method == "POST":
+            return [IsAuthenticated(), HasOrganization(), role_required(*OPERATE)()]
+        return super().get_permissions()
+
+    def get(self, request: Request) -> Response:
+        org = getattr(request, "org", None) if request.user.is_authenticated else None
+        return Response(TemplateOutput(access.templates_visible(org), many=True).data)
+
+    @extend_schema(request=TemplateInput, responses={201: TemplateOutput})
+    def post(self, request: Request) -> Response:
+        """A private template of the caller's organisation (public ones are kept by staff in the admin)."""
+        data = TemplateInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        template = services.template_create(org=request.org, **data.validated_data)
+        return Response(TemplateOutput(template).data, status=status.HTTP_201_CREATED)
+
+
+class LeaseViewSet(lease_api.LeaseViewSet):
+    """The lease API with workloads: `workload` on create, `workloads` on every lease, restart and stop."""
+
+    serializer_class = LeaseWithWorkloadsOutput
+    input_class = LeaseWithWorkloadInput
+
+    def lease_create(self, request: Request, validated: dict):
+        workload = validated.pop("workload", None)
+        return services.lease_create(org=request.org, user=request.user, workload=workload, **validated)
+
+    def _workload_verb(self, request: Request, pk: str, wid: str, verb: str) -> Response:
+        lease = self.get_object()
+        workload = access.access_workload(lease, wid)
+        act = services.workload_restart if verb == "restart" else services.workload_stop
+
+        def work():
+            act(workload=workload)
+            lease.refresh_from_db()
+            return status.HTTP_200_OK, self.output(lease)
+
+        code, body = run_idempotent(request, scope=f"workload.{workload.pk}.{verb}", work=work)
+        return Response(body, status=code)
+
+    @extend_schema(request=None, responses={200: LeaseWithWorkloadsOutput}, parameters=[lease_api.IDEMPOTENCY_KEY])
+    def restart_workload(self, request: Request, pk: str, wid: str) -> Response:
+        """Start the workload again with the same spec, without ending the lease."""
+        return self._workload_verb(request, pk, wid, "restart")
+
+    @extend_schema(request=None, responses={200: LeaseWithWorkloadsOutput}, parameters=[lease_api.IDEMPOTENCY_KEY])
+    def stop_workload(self, request: Request, pk: str, wid: str) -> Response:
+        """Stop the workload without ending the lease (its cards stay held and charged)."""
+        return self._workload_verb(request, pk, wid, "stop")
+
+
+class DesiredStateOutput(serializers.Serializer):
+    version = serializers.IntegerField()
+    server = serializers.IntegerField()
+    public_host = serializers.CharField()
+    port_range = serializers.ListField(child=serializers.IntegerField())
+    workloads = serializers.ListField(child=serializers.DictField())
+
+
+class AgentWorkloadsApi(APIView):
+    """The desired state of the calling agent's server: signed like a report, over an empty body."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(parameters=agent_api.SIGNED, request=None, responses={200: DesiredStateOutput}, tags=["agent"])
+    def get(self, request: Request) -> Response:
+        now = timezone.now()
+        server = agent_api.authenticate_agent(request, body=b"", now=now)
+        return Response(services.desired_state_serve(server=server, now=now))
+
+
+class AgentReportApi(agent_api.AgentReportApi):
+    """Agent reports, with the workload states they carry applied after the telemetry is stored."""
+
+    def parse_extra(self, body: bytes) -> dict:
+        return services.parse_workload_report(json.loads(body))
+
+    def after_ingest(self, server, report: dict, extra: dict, now) -> None:
+        if extra:
+            services.reported_states_apply(server=server, report={**report, **extra}, now=now)

@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class WorkloadsConfig(AppConfig):
+    default_auto_field = "django.db.models.BigAutoField"
+    name = "workloads"
+    verbose_name = "Workloads"

@@ -1,0 +1,181 @@
+"""What a lease runs: customers' SSH keys, launch templates, each lease's workload spec and, per server it spans, the
+workload the server's agent runs with its last reported state; and each server's desired-state version.
+
+Workloads sit above the scheduler (they read leases and allocations) and under billing, which charges a card-hour
+lease from its workload's first `running` report (`Workload.started_at`).
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils.translation import gettext_lazy as _
+
+from accounts.models import Organization
+from accounts.tenancy import TenantQuerySet
+from inventory.models import Server
+from scheduler.models import Lease
+
+
+class SshKey(models.Model):
+    """An OpenSSH public key of one user (ed25519, ECDSA, or RSA of 2048 bits or more), validated on the way in."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="ssh_keys")
+    name = models.CharField(max_length=100)
+    public_key = models.TextField()
+    key_type = models.CharField(max_length=40)
+    bits = models.PositiveIntegerField()
+    fingerprint = models.CharField(max_length=60)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "fingerprint"], name="sshkey_unique_per_user"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.fingerprint})"
+
+
+class Template(models.Model):
+    """A launch template: an image with its default command, ports and environment. Public ones (no organisation)
+    are kept by staff; an organisation may keep private ones that only its members see."""
+
+    organization = models.ForeignKey(
+        Organization, null=True, blank=True, on_delete=models.CASCADE, related_name="templates"
+    )
+    slug = models.SlugField(max_length=60)
+    name = models.CharField(max_length=100)
+    image = models.CharField(max_length=255)
+    command = models.JSONField(default=list, blank=True)
+    env = models.JSONField(default=dict, blank=True)
+    ports = models.JSONField(default=list, blank=True)
+    min_disk_gb = models.PositiveIntegerField(default=20)
+    description = models.TextField(blank=True)
+    description_zh = models.TextField(blank=True)
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    TENANT_FIELD = "organization"
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["slug"], condition=Q(organization__isnull=True), name="template_public_slug_unique"
+            ),
+            models.UniqueConstraint(fields=["organization", "slug"], name="template_slug_unique_per_org"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Access(models.TextChoices):
+    CONTAINER = "container", _("Container")
+    HOST = "host", _("Host access")
+
+
+class WorkloadSpec(models.Model):
+    """What a lease runs on every server it spans, fixed when the lease is made. The keys are copied in (a key
+    deleted later keeps working for this lease until it ends, as on every cloud)."""
+
+    lease = models.OneToOneField(Lease, on_delete=models.CASCADE, related_name="workload_spec")
+    access = models.CharField(max_length=16, choices=Access.choices, default=Access.CONTAINER)
+    template = models.ForeignKey(Template, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    image = models.CharField(max_length=255, blank=True)
+    command = models.JSONField(default=list, blank=True)
+    env = models.JSONField(default=dict, blank=True)
+    ports = models.JSONField(default=list, blank=True)
+    ssh_keys = models.JSONField(default=list, blank=True)  # [{"name", "fingerprint", "public_key"}]
+    disk_gb = models.PositiveIntegerField(default=20)
+    # A notebook (port 8888) is protected by a token of its own, shown to the customer in its URL.
+    notebook_token = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    TENANT_FIELD = "lease__organization"
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(access__in=["container", "host"]), name="workloadspec_access_valid"),
+            models.CheckConstraint(condition=Q(access="host") | ~Q(image=""), name="workloadspec_image_unless_host"),
+        ]
+
+    def __str__(self) -> str:
+        return f"workload of lease {self.lease_id}"
+
+
+class WorkloadState(models.TextChoices):
+    PENDING = "pending", _("Pending")
+    PULLING = "pulling", _("Pulling the image")
+    STARTING = "starting", _("Starting")
+    RUNNING = "running", _("Running")
+    EXITED = "exited", _("Exited")
+    FAILED = "failed", _("Failed")
+    STOPPING = "stopping", _("Stopping")
+    CLEANED = "cleaned", _("Cleaned up")
+
+
+class Workload(models.Model):
+    """A lease's workload on one server: what the customer asked for it (run or stopped, restarts) and what the
+    server's agent last reported of it."""
+
+    class Desired(models.TextChoices):
+        RUNNING = "running", _("Running")
+        STOPPED = "stopped", _("Stopped")
+
+    lease = models.ForeignKey(Lease, on_delete=models.CASCADE, related_name="workloads")
+    server = models.ForeignKey(Server, on_delete=models.PROTECT, related_name="workloads")
+    desired = models.CharField(max_length=16, choices=Desired.choices, default=Desired.RUNNING)
+    generation = models.PositiveIntegerField(default=0)  # a restart asks the agent for the next one
+    state = models.CharField(max_length=16, choices=WorkloadState.choices, default=WorkloadState.PENDING)
+    progress = models.PositiveSmallIntegerField(null=True, blank=True)
+    message = models.CharField(max_length=500, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    ports = models.JSONField(default=dict, blank=True)  # {"22": 40022}: container port -> published host port
+    # First `running` report: a card_hour lease is charged from here on this server (billing/metering.py).
+    started_at = models.DateTimeField(null=True, blank=True)
+    state_changed_at = models.DateTimeField(null=True, blank=True)
+    reported_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField()
+
+    TENANT_FIELD = "lease__organization"
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["lease", "server"], name="workload_one_per_lease_and_server"),
+            models.CheckConstraint(
+                condition=Q(
+                    state__in=["pending", "pulling", "starting", "running", "exited", "failed", "stopping", "cleaned"]
+                ),
+                name="workload_state_valid",
+            ),
+            models.CheckConstraint(condition=Q(desired__in=["running", "stopped"]), name="workload_desired_valid"),
+        ]
+        indexes = [
+            models.Index(fields=["server", "state"], name="workload_server_state"),
+            models.Index(fields=["state", "state_changed_at"], name="workload_state_since"),
+        ]
+
+    def __str__(self) -> str:
+        return f"workload {self.pk} of lease {self.lease_id} on server {self.server_id}"
+
+
+class DesiredVersion(models.Model):
+    """The version of a server's desired state: it goes up whenever what the agent is told changes (the digest of
+    the last answer tells), so an agent applies each change once and reports the version it has applied."""
+
+    server = models.OneToOneField(Server, on_delete=models.CASCADE, primary_key=True, related_name="+")
+    version = models.BigIntegerField(default=0)
+    digest = models.CharField(max_length=64, blank=True)
+    served_at = models.DateTimeField(null=True, blank=True)
+    applied_version = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"server {self.server_id} v{self.version}"

@@ -1,0 +1,146 @@
+"""Input and output shapes of the workload API (API.md: Workloads)."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from accounts.serializers import StrictSerializer
+from scheduler.serializers import LeaseInput, LeaseOutput
+from workloads.models import Access, SshKey, Template, Workload, WorkloadState
+from workloads.selectors import connections, spec_of, workloads_of_lease
+
+
+class SshKeyInput(StrictSerializer):
+    name = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+    public_key = serializers.CharField(max_length=16384, trim_whitespace=True)
+
+
+class SshKeyOutput(serializers.ModelSerializer):
+    class Meta:
+        model = SshKey
+        fields = ["id", "name", "fingerprint", "key_type", "bits", "public_key", "created_at"]
+
+
+class TemplateOutput(serializers.ModelSerializer):
+    public = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Template
+        fields = [
+            "id",
+            "slug",
+            "name",
+            "image",
+            "command",
+            "ports",
+            "env",
+            "min_disk_gb",
+            "description",
+            "description_zh",
+            "public",
+        ]
+
+    def get_public(self, template: Template) -> bool:
+        return template.organization_id is None
+
+
+class TemplateInput(StrictSerializer):
+    name = serializers.CharField(max_length=100)
+    image = serializers.CharField(max_length=255)
+    command = serializers.ListField(child=serializers.CharField(max_length=4096, trim_whitespace=False), default=list)
+    env = serializers.DictField(child=serializers.CharField(max_length=4096, allow_blank=True), default=dict)
+    ports = serializers.ListField(child=serializers.IntegerField(min_value=1, max_value=65535), default=list)
+    min_disk_gb = serializers.IntegerField(min_value=1, max_value=100_000, default=20)
+    description = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+    description_zh = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+
+
+class WorkloadInput(StrictSerializer):
+    template = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    image = serializers.CharField(max_length=255, required=False, allow_blank=True)
+    command = serializers.ListField(
+        child=serializers.CharField(max_length=4096, trim_whitespace=False), required=False, allow_null=True
+    )
+    env = serializers.DictField(child=serializers.CharField(max_length=4096, allow_blank=True), required=False)
+    ports = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=65535), required=False, allow_null=True, max_length=10
+    )
+    ssh_keys = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False, max_length=50)
+    disk_gb = serializers.IntegerField(min_value=1, max_value=100_000, required=False, allow_null=True)
+    access = serializers.ChoiceField(choices=Access.choices, required=False, default=Access.CONTAINER)
+
+
+class LeaseWithWorkloadInput(LeaseInput):
+    workload = WorkloadInput(required=False, allow_null=True)
+
+
+class ConnectionOutput(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=["ssh", "http", "tcp"])
+    host = serializers.CharField()
+    port = serializers.IntegerField()
+    user = serializers.CharField(required=False)
+    command = serializers.CharField(required=False)
+    url = serializers.CharField(required=False)
+    container_port = serializers.IntegerField(allow_null=True)
+
+
+class WorkloadOutput(serializers.ModelSerializer):
+    connect = serializers.SerializerMethodField()
+    state = serializers.ChoiceField(choices=WorkloadState.choices)
+
+    class Meta:
+        model = Workload
+        fields = [
+            "id",
+            "server",
+            "state",
+            "desired",
+            "progress",
+            "message",
+            "exit_code",
+            "ports",
+            "connect",
+            "started_at",
+            "state_changed_at",
+            "reported_at",
+            "generation",
+        ]
+
+    @extend_schema_field(ConnectionOutput(many=True))
+    def get_connect(self, workload: Workload) -> list[dict]:
+        return [c.as_dict() for c in connections(workload, self.context.get("spec"))]
+
+
+class WorkloadSpecOutput(serializers.Serializer):
+    access = serializers.CharField()
+    template = serializers.IntegerField(source="template_id", allow_null=True)
+    image = serializers.CharField()
+    command = serializers.ListField(child=serializers.CharField())
+    env = serializers.DictField(child=serializers.CharField())
+    ports = serializers.ListField(child=serializers.IntegerField())
+    ssh_keys = serializers.SerializerMethodField()
+    disk_gb = serializers.IntegerField()
+
+    def get_ssh_keys(self, spec) -> list[dict]:
+        return [{"name": k["name"], "fingerprint": k["fingerprint"]} for k in spec.ssh_keys]
+
+
+class LeaseWithWorkloadsOutput(LeaseOutput):
+    workload = serializers.SerializerMethodField()
+    workloads = serializers.SerializerMethodField()
+
+    class Meta(LeaseOutput.Meta):
+        fields = [*LeaseOutput.Meta.fields, "workload", "workloads"]
+
+    @extend_schema_field(WorkloadSpecOutput(allow_null=True))
+    def get_workload(self, lease) -> dict | None:
+        spec = spec_of(lease)
+        return WorkloadSpecOutput(spec).data if spec else None
+
+    @extend_schema_field(WorkloadOutput(many=True))
+    def get_workloads(self, lease) -> list[dict]:
+        spec = spec_of(lease)
+        if spec is None:
+            return []
+        return WorkloadOutput(workloads_of_lease(lease), many=True, context={"spec": spec}).data

@@ -1,0 +1,21 @@
+from django.urls import path
+from rest_framework.routers import SimpleRouter
+
+from workloads import api
+
+router = SimpleRouter()
+router.register("leases", api.LeaseViewSet, basename="lease")
+
+restart = api.LeaseViewSet.as_view({"post": "restart_workload"})
+stop = api.LeaseViewSet.as_view({"post": "stop_workload"})
+
+urlpatterns = [
+    *router.urls,
+    path("leases/<str:pk>/workloads/<str:wid>/restart/", restart, name="lease-workload-restart"),
+    path("leases/<str:pk>/workloads/<str:wid>/stop/", stop, name="lease-workload-stop"),
+    path("ssh-keys/", api.SshKeyListApi.as_view(), name="ssh-keys"),
+    path("ssh-keys/<str:pk>/", api.SshKeyDetailApi.as_view(), name="ssh-key-detail"),
+    path("templates/", api.TemplateListApi.as_view(), name="templates"),
+    path("agent/reports/", api.AgentReportApi.as_view(), name="agent-reports"),
+    path("agent/workloads/", api.AgentWorkloadsApi.as_view(), name="agent-workloads"),
+]
