@@ -29,8 +29,10 @@ from django.utils import timezone
 
 from accounts.models import Organization
 from inventory.models import PLAN_PRICE_FIELDS, Offer, ServerOutage
+from scheduler.models import LeaseState
 from scheduler.pricing import rate_between
 from scheduler.selectors import Filters, allocatable_gpus, busy_gpu_ids, period_range
+from workloads.models import Workload
 
 RELIABILITY_WINDOW = timedelta(days=30)
 # Offers with no price for the plan compared (or no exchange rate to the asked currency) sort last either way.
@@ -84,6 +86,24 @@ def _outage_seconds(since: datetime) -> Subquery:
     return Subquery(seconds, output_field=FloatField())
 
 
+def _start_failures(since: datetime) -> tuple[Subquery, Subquery]:
+    """Workloads on the offer's server asked for since `since` that started, and those whose lease failed without
+    ever running: a provider whose servers do not deliver what was rented loses reliability."""
+
+    def count(condition: Q) -> Subquery:
+        rows = (
+            Workload.objects.filter(server_id=OuterRef("server_id"), created_at__gte=since)
+            .filter(condition)
+            .order_by()
+            .values("server_id")
+            .annotate(n=Count("id"))
+            .values("n")
+        )
+        return Subquery(rows, output_field=FloatField())
+
+    return count(Q(started_at__isnull=False)), count(Q(started_at__isnull=True, lease__state=LeaseState.FAILED))
+
+
 def _in_currency(field: str, currency: str) -> Case | F:
     """The price field converted into `currency` (the same rates a lease is priced at)."""
     if not currency:
@@ -96,11 +116,13 @@ def _in_currency(field: str, currency: str) -> Case | F:
 
 def offers_listed(query: OfferQuery = OfferQuery(), *, now: datetime | None = None) -> QuerySet[Offer]:  # noqa: B008
     """Live offers of approved providers on online servers, with `gpus_free` (allocatable, free now),
-    `reliability` (share of the last 30 days the server was reachable, 0..1) and `sort_price`."""
+    `reliability` (share of the last 30 days the server was reachable, times the share of its workloads in that
+    time that started rather than failed, 0..1) and `sort_price`."""
     now = now or timezone.now()
     since = now - RELIABILITY_WINDOW
     gpus = allocatable_gpus(Filters()).filter(server_id=OuterRef("server_id"))
     free = gpus.exclude(id__in=busy_gpu_ids(period_range(now, now + timedelta(seconds=1))))
+    started, failed = _start_failures(since)
     count = lambda qs: Subquery(  # noqa: E731
         qs.order_by().values("server_id").annotate(n=Count("id")).values("n"), output_field=IntegerField()
     )
@@ -118,15 +140,24 @@ def offers_listed(query: OfferQuery = OfferQuery(), *, now: datetime | None = No
             gpus_ok=Coalesce(count(gpus), 0),
             reliability=Greatest(
                 Value(0.0),
-                1.0
-                - Coalesce(_outage_seconds(since), Value(0.0))
-                / Greatest(
-                    # A server listed this very second has a history of one second, not of zero (no 0/0).
-                    Value(1.0),
-                    Least(
-                        Value(RELIABILITY_WINDOW.total_seconds()),
-                        _epoch(ExpressionWrapper(Value(now) - F("server__created_at"), output_field=DurationField())),
-                    ),
+                (
+                    1.0
+                    - Coalesce(failed, Value(0.0))
+                    / Greatest(Value(1.0), Coalesce(started, Value(0.0)) + Coalesce(failed, Value(0.0)))
+                )
+                * (
+                    1.0
+                    - Coalesce(_outage_seconds(since), Value(0.0))
+                    / Greatest(
+                        # A server listed this very second has a history of one second, not of zero (no 0/0).
+                        Value(1.0),
+                        Least(
+                            Value(RELIABILITY_WINDOW.total_seconds()),
+                            _epoch(
+                                ExpressionWrapper(Value(now) - F("server__created_at"), output_field=DurationField())
+                            ),
+                        ),
+                    )
                 ),
             ),
         )
