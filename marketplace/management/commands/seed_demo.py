@@ -19,6 +19,8 @@ from accounts.models import ApiKey, Organization, Role, User
 from inventory import services as inventory_services
 from inventory.models import Gpu, GpuModel, Offer, Server
 from marketplace import services as marketplace_services
+from workloads import services as workloads_services
+from workloads.models import SshKey
 
 PASSWORD = "suanli-demo-pass"  # noqa: S105 (the documented demo password, printed at the end)
 ADMIN_EMAIL = "admin@suanli.local"
@@ -44,6 +46,9 @@ class DemoProvider:
     region: str
     site: str
     servers: tuple[DemoServer, ...]
+
+
+DEMO_SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILDBo6yLkItr3CMkalaEmc+Hp8eJtb8jEchskcIGYRId demo@laptop"
 
 
 def _hgx(name: str, slug: str) -> DemoServer:
@@ -126,6 +131,7 @@ class Command(BaseCommand):
         with transaction.atomic():
             admin = self._user(ADMIN_EMAIL, staff=True)
             customer = self._user(CUSTOMER_EMAIL)
+            self._ssh_key(customer)
             self._org("Demo Labs", owner=customer, kind=Organization.Kind.CUSTOMER, currency="USD", staff=admin)
             for provider in PROVIDERS:
                 owner = self._user(provider.owner)
@@ -178,6 +184,7 @@ class Command(BaseCommand):
                 ram_gb=spec.ram_gb,
                 disk_gb=spec.disk_gb,
                 network_gbps=spec.network_gbps,
+                public_host=f"{spec.name}.{provider.region}.demo.suanli.local",
             )
             self.stdout.write(f"registered server {org.name}/{spec.name}")
         uuids = demo_gpu_uuids(spec.name, spec.gpu_model)
@@ -208,6 +215,12 @@ class Command(BaseCommand):
             )
             self.stdout.write(f"listed server {org.name}/{spec.name}")
         return server
+
+    def _ssh_key(self, customer: User) -> None:
+        """A public key on the demo customer's account, so a demo rental with a template gets an ssh line at once
+        (its private half exists nowhere: add your own key on /keys/ to really log in)."""
+        if not SshKey.objects.filter(user=customer).exists():
+            workloads_services.ssh_key_add(user=customer, name="demo laptop", public_key=DEMO_SSH_KEY)
 
     def _customer_token(self, customer: User, new_token: bool) -> str | None:
         if not new_token and ApiKey.objects.filter(user=customer, name=DEMO_KEY_NAME, revoked_at=None).exists():
