@@ -12,6 +12,9 @@ from accounts.models import Membership, Organization, Role, User
 from accounts.services import api_key_create
 from tests.factories import MembershipFactory, OrganizationFactory, ProviderFactory, UserFactory
 
+# Real containers (a dockerd of the session's own, an SSH image) and a real sshd: fixtures in tests/containers.py.
+pytest_plugins = ["tests.containers"]
+
 
 @dataclass
 class Persona:
