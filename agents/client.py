@@ -1,4 +1,5 @@
-"""The agent's HTTP side, on `urllib.request` only: enrolment, signed report delivery, and the back-off policy.
+"""The agent's HTTP side, on `urllib.request` only: enrolment, signed report delivery, the signed GET of the
+workloads the platform wants on this server, and the back-off policy.
 
 Delivery outcomes of one report POST (`Client.send_report`):
 - `delivered`: 2xx. A 200 `{"duplicate": true}` (the platform already has that seq) is delivered too.
@@ -7,6 +8,10 @@ Delivery outcomes of one report POST (`Client.send_report`):
   silently turned into a GET). The caller keeps the report and waits `Backoff.delay()` before trying again.
 - `refused`: any other 4xx: the platform will never take this report (a bad signature, a stale timestamp,
   a GPU that is not this server's). Logged and dropped, so one bad report cannot block the queue forever.
+
+`Client.get_workloads` GETs the desired workloads (signed over an empty body) with the same outcome kinds: `fetched`
+(a 200 whose body is a JSON object, in `Outcome.payload`), `retry` (no answer, 5xx, 408/409/429, a redirect, or a
+200 that is not a JSON object) and `refused` (any other 4xx). It never raises for network trouble either.
 
 Signing uses the host clock, unless the platform's `Date` header shows it more than a minute off: then the agent
 signs with the platform's time (and logs a warning to fix NTP), and a 401 that the correction explains is retried at
@@ -36,6 +41,7 @@ log = logging.getLogger("suanli.agent.client")
 
 ENROLL_PATH = "/api/v1/agent/enroll/"
 REPORTS_PATH = "/api/v1/agent/reports/"
+WORKLOADS_PATH = "/api/v1/agent/workloads/"
 TIMEOUT_S = 10.0
 RETRYABLE_4XX = frozenset({408, 409, 429})
 RETRY_AFTER_MAX_S = 3600.0
@@ -45,6 +51,7 @@ SKEW_TOLERANCE_S = 60.0
 DELIVERED = "delivered"
 RETRY = "retry"
 REFUSED = "refused"
+FETCHED = "fetched"
 
 
 @dataclass(frozen=True)
@@ -62,11 +69,12 @@ class Response:
 
 @dataclass(frozen=True)
 class Outcome:
-    kind: str  # DELIVERED, RETRY or REFUSED
+    kind: str  # DELIVERED, RETRY or REFUSED (a report POST); FETCHED, RETRY or REFUSED (a GET)
     status: int | None = None
     retry_after: float | None = None
     duplicate: bool = False
     detail: str = ""
+    payload: Any = None  # FETCHED: the decoded JSON object
 
 
 class TransportError(Exception):
@@ -134,16 +142,18 @@ class Client:
 
     def post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> Response:
         """POST `body` as JSON; an HTTP answer of any status is returned, no answer raises TransportError."""
+        return self.request("POST", path, body, {"Content-Type": "application/json", **(headers or {})})
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> Response:
+        """GET `path`; an HTTP answer of any status is returned, no answer raises TransportError."""
+        return self.request("GET", path, None, headers)
+
+    def request(self, method: str, path: str, body: bytes | None, headers: dict[str, str] | None = None) -> Response:
         request = urllib.request.Request(  # noqa: S310 - the URL is the platform's, from the credentials file
             self.base_url + path,
             data=body,
-            method="POST",
-            headers={
-                "Content-Type": "application/json",
-                "Accept": "application/json",
-                "User-Agent": self.user_agent,
-                **(headers or {}),
-            },
+            method=method,
+            headers={"Accept": "application/json", "User-Agent": self.user_agent, **(headers or {})},
         )
         try:
             with self._opener.open(request, timeout=self.timeout) as resp:
@@ -162,31 +172,56 @@ class Client:
 
     def send_report(self, body: bytes) -> Outcome:
         """POST one raw report body, signed now. Never raises for network trouble: see the module docstring."""
-        if not self.agent_id or not self.secret:
-            raise ValueError("a report client needs agent_id and secret")
-        skew = self.skew
         try:
-            resp = self._signed_post(body)
-            if resp.status == 401 and abs(self.skew - skew) >= SKEW_TOLERANCE_S:
-                resp = self._signed_post(body)  # the platform's Date shows our clock is off: sign again with its time
+            resp = self._signed("POST", REPORTS_PATH, body)
         except TransportError as exc:
             return Outcome(RETRY, detail=str(exc))
-        retry_after = parse_retry_after(resp.headers.get("Retry-After"), self.wall())
-        detail = resp.body[:300].decode("utf-8", "replace")
         if 200 <= resp.status < 300:
             payload = resp.json()
             duplicate = isinstance(payload, dict) and bool(payload.get("duplicate"))
-            return Outcome(DELIVERED, resp.status, duplicate=duplicate, detail=detail)
+            return Outcome(DELIVERED, resp.status, duplicate=duplicate, detail=_detail(resp))
+        return self._failure(resp)
+
+    def get_workloads(self) -> Outcome:
+        """GET the workloads the platform wants on this server, signed over an empty body. Never raises for network
+        trouble: FETCHED with the JSON object in `payload`, else RETRY or REFUSED (see the module docstring)."""
+        try:
+            resp = self._signed("GET", WORKLOADS_PATH, b"")
+        except TransportError as exc:
+            return Outcome(RETRY, detail=str(exc))
+        if resp.status == 200:
+            payload = resp.json()
+            if not isinstance(payload, dict):
+                return Outcome(RETRY, resp.status, detail=f"not a JSON object: {_detail(resp)[:100]}")
+            return Outcome(FETCHED, resp.status, payload=payload)
+        if 200 <= resp.status < 300:
+            return Outcome(RETRY, resp.status, detail=f"unexpected HTTP {resp.status}")
+        return self._failure(resp)
+
+    def _failure(self, resp: Response) -> Outcome:
+        """RETRY or REFUSED for an answer that is not a success."""
+        retry_after = parse_retry_after(resp.headers.get("Retry-After"), self.wall())
         if 300 <= resp.status < 400:
             where = resp.headers.get("Location", "?")
             return Outcome(RETRY, resp.status, retry_after, detail=f"redirected to {where}: fix the url in the config")
         if resp.status >= 500 or resp.status in RETRYABLE_4XX:
-            return Outcome(RETRY, resp.status, retry_after, detail=detail)
-        return Outcome(REFUSED, resp.status, detail=detail)
+            return Outcome(RETRY, resp.status, retry_after, detail=_detail(resp))
+        return Outcome(REFUSED, resp.status, detail=_detail(resp))
 
-    def _signed_post(self, body: bytes) -> Response:
+    def _signed(self, method: str, path: str, body: bytes) -> Response:
+        """One signed request; re-signed once when a 401 comes with a Date that shows our clock is off."""
+        if not self.agent_id or not self.secret:
+            raise ValueError("a signed request needs agent_id and secret")
+        skew = self.skew
+        resp = self._signed_once(method, path, body)
+        if resp.status == 401 and abs(self.skew - skew) >= SKEW_TOLERANCE_S:
+            resp = self._signed_once(method, path, body)  # the platform's Date shows our clock is off: sign again
+        return resp
+
+    def _signed_once(self, method: str, path: str, body: bytes) -> Response:
         timestamp = int(self.wall() + self.skew)
-        resp = self.post(REPORTS_PATH, body, signing.headers(self.agent_id or "", self.secret or "", body, timestamp))
+        headers = signing.headers(self.agent_id or "", self.secret or "", body, timestamp)
+        resp = self.post(path, body, headers) if method == "POST" else self.get(path, headers)
         self._learn_skew(resp)
         return resp
 
@@ -214,3 +249,7 @@ class Client:
         payload = {"enrollment_token": token, "hostname": hostname, "gpus": gpus, "agent_version": __version__}
         body = json.dumps(payload).encode()
         return self.post(ENROLL_PATH, body)
+
+
+def _detail(resp: Response) -> str:
+    return resp.body[:300].decode("utf-8", "replace")

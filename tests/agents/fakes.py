@@ -183,10 +183,12 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str) -> bool:
 
 
 class FakePlatform:
-    """Enrolment and report endpoints on 127.0.0.1, with switchable failures.
+    """Enrolment, report and desired-workloads endpoints on 127.0.0.1, with switchable failures.
 
     `fail_next` answers the next N report POSTs with `fail_status` (and `retry_after`); `down()` stops listening
     (connection refused) and `up()` listens again on the same port; `refuse_seqs` answers 400 for those seqs.
+    GET /api/v1/agent/workloads/ checks the signature over the empty body and answers `desired` (404 while it is
+    None); `get_fail_next` answers the next N GETs with `get_fail_status`; `gets` counts the signed GETs answered 200.
     """
 
     AGENT_ID = "agent-7"
@@ -205,6 +207,10 @@ class FakePlatform:
         self.refuse_seqs: set[int] = set()
         self.enrolments: list[dict[str, Any]] = []
         self.enroll_status = 201
+        self.desired: dict[str, Any] | None = None
+        self.gets = 0
+        self.get_fail_next = 0
+        self.get_fail_status = 503
         self.lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
         self.thread: threading.Thread | None = None
@@ -235,6 +241,34 @@ class FakePlatform:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _signed(self, body: bytes) -> str | None:
+                """None if the request is signed right and fresh, else why not."""
+                ts = self.headers.get("X-Agent-Timestamp", "")
+                if self.headers.get("X-Agent-Id") != platform.AGENT_ID or not verify(
+                    platform.SECRET, ts, body, self.headers.get("X-Agent-Signature", "")
+                ):
+                    return "bad signature"
+                if abs(platform.wall() - int(ts)) > 300:
+                    return "stale timestamp"
+                return None
+
+            def do_GET(self) -> None:  # noqa: N802
+                with platform.lock:
+                    platform.requests += 1
+                    if self.path != "/api/v1/agent/workloads/":
+                        return self._answer(404, {"detail": "not found"})
+                    if platform.get_fail_next > 0:
+                        platform.get_fail_next -= 1
+                        extra = {"Retry-After": platform.retry_after} if platform.retry_after else None
+                        return self._answer(platform.get_fail_status, {"detail": "busy"}, extra)
+                    refused = self._signed(b"")
+                    if refused:
+                        return self._answer(401, {"detail": refused})
+                    if platform.desired is None:
+                        return self._answer(404, {"detail": "no workloads endpoint"})
+                    platform.gets += 1
+                    return self._answer(200, platform.desired)
+
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with platform.lock:
@@ -252,13 +286,9 @@ class FakePlatform:
                         platform.fail_next -= 1
                         extra = {"Retry-After": platform.retry_after} if platform.retry_after else None
                         return self._answer(platform.fail_status, {"detail": "busy"}, extra)
-                    ts = self.headers.get("X-Agent-Timestamp", "")
-                    if self.headers.get("X-Agent-Id") != platform.AGENT_ID or not verify(
-                        platform.SECRET, ts, body, self.headers.get("X-Agent-Signature", "")
-                    ):
-                        return self._answer(401, {"detail": "bad signature"})
-                    if abs(platform.wall() - int(ts)) > 300:
-                        return self._answer(401, {"detail": "stale timestamp"})
+                    refused = self._signed(body)
+                    if refused:
+                        return self._answer(401, {"detail": refused})
                     report = json.loads(body)
                     if report["seq"] in platform.refuse_seqs:
                         return self._answer(400, {"detail": "a GPU this server does not own"})

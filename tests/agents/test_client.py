@@ -3,7 +3,7 @@ import socket
 
 import pytest
 
-from agents.client import DELIVERED, REFUSED, RETRY, Backoff, Client, parse_retry_after
+from agents.client import DELIVERED, FETCHED, REFUSED, RETRY, Backoff, Client, parse_retry_after
 
 
 def client_for(platform) -> Client:
@@ -108,3 +108,96 @@ def test_a_small_clock_difference_is_left_alone(platform):
     client = client_for(platform)
     client.send_report(report(1))
     assert client.skew == 0.0
+
+
+# -- the signed GET of the desired workloads -------------------------------------------------------------------------
+
+DESIRED = {"version": 7, "server": 42, "public_host": "", "port_range": [40000, 40999], "workloads": []}
+
+
+def test_the_desired_workloads_are_fetched_with_a_get_signed_over_an_empty_body(platform):
+    platform.desired = DESIRED
+    outcome = client_for(platform).get_workloads()
+    assert outcome.kind == FETCHED and outcome.status == 200 and outcome.payload == DESIRED
+    assert platform.gets == 1
+
+
+def test_the_get_is_signed_exactly_as_the_contract_says():
+    import hashlib
+    import hmac
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802
+            seen.update(method=self.command, path=self.path, headers=dict(self.headers.items()))
+            seen["body"] = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            data = json.dumps(DESIRED).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = Client(f"http://127.0.0.1:{server.server_address[1]}", "agent-9", "k3y", wall=lambda: 1_800_000_000.7)
+        assert client.get_workloads().payload == DESIRED
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (seen["method"], seen["path"], seen["body"]) == ("GET", "/api/v1/agent/workloads/", b"")
+    headers = seen["headers"]
+    assert headers["X-Agent-Id"] == "agent-9" and headers["X-Agent-Timestamp"] == "1800000000"
+    expected = hmac.new(b"k3y", b"1800000000.", hashlib.sha256).hexdigest()
+    assert headers["X-Agent-Signature"] == expected
+    assert "Content-Type" not in headers
+
+
+@pytest.mark.parametrize("status", [500, 503, 429, 408])
+def test_a_failing_get_is_retried_with_its_retry_after(platform, status):
+    platform.desired = DESIRED
+    platform.get_fail_next, platform.get_fail_status, platform.retry_after = 1, status, "9"
+    outcome = client_for(platform).get_workloads()
+    assert outcome.kind == RETRY and outcome.status == status and outcome.retry_after == 9 and outcome.payload is None
+
+
+def test_a_get_of_a_platform_that_is_down_is_retried_and_does_not_raise(platform):
+    platform.down()
+    outcome = client_for(platform).get_workloads()
+    assert outcome.kind == RETRY and outcome.status is None and outcome.detail
+
+
+def test_a_get_with_a_bad_secret_or_a_missing_endpoint_is_refused(platform):
+    platform.desired = DESIRED
+    assert Client(platform.url, platform.AGENT_ID, "wrong").get_workloads().kind == REFUSED
+    platform.desired = None
+    assert client_for(platform).get_workloads().status == 404
+
+
+def test_a_200_that_is_not_a_json_object_is_retried_not_trusted(platform):
+    platform.desired = ["not", "an", "object"]
+    outcome = client_for(platform).get_workloads()
+    assert outcome.kind == RETRY and outcome.status == 200
+
+
+def test_a_get_from_a_host_whose_clock_is_far_off_is_signed_again_with_the_platform_time():
+    import time
+
+    from tests.agents.fakes import FakePlatform
+
+    platform = FakePlatform(wall=lambda: time.time() - 900)  # the host is 900 s ahead
+    platform.desired = DESIRED
+    try:
+        client = client_for(platform)
+        assert client.get_workloads().kind == FETCHED
+        assert -910 < client.skew < -890
+        assert client.get_workloads().kind == FETCHED
+    finally:
+        platform.close()
