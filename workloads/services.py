@@ -421,7 +421,11 @@ def reported_states_apply(*, server: Server, report: dict[str, Any], now: dateti
                     message=workload.message[:300],
                     exit_code=workload.exit_code,
                 )
-            if state == WorkloadState.FAILED and workload.started_at is None and _charged_from_usable(workload.lease):
+            if (
+                state == WorkloadState.FAILED
+                and _charged_from_usable(workload.lease)
+                and not Workload.objects.filter(lease=workload.lease, started_at__isnull=False).exists()
+            ):
                 failed.append((workload.lease, workload.message or "the workload failed to start"))
         applied = report.get("workloads_version")
         if isinstance(applied, int):
@@ -534,6 +538,8 @@ def workloads_check(*, now: datetime | None = None) -> dict[str, int]:
         Workload.objects.filter(lease__state=LeaseState.ACTIVE, started_at__isnull=True, created_at__lt=start_deadline)
         .filter(Q(lease__plan=Plan.CARD_HOUR) | Q(lease__interruptible=True))
         .exclude(state=WorkloadState.CLEANED)
+        # A lease that has run somewhere (and been charged) is not failed for a slow start after a failover.
+        .exclude(lease__workloads__started_at__isnull=False)
         .select_related("lease")
         .order_by("lease_id")
     )
