@@ -11,6 +11,16 @@ from workloads.models import Access, SshKey, Template, Workload, WorkloadState
 from workloads.selectors import connections, spec_of, workloads_of_lease
 
 
+class StringField(serializers.CharField):
+    """A JSON string, and nothing else: DRF's CharField would turn 5 into "5", and an environment variable or a
+    command argument the customer sent as a number is a mistake to report, not to guess at."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class SshKeyInput(StrictSerializer):
     name = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
     public_key = serializers.CharField(max_length=16384, trim_whitespace=True)
@@ -48,8 +58,8 @@ class TemplateOutput(serializers.ModelSerializer):
 class TemplateInput(StrictSerializer):
     name = serializers.CharField(max_length=100)
     image = serializers.CharField(max_length=255)
-    command = serializers.ListField(child=serializers.CharField(max_length=4096, trim_whitespace=False), default=list)
-    env = serializers.DictField(child=serializers.CharField(max_length=4096, allow_blank=True), default=dict)
+    command = serializers.ListField(child=StringField(max_length=4096, trim_whitespace=False), default=list)
+    env = serializers.DictField(child=StringField(max_length=4096, allow_blank=True), default=dict)
     ports = serializers.ListField(child=serializers.IntegerField(min_value=1, max_value=65535), default=list)
     min_disk_gb = serializers.IntegerField(min_value=1, max_value=100_000, default=20)
     description = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
@@ -60,9 +70,9 @@ class WorkloadInput(StrictSerializer):
     template = serializers.IntegerField(required=False, allow_null=True, min_value=1)
     image = serializers.CharField(max_length=255, required=False, allow_blank=True)
     command = serializers.ListField(
-        child=serializers.CharField(max_length=4096, trim_whitespace=False), required=False, allow_null=True
+        child=StringField(max_length=4096, trim_whitespace=False), required=False, allow_null=True
     )
-    env = serializers.DictField(child=serializers.CharField(max_length=4096, allow_blank=True), required=False)
+    env = serializers.DictField(child=StringField(max_length=4096, allow_blank=True), required=False)
     ports = serializers.ListField(
         child=serializers.IntegerField(min_value=1, max_value=65535), required=False, allow_null=True, max_length=10
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import secrets
 from collections import defaultdict
 from dataclasses import dataclass
@@ -115,7 +116,9 @@ def _check_image(image: str, *, field: str = "workload") -> str:
     # An image reference: [registry[:port]/]name[:tag][@sha256:digest], no spaces or shell characters.
     allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-/:@")
     if not image or len(image) > 255 or not set(image) <= allowed or image[0] in "-./:@":
-        raise InvalidInput("Not a valid image reference.", fields={field: {"image": ["Not a valid image reference."]}})
+        message = "Not a valid image reference."
+        # A lease's workload: fields.workload.image; a template's own image: fields.image.
+        raise InvalidInput(message, fields={field: {"image": [message]} if field == "workload" else [message]})
     return image
 
 
@@ -465,17 +468,23 @@ def parse_workload_report(payload: dict[str, Any]) -> dict[str, Any]:
             raise InvalidInput(f"workloads[{index}] needs an id and a known state.")
         ports: dict[str, int] = {}
         for key, value in (raw.get("ports") or {}).items() if isinstance(raw.get("ports"), dict) else []:
-            if str(key).isdigit() and isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536:
+            # ASCII digits only, and short: "²".isdigit() is true but int() refuses it; so does a 5,000-digit key.
+            if not (key.isascii() and key.isdigit() and len(key) <= 5 and 0 < int(key) < 65536):
+                continue
+            if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536:
                 ports[str(int(key))] = value
         progress = raw.get("progress")
+        if not isinstance(progress, int | float) or isinstance(progress, bool) or not math.isfinite(progress):
+            progress = None  # 1e999 is valid JSON for float('inf')
         exit_code = raw.get("exit_code")
         clean.append(
             {
                 "id": wid,
                 "state": state,
                 "ports": dict(list(ports.items())[:32]),
-                "message": str(raw.get("message") or "")[:500],
-                "progress": max(0, min(100, int(progress))) if isinstance(progress, int | float) else None,
+                # PostgreSQL text (and jsonb, in the lease event) cannot hold NUL.
+                "message": str(raw.get("message") or "").replace("\x00", "")[:500],
+                "progress": max(0, min(100, int(progress))) if progress is not None else None,
                 "exit_code": exit_code if isinstance(exit_code, int) and -(2**31) <= exit_code < 2**31 else None,
             }
         )
