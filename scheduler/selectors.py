@@ -55,18 +55,24 @@ def live_offers(*, plan: str, interruptible: bool = False, until: datetime | Non
     return qs.filter(Q(available_until__isnull=True) | Q(available_until__gte=until))
 
 
-def allocatable_gpus(filters: Filters = Filters()) -> QuerySet[Gpu]:  # noqa: B008 - frozen dataclass
+def allocatable_gpus(
+    filters: Filters = Filters(),  # noqa: B008 - frozen dataclass
+    *,
+    uncleaned_too: bool = False,
+) -> QuerySet[Gpu]:
     """Cards that may be allocated at all: not failed, not drained, not waiting for their agent to report them
-    clean after a workload, on an online undrained server of an active
-    provider with a live offer for the plan, matching `filters`. Time is not considered here (see `free_gpus`)."""
+    clean after a workload (unless `uncleaned_too`: such a card is busy for a while, like a held one, not gone), on
+    an online undrained server of an active provider with a live offer for the plan, matching `filters`. Time is
+    not considered here (see `free_gpus`)."""
     qs = Gpu.objects.filter(
         drained=False,
-        needs_cleaning=False,
         server__status=Server.Status.ONLINE,
         server__drained=False,
         server__organization__status=Organization.Status.ACTIVE,
         server__organization__kind__in=[Organization.Kind.PROVIDER, Organization.Kind.BOTH],
     ).exclude(health=Gpu.Health.FAILED)
+    if not uncleaned_too:
+        qs = qs.filter(needs_cleaning=False)
     if filters.plan:
         offers = live_offers(plan=filters.plan, interruptible=filters.interruptible, until=filters.until)
         if filters.gpu_count is not None:
@@ -140,9 +146,10 @@ def offer_minimums(server_ids: Iterable[int] | None = None) -> dict[int, int]:
 
 
 def allocatable_totals(filters: Filters) -> dict:
-    """The largest request that could ever be met with `filters`: cards, whole servers, rated PFLOPS."""
+    """The largest request that could ever be met with `filters`: cards, whole servers, rated PFLOPS. Cards
+    waiting to be reported clean count (they come back), so a request for them is a conflict, not bad input."""
     per_server = list(
-        allocatable_gpus(filters)
+        allocatable_gpus(filters, uncleaned_too=True)
         .values("server_id", "server__gpu_count")
         .annotate(cards=Count("id"), tflops=Sum("server__gpu_model__fp16_tflops"))
         .order_by()
