@@ -2,12 +2,17 @@
 
     suanli-agent enroll --url https://suanli.example.com --token TOKEN [--hostname NAME] [--owner USER] [--force]
     suanli-agent run [--interval 10] [--once-per SECONDS] [--duration SECONDS] [--spool-max-mb 64]
+                     [--publish-address 0.0.0.0] [--workloads-poll 3] [--stop-grace 10] [--ssh-port 22]
     suanli-agent once                      print one report as JSON on stdout (no network, no spool)
-    suanli-agent status [--json]           credentials, spool depth and bytes, last seq and send, NVML reachable?
+    suanli-agent status [--json]           credentials, spool, NVML, the workload runtime and the workloads
 
 Global options (before or after the subcommand):
     --config PATH        credentials file (default $SUANLI_AGENT_CONFIG or /etc/suanli/agent.json)
     --spool-dir PATH     report spool (default $SUANLI_AGENT_SPOOL or /var/lib/suanli-agent/spool)
+    --state-dir PATH     workload state: desired workloads, SSH key files (default $SUANLI_AGENT_STATE or the spool)
+    --runtime KIND       docker, host, simulated or none (default: simulated under --simulate, docker when the
+                         docker package imports and the daemon answers, else none: telemetry only)
+    --docker-url URL     the Docker daemon (default $DOCKER_HOST or unix:///var/run/docker.sock)
     --simulate N         N simulated cards instead of NVML (same code path; see agents/simulate.py)
     --model NAME         the simulated model: h100, h200, a100, a800, h20, l40s, rtx4090 (default h100)
     --seed SEED          the simulated host's seed (default: the host name; UUIDs derive from it)
@@ -17,7 +22,11 @@ Global options (before or after the subcommand):
 
 `run --once-per SECONDS` sends the spool at most once per SECONDS (reports are still collected every interval);
 by default each report is sent as soon as it is collected. `--duration` ends the loop after that many seconds.
-SIGTERM or SIGINT lets the send in flight finish, then `run` exits 0.
+SIGTERM or SIGINT lets the send in flight finish, then `run` exits 0; customers' workloads keep running.
+
+With a workload runtime, `run` also reconciles the workloads the platform wants on this host (agents/workloads.py)
+every `--workloads-poll` seconds: containers publish their ports on `--publish-address`, a stop waits
+`--stop-grace` seconds between SIGTERM and SIGKILL, and host access reports `--ssh-port` as the SSH port.
 
 Exit codes:
     0  success
@@ -44,10 +53,20 @@ from typing import Any
 
 from agents import __version__
 from agents.client import Backoff, Client, TransportError
-from agents.config import ConfigError, Credentials, config_path, load_credentials, spool_path, write_credentials
+from agents.config import (
+    ConfigError,
+    Credentials,
+    config_path,
+    load_credentials,
+    spool_path,
+    state_path,
+    write_credentials,
+)
 from agents.nvml import Collector, NvmlUnavailable
 from agents.runner import Agent, build_report
+from agents.runtime import KINDS, Runtime, RuntimeUnavailable, choose_kind, make_runtime
 from agents.spool import DEFAULT_MAX_BYTES, Spool, read_status
+from agents.workloads import Reconciler, read_state
 
 EXIT_OK = 0
 EXIT_BUG = 1
@@ -75,6 +94,29 @@ def _positive(value: str) -> float:
     return number
 
 
+def _not_negative(value: str) -> float:
+    number = float(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return number
+
+
+def _port(value: str) -> int:
+    number = int(value)
+    if not 0 < number < 65536:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port")
+    return number
+
+
+def _address(value: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value} is not an IP address") from None
+
+
 def _count(value: str) -> int:
     number = int(value)
     if number < 0:
@@ -89,6 +131,9 @@ def _add_globals(parser: argparse.ArgumentParser, suppress: bool) -> None:
     group = parser.add_argument_group("global options")
     group.add_argument("--config", default=default(None), help="credentials file")
     group.add_argument("--spool-dir", default=default(None), help="report spool directory")
+    group.add_argument("--state-dir", default=default(None), help="workload state directory (default: the spool)")
+    group.add_argument("--runtime", choices=KINDS, default=default(None), help="workload runtime (default: detect)")
+    group.add_argument("--docker-url", default=default(None), metavar="URL", help="the Docker daemon's URL")
     group.add_argument("--simulate", type=_count, metavar="N", default=default(None), help="simulate N cards")
     group.add_argument("--model", default=default("h100"), help="simulated GPU model")
     group.add_argument("--seed", default=default(None), help="simulated host seed (default: host name)")
@@ -133,6 +178,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--spool-max-mb", type=_positive, default=DEFAULT_MAX_BYTES / 2**20, help="spool bound in MiB (default 64)"
     )
+    run.add_argument(
+        "--publish-address",
+        type=_address,
+        default="0.0.0.0",  # noqa: S104 - customers connect to their containers from anywhere
+        help="the host address containers' ports are published on (default 0.0.0.0)",
+    )
+    run.add_argument(
+        "--workloads-poll", type=_positive, default=3.0, metavar="SECONDS", help="desired-state poll (default 3)"
+    )
+    run.add_argument(
+        "--stop-grace",
+        type=_not_negative,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds between SIGTERM and SIGKILL when a workload stops (default 10)",
+    )
+    run.add_argument("--ssh-port", type=_port, default=22, help="the host's SSH port, for host access (default 22)")
 
     sub.add_parser("once", help="print one report as JSON (no network)")
     status = sub.add_parser("status", help="show configuration, spool and NVML state")
@@ -259,10 +321,48 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _runtime(args: argparse.Namespace) -> Runtime | None:
+    """The workload runtime for `run`: an explicit --runtime that cannot work is a configuration error; a detected
+    one that cannot is logged, and the agent reports telemetry only."""
+    kind = choose_kind(args.runtime, simulate=args.simulate is not None, docker_url=args.docker_url)
+    options = {
+        "docker_url": args.docker_url,
+        "publish_address": getattr(args, "publish_address", None),
+        "simulate": args.simulate is not None,
+        "ssh_port": getattr(args, "ssh_port", 22),
+    }
+    try:
+        runtime = make_runtime(kind, _state_dir(args), **options)
+    except (RuntimeUnavailable, OSError) as exc:
+        if args.runtime:
+            raise CliError(EXIT_CONFIG, f"the {kind} runtime cannot run here: {exc}") from None
+        log.warning("no workload runtime (%s): reporting telemetry only", exc)
+        return None
+    if runtime is None:
+        log.info("no workload runtime (--runtime none, or no Docker daemon answers): reporting telemetry only")
+    else:
+        log.info("workload runtime: %s", ", ".join(f"{k} {v}" for k, v in runtime.describe().items()))
+    return runtime
+
+
+def _state_dir(args: argparse.Namespace) -> str:
+    return state_path(args.state_dir, args.spool_dir)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     creds = _credentials(args)
     spool = _open_spool(args, int(args.spool_max_mb * 2**20))
     collector = _start_collector(args)
+    runtime = _runtime(args)
+    reconciler = None
+    if runtime is not None:
+        reconciler = Reconciler(
+            Client(creds.url, creds.agent_id, creds.agent_secret),
+            runtime,
+            _state_dir(args),
+            poll=args.workloads_poll,
+            grace=args.stop_grace,
+        )
     agent = Agent(
         collector,
         spool,
@@ -270,8 +370,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         interval=args.interval,
         send_every=args.once_per,
         hostname=creds.hostname or None,
+        reconciler=reconciler,
     )
-    previous = {sig: signal.signal(sig, agent.stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def stop(*_: Any) -> None:
+        agent.stop()
+        if reconciler is not None:
+            reconciler.stop()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     log.info(
         "suanli-agent %s reporting %s GPU(s) to %s every %s s (spool %s: %s report(s) waiting)",
         __version__,
@@ -281,11 +388,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         spool.directory,
         len(spool),
     )
+    if reconciler is not None:
+        reconciler.start()
     try:
         agent.run(duration=args.duration)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if reconciler is not None:
+            reconciler.stop()
+            reconciler.join(timeout=15)
+        if runtime is not None:
+            runtime.close()
         collector.close()
     log.info("stopped: %s", agent.stats)
     return EXIT_OK
@@ -344,6 +458,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             result["nvml"] = {"ok": True, "gpus": collector.count, "names": names, "driver": collector.driver_version()}
         finally:
             collector.close()
+    result["runtime"] = _runtime_status(args)
+    if args.runtime and not result["runtime"]["ok"]:
+        code = code or EXIT_CONFIG
+    result["workloads"] = read_state(_state_dir(args)) or {}
     if args.json:
         print(json.dumps(result, indent=2))
         return code
@@ -369,7 +487,48 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"nvml:      ok: {nvml['gpus']} GPU(s) ({', '.join(nvml['names'])}), driver {nvml['driver']}")
     else:
         print(f"nvml:      {nvml['error']}")
+    _print_workloads(result["runtime"], result["workloads"])
     return code
+
+
+def _runtime_status(args: argparse.Namespace) -> dict[str, Any]:
+    """Which runtime `run` would use and whether it can work here; creates nothing."""
+    kind = choose_kind(args.runtime, simulate=args.simulate is not None, docker_url=args.docker_url)
+    if kind == "docker":
+        from agents.runtime.docker_runtime import probe
+
+        return {"kind": kind, **probe(args.docker_url)}
+    if kind == "host" and os.geteuid() != 0:
+        return {"kind": kind, "ok": False, "error": "the host runtime creates users: run the agent as root"}
+    return {"kind": kind, "ok": True}
+
+
+def _print_workloads(runtime: dict[str, Any], state: dict[str, Any]) -> None:
+    kind = runtime["kind"]
+    if not runtime["ok"]:
+        print(f"runtime:   {kind}: {runtime['error']}")
+    elif kind == "docker":
+        print(
+            f"runtime:   docker at {runtime['url']}: Docker {runtime['server_version']}, storage "
+            f"{runtime['storage_driver']}, NVIDIA container runtime {'yes' if runtime['nvidia'] else 'NO'}"
+        )
+    elif kind == "none":
+        print("runtime:   none: no customer workloads on this host (telemetry only)")
+    else:
+        print(f"runtime:   {kind}")
+    desired = state.get("desired") or {}
+    if not desired:
+        print("workloads: no desired state received yet")
+        return
+    print(
+        f"workloads: desired version {desired.get('version')} (fetched {_when(state.get('fetched_at'))}), "
+        f"removals done up to version {state.get('done_version')}"
+        + (f"; last error: {state['error']}" if state.get("error") else "")
+    )
+    for w in state.get("workloads") or []:
+        ports = ", ".join(f"{c}->{h}" for c, h in (w.get("ports") or {}).items())
+        detail = "  ".join(x for x in (f"ports {ports}" if ports else "", w.get("message") or "") if x)
+        print(f"           {w.get('id')}: {w.get('state')} (generation {w.get('generation')})  {detail}".rstrip())
 
 
 COMMANDS = {"enroll": cmd_enroll, "run": cmd_run, "once": cmd_once, "status": cmd_status}

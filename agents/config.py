@@ -6,7 +6,9 @@ that group or others can read is refused at load, as ssh refuses a readable priv
 
 Paths, first match wins:
 - credentials: `--config`, `$SUANLI_AGENT_CONFIG`, `/etc/suanli/agent.json`;
-- spool: `--spool-dir`, `$SUANLI_AGENT_SPOOL`, `/var/lib/suanli-agent/spool` (the systemd unit's StateDirectory).
+- spool: `--spool-dir`, `$SUANLI_AGENT_SPOOL`, `/var/lib/suanli-agent/spool` (the systemd unit's StateDirectory);
+- workload state (the last desired workloads, SSH key files mounted into containers, the host users record):
+  `--state-dir`, `$SUANLI_AGENT_STATE`, else the spool directory.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ DEFAULT_CONFIG = "/etc/suanli/agent.json"
 DEFAULT_SPOOL = "/var/lib/suanli-agent/spool"
 ENV_CONFIG = "SUANLI_AGENT_CONFIG"
 ENV_SPOOL = "SUANLI_AGENT_SPOOL"
+ENV_STATE = "SUANLI_AGENT_STATE"
 
 
 class ConfigError(Exception):
@@ -46,6 +49,10 @@ def config_path(explicit: str | None = None) -> str:
 
 def spool_path(explicit: str | None = None) -> str:
     return explicit or os.environ.get(ENV_SPOOL) or DEFAULT_SPOOL
+
+
+def state_path(explicit: str | None = None, spool: str | None = None) -> str:
+    return explicit or os.environ.get(ENV_STATE) or spool_path(spool)
 
 
 def write_credentials(path: str, creds: Credentials, owner: str | None = None) -> None:

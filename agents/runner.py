@@ -11,6 +11,8 @@ One loop, one thread:
 - A refused report (4xx) is dropped and counted, a duplicate counts as delivered.
 - `stop()` (SIGTERM/SIGINT in the CLI) lets the send in flight finish, then the loop returns.
 - A simulated host that is "silent" neither collects nor sends.
+- With a workload reconciler (`agents.workloads.Reconciler`, which runs in its own thread), each report also carries
+  `workloads` and `workloads_version` from the reconciler's last pass.
 
 The clock (`clock`, monotonic, for scheduling), the wall clock (`wall`, for `sent_at`) and the wait are injectable,
 so tests run a 10-minute outage in seconds.
@@ -26,11 +28,14 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agents import __version__
 from agents.client import DELIVERED, REFUSED, Backoff, Client, Outcome
 from agents.spool import Spool
+
+if TYPE_CHECKING:
+    from agents.workloads import Reconciler
 
 log = logging.getLogger("suanli.agent")
 
@@ -73,6 +78,7 @@ class Agent:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         wait: Callable[[float], Any] | None = None,
+        reconciler: Reconciler | None = None,
     ):
         if interval <= 0:
             raise ValueError("interval must be positive")
@@ -85,6 +91,7 @@ class Agent:
         self.backoff = backoff or Backoff()
         self.clock = clock
         self.wall = wall
+        self.reconciler = reconciler
         self._stop = threading.Event()
         self._wait = wait or self._stop.wait
         self.attempt = 0
@@ -119,6 +126,11 @@ class Agent:
             seq = self.spool.last_seq
             log.error("cannot save the spool state (%s); seq %s kept in memory", exc, seq)
         report = build_report(seq, samples, interval=self.interval, hostname=self.hostname, wall=self.wall())
+        if self.reconciler is not None:
+            try:
+                report.update(self.reconciler.report_fields())
+            except Exception:  # the telemetry goes out even if the workload side has a bug
+                log.exception("cannot add the workloads to report %s", seq)
         body = encode(report)
         self.stats["collected"] += 1
         try:

@@ -1,5 +1,7 @@
 """Fixtures for the agent tests. None of them needs Django or a database; the agent tests also run alone with
-`pytest tests/agents -p no:django --confcutdir=tests/agents` (which skips the project's Django conftest)."""
+`pytest tests/agents -p no:django --confcutdir=tests/agents` (which skips the project's Django conftest). The
+real-container fixtures (tests/containers.py: dockerd, ssh_image, sshd, ...) come from the project's conftest, or,
+run alone, are loaded here."""
 
 from __future__ import annotations
 
@@ -12,6 +14,11 @@ import pytest
 from tests.agents.fakes import FakeClock, FakePlatform
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.pluginmanager.has_plugin("tests.containers"):  # run alone, without tests/conftest.py
+        config.pluginmanager.import_plugin("tests.containers")
 
 
 @pytest.fixture

@@ -212,3 +212,132 @@ def test_fake_platform_port_is_reused_after_down_and_up():
         assert p.port == port and p.is_up
     finally:
         p.close()
+
+
+# -- workloads: options, the runtime's choice, a run end to end ----------------------------------------------------
+
+
+def test_the_workload_options_of_run_and_their_defaults():
+    args = cli.build_parser().parse_args(["run"])
+    assert (args.runtime, args.docker_url, args.state_dir) == (None, None, None)
+    assert (args.publish_address, args.workloads_poll, args.stop_grace, args.ssh_port) == ("0.0.0.0", 3.0, 10.0, 22)  # noqa: S104
+    args = cli.build_parser().parse_args(
+        [
+            "--runtime",
+            "docker",
+            "run",
+            "--docker-url",
+            "tcp://10.0.0.5:2375",
+            "--state-dir",
+            "/srv/suanli",
+            "--publish-address",
+            "203.0.113.7",
+            "--workloads-poll",
+            "1.5",
+            "--stop-grace",
+            "30",
+            "--ssh-port",
+            "2222",
+        ]
+    )
+    assert (args.runtime, args.docker_url, args.state_dir) == ("docker", "tcp://10.0.0.5:2375", "/srv/suanli")
+    assert (args.publish_address, args.workloads_poll, args.stop_grace, args.ssh_port) == ("203.0.113.7", 1.5, 30, 2222)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--runtime", "kubernetes", "run"],
+        ["run", "--publish-address", "everywhere"],
+        ["run", "--ssh-port", "70000"],
+        ["run", "--stop-grace", "-1"],
+        ["run", "--workloads-poll", "0"],
+    ],
+)
+def test_bad_workload_options_exit_2(args, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(args)
+    assert exited.value.code == 2
+
+
+def test_the_runtime_is_the_one_asked_for_else_simulated_else_docker_when_it_answers_else_none(monkeypatch):
+    from agents.runtime import choose_kind, docker_runtime
+
+    monkeypatch.setattr(docker_runtime, "docker_answers", lambda url=None: True)
+    assert choose_kind("host", simulate=True) == "host"
+    assert choose_kind(None, simulate=True) == "simulated"
+    assert choose_kind(None, simulate=False) == "docker"
+    monkeypatch.setattr(docker_runtime, "docker_answers", lambda url=None: False)
+    assert choose_kind(None, simulate=False) == "none"
+
+
+def test_docker_answers_is_false_without_a_daemon(tmp_path):
+    from agents.runtime.docker_runtime import docker_answers
+
+    assert docker_answers(f"unix://{tmp_path}/no-docker.sock", timeout=1) is False
+
+
+def test_an_explicit_runtime_that_cannot_work_here_exits_2(platform, tmp_path, capsys):
+    assert enroll(platform, tmp_path) == 0
+    common = ["--config", str(tmp_path / "agent.json"), "--spool-dir", str(tmp_path / "spool"), "--simulate", "1"]
+    code = cli.main([*common, "--runtime", "docker", "--docker-url", f"unix://{tmp_path}/none.sock", "run"])
+    assert code == 2
+    assert "the docker runtime cannot run here: the Docker daemon at unix://" in capsys.readouterr().err
+
+
+def test_a_simulated_agent_runs_the_desired_workloads_and_reports_them_and_status_shows_them(
+    platform, tmp_path, capsys
+):
+    assert enroll(platform, tmp_path) == 0
+    platform.desired = {
+        "version": 3,
+        "server": 42,
+        "public_host": "gpu-7.example.com",
+        "port_range": [40000, 40999],
+        "workloads": [
+            {
+                "id": 31,
+                "lease": 55,
+                "access": "container",
+                "gpus": ["GPU-aaaa"],
+                "image": "suanli/pytorch:2.4-cuda12.4",
+                "command": [],
+                "env": {},
+                "ports": [22, 8888],
+                "ssh_keys": ["ssh-ed25519 AAAA alice"],
+                "limits": {"cpus": 4, "memory_mb": 8192, "disk_gb": 50},
+                "user": "root",
+                "desired": "running",
+                "generation": 0,
+                "stop_by": None,
+            }
+        ],
+    }
+    common = ["--config", str(tmp_path / "agent.json"), "--spool-dir", str(tmp_path / "spool"), "--simulate", "2"]
+    assert cli.main([*common, "run", "--interval", "0.2", "--workloads-poll", "0.05", "--duration", "3.2"]) == 0
+    last = platform.received[-1]
+    assert last["workloads_version"] == 3
+    (entry,) = last["workloads"]
+    assert entry["id"] == 31 and entry["state"] == "running" and entry["ports"] == {"22": 40000, "8888": 40001}
+    states = [r["workloads"][0]["state"] for r in platform.received if r.get("workloads")]
+    assert states[0] in ("pending", "pulling") and "pulling" in states
+    capsys.readouterr()
+
+    assert cli.main([*common, "status", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["runtime"] == {"kind": "simulated", "ok": True}
+    assert status["workloads"]["desired"]["version"] == 3 and status["workloads"]["done_version"] == 3
+    assert status["workloads"]["workloads"][0]["state"] == "running"
+    assert cli.main([*common, "status"]) == 0
+    text = capsys.readouterr().out
+    assert "runtime:   simulated" in text
+    assert "workloads: desired version 3" in text and "31: running (generation 0)  ports 22->40000, 8888->40001" in text
+
+
+def test_with_runtime_none_the_reports_carry_no_workloads(platform, tmp_path):
+    assert enroll(platform, tmp_path) == 0
+    platform.desired = {"version": 1, "workloads": []}
+    common = ["--config", str(tmp_path / "agent.json"), "--spool-dir", str(tmp_path / "spool"), "--simulate", "1"]
+    assert cli.main([*common, "--runtime", "none", "run", "--interval", "0.05", "--duration", "0.2"]) == 0
+    assert platform.received and all("workloads" not in r for r in platform.received)
+    assert platform.gets == 0

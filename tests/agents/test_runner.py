@@ -208,3 +208,31 @@ def test_a_full_disk_does_not_stop_reporting_while_the_platform_answers(tmp_path
     agent.run(duration=30)
     seqs = [r["seq"] for r in platform.received]
     assert len(seqs) == 3 and seqs == sorted(seqs)
+
+
+class StubReconciler:
+    def __init__(self, fields=None, error=None):
+        self.fields, self.error = fields, error
+
+    def report_fields(self):
+        if self.error:
+            raise self.error
+        return self.fields
+
+
+def test_each_report_carries_the_reconcilers_workloads_and_version(tmp_path, platform, clock):
+    agent = make_agent(tmp_path, platform, clock, gpus=1)
+    entry = {"id": 31, "state": "running", "progress": None, "ports": {"22": 40000}, "message": "", "exit_code": None}
+    agent.reconciler = StubReconciler({"workloads": [{**entry, "generation": 0, "gpus": []}], "workloads_version": 7})
+    agent.run(duration=20)
+    assert len(platform.received) == 2
+    for report in platform.received:
+        assert report["workloads_version"] == 7 and report["workloads"][0]["state"] == "running"
+        assert {"seq", "sent_at", "gpus"} <= set(report)
+
+
+def test_a_reconciler_that_fails_does_not_stop_the_telemetry(tmp_path, platform, clock):
+    agent = make_agent(tmp_path, platform, clock, gpus=1)
+    agent.reconciler = StubReconciler(error=RuntimeError("bug"))
+    agent.run(duration=20)
+    assert len(platform.received) == 2 and "workloads" not in platform.received[0]
