@@ -231,6 +231,8 @@ SUANLI_RATE_LIMITS = {
     "agent_enroll": env_str("RATE_LIMIT_AGENT_ENROLL", "30/60"),
     # Per agent, accepted reports (10 s interval = 6 a minute; the rest drains a spool after an outage).
     "agent_reports": env_str("RATE_LIMIT_AGENT_REPORTS", "120/60"),
+    # Per agent, reads of its desired workloads (a poll every 3 s = 20 a minute).
+    "agent_workloads": env_str("RATE_LIMIT_AGENT_WORKLOADS", "240/60"),
     # Per client address, reports refused for their signature; over it, that address is refused outright.
     "agent_auth_fail": env_str("RATE_LIMIT_AGENT_AUTH_FAIL", "30/60"),
 }

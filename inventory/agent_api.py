@@ -78,7 +78,7 @@ SIGNED = [
 ]
 
 
-def authenticate_agent(request: Request, *, body: bytes, now) -> Server:
+def authenticate_agent(request: Request, *, body: bytes, now: datetime, limit: str = "agent_reports") -> Server:
     """The server whose agent signed this request (reports and the desired-state read alike), under two limits:
     failed signatures per client address (refused before any work once over), and signed requests per agent,
     counted only after the signature checks out, so nobody can use up another agent's allowance by naming it.
@@ -98,9 +98,9 @@ def authenticate_agent(request: Request, *, body: bytes, now) -> Server:
     except Unauthenticated:
         over_limit("agent_auth_fail", address, limits["agent_auth_fail"])
         raise
-    allowed, wait = hit("agent_reports", str(server.agent_id), limits["agent_reports"])
+    allowed, wait = hit(limit, str(server.agent_id), limits[limit])
     if not allowed:
-        raise Throttled(wait=wait, detail="Too many reports from this agent; slow down.")
+        raise Throttled(wait=wait, detail="Too many requests from this agent; slow down.")
     return server
 
 

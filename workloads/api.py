@@ -134,7 +134,7 @@ class AgentWorkloadsApi(APIView):
     @extend_schema(parameters=agent_api.SIGNED, request=None, responses={200: DesiredStateOutput}, tags=["agent"])
     def get(self, request: Request) -> Response:
         now = timezone.now()
-        server = agent_api.authenticate_agent(request, body=b"", now=now)
+        server = agent_api.authenticate_agent(request, body=b"", now=now, limit="agent_workloads")
         return Response(services.desired_state_serve(server=server, now=now))
 
 

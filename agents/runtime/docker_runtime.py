@@ -530,12 +530,18 @@ class DockerRuntime(Runtime):
                 self.docker.types.DeviceRequest(device_ids=list(spec.gpus), capabilities=[["gpu"]])
             ]
         limits = spec.limits
+        # The platform's share of what the provider registered, never more than this host really has (the engine
+        # refuses a CPU or memory limit above it).
+        host_cpus = float(self.info.get("NCPU") or 0) or None
+        host_mb = int(self.info.get("MemTotal") or 0) // 2**20 or None
         if limits.cpus:
-            kwargs["nano_cpus"] = int(limits.cpus * 1e9)
+            cpus = min(limits.cpus, host_cpus) if host_cpus else limits.cpus
+            kwargs["nano_cpus"] = int(cpus * 1e9)
         if limits.memory_mb:
-            kwargs["mem_limit"] = limits.memory_mb * 2**20
-            kwargs["memswap_limit"] = limits.memory_mb * 2**20
-            kwargs["shm_size"] = limits.memory_mb * 2**19
+            memory_mb = min(limits.memory_mb, host_mb) if host_mb else limits.memory_mb
+            kwargs["mem_limit"] = memory_mb * 2**20
+            kwargs["memswap_limit"] = memory_mb * 2**20
+            kwargs["shm_size"] = memory_mb * 2**19
         if limits.disk_gb:
             kwargs["storage_opt"] = {"size": f"{limits.disk_gb}G"}
         return kwargs
