@@ -8,8 +8,9 @@ Every `poll` seconds (3 by default) in its own thread, `Reconciler.tick()`:
 2. Observes what of ours is on the host (`Runtime.observe`) and compares:
    - a workload of ours that the desired state does not list, or whose `stop_by` has passed (on the host clock,
      reachable platform or not): stopped (SIGTERM, `grace`, SIGKILL) and removed with its volumes and scratch;
-   - a listed workload found with another spec (`spec_hash`) or generation: removed, then created again (a restart
-     request increments the generation);
+   - a listed workload found with another spec (`spec_hash`): removed, then created again; with another generation
+     (a restart request increments it): restarted (`Runtime.restart`: a container is created again, a host-access
+     user's processes are ended and its home kept);
    - a listed workload with `desired: running` that is missing, or stopped by us: created or started
      (`Runtime.ensure`); one whose own process ended stays `exited` until a restart request;
    - a listed workload with `desired: stopped`: stopped, kept.
@@ -215,10 +216,13 @@ class Reconciler:
         self._publish(desired, observed, wanted, expired)
 
     def _converge(self, spec: WorkloadSpec, seen: Observed | None, port_range: tuple[int, int] | None) -> None:
-        if seen is not None and (seen.spec_hash != spec.spec_hash or seen.generation != spec.generation):
-            why = "a restart was asked for" if seen.spec_hash == spec.spec_hash else "its spec changed"
-            self._ask(spec.id, "recreate", why)
+        if seen is not None and seen.spec_hash != spec.spec_hash:
+            self._ask(spec.id, "recreate", "its spec changed")
             self.runtime.remove(spec.id, self.grace)
+        elif seen is not None and seen.generation != spec.generation:
+            if not seen.busy:
+                self._ask(spec.id, "restart", f"generation {seen.generation} -> {spec.generation}")
+                self.runtime.restart(spec, self.grace)
         elif spec.desired == RUNNING:
             if seen is None or not (seen.busy or seen.state == RUNNING):
                 self._ask(spec.id, "ensure", "it is wanted running")

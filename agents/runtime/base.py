@@ -234,6 +234,11 @@ class Runtime(ABC):
     def remove(self, workload_id: int, grace: float) -> None:
         """Stop it as `stop` does, then remove it with its volumes and its scratch directory."""
 
+    def restart(self, spec: WorkloadSpec, grace: float) -> None:
+        """A restart request (a new generation, the same spec). By default the workload is removed and the
+        reconciler creates it again; host access ends the user's processes instead and keeps the home."""
+        self.remove(spec.id, grace)
+
     def describe(self) -> dict[str, Any]:
         """A few facts for `suanli-agent status` and the log."""
         return {"runtime": self.name}

@@ -5,6 +5,7 @@
   key), then the lease's keys in
   `~<user>/.ssh/authorized_keys` (directory 0700, file 0600, both owned by the user; written without following links
   the user could have planted). The workload is `running` with ports {"22": <ssh_port>}.
+- Restart (a new generation): the user's processes get SIGTERM, `grace` seconds, then SIGKILL; the home stays.
 - Stop (`desired: stopped`): the account expires (`usermod -e 1`, which sshd honours), the user's processes get SIGTERM,
   `grace` seconds, then SIGKILL until none is left. Starting again un-expires it.
 - Remove: the account expires, the processes are killed the same way, then `userdel -r <user>` removes the user with
@@ -154,6 +155,14 @@ class HostRuntime(Runtime):
             return
         self.ops.begin(spec.id, "create", STARTING if record else PENDING, lambda op: self._create(op, spec), spec)
 
+    def restart(self, spec: WorkloadSpec, grace: float) -> None:
+        """End the user's processes (SIGTERM, grace, SIGKILL) and open the account again; the home stays."""
+        user = self._user_of(spec.id)
+        if user is None:
+            self.ensure(spec, None)
+            return
+        self.ops.begin(spec.id, "restart", STARTING, lambda op: self._restart(op, user, spec, grace), spec)
+
     def stop(self, workload_id: int, grace: float) -> None:
         user = self._user_of(workload_id)
         if user is not None:
@@ -202,6 +211,11 @@ class HostRuntime(Runtime):
         self._record(user, spec, stopped=False)
         with self._lock:
             self._failures.pop(spec.id, None)
+
+    def _restart(self, op: Operation, user: str, spec: WorkloadSpec, grace: float) -> None:
+        self._kill(user, grace)
+        log.info("workload %s: the processes of %s ended for a restart", spec.id, user)
+        self._create(op, spec)
 
     def _stop(self, op: Operation, user: str, grace: float) -> None:
         with self._lock:

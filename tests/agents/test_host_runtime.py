@@ -93,6 +93,10 @@ def ended(spawned: tuple[subprocess.Popen, threading.Thread]) -> bool:
     return spawned[0].returncode is not None
 
 
+def status_of(rec: Reconciler, wid: int):
+    return next(w for w in rec.snapshot().workloads if w.id == wid)
+
+
 def settle(rec: Reconciler, wid: int, state: str, timeout: float = 30.0):
     deadline = time.monotonic() + timeout
     while True:
@@ -137,11 +141,24 @@ def test_a_lease_user_is_created_reached_by_ssh_stopped_started_and_removed_with
     settle(rec, 31, "running")
     assert ssh_run(sshd, ssh_keypair.private, "true", user=lease_user).returncode == 0
 
+    with open(os.path.join(entry.pw_dir, "work.txt"), "w") as fh:
+        fh.write("kept across a restart\n")
     sleeper = spawn_as(lease_user)
-    source.payload = desired(4)
+    source.payload = desired(4, host_workload(31, lease_user, [ssh_keypair.public_text], generation=1))
+    deadline = time.monotonic() + 30
+    while next(w for w in rec.snapshot().workloads if w.id == 31).generation != 1 or runtime.ops.all():
+        assert time.monotonic() < deadline, rec.snapshot()
+        rec.tick()
+        time.sleep(0.05)
+    assert ended(sleeper), "a restart ends the user's processes"
+    assert open(os.path.join(entry.pw_dir, "work.txt")).read() == "kept across a restart\n"
+    assert pwd.getpwnam(lease_user).pw_uid == entry.pw_uid and status_of(rec, 31).state == "running"
+
+    sleeper = spawn_as(lease_user)
+    source.payload = desired(5)
     settle(rec, 31, "cleaned")
     assert ended(sleeper) and not exists(lease_user) and not os.path.exists(entry.pw_dir)
-    assert runtime.records == {} and rec.report_fields()["workloads_version"] == 4
+    assert runtime.records == {} and rec.report_fields()["workloads_version"] == 5
 
 
 def test_an_existing_lease_user_that_is_listed_is_adopted_not_created_again(lease_user, tmp_path):
