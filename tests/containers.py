@@ -278,7 +278,15 @@ def _unmount_all(root: Path) -> None:
 
 @pytest.fixture(scope="session")
 def dockerd() -> Iterator[Dockerd]:
-    """A Docker daemon of this session alone, started once (about 0.2 s) and stopped at the end.
+    """A Docker daemon of this session alone, started once (about 0.2 s) and stopped at the end: `start_dockerd`."""
+    with start_dockerd() as daemon:
+        yield daemon
+
+
+@contextlib.contextmanager
+def start_dockerd() -> Iterator[Dockerd]:
+    """A Docker daemon of this process alone, stopped (containers, bridge, mounts and root removed) on exit. Outside
+    pytest too (bench/workload_ssh.py); where it cannot start, `unavailable` raises pytest's skip (or fail) outcome.
 
     - Its own unix socket, --data-root, --exec-root and --pidfile under /tmp/suanli-dockerd-XXXX (short paths:
       unix socket names are limited to 108 bytes), its own empty --config-file (so /etc/docker/daemon.json
