@@ -343,3 +343,34 @@ def test_pull_progress_follows_the_layers_bytes(tmp_path, monkeypatch):
     op = Operation("create", "pending")
     runtime._pull(op, stub, "suanli/pytorch:2.4")
     assert seen == [0, 10, 2, 25, 62] and op.progress == 100 and op.state == "pulling"
+
+
+def test_status_shows_the_docker_runtime_without_creating_anything(dockerd, tmp_path, capsys):
+    import json
+
+    from agents import cli
+
+    common = ["--config", str(tmp_path / "none.json"), "--spool-dir", str(tmp_path / "spool"), "--simulate", "1"]
+    cli.main([*common, "--runtime", "docker", "--docker-url", dockerd.url, "status", "--json"])
+    runtime = json.loads(capsys.readouterr().out)["runtime"]
+    assert runtime["kind"] == "docker" and runtime["ok"] and runtime["nvidia"] is False
+    assert runtime["storage_driver"] == "vfs" and runtime["url"] == dockerd.url
+    cli.main([*common, "--runtime", "docker", "--docker-url", dockerd.url, "status"])
+    assert "NVIDIA container runtime NO" in capsys.readouterr().out
+    assert not (tmp_path / "spool").exists()
+    cli.main([*common, "--runtime", "docker", "--docker-url", f"unix://{tmp_path}/none.sock", "status", "--json"])
+    runtime = json.loads(capsys.readouterr().out)["runtime"]
+    assert runtime["ok"] is False and "does not answer" in runtime["error"]
+
+
+def test_a_container_that_ended_with_the_host_is_started_again_after_the_reboot(dockerd, ssh_image, client, state_dir):
+    runtime, rec = make(dockerd, state_dir, Source(desired(1, workload(31, ssh_image))))
+    settle(rec, is_("running"))
+    dockerd.run("stop", "suanli-workload-31")  # as the shutdown of the host stops it
+    settle(rec, is_("exited"))
+    for _ in range(5):
+        rec.tick()
+    assert container(client).status == "exited", "an ended container is not started again on its own"
+    runtime.boot_time = time.time() + 1  # the host booted after the container ended
+    settle(rec, is_("running"))
+    assert len(client.containers.list(all=True)) == 1
