@@ -1,42 +1,7 @@
-// The provider's server page: telemetry charts (uPlot, vendored in static/vendor/uplot/) over a chosen range,
-// and the copy button of the agent install command. No build step; loaded with `defer` after uPlot.
+// The provider's server page: telemetry charts (uPlot, vendored in static/vendor/uplot/) over a chosen range.
+// No build step; loaded with `defer` after uPlot. (The install command's copy button is suanli.js's.)
 (function () {
   "use strict";
-
-  // --- Copy buttons: <button data-copy-target="id-of-a-field"> ----------------------------------------------
-  function copyText(field) {
-    if (navigator.clipboard && window.isSecureContext) {
-      return navigator.clipboard.writeText(field.value);
-    }
-    // Plain-HTTP development sites have no async clipboard API: select the text and use the old command.
-    field.focus();
-    field.select();
-    return document.execCommand("copy") ? Promise.resolve() : Promise.reject(new Error("copy refused"));
-  }
-
-  document.addEventListener("click", function (event) {
-    var button = event.target instanceof Element ? event.target.closest("[data-copy-target]") : null;
-    if (!button) {
-      return;
-    }
-    var field = document.getElementById(button.getAttribute("data-copy-target"));
-    if (!field) {
-      return;
-    }
-    var label = button.textContent;
-    copyText(field).then(
-      function () {
-        button.textContent = button.getAttribute("data-copied-text") || label;
-        window.setTimeout(function () { button.textContent = label; }, 2000);
-      },
-      function () {
-        field.focus();
-        field.select();
-        button.textContent = button.getAttribute("data-copy-failed-text") || label;
-        window.setTimeout(function () { button.textContent = label; }, 4000);
-      }
-    );
-  });
 
   // --- Charts ---------------------------------------------------------------------------------------------
   var section = document.getElementById("server-charts");

@@ -52,6 +52,55 @@
     }
   });
 
+  // <button data-copy-target="id">: copies the field's value, or the element's text (a <code> such as a lease's ssh
+  // line), and says so on the button for a moment (data-copied-text; data-copy-failed-text when it cannot).
+  function isField(target) {
+    return target instanceof HTMLInputElement || target instanceof HTMLTextAreaElement;
+  }
+
+  function selectWhole(target) {
+    if (isField(target)) {
+      target.focus();
+      target.select();
+      return;
+    }
+    var range = document.createRange();
+    range.selectNodeContents(target);
+    var selection = window.getSelection();
+    selection.removeAllRanges();
+    selection.addRange(range);
+  }
+
+  function copyText(target) {
+    var text = isField(target) ? target.value : target.textContent.trim();
+    if (navigator.clipboard && window.isSecureContext) {
+      return navigator.clipboard.writeText(text);
+    }
+    // Plain-HTTP development sites have no async clipboard API: select the text and use the old command.
+    selectWhole(target);
+    return document.execCommand("copy") ? Promise.resolve() : Promise.reject(new Error("copy refused"));
+  }
+
+  document.addEventListener("click", function (event) {
+    var button = event.target instanceof Element ? event.target.closest("[data-copy-target]") : null;
+    var target = button ? document.getElementById(button.getAttribute("data-copy-target")) : null;
+    if (!target) {
+      return;
+    }
+    var label = button.textContent;
+    copyText(target).then(
+      function () {
+        button.textContent = button.getAttribute("data-copied-text") || label;
+        window.setTimeout(function () { button.textContent = label; }, 2000);
+      },
+      function () {
+        selectWhole(target);
+        button.textContent = button.getAttribute("data-copy-failed-text") || label;
+        window.setTimeout(function () { button.textContent = label; }, 4000);
+      }
+    );
+  });
+
   // Coming back with the browser's back button shows the page from cache: make its forms usable again.
   window.addEventListener("pageshow", function (event) {
     if (!event.persisted) {
