@@ -1,7 +1,15 @@
 from django.urls import path
 
 from billing import views as billing_views
-from marketplace import views, views_leases, views_offers, views_provider, views_servers, views_staff
+from marketplace import (
+    views,
+    views_leases,
+    views_offers,
+    views_provider,
+    views_servers,
+    views_staff,
+    views_workloads,
+)
 
 app_name = "marketplace"
 
@@ -17,6 +25,19 @@ urlpatterns = [
     path("leases/<int:lease_id>/live/", views_leases.lease_live, name="lease_live"),
     path("leases/<int:lease_id>/resize/", views_leases.lease_resize, name="lease_resize"),
     path("leases/<int:lease_id>/end/", views_leases.lease_end, name="lease_end"),
+    path("leases/<int:lease_id>/workloads/", views_workloads.lease_workloads, name="lease_workloads"),
+    path(
+        "leases/<int:lease_id>/workloads/<int:workload_id>/restart/",
+        views_workloads.workload_restart,
+        name="workload_restart",
+    ),
+    path(
+        "leases/<int:lease_id>/workloads/<int:workload_id>/stop/",
+        views_workloads.workload_stop,
+        name="workload_stop",
+    ),
+    path("ssh-keys/", views_workloads.ssh_keys, name="ssh_keys"),
+    path("ssh-keys/<int:key_id>/delete/", views_workloads.ssh_key_delete, name="ssh_key_delete"),
     path("servers/", views_servers.server_list, name="server_list"),
     path("servers/<int:server_id>/", views_servers.server_detail, name="server_detail"),
     path("servers/<int:server_id>/cards/", views_servers.server_tiles, name="server_tiles"),

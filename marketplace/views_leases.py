@@ -31,6 +31,7 @@ from accounts.permissions import OPERATE, has_role
 from billing.metering import lease_usage
 from marketplace.forms import PLAN_LABELS, EndForm, ResizeForm, describe_errors, service_message
 from marketplace.views_offers import UNIT_LABELS, money
+from marketplace.views_workloads import workload_event_text, workload_panel
 from scheduler import services as scheduler_services
 from scheduler.access import access_lease
 from scheduler.models import Allocation, Lease, LeaseEvent, LeaseState, Plan
@@ -45,6 +46,7 @@ STATE_LABELS = {
     LeaseState.ENDED: pgettext_lazy("lease state", "Ended"),
     LeaseState.PREEMPTED: pgettext_lazy("lease state", "Preempted"),
     LeaseState.CANCELLED: pgettext_lazy("lease state", "Cancelled"),
+    LeaseState.FAILED: pgettext_lazy("lease state", "Failed to start"),
 }
 EVENT_LABELS = {
     LeaseEvent.Kind.CREATED: pgettext_lazy("lease event", "Created"),
@@ -56,6 +58,8 @@ EVENT_LABELS = {
     LeaseEvent.Kind.PREEMPTED: pgettext_lazy("lease event", "Preempted"),
     LeaseEvent.Kind.FAILOVER: pgettext_lazy("lease event", "Card replaced"),
     LeaseEvent.Kind.SHORTFALL: pgettext_lazy("lease event", "Card lost"),
+    LeaseEvent.Kind.FAILED: pgettext_lazy("lease event", "Failed to start"),
+    LeaseEvent.Kind.WORKLOAD: pgettext_lazy("lease event", "Workload"),
 }
 
 
@@ -181,6 +185,8 @@ def event_text(event: LeaseEvent) -> str:
         return _("A card failed and no replacement was free: %(gpu)s. It is not charged.") % {
             "gpu": data.get("gpu", "")
         }
+    if kind in (LeaseEvent.Kind.FAILED, LeaseEvent.Kind.WORKLOAD):
+        return workload_event_text(event)
     return str(EVENT_LABELS.get(event.kind, event.kind))
 
 
@@ -253,6 +259,7 @@ def _detail(
         "end_form": end_form if can_operate and live else None,
         "confirming": confirming,
         "state_label": STATE_LABELS.get(lease.state, lease.state),
+        "panel": workload_panel(request, lease),
         "events": [
             {
                 "event": event,

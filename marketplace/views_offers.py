@@ -2,7 +2,8 @@
 its price estimate.
 
 Thin: search reads through marketplace.selectors.offers_listed (free cards now, reliability, prices compared in
-one currency); renting calls scheduler.services.lease_create pinned to the offer, once per rendered form
+one currency); renting calls workloads.services.lease_create pinned to the offer, with the optional workload of
+the form's workload section (without one it is the scheduler's lease as before), once per rendered form
 (marketplace.forms.IdempotentForm). Prices are shown in the viewer's organisation's currency at the rates a
 lease would be priced at (scheduler.pricing), with the offer's own price beside them.
 """
@@ -32,10 +33,11 @@ from accounts.permissions import OPERATE, has_role
 from billing.rating import YEAR_SECONDS, to_money
 from inventory.models import Offer
 from marketplace.forms import PLAN_LABELS, OfferSearchForm, RentForm, describe_errors, months_between, service_message
+from marketplace.forms_workloads import WorkloadForm
 from marketplace.selectors import OfferQuery, offers_listed
-from scheduler import services as scheduler_services
 from scheduler.models import Plan
 from scheduler.pricing import PRICE_PLACES, rate_between
+from workloads import services as workload_services
 
 PAGE_SIZE = 12
 UNIT_LABELS = {
@@ -319,13 +321,22 @@ def renter_problem(request: HttpRequest) -> str:
 
 
 def _page(
-    request: HttpRequest, offer: Offer, form: RentForm, currency: str, *, estimate: Estimate | None = None, status=200
+    request: HttpRequest,
+    offer: Offer,
+    form: RentForm,
+    currency: str,
+    workload_form: WorkloadForm,
+    *,
+    estimate: Estimate | None = None,
+    status=200,
 ) -> HttpResponse:
     describe_errors(form)
+    describe_errors(workload_form)
     context = {
         "view": offer_view(offer, currency),
         "offer": offer,
         "form": form,
+        "workload_form": workload_form,
         "plan": form.chosen_plan,
         "estimate": estimate or estimate_for(form, currency),
         "renter_problem": renter_problem(request) if request.user.is_authenticated else "",
@@ -341,37 +352,55 @@ def offer_detail(request: HttpRequest, offer_id: int) -> HttpResponse:
     currency = viewer_currency(request)
     offer = _listed_offer(offer_id, currency, now)
     if request.method != "POST":
-        form = RentForm(offer=offer, now=now)
-        return _page(request, offer, form, currency)
+        workload_form = WorkloadForm(offer=offer, org=getattr(request, "org", None), user=request.user)
+        return _page(request, offer, RentForm(offer=offer, now=now), currency, workload_form)
     if not request.user.is_authenticated:
         return redirect_to_login(request.get_full_path())
     if renter_problem(request):
         raise PermissionDenied
     org: Organization = request.org  # type: ignore[attr-defined]
     form = RentForm(request.POST, offer=offer, now=now)
-    valid = form.is_valid()
+    workload_form = WorkloadForm(request.POST, offer=offer, org=org, user=request.user)
+    valid = form.is_valid() & workload_form.is_valid()  # both, so that every field's errors show
     if request.POST.get("action") == "estimate" or not valid:
         # "Update the estimate" without JavaScript, or a form to correct: render, rent nothing.
         form.renew_key()
-        return _page(request, offer, form, currency, status=200 if request.POST.get("action") == "estimate" else 400)
+        status = 200 if request.POST.get("action") == "estimate" else 400
+        return _page(request, offer, form, currency, workload_form, status=status)
     arguments = form.lease_arguments()
+    workload = workload_form.workload(arguments["plan"])
     # The submitted values (not `now`-dependent ones like a computed end) identify a replay of this form.
     payload = {
         "offer": offer.pk,
         **{name: form.cleaned_data.get(name) for name in form.fields if name != "idempotency_key"},
+        "workload": workload,
     }
     outcome = form.submit(
         org=org,
         scope=f"web.offer.{offer.pk}.rent",
         payload=payload,
-        work=lambda: {"lease": scheduler_services.lease_create(org=org, offer=offer, now=now, **arguments).pk},
+        work=lambda: {
+            "lease": workload_services.lease_create(
+                org=org, user=request.user, workload=workload, offer=offer, now=now, **arguments
+            ).pk
+        },
     )
     if outcome.ok:
         lease_id = outcome.body["lease"]
-        messages.success(request, _("Lease %(id)s is yours. Its cards are listed below.") % {"id": lease_id})
+        if workload:
+            text = _("Lease %(id)s is yours. Its workload is starting; how to connect shows below once it runs.")
+        else:
+            text = _("Lease %(id)s is yours. Its cards are listed below.")
+        messages.success(request, text % {"id": lease_id})
         return HttpResponseRedirect(reverse("marketplace:lease_detail", args=[lease_id]))
     if outcome.code == "invalid":
-        form.add_service_errors(outcome.fields, outcome.message)
+        # The workload's field errors beside the workload section's fields, the lease's beside the lease's.
+        fields = dict(outcome.fields or {})
+        workload_fields = fields.pop("workload", None)
+        if isinstance(workload_fields, dict):
+            workload_form.add_service_errors(workload_fields, outcome.message)
+        if fields or not isinstance(workload_fields, dict):
+            form.add_service_errors(fields, outcome.message)
     elif outcome.code == "no_capacity":
         form.add_error(
             None,
@@ -385,7 +414,8 @@ def offer_detail(request: HttpRequest, offer_id: int) -> HttpResponse:
     else:
         form.add_error(None, service_message(outcome.message))
     form.renew_key()
-    return _page(request, offer, form, currency, status={"invalid": 400, "billing_hold": 403}.get(outcome.code, 409))
+    status = {"invalid": 400, "billing_hold": 403}.get(outcome.code, 409)
+    return _page(request, offer, form, currency, workload_form, status=status)
 
 
 @require_POST

@@ -141,6 +141,11 @@ ACCESS: dict[str, str] = {
     "marketplace:lease_live": "page_object",
     "marketplace:lease_resize": "post_only",
     "marketplace:lease_end": "post_only",
+    "marketplace:lease_workloads": "page_object",
+    "marketplace:workload_restart": "post_only",
+    "marketplace:workload_stop": "post_only",
+    "marketplace:ssh_keys": "page_list",
+    "marketplace:ssh_key_delete": "post_only",
     "marketplace:server_list": "page_provider",
     "marketplace:server_detail": "page_object",
     "marketplace:server_tiles": "page_object",
@@ -207,6 +212,8 @@ PAGE_OBJECTS = {
     "server_id": lambda v: v.objects["server"].pk,
     "org_id": lambda v: v.alice.org.pk,
     "key_id": _alice_key,
+    # Restart and Stop are POST only: GET is 405 whatever the id, and a POST without the CSRF token is 403 first.
+    "workload_id": lambda v: 1,
 }
 BOB_WORDS = ("server", "offer", "payout", "provider", "agent", "staff_fleet")
 

@@ -163,6 +163,7 @@ PAGES = [
     ("alice", "/offers/{offer}/"),
     ("alice", "/leases/"),
     ("alice", "/leases/{lease}/"),
+    ("alice", "/ssh-keys/"),
     ("alice", "/invoices/"),
     ("alice", "/invoices/{invoice}/"),
     ("alice", "/accounts/email/"),

@@ -1,0 +1,231 @@
+"""Forms of the workload pages: adding an SSH key, the workload section of the rent form, and the Restart and Stop
+buttons of a lease's workload.
+
+The rules (what a key must be, which templates and keys a lease may use, host access only by the server-month)
+are workloads.services'; these forms collect the fields and put the service's field errors beside them, in the
+page's language.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django import forms
+from django.utils.translation import get_language, gettext_lazy, gettext_noop
+from django.utils.translation import gettext as _
+
+from accounts.errors import InvalidInput
+from accounts.models import Organization, User
+from inventory.models import Offer
+from marketplace.forms import IdempotentForm
+from scheduler.models import Plan
+from workloads.access import ssh_keys_of, templates_visible
+from workloads.models import Access, SshKey, Template
+
+# Messages of workloads.services and workloads.sshkeys that can reach these forms, marked so they are translated.
+SERVICE_MESSAGES = (
+    gettext_noop("Paste one OpenSSH public key (the contents of a .pub file)."),
+    gettext_noop("Paste exactly one OpenSSH public key, on one line."),
+    gettext_noop("An OpenSSH public key looks like 'ssh-ed25519 AAAA... you@host'."),
+    gettext_noop("That is a private key or a PEM file: paste the public key (the .pub file) instead."),
+    gettext_noop("The key's base64 data is damaged."),
+    gettext_noop("The key's data is not a valid key of its type."),
+    gettext_noop("The key's type does not match its data."),
+    gettext_noop("Unsupported key type."),
+    gettext_noop("Too many keys."),
+    gettext_noop("container or host."),
+    gettext_noop("Unknown template."),
+    gettext_noop("Not one of your keys."),
+    gettext_noop("Host access comes with server_month leases only."),
+    gettext_noop("Host access runs no image."),
+    gettext_noop("Host access needs at least one SSH key."),
+    gettext_noop("Name a template or an image."),
+    gettext_noop("Not a valid image reference."),
+)
+# The messages that carry a figure or a name: their English pattern, and the text to show.
+SERVICE_PATTERNS = (
+    (
+        re.compile(r"^Key type (?P<type>.+) is not accepted: use ed25519, ECDSA or RSA \(2048 bits or more\)\.$"),
+        gettext_lazy("Key type %(type)s is not accepted: use ed25519, ECDSA or RSA (2048 bits or more)."),
+    ),
+    (
+        re.compile(r"^This RSA key has (?P<bits>\d+) bits; at least (?P<least>\d+) are needed \(or use ed25519\)\.$"),
+        gettext_lazy("This RSA key has %(bits)s bits; at least %(least)s are needed (or use ed25519)."),
+    ),
+    (
+        re.compile(r"^This key \((?P<fingerprint>\S+)\) is already on your account\.$"),
+        gettext_lazy("This key (%(fingerprint)s) is already on your account."),
+    ),
+    (
+        re.compile(r"^At least (?P<least>\d+) GB \(the template's minimum\), at most (?P<most>\d+)\.$"),
+        gettext_lazy("At least %(least)s GB (the template's minimum), at most %(most)s."),
+    ),
+)
+
+
+def workload_message(text: str) -> str:
+    """A message of workloads.services in the page's language where we know it."""
+    for pattern, translated in SERVICE_PATTERNS:
+        match = pattern.match(text)
+        if match:
+            return str(translated) % match.groupdict()
+    return _(text)
+
+
+def _problems(value: Any) -> list[str]:
+    return [str(p) for p in value] if isinstance(value, list) else [str(value)]
+
+
+def _place_errors(form: forms.Form, fields: dict[str, Any] | None, message: str, *, names: dict[str, str]) -> None:
+    """Each of the service's field errors beside the form field `names` maps it to (the rest above the form)."""
+    placed = False
+    for field, problems in (fields or {}).items():
+        name = names.get(field)
+        for problem in _problems(problems):
+            form.add_error(name if name in form.fields else None, workload_message(problem))
+            placed = True
+    if not placed:
+        form.add_error(None, workload_message(message))
+
+
+# --- SSH keys ---------------------------------------------------------------------------------------------
+
+
+class SshKeyForm(forms.Form):
+    public_key = forms.CharField(
+        label=gettext_lazy("Public key"),
+        max_length=16384,
+        widget=forms.Textarea(
+            attrs={
+                "rows": 4,
+                "spellcheck": "false",
+                "autocomplete": "off",
+                "placeholder": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA… you@laptop",
+            }
+        ),
+    )
+    name = forms.CharField(
+        label=gettext_lazy("Name (optional)"),
+        max_length=100,
+        required=False,
+        widget=forms.TextInput(attrs={"autocomplete": "off", "placeholder": gettext_lazy("e.g. work laptop")}),
+    )
+
+    def add_service_errors(self, exc: InvalidInput) -> None:
+        _place_errors(self, exc.fields, exc.message, names={"public_key": "public_key", "name": "name"})
+
+
+# --- the rent form's workload section ---------------------------------------------------------------------
+
+
+def template_description(template: Template) -> str:
+    """The template's description in the page's language (the English one when it has no Chinese one)."""
+    if (get_language() or "").startswith("zh") and template.description_zh:
+        return template.description_zh
+    return template.description
+
+
+class WorkloadForm(forms.Form):
+    """What the lease runs (optional): a template of the catalogue or the organisation's, or an image; the user's
+    SSH keys; for a server-month of an offer with host access, a container or SSH onto the bare server. Its
+    fields are sent with the rent form, prefixed `workload-`."""
+
+    prefix = "workload"
+
+    template = forms.TypedChoiceField(
+        label=gettext_lazy("Template"), coerce=int, empty_value=None, required=False, widget=forms.RadioSelect
+    )
+    image = forms.CharField(
+        label=gettext_lazy("Or your own image"),
+        max_length=255,
+        required=False,
+        widget=forms.TextInput(
+            attrs={"placeholder": "nvcr.io/nvidia/pytorch:24.10-py3", "autocomplete": "off", "spellcheck": "false"}
+        ),
+    )
+    access = forms.ChoiceField(
+        label=gettext_lazy("Access"),
+        required=False,
+        initial=Access.CONTAINER,
+        choices=[
+            (Access.CONTAINER, gettext_lazy("A container of the image")),
+            (Access.HOST, gettext_lazy("SSH onto the bare server")),
+        ],
+        widget=forms.RadioSelect(attrs={"x-model": "access"}),
+    )
+    ssh_keys = forms.ModelMultipleChoiceField(
+        label=gettext_lazy("SSH keys"), queryset=None, required=False, widget=forms.CheckboxSelectMultiple
+    )
+
+    def __init__(
+        self, *args: Any, offer: Offer, org: Organization | None = None, user: User | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.templates = list(templates_visible(org))
+        self.fields["template"].choices = [
+            ("", _("None: just the cards")),
+            *((t.pk, t.name) for t in self.templates),
+        ]
+        self.fields["template"].initial = ""
+        keys = ssh_keys_of(user) if user is not None and user.is_authenticated else SshKey.objects.none()
+        self.fields["ssh_keys"].queryset = keys
+        self.keys = list(keys)
+        # Every key is ticked at first: most people want all of theirs on what they rent.
+        self.fields["ssh_keys"].initial = [key.pk for key in self.keys]
+        self.host_access = offer.host_access
+        if not offer.host_access:
+            del self.fields["access"]
+
+    def template_options(self) -> list[dict[str, Any]]:
+        """Each radio of the template choice with its template (None for "no workload") and description."""
+        radios = list(self["template"])
+        templates: list[Template | None] = [None, *self.templates]
+        return [
+            {
+                "radio": radio,
+                "template": template,
+                "description": template_description(template) if template else "",
+            }
+            for radio, template in zip(radios, templates, strict=True)
+        ]
+
+    @property
+    def chosen_access(self) -> str:
+        if self.is_bound and "access" in self.fields:
+            value = self.data.get(self.add_prefix("access"))
+            if value in Access.values:
+                return str(value)
+        return Access.CONTAINER
+
+    def workload(self, plan: str) -> dict[str, Any] | None:
+        """The `workload` argument of workloads.services.lease_create from a valid form; None when none was asked
+        for (no template, no image, no host access): the lease is then made as before, without a workload."""
+        data = self.cleaned_data
+        access = data.get("access") if plan == Plan.SERVER_MONTH and self.host_access else Access.CONTAINER
+        keys = [key.pk for key in data.get("ssh_keys") or []]
+        if access == Access.HOST:
+            # The image choices are for a container; the page hides them once host access is picked.
+            return {"access": Access.HOST, "ssh_keys": keys}
+        template, image = data.get("template"), (data.get("image") or "").strip()
+        if template is None and not image:
+            return None
+        body: dict[str, Any] = {"access": Access.CONTAINER, "ssh_keys": keys}
+        if template is not None:
+            body["template"] = template
+        if image:
+            body["image"] = image
+        return body
+
+    def add_service_errors(self, fields: dict[str, Any] | None, message: str) -> None:
+        names = {"template": "template", "image": "image", "ssh_keys": "ssh_keys", "access": "access"}
+        if "access" not in self.fields:
+            names["access"] = "template"
+        _place_errors(self, fields, message, names=names)
+
+
+# --- a workload's buttons ---------------------------------------------------------------------------------
+
+
+class WorkloadActionForm(IdempotentForm):
+    """Restart or Stop: only the key that makes a double click act once."""
