@@ -33,7 +33,9 @@ from accounts.models import Organization
 from accounts.permissions import OPERATE, has_role
 from accounts.tenancy import scoped
 from inventory import selectors, services
-from inventory.models import Gpu, Server
+from inventory.models import Gpu, Runtime, Server
+from marketplace.views_workloads import state_label
+from workloads.selectors import host_of, server_workload_rows
 
 # A one-time enrolment token waits here (server-side session) between the POST that made it and the page
 # that shows it once; reading it removes it.
@@ -142,6 +144,10 @@ def _grid_context(server: Server) -> dict[str, Any]:
     return {"server": server, "tiles": card_tiles(server), "latest_sample_at": max(samples, default=None)}
 
 
+RUNTIME_CHOICES = [
+    (Runtime.DOCKER, gettext_lazy("Containers (Docker): customers run images on the cards they rent")),
+    (Runtime.HOST, gettext_lazy("Bare server: whole-server renters get SSH onto the host")),
+]
 STATUS_LABELS = {
     Server.Status.PENDING_ENROLLMENT: pgettext_lazy("server status", "Pending"),
     Server.Status.ONLINE: gettext_lazy("Online"),
@@ -223,6 +229,38 @@ class ServerRegisterForm(forms.Form):
     cpu_cores = forms.IntegerField(label=gettext_lazy("CPU cores"), min_value=1, max_value=4096)
     ram_gb = forms.IntegerField(label=gettext_lazy("RAM (GB)"), min_value=1, max_value=65536)
     disk_gb = forms.IntegerField(label=gettext_lazy("Disk (GB)"), min_value=1, max_value=10_000_000)
+    # The workload fields may be left out: the defaults are the model's (containers, ports 40000-40999).
+    runtime = forms.ChoiceField(
+        label=gettext_lazy("Runtime"), choices=RUNTIME_CHOICES, initial=Runtime.DOCKER, required=False
+    )
+    public_host = forms.CharField(
+        label=gettext_lazy("Public host (optional)"),
+        max_length=255,
+        required=False,
+        widget=forms.TextInput(attrs={"placeholder": "gpu-node-01.example.com", "autocomplete": "off"}),
+        validators=[
+            RegexValidator(
+                r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$",
+                gettext_lazy("Use a host name or an IP address."),
+            )
+        ],
+    )
+    port_range_start = forms.IntegerField(
+        label=gettext_lazy("First published port"), min_value=1024, max_value=65535, initial=40000, required=False
+    )
+    port_range_end = forms.IntegerField(
+        label=gettext_lazy("Last published port"), min_value=1024, max_value=65535, initial=40999, required=False
+    )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        for name in ("runtime", "port_range_start", "port_range_end"):
+            if data.get(name) in (None, "") and name not in self.errors:
+                data[name] = self.fields[name].initial
+        start, end = data.get("port_range_start"), data.get("port_range_end")
+        if start is not None and end is not None and end < start:
+            self.add_error("port_range_end", _("Must not be below the first port."))
+        return data
 
     def add_service_errors(self, exc: InvalidInput) -> None:
         """Put the service's field errors beside their fields (the rest above the form)."""
@@ -308,6 +346,12 @@ def server_detail(request: HttpRequest, server_id: int) -> HttpResponse:
         "telemetry_url": reverse("server-telemetry", args=[server.pk]),
         "chart_text": _chart_text(),
         "now": timezone.now(),
+        "runtime_label": server.get_runtime_display(),
+        "connect_host": host_of(server),
+        # What runs here, without customer data (no image, environment, keys or ports).
+        "workloads": [
+            {"workload": workload, "label": state_label(workload.state)} for workload in server_workload_rows(server)
+        ],
     }
     response = render(request, "marketplace/servers/detail.html", context)
     if token:

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from inventory.models import Server
@@ -84,6 +84,14 @@ def workloads_on_server(server: Server) -> QuerySet[Workload]:
         .select_related("lease", "lease__workload_spec")
         .order_by("-id")
     )
+
+
+def server_workload_rows(server: Server, *, now: datetime | None = None) -> QuerySet[Workload]:
+    """`workloads_on_server`, each with `cards`: how many cards its lease holds on the server now (the provider's
+    server page; still no customer data)."""
+    now = now or timezone.now()
+    held = Q(lease__allocations__server=server, lease__allocations__period__contains=now)
+    return workloads_on_server(server).annotate(cards=Count("lease__allocations", filter=held))
 
 
 def stuck_workloads(*, now: datetime | None = None) -> QuerySet[Workload]:
