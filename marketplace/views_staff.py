@@ -34,12 +34,15 @@ from billing.invoicing import close_period, period_containing, period_of
 from billing.models import Invoice, ProviderStatement
 from inventory.models import Gpu, GpuModel, Server
 from inventory.services import agent_silence_limit
+from marketplace.views_workloads import state_label
+from workloads.selectors import stuck_workloads
 
 SERVICE_MESSAGES = (
     gettext_noop("A period is YYYY-MM."),
     gettext_noop("Use YYYY-MM, e.g. 2026-05."),
 )
 UNHEALTHY_PAGE = 50
+STUCK_SHOWN = 50
 GROUPS_PAGE = 100
 
 
@@ -271,7 +274,8 @@ def _stacked(bars: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @staff_required
 def fleet(request: HttpRequest) -> HttpResponse:
-    """Cards by health and utilisation across all providers, per provider and model, and the unhealthy ones."""
+    """Cards by health and utilisation across all providers, per provider and model, the unhealthy ones, and the
+    workloads stuck in a passing state or not cleaned after their lease."""
     fresh_after = timezone.now() - agent_silence_limit()
     health = request.GET.get("health", "")
     health = health if health in HEALTH_FILTERS else ""
@@ -308,5 +312,7 @@ def fleet(request: HttpRequest) -> HttpResponse:
         "health": health,
         "health_filters": HEALTH_FILTERS,
         "fresh_after": fresh_after,
+        "stuck": [{"workload": w, "label": state_label(w.state)} for w in stuck_workloads()[:STUCK_SHOWN]],
+        "stuck_total": stuck_workloads().count(),
     }
     return render(request, "marketplace/staff/fleet.html", context)
