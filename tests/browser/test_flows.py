@@ -90,6 +90,67 @@ def test_a_customer_finds_an_offer_rents_two_cards_watches_them_and_ends_the_lea
     _no_page_errors(page)
 
 
+def test_a_customer_adds_a_key_rents_a_template_and_copies_the_ssh_line(open_as, alice, bob):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from workloads.models import Template
+    from workloads.services import reported_states_apply
+
+    # The public catalogue is a data migration, which an earlier transactional test's flush may have emptied.
+    Template.objects.get_or_create(
+        organization=None,
+        slug="pytorch-jupyter",
+        defaults={"name": "PyTorch 2.5 + JupyterLab", "image": "pytorch/pytorch:2.5.1", "ports": [22, 8888]},
+    )
+    server = online_server(organization=bob.org, gpus=8, name="bob-wl-01", public_host="gpu1.bob.example.com")
+    offer = server.offers.get()
+    public_key = (
+        ed25519.Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
+    page = open_as(alice.user)
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page.goto(f"/offers/{offer.pk}/")
+    page.get_by_role("link", name="Add an SSH key").click()
+    page.get_by_label("Public key").fill(f"{public_key} alice@laptop")
+    page.get_by_role("button", name="Add key").click()
+    page.wait_for_url(re.compile(rf"/offers/{offer.pk}/$"))
+
+    form = page.locator("#rent-form")
+    assert form.get_by_label(re.compile("alice@laptop")).is_checked()
+    form.get_by_label(re.compile(r"PyTorch 2\.5 \+ JupyterLab")).check()
+    screenshot(page, "offer-workload")
+    form.locator("#rent-submit").click()
+    page.wait_for_url(re.compile(r"/leases/\d+/"))
+    panel = page.locator("#lease-workloads")
+    panel.get_by_text("Waiting for the server").wait_for()
+
+    # The server's agent reports it running: the panel, polling while it starts, shows how to connect.
+    lease = Lease.objects.get(organization=alice.org)
+    workload = lease.workloads.get()
+    entry = {"id": workload.pk, "state": "running", "ports": {"22": 40022, "8888": 40888}}
+    reported_states_apply(server=workload.server, report={"workloads": [entry]})
+    ssh = panel.locator("code.ssh-command")
+    ssh.wait_for()
+    assert ssh.inner_text() == "ssh -p 40022 root@gpu1.bob.example.com"
+    panel.locator('a[href^="http://gpu1.bob.example.com:40888/lab?token="]').wait_for()
+    panel.get_by_role("button", name="Copy").click()
+    panel.get_by_role("button", name="Copied").wait_for()
+    assert page.evaluate("navigator.clipboard.readText()") == "ssh -p 40022 root@gpu1.bob.example.com"
+    screenshot(page, "lease-workload")
+
+    page.on("dialog", lambda dialog: dialog.accept())
+    panel.get_by_role("button", name="Stop").click()
+    page.wait_for_url(re.compile(rf"/leases/{lease.pk}/"))
+    page.locator("#lease-workloads").get_by_text("stop asked for").wait_for()
+    workload.refresh_from_db()
+    assert workload.desired == "stopped"
+    _no_page_errors(page)
+
+
 # --- (b) a provider ---------------------------------------------------------------------------------------
 
 
