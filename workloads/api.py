@@ -34,7 +34,9 @@ class SshKeyListApi(OrgAPIView):
 
     permission_classes = [IsAuthenticated]
     serializer_class = SshKeyOutput
+    pagination_class = None  # a plain list (API.md), and the schema says so
 
+    @extend_schema(responses={200: SshKeyOutput(many=True)})
     def get(self, request: Request) -> Response:
         return Response(SshKeyOutput(access.ssh_keys_of(request.user), many=True).data)
 
@@ -64,12 +66,14 @@ class TemplateListApi(OrgAPIView):
 
     permission_classes = [AllowAny]
     serializer_class = TemplateOutput
+    pagination_class = None
 
     def get_permissions(self):
         if self.request.method == "POST":
             return [IsAuthenticated(), HasOrganization(), role_required(*OPERATE)()]
         return super().get_permissions()
 
+    @extend_schema(responses={200: TemplateOutput(many=True)})
     def get(self, request: Request) -> Response:
         org = getattr(request, "org", None) if request.user.is_authenticated else None
         return Response(TemplateOutput(access.templates_visible(org), many=True).data)
