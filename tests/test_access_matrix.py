@@ -64,6 +64,10 @@ RULES: dict[str, dict[str, set]] = {
     # Objects staff do not read through the tenant API (the view scopes to the caller's organisation only).
     "api_tenant_object_private": {"anon": {401}, "foreign": {404}, "member": {200}, "agent": {401}, "staff": {404}},
     "api_staff": {"anon": {401}, "foreign": {403}, "member": {403}, "agent": {401}, "staff": {200, 400}},
+    # A user's own object (an SSH key): nobody else's, not even a colleague's or staff's through the API.
+    "api_user_object": {"anon": {401}, "foreign": {404}, "member": {404}, "agent": {401}, "staff": {404}},
+    # Read by the agent alone, with its signed headers (its server's desired state); a user credential is not one.
+    "agent_signed": {"anon": {401}, "foreign": {401}, "member": {401}, "agent": {200}, "staff": {401}},
     "metrics": {"anon": {401}, "foreign": {401}, "member": {401}, "agent": {401}, "staff": {200}},
     "page_list": {"anon": {LOGIN}, "foreign": {200}, "member": {200}, "agent": {LOGIN}, "staff": {200}},
     "page_object": {"anon": {LOGIN}, "foreign": {404}, "member": {200}, "agent": {LOGIN}, "staff": {404}},
@@ -96,6 +100,7 @@ ACCESS: dict[str, str] = {
     "gpu-model-list": "public",
     "agent-enroll": "post_only",
     "agent-reports": "post_only",
+    "agent-workloads": "agent_signed",
     "server-list": "api_tenant_list",
     "server-detail": "api_tenant_object_private",
     "server-drain": "api_post_only",
@@ -108,6 +113,11 @@ ACCESS: dict[str, str] = {
     "lease-events": "api_tenant_object",
     "lease-resize": "api_post_only",
     "lease-telemetry": "api_tenant_object",
+    "lease-workload-restart": "api_post_only",
+    "lease-workload-stop": "api_post_only",
+    "ssh-keys": "api_tenant_list",
+    "ssh-key-detail": "api_user_object",
+    "templates": "public",
     "offer-list": "public",
     "offer-mine": "api_tenant_list",
     "offer-detail": "public_listing",
@@ -331,6 +341,8 @@ MEMBER_MAY: dict[tuple[str, str], set[int]] = {
     ("invoice-pay", "post"): {200, 201, 202, 503},
     # An API key belongs to its user, not the organisation: another member's key is unknown (404).
     ("api-key-detail", "delete"): {404},
+    # So does an SSH key.
+    ("ssh-key-detail", "delete"): {404},
 }
 # Valid bodies, so that a refusal is the role check and not validation.
 WRITE_BODIES: dict[tuple[str, str], dict] = {
@@ -355,8 +367,10 @@ def test_a_member_without_the_role_cannot_write(world, key, method):
 
 def test_an_agent_credential_opens_no_user_route(world):
     """The agent's signed headers are not a user credential: the matrix expects of them what it expects of
-    anonymous, and the same credentials do work where they belong (a signed report is accepted)."""
-    assert all(RULES[c]["agent"] == RULES[c]["anon"] for c in RULES)
+    anonymous outside the agent's own routes, and the same credentials do work where they belong (a signed report
+    is accepted)."""
+    assert all(RULES[c]["agent"] == RULES[c]["anon"] for c in RULES if c != "agent_signed")
+    assert all(key.startswith("agent-") for key, category in ACCESS.items() if category == "agent_signed")
     from django.utils import timezone
 
     agent_id, secret = world["agent"]

@@ -82,6 +82,34 @@ def _alice_invoice(v: Victims) -> dict:
     return {"pk": v.objects["invoice"].pk}
 
 
+def _alice_workload(v: Victims) -> dict:
+    if "workload" not in v.objects:
+        from django.utils import timezone
+
+        from workloads.models import Workload
+
+        lease = _alice_lease(v)["pk"]
+        v.objects["workload"] = Workload.objects.create(
+            lease_id=lease, server=v.objects["server"], created_at=timezone.now()
+        )
+    return {"pk": v.objects["workload"].lease_id, "wid": v.objects["workload"].pk}
+
+
+def _alice_ssh_key(v: Victims) -> dict:
+    if "ssh_key" not in v.objects:
+        from workloads.models import SshKey
+
+        v.objects["ssh_key"] = SshKey.objects.create(
+            user=v.alice.user,
+            name="alice-laptop",
+            public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA alice-laptop",
+            key_type="ssh-ed25519",
+            bits=256,
+            fingerprint="SHA256:alice-laptop",
+        )
+    return {"pk": v.objects["ssh_key"].pk}
+
+
 # URL name -> the kwargs that point at a victim's object.
 VICTIM_OBJECTS: dict[str, Callable[[Victims], dict]] = {
     "org-detail": _alice_org,
@@ -103,6 +131,9 @@ VICTIM_OBJECTS: dict[str, Callable[[Victims], dict]] = {
     "payout-pay": _bob_statement,
     "lease-telemetry": _alice_lease,
     "lease-usage": _alice_lease,
+    "lease-workload-restart": _alice_workload,
+    "lease-workload-stop": _alice_workload,
+    "ssh-key-detail": _alice_ssh_key,
     "invoice-detail": _alice_invoice,
     "invoice-pay": _alice_invoice,
 }
