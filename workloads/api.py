@@ -19,6 +19,7 @@ from inventory import agent_api
 from scheduler import api as lease_api
 from scheduler.idempotency import run_idempotent
 from workloads import access, services
+from workloads.models import SshKey, Template
 from workloads.serializers import (
     LeaseWithWorkloadInput,
     LeaseWithWorkloadsOutput,
@@ -31,6 +32,8 @@ from workloads.serializers import (
 
 class SshKeyListApi(OrgAPIView):
     """The signed-in user's SSH public keys."""
+
+    queryset = SshKey.objects.none()  # for the schema only: every read goes through workloads.access
 
     permission_classes = [IsAuthenticated]
     serializer_class = SshKeyOutput
@@ -49,6 +52,7 @@ class SshKeyListApi(OrgAPIView):
 
 
 class SshKeyDetailApi(OrgAPIView):
+    queryset = SshKey.objects.none()
     permission_classes = [IsAuthenticated]
     serializer_class = SshKeyOutput
 
@@ -63,6 +67,8 @@ class SshKeyDetailApi(OrgAPIView):
 
 class TemplateListApi(OrgAPIView):
     """The public catalogue of launch templates (no sign-in needed), and the caller's organisation's own."""
+
+    queryset = Template.objects.none()
 
     permission_classes = [AllowAny]
     serializer_class = TemplateOutput
