@@ -37,9 +37,15 @@ def test_a_whole_server_lease_gets_the_host_as_its_own_user(alice, bare):
     assert ssh["command"] == f"ssh -p 22 lease{lease['id']}@{PUBLIC_HOST}"
 
 
-def test_host_access_needs_a_key(alice, bare):
+def test_host_access_needs_a_key_and_runs_no_image(alice, bare):
     response = rent(alice, plan="server_month", end_at=month(), workload={"access": "host"})
     assert response.status_code == 400 and "ssh_keys" in response.json()["error"]["fields"]["workload"]
+    key = add_key(alice)
+    for image in ({"template": template_id("cuda-ssh")}, {"image": "ubuntu:22.04"}):
+        workload = {"access": "host", "ssh_keys": [key["id"]], **image}
+        response = rent(alice, plan="server_month", end_at=month(), workload=workload)
+        assert response.status_code == 400 and "image" in response.json()["error"]["fields"]["workload"]
+    assert not Lease.objects.exists()
 
 
 def test_host_access_is_for_whole_server_leases_only(alice, bare):

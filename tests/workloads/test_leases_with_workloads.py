@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import time_machine
 from django.utils import timezone
 
 from tests.workloads.conftest import PUBLIC_HOST, add_key, enrolled_box, rent, rent_with_workload, template_id
@@ -170,3 +171,40 @@ def test_the_desired_state_needs_the_agents_signature(alice, box, anon):
     box.agent.secret = "not-the-secret"
     response = box.agent.get_desired()
     assert response.status_code == 401 and "GPU-" not in response.content.decode()
+
+
+def test_a_retried_create_with_the_same_idempotency_key_makes_one_lease_and_one_workload(alice, box):
+    body = {"plan": "card_hour", "gpu_count": 2, "workload": {"template": template_id("cuda-ssh")}}
+    first = alice.api.post("/api/v1/leases/", body, format="json", HTTP_IDEMPOTENCY_KEY="rent-1")
+    again = alice.api.post("/api/v1/leases/", body, format="json", HTTP_IDEMPOTENCY_KEY="rent-1")
+    assert first.status_code == again.status_code == 201
+    assert first.json()["id"] == again.json()["id"]
+    assert first.json()["workloads"] == again.json()["workloads"]
+    assert len(box.agent.desired()["workloads"]) == 1
+
+
+def test_a_key_removed_from_the_account_keeps_working_for_the_lease_made_with_it(alice, box):
+    key = add_key(alice)
+    lease = rent_with_workload(alice, keys=[key["id"]], gpu_count=1)
+    assert alice.api.delete(f"/api/v1/ssh-keys/{key['id']}/").status_code == 204
+    assert box.agent.desired()["workloads"][0]["ssh_keys"] == [key["public_key"]]
+    assert lease_of(alice, lease["id"])["workload"]["ssh_keys"][0]["fingerprint"] == key["fingerprint"]
+    # A new lease cannot name it any more.
+    response = rent(alice, gpu_count=1, workload={"template": template_id("cuda-ssh"), "ssh_keys": [key["id"]]})
+    assert response.status_code == 400 and "ssh_keys" in response.json()["error"]["fields"]["workload"]
+
+
+def test_a_reservations_workload_is_asked_for_when_it_starts(alice, box):
+    from scheduler.services import leases_run
+    from workloads.services import workloads_check
+
+    now = timezone.now()
+    start, end = now + timedelta(hours=1), now + timedelta(hours=3)
+    lease = rent_with_workload(alice, gpu_count=2, start_at=start.isoformat(), end_at=end.isoformat())
+    assert lease["state"] == "scheduled" and lease["workloads"][0]["state"] == "pending"
+    assert box.agent.desired()["workloads"] == []
+    with time_machine.travel(start + timedelta(minutes=1), tick=False):
+        leases_run()
+        [item] = box.agent.desired()["workloads"]
+        assert item["lease"] == lease["id"] and len(item["gpus"]) == 2
+        assert workloads_check()["failed"] == 0  # the start timeout counts from the start, not from the booking
