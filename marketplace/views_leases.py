@@ -14,10 +14,9 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils import formats, timezone
@@ -26,14 +25,13 @@ from django.utils.translation import gettext as _
 from django.utils.translation import ngettext, pgettext_lazy
 from django.views.decorators.http import require_GET, require_POST
 
-from accounts.errors import NotFound
 from accounts.permissions import OPERATE, has_role
 from billing.metering import lease_usage
 from marketplace.forms import PLAN_LABELS, EndForm, ResizeForm, describe_errors, service_message
+from marketplace.polling import poll_login_required
 from marketplace.views_offers import UNIT_LABELS, money
-from marketplace.views_workloads import workload_event_text, workload_panel
+from marketplace.views_workloads import lease_for_page, workload_event_text, workload_panel
 from scheduler import services as scheduler_services
-from scheduler.access import access_lease
 from scheduler.models import Allocation, Lease, LeaseEvent, LeaseState, Plan
 from scheduler.selectors import held_allocations, lease_events, leases_for_org
 
@@ -61,13 +59,6 @@ EVENT_LABELS = {
     LeaseEvent.Kind.FAILED: pgettext_lazy("lease event", "Failed to start"),
     LeaseEvent.Kind.WORKLOAD: pgettext_lazy("lease event", "Workload"),
 }
-
-
-def _lease(request: HttpRequest, lease_id: int) -> Lease:
-    try:
-        return access_lease(getattr(request, "org", None), lease_id)
-    except NotFound:
-        raise Http404 from None
 
 
 def _require_operate(request: HttpRequest) -> None:
@@ -298,21 +289,14 @@ def lease_list(request: HttpRequest) -> HttpResponse:
 @require_GET
 def lease_detail(request: HttpRequest, lease_id: int) -> HttpResponse:
     """One lease: state, cards, cost so far (refreshed by htmx), charts per card, resize and end, the event log."""
-    return _detail(request, _lease(request, lease_id))
+    return _detail(request, lease_for_page(request, lease_id))
 
 
 @require_GET
+@poll_login_required("marketplace:lease_detail")
 def lease_live(request: HttpRequest, lease_id: int) -> HttpResponse:
     """Cost so far and the cards, for htmx to swap in every 30 seconds."""
-    if not request.user.is_authenticated:
-        detail = reverse("marketplace:lease_detail", args=[lease_id])
-        if request.headers.get("HX-Request"):
-            # A poll after the session ended: send the whole page to the login form instead of into the panel.
-            response = HttpResponse(status=204)
-            response["HX-Redirect"] = redirect_to_login(detail)["Location"]
-            return response
-        return redirect_to_login(detail)
-    lease = _lease(request, lease_id)
+    lease = lease_for_page(request, lease_id)
     return render(request, "marketplace/leases/_live.html", _live_context(lease, timezone.now()))
 
 
@@ -320,7 +304,7 @@ def lease_live(request: HttpRequest, lease_id: int) -> HttpResponse:
 @login_required
 def lease_resize(request: HttpRequest, lease_id: int) -> HttpResponse:
     """Grow or shrink a card_hour lease, once per rendered form."""
-    lease = _lease(request, lease_id)
+    lease = lease_for_page(request, lease_id)
     _require_operate(request)
     form = ResizeForm(request.POST, current=lease.gpu_count)
     if not form.is_valid():
@@ -363,7 +347,7 @@ def lease_resize(request: HttpRequest, lease_id: int) -> HttpResponse:
 def lease_end(request: HttpRequest, lease_id: int) -> HttpResponse:
     """End the lease now (a reservation not started is cancelled). Once per rendered form; ending a lease that is
     already over changes nothing and says so."""
-    lease = _lease(request, lease_id)
+    lease = lease_for_page(request, lease_id)
     _require_operate(request)
     form = EndForm(request.POST)
     if not form.is_valid():

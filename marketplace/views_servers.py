@@ -17,7 +17,6 @@ from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.core.validators import RegexValidator
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -34,6 +33,7 @@ from accounts.permissions import OPERATE, has_role
 from accounts.tenancy import scoped
 from inventory import selectors, services
 from inventory.models import Gpu, Runtime, Server
+from marketplace.polling import poll_login_required
 from marketplace.views_workloads import state_label
 from workloads.selectors import host_of, server_workload_rows
 
@@ -360,17 +360,9 @@ def server_detail(request: HttpRequest, server_id: int) -> HttpResponse:
     return response
 
 
+@poll_login_required("marketplace:server_detail")
 def server_tiles(request: HttpRequest, server_id: int) -> HttpResponse:
     """Just the grid of card tiles, for htmx to swap in every 15 seconds."""
-    if not request.user.is_authenticated:
-        detail = reverse("marketplace:server_detail", args=[server_id])
-        if request.headers.get("HX-Request"):
-            # A poll after the session ended: send the whole page to the login form, rather than letting
-            # htmx follow the redirect and swap the login page into the grid.
-            response = HttpResponse(status=204)
-            response["HX-Redirect"] = redirect_to_login(detail)["Location"]
-            return response
-        return redirect_to_login(detail)
     server = _server(request, server_id)
     return render(request, "marketplace/servers/_gpu_grid.html", _grid_context(server))
 

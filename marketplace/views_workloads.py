@@ -15,7 +15,6 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
@@ -29,6 +28,7 @@ from accounts.errors import InvalidInput, NotFound
 from accounts.permissions import OPERATE, has_role
 from marketplace.forms import describe_errors
 from marketplace.forms_workloads import SshKeyForm, WorkloadActionForm, workload_message
+from marketplace.polling import poll_login_required
 from scheduler.access import access_lease
 from scheduler.models import Lease, LeaseEvent, LeaseState
 from workloads import access, selectors, services
@@ -155,7 +155,8 @@ def workload_panel(request: HttpRequest, lease: Lease) -> dict[str, Any] | None:
 # --- pages ------------------------------------------------------------------------------------------------
 
 
-def _lease(request: HttpRequest, lease_id: int) -> Lease:
+def lease_for_page(request: HttpRequest, lease_id: int) -> Lease:
+    """The organisation's lease, or a 404 page (another tenant's lease is unknown)."""
     try:
         return access_lease(getattr(request, "org", None), lease_id)
     except NotFound:
@@ -168,21 +169,14 @@ def _panel_response(request: HttpRequest, lease: Lease, *, status: int = 200) ->
 
 
 @require_GET
+@poll_login_required("marketplace:lease_detail")
 def lease_workloads(request: HttpRequest, lease_id: int) -> HttpResponse:
     """The workload panel alone, for htmx to swap in while a workload is pulling, starting or stopping."""
-    if not request.user.is_authenticated:
-        detail = reverse("marketplace:lease_detail", args=[lease_id])
-        if request.headers.get("HX-Request"):
-            # A poll after the session ended: send the whole page to the login form instead of into the panel.
-            response = HttpResponse(status=204)
-            response["HX-Redirect"] = redirect_to_login(detail)["Location"]
-            return response
-        return redirect_to_login(detail)
-    return _panel_response(request, _lease(request, lease_id))
+    return _panel_response(request, lease_for_page(request, lease_id))
 
 
 def _workload_action(request: HttpRequest, lease_id: int, workload_id: int, verb: str) -> HttpResponse:
-    lease = _lease(request, lease_id)
+    lease = lease_for_page(request, lease_id)
     try:
         workload = access.access_workload(lease, workload_id)
     except NotFound:
