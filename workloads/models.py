@@ -174,8 +174,6 @@ class DesiredVersion(models.Model):
     server = models.OneToOneField(Server, on_delete=models.CASCADE, primary_key=True, related_name="+")
     version = models.BigIntegerField(default=0)
     digest = models.CharField(max_length=64, blank=True)
-    served_at = models.DateTimeField(null=True, blank=True)
-    applied_version = models.BigIntegerField(default=0)
 
     def __str__(self) -> str:
         return f"server {self.server_id} v{self.version}"

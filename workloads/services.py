@@ -21,7 +21,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts.errors import InvalidInput, InvalidTransition
@@ -306,8 +306,9 @@ def desired_state_serve(*, server: Server, now: datetime | None = None) -> dict[
     """The desired state of `server` (API.md, Agent side), with its version: what the agent must run now.
 
     Creates the workload rows of leases that reached this server after they were made (resize, failover), bumps
-    the version when the answer differs from the last one served (its row locked), and does the cleaning
-    bookkeeping of the module docstring. Safe to call concurrently and repeatedly.
+    the version when the answer differs from the last one served, and then does the cleaning bookkeeping of the
+    module docstring in the same transaction. A poll that finds nothing changed writes nothing. Safe to call
+    concurrently and repeatedly.
     """
     now = now or timezone.now()
     live = (
@@ -321,45 +322,58 @@ def desired_state_serve(*, server: Server, now: datetime | None = None) -> dict[
     for allocation in live:
         cards[allocation.lease_id].append(allocation.gpu.uuid)
         ends[allocation.lease_id].append(allocation.period.upper)
+    workloads = _workloads_for(server, list(cards), now)
+    items = []
+    for workload in workloads:
+        bounds = ends[workload.lease_id]
+        stop_by = None if any(b is None for b in bounds) else max(b for b in bounds if b is not None)
+        items.append(_workload_item(workload, workload.lease.workload_spec, cards[workload.lease_id], stop_by))
+    body = {
+        "server": server.pk,
+        "public_host": server.public_host or server.hostname,
+        "port_range": [server.port_range_start, server.port_range_end],
+        "workloads": items,
+    }
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+    row, _ = DesiredVersion.objects.get_or_create(server=server)
+    if row.digest == digest:
+        # Nothing changed since the last answer, so neither did the cards it hands out: no write on a plain poll.
+        return {"version": row.version, **body}
+    served = [uuid for uuids in cards.values() for uuid in uuids]
     with transaction.atomic():
-        if cards:
-            Workload.objects.bulk_create(
-                [Workload(lease_id=lease_id, server=server, created_at=now) for lease_id in cards],
-                ignore_conflicts=True,
-            )
-        workloads = (
-            Workload.objects.filter(server=server, lease_id__in=list(cards))
-            .select_related("server", "lease__workload_spec")
-            .order_by("id")
+        # One writer bumps a given change (the row is locked by the UPDATE; a racing read of the same content finds
+        # the digest already stored and leaves the version alone).
+        DesiredVersion.objects.filter(server=server).exclude(digest=digest).update(
+            version=F("version") + 1, digest=digest
         )
-        items = []
-        for workload in workloads:
-            bounds = ends[workload.lease_id]
-            stop_by = None if any(b is None for b in bounds) else max(b for b in bounds if b is not None)
-            items.append(_workload_item(workload, workload.lease.workload_spec, cards[workload.lease_id], stop_by))
-        body = {
-            "server": server.pk,
-            "public_host": server.public_host or server.hostname,
-            "port_range": [server.port_range_start, server.port_range_end],
-            "workloads": items,
-        }
-        digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
-        DesiredVersion.objects.get_or_create(server=server)
-        row = DesiredVersion.objects.select_for_update().get(server=server)
-        if row.digest != digest:
-            row.version += 1
-            row.digest = digest
-        row.served_at = now
-        row.save(update_fields=["version", "digest", "served_at"])
-        served = [uuid for uuids in cards.values() for uuid in uuids]
+        version = DesiredVersion.objects.values_list("version", flat=True).get(server=server)
         # Cards handed out in a workload must be cleaned after it; a card back in a workload is not cleaned yet.
         Gpu.objects.filter(server=server, uuid__in=served).filter(
             Q(needs_cleaning=False) | Q(clean_after_version__isnull=False)
         ).update(needs_cleaning=True, clean_after_version=None, clean_requested_at=None)
         Gpu.objects.filter(server=server, needs_cleaning=True, clean_after_version__isnull=True).exclude(
             uuid__in=served
-        ).update(clean_after_version=row.version, clean_requested_at=now)
-    return {"version": row.version, **body}
+        ).update(clean_after_version=version, clean_requested_at=now)
+    return {"version": version, **body}
+
+
+def _workloads_for(server: Server, lease_ids: list[int], now: datetime) -> list[Workload]:
+    """The workload rows of `lease_ids` on `server`, made for leases that reached it after they were made."""
+
+    def rows() -> list[Workload]:
+        return list(
+            Workload.objects.filter(server=server, lease_id__in=lease_ids)
+            .select_related("server", "lease__workload_spec")
+            .order_by("id")
+        )
+
+    found = rows()
+    if len(found) == len(lease_ids):
+        return found
+    Workload.objects.bulk_create(
+        [Workload(lease_id=lease_id, server=server, created_at=now) for lease_id in lease_ids], ignore_conflicts=True
+    )
+    return rows()
 
 
 # --- what agents report ----------------------------------------------------------------------------------------
@@ -432,7 +446,6 @@ def reported_states_apply(*, server: Server, report: dict[str, Any], now: dateti
                 failed.append((workload.lease, workload.message or "the workload failed to start"))
         applied = report.get("workloads_version")
         if isinstance(applied, int):
-            DesiredVersion.objects.filter(server=server, applied_version__lt=applied).update(applied_version=applied)
             Gpu.objects.filter(server=server, needs_cleaning=True, clean_after_version__lte=applied).update(
                 needs_cleaning=False, clean_after_version=None, clean_requested_at=None
             )

@@ -23,8 +23,6 @@ class Migration(migrations.Migration):
                 ('server', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, primary_key=True, related_name='+', serialize=False, to='inventory.server')),
                 ('version', models.BigIntegerField(default=0)),
                 ('digest', models.CharField(blank=True, max_length=64)),
-                ('served_at', models.DateTimeField(blank=True, null=True)),
-                ('applied_version', models.BigIntegerField(default=0)),
             ],
         ),
         migrations.CreateModel(
