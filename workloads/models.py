@@ -140,7 +140,6 @@ class Workload(models.Model):
     # First `running` report: a card_hour lease is charged from here on this server (billing/metering.py).
     started_at = models.DateTimeField(null=True, blank=True)
     state_changed_at = models.DateTimeField(null=True, blank=True)
-    reported_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField()
 
     TENANT_FIELD = "lease__organization"

@@ -113,7 +113,6 @@ class WorkloadOutput(serializers.ModelSerializer):
             "connect",
             "started_at",
             "state_changed_at",
-            "reported_at",
             "generation",
         ]
 

@@ -387,7 +387,8 @@ def reported_states_apply(*, server: Server, report: dict[str, Any], now: dateti
     """Apply the workload part of one accepted agent report (already parsed by `parse_workload_report`): the
     latest state of each of this server's workloads (ids of other servers are ignored), the first `running` (from
     which a card-hour lease is charged), lease events for changes, an uncharged failure of a lease whose workload
-    failed before it ever ran; and the cards the applied version leaves clean. Returns the workloads updated."""
+    failed before it ever ran; and the cards the applied version leaves clean. A workload reported as it was last
+    time is not written again. Returns the workloads updated."""
     now = now or timezone.now()
     at = _report_time(report.get("sent_at"), now)
     entries = {entry["id"]: entry for entry in report.get("workloads") or []}
@@ -404,40 +405,36 @@ def reported_states_apply(*, server: Server, report: dict[str, Any], now: dateti
             entry = entries[workload.pk]
             state = entry["state"]
             changed = state != workload.state
-            workload.progress = entry.get("progress")
-            workload.exit_code = entry.get("exit_code")
-            workload.ports = entry.get("ports") or {}
-            workload.message = entry.get("message", "")
-            workload.reported_at = now
-            if state != workload.state:
-                workload.state_changed_at = at
-            workload.state = state
-            if state == WorkloadState.RUNNING and workload.started_at is None:
-                workload.started_at = at
-            workload.save(
-                update_fields=[
-                    "state",
-                    "progress",
-                    "exit_code",
-                    "ports",
-                    "message",
-                    "reported_at",
-                    "state_changed_at",
-                    "started_at",
-                ]
-            )
-            updated += 1
+            fields = {
+                "progress": entry.get("progress"),
+                "exit_code": entry.get("exit_code"),
+                "ports": entry.get("ports") or {},
+                "message": entry.get("message", ""),
+                "state": state,
+            }
             if changed:
-                scheduler.lease_event_add(
-                    lease=workload.lease,
-                    kind=LeaseEvent.Kind.WORKLOAD,
-                    now=at,
-                    server=server.pk,
-                    workload=workload.pk,
-                    state=state,
-                    message=workload.message[:300],
-                    exit_code=workload.exit_code,
-                )
+                fields["state_changed_at"] = at
+            if state == WorkloadState.RUNNING and workload.started_at is None:
+                fields["started_at"] = at
+            fields = {name: value for name, value in fields.items() if getattr(workload, name) != value}
+            if not fields:
+                continue  # the same as the last report: nothing to write
+            for name, value in fields.items():
+                setattr(workload, name, value)
+            workload.save(update_fields=list(fields))
+            updated += 1
+            if not changed:
+                continue
+            scheduler.lease_event_add(
+                lease=workload.lease,
+                kind=LeaseEvent.Kind.WORKLOAD,
+                now=at,
+                server=server.pk,
+                workload=workload.pk,
+                state=state,
+                message=workload.message[:300],
+                exit_code=workload.exit_code,
+            )
             if (
                 state == WorkloadState.FAILED
                 and _charged_from_usable(workload.lease)

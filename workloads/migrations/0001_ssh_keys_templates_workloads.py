@@ -59,7 +59,6 @@ class Migration(migrations.Migration):
                 ('ports', models.JSONField(blank=True, default=dict)),
                 ('started_at', models.DateTimeField(blank=True, null=True)),
                 ('state_changed_at', models.DateTimeField(blank=True, null=True)),
-                ('reported_at', models.DateTimeField(blank=True, null=True)),
                 ('created_at', models.DateTimeField()),
                 ('lease', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='workloads', to='scheduler.lease')),
                 ('server', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='workloads', to='inventory.server')),
