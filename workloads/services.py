@@ -23,6 +23,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
+from django.utils.text import slugify
 
 from accounts.errors import InvalidInput, InvalidTransition
 from accounts.models import Organization, User
@@ -30,6 +31,7 @@ from inventory.models import Gpu, Runtime, Server
 from scheduler import services as scheduler
 from scheduler.models import Allocation, Lease, LeaseEvent, LeaseState, Plan
 from workloads import sshkeys
+from workloads.access import ssh_keys_of, templates_visible
 from workloads.models import Access, DesiredVersion, SshKey, Template, Workload, WorkloadSpec, WorkloadState
 
 logger = logging.getLogger(__name__)
@@ -103,8 +105,6 @@ def template_create(*, org: Organization | None, **fields: Any) -> Template:
 
 
 def _slug(name: str) -> str:
-    from django.utils.text import slugify
-
     return slugify(name)[:60] or "template"
 
 
@@ -191,14 +191,10 @@ def workload_request(*, org: Organization, user: User, plan: str, data: dict[str
         raise InvalidInput("access is container or host.", fields={"workload": {"access": ["container or host."]}})
     template = None
     if data.get("template") is not None:
-        template = (
-            Template.objects.filter(Q(organization__isnull=True) | Q(organization=org), active=True)
-            .filter(pk=data["template"])
-            .first()
-        )
+        template = templates_visible(org).filter(pk=data["template"]).first()
         if template is None:
             raise InvalidInput("Unknown template.", fields={"workload": {"template": ["Unknown template."]}})
-    keys = list(SshKey.objects.filter(user=user, pk__in=data.get("ssh_keys") or []))
+    keys = list(ssh_keys_of(user).filter(pk__in=data.get("ssh_keys") or []))
     if len(keys) != len(set(data.get("ssh_keys") or [])):
         raise InvalidInput("Unknown SSH key.", fields={"workload": {"ssh_keys": ["Not one of your keys."]}})
     key_copies = [{"name": k.name, "fingerprint": k.fingerprint, "public_key": k.public_key} for k in keys]
