@@ -1,4 +1,5 @@
-"""Test doubles for the agent: a purpose-built fake NVML, a fake platform on 127.0.0.1, and a fake clock.
+"""Test doubles for the agent: a purpose-built fake NVML, a fake platform on 127.0.0.1, a fake clock, and the
+platform's desired workloads as the reconciler reads them.
 
 The fake NVML raises the real `pynvml.NVMLError` (with its per-code subclasses), so the collector is tested against
 exactly what the binding raises; it has no driver behind it.
@@ -6,6 +7,7 @@ exactly what the binding raises; it has no driver behind it.
 
 from __future__ import annotations
 
+import copy
 import email.utils
 import hashlib
 import hmac
@@ -16,6 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pynvml
+
+from agents.client import FETCHED, REFUSED, RETRY, Outcome
 
 MIB = 1024 * 1024
 
@@ -346,3 +350,58 @@ class FakeClock:
         while self._triggers and self._triggers[0][0] <= self.elapsed:
             _, fn = self._triggers.pop(0)
             fn()
+
+
+# --- desired workloads (API.md, Agent side) ---------------------------------------------------------------------
+
+
+def desired_workload(wid: int, **fields: Any) -> dict[str, Any]:
+    """One entry of a desired state: a container of a made-up image with no cards, unless `fields` say otherwise."""
+    item: dict[str, Any] = {
+        "id": wid,
+        "lease": wid + 100,
+        "access": "container",
+        "gpus": [],
+        "image": "suanli-test/none:1",
+        "command": [],
+        "env": {},
+        "ports": [22],
+        "ssh_keys": [],
+        "limits": {},
+        "user": "root",
+        "desired": "running",
+        "generation": 0,
+        "stop_by": None,
+    }
+    item.update(fields)
+    return item
+
+
+def desired_state(
+    version: int, *workloads: dict[str, Any], server: int = 1, public_host: str = "", port_range=(40000, 40099)
+) -> dict[str, Any]:
+    return {
+        "version": version,
+        "server": server,
+        "public_host": public_host,
+        "port_range": list(port_range),
+        "workloads": list(workloads),
+    }
+
+
+class DesiredSource:
+    """Stands in for Client.get_workloads: answers `payload`, or RETRY while `down`, or REFUSED with `refuse`."""
+
+    def __init__(self, payload: dict[str, Any] | None = None) -> None:
+        self.payload = payload
+        self.down = False
+        self.refuse: int | None = None
+        self.calls = 0
+
+    def get_workloads(self) -> Outcome:
+        self.calls += 1
+        if self.down:
+            return Outcome(RETRY, detail="[Errno 111] Connection refused")
+        if self.refuse:
+            return Outcome(REFUSED, self.refuse, detail="no such endpoint")
+        return Outcome(FETCHED, 200, payload=copy.deepcopy(self.payload))

@@ -5,7 +5,6 @@ its own, shaped as the platform sends it."""
 
 from __future__ import annotations
 
-import copy
 import os
 import socket
 import stat
@@ -14,7 +13,6 @@ from datetime import UTC, datetime
 
 import pytest
 
-from agents.client import FETCHED, RETRY, Outcome
 from agents.runtime.base import RuntimeUnavailable, WorkloadSpec
 from agents.runtime.docker_runtime import (
     LABEL_GENERATION,
@@ -25,6 +23,7 @@ from agents.runtime.docker_runtime import (
     DockerRuntime,
 )
 from agents.workloads import Reconciler
+from tests.agents.fakes import DesiredSource, desired_state, desired_workload
 from tests.containers import ssh_run
 
 docker = pytest.importorskip("docker")
@@ -32,42 +31,12 @@ docker = pytest.importorskip("docker")
 PORTS = (41000, 41049)
 
 
-class Source:
-    """The platform's desired state, or an outage (`down`)."""
-
-    def __init__(self, payload: dict) -> None:
-        self.payload = payload
-        self.down = False
-
-    def get_workloads(self) -> Outcome:
-        if self.down:
-            return Outcome(RETRY, detail="connection refused")
-        return Outcome(FETCHED, 200, payload=copy.deepcopy(self.payload))
-
-
 def workload(wid: int, image: str, **fields) -> dict:
-    item = {
-        "id": wid,
-        "lease": wid + 500,
-        "access": "container",
-        "gpus": [],
-        "image": image,
-        "command": [],
-        "env": {"FOO": "bar"},
-        "ports": [22],
-        "ssh_keys": [],
-        "limits": {},
-        "user": "root",
-        "desired": "running",
-        "generation": 0,
-        "stop_by": None,
-    }
-    item.update(fields)
-    return item
+    return desired_workload(wid, **({"lease": wid + 500, "image": image, "env": {"FOO": "bar"}} | fields))
 
 
 def desired(version: int, *workloads: dict) -> dict:
-    return {"version": version, "server": 1, "public_host": "", "port_range": list(PORTS), "workloads": list(workloads)}
+    return desired_state(version, *workloads, port_range=PORTS)
 
 
 @pytest.fixture
@@ -120,7 +89,7 @@ def test_a_container_gets_its_labels_env_keys_limits_and_a_port_of_the_range_and
     spec = workload(
         31, ssh_image, ssh_keys=[ssh_keypair.public_text], limits={"cpus": 1.5, "memory_mb": 256, "disk_gb": 2}
     )
-    runtime, rec = make(dockerd, state_dir, Source(desired(1, spec)))
+    runtime, rec = make(dockerd, state_dir, DesiredSource(desired(1, spec)))
     statuses = settle(rec, is_("running"))
     port = statuses[31].ports["22"]
     assert PORTS[0] <= port <= PORTS[1]
@@ -153,7 +122,7 @@ def test_a_container_gets_its_labels_env_keys_limits_and_a_port_of_the_range_and
 
 
 def test_a_restarted_agent_adopts_the_container_and_never_starts_it_twice(dockerd, ssh_image, client, state_dir):
-    source = Source(desired(1, workload(31, ssh_image)))
+    source = DesiredSource(desired(1, workload(31, ssh_image)))
     first, rec = make(dockerd, state_dir, source)
     settle(rec, is_("running"))
     before = container(client).attrs
@@ -170,7 +139,7 @@ def test_a_restarted_agent_adopts_the_container_and_never_starts_it_twice(docker
 
 
 def test_a_restart_request_or_a_spec_change_recreates_the_container(dockerd, ssh_image, client, state_dir):
-    source = Source(desired(1, workload(31, ssh_image)))
+    source = DesiredSource(desired(1, workload(31, ssh_image)))
     runtime, rec = make(dockerd, state_dir, source)
     settle(rec, is_("running"))
     first = container(client).id
@@ -189,7 +158,7 @@ def test_a_restart_request_or_a_spec_change_recreates_the_container(dockerd, ssh
 def test_desired_stopped_stops_and_keeps_the_container_and_running_starts_the_same_one(
     dockerd, ssh_image, client, state_dir
 ):
-    source = Source(desired(1, workload(31, ssh_image)))
+    source = DesiredSource(desired(1, workload(31, ssh_image)))
     runtime, rec = make(dockerd, state_dir, source)
     settle(rec, is_("running"))
     first = container(client).id
@@ -211,7 +180,7 @@ def test_a_workload_left_out_is_removed_with_its_volumes_and_scratch_and_reporte
     base = dockerd.run("create", ssh_image).stdout.strip()
     dockerd.run("commit", "--change", "VOLUME /data", base, "suanli-test/ssh-volume:1")
     dockerd.run("rm", base)
-    source = Source(desired(1, workload(31, "suanli-test/ssh-volume:1", ssh_keys=[ssh_keypair.public_text])))
+    source = DesiredSource(desired(1, workload(31, "suanli-test/ssh-volume:1", ssh_keys=[ssh_keypair.public_text])))
     runtime, rec = make(dockerd, state_dir, source)
     settle(rec, is_("running"))
     assert dockerd.run("volume", "ls", "-q").stdout.split(), "the container has its anonymous volume"
@@ -229,7 +198,7 @@ def test_a_workload_left_out_is_removed_with_its_volumes_and_scratch_and_reporte
 
 def test_stop_by_removes_the_container_while_the_platform_is_unreachable(dockerd, ssh_image, client, state_dir):
     stop_by = datetime.fromtimestamp(time.time() + 4, tz=UTC).isoformat()
-    source = Source(desired(1, workload(31, ssh_image, stop_by=stop_by)))
+    source = DesiredSource(desired(1, workload(31, ssh_image, stop_by=stop_by)))
     runtime, rec = make(dockerd, state_dir, source)
     settle(rec, is_("running"))
     source.down = True
@@ -238,7 +207,7 @@ def test_stop_by_removes_the_container_while_the_platform_is_unreachable(dockerd
 
 
 def test_cards_without_the_nvidia_container_toolkit_fail_with_what_to_install(dockerd, ssh_image, client, state_dir):
-    runtime, rec = make(dockerd, state_dir, Source(desired(1, workload(31, ssh_image, gpus=["GPU-aaaa"]))))
+    runtime, rec = make(dockerd, state_dir, DesiredSource(desired(1, workload(31, ssh_image, gpus=["GPU-aaaa"]))))
     assert runtime.nvidia is False
     statuses = settle(rec, is_("failed"))
     assert statuses[31].message == NO_TOOLKIT
@@ -248,7 +217,7 @@ def test_cards_without_the_nvidia_container_toolkit_fail_with_what_to_install(do
 
 def test_under_simulate_the_cards_are_named_in_the_environment_only(dockerd, ssh_image, client, state_dir):
     spec = workload(31, ssh_image, gpus=["GPU-aaaa", "GPU-bbbb"])
-    runtime, rec = make(dockerd, state_dir, Source(desired(1, spec)), simulate=True)
+    runtime, rec = make(dockerd, state_dir, DesiredSource(desired(1, spec)), simulate=True)
     statuses = settle(rec, is_("running"))
     c = container(client)
     assert env_of(c)["NVIDIA_VISIBLE_DEVICES"] == "GPU-aaaa,GPU-bbbb"
@@ -269,7 +238,7 @@ def test_with_the_nvidia_runtime_the_container_asks_for_exactly_the_leased_cards
 
 
 def test_an_image_that_cannot_be_pulled_fails_with_the_reason(dockerd, failing_image, client, state_dir):
-    runtime, rec = make(dockerd, state_dir, Source(desired(1, workload(31, failing_image))))
+    runtime, rec = make(dockerd, state_dir, DesiredSource(desired(1, workload(31, failing_image))))
     statuses = settle(rec, is_("failed"))
     message = statuses[31].message
     assert message.startswith(f"cannot pull {failing_image}: ") and "connection refused" in message, message
@@ -278,7 +247,7 @@ def test_an_image_that_cannot_be_pulled_fails_with_the_reason(dockerd, failing_i
 
 def test_an_exited_container_reports_its_exit_code_and_is_not_started_again(dockerd, ssh_image, client, state_dir):
     spec = workload(31, ssh_image, command=["sh", "-c", "exit 7"], ports=[])
-    runtime, rec = make(dockerd, state_dir, Source(desired(1, spec)))
+    runtime, rec = make(dockerd, state_dir, DesiredSource(desired(1, spec)))
     statuses = settle(rec, is_("exited"))
     assert (statuses[31].exit_code, statuses[31].message) == (7, "exited with code 7")
     started = container(client).attrs["State"]["StartedAt"]
@@ -293,7 +262,7 @@ def test_host_ports_of_our_other_containers_and_of_listeners_are_skipped(dockerd
     listener.bind(("127.0.0.1", PORTS[0]))  # something of the provider's on the first port of the range
     listener.listen(1)
     try:
-        source = Source(desired(1, workload(31, ssh_image), workload(32, ssh_image)))
+        source = DesiredSource(desired(1, workload(31, ssh_image), workload(32, ssh_image)))
         runtime, rec = make(dockerd, state_dir, source)
         statuses = settle(rec, lambda s: all(w in s and s[w].state == "running" for w in (31, 32)))
     finally:
@@ -364,7 +333,7 @@ def test_status_shows_the_docker_runtime_without_creating_anything(dockerd, tmp_
 
 
 def test_a_container_that_ended_with_the_host_is_started_again_after_the_reboot(dockerd, ssh_image, client, state_dir):
-    runtime, rec = make(dockerd, state_dir, Source(desired(1, workload(31, ssh_image))))
+    runtime, rec = make(dockerd, state_dir, DesiredSource(desired(1, workload(31, ssh_image))))
     settle(rec, is_("running"))
     dockerd.run("stop", "suanli-workload-31")  # as the shutdown of the host stops it
     settle(rec, is_("exited"))

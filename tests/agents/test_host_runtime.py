@@ -4,7 +4,6 @@ otherwise, failed under CI=true); the users are named lease9<pid><n> and removed
 
 from __future__ import annotations
 
-import copy
 import itertools
 import os
 import pwd
@@ -15,51 +14,24 @@ import time
 
 import pytest
 
-from agents.client import FETCHED, Outcome
 from agents.runtime.host import HostRuntime, write_authorized_keys
 from agents.workloads import Reconciler
+from tests.agents.fakes import DesiredSource, desired_state, desired_workload
 from tests.containers import make_keypair, require, ssh_run
 
 _numbers = itertools.count(1)
 
 
-class Source:
-    def __init__(self, payload: dict) -> None:
-        self.payload = payload
-
-    def get_workloads(self) -> Outcome:
-        return Outcome(FETCHED, 200, payload=copy.deepcopy(self.payload))
-
-
 def host_workload(wid: int, user: str, keys: list[str], **fields) -> dict:
-    item = {
-        "id": wid,
+    defaults = {
         "lease": int(user.removeprefix("lease")),
         "access": "host",
         "gpus": ["GPU-aaaa"],
         "image": "",
-        "command": [],
-        "env": {},
-        "ports": [22],
         "ssh_keys": keys,
-        "limits": {},
         "user": user,
-        "desired": "running",
-        "generation": 0,
-        "stop_by": None,
     }
-    item.update(fields)
-    return item
-
-
-def desired(version: int, *workloads: dict) -> dict:
-    return {
-        "version": version,
-        "server": 1,
-        "public_host": "",
-        "port_range": [40000, 40099],
-        "workloads": list(workloads),
-    }
+    return desired_workload(wid, **(defaults | fields))
 
 
 def exists(user: str) -> bool:
@@ -114,7 +86,7 @@ def test_a_lease_user_is_created_reached_by_ssh_stopped_started_and_removed_with
 ):
     state = str(tmp_path / "state")
     runtime = HostRuntime(state, ssh_port=sshd)
-    source = Source(desired(1, host_workload(31, lease_user, [ssh_keypair.public_text])))
+    source = DesiredSource(desired_state(1, host_workload(31, lease_user, [ssh_keypair.public_text])))
     rec = Reconciler(source, runtime, state, poll=0.05, grace=1)
 
     running = settle(rec, 31, "running")
@@ -129,7 +101,7 @@ def test_a_lease_user_is_created_reached_by_ssh_stopped_started_and_removed_with
     assert (login.returncode, login.stdout.strip()) == (0, lease_user), login.stderr
 
     sleeper = spawn_as(lease_user)
-    source.payload = desired(2, host_workload(31, lease_user, [ssh_keypair.public_text], desired="stopped"))
+    source.payload = desired_state(2, host_workload(31, lease_user, [ssh_keypair.public_text], desired="stopped"))
     stopped = settle(rec, 31, "exited")
     assert stopped.message == "stopped" and ended(sleeper)
     assert exists(lease_user), "stopped, not removed"
@@ -137,14 +109,14 @@ def test_a_lease_user_is_created_reached_by_ssh_stopped_started_and_removed_with
     assert refused.returncode == 255, "an expired account lets nobody in"
     assert "Permission denied" in refused.stderr
 
-    source.payload = desired(3, host_workload(31, lease_user, [ssh_keypair.public_text]))
+    source.payload = desired_state(3, host_workload(31, lease_user, [ssh_keypair.public_text]))
     settle(rec, 31, "running")
     assert ssh_run(sshd, ssh_keypair.private, "true", user=lease_user).returncode == 0
 
     with open(os.path.join(entry.pw_dir, "work.txt"), "w") as fh:
         fh.write("kept across a restart\n")
     sleeper = spawn_as(lease_user)
-    source.payload = desired(4, host_workload(31, lease_user, [ssh_keypair.public_text], generation=1))
+    source.payload = desired_state(4, host_workload(31, lease_user, [ssh_keypair.public_text], generation=1))
     deadline = time.monotonic() + 30
     while next(w for w in rec.snapshot().workloads if w.id == 31).generation != 1 or runtime.ops.all():
         assert time.monotonic() < deadline, rec.snapshot()
@@ -155,7 +127,7 @@ def test_a_lease_user_is_created_reached_by_ssh_stopped_started_and_removed_with
     assert pwd.getpwnam(lease_user).pw_uid == entry.pw_uid and status_of(rec, 31).state == "running"
 
     sleeper = spawn_as(lease_user)
-    source.payload = desired(5)
+    source.payload = desired_state(5)
     settle(rec, 31, "cleaned")
     assert ended(sleeper) and not exists(lease_user) and not os.path.exists(entry.pw_dir)
     assert runtime.records == {} and rec.report_fields()["workloads_version"] == 5
@@ -170,7 +142,7 @@ def test_an_existing_lease_user_that_is_listed_is_adopted_not_created_again(leas
     key = make_keypair(tmp_path / "k").public_text
     state = str(tmp_path / "state")
     runtime = HostRuntime(state)
-    rec = Reconciler(Source(desired(1, host_workload(31, lease_user, [key]))), runtime, state, poll=0.05)
+    rec = Reconciler(DesiredSource(desired_state(1, host_workload(31, lease_user, [key]))), runtime, state, poll=0.05)
     settle(rec, 31, "running")
     assert open(os.path.join(home, "work.txt")).read() == "the customer's work\n"
     assert open(os.path.join(home, ".ssh", "authorized_keys")).read() == key + "\n"
@@ -183,7 +155,7 @@ def test_users_that_are_not_ours_are_never_touched(lease_user, tmp_path):
     state = str(tmp_path / "state")
     runtime = HostRuntime(state)
     as_root = {**host_workload(32, "lease1", ["k"]), "user": "root"}
-    source = Source(desired(1, as_root))
+    source = DesiredSource(desired_state(1, as_root))
     rec = Reconciler(source, runtime, state, poll=0.05)
     failed = settle(rec, 32, "failed")
     assert failed.message == "refusing the user name 'root': host access users are named lease<N>"
@@ -197,7 +169,9 @@ def test_a_system_user_named_like_ours_is_not_adopted(tmp_path):
         pw_uid, pw_gid, pw_dir = 5, 5, "/nonexistent"
 
     runtime = HostRuntime(str(tmp_path), getpwnam=lambda name: Entry(), check_root=False, run=None)
-    rec = Reconciler(Source(desired(1, host_workload(31, "lease42", ["k"]))), runtime, str(tmp_path), poll=0.05)
+    rec = Reconciler(
+        DesiredSource(desired_state(1, host_workload(31, "lease42", ["k"]))), runtime, str(tmp_path), poll=0.05
+    )
     failed = settle(rec, 31, "failed")
     assert failed.message == "refusing to adopt the system user lease42 (uid 5)" and runtime.records == {}
 

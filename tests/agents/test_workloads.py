@@ -2,66 +2,33 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from datetime import UTC, datetime
 
 import pytest
 
-from agents.client import FETCHED, REFUSED, RETRY, Backoff, Outcome
+from agents.client import Backoff
 from agents.runtime.base import Desired, WorkloadSpec
 from agents.runtime.simulated import SimulatedRuntime
 from agents.workloads import CLEANED_REPORTS, Reconciler, read_state
-from tests.agents.fakes import FakeClock
-
-
-class DesiredSource:
-    """Stands in for Client.get_workloads: answers `payload`, or RETRY while `down`, or REFUSED with `refuse`."""
-
-    def __init__(self) -> None:
-        self.payload: dict | None = None
-        self.down = False
-        self.refuse: int | None = None
-        self.calls = 0
-
-    def get_workloads(self) -> Outcome:
-        self.calls += 1
-        if self.down:
-            return Outcome(RETRY, detail="[Errno 111] Connection refused")
-        if self.refuse:
-            return Outcome(REFUSED, self.refuse, detail="no such endpoint")
-        return Outcome(FETCHED, 200, payload=copy.deepcopy(self.payload))
+from tests.agents.fakes import DesiredSource, FakeClock, desired_state, desired_workload
 
 
 def workload(wid: int, lease: int | None = None, **fields) -> dict:
-    item = {
-        "id": wid,
+    defaults = {
         "lease": lease if lease is not None else wid + 100,
-        "access": "container",
         "gpus": [f"GPU-{wid}-a", f"GPU-{wid}-b"],
         "image": "suanli/pytorch:2.4-cuda12.4",
-        "command": [],
         "env": {"JUPYTER_TOKEN": "t"},
         "ports": [22, 8888],
         "ssh_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample alice@laptop"],
         "limits": {"cpus": 28.0, "memory_mb": 262144, "disk_gb": 100},
-        "user": "root",
-        "desired": "running",
-        "generation": 0,
-        "stop_by": None,
     }
-    item.update(fields)
-    return item
+    return desired_workload(wid, **(defaults | fields))
 
 
 def desired(version: int, *workloads: dict) -> dict:
-    return {
-        "version": version,
-        "server": 12,
-        "public_host": "gpu1.example.com",
-        "port_range": [40000, 40099],
-        "workloads": list(workloads),
-    }
+    return desired_state(version, *workloads, server=12, public_host="gpu1.example.com")
 
 
 def iso(ts: float) -> str:
