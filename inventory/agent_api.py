@@ -110,7 +110,7 @@ class AgentReportApi(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
 
-    def parse_extra(self, body: bytes) -> dict[str, Any]:
+    def parse_extra(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Parts of a report that layers above the inventory read (workload states); checked before anything is
         stored, so a bad report is refused whole."""
         return {}
@@ -125,8 +125,9 @@ class AgentReportApi(APIView):
         now = timezone.now()
         body = request.body
         server = authenticate_agent(request, body=body, now=now)
-        report = ingest.parse_report(body)
-        extra = self.parse_extra(body)
+        payload = ingest.load_report(body)
+        report = ingest.check_report(payload)
+        extra = self.parse_extra(payload)
         result = ingest.report_ingest(server=server, report=report, now=now)
         if result.duplicate:
             return Response({"accepted": False, "duplicate": True}, status=status.HTTP_200_OK)

@@ -151,12 +151,22 @@ def _number(value: Any, name: str, index: int) -> float | int:
 
 def parse_report(body: bytes) -> dict[str, Any]:
     """Validate a report's shape and values; 400 with the first problem found."""
+    return check_report(load_report(body))
+
+
+def load_report(body: bytes) -> dict[str, Any]:
+    """A report body as a JSON object (NaN and Infinity refused); 400 otherwise."""
     try:
         payload = json.loads(body, parse_constant=_refuse_constant)
     except (ValueError, UnicodeDecodeError):
         raise InvalidInput("The report is not valid JSON.", code="malformed_request") from None
     if not isinstance(payload, dict):
         raise InvalidInput("The report must be a JSON object.")
+    return payload
+
+
+def check_report(payload: dict[str, Any]) -> dict[str, Any]:
+    """The telemetry part of a loaded report, checked: seq, sent_at and the samples of `gpus`."""
     seq = payload.get("seq")
     if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq < 2**63:
         raise InvalidInput("seq must be a positive integer.", fields={"seq": ["A positive integer is required."]})

@@ -3,8 +3,6 @@ signed read of its server's desired state. Parse, call a service or selector, se
 
 from __future__ import annotations
 
-import json
-
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
@@ -151,8 +149,8 @@ class AgentWorkloadsApi(APIView):
 class AgentReportApi(agent_api.AgentReportApi):
     """Agent reports, with the workload states they carry applied after the telemetry is stored."""
 
-    def parse_extra(self, body: bytes) -> dict:
-        return services.parse_workload_report(json.loads(body))
+    def parse_extra(self, payload: dict) -> dict:
+        return services.parse_workload_report(payload)
 
     def after_ingest(self, server, report: dict, extra: dict, now) -> None:
         if extra:
