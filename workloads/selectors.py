@@ -12,7 +12,7 @@ from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from inventory.models import Server
-from scheduler.models import Lease
+from scheduler.models import Lease, LeaseState
 from workloads.models import Access, Workload, WorkloadSpec, WorkloadState
 from workloads.services import NOTEBOOK_PORT, host_user
 
@@ -104,7 +104,7 @@ def stuck_workloads(*, now: datetime | None = None) -> QuerySet[Workload]:
         Workload.objects.filter(
             Q(state__in=passing, state_changed_at__lt=since)
             | Q(state__in=passing, state_changed_at__isnull=True, created_at__lt=since)
-            | (~Q(lease__state="active") & ~Q(state=WorkloadState.CLEANED) & Q(lease__ended_at__lt=since))
+            | (~Q(lease__state=LeaseState.ACTIVE) & ~Q(state=WorkloadState.CLEANED) & Q(lease__ended_at__lt=since))
         )
         .select_related("server", "lease", "server__organization")
         .order_by("created_at")
