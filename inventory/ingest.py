@@ -217,9 +217,14 @@ def _state_of(gpu: Gpu) -> health.GpuState:
 
 
 def report_ingest(*, server: Server, report: dict[str, Any], now: datetime) -> ReportResult:
-    """Store one authenticated, parsed report exactly once and apply the health rules to its cards."""
-    gpus = {gpu.uuid: gpu for gpu in Gpu.objects.filter(server=server)}
-    unknown = [s["uuid"] for s in report["gpus"] if s["uuid"] not in gpus]
+    """Store one authenticated, parsed report exactly once and apply the health rules to its cards.
+
+    The cards are read after the claim, locked (primary-key order, no-key locks: the scheduler's allocation
+    skips locked cards and only key-share-locks them for its allocations), so the health rules start from the
+    last report's state and a drain or undrain committed meanwhile is neither missed nor written over.
+    """
+    known = set(Gpu.objects.filter(server=server).values_list("uuid", flat=True))
+    unknown = [s["uuid"] for s in report["gpus"] if s["uuid"] not in known]
     if unknown:
         Server.objects.filter(pk=server.pk).update(hardware_flag=f"unregistered GPU reported: {unknown[0]}"[:200])
         raise InvalidInput("The report names a GPU this server does not own.", code="unknown_gpu")
@@ -234,6 +239,8 @@ def report_ingest(*, server: Server, report: dict[str, Any], now: datetime) -> R
         )
         if not claimed:
             return ReportResult(accepted=False, duplicate=True)
+        locked = Gpu.objects.filter(server=server).order_by("pk").select_for_update(no_key=True)
+        gpus = {gpu.uuid: gpu for gpu in locked}
         if server.status == Server.Status.UNREACHABLE:
             server_outages_close(server_id=server.pk, now=now)
         rows = []

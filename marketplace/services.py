@@ -71,22 +71,31 @@ def _price_fields(prices: dict, interruptible: dict) -> dict[str, Decimal | None
 
 
 def offer_update(*, offer: Offer, **changes: Any) -> Offer:
-    """Change prices, minimum, end or currency. Running leases keep the prices they started with."""
-    if offer.delisted_at is not None:
-        raise Conflict("A delisted offer cannot change.", code="invalid_state")
-    fields = {name: getattr(offer, name) for pair in PLAN_PRICE_FIELDS.values() for name in pair}
-    if "prices" in changes:
-        fields.update({PLAN_PRICE_FIELDS[p][0]: v for p, v in changes.pop("prices").items()})
-    if "interruptible_prices" in changes:
-        fields.update({PLAN_PRICE_FIELDS[p][1]: v for p, v in changes.pop("interruptible_prices").items()})
-    _check_prices(fields)
-    most = offer.server.gpu_count
-    if changes.get("min_gpus", offer.min_gpus) > most:
-        raise InvalidInput("More cards than the server has.", fields={"min_gpus": [f"At most {most}."]})
-    for name, value in {**fields, **changes}.items():
-        setattr(offer, name, value)
-    offer.save()
-    return offer
+    """Change prices, minimum, end or currency. Running leases keep the prices they started with.
+
+    `offer` may be stale (a form opened before a delist): the row is locked and read again, a delisted one
+    refuses the change (409 `invalid_state`), and only the fields the change names are written, so a delist or
+    another edit made meanwhile is not overwritten. Returns the offer as stored.
+    """
+    with transaction.atomic():
+        locked = Offer.objects.select_for_update(of=("self",)).select_related("server").get(pk=offer.pk)
+        if locked.delisted_at is not None:
+            raise Conflict("A delisted offer cannot change.", code="invalid_state")
+        values: dict[str, Any] = {}
+        if "prices" in changes:
+            values.update({PLAN_PRICE_FIELDS[p][0]: v for p, v in changes.pop("prices").items()})
+        if "interruptible_prices" in changes:
+            values.update({PLAN_PRICE_FIELDS[p][1]: v for p, v in changes.pop("interruptible_prices").items()})
+        prices = {name: getattr(locked, name) for pair in PLAN_PRICE_FIELDS.values() for name in pair}
+        _check_prices({**prices, **values})
+        most = locked.server.gpu_count
+        if changes.get("min_gpus", locked.min_gpus) > most:
+            raise InvalidInput("More cards than the server has.", fields={"min_gpus": [f"At most {most}."]})
+        values.update(changes)
+        for name, value in values.items():
+            setattr(locked, name, value)
+        locked.save(update_fields=[*values, "updated_at"])
+    return locked
 
 
 def offer_delist(*, offer: Offer, now: datetime | None = None) -> Offer:
