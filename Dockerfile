@@ -21,7 +21,7 @@ COPY . .
 # Installed in place (-e) so that settings find templates/, static/ and locale/ beside the code in /app.
 RUN pip install --no-deps -e . \
     && DJANGO_DEBUG=0 DJANGO_SECRET_KEY=collectstatic-at-build-time-only-never-used-at-run-time-0123456789 \
-       DATABASE_URL=postgres://unused@localhost/unused \
+       DATABASE_URL=postgres://unused@localhost/unused EMAIL_BACKEND=django.core.mail.backends.smtp.EmailBackend \
        python manage.py collectstatic --noinput \
     && mkdir -p /app/var \
     && chown suanli:suanli /app/var

@@ -176,6 +176,20 @@ ACCOUNT_ADAPTER = "accounts.adapters.AccountAdapter"
 MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
 MFA_TOTP_ISSUER = "Suanli"
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+# Backends that never deliver but keep the mail (and its password-reset and verification links) readable on the
+# machine: refused with debug off (accounts/checks.py says the same under `check --deploy`).
+SUANLI_UNDELIVERED_EMAIL_BACKENDS = (
+    "django.core.mail.backends.console.EmailBackend",
+    "django.core.mail.backends.locmem.EmailBackend",
+    "django.core.mail.backends.filebased.EmailBackend",
+)
+SUANLI_ALLOW_CONSOLE_EMAIL = env_bool("SUANLI_ALLOW_CONSOLE_EMAIL", False)
+if not DEBUG and EMAIL_BACKEND in SUANLI_UNDELIVERED_EMAIL_BACKENDS and not SUANLI_ALLOW_CONSOLE_EMAIL:
+    raise RuntimeError(
+        f"EMAIL_BACKEND is {EMAIL_BACKEND} with DJANGO_DEBUG off: password-reset and verification links would be "
+        "written to the log instead of sent. Set EMAIL_BACKEND=django.core.mail.backends.smtp.EmailBackend and "
+        "EMAIL_HOST (README.md, Configuration), or SUANLI_ALLOW_CONSOLE_EMAIL=1 for a local experiment."
+    )
 EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
 EMAIL_PORT = env_int("EMAIL_PORT", 587)
 EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")

@@ -30,7 +30,13 @@ MANAGE = str(ROOT / "manage.py")
 
 def _production_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(DJANGO_DEBUG="0", DJANGO_SECRET_KEY=secrets.token_urlsafe(45), **extra)  # 60 characters
+    # Production mail: with debug off the settings refuse a backend that only logs (password-reset links).
+    env.update(
+        DJANGO_DEBUG="0",
+        DJANGO_SECRET_KEY=secrets.token_urlsafe(45),  # 60 characters
+        EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend",
+    )
+    env.update(extra)
     assert len(env["DJANGO_SECRET_KEY"]) == 60
     assert env.get("DATABASE_URL"), "tests run with DATABASE_URL set (scripts/test sets it)"
     return env
