@@ -1,5 +1,6 @@
 import sys
 
+from allauth.account.decorators import secure_admin_login
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import include, path
@@ -14,6 +15,10 @@ from inventory.metrics import metrics_view
 def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
+
+# Staff sign in through allauth's login, like everyone else: its rate limits (ACCOUNT_RATE_LIMITS) and its
+# two-factor step (allauth.mfa) apply; Django's own admin login form, which has neither, is never shown.
+admin.site.login = secure_admin_login(admin.site.login)  # type: ignore[method-assign]
 
 api_v1 = [
     path("", include("accounts.urls")),
