@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from django.contrib.auth import authenticate
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -10,7 +9,7 @@ from rest_framework.response import Response
 
 from accounts import selectors, services
 from accounts.apiviews import OrgAPIView, OrgContextMixin
-from accounts.errors import NotAllowed, NotFound, Unauthenticated
+from accounts.errors import NotAllowed, NotFound
 from accounts.models import ApiKey, Membership, Organization
 from accounts.permissions import IsStaff
 from accounts.serializers import (
@@ -63,14 +62,12 @@ class TokenApi(OrgAPIView):
     def post(self, request: Request) -> Response:
         data = TokenInput(data=request.data)
         data.is_valid(raise_exception=True)
-        user = authenticate(
-            request._request,
-            email=data.validated_data["email"].strip().lower(),
+        token = services.api_token_issue(
+            request=request._request,
+            email=data.validated_data["email"],
             password=data.validated_data["password"],
+            name=data.validated_data.get("name") or "",
         )
-        if user is None:
-            raise Unauthenticated("Wrong email or password.")
-        _, token = services.api_key_create(user=user, name=data.validated_data.get("name") or "token")
         return Response({"token": token})
 
 

@@ -62,6 +62,17 @@ class InvalidTransition(Conflict):
     code = "invalid_state"
 
 
+class RateLimited(DomainError):
+    """Over a rate limit; `wait` (seconds) becomes the answer's Retry-After."""
+
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, wait: int = 0, fields: dict[str, Any] | None = None):
+        super().__init__(message, fields=fields)
+        self.wait = max(int(wait), 1)
+
+
 def error_body(code: str, message: str, fields: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "fields": fields or {}}}
 
@@ -98,7 +109,10 @@ _DRF_CODES = {
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, DomainError):
-        return Response(error_body(exc.code, exc.message, exc.fields), status=exc.status_code)
+        response = Response(error_body(exc.code, exc.message, exc.fields), status=exc.status_code)
+        if isinstance(exc, RateLimited):
+            response["Retry-After"] = str(exc.wait)
+        return response
     if isinstance(exc, RequestDataTooBig):
         return Response(error_body("body_too_large", "The request body is too large."), status=400)
     if isinstance(exc, DjangoValidationError):

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
+
+from django.conf import settings
+from django.contrib.auth import authenticate
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.http import HttpRequest
 from django.utils import timezone
 
 from accounts import keys
-from accounts.errors import Conflict, InvalidInput, InvalidTransition, NotAllowed, NotFound
+from accounts.errors import (
+    Conflict,
+    InvalidInput,
+    InvalidTransition,
+    NotAllowed,
+    NotFound,
+    RateLimited,
+    Unauthenticated,
+)
 from accounts.models import ApiKey, Membership, Organization, Role, User
+from accounts.throttling import hit, unhit
 
 
 def organization_create(*, user: User, name: str, kind: str, currency: str = "USD") -> Organization:
@@ -19,6 +33,36 @@ def organization_create(*, user: User, name: str, kind: str, currency: str = "US
         org = Organization.objects.create(name=name.strip(), kind=kind, status=status, currency=currency)
         Membership.objects.create(organization=org, user=user, role=Role.OWNER)
     return org
+
+
+def normalize_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def _account_ident(email: str) -> str:
+    # The cache key names no e-mail address.
+    return hashlib.sha256(normalize_email(email).encode()).hexdigest()[:32]
+
+
+def api_token_issue(*, request: HttpRequest | None, email: str, password: str, name: str = "") -> str:
+    """Trade an e-mail and password for a new API token (the plaintext, once).
+
+    Password attempts are limited per account (RATE_LIMIT_AUTH_ACCOUNT), on top of the per-client limit of the
+    view: each attempt is counted before the password is checked (one atomic increment, so concurrent guesses
+    cannot all pass) and a right password takes its count back. Once an account is over, every attempt is 429
+    until the window ends, the right password included. E-mails without an account are counted the same way,
+    so neither the answer nor the limit tells whether an account exists."""
+    email = normalize_email(email)
+    rate = settings.SUANLI_RATE_LIMITS["auth_account"]
+    ident = _account_ident(email)
+    allowed, wait = hit("auth_account", ident, rate)
+    if not allowed:
+        raise RateLimited("Too many failed sign-in attempts for this account; try again later.", wait=wait)
+    user = authenticate(request, email=email, password=password)
+    if user is None:
+        raise Unauthenticated("Wrong email or password.")
+    unhit("auth_account", ident, rate)
+    return api_key_create(user=user, name=name or "token")[1]
 
 
 def user_register(

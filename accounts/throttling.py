@@ -17,6 +17,8 @@ from redis.exceptions import RedisError
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
+from accounts.clientip import client_key
+
 
 def parse_rate(rate: str) -> tuple[int, int]:
     count, seconds = rate.split("/")
@@ -45,6 +47,19 @@ def hit(scope: str, ident: str, rate: str) -> tuple[bool, int]:
     return count <= limit, start + window - now
 
 
+def unhit(scope: str, ident: str, rate: str) -> None:
+    """Take back one count of this window: an attempt that `hit` counted and that turned out not to count (a right
+    password). Across a window's end there is nothing of it left to take back."""
+    _, window = parse_rate(rate)
+    now = int(time.time())
+    try:
+        cache.decr(f"rl:{scope}:{ident}:{now - now % window}")
+    except ValueError:
+        pass
+    except (ConnectionError, OSError, RedisError) as exc:
+        logger.warning("rate limit %s not counted back: the cache is unavailable (%s)", scope, exc)
+
+
 def over_limit(scope: str, ident: str, rate: str, *, count: bool = True) -> bool:
     """Whether `ident` is over `rate` in this window: counting one more (`count`), or only reading."""
     if count:
@@ -58,7 +73,13 @@ def over_limit(scope: str, ident: str, rate: str, *, count: bool = True) -> bool
 
 
 class AtomicScopedThrottle(BaseThrottle):
+    """A per-client limit on one scope of SUANLI_RATE_LIMITS; the client is accounts.clientip's, never DRF's
+    reading of X-Forwarded-For (which anyone can write)."""
+
     scope = ""
+
+    def get_ident(self, request: Request) -> str:
+        return client_key(request)
 
     def allow_request(self, request: Request, view: object) -> bool:
         rate = settings.SUANLI_RATE_LIMITS[self.scope]

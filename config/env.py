@@ -31,6 +31,19 @@ def env_list(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
+def env_networks(name: str, default: str = "") -> list[str]:
+    """IP addresses and networks "10.0.0.0/8,192.0.2.7,::1"; a bad entry fails at startup, naming it."""
+    import ipaddress
+
+    entries = env_list(name, default)
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ValueError(f"{name}: {entry!r} is not an IP address or network") from None
+    return entries
+
+
 def env_rates(name: str, default: str = "") -> dict:
     """Exchange rates "USD:CNY=7.10,CNY:USD=0.1408" -> {("USD", "CNY"): Decimal("7.10"), ...}."""
     from decimal import Decimal, InvalidOperation

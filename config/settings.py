@@ -7,7 +7,7 @@ import dj_database_url
 from celery.schedules import crontab
 from csp.constants import NONCE, NONE, SELF
 
-from config.env import env_bool, env_int, env_list, env_rates, env_str
+from config.env import env_bool, env_int, env_list, env_networks, env_rates, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("SUANLI_VAR_DIR", str(BASE_DIR / "var")))
@@ -22,6 +22,9 @@ if not SECRET_KEY:
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
 SITE_URL = env_str("SITE_URL", "http://127.0.0.1:8000")
+# Reverse proxies (addresses or networks) whose X-Forwarded-For entries are believed; every per-address rate limit
+# counts by the client address read through them (accounts/clientip.py). Empty: REMOTE_ADDR, the header ignored.
+TRUSTED_PROXIES = env_networks("TRUSTED_PROXIES")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -247,8 +250,12 @@ SUANLI_RATE_LIMITS = {
     "agent_reports": env_str("RATE_LIMIT_AGENT_REPORTS", "120/60"),
     # Per agent, reads of its desired workloads (a poll every 3 s = 20 a minute).
     "agent_workloads": env_str("RATE_LIMIT_AGENT_WORKLOADS", "240/60"),
-    # Per client address, reports refused for their signature; over it, that address is refused outright.
+    # Per client address, agent requests refused for their signature; over it, the bad ones are answered 429
+    # (a correctly signed request is never refused for someone else's bad ones).
     "agent_auth_fail": env_str("RATE_LIMIT_AGENT_AUTH_FAIL", "30/60"),
+    # Per account (the normalised e-mail, known or not), failed password attempts on the API; over it, every
+    # attempt on that account is 429 until the window ends, the right password too.
+    "auth_account": env_str("RATE_LIMIT_AUTH_ACCOUNT", "5/300"),
 }
 SUANLI_ENROLLMENT_TOKEN_TTL_HOURS = env_int("ENROLLMENT_TOKEN_TTL_HOURS", 72)
 SUANLI_AGENT_SILENT_INTERVALS = env_int("AGENT_SILENT_INTERVALS", 3)

@@ -16,9 +16,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.clientip import client_key
 from accounts.errors import Unauthenticated
 from accounts.serializers import StrictSerializer
-from accounts.throttling import AtomicScopedThrottle, hit, over_limit
+from accounts.throttling import AtomicScopedThrottle, hit
 from inventory import ingest
 from inventory.models import Server
 
@@ -79,14 +80,14 @@ SIGNED = [
 
 
 def authenticate_agent(request: Request, *, body: bytes, now: datetime, limit: str = "agent_reports") -> Server:
-    """The server whose agent signed this request (reports and the desired-state read alike), under two limits:
-    failed signatures per client address (refused before any work once over), and signed requests per agent,
-    counted only after the signature checks out, so nobody can use up another agent's allowance by naming it.
-    The agent honours the 429's Retry-After and keeps spooling."""
-    address = AtomicScopedThrottle().get_ident(request)
+    """The server whose agent signed this request (reports and the desired-state read alike).
+
+    The signature is always checked, and a correctly signed request is never refused for anyone else's bad ones:
+    requests refused for their signature are counted per client address (accounts.clientip, never a forwarded
+    header the client wrote), and over that limit only the *bad* ones are answered 429 instead of 401. Signed
+    requests are then limited per agent, counted after the signature checks out, so nobody can use up another
+    agent's allowance by naming it. The agent honours the 429's Retry-After and keeps spooling."""
     limits = settings.SUANLI_RATE_LIMITS
-    if over_limit("agent_auth_fail", address, limits["agent_auth_fail"], count=False):
-        raise Throttled(detail="Too many refused reports from this address.")
     try:
         server = ingest.authenticate_report(
             agent_id=request.headers.get("X-Agent-Id", ""),
@@ -96,7 +97,9 @@ def authenticate_agent(request: Request, *, body: bytes, now: datetime, limit: s
             now=now,
         )
     except Unauthenticated:
-        over_limit("agent_auth_fail", address, limits["agent_auth_fail"])
+        allowed, wait = hit("agent_auth_fail", client_key(request), limits["agent_auth_fail"])
+        if not allowed:
+            raise Throttled(wait=wait, detail="Too many refused requests from this address.") from None
         raise
     allowed, wait = hit(limit, str(server.agent_id), limits[limit])
     if not allowed:
