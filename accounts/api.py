@@ -140,7 +140,7 @@ class OrganizationViewSet(OrgContextMixin, mixins.ListModelMixin, viewsets.Gener
     def create(self, request: Request) -> Response:
         data = OrganizationInput(data=request.data)
         data.is_valid(raise_exception=True)
-        org = services.organization_create(user=request.user, **data.validated_data)
+        org = services.organization_request(user=request.user, **data.validated_data)
         return Response(OrganizationOutput(org, context={"roles": {org.pk: "owner"}}).data, status=201)
 
     @extend_schema(request=None, responses={200: OrganizationOutput})

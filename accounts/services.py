@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib.auth import authenticate
+from django.contrib.auth.hashers import make_password
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.core.mail import send_mail
+from django.db import IntegrityError, connection, transaction
 from django.http import HttpRequest
+from django.template.loader import render_to_string
+from django.urls import reverse
 from django.utils import timezone
 
 from accounts import keys
@@ -25,14 +31,43 @@ from accounts.errors import (
 from accounts.models import ApiKey, Membership, Organization, Role, User
 from accounts.throttling import hit, unhit
 
+logger = logging.getLogger(__name__)
+
+
+def _initial_status(kind: str) -> str:
+    return Organization.Status.PENDING if kind != Organization.Kind.CUSTOMER else Organization.Status.ACTIVE
+
 
 def organization_create(*, user: User, name: str, kind: str, currency: str = "USD") -> Organization:
-    """A new organisation with `user` as its owner. Providers start `pending` until staff approve them."""
-    status = Organization.Status.PENDING if kind != Organization.Kind.CUSTOMER else Organization.Status.ACTIVE
+    """A new organisation with `user` as its owner. Providers start `pending` until staff approve them.
+    No limits: the API and the pages go through `organization_request`."""
     with transaction.atomic():
-        org = Organization.objects.create(name=name.strip(), kind=kind, status=status, currency=currency)
+        org = Organization.objects.create(name=name.strip(), kind=kind, status=_initial_status(kind), currency=currency)
         Membership.objects.create(organization=org, user=user, role=Role.OWNER)
     return org
+
+
+def organization_request(*, user: User, name: str, kind: str, currency: str = "USD") -> Organization:
+    """A user asks for a new organisation (API or page). At most RATE_LIMIT_ORG_CREATE per user (429), and at
+    most SUANLI_MAX_PENDING_ORGANIZATIONS of the user's own organisations waiting for approval at once (409): a
+    user cannot flood the staff's approval queue. Locks the user's row, so two requests at once cannot both
+    pass the pending count."""
+    rate = settings.SUANLI_RATE_LIMITS["org_create"]
+    allowed, wait = hit("org_create", str(user.pk), rate)
+    if not allowed:
+        raise RateLimited("You have created too many organisations lately; try again later.", wait=wait)
+    cap = settings.SUANLI_MAX_PENDING_ORGANIZATIONS
+    with transaction.atomic():
+        User.objects.select_for_update().filter(pk=user.pk).first()
+        if _initial_status(kind) == Organization.Status.PENDING:
+            pending = user.memberships.filter(role=Role.OWNER, organization__status=Organization.Status.PENDING).count()
+            if pending >= cap:
+                raise Conflict(
+                    f"You already have {pending} organisations waiting for approval (at most {cap}); "
+                    "wait until staff have reviewed them.",
+                    code="too_many_pending",
+                )
+        return organization_create(user=user, name=name, kind=kind, currency=currency)
 
 
 def normalize_email(email: str) -> str:
@@ -65,29 +100,94 @@ def api_token_issue(*, request: HttpRequest | None, email: str, password: str, n
     return api_key_create(user=user, name=name or "token")[1]
 
 
+def _email_taken(email: str) -> bool:
+    from allauth.account.models import EmailAddress
+
+    return (
+        User.objects.filter(email__iexact=email).exists() or EmailAddress.objects.filter(email__iexact=email).exists()
+    )
+
+
 def user_register(
     *, email: str, password: str, org_name: str, org_kind: str, currency: str = "USD"
 ) -> tuple[User, Organization, str]:
-    """Create a user, their first organisation and an API token; all or nothing."""
+    """Create a user, their first organisation and an API token; all or nothing.
+
+    An e-mail that already has an account gets the same answer, so registering does not tell who has an account
+    (what allauth's ACCOUNT_PREVENT_ENUMERATION does for the sign-up page): unsaved stand-ins whose ids come from
+    the same sequences as real ones, a token that was never stored, and a mail to the address's owner that
+    someone tried to register with it. The password is hashed on both paths, so the time taken tells little."""
     from allauth.account.models import EmailAddress
 
-    email = email.strip().lower()
+    email = normalize_email(email)
     try:
         validate_password(password, user=User(email=email))
     except ValidationError as exc:
         raise InvalidInput("The password is too weak.", fields={"password": exc.messages}) from None
-    try:
-        with transaction.atomic():
-            user = User.objects.create_user(email=email, password=password)
-            EmailAddress.objects.create(user=user, email=email, primary=True, verified=False)
-            org = organization_create(user=user, name=org_name, kind=org_kind, currency=currency)
-            token = api_key_create(user=user, name="registration")[1]
-    except IntegrityError:
-        raise InvalidInput(
-            "An account with this email already exists.",
-            fields={"email": ["This email is already registered."]},
-        ) from None
+    if not _email_taken(email):
+        try:
+            with transaction.atomic():
+                user = User.objects.create_user(email=email, password=password)
+                EmailAddress.objects.create(user=user, email=email, primary=True, verified=False)
+                org = organization_create(user=user, name=org_name, kind=org_kind, currency=currency)
+                token = api_key_create(user=user, name="registration")[1]
+        except IntegrityError:
+            if not _email_taken(email):  # not the e-mail (a key prefix collision): a real error
+                raise
+        else:
+            return user, org, token
+    return _registration_of_taken_email(
+        email=email, password=password, org_name=org_name, org_kind=org_kind, currency=currency
+    )
+
+
+def _registration_of_taken_email(
+    *, email: str, password: str, org_name: str, org_kind: str, currency: str
+) -> tuple[User, Organization, str]:
+    make_password(password)  # the work a real registration does, so the answer takes as long
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT nextval(pg_get_serial_sequence(%s, 'id')), nextval(pg_get_serial_sequence(%s, 'id'))",
+            [User._meta.db_table, Organization._meta.db_table],
+        )
+        user_id, org_id = cursor.fetchone()
+    user = User(pk=user_id, email=email)
+    org = Organization(
+        pk=org_id,
+        name=org_name.strip(),
+        kind=org_kind,
+        status=_initial_status(org_kind),
+        currency=currency,
+        created_at=timezone.now(),
+    )
+    token = keys.new_key()[0]
+
+    def notify() -> None:
+        from accounts.tasks import send_registration_attempt_mail
+
+        try:
+            send_registration_attempt_mail.delay(email)
+        except Exception:  # the broker is down: the answer must not differ, the owner just gets no mail
+            logger.exception("could not queue the registration-attempt mail")
+
+    transaction.on_commit(notify)
     return user, org, token
+
+
+def registration_attempt_notify(*, email: str) -> None:
+    """Tell the owner of `email` that someone tried to register an account with it (allauth's
+    account-already-exists mail, with a link to reset the password)."""
+    site = settings.SITE_URL.rstrip("/")
+    context = {
+        "email": email,
+        "current_site": {"name": "Suanli", "domain": urlsplit(site).netloc or site},
+        "password_reset_url": site + reverse("account_reset_password"),
+        "signup_url": site + reverse("account_signup"),
+    }
+    prefix = "account/email/account_already_exists"
+    subject = " ".join(render_to_string(f"{prefix}_subject.txt", context).splitlines()).strip()
+    body = render_to_string(f"{prefix}_message.txt", context)
+    send_mail(f"[Suanli] {subject}", body, settings.DEFAULT_FROM_EMAIL, [email])
 
 
 def api_key_create(*, user: User, name: str = "") -> tuple[ApiKey, str]:

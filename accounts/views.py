@@ -60,12 +60,16 @@ def organization_new(request: HttpRequest) -> HttpResponse:
     if not form.is_valid() or not form.cleaned_data["name"].strip():
         messages.error(request, _("Give the organisation a name, a kind and a currency."))
         return _back(request)
-    org = services.organization_create(
-        user=request.user,  # type: ignore[arg-type]
-        name=form.cleaned_data["name"],
-        kind=form.cleaned_data["kind"],
-        currency=form.cleaned_data["currency"],
-    )
+    try:
+        org = services.organization_request(
+            user=request.user,  # type: ignore[arg-type]
+            name=form.cleaned_data["name"],
+            kind=form.cleaned_data["kind"],
+            currency=form.cleaned_data["currency"],
+        )
+    except DomainError as exc:
+        messages.error(request, exc.message)
+        return _back(request)
     request.session[SESSION_KEY] = org.pk
     messages.success(request, _("Organisation %(name)s created.") % {"name": org.name})
     return _back(request)

@@ -256,7 +256,11 @@ SUANLI_RATE_LIMITS = {
     # Per account (the normalised e-mail, known or not), failed password attempts on the API; over it, every
     # attempt on that account is 429 until the window ends, the right password too.
     "auth_account": env_str("RATE_LIMIT_AUTH_ACCOUNT", "5/300"),
+    # Per user, organisations created (API and page).
+    "org_create": env_str("RATE_LIMIT_ORG_CREATE", "10/3600"),
 }
+# A user may have at most this many organisations waiting for staff approval at once.
+SUANLI_MAX_PENDING_ORGANIZATIONS = env_int("MAX_PENDING_ORGANIZATIONS", 3)
 SUANLI_ENROLLMENT_TOKEN_TTL_HOURS = env_int("ENROLLMENT_TOKEN_TTL_HOURS", 72)
 SUANLI_AGENT_SILENT_INTERVALS = env_int("AGENT_SILENT_INTERVALS", 3)
 SUANLI_AGENT_INTERVAL_SECONDS = env_int("AGENT_INTERVAL_SECONDS", 10)
