@@ -1,6 +1,19 @@
 from rest_framework.pagination import PageNumberPagination
 
+from accounts.inputs import query_int
+
 
 class Pagination(PageNumberPagination):
     page_size_query_param = "page_size"
     max_page_size = 500
+
+    def get_page_number(self, request, paginator):
+        # ASCII digits within an integer (accounts.inputs.query_int), else 400; "last" as in DRF. A page past the
+        # end is still DRF's 404.
+        if request.query_params.get(self.page_query_param) in self.last_page_strings:
+            return paginator.num_pages
+        return query_int(request.query_params, self.page_query_param, default=1)
+
+    def get_page_size(self, request):
+        wanted = query_int(request.query_params, self.page_size_query_param)
+        return self.page_size if wanted is None else min(wanted, self.max_page_size)

@@ -4,11 +4,20 @@ from typing import Any
 
 from rest_framework import serializers
 
+from accounts.inputs import harden
 from accounts.models import ApiKey, Membership, Organization, Role
 
 
 class StrictMixin:
-    """Refuse fields the serializer does not know, instead of silently ignoring them."""
+    """Refuse fields the serializer does not know, instead of silently ignoring them; and give every field the
+    platform's input bounds (accounts/inputs.py: ASCII digits, integers PostgreSQL holds, times within the
+    platform's calendar, text PostgreSQL can store)."""
+
+    def get_fields(self) -> dict[str, Any]:
+        fields = super().get_fields()  # type: ignore[misc]
+        for field in fields.values():
+            harden(field)
+        return fields
 
     def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, dict):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.apiviews import OrgAPIView
 from accounts.errors import DomainError, NotFound
+from accounts.parsers import JSONParser
 from accounts.permissions import BILLING, HasOrganization, role_required
 from accounts.tenancy import scoped
 from billing import payments
