@@ -22,7 +22,9 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from accounts import parsers
 from accounts.errors import DomainError, InvalidInput, Unauthenticated
+from accounts.inputs import OUT_OF_TIME, storable, within_platform_time
 from inventory import health, secretbox, telemetry
 from inventory.models import Gpu, GpuHealthEvent, Server
 from inventory.services import enrollment_token_hash, server_enroll, server_outages_close
@@ -155,11 +157,13 @@ def parse_report(body: bytes) -> dict[str, Any]:
 
 
 def load_report(body: bytes) -> dict[str, Any]:
-    """A report body as a JSON object (NaN and Infinity refused); 400 otherwise."""
+    """A report body as a JSON object; 400 otherwise. Decoded as the API's bodies are (accounts.parsers: NaN and
+    Infinity refused, nesting over 64 levels refused before the decoder recurses). Lone surrogates are let through
+    here: check_report refuses them where they matter, and free text (a workload's message) is cleaned instead."""
     try:
-        payload = json.loads(body, parse_constant=_refuse_constant)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidInput("The report is not valid JSON.", code="malformed_request") from None
+        payload = parsers.loads(body, allow_surrogates=True)
+    except parsers.MalformedJson as exc:
+        raise InvalidInput(f"The report is not valid JSON: {exc}", code="malformed_request") from None
     if not isinstance(payload, dict):
         raise InvalidInput("The report must be a JSON object.")
     return payload
@@ -176,12 +180,16 @@ def check_report(payload: dict[str, Any]) -> dict[str, Any]:
         raise InvalidInput("sent_at must be an ISO 8601 time.", fields={"sent_at": ["Invalid time."]}) from None
     if sent_at.tzinfo is None:
         raise InvalidInput("sent_at needs a UTC offset.", fields={"sent_at": ["A UTC offset is required."]})
+    if not within_platform_time(sent_at):  # "9999-12-31T23:59:59-14:00" is past what UTC can hold
+        raise InvalidInput("sent_at is outside the platform's calendar.", fields={"sent_at": [OUT_OF_TIME]})
     gpus = payload.get("gpus")
     if not isinstance(gpus, list) or not 0 < len(gpus) <= MAX_GPUS_PER_REPORT:
         raise InvalidInput("gpus must be a non-empty list.", fields={"gpus": ["A non-empty list is required."]})
     samples = []
     for index, raw in enumerate(gpus):
-        if not isinstance(raw, dict) or not isinstance(raw.get("uuid"), str) or not 0 < len(raw["uuid"]) <= 80:
+        uuid_ = raw.get("uuid") if isinstance(raw, dict) else None
+        # Printable ASCII, as NVML writes them ("GPU-...", "MIG-..."): an unknown one is written to the server's flag.
+        if not isinstance(uuid_, str) or not 0 < len(uuid_) <= 80 or not (uuid_.isascii() and uuid_.isprintable()):
             raise InvalidInput(f"gpus[{index}] needs a uuid.", fields={"gpus": {index: {"uuid": "required"}}})
         sample: dict[str, Any] = {"uuid": raw["uuid"]}
         for name, value in raw.items():
@@ -194,17 +202,18 @@ def check_report(payload: dict[str, Any]) -> dict[str, Any]:
                     raise InvalidInput(f"gpus[{index}].xid_errors must be a list of integers.")
                 sample[name] = value
             elif name == "throttle_reasons":
-                if not isinstance(value, list) or len(value) > 64 or not all(isinstance(x, str) for x in value):
+                if (
+                    not isinstance(value, list)
+                    or len(value) > 64
+                    or not all(isinstance(x, str) and storable(x) for x in value)
+                ):
+                    # Kept in the card's last sample (jsonb): no NUL, no lone surrogate (accounts.inputs.storable).
                     raise InvalidInput(f"gpus[{index}].throttle_reasons must be a list of strings.")
                 sample[name] = [x[:64] for x in value]
         samples.append(sample)
     if len({s["uuid"] for s in samples}) != len(samples):
         raise InvalidInput("A GPU appears twice in one report.", fields={"gpus": ["Duplicate uuid."]})
     return {"seq": seq, "sent_at": sent_at.astimezone(UTC), "gpus": samples}
-
-
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not allowed")
 
 
 def _state_of(gpu: Gpu) -> health.GpuState:

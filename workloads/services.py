@@ -26,6 +26,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from accounts.errors import InvalidInput, InvalidTransition
+from accounts.inputs import clean_text
 from accounts.models import Organization, User
 from inventory.models import Gpu, Runtime, Server
 from scheduler import services as scheduler
@@ -488,8 +489,9 @@ def parse_workload_report(payload: dict[str, Any]) -> dict[str, Any]:
                 "id": wid,
                 "state": state,
                 "ports": dict(list(ports.items())[:32]),
-                # PostgreSQL text (and jsonb, in the lease event) cannot hold NUL.
-                "message": str(raw.get("message") or "").replace("\x00", "")[:500],
+                # PostgreSQL text (and jsonb, in the lease event) cannot hold NUL or a lone surrogate; a container's
+                # output may have either, and the state is worth more than the report being refused for it.
+                "message": clean_text(str(raw.get("message") or ""))[:500],
                 "progress": max(0, min(100, int(progress))) if progress is not None else None,
                 "exit_code": exit_code if isinstance(exit_code, int) and -(2**31) <= exit_code < 2**31 else None,
             }
