@@ -22,6 +22,7 @@ from django.db.models import Q, Sum
 from django.utils import timezone
 
 from accounts.errors import Conflict, InvalidInput, InvalidTransition
+from accounts.inputs import EARLIEST, LATEST
 from accounts.models import Organization
 from billing import rating
 from billing.metering import meter
@@ -36,7 +37,7 @@ from billing.models import (
 )
 from scheduler.models import Lease
 
-PERIOD = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+PERIOD = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])")  # ASCII digits: \d would take "２０２６" too
 PLAN_LABELS = {"card_hour": "GPU card-hours", "server_month": "Whole server", "pflops_year": "Contracted PFLOPS"}
 
 
@@ -48,10 +49,14 @@ class Period:
 
 
 def period_of(label: str) -> Period:
-    """'2026-05' -> the month's bounds in the platform time zone, as UTC instants. Bad input is a 400."""
-    match = PERIOD.match(label or "")
+    """'2026-05' -> the month's bounds in the platform time zone, as UTC instants. Bad input is a 400, and so is
+    a month outside the platform's calendar (accounts.inputs: 0001-01 or 9999-12 would overflow the bounds)."""
+    match = PERIOD.fullmatch(label or "")
     if not match:
         raise InvalidInput("A period is YYYY-MM.", fields={"period": ["Use YYYY-MM, e.g. 2026-05."]})
+    if not EARLIEST.year <= int(match[1]) < LATEST.year:
+        message = f"A period from {EARLIEST.year}-01 to {LATEST.year - 1}-12."
+        raise InvalidInput(message, fields={"period": [message]})
     zone = rating.platform_zone()
     local = datetime(int(match[1]), int(match[2]), 15, tzinfo=zone)
     start, end = rating.month_bounds(local, zone)
