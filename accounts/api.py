@@ -8,8 +8,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts import selectors, services
+from accounts.access import Actor, access_one, access_organization, parse_id
 from accounts.apiviews import OrgAPIView, OrgContextMixin
-from accounts.errors import NotAllowed, NotFound
+from accounts.errors import NotAllowed
 from accounts.models import ApiKey, Membership, Organization
 from accounts.permissions import IsStaff
 from accounts.serializers import (
@@ -91,15 +92,8 @@ class ApiKeyViewSet(OrgContextMixin, mixins.ListModelMixin, viewsets.GenericView
 
     @extend_schema(responses={200: ApiKeyOutput})
     def destroy(self, request: Request, pk: str) -> Response:
-        key = services.api_key_revoke(user=request.user, key_id=_int_or_404(pk))
+        key = services.api_key_revoke(user=request.user, key_id=parse_id(pk, "API key"))
         return Response(ApiKeyOutput(key).data)
-
-
-def _int_or_404(value: str) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise NotFound("Not found.") from None
 
 
 class OrganizationViewSet(OrgContextMixin, mixins.ListModelMixin, viewsets.GenericViewSet):
@@ -117,18 +111,15 @@ class OrganizationViewSet(OrgContextMixin, mixins.ListModelMixin, viewsets.Gener
         context = super().get_serializer_context()
         if self.request.user.is_authenticated:
             context["roles"] = dict(
-                Membership.objects.filter(user=self.request.user).values_list("organization_id", "role")
+                Membership.objects.for_user(self.request.user).values_list("organization_id", "role")
             )
         return context
 
-    def _org(self, pk: str) -> Organization:
-        org = self.get_queryset().filter(pk=_int_or_404(pk)).first()
-        if org is None:
-            raise NotFound("Unknown organization.")
-        return org
+    def _org(self, pk: str, *, staff_action: bool = False) -> Organization:
+        return access_organization(Actor.of(self.request, staff_action=staff_action), pk)
 
     def _actor(self, org: Organization) -> Membership:
-        actor = Membership.objects.filter(organization=org, user=self.request.user).first()
+        actor = org.memberships.filter(user=self.request.user).first()
         if actor is None:  # staff looking at someone else's organisation
             raise NotAllowed("You are not a member of this organization.")
         return actor
@@ -146,7 +137,7 @@ class OrganizationViewSet(OrgContextMixin, mixins.ListModelMixin, viewsets.Gener
     @extend_schema(request=None, responses={200: OrganizationOutput})
     @action(detail=True, methods=["post"])
     def approve(self, request: Request, pk: str) -> Response:
-        org = self._org(pk)
+        org = self._org(pk, staff_action=True)
         IsStaff().has_permission(request, self) or self.permission_denied(request, IsStaff.message)
         org = services.organization_approve(org=org, staff=request.user)
         return Response(self.get_serializer(org).data)
@@ -174,9 +165,7 @@ class OrganizationViewSet(OrgContextMixin, mixins.ListModelMixin, viewsets.Gener
     )
     def member(self, request: Request, pk: str, member_id: str) -> Response:
         org = self._org(pk)
-        membership = org.memberships.filter(pk=_int_or_404(member_id)).select_related("user").first()
-        if membership is None:
-            raise NotFound("Unknown member.")
+        membership = access_one(org.memberships.select_related("user"), member_id, "member")
         actor = self._actor(org)
         if request.method == "DELETE":
             services.membership_remove(membership=membership, actor=actor)

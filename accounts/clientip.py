@@ -10,11 +10,11 @@ is never read, and the client is `REMOTE_ADDR`.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 
 from django.conf import settings
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -95,3 +95,27 @@ def client_key(request: HttpRequest) -> str:
     if isinstance(address, ipaddress.IPv6Address):
         return str(ipaddress.ip_network(f"{address}/{IPV6_RATE_LIMIT_PREFIX}", strict=False))
     return str(address)
+
+
+def from_trusted_proxy(request: HttpRequest) -> bool:
+    """Whether the connection itself comes from one of `TRUSTED_PROXIES`."""
+    remote = parse_address(request.META.get("REMOTE_ADDR") or "")
+    networks = _trusted(tuple(getattr(settings, "TRUSTED_PROXIES", ())))
+    return remote is not None and bool(networks) and _is_trusted(remote, networks)
+
+
+FORWARDED_HEADERS = ("HTTP_X_FORWARDED_PROTO", "HTTP_X_FORWARDED_HOST", "HTTP_X_FORWARDED_PORT", "HTTP_FORWARDED")
+
+
+class UntrustedForwardedHeadersMiddleware:
+    """`X-Forwarded-Proto` and its kind are a proxy's word: from anyone else they are dropped before Django reads
+    them (SECURE_PROXY_SSL_HEADER would otherwise take a client's own claim that it came over HTTPS)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if not from_trusted_proxy(request):
+            for header in FORWARDED_HEADERS:
+                request.META.pop(header, None)
+        return self.get_response(request)

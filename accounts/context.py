@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from accounts.access import parse_id
 from accounts.errors import NotFound
 from accounts.models import Membership, Organization
 
@@ -18,12 +19,12 @@ def membership_for(user: Any, org_id: object = None) -> Membership | None:
     """
     if not getattr(user, "is_authenticated", False):
         return None
-    memberships = Membership.objects.filter(user=user).select_related("organization").order_by("id")
+    memberships = Membership.objects.for_user(user).select_related("organization").order_by("id")
     if org_id in (None, ""):
         return memberships.first()
     try:
-        pk = int(str(org_id))
-    except ValueError:
+        pk = parse_id(org_id, "organization")
+    except NotFound:
         raise NotFound("Unknown organization.", code="organization_not_found") from None
     membership = memberships.filter(organization_id=pk).first()
     if membership is None:

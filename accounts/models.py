@@ -75,6 +75,7 @@ class Organization(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     TENANT_FIELD = "pk"
+    USER_FIELD = "memberships__user"
     objects = TenantQuerySet.as_manager()
 
     class Meta:
@@ -110,6 +111,7 @@ class Membership(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     TENANT_FIELD = "organization"
+    USER_FIELD = "user"
     objects = TenantQuerySet.as_manager()
 
     class Meta:

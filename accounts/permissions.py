@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse
 from rest_framework.permissions import BasePermission
 
+from accounts.access import STAFF_READS, is_platform_staff
 from accounts.models import Role
+from accounts.tenancy import platform_work
 
 MANAGE_ORG = (Role.OWNER, Role.ADMIN)
 OPERATE = (Role.OWNER, Role.ADMIN, Role.MEMBER)
@@ -51,4 +60,19 @@ class IsStaff(BasePermission):
     message = "Only platform staff can do this."
 
     def has_permission(self, request, view) -> bool:
-        return bool(request.user and request.user.is_staff)
+        return is_platform_staff(request.user)
+
+
+def staff_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Staff pages: log in first; then platform staff only (403 for everyone else), who read the whole fleet and
+    every tenant's money there (the staff policy, accounts/access.py)."""
+
+    @wraps(view)
+    @login_required
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not is_platform_staff(request.user):
+            raise PermissionDenied
+        with platform_work(STAFF_READS):
+            return view(request, *args, **kwargs)
+
+    return wrapped

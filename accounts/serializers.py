@@ -1,9 +1,15 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from django.db.models import QuerySet
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from accounts.access import Actor, access_one
+from accounts.errors import NotFound
 from accounts.inputs import harden
 from accounts.models import ApiKey, Membership, Organization, Role
 
@@ -32,6 +38,35 @@ class StrictMixin:
 
 class StrictSerializer(StrictMixin, serializers.Serializer):
     pass
+
+
+@extend_schema_field(OpenApiTypes.INT)
+class AccessibleField(serializers.RelatedField):
+    """A related object named by id, among only those the request's actor may use.
+
+    `scope(actor)` gives the queryset of what the actor may name (their own servers, the storefront's live
+    offers, ...); it is built per request from the serializer's `context["request"]`, so a field can never reach
+    every tenant's rows. Another tenant's id, a malformed one and one that does not exist all get the same
+    "Unknown <what>." (accounts/access.py parses the id).
+    """
+
+    def __init__(self, scope: Callable[[Actor], QuerySet], what: str, **kwargs: Any) -> None:
+        self.scope, self.what = scope, what
+        kwargs.setdefault("help_text", f"The id of a {what} you may use.")
+        super().__init__(**kwargs)
+
+    def get_queryset(self) -> QuerySet:
+        request = self.context.get("request")
+        return self.scope(Actor.of(request) if request is not None else Actor(user=None, org=None))
+
+    def to_internal_value(self, data: Any) -> Any:
+        try:
+            return access_one(self.get_queryset(), data, self.what)
+        except NotFound as exc:
+            raise serializers.ValidationError(exc.message, code="does_not_exist") from None
+
+    def to_representation(self, value: Any) -> int:
+        return value.pk
 
 
 class StrictModelSerializer(StrictMixin, serializers.ModelSerializer):

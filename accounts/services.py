@@ -29,7 +29,11 @@ from accounts.errors import (
     Unauthenticated,
 )
 from accounts.models import ApiKey, Membership, Organization, Role, User
+from accounts.tenancy import platform_work
 from accounts.throttling import hit, unhit
+
+# Why these services run across tenants while a request is handled (accounts/tenancy.py).
+_PLATFORM = "the organisation was reached through the caller's membership or the staff policy"
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +42,7 @@ def _initial_status(kind: str) -> str:
     return Organization.Status.PENDING if kind != Organization.Kind.CUSTOMER else Organization.Status.ACTIVE
 
 
+@platform_work(_PLATFORM)
 def organization_create(*, user: User, name: str, kind: str, currency: str = "USD") -> Organization:
     """A new organisation with `user` as its owner. Providers start `pending` until staff approve them.
     No limits: the API and the pages go through `organization_request`."""
@@ -47,6 +52,7 @@ def organization_create(*, user: User, name: str, kind: str, currency: str = "US
     return org
 
 
+@platform_work(_PLATFORM)
 def organization_request(*, user: User, name: str, kind: str, currency: str = "USD") -> Organization:
     """A user asks for a new organisation (API or page). At most RATE_LIMIT_ORG_CREATE per user (429), and at
     most SUANLI_MAX_PENDING_ORGANIZATIONS of the user's own organisations waiting for approval at once (409): a
@@ -207,6 +213,7 @@ def api_key_revoke(*, user: User, key_id: int) -> ApiKey:
     return key
 
 
+@platform_work(_PLATFORM)
 def membership_add(*, org: Organization, actor: Membership, email: str, role: str) -> Membership:
     """Add an existing user to `org`. Owners and admins may add; only owners may add owners."""
     _check_can_grant(actor, role)
@@ -220,6 +227,7 @@ def membership_add(*, org: Organization, actor: Membership, email: str, role: st
         raise Conflict("This user is already a member.", code="already_member") from None
 
 
+@platform_work(_PLATFORM)
 def membership_update(*, membership: Membership, actor: Membership, role: str) -> Membership:
     _check_can_grant(actor, role)
     if membership.role == Role.OWNER and actor.role != Role.OWNER:
@@ -233,6 +241,7 @@ def membership_update(*, membership: Membership, actor: Membership, role: str) -
     return membership
 
 
+@platform_work(_PLATFORM)
 def membership_remove(*, membership: Membership, actor: Membership) -> None:
     if actor.role not in (Role.OWNER, Role.ADMIN) and actor.pk != membership.pk:
         raise NotAllowed("Only owners and admins can remove members.")
@@ -265,6 +274,7 @@ def _require_another_owner(membership: Membership) -> None:
         raise Conflict("An organization needs at least one owner.", code="last_owner")
 
 
+@platform_work(_PLATFORM)
 def organization_approve(*, org: Organization, staff: User) -> Organization:
     """Staff turn a pending provider active (idempotent for one already active via approval)."""
     if not staff.is_staff:
@@ -278,6 +288,7 @@ def organization_approve(*, org: Organization, staff: User) -> Organization:
     return org
 
 
+@platform_work(_PLATFORM)
 def organization_suspend(*, org: Organization, staff: User) -> Organization:
     if not staff.is_staff:
         raise NotAllowed("Only platform staff can suspend organizations.")

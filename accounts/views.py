@@ -17,6 +17,7 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
 from accounts import services
+from accounts.access import Actor, access_organization, is_platform_staff
 from accounts.context import SESSION_KEY, membership_for
 from accounts.errors import DomainError, NotFound
 from accounts.models import Organization
@@ -79,11 +80,12 @@ def organization_new(request: HttpRequest) -> HttpResponse:
 @login_required
 def organization_approve_page(request: HttpRequest, org_id: int) -> HttpResponse:
     """Staff approve a pending provider. To anyone else the address does not exist."""
-    if not request.user.is_staff:
+    if not is_platform_staff(request.user):
         raise Http404
-    org = Organization.objects.filter(pk=org_id).first()
-    if org is None:
-        raise Http404
+    try:
+        org = access_organization(Actor.of(request, staff_action=True), org_id)
+    except NotFound:
+        raise Http404 from None
     try:
         services.organization_approve(org=org, staff=request.user)  # type: ignore[arg-type]
     except DomainError as exc:

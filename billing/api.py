@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from django.db.models import Prefetch
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts.access import Actor
 from accounts.apiviews import OrgAPIView, TenantViewSet
 from accounts.permissions import HasOrganization
+from billing.access import access_invoice, invoices_visible, with_lines
 from billing.metering import lease_usage
-from billing.models import Invoice, InvoiceLine
+from billing.models import Invoice
 from billing.serializers import InvoiceOutput, InvoiceSummary, UsageOutput
 from scheduler.access import access_lease
 
@@ -30,10 +31,15 @@ class InvoiceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantVie
         return super().get_queryset()
 
     def scope_queryset(self, queryset):
-        queryset = queryset.exclude(state=Invoice.State.DRAFT).order_by("-period", "-id")
+        queryset = invoices_visible(queryset)
         if self.action == "retrieve":
-            queryset = queryset.prefetch_related(Prefetch("lines", InvoiceLine.objects.order_by("id")), "credit_notes")
+            queryset = with_lines(queryset)
         return queryset
+
+    def get_object(self) -> Invoice:
+        """The organisation's finalised invoice (any one for a staff read); a draft, another tenant's and an unknown
+        id are all 404."""
+        return access_invoice(Actor.of(self.request), self.kwargs["pk"])
 
     def get_serializer_class(self):
         return InvoiceSummary if self.action == "list" else InvoiceOutput
@@ -46,5 +52,5 @@ class LeaseUsageApi(OrgAPIView):
 
     @extend_schema(responses={200: UsageOutput})
     def get(self, request: Request, pk: str) -> Response:
-        lease = access_lease(request.org, pk, staff=bool(request.user.is_staff))
+        lease = access_lease(Actor.of(request), pk)
         return Response(UsageOutput(lease_usage(lease=lease)).data)

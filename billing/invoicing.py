@@ -18,13 +18,15 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q, Sum
+from django.db.models import Sum
 from django.utils import timezone
 
 from accounts.errors import Conflict, InvalidInput, InvalidTransition
 from accounts.inputs import EARLIEST, LATEST
 from accounts.models import Organization
+from accounts.tenancy import platform_work
 from billing import rating
+from billing.access import invoices_visible
 from billing.metering import meter
 from billing.models import (
     CreditNote,
@@ -36,6 +38,9 @@ from billing.models import (
     UsageRecord,
 )
 from scheduler.models import Lease
+
+# Why these services run across tenants while a request is handled (accounts/tenancy.py).
+_PLATFORM = "billing closes periods and settles every tenant's invoices and statements"
 
 PERIOD = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])")  # ASCII digits: \d would take "２０２６" too
 PLAN_LABELS = {"card_hour": "GPU card-hours", "server_month": "Whole server", "pflops_year": "Contracted PFLOPS"}
@@ -152,6 +157,7 @@ def invoice_build(*, org_id: int, currency: str, period: Period, now: datetime) 
     return invoice
 
 
+@platform_work(_PLATFORM)
 def close_period(label: str, *, now: datetime | None = None) -> dict[str, int]:
     """Finalise the invoices and provider statements of a month that is over. Idempotent; resumable."""
     now = now or timezone.now()
@@ -234,6 +240,7 @@ def invoices_mark_overdue(*, now: datetime | None = None) -> int:
     return marked
 
 
+@platform_work(_PLATFORM)
 def billing_hold_release(*, org_id: int) -> bool:
     """Lift the hold of an organisation that has no overdue open invoice left. The organisation row is locked
     first, so a concurrent `invoices_mark_overdue` cannot put a hold on that this then lifts."""
@@ -291,10 +298,11 @@ def chargebacks(period: Period) -> dict[tuple[int, str], Decimal]:
 
 
 def take_rate_of(provider_id: int) -> Decimal:
-    terms = ProviderTerms.objects.filter(organization_id=provider_id, take_rate__isnull=False).first()
+    terms = ProviderTerms.objects.for_orgs([provider_id]).filter(take_rate__isnull=False).first()
     return terms.take_rate if terms else settings.SUANLI_TAKE_RATE
 
 
+@platform_work(_PLATFORM)
 def statements_build(*, period: Period) -> int:
     """One statement per provider and currency for the month (skipped where it exists). Returns how many new."""
     gross_rows = (
@@ -331,4 +339,4 @@ def statements_build(*, period: Period) -> int:
 
 
 def invoices_for(org: Organization | None):
-    return Invoice.objects.for_org(org).filter(~Q(state=Invoice.State.DRAFT)).order_by("-period", "-id")
+    return invoices_visible(Invoice.objects.for_org(org))

@@ -203,7 +203,7 @@ def lease_usage(*, lease: Lease, now: datetime | None = None) -> LeaseUsage:
         for index, value in enumerate((quantity, seconds, down, amount)):
             entry[index] += value
 
-    records = UsageRecord.objects.filter(lease=lease)
+    records = lease.usage.all()
     if watermark:
         records = records.filter(slot_start__lt=watermark)
     for row in records.values("plan", "unit_price").annotate(

@@ -55,6 +55,7 @@ class UsageRecord(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     TENANT_FIELD = "organization"
+    PROVIDER_FIELD = "provider"
     objects = TenantQuerySet.as_manager()
 
     class Meta:

@@ -34,10 +34,13 @@ from rest_framework import status
 
 from accounts.errors import DomainError, InvalidTransition, NotFound
 from accounts.models import Organization
-from accounts.tenancy import scoped
+from accounts.tenancy import platform_work, scoped
 from billing import stripe_gateway as gateway
 from billing.invoicing import billing_hold_release
 from billing.models import Invoice, Payment, StripeEvent
+
+# Why these services run across tenants while a request is handled (accounts/tenancy.py).
+_PLATFORM = "a payment touches its invoice's organisation, and a verified Stripe event names its own payment"
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +83,7 @@ def payments_configured_check() -> None:
         raise PaymentsNotConfigured("Online payments are not configured on this site.")
 
 
+@platform_work(_PLATFORM)
 def invoice_pay(*, invoice: Invoice, org: Organization) -> PaymentStart:
     """Start (or resume) paying an open invoice of `org` with a Stripe PaymentIntent.
 
@@ -137,6 +141,7 @@ def invoice_pay(*, invoice: Invoice, org: Organization) -> PaymentStart:
     )
 
 
+@platform_work(_PLATFORM)
 def stripe_event_receive(*, payload: bytes, signature_header: str | None) -> EventReceipt:
     """Verify a Stripe webhook, store its event once and apply it, in one transaction.
 

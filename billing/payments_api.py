@@ -9,12 +9,14 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts.access import Actor
 from accounts.apiviews import OrgAPIView
-from accounts.errors import DomainError, NotFound
+from accounts.errors import DomainError
 from accounts.parsers import JSONParser
 from accounts.permissions import BILLING, HasOrganization, role_required
 from accounts.tenancy import scoped
 from billing import payments
+from billing.access import access_invoice
 from billing.models import Invoice
 from billing.stripe_gateway import StripeUnavailable
 from scheduler.idempotency import HEADER, run_idempotent
@@ -37,14 +39,6 @@ class PaymentStartOutput(serializers.Serializer):
     currency = serializers.CharField()
 
 
-def invoice_of(org, invoice_id: object) -> Invoice:
-    """The organisation's invoice `invoice_id`; NotFound for another tenant's or an unknown one."""
-    invoice = scoped(Invoice, org).filter(pk=invoice_id).first()
-    if invoice is None:
-        raise NotFound("Unknown invoice.")
-    return invoice
-
-
 class InvoicePayView(OrgAPIView):
     """Start paying an open invoice: a Stripe PaymentIntent's client secret for Stripe.js (owner, admin, billing)."""
 
@@ -58,7 +52,7 @@ class InvoicePayView(OrgAPIView):
 
     @extend_schema(request=None, responses={200: PaymentStartOutput}, parameters=[IDEMPOTENCY_KEY])
     def post(self, request: Request, pk: int) -> Response:
-        invoice = invoice_of(request.org, pk)
+        invoice = access_invoice(Actor.for_org(request.org), pk)
         # Checked before the Idempotency-Key record, so that a site configured later is not answered 503 again.
         payments.payments_configured_check()
 

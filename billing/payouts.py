@@ -28,9 +28,13 @@ from rest_framework import status
 
 from accounts.errors import Conflict, DomainError, InvalidInput, InvalidTransition, NotAllowed
 from accounts.models import User
+from accounts.tenancy import platform_work
 from billing import stripe_gateway as gateway
 from billing.models import Payout, ProviderStatement, ProviderTerms
 from billing.payments import payments_configured_check
+
+# Why these services run across tenants while a request is handled (accounts/tenancy.py).
+_PLATFORM = "staff pay any provider's statement"
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +107,7 @@ def stripe_account_of(provider_id: int) -> str:
     ).strip()
 
 
+@platform_work(_PLATFORM)
 def payout_send(*, statement: ProviderStatement, by: User | None = None) -> Payout:
     """Pay the statement's net to the provider's Stripe Connect account with a transfer.
 
@@ -147,6 +152,7 @@ def payout_send(*, statement: ProviderStatement, by: User | None = None) -> Payo
     return payout
 
 
+@platform_work(_PLATFORM)
 def payout_record_bank(*, statement: ProviderStatement, reference: str, by: User) -> Payout:
     """Staff record that the statement's net was paid by bank transfer under `reference` (the bank's id).
 

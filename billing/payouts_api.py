@@ -15,7 +15,6 @@ import csv
 import io
 from typing import Any
 
-from django.db.models import Prefetch
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, renderers, serializers, status
@@ -24,11 +23,13 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts.access import Actor
 from accounts.apiviews import OrgAPIView, TenantViewSet
-from accounts.errors import DomainError, NotAllowed, NotFound
+from accounts.errors import DomainError, NotAllowed
 from accounts.permissions import HasOrganization, IsStaff
 from accounts.serializers import StrictSerializer
 from billing import payouts, reconciliation
+from billing.access import access_statement, statements_with_payouts
 from billing.models import Payout, ProviderStatement
 from billing.stripe_gateway import StripeUnavailable
 
@@ -84,13 +85,6 @@ class PayInput(StrictSerializer):
     )
 
 
-def _statement_id(value: object) -> int:
-    try:
-        return int(str(value))
-    except (TypeError, ValueError):
-        raise NotFound("Unknown statement.") from None
-
-
 class PayoutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewSet):
     """A provider's monthly statements, newest first, with what was paid out for each. Any member may read."""
 
@@ -105,8 +99,7 @@ class PayoutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantView
         return super().get_queryset()
 
     def scope_queryset(self, queryset):
-        live = Payout.objects.order_by("id")
-        return queryset.prefetch_related(Prefetch("payouts", live)).order_by("-period", "-id")
+        return statements_with_payouts(queryset)
 
     def get_permissions(self):
         if self.action == "pay":
@@ -114,16 +107,9 @@ class PayoutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantView
         return super().get_permissions()
 
     def get_object(self) -> ProviderStatement:
-        """Own statements; any for staff (a foreign or unknown id is 404 either way for everyone else)."""
-        pk = _statement_id(self.kwargs["pk"])
-        if self.request.user.is_staff:
-            queryset = ProviderStatement.objects.prefetch_related(Prefetch("payouts", Payout.objects.order_by("id")))
-        else:
-            queryset = self.get_queryset()
-        statement = queryset.filter(pk=pk).first()
-        if statement is None:
-            raise NotFound("Unknown statement.")
-        return statement
+        """Own statements; any for staff reading or paying one (a foreign or unknown id is 404 alike for everyone
+        else)."""
+        return access_statement(Actor.of(self.request, staff_action=self.action == "pay"), self.kwargs["pk"])
 
     @extend_schema(
         request=PayInput,

@@ -46,6 +46,7 @@ from django.db.models import Count, F, OuterRef, Subquery, Sum
 from django.utils import timezone
 
 from accounts.errors import Conflict
+from accounts.tenancy import platform_work
 from billing import rating
 from billing import stripe_gateway as gateway
 from billing.invoicing import Period, chargebacks, period_of
@@ -60,6 +61,9 @@ from billing.models import (
     UsageRecord,
 )
 from billing.payouts import TransferRefused, transfer_retrieve
+
+# Why these services run across tenants while a request is handled (accounts/tenancy.py).
+_PLATFORM = "reconciliation is the staff's report over every tenant's money"
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +139,7 @@ class Reconciliation:
         }
 
 
+@platform_work(_PLATFORM)
 def reconcile(label: str, *, now: datetime | None = None, stripe_api: bool = True) -> Reconciliation:
     """Totals and mismatches of a month that is over (InvalidInput for a bad label, Conflict while it runs).
 

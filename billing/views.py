@@ -6,14 +6,9 @@ other staff pages). `?period=YYYY-MM` picks the month (default: the last one), `
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import timedelta
-from functools import wraps
-from typing import Any
 
 from django import forms
-from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils import timezone
@@ -22,6 +17,7 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_safe
 
 from accounts.errors import Conflict, InvalidInput
+from accounts.permissions import staff_required
 from billing import reconciliation
 from billing.invoicing import period_containing, period_of
 
@@ -45,19 +41,6 @@ TOTAL_LABELS = {
     "provider_net": gettext_lazy("Provider net"),
     "paid_out": gettext_lazy("Paid out"),
 }
-
-
-def staff_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    """Log in first; then staff only (403 for everyone else)."""
-
-    @wraps(view)
-    @login_required
-    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        if not request.user.is_staff:
-            raise PermissionDenied
-        return view(request, *args, **kwargs)
-
-    return wrapped
 
 
 class PeriodForm(forms.Form):

@@ -18,7 +18,6 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.db.models import Prefetch, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
@@ -27,11 +26,14 @@ from django.utils.translation import get_language, gettext_lazy
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_safe
 
+from accounts.access import Actor
+from accounts.errors import NotFound
 from accounts.models import Organization
 from accounts.permissions import BILLING, has_role
 from billing import pdf, rating
+from billing.access import access_invoice
 from billing.invoicing import invoices_for
-from billing.models import CreditNote, Invoice, InvoiceLine
+from billing.models import Invoice, InvoiceLine
 
 SELLER = "Suanli"
 
@@ -229,21 +231,12 @@ def _org(request: HttpRequest) -> Organization | None:
     return getattr(request, "org", None)
 
 
-def access_invoice(org: Organization | None, invoice_id: int) -> Invoice:
-    """`org`'s finalised invoice `invoice_id`, lines and credit notes prefetched; 404 for a draft, another
-    tenant's or an unknown one alike."""
-    queryset: QuerySet[Invoice] = invoices_for(org).select_related("organization")
-    invoice = (
-        queryset.prefetch_related(
-            Prefetch("lines", InvoiceLine.objects.order_by("id")),
-            Prefetch("credit_notes", CreditNote.objects.order_by("id")),
-        )
-        .filter(pk=invoice_id)
-        .first()
-    )
-    if invoice is None:
-        raise Http404
-    return invoice
+def invoice_for_page(request: HttpRequest, invoice_id: int) -> Invoice:
+    """The organisation's finalised invoice (billing.access.access_invoice), or a 404 page."""
+    try:
+        return access_invoice(Actor.of(request), invoice_id)
+    except NotFound:
+        raise Http404 from None
 
 
 def can_pay(request: HttpRequest, invoice: Invoice) -> bool:
@@ -281,7 +274,7 @@ def invoice_list(request: HttpRequest) -> HttpResponse:
 @require_safe
 def invoice_detail(request: HttpRequest, invoice_id: int) -> HttpResponse:
     """One invoice: seller and buyer, dates, lines, credits, totals, credit notes, and paying it."""
-    invoice = access_invoice(_org(request), invoice_id)
+    invoice = invoice_for_page(request, invoice_id)
     returned = request.GET.get("redirect_status", "")
     # Back from Stripe with a payment that went through: the invoice turns paid when Stripe's webhook arrives;
     # until then, no second Pay button.
@@ -315,7 +308,7 @@ def invoice_detail(request: HttpRequest, invoice_id: int) -> HttpResponse:
 @require_safe
 def invoice_pdf(request: HttpRequest, invoice_id: int) -> HttpResponse:
     """The same invoice as an A4 PDF, shown in the browser (and saved under its number)."""
-    invoice = access_invoice(_org(request), invoice_id)
+    invoice = invoice_for_page(request, invoice_id)
     response = HttpResponse(pdf.invoice_pdf(invoice_view(invoice)), content_type="application/pdf")
     response["Content-Disposition"] = f'inline; filename="{invoice.number}.pdf"'
     response["Cache-Control"] = "private"

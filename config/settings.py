@@ -27,7 +27,7 @@ SITE_URL = env_str("SITE_URL", "http://127.0.0.1:8000")
 TRUSTED_PROXIES = env_networks("TRUSTED_PROXIES")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "accounts.apps.SuanliAdminConfig",  # django.contrib.admin with the staff policy (accounts/admin_site.py)
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -53,6 +53,10 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: every tenant-owned query made while a request is handled must be scoped (accounts/tenancy.py).
+    "accounts.tenancy.TenantGuardMiddleware",
+    # Before SecurityMiddleware reads X-Forwarded-Proto: only a trusted proxy's forwarded headers are kept.
+    "accounts.clientip.UntrustedForwardedHeadersMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # Before anything that renders a page (the 503 of DatabaseUnavailableMiddleware too): it sets request.csp_nonce.

@@ -9,9 +9,11 @@ from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts.access import Actor
 from accounts.apiviews import TenantViewSet
 from accounts.permissions import OPERATE, HasOrganization, IsProvider, role_required
 from inventory import selectors, services
+from inventory.access import access_server
 from inventory.models import Server
 from inventory.serializers import (
     DrainInput,
@@ -53,6 +55,10 @@ class ServerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantView
 
     def scope_queryset(self, queryset):
         return selectors.with_details(queryset).order_by("id")
+
+    def get_object(self) -> Server:
+        """The caller's server (any one for a staff read); another tenant's id is 404 like an unknown one."""
+        return access_server(Actor.of(self.request), self.kwargs["pk"])
 
     def get_serializer_class(self):
         return ServerOutput if self.action == "list" else ServerDetail

@@ -25,9 +25,13 @@ from django.utils import timezone
 from accounts import parsers
 from accounts.errors import DomainError, InvalidInput, Unauthenticated
 from accounts.inputs import OUT_OF_TIME, storable, within_platform_time
+from accounts.tenancy import platform_work
 from inventory import health, secretbox, telemetry
 from inventory.models import Gpu, GpuHealthEvent, Server
 from inventory.services import enrollment_token_hash, server_enroll, server_outages_close
+
+# Why these services run across tenants while a request is handled (accounts/tenancy.py).
+_PLATFORM = "an agent reaches only its own server, found by its credential"
 
 MAX_GPUS_PER_REPORT = 64
 # Numeric sample fields: (lowest, highest) accepted. Anything else the agent sends is kept in `extra`.
@@ -74,6 +78,7 @@ def signature_for(secret: str, timestamp: str, body: bytes) -> str:
     return hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
+@platform_work(_PLATFORM)
 def authenticate_report(*, agent_id: str, timestamp: str, signature: str, body: bytes, now: datetime) -> Server:
     """The server whose agent signed `body`, or 401. Refuses unknown agents, bad signatures, and timestamps
     further than AGENT_MAX_SKEW_SECONDS from `now` (replays of an old capture)."""
@@ -96,6 +101,7 @@ def authenticate_report(*, agent_id: str, timestamp: str, signature: str, body: 
 # --- Enrolment -------------------------------------------------------------------------------------------
 
 
+@platform_work(_PLATFORM)
 def agent_enroll(*, enrollment_token: str, hostname: str, gpus: list[dict[str, Any]]) -> tuple[Server, str]:
     """Trade a one-time enrolment token for agent credentials, registering the server's GPUs.
 
@@ -225,6 +231,7 @@ def _state_of(gpu: Gpu) -> health.GpuState:
     )
 
 
+@platform_work(_PLATFORM)
 def report_ingest(*, server: Server, report: dict[str, Any], now: datetime) -> ReportResult:
     """Store one authenticated, parsed report exactly once and apply the health rules to its cards.
 

@@ -10,6 +10,7 @@ from django.http import HttpRequest, HttpResponse
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from accounts.access import is_platform_staff
 from accounts.errors import error_body
 from inventory.models import Gpu
 
@@ -36,7 +37,7 @@ def _allowed(request: HttpRequest) -> bool:
     header = request.headers.get("Authorization", "")
     if token and header.startswith("Bearer "):
         return hmac.compare_digest(header.removeprefix("Bearer ").strip(), token)
-    return bool(request.user.is_authenticated and request.user.is_staff)
+    return is_platform_staff(request.user)
 
 
 def render_metrics() -> bytes:
@@ -46,7 +47,8 @@ def render_metrics() -> bytes:
     last_seen = Gauge(
         "suanli_gpu_last_sample_timestamp_seconds", "Time of the latest sample.", _LABELS, registry=registry
     )
-    gpus = Gpu.objects.select_related("server__organization").only(
+    fleet = Gpu.objects.unscoped("the operator's metrics cover every provider's cards (staff or METRICS_TOKEN)")
+    gpus = fleet.select_related("server__organization").only(
         "index",
         "uuid",
         "name",

@@ -69,7 +69,7 @@ def server_telemetry(
             fields={"step": [f"At least {int(span // MAX_POINTS) + 1} seconds for this range."]},
         )
     result = telemetry.series(server_id=server.pk, since=since, until=until, step=step, now=now)
-    gpus = Gpu.objects.filter(server=server).order_by("index").values_list("pk", "index", "uuid")
+    gpus = server.gpus.order_by("index").values_list("pk", "index", "uuid")
     return {
         "server": server.pk,
         "since": since,

@@ -18,7 +18,11 @@ from django.utils import timezone
 
 from accounts.errors import InvalidInput, InvalidTransition, NotAllowed
 from accounts.models import Organization
+from accounts.tenancy import platform_work
 from inventory.models import Gpu, GpuModel, Server, ServerOutage
+
+# Why these services run across tenants while a request is handled (accounts/tenancy.py).
+_PLATFORM = "the server was reached through the access layer (or by its agent's credential)"
 
 ENROLLMENT_TOKEN_PREFIX = "enr_"  # noqa: S105 (a prefix, not a secret)
 
@@ -104,6 +108,7 @@ def server_register(
     return server, token
 
 
+@platform_work(_PLATFORM)
 def server_enrollment_token_issue(*, server: Server) -> tuple[Server, str]:
     """A fresh enrolment token; the previous one stops working at once.
 
@@ -125,6 +130,7 @@ def server_enrollment_token_issue(*, server: Server) -> tuple[Server, str]:
     return server, token
 
 
+@platform_work(_PLATFORM)
 def server_drain(*, server: Server, reason: str = "") -> Server:
     """Stop new leases on the server (running ones go on). Idempotent: draining again keeps the first
     time and reason."""
@@ -135,6 +141,7 @@ def server_drain(*, server: Server, reason: str = "") -> Server:
     return server
 
 
+@platform_work(_PLATFORM)
 def server_undrain(*, server: Server) -> Server:
     """Accept new leases on the server again. Idempotent."""
     Server.objects.filter(pk=server.pk, drained=True).update(drained=False, drained_reason="", drained_at=None)
@@ -146,6 +153,7 @@ def _gpu_problem(index: int, field: str, message: str) -> InvalidInput:
     return InvalidInput(f"gpus[{index}]: {message}", fields={"gpus": {str(index): {field: [message]}}})
 
 
+@platform_work(_PLATFORM)
 def gpus_register(*, server: Server, gpus: list[dict[str, Any]]) -> list[Gpu]:
     """Record the cards an agent found on `server`; all or nothing.
 
@@ -219,6 +227,7 @@ def gpus_register(*, server: Server, gpus: list[dict[str, Any]]) -> list[Gpu]:
     return list(Gpu.objects.filter(pk__in=rows).order_by("index"))
 
 
+@platform_work(_PLATFORM)
 def server_enroll(*, server: Server, hostname: str, gpus: list[dict[str, Any]], now: datetime | None = None) -> Server:
     """Mark `server` enrolled with the cards its agent reported: GPUs registered (see `gpus_register`),
     the enrolment token spent, hostname recorded, status online and seen now. All or nothing; locks the

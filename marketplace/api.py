@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from django.http import Http404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -10,9 +9,11 @@ from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts.access import Actor
 from accounts.apiviews import OrgContextMixin
 from accounts.errors import NotAllowed
 from accounts.permissions import OPERATE, HasOrganization, IsProvider, has_role
+from inventory.access import access_offer
 from inventory.models import Offer
 from marketplace import selectors, services
 from marketplace.serializers import OfferChange, OfferInput, OfferOutput, OfferSearch
@@ -79,17 +80,12 @@ class OfferViewSet(OrgContextMixin, mixins.ListModelMixin, mixins.RetrieveModelM
 
     def _own(self, pk: str) -> Offer:
         _need_operator(self.request)
-        if not str(pk).isdigit():
-            raise Http404
-        offer = selectors.offers_of(self.request.org).filter(pk=int(pk)).first()
-        if offer is None:
-            raise Http404
-        return offer
+        return access_offer(Actor.for_org(self.request.org), pk)
 
     @extend_schema(request=OfferInput, responses={201: OfferOutput})
     def create(self, request: Request) -> Response:
         _need_operator(request)
-        data = OfferInput(data=request.data, org=request.org)
+        data = OfferInput(data=request.data, context={"request": request})
         data.is_valid(raise_exception=True)
         offer = services.offer_create(org=request.org, **data.validated_data)
         return Response(OfferOutput(offer, context=self.get_serializer_context()).data, status=status.HTTP_201_CREATED)

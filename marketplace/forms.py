@@ -25,6 +25,7 @@ from rest_framework.request import Request
 from accounts.errors import DomainError
 from accounts.models import Organization
 from billing import rating
+from inventory.access import STOREFRONT
 from inventory.models import Interconnect, Offer
 from inventory.selectors import gpu_models_listed
 from scheduler.idempotency import HEADER, MAX_KEY_LENGTH, run_idempotent
@@ -155,7 +156,8 @@ def describe_errors(form: forms.Form) -> None:
 
 def _regions() -> list[tuple[str, str]]:
     regions = (
-        Offer.objects.filter(delisted_at__isnull=True, server__status="online")
+        Offer.objects.unscoped(STOREFRONT)
+        .filter(delisted_at__isnull=True, server__status="online")
         .order_by("server__region")
         .values_list("server__region", flat=True)
         .distinct()

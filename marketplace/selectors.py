@@ -28,6 +28,7 @@ from django.db.models.functions import Coalesce, Greatest, Least, Now
 from django.utils import timezone
 
 from accounts.models import Organization
+from inventory.access import STOREFRONT
 from inventory.models import PLAN_PRICE_FIELDS, Offer, ServerOutage
 from scheduler.models import LeaseState
 from scheduler.pricing import rate_between
@@ -127,7 +128,8 @@ def offers_listed(query: OfferQuery = OfferQuery(), *, now: datetime | None = No
         qs.order_by().values("server_id").annotate(n=Count("id")).values("n"), output_field=IntegerField()
     )
     qs = (
-        Offer.objects.filter(delisted_at__isnull=True)
+        Offer.objects.unscoped(STOREFRONT)
+        .filter(delisted_at__isnull=True)
         .filter(Q(available_until__isnull=True) | Q(available_until__gt=now))
         .filter(
             server__status="online",

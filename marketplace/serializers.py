@@ -8,7 +8,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from accounts.models import Organization
-from accounts.serializers import StrictSerializer
+from accounts.serializers import AccessibleField, StrictSerializer
 from inventory.models import PLAN_PRICE_FIELDS, Interconnect, Offer, Server
 from marketplace.selectors import ORDERINGS
 from scheduler.models import Plan
@@ -24,7 +24,7 @@ class PricesField(StrictSerializer):
 
 
 class OfferInput(StrictSerializer):
-    server = serializers.PrimaryKeyRelatedField(queryset=Server.objects.all())
+    server = AccessibleField(lambda actor: Server.objects.for_org(actor.org), "server")
     prices = PricesField()
     interruptible_prices = PricesField(required=False)
     min_gpus = serializers.IntegerField(min_value=1, max_value=16, default=1)
@@ -33,11 +33,6 @@ class OfferInput(StrictSerializer):
     host_access = serializers.BooleanField(
         required=False, default=False, help_text="server_month renters may ask for SSH onto the bare server."
     )
-
-    def __init__(self, *args, org: Organization | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        # Only the caller's own servers can be named: another tenant's id reads as unknown.
-        self.fields["server"].queryset = Server.objects.for_org(org)
 
 
 class OfferChange(StrictSerializer):

@@ -11,7 +11,11 @@ from django.utils import timezone
 
 from accounts.errors import Conflict, InvalidInput
 from accounts.models import Organization
+from accounts.tenancy import platform_work
 from inventory.models import PLAN_PRICE_FIELDS, Offer, Server
+
+# Why these services run across tenants while a request is handled (accounts/tenancy.py).
+_PLATFORM = "the offer and its server were reached through the access layer"
 
 
 def _check_prices(fields: dict[str, Any]) -> None:
@@ -29,6 +33,7 @@ def _check_prices(fields: dict[str, Any]) -> None:
         raise InvalidInput("Check the prices.", fields=errors)
 
 
+@platform_work(_PLATFORM)
 def offer_create(
     *,
     org: Organization,
@@ -70,6 +75,7 @@ def _price_fields(prices: dict, interruptible: dict) -> dict[str, Decimal | None
     return fields
 
 
+@platform_work(_PLATFORM)
 def offer_update(*, offer: Offer, **changes: Any) -> Offer:
     """Change prices, minimum, end or currency. Running leases keep the prices they started with.
 
@@ -98,6 +104,7 @@ def offer_update(*, offer: Offer, **changes: Any) -> Offer:
     return locked
 
 
+@platform_work(_PLATFORM)
 def offer_delist(*, offer: Offer, now: datetime | None = None) -> Offer:
     """Take the offer off the storefront; leases already running on it go on. Idempotent."""
     if offer.delisted_at is None:

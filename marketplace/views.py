@@ -6,6 +6,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
+from accounts.access import STAFF_READS, is_platform_staff
 from accounts.models import Membership, Organization
 from accounts.selectors import api_keys_for_user
 from accounts.tenancy import scoped
@@ -30,10 +31,11 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             else None
         ),
         "pending_providers": (
-            Organization.objects.filter(status=Organization.Status.PENDING)
+            Organization.objects.unscoped(STAFF_READS)
+            .filter(status=Organization.Status.PENDING)
             .exclude(kind=Organization.Kind.CUSTOMER)
             .order_by("created_at", "id")
-            if request.user.is_staff
+            if is_platform_staff(request.user)
             else None
         ),
         "kinds": Organization.Kind.choices,

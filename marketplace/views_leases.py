@@ -32,7 +32,7 @@ from marketplace.polling import poll_login_required
 from marketplace.views_offers import UNIT_LABELS, money
 from marketplace.views_workloads import lease_for_page, workload_event_text, workload_panel
 from scheduler import services as scheduler_services
-from scheduler.models import Allocation, Lease, LeaseEvent, LeaseState, Plan
+from scheduler.models import Lease, LeaseEvent, LeaseState, Plan
 from scheduler.selectors import held_allocations, lease_events, leases_for_org
 
 PAGE_SIZE = 25
@@ -100,7 +100,7 @@ def card_rows(lease: Lease, *, now: datetime) -> list[CardRow]:
     if is_live(lease):
         allocations = held_allocations(lease=lease, at=now)
     else:
-        allocations = Allocation.objects.filter(lease=lease).select_related("gpu").order_by("server_id", "gpu__index")
+        allocations = lease.allocations.select_related("gpu").order_by("server_id", "gpu__index")
     rows = []
     for allocation in allocations.select_related("gpu__server__gpu_model"):
         gpu = allocation.gpu

@@ -33,13 +33,15 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, gettext_noop
 from django.views.decorators.http import require_http_methods, require_POST
 
-from accounts.errors import Conflict, InvalidInput
+from accounts.access import Actor
+from accounts.errors import Conflict, InvalidInput, NotFound
 from accounts.models import Organization
 from accounts.permissions import OPERATE, has_role
 from accounts.tenancy import scoped
 from billing.invoicing import period_containing, take_rate_of
 from billing.models import MeterRun, Payout, ProviderStatement, UsageRecord
 from billing.rating import to_money
+from inventory.access import access_offer
 from inventory.models import PLAN_PRICE_FIELDS, Offer, Server
 from marketplace import selectors, services
 
@@ -82,11 +84,11 @@ def _require_operate(request: HttpRequest) -> None:
 
 
 def _offer(org: Organization, offer_id: int) -> Offer:
-    """The organisation's offer `offer_id`; another tenant's id is 404 like an unknown one."""
-    offer = selectors.offers_of(org).filter(pk=offer_id).first()
-    if offer is None:
-        raise Http404
-    return offer
+    """The organisation's offer `offer_id` (inventory.access); another tenant's id is a 404 page like an unknown one."""
+    try:
+        return access_offer(Actor.for_org(org), offer_id)
+    except NotFound:
+        raise Http404 from None
 
 
 # --- sending a form once --------------------------------------------------------------------------------
@@ -417,7 +419,8 @@ def month_so_far(org: Organization, *, now: datetime) -> list[MonthSoFar]:
     commission at its rate, and net before SLA charge-backs (known when the month is closed)."""
     period = period_containing(now)
     rows = (
-        UsageRecord.objects.filter(provider=org, slot_start__gte=period.start, slot_start__lt=period.end)
+        UsageRecord.objects.for_provider(org)
+        .filter(slot_start__gte=period.start, slot_start__lt=period.end)
         .values("currency")
         .annotate(
             gross=Sum("amount"),

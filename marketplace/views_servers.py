@@ -19,19 +19,20 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.validators import RegexValidator
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.shortcuts import get_object_or_404, render
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, gettext_noop, pgettext_lazy
 from django.views.decorators.http import require_http_methods, require_POST
 
-from accounts.errors import InvalidInput, InvalidTransition, NotAllowed
+from accounts.access import Actor
+from accounts.errors import InvalidInput, InvalidTransition, NotAllowed, NotFound
 from accounts.models import Organization
 from accounts.permissions import OPERATE, has_role
-from accounts.tenancy import scoped
 from inventory import selectors, services
+from inventory.access import access_server
 from inventory.models import Gpu, Runtime, Server
 from marketplace.polling import poll_login_required
 from marketplace.views_workloads import state_label
@@ -72,8 +73,12 @@ def _require_operate(request: HttpRequest) -> None:
 
 
 def _server(request: HttpRequest, server_id: int) -> Server:
-    """The caller's server `server_id`, cards prefetched; another tenant's id is 404 like an unknown one."""
-    return get_object_or_404(selectors.with_details(scoped(Server, getattr(request, "org", None))), pk=server_id)
+    """The caller's server `server_id`, cards prefetched (inventory.access); another tenant's id is a 404 page like
+    an unknown one."""
+    try:
+        return access_server(Actor.of(request), server_id)
+    except NotFound:
+        raise Http404 from None
 
 
 # --- card tiles -----------------------------------------------------------------------------------------

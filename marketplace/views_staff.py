@@ -7,15 +7,11 @@ lists unhealthy cards a page at a time.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime, timedelta
-from functools import wraps
 from typing import Any
 
 from django import forms
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Count, F, FloatField, Func, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
@@ -30,6 +26,7 @@ from django.views.decorators.http import require_http_methods
 
 from accounts.errors import Conflict, InvalidInput
 from accounts.models import Organization
+from accounts.permissions import staff_required
 from billing.invoicing import close_period, period_containing, period_of
 from billing.models import Invoice, ProviderStatement
 from inventory.models import Gpu, GpuModel, Server
@@ -44,19 +41,6 @@ SERVICE_MESSAGES = (
 UNHEALTHY_PAGE = 50
 STUCK_SHOWN = 50
 GROUPS_PAGE = 100
-
-
-def staff_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    """Log in first; then staff only (403 for everyone else)."""
-
-    @wraps(view)
-    @login_required
-    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        if not request.user.is_staff:
-            raise PermissionDenied
-        return view(request, *args, **kwargs)
-
-    return wrapped
 
 
 # --- the catalogue --------------------------------------------------------------------------------------

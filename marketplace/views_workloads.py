@@ -24,6 +24,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_noop, pgettext_lazy
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from accounts.access import Actor
 from accounts.errors import InvalidInput, NotFound
 from accounts.permissions import OPERATE, has_role
 from marketplace.forms import describe_errors
@@ -158,7 +159,7 @@ def workload_panel(request: HttpRequest, lease: Lease) -> dict[str, Any] | None:
 def lease_for_page(request: HttpRequest, lease_id: int) -> Lease:
     """The organisation's lease, or a 404 page (another tenant's lease is unknown)."""
     try:
-        return access_lease(getattr(request, "org", None), lease_id)
+        return access_lease(Actor.of(request), lease_id)
     except NotFound:
         raise Http404 from None
 
@@ -262,7 +263,7 @@ def ssh_keys(request: HttpRequest) -> HttpResponse:
 def ssh_key_delete(request: HttpRequest, key_id: int) -> HttpResponse:
     """Remove one of the user's keys (another user's key is 404). Leases made with it keep it until they end."""
     try:
-        key = access.access_ssh_key(request.user, key_id)  # type: ignore[arg-type]
+        key = access.access_ssh_key(Actor.of(request), key_id)
     except NotFound:
         raise Http404 from None
     services.ssh_key_delete(key=key)

@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-from accounts.errors import NotFound
-from accounts.models import Organization
-from accounts.tenancy import scoped
+from accounts.access import Actor, access_one, visible
 from scheduler.models import Lease
 
 
-def access_lease(org: Organization | None, lease_id: object, *, staff: bool = False) -> Lease:
-    """The organisation's lease `lease_id`; any lease for platform staff reading; NotFound otherwise."""
-    try:
-        pk = int(str(lease_id))
-    except (TypeError, ValueError):
-        raise NotFound("Unknown lease.") from None
-    queryset = Lease.objects.all() if staff else scoped(Lease, org)
-    lease = queryset.filter(pk=pk).first()
-    if lease is None:
-        raise NotFound("Unknown lease.")
-    return lease
+def access_lease(actor: Actor, lease_id: object, *, for_update: bool = False) -> Lease:
+    """The actor's organisation's lease `lease_id` (any lease for a staff read); NotFound otherwise."""
+    return access_one(visible(Lease.objects.all(), actor), lease_id, "lease", for_update=for_update)

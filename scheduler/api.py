@@ -9,6 +9,7 @@ from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts.access import Actor
 from accounts.apiviews import TenantViewSet
 from accounts.permissions import OPERATE, HasOrganization, role_required
 from inventory.serializers import TelemetryQuery
@@ -53,8 +54,7 @@ class LeaseViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewS
         return queryset.select_related("gpu_model").order_by("-id")
 
     def get_object(self) -> Lease:
-        staff_read = self.request.method == "GET" and bool(self.request.user.is_staff)
-        return access_lease(self.request.org, self.kwargs["pk"], staff=staff_read)
+        return access_lease(Actor.of(self.request), self.kwargs["pk"])
 
     def lease_create(self, request: Request, validated: dict) -> Lease:
         return services.lease_create(org=request.org, **validated)
@@ -65,7 +65,7 @@ class LeaseViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewS
     @extend_schema(request=LeaseInput, responses={201: LeaseOutput}, parameters=[IDEMPOTENCY_KEY])
     def create(self, request: Request) -> Response:
         def work():
-            data = self.input_class(data=request.data)
+            data = self.input_class(data=request.data, context={"request": request})
             data.is_valid(raise_exception=True)
             lease = self.lease_create(request, data.validated_data)
             return status.HTTP_201_CREATED, self.output(lease)

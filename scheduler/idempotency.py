@@ -53,14 +53,14 @@ def run_idempotent(request: Request, *, scope: str, work: Callable[[], tuple[int
     ttl = timedelta(hours=max(24, settings.SUANLI_IDEMPOTENCY_TTL_HOURS), minutes=1)
     with transaction.atomic():
         # An expired record no longer counts (purge_expired may not have run yet).
-        IdempotencyRecord.objects.filter(organization=org, scope=scope, key=key, expires_at__lte=now).delete()
+        IdempotencyRecord.objects.for_org(org).filter(scope=scope, key=key, expires_at__lte=now).delete()
         try:
             with transaction.atomic():
                 record = IdempotencyRecord.objects.create(
                     organization=org, scope=scope, key=key, request_hash=digest, expires_at=now + ttl
                 )
         except IntegrityError:
-            record = IdempotencyRecord.objects.get(organization=org, scope=scope, key=key)
+            record = IdempotencyRecord.objects.for_org(org).get(scope=scope, key=key)
             if record.request_hash != digest:
                 raise Conflict(
                     "This Idempotency-Key was used with a different request.", code="idempotency_key_reused"
@@ -74,5 +74,5 @@ def run_idempotent(request: Request, *, scope: str, work: Callable[[], tuple[int
                 raise
             status, body = exc.status_code, error_body(exc.code, exc.message, exc.fields)
         body = _plain(body)
-        IdempotencyRecord.objects.filter(pk=record.pk).update(status_code=status, response_body=body)
+        IdempotencyRecord.objects.for_org(org).filter(pk=record.pk).update(status_code=status, response_body=body)
     return status, body

@@ -15,6 +15,7 @@ from accounts.errors import InvalidInput
 from accounts.models import Organization
 from accounts.tenancy import scoped
 from inventory import telemetry
+from inventory.access import STOREFRONT
 from inventory.models import PLAN_PRICE_FIELDS, Gpu, Offer, Server
 from inventory.selectors import MAX_POINTS, NICE_STEPS
 from scheduler.allocator import ServerCapacity
@@ -47,7 +48,7 @@ def period_range(start: datetime, end: datetime | None) -> DateTimeTZRange:
 def live_offers(*, plan: str, interruptible: bool = False, until: datetime | None = None) -> QuerySet[Offer]:
     """Offers not delisted that price `plan` (interruptibly when asked) and stay available until `until`
     (an open-ended lease needs an offer with no end)."""
-    qs = Offer.objects.filter(delisted_at__isnull=True)
+    qs = Offer.objects.unscoped(STOREFRONT).filter(delisted_at__isnull=True)
     if plan:
         qs = qs.filter(**{f"{PLAN_PRICE_FIELDS[plan][1 if interruptible else 0]}__isnull": False})
     if until is None:
@@ -64,13 +65,17 @@ def allocatable_gpus(
     clean after a workload (unless `uncleaned_too`: such a card is busy for a while, like a held one, not gone), on
     an online undrained server of an active provider with a live offer for the plan, matching `filters`. Time is
     not considered here (see `free_gpus`)."""
-    qs = Gpu.objects.filter(
-        drained=False,
-        server__status=Server.Status.ONLINE,
-        server__drained=False,
-        server__organization__status=Organization.Status.ACTIVE,
-        server__organization__kind__in=[Organization.Kind.PROVIDER, Organization.Kind.BOTH],
-    ).exclude(health=Gpu.Health.FAILED)
+    qs = (
+        Gpu.objects.unscoped(STOREFRONT)
+        .filter(
+            drained=False,
+            server__status=Server.Status.ONLINE,
+            server__drained=False,
+            server__organization__status=Organization.Status.ACTIVE,
+            server__organization__kind__in=[Organization.Kind.PROVIDER, Organization.Kind.BOTH],
+        )
+        .exclude(health=Gpu.Health.FAILED)
+    )
     if not uncleaned_too:
         qs = qs.filter(needs_cleaning=False)
     if filters.plan:
@@ -139,7 +144,7 @@ def capacity_of(gpus: QuerySet[Gpu], *, held: AbstractSet[int] = frozenset()) ->
 
 def offer_minimums(server_ids: Iterable[int] | None = None) -> dict[int, int]:
     """Server id -> the `min_gpus` of its live offer (a server has one), where above 1; of `server_ids` if given."""
-    offers = Offer.objects.filter(delisted_at__isnull=True, min_gpus__gt=1)
+    offers = Offer.objects.unscoped(STOREFRONT).filter(delisted_at__isnull=True, min_gpus__gt=1)
     if server_ids is not None:
         offers = offers.filter(server_id__in=list(server_ids))
     return dict(offers.values_list("server_id", "min_gpus"))
@@ -168,15 +173,14 @@ def leases_for_org(*, org: Organization | None) -> QuerySet[Lease]:
 def held_allocations(*, lease: Lease, at: datetime) -> QuerySet[Allocation]:
     """The lease's allocations held at `at` or later (open, or closing after `at`), card order."""
     return (
-        Allocation.objects.filter(lease=lease)
-        .filter(Q(period__endswith__isnull=True) | Q(period__endswith__gt=at))
+        lease.allocations.filter(Q(period__endswith__isnull=True) | Q(period__endswith__gt=at))
         .select_related("gpu")
         .order_by("server_id", "gpu__index")
     )
 
 
 def lease_events(*, lease: Lease) -> QuerySet[LeaseEvent]:
-    return LeaseEvent.objects.filter(lease=lease).order_by("id")
+    return lease.events.order_by("id")
 
 
 def _ceil(moment: datetime, unit: timedelta) -> datetime:
@@ -220,7 +224,7 @@ def lease_telemetry(
             fields={"step": [f"At least {int(span // MAX_POINTS) + 1} seconds for this range."]},
         )
     allocations = (
-        Allocation.objects.filter(lease=lease, period__overlap=period_range(since, until))
+        lease.allocations.filter(period__overlap=period_range(since, until))
         .select_related("gpu")
         .order_by("server_id", "gpu__index", "id")
     )

@@ -6,11 +6,13 @@ from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from accounts.serializers import StrictSerializer
+from accounts.serializers import AccessibleField, StrictSerializer
+from inventory.access import STOREFRONT
 from inventory.models import GpuModel, Offer, Server
 from inventory.serializers import TelemetryPoint
 from scheduler.models import Lease, LeaseEvent, Plan
@@ -21,8 +23,9 @@ START_GRACE = timedelta(seconds=60)
 
 class LeaseInput(StrictSerializer):
     plan = serializers.ChoiceField(choices=Plan.choices)
-    offer = serializers.PrimaryKeyRelatedField(
-        queryset=Offer.objects.filter(delisted_at__isnull=True),
+    offer = AccessibleField(
+        lambda actor: Offer.objects.unscoped(STOREFRONT).filter(delisted_at__isnull=True),
+        "offer",
         required=False,
         allow_null=True,
         help_text="Rent from this offer's server (its live offer must price the plan).",
@@ -31,7 +34,15 @@ class LeaseInput(StrictSerializer):
         queryset=GpuModel.objects.filter(active=True), required=False, allow_null=True
     )
     region = serializers.CharField(max_length=50, required=False, allow_blank=True, default="")
-    server = serializers.PrimaryKeyRelatedField(queryset=Server.objects.all(), required=False, allow_null=True)
+    server = AccessibleField(
+        lambda actor: Server.objects.unscoped(STOREFRONT).filter(
+            Exists(Offer.objects.filter(server_id=OuterRef("pk"), delisted_at__isnull=True))
+        ),
+        "server",
+        required=False,
+        allow_null=True,
+        help_text="Rent on this server (one with a live offer).",
+    )
     gpu_count = serializers.IntegerField(required=False, allow_null=True, min_value=1)
     servers = serializers.IntegerField(required=False, allow_null=True, min_value=1)
     pflops = serializers.DecimalField(max_digits=12, decimal_places=3, required=False, allow_null=True)

@@ -24,11 +24,15 @@ from django.utils import timezone
 
 from accounts.errors import InvalidInput, InvalidTransition, NotAllowed
 from accounts.models import Organization
+from accounts.tenancy import platform_work
 from inventory.models import Gpu, GpuHealthEvent, GpuModel, Offer, Server
 from scheduler import allocator, locks, pricing, selectors
 from scheduler.errors import NoCapacity
 from scheduler.models import Allocation, Lease, LeaseEvent, LeaseState, Plan, check_transition, sources_of
 from scheduler.selectors import Filters, period_range
+
+# Why these services run across tenants while a request is handled (accounts/tenancy.py).
+_PLATFORM = "the scheduler places and changes leases on any provider's cards"
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -315,6 +319,7 @@ def _close_allocations(allocations: QuerySet[Allocation], *, at: datetime, reaso
 # --- leases ------------------------------------------------------------------------------------------------
 
 
+@platform_work(_PLATFORM)
 def largest_allocatable(*, plan: str, filters: Filters) -> Decimal | int:
     totals = selectors.allocatable_totals(filters)
     if plan == Plan.CARD_HOUR:
@@ -324,6 +329,7 @@ def largest_allocatable(*, plan: str, filters: Filters) -> Decimal | int:
     return (Decimal(totals["tflops"]) / 1000).quantize(Decimal("0.001"))
 
 
+@platform_work(_PLATFORM)
 def lease_create(
     *,
     org: Organization,
@@ -423,6 +429,7 @@ def lease_create(
         raise
 
 
+@platform_work(_PLATFORM)
 def lease_end(*, lease: Lease, now: datetime | None = None) -> Lease:
     """End a lease now: its periods close now. A reservation that has not started is `cancelled` instead.
 
@@ -441,6 +448,7 @@ def lease_end(*, lease: Lease, now: datetime | None = None) -> Lease:
     return lease
 
 
+@platform_work(_PLATFORM)
 def lease_fail(*, lease: Lease, reason: str, now: datetime | None = None) -> bool:
     """Fail an active lease whose workload never became usable: its cards are released now and it is not
     charged (billing charges such a lease from its workload's first `running` report, which never came).
@@ -464,6 +472,7 @@ def lease_event_add(*, lease: Lease, kind: str, now: datetime | None = None, **d
     return _event(lease, now or timezone.now(), kind, **data)
 
 
+@platform_work(_PLATFORM)
 def lease_resize(*, lease: Lease, gpu_count: int, now: datetime | None = None) -> Lease:
     """Change a card_hour lease's card count: grow on the lease's servers where they can take it (elsewhere
     otherwise, NoCapacity if nowhere), shrink by closing the periods of the cards on its least-used servers.

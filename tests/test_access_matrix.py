@@ -13,6 +13,7 @@ enrolled agent: it opens nothing but the agent routes); `staff`.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -60,9 +61,8 @@ RULES: dict[str, dict[str, set]] = {
     "post_only": dict.fromkeys(PERSONAS, {405}),  # GET is not allowed to anyone (a form POST, a credential swap)
     "api_post_only": {"anon": {401}, "foreign": {405}, "member": {405}, "agent": {401}, "staff": {405}},
     "api_tenant_list": {"anon": {401}, "foreign": {200}, "member": {200}, "agent": {401}, "staff": {200}},
+    # Staff read every tenant's objects (the staff policy, accounts/access.py), in the API and the pages alike.
     "api_tenant_object": {"anon": {401}, "foreign": {404}, "member": {200}, "agent": {401}, "staff": {200}},
-    # Objects staff do not read through the tenant API (the view scopes to the caller's organisation only).
-    "api_tenant_object_private": {"anon": {401}, "foreign": {404}, "member": {200}, "agent": {401}, "staff": {404}},
     "api_staff": {"anon": {401}, "foreign": {403}, "member": {403}, "agent": {401}, "staff": {200, 400}},
     # A user's own object (an SSH key): nobody else's, not even a colleague's or staff's through the API.
     "api_user_object": {"anon": {401}, "foreign": {404}, "member": {404}, "agent": {401}, "staff": {404}},
@@ -70,7 +70,7 @@ RULES: dict[str, dict[str, set]] = {
     "agent_signed": {"anon": {401}, "foreign": {401}, "member": {401}, "agent": {200}, "staff": {401}},
     "metrics": {"anon": {401}, "foreign": {401}, "member": {401}, "agent": {401}, "staff": {200}},
     "page_list": {"anon": {LOGIN}, "foreign": {200}, "member": {200}, "agent": {LOGIN}, "staff": {200}},
-    "page_object": {"anon": {LOGIN}, "foreign": {404}, "member": {200}, "agent": {LOGIN}, "staff": {404}},
+    "page_object": {"anon": {LOGIN}, "foreign": {404}, "member": {200}, "agent": {LOGIN}, "staff": {200}},
     # Provider pages: charlie's org is a provider too (kind "both"); staff's org is not one.
     "page_provider": {"anon": {LOGIN}, "foreign": {200}, "member": {200}, "agent": {LOGIN}, "staff": {403}},
     "page_provider_operate": {"anon": {LOGIN}, "foreign": {200}, "member": {403}, "agent": {LOGIN}, "staff": {403}},
@@ -102,10 +102,10 @@ ACCESS: dict[str, str] = {
     "agent-reports": "post_only",
     "agent-workloads": "agent_signed",
     "server-list": "api_tenant_list",
-    "server-detail": "api_tenant_object_private",
+    "server-detail": "api_tenant_object",
     "server-drain": "api_post_only",
     "server-enrollment-token": "api_post_only",
-    "server-telemetry": "api_tenant_object_private",
+    "server-telemetry": "api_tenant_object",
     "server-undrain": "api_post_only",
     "lease-list": "api_tenant_list",
     "lease-detail": "api_tenant_object",
@@ -128,7 +128,7 @@ ACCESS: dict[str, str] = {
     "payout-pay": "api_post_only",
     "lease-usage": "api_tenant_object",
     "invoice-list": "api_tenant_list",
-    "invoice-detail": "api_tenant_object_private",
+    "invoice-detail": "api_tenant_object",
     "healthz": "public",
     "metrics": "metrics",
     "stripe-webhook": "post_only",
@@ -380,3 +380,55 @@ def test_an_agent_credential_opens_no_user_route(world):
     headers = {"HTTP_" + k.upper().replace("-", "_"): v for k, v in signing.headers(agent_id, secret, body).items()}
     response = APIClient().post(reverse("agent-reports"), data=body, content_type="application/json", **headers)
     assert response.status_code in (200, 201, 202, 204), response.content
+
+
+# Routes where another tenant's object is not secret: the public storefront shows every listed offer.
+PUBLIC_OBJECTS = {
+    "offer-detail",
+    "marketplace:offer_detail",
+    "marketplace:offer_availability",
+    "marketplace:offer_estimate",
+}
+MISSING_ID = 2**31 - 7  # no row of any table has it in a test database
+
+
+def _missing_url(key: str, route: str, pattern: URLPattern) -> str:
+    groups = list(pattern.pattern.regex.groupindex)
+    return reverse(key if pattern.name else None, kwargs=dict.fromkeys(groups, MISSING_ID))
+
+
+def _answer(response) -> tuple[int, str]:
+    """What a client can tell from a response: its status and body (the ids in it made neutral)."""
+    if response.status_code == 302:
+        return 302, re.sub(r"\d+", "N", response["Location"])
+    body = response.content.decode(errors="replace")
+    # Per-response nonces and CSRF tokens.
+    body = re.sub(r'(nonce|value|content)="[^"]*"|"X-CSRFToken": "[^"]*"', "", body)
+    return response.status_code, re.sub(r"\d+", "N", body)
+
+
+OBJECT_ROUTES = sorted(
+    (key, method)
+    for key, (route, pattern) in ROUTES.items()
+    if pattern.pattern.regex.groupindex and key not in PUBLIC_OBJECTS and ACCESS.get(key) != "agent_signed"
+    for method in (methods_of(pattern) or ["get", "post"])
+)
+
+
+@pytest.mark.parametrize(("key", "method"), OBJECT_ROUTES)
+def test_another_tenants_object_answers_like_a_missing_one(world, key, method):
+    """No route tells an outsider that an id exists: charlie (the owner of another tenant, a provider and a
+    customer himself) gets the same status and body for the victims' object as for an id no object has, for
+    every method the route serves, and nothing changes."""
+    route, pattern = ROUTES[key]
+    victims, owner = world["victims"], owner_of(key)
+    url = url_for(key, route, pattern, victims)
+    missing = _missing_url(key, route, pattern)
+    client = client_for("foreign", world, owner, route.startswith("api/"))
+    before = snapshot()
+    send = getattr(client, method)
+    kwargs = {"format": "json"} if route.startswith("api/") else {}
+    theirs, unknown = send(url, {}, **kwargs), send(missing, {}, **kwargs)
+    assert _answer(theirs) == _answer(unknown), f"{method.upper()} {url} differs from an unknown id"
+    assert theirs.status_code in (302, 403, 404, 405), f"{method.upper()} {url} -> {theirs.status_code}"
+    assert snapshot() == before, f"{key}: an outsider's {method.upper()} changed data"

@@ -11,6 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.access import Actor
 from accounts.apiviews import OrgAPIView
 from accounts.permissions import OPERATE, HasOrganization, role_required
 from inventory import agent_api
@@ -55,11 +56,11 @@ class SshKeyDetailApi(OrgAPIView):
     serializer_class = SshKeyOutput
 
     def get(self, request: Request, pk: str) -> Response:
-        return Response(SshKeyOutput(access.access_ssh_key(request.user, pk)).data)
+        return Response(SshKeyOutput(access.access_ssh_key(Actor.of(request), pk)).data)
 
     @extend_schema(responses={204: None})
     def delete(self, request: Request, pk: str) -> Response:
-        services.ssh_key_delete(key=access.access_ssh_key(request.user, pk))
+        services.ssh_key_delete(key=access.access_ssh_key(Actor.of(request), pk))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

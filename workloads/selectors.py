@@ -69,18 +69,17 @@ def connections(workload: Workload, spec: WorkloadSpec | None) -> list[Connectio
 
 
 def workloads_of_lease(lease: Lease) -> QuerySet[Workload]:
-    return Workload.objects.filter(lease=lease).select_related("server").order_by("id")
+    return lease.workloads.select_related("server").order_by("id")
 
 
 def spec_of(lease: Lease) -> WorkloadSpec | None:
-    return WorkloadSpec.objects.filter(lease=lease).select_related("template").first()
+    return WorkloadSpec.objects.for_org(lease.organization).filter(lease=lease).select_related("template").first()
 
 
 def workloads_on_server(server: Server) -> QuerySet[Workload]:
     """What runs on a provider's server (no customer data: lease, cards count, state, since)."""
     return (
-        Workload.objects.filter(server=server)
-        .exclude(state=WorkloadState.CLEANED)
+        server.workloads.exclude(state=WorkloadState.CLEANED)
         .select_related("lease", "lease__workload_spec")
         .order_by("-id")
     )
@@ -101,7 +100,8 @@ def stuck_workloads(*, now: datetime | None = None) -> QuerySet[Workload]:
     since = now - timedelta(seconds=settings.SUANLI_WORKLOAD_STUCK_SECONDS)
     passing = [WorkloadState.PENDING, WorkloadState.PULLING, WorkloadState.STARTING, WorkloadState.STOPPING]
     return (
-        Workload.objects.filter(
+        Workload.objects.unscoped("the staff fleet page: workloads stuck on any provider's server")
+        .filter(
             Q(state__in=passing, state_changed_at__lt=since)
             | Q(state__in=passing, state_changed_at__isnull=True, created_at__lt=since)
             | (~Q(lease__state=LeaseState.ACTIVE) & ~Q(state=WorkloadState.CLEANED) & Q(lease__ended_at__lt=since))

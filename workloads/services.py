@@ -28,12 +28,16 @@ from django.utils.text import slugify
 from accounts.errors import InvalidInput, InvalidTransition
 from accounts.inputs import clean_text
 from accounts.models import Organization, User
+from accounts.tenancy import platform_work
 from inventory.models import Gpu, Runtime, Server
 from scheduler import services as scheduler
 from scheduler.models import Allocation, Lease, LeaseEvent, LeaseState, Plan
 from workloads import sshkeys
 from workloads.access import ssh_keys_of, templates_visible
 from workloads.models import Access, DesiredVersion, SshKey, Template, Workload, WorkloadSpec, WorkloadState
+
+# Why these services run across tenants while a request is handled (accounts/tenancy.py).
+_PLATFORM = "a workload spans its lease and the provider's server; an agent reaches only its own server"
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +188,7 @@ class WorkloadRequest:
     disk_gb: int
 
 
+@platform_work(_PLATFORM)
 def workload_request(*, org: Organization, user: User, plan: str, data: dict[str, Any]) -> WorkloadRequest:
     """Check a lease's `workload` object (API.md): a template of the catalogue or the organisation's, or an image;
     the caller's own keys; host access only for server_month. InvalidInput with `fields.workload` otherwise."""
@@ -230,6 +235,7 @@ def workload_request(*, org: Organization, user: User, plan: str, data: dict[str
 # --- leases with a workload ------------------------------------------------------------------------------------
 
 
+@platform_work(_PLATFORM)
 def lease_create(*, org: Organization, user: User, workload: dict[str, Any] | None = None, **lease: Any) -> Lease:
     """Create a lease (scheduler.services.lease_create) and, when asked, its workload on every server it spans,
     in one transaction: a lease with a workload is placed only on servers whose agent runs it that way."""
@@ -299,6 +305,7 @@ def _workload_item(workload: Workload, spec: WorkloadSpec, gpus: list[str], stop
     }
 
 
+@platform_work(_PLATFORM)
 def desired_state_serve(*, server: Server, now: datetime | None = None) -> dict[str, Any]:
     """The desired state of `server` (API.md, Agent side), with its version: what the agent must run now.
 
@@ -380,6 +387,7 @@ def _report_time(value: Any, now: datetime) -> datetime:
     return value if isinstance(value, datetime) and value <= now else now
 
 
+@platform_work(_PLATFORM)
 def reported_states_apply(*, server: Server, report: dict[str, Any], now: datetime | None = None) -> int:
     """Apply the workload part of one accepted agent report (already parsed by `parse_workload_report`): the
     latest state of each of this server's workloads (ids of other servers are ignored), the first `running` (from
@@ -514,6 +522,7 @@ def _live_workload(workload: Workload) -> Workload:
     return locked
 
 
+@platform_work(_PLATFORM)
 def workload_restart(*, workload: Workload, now: datetime | None = None) -> Workload:
     """Start the workload again (a stopped or exited one too): the agent restarts it with the same spec."""
     now = now or timezone.now()
@@ -528,6 +537,7 @@ def workload_restart(*, workload: Workload, now: datetime | None = None) -> Work
     return locked
 
 
+@platform_work(_PLATFORM)
 def workload_stop(*, workload: Workload, now: datetime | None = None) -> Workload:
     """Stop the workload without ending the lease (its cards stay held, and charged). Idempotent."""
     now = now or timezone.now()

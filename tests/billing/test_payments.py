@@ -182,10 +182,19 @@ def test_the_same_idempotency_key_replays_the_first_answer(alice, fake_stripe):
     assert len(fake_stripe.posts("/v1/payment_intents")) == 1
 
 
-@pytest.mark.parametrize(
-    ("state", "message"),
-    [("draft", "Only an open invoice"), ("void", "Only an open invoice"), ("paid", "already paid")],
-)
+def test_a_draft_invoice_is_not_found_like_everywhere_else(alice, fake_stripe):
+    """A draft is not the customer's yet: the pay endpoint answers it like the invoice pages and API do (404)."""
+    invoice = open_invoice(alice.org, state="draft")
+
+    response = pay(alice, invoice)
+
+    assert response.status_code == 404
+    assert response.json()["error"] == {"code": "not_found", "message": "Unknown invoice.", "fields": {}}
+    assert not Payment.objects.exists()
+    assert fake_stripe.sent == []
+
+
+@pytest.mark.parametrize(("state", "message"), [("void", "Only an open invoice"), ("paid", "already paid")])
 def test_only_an_open_invoice_can_be_paid(alice, fake_stripe, state, message):
     invoice = open_invoice(alice.org, state=state)
 

@@ -115,3 +115,13 @@ def test_a_bad_trusted_proxy_entry_fails_at_startup(entry, monkeypatch):
     monkeypatch.setenv("TRUSTED_PROXIES", f"10.0.0.1,{entry}")
     with pytest.raises(ValueError, match="TRUSTED_PROXIES"):
         env_networks("TRUSTED_PROXIES")
+
+
+def test_a_clients_own_x_forwarded_proto_does_not_make_plain_http_secure(client, settings):
+    """SECURE_PROXY_SSL_HEADER believes X-Forwarded-Proto: only a trusted proxy's is kept."""
+    settings.SECURE_SSL_REDIRECT = True
+    settings.TRUSTED_PROXIES = []
+    response = client.get("/", HTTP_X_FORWARDED_PROTO="https")
+    assert response.status_code == 301 and response["Location"].startswith("https://")
+    settings.TRUSTED_PROXIES = ["127.0.0.1"]
+    assert client.get("/", HTTP_X_FORWARDED_PROTO="https").status_code == 200
