@@ -32,6 +32,7 @@ from django.db.models import Sum
 from django.utils import timezone
 from rest_framework import status
 
+from accounts.access import parse_id
 from accounts.errors import DomainError, InvalidTransition, NotFound
 from accounts.models import Organization
 from accounts.tenancy import platform_work, scoped
@@ -187,7 +188,10 @@ def _payment_of_intent(obj: dict[str, Any]) -> Payment | None:
     if payment is not None:
         return payment
     invoice_id = str((obj.get("metadata") or {}).get("invoice_id", ""))
-    invoice = Invoice.objects.filter(pk=int(invoice_id)).first() if invoice_id.isdigit() else None
+    try:
+        invoice = Invoice.objects.filter(pk=parse_id(invoice_id, "invoice")).first()
+    except NotFound:
+        invoice = None
     currency = str(obj.get("currency", "")).upper()
     if invoice is None or currency != invoice.currency or "amount" not in obj:
         logger.info("stripe: payment intent %s is not for one of our invoices; ignored", intent_id)

@@ -23,6 +23,7 @@ from django.utils.translation import gettext_lazy, gettext_noop, pgettext_lazy
 from rest_framework.request import Request
 
 from accounts.errors import DomainError
+from accounts.formfields import AsciiDecimalField, AsciiIntegerField
 from accounts.models import Organization
 from billing import rating
 from inventory.access import STOREFRONT
@@ -174,7 +175,7 @@ class OfferSearchForm(forms.Form):
         required=False,
         empty_label=gettext_lazy("Any model"),
     )
-    min_gpus = forms.IntegerField(
+    min_gpus = AsciiIntegerField(
         label=gettext_lazy("Cards free now, at least"), min_value=1, max_value=16, required=False
     )
     region = forms.ChoiceField(label=gettext_lazy("Region"), required=False)
@@ -182,10 +183,10 @@ class OfferSearchForm(forms.Form):
         label=gettext_lazy("Plan"), required=False, choices=[("", gettext_lazy("Any plan")), *PLAN_LABELS.items()]
     )
     interruptible = forms.BooleanField(label=gettext_lazy("Interruptible prices"), required=False)
-    min_price = forms.DecimalField(
+    min_price = AsciiDecimalField(
         label=gettext_lazy("Price from"), min_value=0, max_digits=20, decimal_places=6, required=False
     )
-    max_price = forms.DecimalField(
+    max_price = AsciiDecimalField(
         label=gettext_lazy("Price up to"), min_value=0, max_digits=20, decimal_places=6, required=False
     )
     interconnect = forms.ChoiceField(
@@ -193,7 +194,7 @@ class OfferSearchForm(forms.Form):
         required=False,
         choices=[("", gettext_lazy("Any interconnect")), *Interconnect.choices],
     )
-    min_reliability = forms.DecimalField(
+    min_reliability = AsciiDecimalField(
         label=gettext_lazy("Reliability at least (%)"),
         min_value=0,
         max_value=100,
@@ -232,13 +233,13 @@ class RentForm(IdempotentForm):
 
     # x-model: Alpine shows the chosen plan's fields (without JavaScript every plan's fields show).
     plan = forms.ChoiceField(label=gettext_lazy("Plan"), widget=forms.RadioSelect(attrs={"x-model": "plan"}))
-    gpu_count = forms.IntegerField(label=gettext_lazy("Cards"), min_value=1, max_value=16, required=False)
+    gpu_count = AsciiIntegerField(label=gettext_lazy("Cards"), min_value=1, max_value=16, required=False)
     end_at = forms.DateTimeField(label=gettext_lazy("End (optional, UTC)"), required=False, widget=DATETIME_WIDGET)
-    months = forms.IntegerField(label=gettext_lazy("Months"), min_value=1, max_value=MAX_MONTHS, required=False)
-    pflops = forms.DecimalField(
+    months = AsciiIntegerField(label=gettext_lazy("Months"), min_value=1, max_value=MAX_MONTHS, required=False)
+    pflops = AsciiDecimalField(
         label=gettext_lazy("PFLOPS"), min_value=Decimal("0.001"), max_digits=12, decimal_places=3, required=False
     )
-    term_years = forms.IntegerField(
+    term_years = AsciiIntegerField(
         label=pgettext_lazy("contract term", "Term (years)"), min_value=1, max_value=MAX_YEARS, required=False
     )
     start_at = forms.DateTimeField(
@@ -384,7 +385,7 @@ def service_message(text: str) -> str:
 
 
 class ResizeForm(IdempotentForm):
-    gpu_count = forms.IntegerField(label=gettext_lazy("Cards"), min_value=1, max_value=256)
+    gpu_count = AsciiIntegerField(label=gettext_lazy("Cards"), min_value=1, max_value=256)
 
     def __init__(self, *args: Any, current: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

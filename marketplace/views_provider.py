@@ -35,6 +35,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts.access import Actor
 from accounts.errors import Conflict, InvalidInput, NotFound
+from accounts.formfields import AsciiDecimalField, AsciiIntegerField
 from accounts.models import Organization
 from accounts.permissions import OPERATE, has_role
 from accounts.tenancy import scoped
@@ -111,8 +112,8 @@ def _form_key_release(request: HttpRequest, key: str) -> None:
 # --- the offer form -------------------------------------------------------------------------------------
 
 
-def _price_field(label: str) -> forms.DecimalField:
-    return forms.DecimalField(
+def _price_field(label: str) -> AsciiDecimalField:
+    return AsciiDecimalField(
         label=label,
         required=False,
         max_digits=14,
@@ -144,7 +145,7 @@ class OfferForm(forms.Form):
     card_hour_interruptible_price = _price_field(gettext_lazy("Interruptible, per card-hour"))
     server_month_interruptible_price = _price_field(gettext_lazy("Interruptible, per server-month"))
     pflops_year_interruptible_price = _price_field(gettext_lazy("Interruptible, per PFLOPS-year"))
-    min_gpus = forms.IntegerField(label=gettext_lazy("Minimum cards per lease"), min_value=1, max_value=16, initial=1)
+    min_gpus = AsciiIntegerField(label=gettext_lazy("Minimum cards per lease"), min_value=1, max_value=16, initial=1)
     available_until = forms.DateTimeField(
         label=gettext_lazy("Available until (UTC, optional)"),
         required=False,
@@ -324,7 +325,7 @@ def offer_new(request: HttpRequest) -> HttpResponse:
     _require_operate(request)
     if request.method != "POST":
         initial = {}
-        if (wanted := request.GET.get("server", "")).isdigit():
+        if (wanted := request.GET.get("server", "")).isascii() and wanted.isdigit():
             initial["server"] = wanted
         return _form_page(request, OfferForm(org=org, initial=initial), offer=None, org=org)
     form = OfferForm(request.POST, org=org)

@@ -29,6 +29,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts.access import Actor
 from accounts.errors import InvalidInput, InvalidTransition, NotAllowed, NotFound
+from accounts.formfields import AsciiIntegerField
 from accounts.models import Organization
 from accounts.permissions import OPERATE, has_role
 from inventory import selectors, services
@@ -230,10 +231,10 @@ class ServerRegisterForm(forms.Form):
     gpu_model = forms.ModelChoiceField(
         label=gettext_lazy("GPU model"), queryset=selectors.gpu_models_listed(), empty_label=None
     )
-    gpu_count = forms.IntegerField(label=gettext_lazy("GPUs"), min_value=1, max_value=16, initial=8)
-    cpu_cores = forms.IntegerField(label=gettext_lazy("CPU cores"), min_value=1, max_value=4096)
-    ram_gb = forms.IntegerField(label=gettext_lazy("RAM (GB)"), min_value=1, max_value=65536)
-    disk_gb = forms.IntegerField(label=gettext_lazy("Disk (GB)"), min_value=1, max_value=10_000_000)
+    gpu_count = AsciiIntegerField(label=gettext_lazy("GPUs"), min_value=1, max_value=16, initial=8)
+    cpu_cores = AsciiIntegerField(label=gettext_lazy("CPU cores"), min_value=1, max_value=4096)
+    ram_gb = AsciiIntegerField(label=gettext_lazy("RAM (GB)"), min_value=1, max_value=65536)
+    disk_gb = AsciiIntegerField(label=gettext_lazy("Disk (GB)"), min_value=1, max_value=10_000_000)
     # The workload fields may be left out: the defaults are the model's (containers, ports 40000-40999).
     runtime = forms.ChoiceField(
         label=gettext_lazy("Runtime"), choices=RUNTIME_CHOICES, initial=Runtime.DOCKER, required=False
@@ -250,10 +251,10 @@ class ServerRegisterForm(forms.Form):
             )
         ],
     )
-    port_range_start = forms.IntegerField(
+    port_range_start = AsciiIntegerField(
         label=gettext_lazy("First published port"), min_value=1024, max_value=65535, initial=40000, required=False
     )
-    port_range_end = forms.IntegerField(
+    port_range_end = AsciiIntegerField(
         label=gettext_lazy("Last published port"), min_value=1024, max_value=65535, initial=40999, required=False
     )
 
