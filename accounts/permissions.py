@@ -12,7 +12,7 @@ from django.http import HttpRequest, HttpResponse
 from rest_framework.permissions import BasePermission
 
 from accounts.access import STAFF_READS, is_platform_staff
-from accounts.models import Role
+from accounts.models import Organization, Role
 from accounts.tenancy import platform_work
 
 MANAGE_ORG = (Role.OWNER, Role.ADMIN)
@@ -23,6 +23,25 @@ BILLING = (Role.OWNER, Role.ADMIN, Role.BILLING)
 def has_role(request, roles) -> bool:
     membership = getattr(request, "membership", None)
     return membership is not None and membership.role in roles
+
+
+def can_operate(request: HttpRequest) -> bool:
+    """Whether the caller's role may change things in their organisation (servers, offers, leases), as in the API."""
+    return has_role(request, OPERATE)
+
+
+def require_operate(request: HttpRequest) -> None:
+    """Pages that change something: 403 for a role that may only read (billing)."""
+    if not can_operate(request):
+        raise PermissionDenied
+
+
+def provider_org(request: HttpRequest) -> Organization:
+    """The caller's provider organisation; a customer organisation (or none) has no provider pages (403)."""
+    org: Organization | None = getattr(request, "org", None)
+    if org is None or not org.is_provider:
+        raise PermissionDenied
+    return org
 
 
 class HasOrganization(BasePermission):

@@ -14,7 +14,6 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
@@ -25,7 +24,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import ngettext, pgettext_lazy
 from django.views.decorators.http import require_GET, require_POST
 
-from accounts.permissions import OPERATE, has_role
+from accounts.permissions import can_operate, require_operate
 from billing.metering import lease_usage
 from marketplace.forms import PLAN_LABELS, EndForm, ResizeForm, describe_errors, service_message
 from marketplace.polling import poll_login_required
@@ -59,11 +58,6 @@ EVENT_LABELS = {
     LeaseEvent.Kind.FAILED: pgettext_lazy("lease event", "Failed to start"),
     LeaseEvent.Kind.WORKLOAD: pgettext_lazy("lease event", "Workload"),
 }
-
-
-def _require_operate(request: HttpRequest) -> None:
-    if not has_role(request, OPERATE):
-        raise PermissionDenied
 
 
 def is_live(lease: Lease) -> bool:
@@ -230,7 +224,7 @@ def _detail(
     status: int = 200,
 ) -> HttpResponse:
     now = timezone.now()
-    can_operate = has_role(request, OPERATE)
+    operate = can_operate(request)
     live = is_live(lease)
     if resize_form is None and live and lease.plan == Plan.CARD_HOUR:
         resize_form = ResizeForm(current=lease.gpu_count)
@@ -245,9 +239,9 @@ def _detail(
         "plan_label": PLAN_LABELS.get(lease.plan, lease.plan),
         "unit_price": money(lease.unit_price, lease.currency),
         "unit_label": UNIT_LABELS.get(lease.plan, ""),
-        "can_operate": can_operate,
-        "resize_form": resize_form if can_operate and live and lease.plan == Plan.CARD_HOUR else None,
-        "end_form": end_form if can_operate and live else None,
+        "can_operate": operate,
+        "resize_form": resize_form if operate and live and lease.plan == Plan.CARD_HOUR else None,
+        "end_form": end_form if operate and live else None,
         "confirming": confirming,
         "state_label": STATE_LABELS.get(lease.state, lease.state),
         "panel": workload_panel(request, lease),
@@ -305,7 +299,7 @@ def lease_live(request: HttpRequest, lease_id: int) -> HttpResponse:
 def lease_resize(request: HttpRequest, lease_id: int) -> HttpResponse:
     """Grow or shrink a card_hour lease, once per rendered form."""
     lease = lease_for_page(request, lease_id)
-    _require_operate(request)
+    require_operate(request)
     form = ResizeForm(request.POST, current=lease.gpu_count)
     if not form.is_valid():
         form.renew_key()
@@ -348,7 +342,7 @@ def lease_end(request: HttpRequest, lease_id: int) -> HttpResponse:
     """End the lease now (a reservation not started is cancelled). Once per rendered form; ending a lease that is
     already over changes nothing and says so."""
     lease = lease_for_page(request, lease_id)
-    _require_operate(request)
+    require_operate(request)
     form = EndForm(request.POST)
     if not form.is_valid():
         form.renew_key()

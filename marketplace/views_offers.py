@@ -29,7 +29,7 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts.models import Organization
-from accounts.permissions import OPERATE, has_role
+from accounts.permissions import can_operate
 from billing.rating import YEAR_SECONDS, to_money
 from inventory.models import Offer
 from marketplace.forms import PLAN_LABELS, OfferSearchForm, RentForm, describe_errors, months_between, service_message
@@ -315,7 +315,7 @@ def renter_problem(request: HttpRequest) -> str:
         return _("Create or join a customer organisation to rent.")
     if not org.is_customer:
         return _("%(name)s is a provider organisation; switch to a customer organisation to rent.") % {"name": org.name}
-    if not has_role(request, OPERATE):
+    if not can_operate(request):
         return _("Your role in %(name)s cannot rent; ask an owner, admin or member.") % {"name": org.name}
     return ""
 

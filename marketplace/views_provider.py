@@ -23,7 +23,6 @@ from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.cache import cache
-from django.core.exceptions import PermissionDenied
 from django.db.models import Case, Count, Exists, IntegerField, OuterRef, QuerySet, Subquery, Sum, Value, When
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
@@ -37,7 +36,7 @@ from accounts.access import Actor
 from accounts.errors import Conflict, InvalidInput, NotFound
 from accounts.formfields import AsciiDecimalField, AsciiIntegerField
 from accounts.models import Organization
-from accounts.permissions import OPERATE, has_role
+from accounts.permissions import can_operate, provider_org, require_operate
 from accounts.tenancy import scoped
 from billing.invoicing import period_containing, take_rate_of
 from billing.models import MeterRun, Payout, ProviderStatement, UsageRecord
@@ -65,23 +64,6 @@ FORM_KEY_TTL = 6 * 3600  # long enough for a form left open a while; a key is ra
 
 
 # --- access ---------------------------------------------------------------------------------------------
-
-
-def provider_org(request: HttpRequest) -> Organization:
-    """The caller's provider organisation; a customer organisation (or none) has no provider pages."""
-    org: Organization | None = getattr(request, "org", None)
-    if org is None or not org.is_provider:
-        raise PermissionDenied
-    return org
-
-
-def _can_operate(request: HttpRequest) -> bool:
-    return has_role(request, OPERATE)
-
-
-def _require_operate(request: HttpRequest) -> None:
-    if not _can_operate(request):
-        raise PermissionDenied
 
 
 def _offer(org: Organization, offer_id: int) -> Offer:
@@ -312,7 +294,7 @@ def offer_list(request: HttpRequest) -> HttpResponse:
         "live": sum(1 for offer in offers if offer.delisted_at is None),
         "unlisted": list(unlisted[:50]),
         "has_servers": scoped(Server, org).exists(),
-        "can_operate": _can_operate(request),
+        "can_operate": can_operate(request),
     }
     return render(request, "marketplace/provider/offer_list.html", context)
 
@@ -322,7 +304,7 @@ def offer_list(request: HttpRequest) -> HttpResponse:
 def offer_new(request: HttpRequest) -> HttpResponse:
     """The form that lists one of the organisation's servers."""
     org = provider_org(request)
-    _require_operate(request)
+    require_operate(request)
     if request.method != "POST":
         initial = {}
         if (wanted := request.GET.get("server", "")).isascii() and wanted.isdigit():
@@ -351,7 +333,7 @@ def offer_edit(request: HttpRequest, offer_id: int) -> HttpResponse:
     """New prices, minimum, end or currency for a live offer. Running leases keep the prices they started at."""
     org = provider_org(request)
     offer = _offer(org, offer_id)
-    _require_operate(request)
+    require_operate(request)
     if offer.delisted_at is not None:
         messages.error(request, _("A delisted offer cannot change."))
         return HttpResponseRedirect(reverse("marketplace:provider_offers"))
@@ -376,7 +358,7 @@ def offer_delist(request: HttpRequest, offer_id: int) -> HttpResponse:
     """Take the offer off the storefront; running leases go on. Idempotent, so a second press changes nothing."""
     org = provider_org(request)
     offer = _offer(org, offer_id)
-    _require_operate(request)
+    require_operate(request)
     services.offer_delist(offer=offer)
     messages.success(
         request,

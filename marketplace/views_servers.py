@@ -30,8 +30,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from accounts.access import Actor
 from accounts.errors import InvalidInput, InvalidTransition, NotAllowed, NotFound
 from accounts.formfields import AsciiIntegerField
-from accounts.models import Organization
-from accounts.permissions import OPERATE, has_role
+from accounts.permissions import can_operate, provider_org, require_operate
 from inventory import selectors, services
 from inventory.access import access_server
 from inventory.models import Gpu, Runtime, Server
@@ -54,23 +53,6 @@ SERVICE_MESSAGES = (
 
 
 # --- access ---------------------------------------------------------------------------------------------
-
-
-def _provider_org(request: HttpRequest) -> Organization:
-    """The caller's provider organisation; a customer organisation (or none) may not see server pages."""
-    org: Organization | None = getattr(request, "org", None)
-    if org is None or not org.is_provider:
-        raise PermissionDenied
-    return org
-
-
-def _can_operate(request: HttpRequest) -> bool:
-    return has_role(request, OPERATE)
-
-
-def _require_operate(request: HttpRequest) -> None:
-    if not _can_operate(request):
-        raise PermissionDenied
 
 
 def _server(request: HttpRequest, server_id: int) -> Server:
@@ -303,10 +285,10 @@ def _chart_text() -> dict[str, str]:
 @require_http_methods(["GET", "HEAD", "POST"])
 def server_list(request: HttpRequest) -> HttpResponse:
     """The organisation's servers with a tile per card, and the form that registers one more."""
-    org = _provider_org(request)
+    org = provider_org(request)
     form = ServerRegisterForm()
     if request.method == "POST":
-        _require_operate(request)
+        require_operate(request)
         form = ServerRegisterForm(request.POST)
         if form.is_valid():
             try:
@@ -329,7 +311,7 @@ def server_list(request: HttpRequest) -> HttpResponse:
         }
         for server in selectors.servers_for_org(org=org).order_by("name", "id")
     ]
-    context = {"org": org, "servers": servers, "form": form, "can_operate": _can_operate(request)}
+    context = {"org": org, "servers": servers, "form": form, "can_operate": can_operate(request)}
     return render(request, "marketplace/servers/list.html", context, status=400 if form.errors else 200)
 
 
@@ -342,7 +324,7 @@ def server_detail(request: HttpRequest, server_id: int) -> HttpResponse:
         **_grid_context(server),
         "org": request.org,  # type: ignore[attr-defined]
         "status_label": STATUS_LABELS.get(server.status, server.status),
-        "can_operate": _can_operate(request),
+        "can_operate": can_operate(request),
         "token": token,
         "install_command": (
             agent_install_command(url=platform_url(request), token=token, force=server.enrolled_at is not None)
@@ -378,7 +360,7 @@ def server_tiles(request: HttpRequest, server_id: int) -> HttpResponse:
 def server_enrollment_token(request: HttpRequest, server_id: int) -> HttpResponse:
     """A fresh enrolment token (the previous one stops working), shown once on the server page."""
     server = _server(request, server_id)
-    _require_operate(request)
+    require_operate(request)
     try:
         server, token = services.server_enrollment_token_issue(server=server)
     except InvalidTransition as exc:
@@ -394,7 +376,7 @@ def server_enrollment_token(request: HttpRequest, server_id: int) -> HttpRespons
 def server_drain(request: HttpRequest, server_id: int) -> HttpResponse:
     """Stop new leases on the server. Idempotent, so a second press changes nothing."""
     server = _server(request, server_id)
-    _require_operate(request)
+    require_operate(request)
     services.server_drain(server=server, reason=(request.POST.get("reason") or "").strip()[:200])
     messages.success(request, _("%(name)s is drained: no new leases start on it.") % {"name": server.name})
     return HttpResponseRedirect(reverse("marketplace:server_detail", args=[server.pk]))
@@ -405,7 +387,7 @@ def server_drain(request: HttpRequest, server_id: int) -> HttpResponse:
 def server_undrain(request: HttpRequest, server_id: int) -> HttpResponse:
     """Accept new leases on the server again. Idempotent."""
     server = _server(request, server_id)
-    _require_operate(request)
+    require_operate(request)
     services.server_undrain(server=server)
     messages.success(request, _("%(name)s accepts new leases again.") % {"name": server.name})
     return HttpResponseRedirect(reverse("marketplace:server_detail", args=[server.pk]))

@@ -15,7 +15,6 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
@@ -26,7 +25,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from accounts.access import Actor
 from accounts.errors import InvalidInput, NotFound
-from accounts.permissions import OPERATE, has_role
+from accounts.permissions import can_operate, require_operate
 from marketplace.forms import describe_errors
 from marketplace.forms_workloads import SshKeyForm, WorkloadActionForm, workload_message
 from marketplace.polling import poll_login_required
@@ -148,7 +147,7 @@ def workload_panel(request: HttpRequest, lease: Lease) -> dict[str, Any] | None:
         # Ask again while a workload is on its way somewhere (or a stop is not carried out yet).
         "poll": active and (not rows or any(row.passing or row.stop_asked for row in rows)),
         "poll_seconds": POLL_SECONDS,
-        "can_act": active and has_role(request, OPERATE),
+        "can_act": active and can_operate(request),
         "action_form": WorkloadActionForm(),
     }
 
@@ -182,8 +181,7 @@ def _workload_action(request: HttpRequest, lease_id: int, workload_id: int, verb
         workload = access.access_workload(lease, workload_id)
     except NotFound:
         raise Http404 from None
-    if not has_role(request, OPERATE):
-        raise PermissionDenied
+    require_operate(request)
     form = WorkloadActionForm(request.POST)
     form.is_valid()
     act = services.workload_restart if verb == "restart" else services.workload_stop
