@@ -1,3 +1,6 @@
+"""Root URLs: the API v1 routes of every app, the schema and docs, admin, allauth, health, metrics, the Stripe
+webhook and the pages; JSON or page answers for 400/403/404/500."""
+
 import sys
 
 from allauth.account.decorators import secure_admin_login
@@ -23,6 +26,7 @@ admin.site.login = secure_admin_login(admin.site.login)  # type: ignore[method-a
 api_v1 = [
     path("", include("accounts.urls")),
     path("", include("inventory.urls")),
+    path("", include("scheduler.urls")),
     path("", include("workloads.urls")),
     path("", include("marketplace.api_urls")),
     path("", include("billing.urls_payments")),

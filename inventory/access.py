@@ -20,11 +20,14 @@ def servers_of(actor: Actor) -> QuerySet[Server]:
     return with_details(Server.objects.for_org(actor.org)).order_by("id")
 
 
-def access_server(actor: Actor, server_id: object, *, for_update: bool = False) -> Server:
-    """The actor's server `server_id`, with its model and cards; NotFound otherwise."""
+def access_server(
+    actor: Actor, server_id: object, *, for_update: bool = False, cards: QuerySet[Gpu] | None = None
+) -> Server:
+    """The actor's server `server_id`, with its model and cards (`cards`: see selectors.with_details); NotFound
+    otherwise."""
     if for_update:
         return access_one(visible(Server.objects.all(), actor), server_id, "server", for_update=True)
-    return access_one(with_details(visible(Server.objects.all(), actor)), server_id, "server")
+    return access_one(with_details(visible(Server.objects.all(), actor), cards=cards), server_id, "server")
 
 
 def access_gpu(actor: Actor, gpu_id: object, *, for_update: bool = False) -> Gpu:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, mixins, status
 from rest_framework.decorators import action
@@ -14,7 +15,7 @@ from accounts.apiviews import TenantViewSet
 from accounts.permissions import OPERATE, HasOrganization, IsProvider, role_required
 from inventory import selectors, services
 from inventory.access import access_server
-from inventory.models import Server
+from inventory.models import Gpu, Server
 from inventory.serializers import (
     DrainInput,
     GpuModelOutput,
@@ -41,7 +42,8 @@ class GpuModelListApi(generics.ListAPIView):
 class ServerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewSet):
     """A provider's servers. Reads: any member; writes: owner, admin or member of a provider organisation.
 
-    The queryset is always the caller's organisation's (TenantViewSet), so another tenant's id is 404.
+    The queryset is always the caller's organisation's (TenantViewSet), so another tenant's id is 404. Routed by
+    the scheduler's subclass (scheduler/servers_api.py), which adds whether a lease holds each card (`cards`).
     """
 
     model = Server
@@ -53,12 +55,16 @@ class ServerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantView
             return Server.objects.none()
         return super().get_queryset()
 
+    def cards(self) -> QuerySet[Gpu] | None:
+        """The cards each server is shown with (None: inventory's own, in index order)."""
+        return None
+
     def scope_queryset(self, queryset):
-        return selectors.with_details(queryset).order_by("id")
+        return selectors.with_details(queryset, cards=self.cards()).order_by("id")
 
     def get_object(self) -> Server:
         """The caller's server (any one for a staff read); another tenant's id is 404 like an unknown one."""
-        return access_server(Actor.of(self.request), self.kwargs["pk"])
+        return access_server(Actor.of(self.request), self.kwargs["pk"], cards=self.cards())
 
     def get_serializer_class(self):
         return ServerOutput if self.action == "list" else ServerDetail

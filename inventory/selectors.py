@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from django.apps import apps
-from django.db.models import BooleanField, Exists, OuterRef, Prefetch, QuerySet, Value
-from django.db.models.functions import Now
+from django.db.models import Prefetch, QuerySet
 from django.utils import timezone
 
 from accounts.errors import InvalidInput
@@ -26,24 +24,12 @@ def servers_for_org(*, org: Organization | None) -> QuerySet[Server]:
     return with_details(scoped(Server, org)).order_by("id")
 
 
-def with_details(queryset: QuerySet[Server]) -> QuerySet[Server]:
-    """`queryset` with what the server views show joined or prefetched (model, cards in index order, each
-    annotated `allocated`)."""
+def with_details(queryset: QuerySet[Server], *, cards: QuerySet[Gpu] | None = None) -> QuerySet[Server]:
+    """`queryset` with what the server views show joined or prefetched: the model, and the cards in index order
+    (`cards`, when a layer above adds to them: the scheduler's `allocated`, see scheduler.selectors)."""
     return queryset.select_related("gpu_model").prefetch_related(
-        Prefetch("gpus", queryset=Gpu.objects.order_by("index").annotate(allocated=held_now()))
+        Prefetch("gpus", queryset=cards if cards is not None else Gpu.objects.order_by("index"))
     )
-
-
-def held_now() -> Exists | Value:
-    """Whether the outer query's card is held by a lease at this instant.
-
-    Inventory sits below the scheduler and never imports it; the allocation table is reached through the app
-    registry instead (False where the scheduler is not installed).
-    """
-    if not apps.is_installed("scheduler"):
-        return Value(False, output_field=BooleanField())
-    allocation = apps.get_model("scheduler", "Allocation")
-    return Exists(allocation.objects.filter(gpu_id=OuterRef("pk"), period__contains=Now()))
 
 
 MAX_POINTS = 2000

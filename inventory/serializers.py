@@ -29,7 +29,7 @@ class GpuModelOutput(serializers.ModelSerializer):
 
 
 class GpuOutput(serializers.ModelSerializer):
-    # Whether a lease holds the card now: the `allocated` annotation of inventory.selectors.with_details.
+    # Whether a lease holds the card now: the `allocated` annotation of scheduler.selectors.cards_with_allocated.
     allocated = serializers.SerializerMethodField()
 
     class Meta:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from django.db.backends.postgresql.psycopg_any import DateTimeTZRange
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Sum
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from accounts.errors import InvalidInput
@@ -38,6 +39,13 @@ class Filters:
     # needs an offer that grants it.
     runtime: str = ""
     host_access: bool = False
+
+
+def cards_with_allocated() -> QuerySet[Gpu]:
+    """A server's cards in index order, each annotated `allocated`: held by a lease at this instant. The server
+    API passes it to inventory's `with_details` (scheduler/servers_api.py); inventory cannot know of allocations."""
+    held = Exists(Allocation.objects.filter(gpu_id=OuterRef("pk"), period__contains=Now()))
+    return Gpu.objects.order_by("index").annotate(allocated=held)
 
 
 def period_range(start: datetime, end: datetime | None) -> DateTimeTZRange:
