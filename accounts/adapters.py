@@ -1,3 +1,5 @@
+"""django-allauth's adapter: where a login lands, and the client address its rate limits count by."""
+
 from allauth.account.adapter import DefaultAccountAdapter
 from django.http import HttpRequest
 

@@ -1,3 +1,6 @@
+"""Staff admin for users, organisations, memberships and API keys; `TenantAdmin`, the staff policy's base for
+every tenant-owned model's admin."""
+
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 

@@ -1,3 +1,5 @@
+"""The account endpoints of API.md (Auth): register, token, API keys, organisations, members, staff approval."""
+
 from __future__ import annotations
 
 from drf_spectacular.utils import extend_schema

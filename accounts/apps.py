@@ -1,3 +1,6 @@
+"""App configs: accounts (registers its system checks and the OpenAPI auth extension) and the admin on the site
+that applies the staff policy."""
+
 from django.apps import AppConfig
 from django.contrib.admin import apps as admin_apps
 

@@ -1,3 +1,5 @@
+"""API authentication by `Authorization: Bearer <API key>` (keys in accounts/keys.py)."""
+
 from __future__ import annotations
 
 from datetime import timedelta

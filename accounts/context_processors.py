@@ -1,3 +1,5 @@
+"""Template context: the organisation the page acts for and the user's other memberships (the switcher)."""
+
 from django.http import HttpRequest
 
 

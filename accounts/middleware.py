@@ -1,3 +1,6 @@
+"""Request middleware: the page's organisation on `request.org`, the API body size limit, and a lost database
+answered 503 instead of 500."""
+
 from collections.abc import Callable
 
 from django import db

@@ -1,3 +1,5 @@
+"""The API's page-number pagination, with page and page_size read as ASCII digits (accounts/inputs.py)."""
+
 from rest_framework.pagination import PageNumberPagination
 
 from accounts.inputs import query_int

@@ -1,3 +1,5 @@
+"""Reads of accounts: a user's memberships, the organisations they see (the staff policy), their API keys."""
+
 from __future__ import annotations
 
 from django.db.models import QuerySet

@@ -1,3 +1,6 @@
+"""Input and output shapes of the account API, and the strict bases every API input builds on (unknown fields
+refused, the platform's input bounds, related ids resolved through the access layer)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -1,3 +1,5 @@
+"""Housekeeping of API state: expired Idempotency-Key records."""
+
 from django.utils import timezone
 
 from accounts.models import IdempotencyRecord

@@ -1,3 +1,5 @@
+"""Celery tasks of accounts: purge expired API state (beat); tell an e-mail's owner someone tried to register it."""
+
 from celery import shared_task
 
 from accounts.services_maintenance import purge_expired

@@ -1,3 +1,5 @@
+"""API routes of accounts: registration, tokens, API keys and organisations."""
+
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 

@@ -1,3 +1,5 @@
+"""App config of billing."""
+
 from django.apps import AppConfig
 
 

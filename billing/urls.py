@@ -1,3 +1,5 @@
+"""API routes of billing: invoices and a lease's usage."""
+
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 

@@ -1,3 +1,5 @@
+"""API route of an invoice's payment (Stripe)."""
+
 from django.urls import path
 
 from billing import payments_api

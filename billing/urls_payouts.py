@@ -1,3 +1,5 @@
+"""API routes of provider payouts and the staff reconciliation report."""
+
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 

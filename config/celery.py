@@ -1,3 +1,5 @@
+"""The Celery app, configured from the Django settings (`CELERY_*`); beat's schedule is in settings."""
+
 import os
 from pathlib import Path
 

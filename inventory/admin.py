@@ -1,3 +1,5 @@
+"""Staff admin for the GPU catalogue, servers (drain, undrain) and cards."""
+
 from django.contrib import admin, messages
 
 from accounts.admin import TenantAdmin

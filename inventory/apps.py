@@ -1,3 +1,5 @@
+"""App config of the inventory."""
+
 from django.apps import AppConfig
 
 

@@ -1,3 +1,5 @@
+"""API routes of the marketplace: offers."""
+
 from rest_framework.routers import SimpleRouter
 
 from marketplace import api

@@ -1,3 +1,5 @@
+"""App config of the marketplace."""
+
 from django.apps import AppConfig
 
 

@@ -1,3 +1,6 @@
+"""The web pages' routes: home, dashboard, offers, leases and their workloads, SSH keys, servers, the
+provider's offers and earnings, the staff pages (invoices and organisations have their own, billing/ and accounts/)."""
+
 from django.urls import path
 
 from billing import views as billing_views

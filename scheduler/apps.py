@@ -1,3 +1,5 @@
+"""App config of the scheduler."""
+
 from django.apps import AppConfig
 
 

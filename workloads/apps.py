@@ -1,3 +1,5 @@
+"""App config of the workloads."""
+
 from django.apps import AppConfig
 
 

@@ -1,3 +1,6 @@
+"""API routes of the workloads layer: leases (with their workloads), SSH keys, templates, and the agent's
+signed reports and desired-state read."""
+
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 

@@ -1,3 +1,5 @@
+"""`manage.py close_period YYYY-MM`: invoices and provider statements for a month that is over."""
+
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.errors import DomainError

@@ -1,3 +1,5 @@
+"""`manage.py meter`: usage records for every allocation slot that is over (beat: billing.meter)."""
+
 from django.core.management.base import BaseCommand
 from django.utils.dateparse import parse_datetime
 

@@ -1,3 +1,6 @@
+"""`manage.py reconcile YYYY-MM`: a closed month's usage, invoices, payments and payouts checked against each
+other."""
+
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError

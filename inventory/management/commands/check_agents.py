@@ -1,3 +1,5 @@
+"""`manage.py check_agents`: servers whose agent went silent become unreachable (beat: inventory.check_agents)."""
+
 from django.core.management.base import BaseCommand
 
 from inventory import services

@@ -1,3 +1,5 @@
+"""`manage.py telemetry_maintain`: raw telemetry partitions made ahead and expired ones dropped."""
+
 from django.core.management.base import BaseCommand
 
 from inventory import telemetry

@@ -1,3 +1,5 @@
+"""`manage.py telemetry_rollup`: raw GPU samples into the 1-minute and 1-hour roll-ups."""
+
 from django.core.management.base import BaseCommand
 
 from inventory import telemetry

@@ -1,3 +1,5 @@
+"""`manage.py run_leases`: the scheduler's periodic pass over leases (beat: scheduler.run_leases)."""
+
 from django.core.management.base import BaseCommand
 
 from scheduler import services

@@ -1,3 +1,5 @@
+"""`manage.py check_workloads`: start and clean timeouts of workloads (beat: workloads.check_workloads)."""
+
 from django.core.management.base import BaseCommand
 
 from workloads import services
