@@ -4,24 +4,21 @@ A statement is paid once. The database allows one live (pending or paid) payout 
 the services below lock the statement row, refuse a statement that is paid or has nothing to pay (net <= 0),
 make the payout and mark the statement `paid` in one transaction.
 
-Stripe Connect: the transfer carries an idempotency key derived from the statement and its attempt
-(`suanli-statement-<id>-payout-<n>`, n = failed payouts so far + 1), so a retry after a crash between Stripe's
-answer and our commit gets the same transfer back instead of a second one (Stripe keeps a key for at least
-24 hours; the SDK's own retries resend the same key). A transfer Stripe refuses is recorded as a `failed` payout
-(with Stripe's message) and the next attempt uses a new key. Providers Stripe Connect cannot pay (no
-`ProviderTerms.stripe_account`, e.g. in mainland China) are settled by bank: staff pay them outside Suanli and
-record the bank reference here.
+Stripe Connect (the transfer is made by billing/stripe_gateway.py): it carries an idempotency key derived from
+the statement and its attempt (`suanli-statement-<id>-payout-<n>`, n = failed payouts so far + 1), so a retry
+after a crash between Stripe's answer and our commit gets the same transfer back instead of a second one (Stripe
+keeps a key for at least 24 hours; the SDK's own retries resend the same key). A transfer Stripe refuses is
+recorded as a `failed` payout (with Stripe's message) and the next attempt uses a new key. Providers Stripe
+Connect cannot pay (no `ProviderTerms.stripe_account`, e.g. in mainland China) are settled by bank: staff pay
+them outside Suanli and record the bank reference here.
 
 Lock order: the statement row, for the length of the Stripe call, so concurrent senders make one transfer.
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
 from typing import Any
 
-import stripe
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from rest_framework import status
@@ -35,8 +32,6 @@ from billing.payments import payments_configured_check
 
 # Why these services run across tenants while a request is handled (accounts/tenancy.py).
 _PLATFORM = "staff pay any provider's statement"
-
-logger = logging.getLogger(__name__)
 
 
 class BankSettlementRequired(Conflict):
@@ -52,15 +47,6 @@ class PayoutRefused(DomainError):
 
     status_code = status.HTTP_502_BAD_GATEWAY
     code = "payout_failed"
-
-
-@dataclass(frozen=True)
-class Transfer:
-    id: str
-    amount: int  # minor units
-    currency: str  # upper case
-    destination: str
-    reversed: bool
 
 
 def _staff_check(by: User | None, *, required: bool) -> None:
@@ -131,9 +117,9 @@ def payout_send(*, statement: ProviderStatement, by: User | None = None) -> Payo
         payments_configured_check()
         attempt = locked.payouts.filter(state=Payout.State.FAILED).count() + 1
         try:
-            transfer = transfer_create(statement=locked, destination=account, attempt=attempt)
-        except TransferRefused as exc:
-            refused = exc.message
+            transfer = gateway.transfer_create(statement=locked, destination=account, attempt=attempt)
+        except gateway.StripeRefused as exc:
+            refused = exc.reason
             Payout.objects.create(
                 statement=locked,
                 organization_id=locked.organization_id,
@@ -169,66 +155,3 @@ def payout_record_bank(*, statement: ProviderStatement, reference: str, by: User
         payout = _paid(locked, method=Payout.Method.BANK, reference=reference, recorded_by=by)
     statement.state = locked.state
     return payout
-
-
-# --- Stripe Connect (the rest of the Stripe calls live in billing/stripe_gateway.py) ------------------------
-
-
-class TransferRefused(Exception):
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
-
-
-def _transfer(found: Any) -> Transfer:
-    obj = found.to_dict() if hasattr(found, "to_dict") else dict(found)
-    return Transfer(
-        id=obj["id"],
-        amount=int(obj["amount"]),
-        currency=str(obj["currency"]).upper(),
-        destination=str(obj.get("destination") or ""),
-        reversed=bool(obj.get("reversed")),
-    )
-
-
-def _stripe(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call the SDK; Stripe's own refusals (4xx other than 409/429) are TransferRefused, the rest unavailable."""
-    try:
-        return fn(*args, **kwargs)
-    except (stripe.InvalidRequestError, stripe.PermissionError) as exc:
-        logger.warning("stripe: %s refused: %s (request %s)", what, exc, getattr(exc, "request_id", None))
-        raise TransferRefused(getattr(exc, "user_message", None) or str(exc)) from exc
-    except stripe.StripeError as exc:
-        logger.warning("stripe: %s failed: %s (request %s)", what, exc, getattr(exc, "request_id", None))
-        message = getattr(exc, "user_message", None) or "Stripe could not be reached; try again."
-        raise gateway.StripeUnavailable(message) from exc
-
-
-def transfer_create(*, statement: ProviderStatement, destination: str, attempt: int) -> Transfer:
-    """A Connect transfer of the statement's net to `destination`; the same statement and attempt always get the
-    same transfer."""
-    currency = statement.currency.upper()
-    params = {
-        "amount": gateway.to_minor_units(statement.net, currency),
-        "currency": currency.lower(),
-        "destination": destination,
-        "transfer_group": f"suanli-statement-{statement.pk}",
-        "description": f"Suanli payout {statement.period}",
-        "metadata": {
-            "statement_id": str(statement.pk),
-            "organization_id": str(statement.organization_id),
-            "period": statement.period,
-        },
-    }
-    obj = _stripe(
-        "transfer create",
-        gateway.client().v1.transfers.create,
-        params=params,
-        options={"idempotency_key": f"suanli-statement-{statement.pk}-payout-{attempt}"},
-    )
-    return _transfer(obj)
-
-
-def transfer_retrieve(transfer_id: str) -> Transfer:
-    """Raises TransferRefused for an id Stripe does not know, StripeUnavailable when it cannot be reached."""
-    return _transfer(_stripe("transfer retrieve", gateway.client().v1.transfers.retrieve, transfer_id))

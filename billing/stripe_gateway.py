@@ -1,12 +1,15 @@
-"""The one module that talks to Stripe: customers, PaymentIntents and webhook signatures.
+"""The one module that talks to Stripe: customers, PaymentIntents, Connect transfers and webhook signatures.
 
 Everything else in Suanli speaks `Decimal` and our own rows; Stripe's minor units, ids and SDK objects stay in
 here. Each write to Stripe carries an idempotency key derived from our own row (the organisation, the invoice
-and its attempt), so a retry after a crash between Stripe's answer and our commit gets the same object back
-instead of a second one (Stripe keeps a key for at least 24 hours).
+or the provider statement, and its attempt), so a retry after a crash between Stripe's answer and our commit
+gets the same object back instead of a second one (Stripe keeps a key for at least 24 hours).
 
-Calls fail with `StripeUnavailable` (network trouble or Stripe said no). It is deliberately not a DomainError:
-the API turns it into a 502 outside the Idempotency-Key record, so a transient fault is never replayed.
+Every SDK call goes through `_call`, the one place Stripe's errors are wrapped: `StripeRefused` where Stripe
+answered and said no (an invalid request, an unknown id, a permission the account lacks), `StripeUnavailable`
+(its base) for the rest (network trouble, Stripe's own faults, online payments not configured). Neither is a
+DomainError: the API turns them into `PaymentProviderError` (502) outside the Idempotency-Key record, so a
+transient fault is never replayed.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ from typing import Any
 import stripe
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from rest_framework import status
 
+from accounts.errors import DomainError
 from accounts.models import Organization
-from billing.models import Invoice, StripeCustomer
+from billing.models import Invoice, ProviderStatement, StripeCustomer
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +55,33 @@ PAYMENT_METHOD_TYPES: dict[str, tuple[str, ...]] = {
 PAYMENT_METHOD_OPTIONS: dict[str, dict[str, Any]] = {"wechat_pay": {"client": "web"}}
 
 
+# What a customer is told when Stripe cannot answer; staff paying a provider are told it is Stripe.
+UNREACHABLE = "The payment provider could not be reached; try again."
+UNREACHABLE_FOR_STAFF = "Stripe could not be reached; try again."
+
+
 class StripeUnavailable(Exception):
     """Stripe could not be reached, or refused the request (the message is safe to show)."""
+
+
+class StripeRefused(StripeUnavailable):
+    """Stripe answered and said no (4xx other than 409/429): the same request will be refused again.
+
+    The message is the one shown to a customer (Stripe's `user_message`, else UNREACHABLE); `reason` is Stripe's
+    own words for staff, and `http_status` its answer (404 for an id it does not know).
+    """
+
+    def __init__(self, message: str, *, reason: str, http_status: int | None):
+        super().__init__(message)
+        self.reason = reason
+        self.http_status = http_status
+
+
+class PaymentProviderError(DomainError):
+    """What the API answers for StripeUnavailable (raised by the view, outside its Idempotency-Key record)."""
+
+    status_code = status.HTTP_502_BAD_GATEWAY
+    code = "payment_provider_error"
 
 
 class SignatureInvalid(Exception):
@@ -106,13 +136,20 @@ def client() -> stripe.StripeClient:
     return _client(settings.STRIPE_SECRET_KEY, settings.STRIPE_API_BASE or "")
 
 
-def _call(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+def _call(what: str, fn: Any, *args: Any, unreachable: str = UNREACHABLE, **kwargs: Any) -> Any:
+    """`fn(*args, **kwargs)` of the SDK, its errors wrapped (the one place they are): StripeRefused for Stripe's own
+    refusals, StripeUnavailable with `unreachable` (or Stripe's user_message) for the rest."""
     try:
         return fn(*args, **kwargs)
+    except (stripe.InvalidRequestError, stripe.PermissionError) as exc:
+        logger.warning("stripe: %s refused: %s (request %s)", what, exc, getattr(exc, "request_id", None))
+        user_message = getattr(exc, "user_message", None)
+        raise StripeRefused(
+            user_message or unreachable, reason=user_message or str(exc), http_status=exc.http_status
+        ) from exc
     except stripe.StripeError as exc:
         logger.warning("stripe: %s failed: %s (request %s)", what, exc, getattr(exc, "request_id", None))
-        message = getattr(exc, "user_message", None) or "The payment provider could not be reached; try again."
-        raise StripeUnavailable(message) from exc
+        raise StripeUnavailable(getattr(exc, "user_message", None) or unreachable) from exc
 
 
 def _intent(obj: Any) -> Intent:
@@ -190,6 +227,77 @@ def payment_intent_cancel(intent_id: str) -> Intent:
 
 def payment_intent_retrieve(intent_id: str) -> Intent:
     return _intent(_call("payment intent retrieve", client().v1.payment_intents.retrieve, intent_id))
+
+
+def payment_intent_settlement(intent_id: str) -> dict[str, Any]:
+    """The PaymentIntent as plain JSON with its latest charge's balance transaction expanded (reconciliation reads
+    what Stripe says it took)."""
+    intent = _call(
+        "payment intent retrieve",
+        client().v1.payment_intents.retrieve,
+        intent_id,
+        params={"expand": ["latest_charge.balance_transaction"]},
+    )
+    return intent.to_dict()
+
+
+# --- Stripe Connect: paying providers -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Transfer:
+    id: str
+    amount: int  # minor units
+    currency: str  # upper case
+    destination: str
+    reversed: bool
+
+
+def _transfer(found: Any) -> Transfer:
+    obj = found.to_dict() if hasattr(found, "to_dict") else dict(found)
+    return Transfer(
+        id=obj["id"],
+        amount=int(obj["amount"]),
+        currency=str(obj["currency"]).upper(),
+        destination=str(obj.get("destination") or ""),
+        reversed=bool(obj.get("reversed")),
+    )
+
+
+def transfer_create(*, statement: ProviderStatement, destination: str, attempt: int) -> Transfer:
+    """A Connect transfer of the statement's net to `destination`; the same statement and attempt always get the
+    same transfer. StripeRefused when Stripe says no (e.g. the account cannot receive transfers)."""
+    currency = statement.currency.upper()
+    params = {
+        "amount": to_minor_units(statement.net, currency),
+        "currency": currency.lower(),
+        "destination": destination,
+        "transfer_group": f"suanli-statement-{statement.pk}",
+        "description": f"Suanli payout {statement.period}",
+        "metadata": {
+            "statement_id": str(statement.pk),
+            "organization_id": str(statement.organization_id),
+            "period": statement.period,
+        },
+    }
+    obj = _call(
+        "transfer create",
+        client().v1.transfers.create,
+        params=params,
+        options={"idempotency_key": f"suanli-statement-{statement.pk}-payout-{attempt}"},
+        unreachable=UNREACHABLE_FOR_STAFF,
+    )
+    return _transfer(obj)
+
+
+def transfer_retrieve(transfer_id: str) -> Transfer:
+    """StripeRefused for an id Stripe does not know, StripeUnavailable when it cannot be reached."""
+    return _transfer(
+        _call("transfer retrieve", client().v1.transfers.retrieve, transfer_id, unreachable=UNREACHABLE_FOR_STAFF)
+    )
+
+
+# --- webhooks -------------------------------------------------------------------------------------------------
 
 
 def event_verify(payload: bytes, signature_header: str | None) -> dict[str, Any]:

@@ -1,0 +1,105 @@
+"""What a reconciliation returns: its totals per currency, counts and mismatches (`Reconciliation`, `Mismatch`),
+the mismatches as CSV (`mismatches_csv`), and the few reads every check shares (the month's usage records)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import QuerySet
+
+from billing.invoicing import Period
+from billing.models import Payment, UsageRecord
+
+MAX_IDS = 100
+ZERO = Decimal(0)
+RECEIVED = (Payment.State.SUCCEEDED, Payment.State.REFUNDED)
+TOTAL_FIELDS = (
+    "metered",
+    "invoiced_subtotal",
+    "sla_credits",
+    "invoiced",
+    "tax",
+    "invoiced_total",
+    "paid",
+    "open",
+    "void",
+    "draft",
+    "payments_received",
+    "refunded",
+    "credit_notes",
+    "provider_gross",
+    "commission",
+    "provider_credits",
+    "provider_net",
+    "paid_out",
+)
+CSV_COLUMNS = ["period", "kind", "currency", "message", "objects"]
+
+
+@dataclass
+class Mismatch:
+    kind: str
+    message: str
+    currency: str = ""
+    objects: dict[str, list[Any]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "message": self.message, "currency": self.currency, "objects": self.objects}
+
+    def objects_text(self) -> str:
+        return "; ".join(f"{name}={','.join(str(v) for v in values)}" for name, values in self.objects.items())
+
+
+@dataclass
+class Reconciliation:
+    period: str
+    totals: dict[str, dict[str, Decimal]] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    stripe: dict[str, int] = field(default_factory=dict)
+    mismatches: list[Mismatch] = field(default_factory=list)
+    checked_at: datetime | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches
+
+    def total(self, currency: str) -> dict[str, Decimal]:
+        return self.totals.setdefault(currency, dict.fromkeys(TOTAL_FIELDS, ZERO))
+
+    def add(self, kind: str, message: str, currency: str = "", **objects: list[Any]) -> None:
+        cut = {name: list(values)[:MAX_IDS] for name, values in objects.items() if values}
+        self.mismatches.append(Mismatch(kind=kind, message=message, currency=currency, objects=cut))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "period": self.period,
+            "ok": self.ok,
+            "checked_at": self.checked_at.isoformat() if self.checked_at else None,
+            "totals": {cur: {k: str(v) for k, v in t.items()} for cur, t in sorted(self.totals.items())},
+            "counts": self.counts,
+            "stripe": self.stripe,
+            "mismatches": [m.as_dict() for m in self.mismatches],
+        }
+
+
+def month_usage(period: Period) -> QuerySet[UsageRecord]:
+    return UsageRecord.objects.filter(slot_start__gte=period.start, slot_start__lt=period.end)
+
+
+def first_ids(queryset: QuerySet) -> list[int]:
+    return list(queryset.order_by("id").values_list("id", flat=True)[:MAX_IDS])
+
+
+def mismatches_csv(result: Reconciliation) -> str:
+    """The mismatches as CSV (one row each; `objects` as `name=id,id; name=...`)."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS)
+    for m in result.mismatches:
+        writer.writerow([result.period, m.kind, m.currency, m.message, m.objects_text()])
+    return out.getvalue()
