@@ -7,7 +7,7 @@ from django.contrib import admin, messages
 
 from accounts.admin import TenantAdmin
 from accounts.errors import DomainError
-from billing import invoicing
+from billing import services
 from billing.models import (
     CreditNote,
     Invoice,
@@ -59,7 +59,7 @@ class InvoiceAdmin(ReadOnly, TenantAdmin):
     def void(self, request, queryset):
         for invoice in queryset:
             try:
-                invoicing.invoice_void(invoice=invoice)
+                services.invoice_void(invoice=invoice)
             except DomainError as exc:
                 self.message_user(request, f"{invoice}: {exc.message}", messages.WARNING)
 
@@ -68,7 +68,7 @@ class InvoiceAdmin(ReadOnly, TenantAdmin):
         for invoice in queryset:
             try:
                 amount = (invoice.total * Decimal("0.10")).quantize(Decimal("0.01"))
-                note = invoicing.credit_note_issue(invoice=invoice, amount=amount, reason="goodwill", by=request.user)
+                note = services.credit_note_issue(invoice=invoice, amount=amount, reason="goodwill", by=request.user)
                 self.message_user(request, f"{invoice}: credit note {note.number} of {note.amount} {note.currency}")
             except (DomainError, InvalidOperation) as exc:
                 self.message_user(request, f"{invoice}: {getattr(exc, 'message', exc)}", messages.WARNING)

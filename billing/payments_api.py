@@ -11,24 +11,18 @@ from rest_framework.response import Response
 
 from accounts.access import Actor
 from accounts.apiviews import OrgAPIView
-from accounts.errors import DomainError
 from accounts.parsers import JSONParser
 from accounts.permissions import BILLING, HasOrganization, role_required
 from accounts.tenancy import scoped
-from billing import payments
+from billing import payments, services
 from billing.access import access_invoice
 from billing.models import Invoice
-from billing.stripe_gateway import StripeUnavailable
+from billing.stripe_gateway import PaymentProviderError, StripeUnavailable
 from scheduler.idempotency import HEADER, run_idempotent
 
 IDEMPOTENCY_KEY = OpenApiParameter(
     HEADER, location=OpenApiParameter.HEADER, required=False, description="Retries with the same key replay the answer."
 )
-
-
-class PaymentProviderError(DomainError):
-    status_code = status.HTTP_502_BAD_GATEWAY
-    code = "payment_provider_error"
 
 
 class PaymentStartOutput(serializers.Serializer):
@@ -57,7 +51,7 @@ class InvoicePayView(OrgAPIView):
         payments.payments_configured_check()
 
         def work():
-            start = payments.invoice_pay(invoice=invoice, org=request.org)
+            start = services.invoice_pay(invoice=invoice, org=request.org)
             return status.HTTP_200_OK, PaymentStartOutput(start).data
 
         try:

@@ -17,7 +17,7 @@ from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import mixins, renderers, serializers, status
+from rest_framework import mixins, renderers, serializers
 from rest_framework.decorators import action
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
@@ -25,18 +25,13 @@ from rest_framework.response import Response
 
 from accounts.access import Actor
 from accounts.apiviews import OrgAPIView, TenantViewSet
-from accounts.errors import DomainError, NotAllowed
+from accounts.errors import NotAllowed
 from accounts.permissions import HasOrganization, IsStaff
 from accounts.serializers import StrictSerializer
-from billing import payouts, reconciliation
+from billing import reconciliation, services
 from billing.access import access_statement, statements_with_payouts
 from billing.models import Payout, ProviderStatement
-from billing.stripe_gateway import StripeUnavailable
-
-
-class PaymentProviderError(DomainError):
-    status_code = status.HTTP_502_BAD_GATEWAY
-    code = "payment_provider_error"
+from billing.stripe_gateway import PaymentProviderError, StripeUnavailable
 
 
 class PayoutOutput(serializers.ModelSerializer):
@@ -127,12 +122,10 @@ class PayoutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantView
             raise NotAllowed(IsStaff.message)
         data = PayInput(data=request.data)
         data.is_valid(raise_exception=True)
-        reference = data.validated_data.get("bank_reference")
         try:
-            if reference is not None:
-                payouts.payout_record_bank(statement=statement, reference=reference, by=request.user)
-            else:
-                payouts.payout_send(statement=statement, by=request.user)
+            services.statement_pay(
+                statement=statement, by=request.user, bank_reference=data.validated_data.get("bank_reference")
+            )
         except StripeUnavailable as exc:
             raise PaymentProviderError(str(exc)) from exc
         return Response(self.get_serializer(self.get_object()).data)
@@ -179,7 +172,7 @@ class ReconciliationOutput(serializers.Serializer):
 
 
 class ReconciliationApi(OrgAPIView):
-    """Staff: reconcile a closed month (billing/reconciliation.py). JSON, or CSV of the mismatches."""
+    """Staff: reconcile a closed month (billing/reconciliation/). JSON, or CSV of the mismatches."""
 
     permission_classes = [IsAuthenticated, IsStaff]
     renderer_classes = [renderers.JSONRenderer, CSVRenderer]

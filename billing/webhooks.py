@@ -12,7 +12,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from accounts.errors import error_body
-from billing import payments
+from billing import services
 from billing.stripe_gateway import SignatureInvalid
 
 
@@ -27,7 +27,7 @@ def stripe_webhook(request: HttpRequest) -> JsonResponse:
     except RequestDataTooBig:
         return JsonResponse(error_body("body_too_large", "The request body is too large."), status=400)
     try:
-        receipt = payments.stripe_event_receive(payload=body, signature_header=request.headers.get("Stripe-Signature"))
+        receipt = services.stripe_event_receive(payload=body, signature_header=request.headers.get("Stripe-Signature"))
     except SignatureInvalid as exc:
         return JsonResponse(error_body(exc.code, exc.message), status=400)
     return JsonResponse({"received": receipt.event.event_id, "duplicate": receipt.duplicate})
