@@ -192,7 +192,7 @@ def event_cards(event: LeaseEvent) -> str:
 
 
 def _chart_text() -> dict[str, str]:
-    """The words lease_charts.js shows, in the page's language."""
+    """The words telemetry_charts.js shows, in the page's language."""
     return {
         "card": _("Server {server}, GPU {index}"),
         "loading": _("Loading telemetry…"),

@@ -268,7 +268,7 @@ class ServerRegisterForm(forms.Form):
 
 
 def _chart_text() -> dict[str, str]:
-    """The words server_charts.js shows, in the page's language."""
+    """The words telemetry_charts.js shows, in the page's language."""
     return {
         "card": _("GPU {index}"),
         "loading": _("Loading telemetry…"),

@@ -28,6 +28,6 @@ copy htmx.org dist/htmx.min.js htmx
 # 'unsafe-eval' (the standard build compiles them with `new Function`).
 copy @alpinejs/csp dist/cdn.min.js alpinejs-csp
 copy @picocss/pico css/pico.min.css pico
-# Charts on the provider server pages (static/js/server_charts.js): the script and its stylesheet.
+# Charts on the lease and provider server pages (static/js/telemetry_charts.js): the script and its stylesheet.
 copy uplot dist/uPlot.iife.min.js uplot
 copy uplot dist/uPlot.min.css uplot

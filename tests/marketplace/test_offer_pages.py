@@ -324,7 +324,7 @@ def test_renting_two_cards_creates_a_lease_and_shows_its_page_with_cards_and_cha
     for allocation in lease.allocations.select_related("gpu"):
         assert allocation.gpu.uuid in page
     assert f'data-telemetry-url="/api/v1/leases/{lease.pk}/telemetry/"' in page
-    assert '<script defer src="/static/js/lease_charts.js"></script>' in page
+    assert '<script defer src="/static/js/telemetry_charts.js"></script>' in page
     assert "is yours" in page
 
 

@@ -336,7 +336,7 @@ def test_the_page_loads_the_vendored_chart_library_and_nothing_from_elsewhere(cl
     client.force_login(bob.user)
     body = client.get(f"/servers/{server.pk}/").content.decode()
     assert '<script defer src="/static/vendor/uplot/uPlot.iife.min.js"></script>' in body
-    assert '<script defer src="/static/js/server_charts.js"></script>' in body
+    assert '<script defer src="/static/js/telemetry_charts.js"></script>' in body
     assert 'href="/static/vendor/uplot/uPlot.min.css"' in body
     assert not re.search(r"<script[^>]+src=[\"']?(https?:)?//", body)
     assert not re.search(r"<link[^>]+href=[\"']?(https?:)?//", body)
