@@ -103,6 +103,41 @@ def rate(
     return Rated(quantity=quantity, amount=amount)
 
 
+@dataclass(frozen=True)
+class Estimated:
+    duration: Decimal  # the plan's time: hours, server-months (each month's share of itself), years of 365 days
+    amount: Decimal  # money, rounded once
+
+
+def estimate(
+    *,
+    plan: str,
+    unit_price: Decimal,
+    units: Decimal,
+    start: datetime,
+    end: datetime,
+    zone: ZoneInfo | None = None,
+) -> Estimated:
+    """What holding `units` (cards for card_hour, whole servers for server_month, PFLOPS for pflops_year) over
+    [start, end) at `unit_price` will cost: rated as metering rates it, month by month, and rounded once.
+
+    The one estimate of a price before a lease exists (the rent form's, the API's). An open-ended card-hour lease
+    is estimated for one hour (end = start + 1 hour).
+    """
+    zone = zone or platform_zone()
+    duration = amount = Decimal(0)
+    cursor = start
+    while cursor < end:
+        part_end = min(end, month_bounds(cursor, zone)[1])
+        seconds = _exact_seconds(part_end - cursor)
+        held = rate(plan=plan, seconds=seconds, units=Decimal(1), unit_price=Decimal(0), at=cursor, zone=zone)
+        cost = rate(plan=plan, seconds=seconds, units=units, unit_price=unit_price, at=cursor, zone=zone)
+        duration += held.quantity
+        amount += cost.amount
+        cursor = part_end
+    return Estimated(duration=duration, amount=to_money(amount))
+
+
 def _exact_seconds(delta: timedelta) -> Decimal:
     return Decimal(delta.days * 86400 + delta.seconds) + Decimal(delta.microseconds).scaleb(-6)
 

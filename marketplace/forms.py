@@ -75,18 +75,6 @@ def add_months(start: datetime, months: int) -> datetime:
     return wall.replace(tzinfo=zone).astimezone(UTC)
 
 
-def months_between(start: datetime, end: datetime) -> Decimal:
-    """How many server-months [start, end) bills: each second pro-rated over its calendar month, as rating does."""
-    total = Decimal(0)
-    cursor = start
-    while cursor < end:
-        month_start, month_end = rating.month_bounds(cursor)
-        part_end = min(end, month_end)
-        total += Decimal((part_end - cursor).total_seconds()) / Decimal((month_end - month_start).total_seconds())
-        cursor = part_end
-    return total
-
-
 # --- idempotent submission ----------------------------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ lease would be priced at (scheduler.pricing), with the offer's own price beside 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -30,9 +30,9 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from accounts.models import Organization
 from accounts.permissions import can_operate
-from billing.rating import YEAR_SECONDS, to_money
+from billing import rating
 from inventory.models import Offer
-from marketplace.forms import PLAN_LABELS, OfferSearchForm, RentForm, describe_errors, months_between, service_message
+from marketplace.forms import PLAN_LABELS, OfferSearchForm, RentForm, describe_errors, service_message
 from marketplace.forms_workloads import WorkloadForm
 from marketplace.selectors import OfferQuery, offers_listed
 from scheduler.models import Plan
@@ -224,7 +224,8 @@ class Estimate:
 
 
 def estimate_for(form: RentForm, currency: str) -> Estimate:
-    """Price × quantity × duration, from the offer's price for the plan in `currency` at the lease's FX rate.
+    """Price × quantity × duration (billing.rating.estimate), from the offer's price for the plan in `currency` at
+    the lease's FX rate.
 
     Uses whatever fields validated: a half-filled form gets a prompt instead of a figure. The quantity of a
     server-month is counted as billing counts it (each second against its own calendar month).
@@ -239,10 +240,47 @@ def estimate_for(form: RentForm, currency: str) -> Estimate:
     plan = data.get("plan") or form.chosen_plan
     if not plan:
         return Estimate(message=_("Choose a plan to see an estimate."))
-    interruptible = bool(data.get("interruptible"))
-    price = offer.price(plan, interruptible=interruptible)
+    price = offer.price(plan, interruptible=bool(data.get("interruptible")))
     if price is None:
         return Estimate(message=_("This offer has no interruptible price for this plan."))
+    unit, currency, note = _unit_price(offer, price, currency)
+    start, end = data.get("start") or form.now, data.get("end")
+    if plan == Plan.CARD_HOUR:
+        cards = data.get("gpu_count")
+        if cards is None:
+            return Estimate(message=_("Enter the number of cards to see an estimate."))
+        if end is None or end <= start:
+            return _per_hour(unit, cards, currency, start=start, note=note)
+        figure = rating.estimate(plan=plan, unit_price=unit, units=Decimal(cards), start=start, end=end)
+        breakdown = ngettext(
+            "%(price)s × %(count)s card × %(hours)s h", "%(price)s × %(count)s cards × %(hours)s h", cards
+        ) % {"price": money(unit, currency), "count": cards, "hours": _number(figure.duration, 2)}
+    elif plan == Plan.SERVER_MONTH:
+        months = data.get("months")
+        if months is None or end is None:
+            return Estimate(message=_("Enter the number of months to see an estimate."))
+        figure = rating.estimate(plan=plan, unit_price=unit, units=Decimal(1), start=start, end=end)
+        breakdown = _("%(price)s × %(quantity)s server-months (%(months)s calendar months from the start)") % {
+            "price": money(unit, currency),
+            "quantity": _number(figure.duration, 3),
+            "months": months,
+        }
+    else:
+        pflops, years = data.get("pflops"), data.get("term_years")
+        if pflops is None or years is None or end is None:
+            return Estimate(message=_("Enter the PFLOPS and the term to see an estimate."))
+        figure = rating.estimate(plan=plan, unit_price=unit, units=pflops, start=start, end=end)
+        breakdown = _("%(price)s × %(pflops)s PFLOPS × %(years)s years of 365 days") % {
+            "price": money(unit, currency),
+            "pflops": _number(pflops, 3),
+            "years": _number(figure.duration, 3),
+        }
+    return Estimate(amount=figure.amount, total=money(figure.amount, currency), breakdown=breakdown, note=note)
+
+
+def _unit_price(offer: Offer, price: Decimal, currency: str) -> tuple[Decimal, str, str]:
+    """The offer's price in `currency` at the lease's FX rate (in the offer's own currency where no rate is set),
+    that currency, and a note saying how it was converted."""
     rate = rate_between(offer.currency, currency)
     note = ""
     if rate is None:
@@ -252,52 +290,23 @@ def estimate_for(form: RentForm, currency: str) -> Estimate:
             "price": money(price, offer.currency),
             "rate": formats.number_format(rate, use_l10n=True),
         }
-    unit = converted(price, rate) or Decimal(0)
-    start = data.get("start") or form.now
-    end = data.get("end")
-    if plan == Plan.CARD_HOUR:
-        cards = data.get("gpu_count")
-        if cards is None:
-            return Estimate(message=_("Enter the number of cards to see an estimate."))
-        if end is None or end <= start:
-            per_hour = to_money(unit * cards)
-            return Estimate(
-                amount=per_hour,
-                total=_("%(amount)s per hour") % {"amount": money(per_hour, currency)},
-                breakdown=ngettext("%(price)s × %(count)s card", "%(price)s × %(count)s cards", cards)
-                % {"price": money(unit, currency), "count": cards},
-                message=_("No end chosen: billed per second while the lease runs, until you end it."),
-                per_second=True,
-                note=note,
-            )
-        hours = Decimal((end - start).total_seconds()) / 3600
-        amount = to_money(unit * cards * hours)
-        breakdown = ngettext(
-            "%(price)s × %(count)s card × %(hours)s h", "%(price)s × %(count)s cards × %(hours)s h", cards
-        ) % {"price": money(unit, currency), "count": cards, "hours": _number(hours, 2)}
-    elif plan == Plan.SERVER_MONTH:
-        months = data.get("months")
-        if months is None or end is None:
-            return Estimate(message=_("Enter the number of months to see an estimate."))
-        quantity = months_between(start, end)
-        amount = to_money(unit * quantity)
-        breakdown = _("%(price)s × %(quantity)s server-months (%(months)s calendar months from the start)") % {
-            "price": money(unit, currency),
-            "quantity": _number(quantity, 3),
-            "months": months,
-        }
-    else:
-        pflops, years = data.get("pflops"), data.get("term_years")
-        if pflops is None or years is None or end is None:
-            return Estimate(message=_("Enter the PFLOPS and the term to see an estimate."))
-        quantity = Decimal((end - start).total_seconds()) / YEAR_SECONDS
-        amount = to_money(unit * pflops * quantity)
-        breakdown = _("%(price)s × %(pflops)s PFLOPS × %(years)s years of 365 days") % {
-            "price": money(unit, currency),
-            "pflops": _number(pflops, 3),
-            "years": _number(quantity, 3),
-        }
-    return Estimate(amount=amount, total=money(amount, currency), breakdown=breakdown, note=note)
+    return converted(price, rate) or Decimal(0), currency, note
+
+
+def _per_hour(unit: Decimal, cards: int, currency: str, *, start: datetime, note: str) -> Estimate:
+    """An open-ended card-hour lease: what an hour of its cards costs, billed per second until it ends."""
+    figure = rating.estimate(
+        plan=Plan.CARD_HOUR, unit_price=unit, units=Decimal(cards), start=start, end=start + timedelta(hours=1)
+    )
+    return Estimate(
+        amount=figure.amount,
+        total=_("%(amount)s per hour") % {"amount": money(figure.amount, currency)},
+        breakdown=ngettext("%(price)s × %(count)s card", "%(price)s × %(count)s cards", cards)
+        % {"price": money(unit, currency), "count": cards},
+        message=_("No end chosen: billed per second while the lease runs, until you end it."),
+        per_second=True,
+        note=note,
+    )
 
 
 def _number(value: Decimal, places: int) -> str:
