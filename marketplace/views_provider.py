@@ -14,7 +14,6 @@ the last word and is answered as an error beside the server field.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -23,7 +22,7 @@ from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.cache import cache
-from django.db.models import Case, Count, Exists, IntegerField, OuterRef, QuerySet, Subquery, Sum, Value, When
+from django.db.models import Case, Exists, OuterRef, Value, When
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
@@ -39,8 +38,8 @@ from accounts.models import Organization
 from accounts.permissions import can_operate, provider_org, require_operate
 from accounts.tenancy import scoped
 from billing.invoicing import period_containing, take_rate_of
-from billing.models import MeterRun, Payout, ProviderStatement, UsageRecord
-from billing.rating import to_money
+from billing.models import MeterRun, Payout
+from billing.selectors import provider_month_so_far, provider_statement_totals, provider_statements
 from inventory.access import access_offer
 from inventory.models import PLAN_PRICE_FIELDS, Offer, Server
 from marketplace import selectors, services
@@ -370,57 +369,6 @@ def offer_delist(request: HttpRequest, offer_id: int) -> HttpResponse:
 # --- earnings -------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class MonthSoFar:
-    currency: str
-    gross: Decimal
-    commission: Decimal
-    net: Decimal
-    card_hours: Decimal
-
-
-def statements_of(org: Organization) -> QuerySet[ProviderStatement]:
-    """The organisation's statements, newest month first, each with its live payout's state, method, reference
-    and payment time (a failed payout shows only while no other was made)."""
-    payouts = Payout.objects.filter(statement_id=OuterRef("pk")).order_by(
-        Case(When(state=Payout.State.FAILED, then=Value(1)), default=Value(0), output_field=IntegerField()), "-id"
-    )
-    return (
-        scoped(ProviderStatement, org)
-        .annotate(
-            payout_state=Subquery(payouts.values("state")[:1]),
-            payout_method=Subquery(payouts.values("method")[:1]),
-            payout_reference=Subquery(payouts.values("reference")[:1]),
-            payout_paid_at=Subquery(payouts.values("paid_at")[:1]),
-        )
-        .order_by("-period", "currency", "-id")
-    )
-
-
-def month_so_far(org: Organization, *, now: datetime) -> list[MonthSoFar]:
-    """What the organisation's cards earned this month up to the last meter run, per currency: gross, the
-    commission at its rate, and net before SLA charge-backs (known when the month is closed)."""
-    period = period_containing(now)
-    rows = (
-        UsageRecord.objects.for_provider(org)
-        .filter(slot_start__gte=period.start, slot_start__lt=period.end)
-        .values("currency")
-        .annotate(
-            gross=Sum("amount"),
-            card_seconds=Sum("seconds") - Sum("down_seconds"),
-        )
-        .order_by("currency")
-    )
-    take = take_rate_of(org.pk)
-    result = []
-    for row in rows:
-        gross = to_money(row["gross"] or Decimal(0))
-        commission = to_money(gross * take)
-        card_hours = ((row["card_seconds"] or Decimal(0)) / Decimal(3600)).quantize(Decimal("0.01"))
-        result.append(MonthSoFar(row["currency"], gross, commission, gross - commission, card_hours))
-    return result
-
-
 PAYOUT_LABELS = {
     None: gettext_lazy("Not paid yet"),
     Payout.State.PENDING: gettext_lazy("Payout pending"),
@@ -434,34 +382,15 @@ def earnings(request: HttpRequest) -> HttpResponse:
     """Per month: gross, commission, SLA credits charged back, net and the payout; then this month so far."""
     org = provider_org(request)
     now = timezone.now()
-    statements = list(statements_of(org)[:240])
+    statements = list(provider_statements(org=org)[:240])
     for statement in statements:
-        state = statement.payout_state
-        if state is None and statement.state == ProviderStatement.State.PAID:
-            state = Payout.State.PAID  # settled before payouts were recorded
-        statement.payout_state = state
-        statement.payout_label = PAYOUT_LABELS.get(state, state)
-    # Two queries, not one with a join on payouts: a statement with a failed and a paid payout counts once.
-    paid = dict(
-        scoped(ProviderStatement, org)
-        .filter(payouts__state=Payout.State.PAID)
-        .values("currency")
-        .annotate(paid=Sum("net"))
-        .values_list("currency", "paid")
-    )
-    totals = [
-        {**row, "paid": paid.get(row["currency"], Decimal(0)), "unpaid": row["net"] - paid.get(row["currency"], 0)}
-        for row in scoped(ProviderStatement, org)
-        .values("currency")
-        .annotate(net=Sum("net"), months=Count("id"))
-        .order_by("currency")
-    ]
+        statement.payout_label = PAYOUT_LABELS.get(statement.payout_state, statement.payout_state)
     last_meter = MeterRun.objects.order_by("-until").values_list("until", flat=True).first()
     context = {
         "org": org,
         "statements": statements,
-        "totals": totals,
-        "this_month": month_so_far(org, now=now),
+        "totals": provider_statement_totals(org=org),
+        "this_month": provider_month_so_far(org=org, now=now),
         "this_period": period_containing(now).label,
         "metered_until": last_meter,
         "take_rate_pct": take_rate_of(org.pk) * 100,
