@@ -1,4 +1,4 @@
-"""Staff page: the reconciliation of a closed month (billing/reconciliation.py), with a CSV of its mismatches.
+"""Staff page: the reconciliation of a closed month (billing/reconciliation/), with a CSV of its mismatches.
 
 Only platform staff see it: an anonymous visitor is sent to the login page, anyone else is answered 403 (as the
 other staff pages). `?period=YYYY-MM` picks the month (default: the last one), `&format=csv` downloads the CSV.
