@@ -349,8 +349,8 @@ X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
 # Content-Security-Policy on every response (django-csp). Scripts and styles come from our own origin; the few
 # inline <script>/<style> blocks carry `nonce="{{ request.csp_nonce }}"` (the nonce is in the header only on a
-# response that used it); no inline event handlers, no eval (Alpine is its CSP build, htmx runs with allowEval
-# off). Stripe.js, on the invoice Pay page, loads from js.stripe.com, shows its card fields in frames from there
+# response that used it); no inline event handlers, no eval (htmx runs with allowEval off; our own scripts use
+# none). Stripe.js, on the invoice Pay page, loads from js.stripe.com, shows its card fields in frames from there
 # and talks to api.stripe.com. Swagger UI at /api/docs/ runs under the same policy (templates/api_docs.html).
 _stripe_js = ["https://js.stripe.com", "https://*.js.stripe.com"]
 CONTENT_SECURITY_POLICY = {

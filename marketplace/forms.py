@@ -219,8 +219,8 @@ class RentForm(IdempotentForm):
     of calendar months, pflops_year a term in years, all from the start (a reservation) or now.
     """
 
-    # x-model: Alpine shows the chosen plan's fields (without JavaScript every plan's fields show).
-    plan = forms.ChoiceField(label=gettext_lazy("Plan"), widget=forms.RadioSelect(attrs={"x-model": "plan"}))
+    # The page shows the chosen plan's fields (data-show-when, static/js/suanli.js); without JavaScript, every plan's.
+    plan = forms.ChoiceField(label=gettext_lazy("Plan"), widget=forms.RadioSelect)
     gpu_count = AsciiIntegerField(label=gettext_lazy("Cards"), min_value=1, max_value=16, required=False)
     end_at = forms.DateTimeField(label=gettext_lazy("End (optional, UTC)"), required=False, widget=DATETIME_WIDGET)
     months = AsciiIntegerField(label=gettext_lazy("Months"), min_value=1, max_value=MAX_MONTHS, required=False)

@@ -152,7 +152,7 @@ class WorkloadForm(forms.Form):
             (Access.CONTAINER, gettext_lazy("A container of the image")),
             (Access.HOST, gettext_lazy("SSH onto the bare server")),
         ],
-        widget=forms.RadioSelect(attrs={"x-model": "access"}),
+        widget=forms.RadioSelect,
     )
     ssh_keys = forms.ModelMultipleChoiceField(
         label=gettext_lazy("SSH keys"), queryset=None, required=False, widget=forms.CheckboxSelectMultiple

@@ -12,7 +12,7 @@ fi
 
 dest=static/vendor
 rm -rf "$dest"
-mkdir -p "$dest/htmx" "$dest/alpinejs-csp" "$dest/pico" "$dest/uplot"
+mkdir -p "$dest/htmx" "$dest/pico" "$dest/uplot"
 
 copy() {  # package, file inside it, destination folder
     local version
@@ -24,9 +24,6 @@ copy() {  # package, file inside it, destination folder
 }
 
 copy htmx.org dist/htmx.min.js htmx
-# Alpine's CSP build: it reads x-* expressions with its own parser, so the Content-Security-Policy needs no
-# 'unsafe-eval' (the standard build compiles them with `new Function`).
-copy @alpinejs/csp dist/cdn.min.js alpinejs-csp
 copy @picocss/pico css/pico.min.css pico
 # Charts on the lease and provider server pages (static/js/telemetry_charts.js): the script and its stylesheet.
 copy uplot dist/uPlot.iife.min.js uplot

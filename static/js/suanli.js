@@ -43,6 +43,74 @@
     }
   });
 
+  // <button data-menu-toggle>: opens and closes the menu of its <nav> on small screens (the nav gets the class
+  // nav-open; the button says aria-expanded).
+  document.addEventListener("click", function (event) {
+    var button = event.target instanceof Element ? event.target.closest("[data-menu-toggle]") : null;
+    var nav = button ? button.closest("nav") : null;
+    if (nav) {
+      button.setAttribute("aria-expanded", String(nav.classList.toggle("nav-open")));
+    }
+  });
+
+  // Parts of a form that show for some choices only (without JavaScript every part shows):
+  // <fieldset data-show-when="plan=card_hour"> shows while the form's field `plan` has that value, and
+  // <div data-hide-when="plan=server_month workload-access=host"> hides while every one of them holds.
+  // <form data-choose="plan=card_hour">: that radio is checked where the page checked none of its name.
+  function valueOf(form, name) {
+    var field = form.elements.namedItem(name);
+    if (field instanceof HTMLInputElement && (field.type === "radio" || field.type === "checkbox")) {
+      return field.checked ? field.value : "";
+    }
+    return field ? field.value : "";  // a RadioNodeList's value is its checked radio's
+  }
+
+  function holds(form, conditions) {
+    return conditions.trim().split(/\s+/).every(function (condition) {
+      var split = condition.indexOf("=");
+      return valueOf(form, condition.slice(0, split)) === condition.slice(split + 1);
+    });
+  }
+
+  function showChoices(form) {
+    form.querySelectorAll("[data-show-when]").forEach(function (part) {
+      part.hidden = !holds(form, part.getAttribute("data-show-when"));
+    });
+    form.querySelectorAll("[data-hide-when]").forEach(function (part) {
+      part.hidden = holds(form, part.getAttribute("data-hide-when"));
+    });
+  }
+
+  document.querySelectorAll("form[data-choose]").forEach(function (form) {
+    form.getAttribute("data-choose").trim().split(/\s+/).forEach(function (choice) {
+      var split = choice.indexOf("=");
+      var name = choice.slice(0, split);
+      var radios = Array.prototype.filter.call(form.elements, function (field) {
+        return field instanceof HTMLInputElement && field.type === "radio" && field.name === name;
+      });
+      if (!radios.some(function (radio) { return radio.checked; })) {
+        radios.forEach(function (radio) { radio.checked = radio.value === choice.slice(split + 1); });
+      }
+    });
+  });
+  document.querySelectorAll("form").forEach(function (form) {
+    if (form.querySelector("[data-show-when], [data-hide-when]")) {
+      showChoices(form);
+    }
+  });
+  document.addEventListener("change", function (event) {
+    var form = event.target instanceof Element ? event.target.form : null;
+    if (form && form.querySelector("[data-show-when], [data-hide-when]")) {
+      showChoices(form);
+    }
+  });
+
+  // <template data-script-only>: its content is put in the page where JavaScript runs, e.g. a form's hidden
+  // confirm=1 where the button's data-confirm dialog has asked already (without JavaScript the next page asks).
+  document.querySelectorAll("template[data-script-only]").forEach(function (template) {
+    template.replaceWith(template.content.cloneNode(true));
+  });
+
   // <input|textarea data-select-on-focus>: a one-time secret is selected whole, ready to copy.
   document.addEventListener("focusin", function (event) {
     var field = event.target;

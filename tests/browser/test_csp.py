@@ -1,5 +1,6 @@
 """Pages under the Content-Security-Policy in a real browser: what the flows do not visit (Swagger UI, the admin,
-Alpine switching the plan fields of an offer) runs with no violation (open_as fails a page on one)."""
+suanli.js switching the plan fields of an offer and opening the menu) runs with no violation (open_as fails a page
+on one)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def test_the_admin_opens_under_the_policy(open_as):
     _no_page_errors(page)
 
 
-def test_alpine_shows_the_fields_of_the_chosen_plan_and_the_menu_opens_without_eval(open_as, alice, bob):
+def test_the_fields_of_the_chosen_plan_show_and_the_menu_opens_without_eval(open_as, alice, bob):
     server = online_server(organization=bob.org, gpus=8, name="bob-csp-01")
     page = open_as(alice.user, viewport=PHONE)
     page.goto(f"/offers/{server.offers.get().pk}/")
