@@ -83,7 +83,7 @@ def setup_world(servers: int) -> tuple[int, int]:
             Gpu(server=s, index=i, uuid=f"BENCH-{s.pk}-{i}", name=model.name) for s in rows for i in range(8)
         )
     # The scheduler places leases only on cards with a live offer for the plan.
-    listed = Offer.objects.filter(delisted_at__isnull=True).values("server_id")
+    listed = Offer.objects.live().values("server_id")
     unlisted = Server.objects.filter(organization=provider).exclude(pk__in=listed)
     Offer.objects.bulk_create(
         Offer(organization=provider, server=s, currency="USD", card_hour_price=Decimal("2.5")) for s in unlisted

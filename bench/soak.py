@@ -194,10 +194,10 @@ def ensure_fleet(count: int) -> list[dict[str, Any]]:
         print(f"enrolled {count - have} servers in {time.perf_counter() - started:.1f} s", flush=True)
     servers = list(enrolled.order_by("pk").values_list("pk", "agent_id", "agent_secret_sealed")[:count])
     chosen = [pk for pk, _, _ in servers]
-    for offer in Offer.objects.filter(organization=org, delisted_at__isnull=True).exclude(server_id__in=chosen):
+    for offer in Offer.objects.live().filter(organization=org).exclude(server_id__in=chosen):
         offer_delist(offer=offer)  # the fleet is `count` servers: the rest are off the storefront
     listed = set(
-        Offer.objects.filter(server_id__in=chosen, delisted_at__isnull=True).values_list("server_id", flat=True)
+        Offer.objects.live().filter(server_id__in=chosen).values_list("server_id", flat=True)
     )
     for server in Server.objects.filter(pk__in=set(chosen) - listed):
         offer_create(org=org, server=server, prices={"card_hour": Decimal("2.00") + Decimal("0.25") * (server.pk % 7)})

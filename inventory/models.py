@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.contrib.postgres.fields import ArrayField
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
@@ -275,6 +277,28 @@ def _price_field(help_text: str) -> models.DecimalField:
     return models.DecimalField(max_digits=14, decimal_places=4, null=True, blank=True, help_text=help_text)
 
 
+# An offer is live until it is delisted; a server has at most one live offer (the constraint offer_one_live).
+LIVE_OFFER = Q(delisted_at__isnull=True)
+
+
+class OfferQuerySet(TenantQuerySet):
+    """Offers, scoped as every tenant-owned queryset is, with the one spelling of which are live and open."""
+
+    def live(self) -> OfferQuerySet:
+        """Offers not delisted."""
+        return self.filter(LIVE_OFFER)
+
+    def open_at(self, at: datetime) -> OfferQuerySet:
+        """Live offers still available at `at` (no end, or an end after it): what the storefront shows."""
+        return self.live().filter(Q(available_until__isnull=True) | Q(available_until__gt=at))
+
+    def open_through(self, until: datetime | None) -> OfferQuerySet:
+        """Live offers available until at least `until`; an open-ended lease (`until` None) needs one with no end."""
+        if until is None:
+            return self.live().filter(available_until__isnull=True)
+        return self.live().filter(Q(available_until__isnull=True) | Q(available_until__gte=until))
+
+
 class Offer(models.Model):
     """A provider's listing of one server: a price per plan (none = not offered), in one currency.
 
@@ -302,12 +326,12 @@ class Offer(models.Model):
     delisted_at = models.DateTimeField(null=True, blank=True)
 
     TENANT_FIELD = "organization"
-    objects = TenantQuerySet.as_manager()
+    objects = OfferQuerySet.as_manager()
 
     class Meta:
         ordering = ["id"]
         constraints = [
-            models.UniqueConstraint(fields=["server"], condition=Q(delisted_at__isnull=True), name="offer_one_live"),
+            models.UniqueConstraint(fields=["server"], condition=LIVE_OFFER, name="offer_one_live"),
             models.CheckConstraint(condition=Q(currency__in=["CNY", "USD"]), name="offer_currency_valid"),
             models.CheckConstraint(condition=Q(min_gpus__gte=1, min_gpus__lte=16), name="offer_min_gpus_1_16"),
             *(
@@ -327,7 +351,7 @@ class Offer(models.Model):
                 for plan, (firm, spot) in PLAN_PRICE_FIELDS.items()
             ),
         ]
-        indexes = [models.Index(fields=["server"], condition=Q(delisted_at__isnull=True), name="offer_live_server")]
+        indexes = [models.Index(fields=["server"], condition=LIVE_OFFER, name="offer_live_server")]
 
     def __str__(self) -> str:
         return f"offer {self.pk} for {self.server}"

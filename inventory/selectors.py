@@ -37,13 +37,10 @@ MAX_POINTS = 2000
 NICE_STEPS = (10, 30, 60, 300, 900, 3600, 3 * 3600, 6 * 3600, 86400)
 
 
-def server_telemetry(
-    *, server: Server, since: datetime | None = None, until: datetime | None = None, step: int | None = None
-) -> dict:
-    """Per-GPU series of `server` over [since, until) at `step` seconds (default: the last hour)."""
-    now = timezone.now()
-    until = until or now
-    since = since or until - timedelta(hours=1)
+def chart_step(*, since: datetime, until: datetime, step: int | None) -> int:
+    """The step (seconds) a chart over [since, until) is read at: `step` if given, else the smallest of NICE_STEPS
+    that keeps a series under ~360 points. A range that ends before it starts, or over MAX_POINTS points per card
+    at that step, is a 400 beside its field (the server's and the lease's charts alike)."""
     if since >= until:
         raise InvalidInput("until must be after since.", fields={"until": ["until must be after since."]})
     span = (until - since).total_seconds()
@@ -54,6 +51,17 @@ def server_telemetry(
             f"That range at that step is over {MAX_POINTS} points per card; use a larger step.",
             fields={"step": [f"At least {int(span // MAX_POINTS) + 1} seconds for this range."]},
         )
+    return step
+
+
+def server_telemetry(
+    *, server: Server, since: datetime | None = None, until: datetime | None = None, step: int | None = None
+) -> dict:
+    """Per-GPU series of `server` over [since, until) at `step` seconds (default: the last hour)."""
+    now = timezone.now()
+    until = until or now
+    since = since or until - timedelta(hours=1)
+    step = chart_step(since=since, until=until, step=step)
     result = telemetry.series(server_id=server.pk, since=since, until=until, step=step, now=now)
     gpus = server.gpus.order_by("index").values_list("pk", "index", "uuid")
     return {

@@ -129,8 +129,7 @@ def offers_listed(query: OfferQuery = OfferQuery(), *, now: datetime | None = No
     )
     qs = (
         Offer.objects.unscoped(STOREFRONT)
-        .filter(delisted_at__isnull=True)
-        .filter(Q(available_until__isnull=True) | Q(available_until__gt=now))
+        .open_at(now)
         .filter(
             server__status="online",
             server__drained=False,

@@ -109,5 +109,5 @@ def offer_delist(*, offer: Offer, now: datetime | None = None) -> Offer:
     """Take the offer off the storefront; leases already running on it go on. Idempotent."""
     if offer.delisted_at is None:
         offer.delisted_at = now or timezone.now()
-        Offer.objects.filter(pk=offer.pk, delisted_at__isnull=True).update(delisted_at=offer.delisted_at)
+        Offer.objects.live().filter(pk=offer.pk).update(delisted_at=offer.delisted_at)
     return offer

@@ -12,13 +12,12 @@ from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Sum
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from accounts.errors import InvalidInput
 from accounts.models import Organization
 from accounts.tenancy import scoped
 from inventory import telemetry
 from inventory.access import STOREFRONT
 from inventory.models import PLAN_PRICE_FIELDS, Gpu, Offer, Server
-from inventory.selectors import MAX_POINTS, NICE_STEPS
+from inventory.selectors import chart_step
 from scheduler.allocator import ServerCapacity
 from scheduler.models import Allocation, Lease, LeaseEvent
 
@@ -56,12 +55,10 @@ def period_range(start: datetime, end: datetime | None) -> DateTimeTZRange:
 def live_offers(*, plan: str, interruptible: bool = False, until: datetime | None = None) -> QuerySet[Offer]:
     """Offers not delisted that price `plan` (interruptibly when asked) and stay available until `until`
     (an open-ended lease needs an offer with no end)."""
-    qs = Offer.objects.unscoped(STOREFRONT).filter(delisted_at__isnull=True)
+    qs = Offer.objects.unscoped(STOREFRONT).open_through(until)
     if plan:
         qs = qs.filter(**{f"{PLAN_PRICE_FIELDS[plan][1 if interruptible else 0]}__isnull": False})
-    if until is None:
-        return qs.filter(available_until__isnull=True)
-    return qs.filter(Q(available_until__isnull=True) | Q(available_until__gte=until))
+    return qs
 
 
 def allocatable_gpus(
@@ -152,7 +149,7 @@ def capacity_of(gpus: QuerySet[Gpu], *, held: AbstractSet[int] = frozenset()) ->
 
 def offer_minimums(server_ids: Iterable[int] | None = None) -> dict[int, int]:
     """Server id -> the `min_gpus` of its live offer (a server has one), where above 1; of `server_ids` if given."""
-    offers = Offer.objects.unscoped(STOREFRONT).filter(delisted_at__isnull=True, min_gpus__gt=1)
+    offers = Offer.objects.unscoped(STOREFRONT).live().filter(min_gpus__gt=1)
     if server_ids is not None:
         offers = offers.filter(server_id__in=list(server_ids))
     return dict(offers.values_list("server_id", "min_gpus"))
@@ -221,16 +218,7 @@ def lease_telemetry(
     now = now or timezone.now()
     until = until or min(now, lease.ended_at or now)
     since = since or until - timedelta(hours=1)
-    if since >= until:
-        raise InvalidInput("until must be after since.", fields={"until": ["until must be after since."]})
-    span = (until - since).total_seconds()
-    if step is None:
-        step = next((s for s in NICE_STEPS if span / s <= 360), NICE_STEPS[-1])
-    if span / step > MAX_POINTS:
-        raise InvalidInput(
-            f"That range at that step is over {MAX_POINTS} points per card; use a larger step.",
-            fields={"step": [f"At least {int(span // MAX_POINTS) + 1} seconds for this range."]},
-        )
+    step = chart_step(since=since, until=until, step=step)
     allocations = (
         lease.allocations.filter(period__overlap=period_range(since, until))
         .select_related("gpu")

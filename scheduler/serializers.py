@@ -24,7 +24,7 @@ START_GRACE = timedelta(seconds=60)
 class LeaseInput(StrictSerializer):
     plan = serializers.ChoiceField(choices=Plan.choices)
     offer = AccessibleField(
-        lambda actor: Offer.objects.unscoped(STOREFRONT).filter(delisted_at__isnull=True),
+        lambda actor: Offer.objects.unscoped(STOREFRONT).live(),
         "offer",
         required=False,
         allow_null=True,
@@ -36,7 +36,7 @@ class LeaseInput(StrictSerializer):
     region = serializers.CharField(max_length=50, required=False, allow_blank=True, default="")
     server = AccessibleField(
         lambda actor: Server.objects.unscoped(STOREFRONT).filter(
-            Exists(Offer.objects.filter(server_id=OuterRef("pk"), delisted_at__isnull=True))
+            Exists(Offer.objects.live().filter(server_id=OuterRef("pk")))
         ),
         "server",
         required=False,

@@ -204,7 +204,7 @@ class Command(BaseCommand):
         for gpu in Gpu.objects.filter(server=server).exclude(uuid__in=uuids):
             # A demo database seeded before the simulated agents: give the cards the agent's uuids.
             Gpu.objects.filter(pk=gpu.pk).update(uuid=uuids[gpu.index])
-        if not Offer.objects.filter(server=server, delisted_at__isnull=True).exists():
+        if not Offer.objects.live().filter(server=server).exists():
             firm, spot = DEMO_PRICES[spec.gpu_model]
             plans = ("card_hour", "server_month", "pflops_year")
             marketplace_services.offer_create(
