@@ -1,10 +1,23 @@
-"""Staff admin for the GPU catalogue, servers (drain, undrain) and cards."""
+"""Staff admin for the GPU catalogue, servers and cards; draining and undraining them are actions that call
+inventory.services, and a card is otherwise read only (its agent reports it)."""
 
 from django.contrib import admin, messages
 
 from accounts.admin import TenantAdmin
 from inventory import services
 from inventory.models import Gpu, GpuModel, Server
+
+
+def _staff_reason(request) -> str:
+    return f"drained by staff ({request.user.email})"
+
+
+def _each(model_admin, request, queryset, act, done: str) -> None:
+    """Call `act` (a service) on each selected row, then say how many: "Drained 2 server(s)."."""
+    for row in queryset:
+        act(row)
+    noun = "card(s)" if queryset.model is Gpu else "server(s)"
+    model_admin.message_user(request, f"{done} {queryset.count()} {noun}.", messages.SUCCESS)
 
 
 @admin.register(GpuModel)
@@ -17,10 +30,12 @@ class GpuModelAdmin(admin.ModelAdmin):
 
 
 class GpuInline(admin.TabularInline):
+    # Read only: health is the agent's to report (inventory/health.py), and a card is drained or undrained by the
+    # card admin's actions, which call inventory.services like every other caller.
     model = Gpu
     extra = 0
     fields = ["index", "uuid", "name", "memory_total_mb", "health", "health_reason", "drained"]
-    readonly_fields = ["index", "uuid", "name", "memory_total_mb"]
+    readonly_fields = fields
     can_delete = False
     show_change_link = True
 
@@ -77,15 +92,12 @@ class ServerAdmin(TenantAdmin):
 
     @admin.action(description="Drain selected servers (no new leases)")
     def drain(self, request, queryset):
-        for server in queryset:
-            services.server_drain(server=server, reason=f"drained by staff ({request.user.email})")
-        self.message_user(request, f"Drained {queryset.count()} server(s).", messages.SUCCESS)
+        reason = _staff_reason(request)
+        _each(self, request, queryset, lambda server: services.server_drain(server=server, reason=reason), "Drained")
 
     @admin.action(description="Undrain selected servers")
     def undrain(self, request, queryset):
-        for server in queryset:
-            services.server_undrain(server=server)
-        self.message_user(request, f"Undrained {queryset.count()} server(s).", messages.SUCCESS)
+        _each(self, request, queryset, lambda server: services.server_undrain(server=server), "Undrained")
 
 
 @admin.register(Gpu)
@@ -94,7 +106,20 @@ class GpuAdmin(TenantAdmin):
     list_filter = ["health", "drained"]
     search_fields = ["uuid", "server__name"]
     list_select_related = ["server"]
-    readonly_fields = ["server", "index", "uuid", "serial", "name", "memory_total_mb", "health_changed_at"]
+    actions = ["drain", "undrain"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # Every field: the agent reports a card (health, samples, cleaning) and the actions below drain it.
+        return [field.name for field in Gpu._meta.fields if field.editable]
 
     def has_add_permission(self, request):
         return False
+
+    @admin.action(description="Drain selected cards (no new leases)")
+    def drain(self, request, queryset):
+        reason = _staff_reason(request)
+        _each(self, request, queryset, lambda gpu: services.gpu_drain(gpu=gpu, reason=reason), "Drained")
+
+    @admin.action(description="Undrain selected cards")
+    def undrain(self, request, queryset):
+        _each(self, request, queryset, lambda gpu: services.gpu_undrain(gpu=gpu), "Undrained")

@@ -149,6 +149,24 @@ def server_undrain(*, server: Server) -> Server:
     return server
 
 
+@platform_work(_PLATFORM)
+def gpu_drain(*, gpu: Gpu, reason: str = "") -> Gpu:
+    """Stop new leases on one card (leases holding it go on). Idempotent: draining again keeps the first reason,
+    like a card the health rules drained (inventory/health.py)."""
+    Gpu.objects.filter(pk=gpu.pk, drained=False).update(drained=True, drained_reason=reason[:200])
+    gpu.refresh_from_db()
+    return gpu
+
+
+@platform_work(_PLATFORM)
+def gpu_undrain(*, gpu: Gpu) -> Gpu:
+    """Accept new leases on the card again. Idempotent. Its health is the agent's to report: a failed card stays
+    out of every allocation until a report shows it healthy, drained or not."""
+    Gpu.objects.filter(pk=gpu.pk, drained=True).update(drained=False, drained_reason="")
+    gpu.refresh_from_db()
+    return gpu
+
+
 def _gpu_problem(index: int, field: str, message: str) -> InvalidInput:
     return InvalidInput(f"gpus[{index}]: {message}", fields={"gpus": {str(index): {field: [message]}}})
 
