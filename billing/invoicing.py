@@ -15,10 +15,11 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Sum
+from django.db.models import Count, Sum
 from django.utils import timezone
 
 from accounts.errors import Conflict, InvalidInput, InvalidTransition
@@ -27,6 +28,7 @@ from accounts.models import Organization
 from accounts.tenancy import platform_work
 from billing import rating
 from billing.access import invoices_visible
+from billing.display import INVOICE_LINE_LABELS
 from billing.metering import meter
 from billing.models import (
     CreditNote,
@@ -43,7 +45,6 @@ from scheduler.models import Lease
 _PLATFORM = "billing closes periods and settles every tenant's invoices and statements"
 
 PERIOD = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])")  # ASCII digits: \d would take "２０２６" too
-PLAN_LABELS = {"card_hour": "GPU card-hours", "server_month": "Whole server", "pflops_year": "Contracted PFLOPS"}
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,11 @@ def period_of(label: str) -> Period:
 def period_containing(at: datetime) -> Period:
     local = at.astimezone(rating.platform_zone())
     return period_of(f"{local.year:04d}-{local.month:02d}")
+
+
+def previous_period(at: datetime) -> Period:
+    """The month before the one holding `at`: the last one that is over."""
+    return period_containing(period_containing(at).start - timedelta(seconds=1))
 
 
 def next_number(series: str) -> str:
@@ -124,7 +130,7 @@ def invoice_build(*, org_id: int, currency: str, period: Period, now: datetime) 
                     invoice=invoice,
                     lease_id=row["lease_id"],
                     plan=row["plan"],
-                    description=f"{PLAN_LABELS[row['plan']]}, lease {row['lease_id']}",
+                    description=f"{INVOICE_LINE_LABELS[row['plan']]}, lease {row['lease_id']}",
                     quantity=row["q"].quantize(Decimal("0.000001")),
                     unit=rating.UNIT_NAMES[row["plan"]],
                     unit_price=row["unit_price"],
@@ -181,8 +187,20 @@ def close_period(label: str, *, now: datetime | None = None) -> dict[str, int]:
 def close_last_period(*, now: datetime | None = None) -> dict[str, int]:
     """The beat job: close the month before the current one (a no-op once it is closed)."""
     now = now or timezone.now()
-    current = period_containing(now)
-    return close_period(period_containing(current.start - timedelta(seconds=1)).label, now=now)
+    return close_period(previous_period(now).label, now=now)
+
+
+def closed_periods(*, most: int = 12) -> list[dict[str, Any]]:
+    """The last `most` months that have finalised invoices or provider statements, with how many of each (staff)."""
+    invoices = dict(
+        Invoice.objects.exclude(state=Invoice.State.DRAFT)
+        .values("period")
+        .annotate(n=Count("id"))
+        .values_list("period", "n")
+    )
+    statements = dict(ProviderStatement.objects.values("period").annotate(n=Count("id")).values_list("period", "n"))
+    periods = sorted(set(invoices) | set(statements), reverse=True)[:most]
+    return [{"period": p, "invoices": invoices.get(p, 0), "statements": statements.get(p, 0)} for p in periods]
 
 
 def invoice_void(*, invoice: Invoice) -> Invoice:

@@ -6,20 +6,17 @@ other staff pages). `?period=YYYY-MM` picks the month (default: the last one), `
 
 from __future__ import annotations
 
-from datetime import timedelta
-
-from django import forms
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils import timezone
-from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_safe
 
 from accounts.errors import Conflict, InvalidInput
 from accounts.permissions import staff_required
 from billing import reconciliation
-from billing.invoicing import period_containing, period_of
+from billing.forms import PeriodForm
+from billing.invoicing import previous_period
 
 TOTAL_LABELS = {
     "metered": gettext_lazy("Metered usage"),
@@ -43,44 +40,23 @@ TOTAL_LABELS = {
 }
 
 
-class PeriodForm(forms.Form):
-    period = forms.RegexField(
-        label=gettext_lazy("Month (YYYY-MM)"),
-        regex=r"^\d{4}-(0[1-9]|1[0-2])$",
-        error_messages={"invalid": gettext_lazy("Use YYYY-MM, e.g. 2026-05.")},
-        widget=forms.TextInput(attrs={"placeholder": "2026-05", "inputmode": "numeric", "autocomplete": "off"}),
-    )
-
-
-def _last_period() -> str:
-    return period_containing(period_containing(timezone.now()).start - timedelta(seconds=1)).label
-
-
 @staff_required
 @require_safe
 def reconciliation_page(request: HttpRequest) -> HttpResponse:
     """Totals per currency and every mismatch of a month; `format=csv` answers the mismatches as a CSV file."""
-    form = PeriodForm(request.GET if "period" in request.GET else {"period": _last_period()})
+    form = PeriodForm(request.GET if "period" in request.GET else {"period": previous_period(timezone.now()).label})
     result = None
     if form.is_valid():
         label = form.cleaned_data["period"]
         try:
             result = reconciliation.reconcile(label)
-        except Conflict:
-            ends = period_of(label).end
-            form.add_error(
-                "period",
-                _("%(period)s is not over yet: it ends %(end)s UTC.")
-                % {"period": label, "end": ends.strftime("%Y-%m-%d %H:%M")},
-            )
-        except InvalidInput as exc:
-            form.add_error("period", _(exc.message))
+        except (Conflict, InvalidInput) as exc:
+            form.refuse(label, exc)
     if result is not None and request.GET.get("format") == "csv":
         response = HttpResponse(reconciliation.mismatches_csv(result), content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = f'attachment; filename="reconciliation-{result.period}.csv"'
         return response
-    if form.errors:
-        form.fields["period"].widget.attrs.update({"aria-invalid": "true", "aria-describedby": "id_period_errors"})
+    form.describe_errors()
     currencies = sorted(result.totals) if result else []
     context = {
         "form": form,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime
-from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
@@ -32,21 +31,12 @@ from accounts.models import Organization
 from accounts.permissions import BILLING, has_role
 from billing import pdf, rating
 from billing.access import access_invoice
+from billing.display import INVOICE_LINE_LABELS, INVOICE_UNIT_LABELS, money_text, number_text
 from billing.invoicing import invoices_for
 from billing.models import Invoice, InvoiceLine
 
 SELLER = "Suanli"
 
-PLAN_TEXT = {
-    "card_hour": gettext_lazy("GPU card-hours"),
-    "server_month": gettext_lazy("Whole server"),
-    "pflops_year": gettext_lazy("Contracted PFLOPS"),
-}
-UNIT_TEXT = {
-    "card-hour": gettext_lazy("card-hour"),
-    "server-month": gettext_lazy("server-month"),
-    "PFLOPS-year": gettext_lazy("PFLOPS-year"),
-}
 STATE_TEXT = {
     Invoice.State.OPEN: gettext_lazy("Open"),
     Invoice.State.PAID: gettext_lazy("Paid"),
@@ -65,24 +55,6 @@ PAY_API_PATH = "/api/v1/invoices/{id}/pay/"
 
 
 # --- formatting: the request's locale, the invoice's currency -------------------------------------------
-
-
-def _places(value: Decimal, minimum: int) -> int:
-    """Decimal places `value` needs (trailing zeros dropped), at least `minimum`."""
-    exponent = value.normalize().as_tuple().exponent
-    return max(minimum, -exponent if isinstance(exponent, int) and exponent < 0 else 0)
-
-
-def number_text(value: Decimal, *, minimum_places: int = 0) -> str:
-    """A decimal in the active locale's digits grouping and separator, without trailing zeros."""
-    return formats.number_format(value, _places(value, minimum_places), use_l10n=True, force_grouping=True)
-
-
-def money_text(amount: Decimal, currency: str, *, minimum_places: int = 2) -> str:
-    """'USD 12,746.50' in English, 'USD 12746.50' in Chinese (Django's locale formats); a minus sign in front.
-    Unit prices keep their extra places (per-second rates); amounts are whole cents already."""
-    sign = "-" if amount < 0 else ""
-    return f"{sign}{currency}\u00a0{number_text(abs(amount), minimum_places=minimum_places)}"
 
 
 def day_text(at: datetime | None) -> str:
@@ -167,13 +139,13 @@ def is_overdue(invoice: Invoice, now: datetime) -> bool:
 
 
 def _line_view(line: InvoiceLine, currency: str) -> LineView:
-    plan = PLAN_TEXT.get(line.plan)
+    plan = INVOICE_LINE_LABELS.get(line.plan)
     return LineView(
-        description=_("%(plan)s, lease %(lease)s") % {"plan": plan, "lease": line.lease_id}
+        description=_("%(plan)s, lease %(lease)s") % {"plan": _(plan), "lease": line.lease_id}
         if plan
         else line.description,
         quantity=number_text(line.quantity),
-        unit=str(UNIT_TEXT.get(line.unit, line.unit)),
+        unit=str(INVOICE_UNIT_LABELS.get(line.unit, line.unit)),
         unit_price=money_text(line.unit_price, currency),
         amount=money_text(line.amount, currency),
         sla_credit=money_text(-line.sla_credit, currency) if line.sla_credit else "",

@@ -19,13 +19,15 @@ from typing import Any, cast
 from django import forms
 from django.conf import settings
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy, gettext_noop, pgettext_lazy
+from django.utils.translation import gettext_lazy, pgettext_lazy
 from rest_framework.request import Request
 
+from accounts.error_text import error_text
 from accounts.errors import DomainError
 from accounts.formfields import AsciiDecimalField, AsciiIntegerField
 from accounts.models import Organization
 from billing import rating
+from billing.display import PLAN_LABELS
 from inventory.access import STOREFRONT
 from inventory.models import Interconnect, Offer
 from inventory.selectors import gpu_models_listed
@@ -33,11 +35,6 @@ from scheduler.idempotency import HEADER, MAX_KEY_LENGTH, run_idempotent
 from scheduler.models import Plan
 from scheduler.serializers import START_GRACE
 
-PLAN_LABELS = {
-    Plan.CARD_HOUR: gettext_lazy("By the card-hour"),
-    Plan.SERVER_MONTH: gettext_lazy("By the server-month"),
-    Plan.PFLOPS_YEAR: gettext_lazy("By the PFLOPS-year"),
-}
 ORDERING_CHOICES = [
     ("price", gettext_lazy("Price, lowest first")),
     ("-price", gettext_lazy("Price, highest first")),
@@ -45,17 +42,6 @@ ORDERING_CHOICES = [
     ("-reliability", gettext_lazy("Most reliable")),
     ("newest", gettext_lazy("Newest")),
 ]
-# Messages of scheduler.services that can reach these forms, marked so that they are translated.
-SERVICE_MESSAGES = (
-    gettext_noop("Your organisation has an overdue invoice; pay it to start new leases."),
-    gettext_noop("The cards are busy right now; try again."),
-    gettext_noop("An offer was withdrawn while the cards were being placed; try again."),
-    gettext_noop("Only card_hour leases can be resized."),
-    gettext_noop("Only card_hour leases resize."),
-    gettext_noop("Giving back that many cards would leave a server with fewer than its offer's minimum."),
-    gettext_noop("That would leave a server with fewer cards than its offer's minimum."),
-    gettext_noop("This Idempotency-Key was used with a different request."),
-)
 MAX_MONTHS = 36
 MAX_YEARS = 5
 
@@ -146,7 +132,8 @@ def describe_errors(form: forms.Form) -> None:
 def _regions() -> list[tuple[str, str]]:
     regions = (
         Offer.objects.unscoped(STOREFRONT)
-        .filter(delisted_at__isnull=True, server__status="online")
+        .live()
+        .filter(server__status="online")
         .order_by("server__region")
         .values_list("server__region", flat=True)
         .distinct()
@@ -353,20 +340,10 @@ class RentForm(IdempotentForm):
                 "start_at": "start_at",
             }.get(field)
             for problem in problems if isinstance(problems, list) else [problems]:
-                self.add_error(name if name in self.fields else None, service_message(str(problem)))
+                self.add_error(name if name in self.fields else None, error_text(str(problem)))
                 placed = True
         if not placed:
-            self.add_error(None, service_message(message))
-
-
-def service_message(text: str) -> str:
-    """A scheduler message in the page's language where we know it (the largest-request one carries a figure)."""
-    prefix, suffix = "At most ", " can be allocated with these filters."
-    if text.startswith(prefix) and text.endswith(suffix):
-        return _("At most %(most)s can be rented from this offer right now.") % {
-            "most": text[len(prefix) : -len(suffix)]
-        }
-    return _(text)
+            self.add_error(None, error_text(message))
 
 
 # --- a lease ------------------------------------------------------------------------------------------------

@@ -8,13 +8,13 @@ page's language.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from django import forms
-from django.utils.translation import get_language, gettext_lazy, gettext_noop
+from django.utils.translation import get_language, gettext_lazy
 from django.utils.translation import gettext as _
 
+from accounts.error_text import error_text
 from accounts.errors import InvalidInput
 from accounts.models import Organization, User
 from inventory.models import Offer
@@ -22,55 +22,6 @@ from marketplace.forms import IdempotentForm
 from scheduler.models import Plan
 from workloads.access import ssh_keys_of, templates_visible
 from workloads.models import Access, SshKey, Template
-
-# Messages of workloads.services and workloads.sshkeys that can reach these forms, marked so they are translated.
-SERVICE_MESSAGES = (
-    gettext_noop("Paste one OpenSSH public key (the contents of a .pub file)."),
-    gettext_noop("Paste exactly one OpenSSH public key, on one line."),
-    gettext_noop("An OpenSSH public key looks like 'ssh-ed25519 AAAA... you@host'."),
-    gettext_noop("That is a private key or a PEM file: paste the public key (the .pub file) instead."),
-    gettext_noop("The key's base64 data is damaged."),
-    gettext_noop("The key's data is not a valid key of its type."),
-    gettext_noop("The key's type does not match its data."),
-    gettext_noop("Unsupported key type."),
-    gettext_noop("Too many keys."),
-    gettext_noop("container or host."),
-    gettext_noop("Unknown template."),
-    gettext_noop("Not one of your keys."),
-    gettext_noop("Host access comes with server_month leases only."),
-    gettext_noop("Host access runs no image."),
-    gettext_noop("Host access needs at least one SSH key."),
-    gettext_noop("Name a template or an image."),
-    gettext_noop("Not a valid image reference."),
-)
-# The messages that carry a figure or a name: their English pattern, and the text to show.
-SERVICE_PATTERNS = (
-    (
-        re.compile(r"^Key type (?P<type>.+) is not accepted: use ed25519, ECDSA or RSA \(2048 bits or more\)\.$"),
-        gettext_lazy("Key type %(type)s is not accepted: use ed25519, ECDSA or RSA (2048 bits or more)."),
-    ),
-    (
-        re.compile(r"^This RSA key has (?P<bits>\d+) bits; at least (?P<least>\d+) are needed \(or use ed25519\)\.$"),
-        gettext_lazy("This RSA key has %(bits)s bits; at least %(least)s are needed (or use ed25519)."),
-    ),
-    (
-        re.compile(r"^This key \((?P<fingerprint>\S+)\) is already on your account\.$"),
-        gettext_lazy("This key (%(fingerprint)s) is already on your account."),
-    ),
-    (
-        re.compile(r"^At least (?P<least>\d+) GB \(the template's minimum\), at most (?P<most>\d+)\.$"),
-        gettext_lazy("At least %(least)s GB (the template's minimum), at most %(most)s."),
-    ),
-)
-
-
-def workload_message(text: str) -> str:
-    """A message of workloads.services in the page's language where we know it."""
-    for pattern, translated in SERVICE_PATTERNS:
-        match = pattern.match(text)
-        if match:
-            return str(translated) % match.groupdict()
-    return _(text)
 
 
 def _problems(value: Any) -> list[str]:
@@ -83,10 +34,10 @@ def _place_errors(form: forms.Form, fields: dict[str, Any] | None, message: str,
     for field, problems in (fields or {}).items():
         name = names.get(field)
         for problem in _problems(problems):
-            form.add_error(name if name in form.fields else None, workload_message(problem))
+            form.add_error(name if name in form.fields else None, error_text(problem))
             placed = True
     if not placed:
-        form.add_error(None, workload_message(message))
+        form.add_error(None, error_text(message))
 
 
 # --- SSH keys ---------------------------------------------------------------------------------------------

@@ -24,11 +24,12 @@ from django.utils.translation import gettext as _
 from django.utils.translation import ngettext, pgettext_lazy
 from django.views.decorators.http import require_GET, require_POST
 
+from accounts.error_text import error_text
 from accounts.permissions import can_operate, require_operate
+from billing.display import PLAN_LABELS, UNIT_LABELS, money
 from billing.metering import lease_usage
-from marketplace.forms import PLAN_LABELS, EndForm, ResizeForm, describe_errors, service_message
+from marketplace.forms import EndForm, ResizeForm, describe_errors
 from marketplace.polling import poll_login_required
-from marketplace.views_offers import UNIT_LABELS, money
 from marketplace.views_workloads import lease_for_page, workload_event_text, workload_panel
 from scheduler import services as scheduler_services
 from scheduler.models import Lease, LeaseEvent, LeaseState, Plan
@@ -326,11 +327,11 @@ def lease_resize(request: HttpRequest, lease_id: int) -> HttpResponse:
     elif outcome.code == "invalid" and outcome.fields:
         for problems in outcome.fields.values():
             for problem in problems if isinstance(problems, list) else [problems]:
-                form.add_error("gpu_count", service_message(str(problem)))
+                form.add_error("gpu_count", error_text(str(problem)))
     elif outcome.code == "invalid_state":
         form.add_error(None, _("This lease is over and can no longer be resized."))
     else:
-        form.add_error(None, service_message(outcome.message))
+        form.add_error(None, error_text(outcome.message))
     form.renew_key()
     lease.refresh_from_db()
     return _detail(request, lease, resize_form=form, status=409 if outcome.code != "invalid" else 400)
@@ -364,5 +365,5 @@ def lease_end(request: HttpRequest, lease_id: int) -> HttpResponse:
     elif outcome.code == "invalid_state":
         messages.info(request, _("This lease is already over."))
     else:
-        messages.error(request, service_message(outcome.message))
+        messages.error(request, error_text(outcome.message))
     return HttpResponseRedirect(reverse("marketplace:lease_detail", args=[lease.pk]))

@@ -24,15 +24,17 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.utils import formats, timezone
 from django.utils.cache import patch_vary_headers
-from django.utils.translation import get_language, gettext_lazy, ngettext
+from django.utils.translation import get_language, ngettext
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from accounts.error_text import error_text
 from accounts.models import Organization
 from accounts.permissions import can_operate
 from billing import rating
+from billing.display import PLAN_LABELS, UNIT_LABELS, money
 from inventory.models import Offer
-from marketplace.forms import PLAN_LABELS, OfferSearchForm, RentForm, describe_errors, service_message
+from marketplace.forms import OfferSearchForm, RentForm, describe_errors
 from marketplace.forms_workloads import WorkloadForm
 from marketplace.selectors import OfferQuery, offers_listed
 from scheduler.models import Plan
@@ -40,25 +42,9 @@ from scheduler.pricing import PRICE_PLACES, rate_between
 from workloads import services as workload_services
 
 PAGE_SIZE = 12
-UNIT_LABELS = {
-    Plan.CARD_HOUR: gettext_lazy("per card per hour"),
-    Plan.SERVER_MONTH: gettext_lazy("per server per month"),
-    Plan.PFLOPS_YEAR: gettext_lazy("per PFLOPS per year"),
-}
 
 
 # --- money ------------------------------------------------------------------------------------------------
-
-
-def money(amount: Decimal | None, currency: str) -> str:
-    """`amount` for the page's locale with its currency code: two decimals, four when a price needs them
-    (a per-hour price converted into another currency often does)."""
-    if amount is None:
-        return "—"
-    places = 2 if amount == amount.quantize(Decimal("0.01")) else 4
-    value = Decimal(amount).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
-    number = formats.number_format(value, decimal_pos=places, use_l10n=True, force_grouping=True)
-    return _("%(currency)s %(amount)s") % {"currency": currency, "amount": number}
 
 
 def converted(price: Decimal | None, rate: Decimal | None) -> Decimal | None:
@@ -421,7 +407,7 @@ def offer_detail(request: HttpRequest, offer_id: int) -> HttpResponse:
     elif outcome.code == "idempotency_key_reused":
         form.add_error(None, _("This form was already sent with other values. Check it and send it again."))
     else:
-        form.add_error(None, service_message(outcome.message))
+        form.add_error(None, error_text(outcome.message))
     form.renew_key()
     status = {"invalid": 400, "billing_hold": 403}.get(outcome.code, 409)
     return _page(request, offer, form, currency, workload_form, status=status)

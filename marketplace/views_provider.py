@@ -28,37 +28,25 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy, gettext_noop
+from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts.access import Actor
+from accounts.error_text import error_text
 from accounts.errors import Conflict, InvalidInput, NotFound
 from accounts.formfields import AsciiDecimalField, AsciiIntegerField
 from accounts.models import Organization
 from accounts.permissions import can_operate, provider_org, require_operate
 from accounts.tenancy import scoped
+from billing.display import price_text
 from billing.invoicing import period_containing, take_rate_of
 from billing.models import MeterRun, Payout
 from billing.selectors import provider_month_so_far, provider_statement_totals, provider_statements
 from inventory.access import access_offer
-from inventory.models import PLAN_PRICE_FIELDS, Offer, Server
+from inventory.models import LIVE_OFFER, PLAN_PRICE_FIELDS, Offer, Server
 from marketplace import selectors, services
+from scheduler.models import Plan
 
-# Messages of marketplace.services that can reach these pages, marked so that they are translated.
-SERVICE_MESSAGES = (
-    gettext_noop("Price at least one plan."),
-    gettext_noop("Check the prices."),
-    gettext_noop("Not one of your servers."),
-    gettext_noop("More cards than the server has."),
-    gettext_noop("This server already has a live offer; change or delist it."),
-    gettext_noop("A delisted offer cannot change."),
-)
-
-PLAN_LABELS = {
-    "card_hour": gettext_lazy("Per card-hour"),
-    "server_month": gettext_lazy("Per server-month"),
-    "pflops_year": gettext_lazy("Per PFLOPS-year"),
-}
 FORM_KEY_TTL = 6 * 3600  # long enough for a form left open a while; a key is random, never reused
 
 
@@ -144,7 +132,7 @@ class OfferForm(forms.Form):
             self.fields["server"].queryset = (
                 scoped(Server, org)
                 .select_related("gpu_model")
-                .annotate(listed=Exists(Offer.objects.filter(server_id=OuterRef("pk"), delisted_at__isnull=True)))
+                .annotate(listed=Exists(Offer.objects.live().filter(server_id=OuterRef("pk"))))
                 .order_by("listed", "name", "id")
             )
             self.fields["server"].label_from_instance = _server_label
@@ -196,21 +184,21 @@ class OfferForm(forms.Form):
         """Put the service's verdict beside its field: a price problem beside the prices, a second live offer
         beside the server; whatever has no field goes above the form."""
         if isinstance(exc, Conflict):
-            self.add_error("server" if "server" in self.fields else None, _(exc.message))
+            self.add_error("server" if "server" in self.fields else None, error_text(exc.message))
             return
         placed = False
         for field, problems in (exc.fields or {}).items():
             for problem in problems if isinstance(problems, list) else [problems]:
                 if field in self.fields:
-                    self.add_error(field, _(str(problem)))
+                    self.add_error(field, error_text(problem))
                 elif field in ("prices", "interruptible_prices"):
-                    self.group_errors.setdefault(field, []).append(_(str(problem)))
-                    self.add_error(None, _(str(problem)))
+                    self.group_errors.setdefault(field, []).append(error_text(problem))
+                    self.add_error(None, error_text(problem))
                 else:
-                    self.add_error(None, _(str(problem)))
+                    self.add_error(None, error_text(problem))
                 placed = True
         if not placed:
-            self.add_error(None, _(exc.message))
+            self.add_error(None, error_text(exc.message))
 
     def describe_errors(self) -> None:
         """Tie each field with an error to the text beside it, for screen readers."""
@@ -222,7 +210,7 @@ class OfferForm(forms.Form):
     def price_rows(self) -> list[dict[str, Any]]:
         """The price inputs as one row per plan (on-demand beside interruptible), for the template."""
         return [
-            {"plan": plan, "label": PLAN_LABELS[plan], "firm": self[firm], "spot": self[spot]}
+            {"plan": plan, "label": Plan(plan).label, "firm": self[firm], "spot": self[spot]}
             for plan, (firm, spot) in PLAN_PRICE_FIELDS.items()
         ]
 
@@ -233,19 +221,11 @@ def _offer_initial(offer: Offer) -> dict[str, Any]:
     return initial
 
 
-def price_text(value: Decimal | None) -> str | None:
-    """A price as entered: trailing zeros dropped, but at least cents (2.4000 -> 2.40, 0.0125 -> 0.0125)."""
-    if value is None:
-        return None
-    places = max(2, -value.normalize().as_tuple().exponent)  # type: ignore[operator]
-    return f"{value:.{places}f}"
-
-
 def _offer_prices(offer: Offer) -> list[dict[str, Any]]:
     return [
         {
             "plan": plan,
-            "label": PLAN_LABELS[plan],
+            "label": Plan(plan).label,
             "firm": price_text(getattr(offer, firm)),
             "spot": price_text(getattr(offer, spot)),
         }
@@ -277,13 +257,13 @@ def offer_list(request: HttpRequest) -> HttpResponse:
     org = provider_org(request)
     offers = list(
         selectors.offers_of(org)
-        .annotate(delisted=Case(When(delisted_at__isnull=True, then=Value(0)), default=Value(1)))
+        .annotate(delisted=Case(When(LIVE_OFFER, then=Value(0)), default=Value(1)))
         .order_by("delisted", "-id")[:500]
     )
     rows = [{"offer": offer, "prices": _offer_prices(offer)} for offer in offers]
     unlisted = (
         scoped(Server, org)
-        .filter(~Exists(Offer.objects.filter(server_id=OuterRef("pk"), delisted_at__isnull=True)))
+        .filter(~Exists(Offer.objects.live().filter(server_id=OuterRef("pk"))))
         .order_by("name", "id")
         .values("pk", "name")
     )

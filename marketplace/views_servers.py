@@ -24,15 +24,17 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy, gettext_noop, pgettext_lazy
+from django.utils.translation import gettext_lazy, pgettext_lazy
 from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts.access import Actor
+from accounts.error_text import error_text
 from accounts.errors import InvalidInput, InvalidTransition, NotAllowed, NotFound
 from accounts.formfields import AsciiIntegerField
 from accounts.permissions import can_operate, provider_org, require_operate
 from inventory import selectors, services
 from inventory.access import access_server
+from inventory.fleet import card_state, stale_before
 from inventory.models import Gpu, Runtime, Server
 from marketplace.polling import poll_login_required
 from marketplace.views_workloads import state_label
@@ -44,12 +46,6 @@ TOKEN_SESSION_KEY = "suanli_enrollment_token"  # noqa: S105 (a session key, not 
 # The documented default of SITE_URL; while it is unchanged the command names the address the page was
 # reached at instead, which is right for a development site reached by another name.
 DEFAULT_SITE_URL = "http://127.0.0.1:8000"
-
-# Messages of inventory.services that can reach these pages, marked so that they are translated.
-SERVICE_MESSAGES = (
-    gettext_noop("A server with this name already exists in your organization."),
-    gettext_noop("Inactive GPU model."),
-)
 
 
 # --- access ---------------------------------------------------------------------------------------------
@@ -86,19 +82,26 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+TILE_LABELS = {
+    "failed": gettext_lazy("Failed"),
+    "degraded": gettext_lazy("Degraded"),
+    "drained": gettext_lazy("Drained"),
+    "nodata": gettext_lazy("No data"),
+    "healthy": gettext_lazy("Healthy"),
+}
+
+
+def _tile_reason(gpu: Gpu, state: str) -> str:
+    if state in ("failed", "degraded"):
+        return gpu.health_reason
+    if state == "drained":
+        return gpu.drained_reason
+    return _("No recent report from the agent.") if state == "nodata" else ""
+
+
 def _card_tile(gpu: Gpu, *, fresh_after: datetime) -> CardTile:
-    # Health wins over everything (a failed card is also drained, and it must show red); then a card the
-    # provider drained, then a card with no recent sample, whose last figures would mislead.
-    if gpu.health == Gpu.Health.FAILED:
-        state, label, reason = "failed", _("Failed"), gpu.health_reason
-    elif gpu.health == Gpu.Health.DEGRADED:
-        state, label, reason = "degraded", _("Degraded"), gpu.health_reason
-    elif gpu.drained:
-        state, label, reason = "drained", _("Drained"), gpu.drained_reason
-    elif gpu.last_sample_at is None or gpu.last_sample_at < fresh_after:
-        state, label, reason = "nodata", _("No data"), _("No recent report from the agent.")
-    else:
-        state, label, reason = "healthy", _("Healthy"), ""
+    state = card_state(gpu, fresh_after=fresh_after)  # which state wins: inventory.fleet
+    label, reason = str(TILE_LABELS[state]), _tile_reason(gpu, state)
     # The figures of a card that stopped reporting are old: show none rather than stale ones.
     sample = (gpu.last_sample or {}) if state != "nodata" else {}
     used_mb = _number(sample.get("memory_used_mb"))
@@ -118,7 +121,7 @@ def _card_tile(gpu: Gpu, *, fresh_after: datetime) -> CardTile:
 
 def card_tiles(server: Server, *, now: datetime | None = None) -> list[CardTile]:
     """One tile per card the agent registered, then grey ones up to the registered `gpu_count`."""
-    fresh_after = (now or timezone.now()) - services.agent_silence_limit()
+    fresh_after = stale_before(now)
     tiles = [_card_tile(gpu, fresh_after=fresh_after) for gpu in server.gpus.all()]
     taken = {tile.index for tile in tiles}
     missing = (i for i in range(64) if i not in taken)
@@ -255,10 +258,10 @@ class ServerRegisterForm(forms.Form):
         placed = False
         for field, problems in (exc.fields or {}).items():
             for problem in problems if isinstance(problems, list) else [problems]:
-                self.add_error(field if field in self.fields else None, _(str(problem)))
+                self.add_error(field if field in self.fields else None, error_text(problem))
                 placed = True
         if not placed:
-            self.add_error(None, _(exc.message))
+            self.add_error(None, error_text(exc.message))
 
     def describe_errors(self) -> None:
         """Tie each field with an error to the text beside it, for screen readers."""
@@ -364,7 +367,7 @@ def server_enrollment_token(request: HttpRequest, server_id: int) -> HttpRespons
     try:
         server, token = services.server_enrollment_token_issue(server=server)
     except InvalidTransition as exc:
-        messages.error(request, _(exc.message))
+        messages.error(request, error_text(exc.message))
     else:
         _keep_token_once(request, server, token)
         messages.success(request, _("A new enrolment token is ready; the previous one no longer works."))

@@ -20,14 +20,15 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_noop, pgettext_lazy
+from django.utils.translation import pgettext_lazy
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts.access import Actor
+from accounts.error_text import error_text
 from accounts.errors import InvalidInput, NotFound
 from accounts.permissions import can_operate, require_operate
 from marketplace.forms import describe_errors
-from marketplace.forms_workloads import SshKeyForm, WorkloadActionForm, workload_message
+from marketplace.forms_workloads import SshKeyForm, WorkloadActionForm
 from marketplace.polling import poll_login_required
 from scheduler.access import access_lease
 from scheduler.models import Lease, LeaseEvent, LeaseState
@@ -51,12 +52,6 @@ PASSING_STATES = frozenset(
     {WorkloadState.PENDING, WorkloadState.PULLING, WorkloadState.STARTING, WorkloadState.STOPPING}
 )
 POLL_SECONDS = 5
-# Messages of workloads.services that can reach these pages, marked so that they are translated.
-SERVICE_MESSAGES = (
-    gettext_noop("The lease is not active."),
-    gettext_noop("The lease holds no cards on this server any more."),
-    gettext_noop("Unknown workload."),
-)
 
 
 def state_label(state: str) -> str:
@@ -200,7 +195,7 @@ def _workload_action(request: HttpRequest, lease_id: int, workload_id: int, verb
             % {"server": workload.server_id},
         )
     else:
-        messages.error(request, workload_message(outcome.message))
+        messages.error(request, error_text(outcome.message))
     return HttpResponseRedirect(reverse("marketplace:lease_detail", args=[lease.pk]) + "#workloads-title")
 
 

@@ -1,0 +1,102 @@
+"""What a service's refusal says on a page, in the page's language: the one table of the messages services raise
+(a DomainError's message and its field problems) and `error_text`, which every page and form shows them through.
+
+The API answers a DomainError in English (accounts/errors.py maps it to API.md's shape); a page shows the same
+refusal translated. Error codes are too coarse to key the table (one `invalid_state` covers several refusals, and a
+field problem has no code), so it is keyed by the service's own English text, which is also what the API sends.
+A message that carries a figure or a name is matched by its pattern and translated with the figure put back; any
+other text passes through gettext (untranslated when the catalogue does not know it).
+"""
+
+from __future__ import annotations
+
+import re
+
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy, gettext_noop
+
+# The fixed messages services raise that reach a page, marked here (not at the raise) so that makemessages puts
+# them in locale/<lang>/LC_MESSAGES/django.po.
+MESSAGES = frozenset(
+    {
+        # marketplace.services (offers)
+        gettext_noop("Price at least one plan."),
+        gettext_noop("Check the prices."),
+        gettext_noop("Not one of your servers."),
+        gettext_noop("More cards than the server has."),
+        gettext_noop("This server already has a live offer; change or delist it."),
+        gettext_noop("A delisted offer cannot change."),
+        # inventory.services (servers)
+        gettext_noop("A server with this name already exists in your organization."),
+        gettext_noop("Inactive GPU model."),
+        # billing.invoicing (closing and reconciling a month)
+        gettext_noop("A period is YYYY-MM."),
+        gettext_noop("Use YYYY-MM, e.g. 2026-05."),
+        # scheduler (leases) and its idempotency keys
+        gettext_noop("Your organisation has an overdue invoice; pay it to start new leases."),
+        gettext_noop("The cards are busy right now; try again."),
+        gettext_noop("An offer was withdrawn while the cards were being placed; try again."),
+        gettext_noop("Only card_hour leases can be resized."),
+        gettext_noop("Only card_hour leases resize."),
+        gettext_noop("Giving back that many cards would leave a server with fewer than its offer's minimum."),
+        gettext_noop("That would leave a server with fewer cards than its offer's minimum."),
+        gettext_noop("This Idempotency-Key was used with a different request."),
+        # workloads.services and workloads.sshkeys
+        gettext_noop("The lease is not active."),
+        gettext_noop("The lease holds no cards on this server any more."),
+        gettext_noop("Unknown workload."),
+        gettext_noop("Paste one OpenSSH public key (the contents of a .pub file)."),
+        gettext_noop("Paste exactly one OpenSSH public key, on one line."),
+        gettext_noop("An OpenSSH public key looks like 'ssh-ed25519 AAAA... you@host'."),
+        gettext_noop("That is a private key or a PEM file: paste the public key (the .pub file) instead."),
+        gettext_noop("The key's base64 data is damaged."),
+        gettext_noop("The key's data is not a valid key of its type."),
+        gettext_noop("The key's type does not match its data."),
+        gettext_noop("Unsupported key type."),
+        gettext_noop("Too many keys."),
+        gettext_noop("container or host."),
+        gettext_noop("Unknown template."),
+        gettext_noop("Not one of your keys."),
+        gettext_noop("Host access comes with server_month leases only."),
+        gettext_noop("Host access runs no image."),
+        gettext_noop("Host access needs at least one SSH key."),
+        gettext_noop("Name a template or an image."),
+        gettext_noop("Not a valid image reference."),
+    }
+)
+# The messages that carry a figure or a name: their English pattern, and the text to show with the figure.
+PATTERNS = (
+    # scheduler: the largest request that could be met (said of the offer the rent form is on)
+    (
+        re.compile(r"^At most (?P<most>.*) can be allocated with these filters\.\Z", re.DOTALL),
+        gettext_lazy("At most %(most)s can be rented from this offer right now."),
+    ),
+    # workloads
+    (
+        re.compile(r"^Key type (?P<type>.+) is not accepted: use ed25519, ECDSA or RSA \(2048 bits or more\)\.$"),
+        gettext_lazy("Key type %(type)s is not accepted: use ed25519, ECDSA or RSA (2048 bits or more)."),
+    ),
+    (
+        re.compile(r"^This RSA key has (?P<bits>\d+) bits; at least (?P<least>\d+) are needed \(or use ed25519\)\.$"),
+        gettext_lazy("This RSA key has %(bits)s bits; at least %(least)s are needed (or use ed25519)."),
+    ),
+    (
+        re.compile(r"^This key \((?P<fingerprint>\S+)\) is already on your account\.$"),
+        gettext_lazy("This key (%(fingerprint)s) is already on your account."),
+    ),
+    (
+        re.compile(r"^At least (?P<least>\d+) GB \(the template's minimum\), at most (?P<most>\d+)\.$"),
+        gettext_lazy("At least %(least)s GB (the template's minimum), at most %(most)s."),
+    ),
+)
+
+
+def error_text(text: object) -> str:
+    """A service's message or field problem (`DomainError.message`, an entry of its `fields`) in the page's
+    language where the catalogue has it."""
+    text = str(text)
+    for pattern, translated in PATTERNS:
+        match = pattern.match(text)
+        if match:
+            return str(translated) % match.groupdict()
+    return _(text)
