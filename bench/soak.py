@@ -26,7 +26,7 @@ What it does, loopback only, and stops by itself:
      lease), end one (/end/), resize one (/resize/, 1-4 cards) or list them; at most `--cards-per-customer` cards held
      and `--max-leases` leases asked for in all; a 5xx or a dropped connection is retried twice with the same key;
    - the periodic jobs in a process of their own, as the beat would run them: `billing.metering.meter()`,
-     `close_last_period()` and `invoices_mark_overdue()` every `--meter-every` s, `scheduler.services.leases_run()`
+     `close_last_period()` and `invoices_mark_overdue()` every `--meter-every` s, `scheduler.lifecycle.leases_run()`
      every 30 s (inventory's check_agents is not run: a fleet reporting slower than its interval would be marked
      unreachable and failed over, which would measure the load generator, not the platform);
    and, per `--progress` s, a line: requests, p95, error count per kind, live leases and cards, double-booked cards,
@@ -419,7 +419,7 @@ def jobs_process(spec: dict[str, Any], queue: Any) -> None:
         from django.db import connections
 
         from billing import invoicing, metering
-        from scheduler import services
+        from scheduler import lifecycle
 
         def run(name: str, job: Any) -> Any:
             started = time.perf_counter()
@@ -443,7 +443,7 @@ def jobs_process(spec: dict[str, Any], queue: Any) -> None:
                 queue.put({"jobs": f"meter wrote {created} usage records in {summary['seconds']['meter'][-1]:.2f} s"})
                 next_meter += spec["meter_every"]
             if time.time() >= next_leases:
-                run("run_leases", services.leases_run)
+                run("run_leases", lifecycle.leases_run)
                 next_leases += LEASES_RUN_EVERY_S
             time.sleep(max(0.0, min(next_meter, next_leases, spec["stop_at"]) - time.time()))
         connections.close_all()

@@ -90,7 +90,7 @@ class Lease(models.Model):
     # it is host access (server_month on an offer that grants it). Growth and failover keep to the same servers.
     runtime = models.CharField(max_length=16, blank=True)
     host_access = models.BooleanField(default=False)
-    # An interruptible lease told to make way: its cards go at this instant (see services.preempt_leases).
+    # An interruptible lease told to make way: its cards go at this instant (see scheduler/placement.py).
     preempt_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     ended_at = models.DateTimeField(null=True, blank=True)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from scheduler import services
+from scheduler import lifecycle
 
 
 @shared_task(name="scheduler.run_leases")
 def run_leases_task() -> dict:
     """Start due reservations, end expired leases, finish preemptions, fail over (same as `manage.py run_leases`)."""
-    return services.leases_run()
+    return lifecycle.leases_run()
 
 
 @shared_task(name="scheduler.failover")
 def failover_task() -> dict:
     """Move leases off failed cards and unreachable servers now (run_leases also does it every 30 s)."""
-    return services.failover_run()
+    return lifecycle.failover_run()

@@ -11,7 +11,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from inventory.models import Gpu, GpuHealthEvent, Server
-from scheduler import services
+from scheduler import lifecycle
 from scheduler.models import Allocation, Lease, LeaseEvent
 from scheduler.tasks import run_leases_task
 from tests.factories import online_server
@@ -98,7 +98,7 @@ def test_preemption_gives_notice_and_never_touches_on_demand_leases(alice, charl
     # Nothing is left that only an on-demand lease holds: a third on-demand request is refused.
     assert alice.api.post("/api/v1/leases/", {"plan": "card_hour", "gpu_count": 1}, format="json").status_code == 409
     with time_machine.travel(cut + timedelta(seconds=1)):
-        services.leases_run()
+        lifecycle.leases_run()
     assert Lease.objects.get(pk=spot["id"]).state == "preempted"
     assert kinds(spot["id"]) == ["created", "preemption_notice", "preempted"]
 
@@ -123,14 +123,14 @@ def test_a_failed_card_is_replaced_on_the_same_server_and_the_event_is_handled(a
     lease = rent(alice, gpu_count=2)
     gpu = Gpu.objects.get(uuid=lease["gpus"][0]["uuid"])
     _fail(gpu)
-    counts = services.leases_run()
+    counts = lifecycle.leases_run()
     assert counts["replaced"] == 1
     held = alice.api.get(f"/api/v1/leases/{lease['id']}/").json()["gpus"]
     assert len(held) == 2 and gpu.uuid not in {g["uuid"] for g in held}
     assert {g["server"] for g in held} == {gpu.server_id}
     assert not GpuHealthEvent.objects.filter(handled_at__isnull=True).exists()
     assert kinds(lease["id"])[-1] == "failover"
-    assert services.leases_run()["replaced"] == 0  # handled once
+    assert lifecycle.leases_run()["replaced"] == 0  # handled once
 
 
 def test_without_a_spare_the_shortfall_is_recorded_and_pflops_drop(alice, bob, h100):
@@ -139,7 +139,7 @@ def test_without_a_spare_the_shortfall_is_recorded_and_pflops_drop(alice, bob, h
     lease = rent(alice, plan="pflops_year", pflops="3.9", end_at=end)
     assert lease["delivered_pflops"] == "3.958"
     _fail(Gpu.objects.get(uuid=lease["gpus"][0]["uuid"]))
-    services.failover_run()
+    lifecycle.failover_run()
     row = Lease.objects.get(pk=lease["id"])
     assert row.shortfall_gpus == 1 and row.delivered_pflops == Decimal("2.969")
     assert kinds(lease["id"])[-1] == "shortfall"
@@ -150,7 +150,7 @@ def test_leases_on_an_unreachable_server_move_to_a_healthy_one(alice, bob, h100)
     online_server(organization=bob.org, gpu_model=h100, gpus=2, name="b")
     lease = rent(alice, gpu_count=2, server=first.pk)
     Server.objects.filter(pk=first.pk).update(status="unreachable")
-    assert services.failover_run()["replaced"] == 2
+    assert lifecycle.failover_run()["replaced"] == 2
     held = alice.api.get(f"/api/v1/leases/{lease['id']}/").json()["gpus"]
     assert len(held) == 2 and first.pk not in {g["server"] for g in held}
-    assert services.failover_run() == {"replaced": 0, "shortfalls": 0}
+    assert lifecycle.failover_run() == {"replaced": 0, "shortfalls": 0}

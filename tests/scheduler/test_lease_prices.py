@@ -11,7 +11,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from inventory.models import Gpu, GpuHealthEvent, Offer, Server
-from scheduler import services
+from scheduler import lifecycle
 from scheduler.models import Allocation, Lease
 from scheduler.pricing import PRICE_PLACES
 from tests.conftest import make_persona
@@ -325,7 +325,7 @@ def test_a_failover_replacement_keeps_the_price_of_the_card_it_replaces(alice, b
     lease = rent(alice, gpu_count=2, offer=offer_on(home).pk)
     failed = Gpu.objects.get(uuid=lease["gpus"][0]["uuid"])
     _fail(failed)
-    assert services.leases_run()["replaced"] == 1
+    assert lifecycle.leases_run()["replaced"] == 1
     held = alice.api.get(f"/api/v1/leases/{lease['id']}/").json()
     assert {g["server"] for g in held["gpus"]} == {home.pk, spare.pk} and failed.uuid not in {
         g["uuid"] for g in held["gpus"]

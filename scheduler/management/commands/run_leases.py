@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand
 
-from scheduler import services
+from scheduler import lifecycle
 
 
 class Command(BaseCommand):
@@ -12,5 +12,5 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args, **options) -> None:
-        counts = services.leases_run()
+        counts = lifecycle.leases_run()
         self.stdout.write(", ".join(f"{name}: {value}" for name, value in counts.items()))

@@ -1,0 +1,277 @@
+"""Placement: finding and claiming cards for a lease, and preempting interruptible leases to make room.
+
+`allocate`: measure free capacity per server, let the pure allocator place the demand, then claim that many cards
+per server under `FOR NO KEY UPDATE SKIP LOCKED` inside a savepoint (scheduler/locks.py). A server that comes up
+short is re-measured and the demand placed again; a demand short only because of locked cards waits once for
+them; an exclusion-constraint violation rolls the savepoint back and is retried. Whatever fails in the end is
+`NoCapacity` (409) and the caller's transaction rolls back: nothing is held. An on-demand request the free cards
+cannot meet may take cards from interruptible leases, after their notice (`allocate_preempting`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.backends.postgresql.psycopg_any import DateTimeTZRange
+from django.db.models import Exists, Q
+
+from accounts.tenancy import platform_work
+from scheduler import allocator, locks, pricing, selectors
+from scheduler.errors import NoCapacity
+from scheduler.models import Allocation, Lease, LeaseEvent, LeaseState, Plan, check_transition
+from scheduler.selectors import Filters, period_range
+from scheduler.transitions import append_event, close_allocations, finish_preemption, gpu_uuids
+
+# Why the scheduler's services run across tenants while a request is handled (accounts/tenancy.py).
+PLATFORM = "the scheduler places and changes leases on any provider's cards"
+
+# Placement rounds per request: each round re-measures the servers that came up short.
+MAX_ROUNDS = 64
+
+
+@dataclass(frozen=True)
+class Demand:
+    """How much a lease asks for, in its plan's unit: cards, whole servers or rated PFLOPS."""
+
+    plan: str
+    gpu_count: int = 0
+    servers: int = 0
+    pflops: Decimal | None = None
+    mix_models: bool = False
+
+
+def _place(demand: Demand, capacity: Iterable[allocator.ServerCapacity]) -> allocator.Placement | None:
+    if demand.plan == Plan.CARD_HOUR:
+        return allocator.place_cards(capacity, demand.gpu_count)
+    if demand.plan == Plan.SERVER_MONTH:
+        return allocator.place_servers(capacity, demand.servers)
+    assert demand.pflops is not None  # noqa: S101 - validated by the caller
+    return allocator.place_pflops(capacity, demand.pflops, mix_models=demand.mix_models)
+
+
+@platform_work(PLATFORM)
+def largest_allocatable(*, plan: str, filters: Filters) -> Decimal | int:
+    """The most that `filters` could ever allocate for `plan` (cards, servers or PFLOPS), free or not."""
+    totals = selectors.allocatable_totals(filters)
+    if plan == Plan.CARD_HOUR:
+        return totals["cards"]
+    if plan == Plan.SERVER_MONTH:
+        return totals["servers"]
+    return (Decimal(totals["tflops"]) / 1000).quantize(Decimal("0.001"))
+
+
+def _capacity(filters: Filters, period: DateTimeTZRange, held: set[int]) -> dict[int, allocator.ServerCapacity]:
+    return {c.server_id: c for c in selectors.free_capacity(filters, period, held=held)}
+
+
+def _servers_held(lease: Lease, now: datetime) -> set[int]:
+    """Servers where `lease` holds cards from `now` on (an offer's minimum is met there already)."""
+    if lease.pk is None:
+        return set()
+    return set(
+        Allocation.objects.filter(lease=lease, period__overlap=period_range(now, None))
+        .values_list("server_id", flat=True)
+        .distinct()
+    )
+
+
+def allocate(
+    *,
+    lease: Lease,
+    demand: Demand,
+    filters: Filters,
+    start: datetime,
+    end: datetime | None,
+    now: datetime,
+    prefer_servers: set[int] | None = None,
+    preempt: bool = False,
+    price_like: Allocation | None = None,
+) -> list[Allocation]:
+    """Allocate `demand` to `lease` for [start, end), all or nothing; call inside a transaction.
+
+    Locks the chosen card rows (`FOR NO KEY UPDATE`, skip locked, then at most one blocking wait in primary-key
+    order) before inserting the allocations. Raises NoCapacity when the demand cannot be met in full; the caller's
+    transaction then rolls back, so nothing is held. New rows are priced from the lease's price book
+    (scheduler/pricing.py), or like `price_like` (a failover replacement keeps the price of the card it replaces).
+    """
+    period = period_range(start, end)
+    held = _servers_held(lease, now)
+    capacity = _capacity(filters, period, held)
+    contended: set[int] = set()
+    waited = False
+    for _ in range(MAX_ROUNDS):
+        placement = None
+        if prefer_servers:
+            placement = _place(demand, [c for c in capacity.values() if c.server_id in prefer_servers])
+        if placement is None:
+            placement = _place(demand, capacity.values())
+        if placement is None:
+            if contended and not waited:
+                locks.wait_for_cards(server_ids=contended, period=period, filters=filters)
+                waited = True
+                contended.clear()
+                capacity = _capacity(filters, period, held)
+                continue
+            if preempt:
+                return allocate_preempting(
+                    lease=lease, demand=demand, filters=filters, start=start, end=end, now=now, price_like=price_like
+                )
+            raise NoCapacity()
+        savepoint = transaction.savepoint()
+        claimed, short = _claim(placement, period=period, filters=filters)
+        if short:
+            transaction.savepoint_rollback(savepoint)
+            for server_id, got in short.items():
+                capacity[server_id] = replace(capacity[server_id], free=got)
+                contended.add(server_id)
+            continue
+        cards = [(server_id, gpu_id) for server_id, ids in claimed.items() for gpu_id in ids]
+        rows = _insert(lease, cards, period, price_like=price_like)
+        if rows is None:
+            # A card allocated by a transaction that committed between our snapshot and our lock.
+            transaction.savepoint_rollback(savepoint)
+            capacity = _capacity(filters, period, held)
+            continue
+        transaction.savepoint_commit(savepoint)
+        return rows
+    raise NoCapacity()
+
+
+def _claim(
+    placement: allocator.Placement, *, period: DateTimeTZRange, filters: Filters
+) -> tuple[dict[int, list[int]], dict[int, int]]:
+    """Lock the placed cards server by server (in id order), stopping at the first server that comes up short.
+
+    Returns the card ids locked per server and, for a server short of cards, how many it had.
+    """
+    claimed: dict[int, list[int]] = {}
+    short: dict[int, int] = {}
+    for server_id, count in sorted(placement.items()):
+        ids = locks.claim_free_cards(server_id=server_id, count=count, period=period, filters=filters)
+        if len(ids) < count:
+            short[server_id] = len(ids)
+            break
+        claimed[server_id] = ids
+    return claimed, short
+
+
+def _insert(
+    lease: Lease, cards: list[tuple[int, int]], period: DateTimeTZRange, *, price_like: Allocation | None = None
+) -> list[Allocation] | None:
+    """Insert and price the allocations of `cards` (server id, card id) for `period`; None when the exclusion
+    constraint refuses one (the inner savepoint is rolled back, the caller's transaction stays usable)."""
+    rows = [Allocation(lease=lease, gpu_id=gpu_id, server_id=server_id, period=period) for server_id, gpu_id in cards]
+    _price(lease, rows, price_like)
+    try:
+        with transaction.atomic():
+            Allocation.objects.bulk_create(rows)
+    except IntegrityError:
+        return None
+    return rows
+
+
+def _price(lease: Lease, rows: list[Allocation], like: Allocation | None) -> None:
+    if like is None:
+        pricing.price_allocations(lease, rows)
+        return
+    for row in rows:
+        row.unit_price, row.units = like.unit_price, like.units
+
+
+# --- preemption --------------------------------------------------------------------------------------------
+
+
+def preemption_notice() -> timedelta:
+    return timedelta(seconds=settings.SUANLI_PREEMPTION_NOTICE_SECONDS)
+
+
+def _by_interruptible_only(period: DateTimeTZRange) -> Q:
+    """Cards whose overlapping allocations (if any) all belong to live interruptible leases."""
+    firm = selectors.overlapping(period).filter(
+        Q(lease__interruptible=False) | ~Q(lease__state__in=[LeaseState.SCHEDULED, LeaseState.ACTIVE])
+    )
+    return ~Q(Exists(firm))
+
+
+def allocate_preempting(
+    *,
+    lease: Lease,
+    demand: Demand,
+    filters: Filters,
+    start: datetime,
+    end: datetime | None,
+    now: datetime,
+    price_like: Allocation | None = None,
+) -> list[Allocation]:
+    """An on-demand request the free cards cannot meet: count cards held by interruptible leases as free too.
+
+    Notice semantics: each interruptible lease that loses a card gets a `preemption_notice` event now and keeps
+    all its cards until `cut` = max(start, now + SUANLI_PREEMPTION_NOTICE_SECONDS); its allocations are closed
+    at `cut` and the on-demand lease holds those cards from `cut` (its free cards from `start`). The interruptible
+    lease becomes `preempted` at `cut` (at once when the notice is 0, else by run_leases). On-demand leases are
+    never touched: a card any on-demand allocation overlaps is not a candidate.
+    """
+    period = period_range(start, end)
+    cut = max(start, now + preemption_notice())
+    candidates = selectors.allocatable_gpus(filters).filter(_by_interruptible_only(period))
+    capacity = selectors.capacity_of(candidates, held=_servers_held(lease, now))
+    placement = _place(demand, capacity)
+    if placement is None:
+        raise NoCapacity()
+    claimed: list[tuple[int, int]] = []
+    for server_id, count in sorted(placement.items()):
+        # Free cards first, then the ones an interruptible lease holds.
+        ids = list(
+            candidates.filter(server_id=server_id)
+            .order_by(Exists(selectors.overlapping(period)).asc(), "pk")
+            .select_for_update(no_key=True, skip_locked=True, of=("self",))
+            .values_list("pk", flat=True)[:count]
+        )
+        if len(ids) < count:
+            raise NoCapacity()
+        claimed += [(server_id, gpu_id) for gpu_id in ids]
+    victim_cards = _preempt_holders([gpu_id for _, gpu_id in claimed], period=period, cut=cut, now=now)
+    allocations = [
+        Allocation(
+            lease=lease,
+            gpu_id=gpu_id,
+            server_id=server_id,
+            period=period_range(cut if gpu_id in victim_cards else start, end),
+        )
+        for server_id, gpu_id in claimed
+    ]
+    _price(lease, allocations, price_like)
+    try:
+        with transaction.atomic():
+            Allocation.objects.bulk_create(allocations)
+    except IntegrityError:
+        raise NoCapacity() from None
+    return allocations
+
+
+def _preempt_holders(gpu_ids: list[int], *, period: DateTimeTZRange, cut: datetime, now: datetime) -> set[int]:
+    """Give notice to every lease holding one of `gpu_ids` during `period` (rows locked in id order); returns the
+    cards they held, which become free only at `cut`."""
+    holding = Allocation.objects.filter(gpu_id__in=gpu_ids, period__overlap=period)
+    victim_ids = sorted(set(holding.values_list("lease_id", flat=True)))
+    victim_cards = set(holding.values_list("gpu_id", flat=True))
+    for victim in Lease.objects.filter(pk__in=victim_ids).order_by("pk").select_for_update():
+        _preempt(victim, cut=cut, now=now)
+    return victim_cards
+
+
+def _preempt(victim: Lease, *, cut: datetime, now: datetime) -> None:
+    if victim.state not in (LeaseState.SCHEDULED, LeaseState.ACTIVE) or not victim.interruptible:
+        raise NoCapacity()  # pragma: no cover - excluded by the candidate query
+    check_transition(victim.state, LeaseState.PREEMPTED)
+    released = close_allocations(Allocation.objects.filter(lease=victim), at=cut, reason="preempted")
+    Lease.objects.filter(pk=victim.pk).update(preempt_at=cut)
+    victim.preempt_at = cut
+    append_event(victim, now, LeaseEvent.Kind.PREEMPTION_NOTICE, effective_at=cut.isoformat(), gpus=gpu_uuids(released))
+    if cut <= now:
+        finish_preemption(victim, now=now)

@@ -1,0 +1,78 @@
+"""How a lease's rows change, for every writer of the scheduler (placement, the lease verbs, the lifecycle jobs).
+
+`move` is the one writer of `Lease.state` (a conditional UPDATE from the allowed source states), `append_event`
+the only writer of the event log, `close_allocations` ends a lease's hold on its cards at an instant; `start` and
+`finish_preemption` are the two moves made both by a request and by the periodic job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from django.contrib.postgres.fields import DateTimeRangeField
+from django.db.models import ExpressionWrapper, F, Func, Q, QuerySet, Sum, Value
+
+from inventory.models import Gpu
+from scheduler.models import Allocation, Lease, LeaseEvent, LeaseState, sources_of
+
+
+def append_event(lease: Lease, at: datetime, kind: str, **data: Any) -> LeaseEvent:
+    """Append one event to the lease's log (the only way events are written: never updated, never deleted)."""
+    return LeaseEvent.objects.create(lease=lease, at=at, kind=kind, data=data)
+
+
+def move(lease: Lease, target: str, **fields: Any) -> bool:
+    """The one writer of `Lease.state`: a conditional UPDATE from the states allowed to reach `target`.
+
+    Returns False (and changes nothing) when the lease is no longer in such a state, so racing runners of the
+    same move cannot both apply it.
+    """
+    changed = Lease.objects.filter(pk=lease.pk, state__in=sources_of(target)).update(state=target, **fields)
+    if changed:
+        lease.state = target
+        for name, value in fields.items():
+            setattr(lease, name, value)
+    return bool(changed)
+
+
+def start(lease: Lease, *, now: datetime) -> bool:
+    """A reservation whose start has come becomes active (once, however many callers race)."""
+    if move(lease, LeaseState.ACTIVE):
+        append_event(lease, now, LeaseEvent.Kind.STARTED)
+        return True
+    return False
+
+
+def finish_preemption(lease: Lease, *, now: datetime) -> bool:
+    """An interruptible lease whose notice ran out becomes `preempted` at its `preempt_at` (once)."""
+    if move(lease, LeaseState.PREEMPTED, ended_at=lease.preempt_at or now):
+        append_event(lease, now, LeaseEvent.Kind.PREEMPTED, effective_at=(lease.preempt_at or now).isoformat())
+        return True
+    return False
+
+
+def close_allocations(allocations: QuerySet[Allocation], *, at: datetime, reason: str) -> list[int]:
+    """Close every allocation of `allocations` still held at `at`: periods end at `at`; allocations that had not
+    started by `at` are removed (they never held the card). Returns the card ids released."""
+    live = allocations.filter(Q(period__endswith__isnull=True) | Q(period__endswith__gt=at))
+    released = list(live.values_list("gpu_id", flat=True))
+    live.filter(period__startswith__gte=at).delete()
+    closed = Func(F("period__startswith"), Value(at), Value("[)"), function="tstzrange")
+    live.filter(period__startswith__lt=at).update(
+        period=ExpressionWrapper(closed, output_field=DateTimeRangeField()), close_reason=reason
+    )
+    return released
+
+
+def gpu_uuids(gpu_ids: Iterable[int]) -> list[str]:
+    """The cards' uuids in primary-key order, as the event log names them."""
+    return list(Gpu.objects.filter(pk__in=list(gpu_ids)).order_by("pk").values_list("uuid", flat=True))
+
+
+def rated_pflops(gpu_ids: Iterable[int]) -> Decimal:
+    """The rated dense FP16 PFLOPS of these cards together (what a lease delivers)."""
+    total = Gpu.objects.filter(pk__in=list(gpu_ids)).aggregate(t=Sum("server__gpu_model__fp16_tflops"))["t"]
+    return (Decimal(total or 0) / 1000).quantize(Decimal("0.001"))
