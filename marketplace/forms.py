@@ -1,7 +1,7 @@
 """Storefront forms: offer search (GET), renting from an offer, resizing and ending a lease.
 
 Every form that changes something carries a hidden idempotency key, made fresh each time the form is rendered.
-Submitting goes through scheduler.idempotency's Idempotency-Key mechanism with that key (`IdempotentForm.submit`),
+Submitting goes through scheduler.idempotency's `run_once` with that key (`IdempotentForm.submit`),
 so a double click, a resubmitted POST or a retry after a lost answer does the work once and answers the same.
 """
 
@@ -13,14 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 from django import forms
 from django.conf import settings
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, pgettext_lazy
-from rest_framework.request import Request
 
 from accounts.error_text import error_text
 from accounts.errors import DomainError
@@ -31,7 +29,7 @@ from billing.display import PLAN_LABELS
 from inventory.access import STOREFRONT
 from inventory.models import Interconnect, Offer
 from inventory.selectors import gpu_models_listed
-from scheduler.idempotency import HEADER, MAX_KEY_LENGTH, run_idempotent
+from scheduler.idempotency import MAX_KEY_LENGTH, run_once
 from scheduler.models import Plan
 from scheduler.serializers import START_GRACE
 
@@ -100,10 +98,8 @@ class IdempotentForm(forms.Form):
         with another payload is refused. Invalid input (400) is never recorded, so a corrected form goes through.
         """
         key = (self.cleaned_data.get("idempotency_key") or "").strip() or None
-        # run_idempotent reads only these three attributes of the API request it usually gets.
-        request = SimpleNamespace(headers={HEADER: key} if key else {}, org=org, data=payload)
         try:
-            status, body = run_idempotent(cast(Request, request), scope=scope, work=lambda: (200, work()))
+            status, body = run_once(org=org, scope=scope, key=key, payload=payload, work=lambda: (200, work()))
         except DomainError as exc:
             return Outcome(ok=False, body={}, code=exc.code, message=exc.message, fields=exc.fields)
         if status >= 400:

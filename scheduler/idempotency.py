@@ -1,4 +1,5 @@
-"""`Idempotency-Key` for the scheduler's writes (lease create, resize, end), on accounts.IdempotencyRecord.
+"""Writes done at most once per organisation, scope and key, on accounts.IdempotencyRecord: `run_once`, which the
+pages' forms call with their hidden key, and `run_idempotent`, its adapter for API requests (`Idempotency-Key`).
 
 The same key and the same body answer the first answer again (status and body); the same key with another body
 is 409 `idempotency_key_reused`. The record is inserted in the transaction that does the work, so a concurrent
@@ -23,7 +24,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 
 from accounts.errors import Conflict, DomainError, InvalidInput, error_body
-from accounts.models import IdempotencyRecord
+from accounts.models import IdempotencyRecord, Organization
 
 HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 200
@@ -39,15 +40,33 @@ def _plain(body: Any) -> Any:
 
 
 def run_idempotent(request: Request, *, scope: str, work: Callable[[], tuple[int, Any]]) -> tuple[int, Any]:
-    """Run `work` (returning status and JSON body) at most once per organisation, scope and key."""
+    """`run_once` for an API request: its organisation, its `Idempotency-Key` header and its body (parsed only
+    when the request has a well-formed key, so a request without one fails, if at all, in `work`)."""
     key = request.headers.get(HEADER)
     if key is None:
         return work()
+    _check_key(key)
+    return run_once(org=request.org, scope=scope, key=key, payload=request.data, work=work)
+
+
+def _check_key(key: str) -> None:
     if not key.strip() or len(key) > MAX_KEY_LENGTH:
         message = f"{HEADER} must be 1 to {MAX_KEY_LENGTH} characters."
         raise InvalidInput(message, fields={HEADER: [message]})
-    org = request.org
-    digest = request_hash(scope, request.data)
+
+
+def run_once(
+    *, org: Organization, scope: str, key: str | None, payload: Any, work: Callable[[], tuple[int, Any]]
+) -> tuple[int, Any]:
+    """Run `work` (returning status and JSON body) at most once per organisation, scope and key.
+
+    `payload` is what the caller asked (the request body, a form's fields): the same key with another payload is
+    refused. Without a key, `work` simply runs. Inserts the record in the transaction of the work (see above).
+    """
+    if key is None:
+        return work()
+    _check_key(key)
+    digest = request_hash(scope, payload)
     now = timezone.now()
     # A minute over, so the record outlives its promise even counted from its own created_at.
     ttl = timedelta(hours=max(24, settings.SUANLI_IDEMPOTENCY_TTL_HOURS), minutes=1)
