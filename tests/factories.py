@@ -110,7 +110,7 @@ from decimal import Decimal  # noqa: E402
 
 from django.utils import timezone  # noqa: E402
 
-from scheduler.models import Lease  # noqa: E402
+from scheduler.models import Allocation, Lease  # noqa: E402
 
 
 class OfferFactory(factory.django.DjangoModelFactory):
@@ -156,3 +156,162 @@ class LeaseFactory(factory.django.DjangoModelFactory):
     unit_price = Decimal("2.500000")
     start_at = factory.LazyFunction(timezone.now)
     end_at = factory.LazyFunction(lambda: timezone.now() + timedelta(hours=1))
+
+
+class AllocationFactory(factory.django.DjangoModelFactory):
+    """A card held by a lease for the lease's period, at the lease's unit price (one unit). A bare row: use
+    scheduler.services.lease_create for a real allocation."""
+
+    class Meta:
+        model = Allocation
+
+    lease = factory.SubFactory(LeaseFactory)
+    gpu = factory.SubFactory(GpuFactory)
+    server = factory.LazyAttribute(lambda o: o.gpu.server)
+    period = factory.LazyAttribute(lambda o: (o.lease.start_at, o.lease.end_at))
+    unit_price = factory.LazyAttribute(lambda o: o.lease.unit_price)
+    units = Decimal(1)
+
+
+# --- inventory events ------------------------------------------------------------------------------------
+from inventory.models import GpuHealthEvent, ServerOutage  # noqa: E402
+
+
+class GpuHealthEventFactory(factory.django.DjangoModelFactory):
+    """A card going from healthy to failed now (pass `at`, `from_health`, `to_health` for another change)."""
+
+    class Meta:
+        model = GpuHealthEvent
+
+    gpu = factory.SubFactory(GpuFactory)
+    server = factory.LazyAttribute(lambda o: o.gpu.server)
+    at = factory.LazyFunction(timezone.now)
+    from_health = "healthy"
+    to_health = "failed"
+
+
+class ServerOutageFactory(factory.django.DjangoModelFactory):
+    """A time the server's agent was silent; open (`ended_at` None) unless `ended_at` is given."""
+
+    class Meta:
+        model = ServerOutage
+
+    server = factory.SubFactory(ServerFactory)
+    started_at = factory.LazyFunction(timezone.now)
+    ended_at = None
+
+
+# --- billing ---------------------------------------------------------------------------------------------
+from billing.models import (  # noqa: E402
+    Invoice,
+    Payment,
+    Payout,
+    ProviderStatement,
+    ProviderTerms,
+    StripeEvent,
+    UsageRecord,
+)
+
+
+class UsageRecordFactory(factory.django.DjangoModelFactory):
+    """One metered slot of an allocation: an hour from its lease's start, fully up, at the allocation's price, rated
+    as card-hours (quantity = up seconds / 3600 x units; amount = quantity x unit price)."""
+
+    class Meta:
+        model = UsageRecord
+
+    allocation = factory.SubFactory(AllocationFactory)
+    lease = factory.LazyAttribute(lambda o: o.allocation.lease)
+    organization = factory.LazyAttribute(lambda o: o.lease.organization)
+    provider = factory.LazyAttribute(lambda o: o.server.organization)
+    server = factory.LazyAttribute(lambda o: o.allocation.server)
+    plan = factory.LazyAttribute(lambda o: o.lease.plan)
+    slot_start = factory.LazyAttribute(lambda o: o.lease.start_at)
+    start = factory.LazyAttribute(lambda o: o.slot_start)
+    end = factory.LazyAttribute(lambda o: o.start + timedelta(hours=1))
+    seconds = Decimal(3600)
+    down_seconds = Decimal(0)
+    units = factory.LazyAttribute(lambda o: o.allocation.units)
+    unit_price = factory.LazyAttribute(lambda o: o.allocation.unit_price)
+    currency = factory.LazyAttribute(lambda o: o.lease.currency)
+    quantity = factory.LazyAttribute(lambda o: (Decimal(o.seconds) - Decimal(o.down_seconds)) / 3600 * Decimal(o.units))
+    amount = factory.LazyAttribute(lambda o: Decimal(o.quantity) * Decimal(o.unit_price))
+
+
+class InvoiceFactory(factory.django.DjangoModelFactory):
+    """A customer's invoice for March 2026 in its currency: a draft with no lines and zero sums unless given
+    (an issued one needs `number`, `state` and its sums)."""
+
+    class Meta:
+        model = Invoice
+
+    organization = factory.SubFactory(OrganizationFactory)
+    period = "2026-03"
+    currency = factory.LazyAttribute(lambda o: o.organization.currency)
+
+
+class PaymentFactory(factory.django.DjangoModelFactory):
+    """A Stripe payment of the whole invoice, still pending unless `state` says otherwise."""
+
+    class Meta:
+        model = Payment
+
+    invoice = factory.SubFactory(InvoiceFactory)
+    organization = factory.LazyAttribute(lambda o: o.invoice.organization)
+    stripe_payment_intent = factory.Sequence(lambda n: f"pi_test{n:020d}")
+    amount = factory.LazyAttribute(lambda o: o.invoice.total)
+    currency = factory.LazyAttribute(lambda o: o.invoice.currency)
+
+
+class StripeEventFactory(factory.django.DjangoModelFactory):
+    """A stored Stripe webhook event; its payload names its id and type and carries `data.object` = {}."""
+
+    class Meta:
+        model = StripeEvent
+
+    event_id = factory.Sequence(lambda n: f"evt_test{n:020d}")
+    type = "payment_intent.succeeded"
+    created = factory.LazyFunction(timezone.now)
+    payload = factory.LazyAttribute(lambda o: {"id": o.event_id, "type": o.type, "data": {"object": {}}})
+
+
+class ProviderStatementFactory(factory.django.DjangoModelFactory):
+    """A provider's open statement for March 2026: 1000.00 gross at a 15 % commission, no credits; `net` always
+    follows from the sums (the database checks net = gross - commission - credits)."""
+
+    class Meta:
+        model = ProviderStatement
+
+    organization = factory.SubFactory(ProviderFactory)
+    period = "2026-03"
+    currency = factory.LazyAttribute(lambda o: o.organization.currency)
+    gross = Decimal("1000.00")
+    take_rate = Decimal("0.15")
+    commission = factory.LazyAttribute(lambda o: Decimal(o.gross) * Decimal(o.take_rate))
+    credits = Decimal(0)
+    net = factory.LazyAttribute(lambda o: Decimal(o.gross) - Decimal(o.commission) - Decimal(o.credits))
+
+
+class PayoutFactory(factory.django.DjangoModelFactory):
+    """A bank settlement of the statement's net, paid."""
+
+    class Meta:
+        model = Payout
+
+    statement = factory.SubFactory(ProviderStatementFactory)
+    organization = factory.LazyAttribute(lambda o: o.statement.organization)
+    method = Payout.Method.BANK
+    amount = factory.LazyAttribute(lambda o: o.statement.net)
+    currency = factory.LazyAttribute(lambda o: o.statement.currency)
+    state = Payout.State.PAID
+
+
+class ProviderTermsFactory(factory.django.DjangoModelFactory):
+    """A provider's payout terms: the platform's commission rate and no Stripe Connect account unless given."""
+
+    class Meta:
+        model = ProviderTerms
+
+    organization = factory.SubFactory(ProviderFactory)
+    take_rate = None
+    stripe_account = ""

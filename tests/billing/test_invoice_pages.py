@@ -17,9 +17,8 @@ from accounts.models import Role
 from billing import invoicing
 from billing.models import Invoice
 from billing.views_invoices import money_text
-from inventory.models import GpuHealthEvent
 from scheduler import services
-from tests.factories import MembershipFactory, UserFactory, online_server
+from tests.factories import GpuHealthEventFactory, InvoiceFactory, MembershipFactory, UserFactory, online_server
 
 MARCH = datetime(2026, 2, 28, 16, 0, tzinfo=UTC)  # 2026-03-01 00:00 in Asia/Shanghai, the platform clock
 APRIL = datetime(2026, 3, 31, 16, 0, tzinfo=UTC)
@@ -83,7 +82,7 @@ def test_another_tenants_invoice_is_not_found_on_the_page_or_as_pdf(client, invo
 
 
 def test_a_draft_is_never_shown(client, alice, invoice):
-    draft = Invoice.objects.create(organization=alice.org, period="2026-04", currency="USD")
+    draft = InvoiceFactory(organization=alice.org, period="2026-04", currency="USD")
     client.force_login(alice.user)
     assert client.get(f"/invoices/{draft.pk}/").status_code == 404
     assert client.get(f"/invoices/{draft.pk}/pdf/").status_code == 404
@@ -153,10 +152,8 @@ def test_a_line_with_an_sla_credit_shows_it(client, clock, alice, bob, settings)
     online_server(organization=bob.org, offer=PRICES, gpus=1, name="solo")
     lease = services.lease_create(org=alice.org, plan="card_hour", gpu_count=1, end_at=MARCH + timedelta(hours=10))
     gpu = lease.allocations.get().gpu
-    GpuHealthEvent.objects.create(gpu=gpu, server=gpu.server, at=MARCH, from_health="healthy", to_health="failed")
-    GpuHealthEvent.objects.create(
-        gpu=gpu, server=gpu.server, at=MARCH + timedelta(hours=1), from_health="failed", to_health="healthy"
-    )
+    GpuHealthEventFactory(gpu=gpu, at=MARCH, from_health="healthy", to_health="failed")
+    GpuHealthEventFactory(gpu=gpu, at=MARCH + timedelta(hours=1), from_health="failed", to_health="healthy")
     clock.move_to(APRIL + timedelta(hours=1))
     invoicing.close_period("2026-03")
     invoice = Invoice.objects.get(organization=alice.org)

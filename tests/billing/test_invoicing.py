@@ -13,10 +13,9 @@ from django.core.management.base import CommandError
 from django.db import IntegrityError, transaction
 
 from billing import invoicing
-from billing.models import Invoice, InvoiceLine, ProviderStatement, ProviderTerms
-from inventory.models import GpuHealthEvent
+from billing.models import Invoice, InvoiceLine, ProviderStatement
 from scheduler import services
-from tests.factories import online_server
+from tests.factories import GpuHealthEventFactory, ProviderTermsFactory, online_server
 
 MARCH = datetime(2026, 2, 28, 16, 0, tzinfo=UTC)  # 2026-03-01 00:00 in Asia/Shanghai, the platform clock
 APRIL = datetime(2026, 3, 31, 16, 0, tzinfo=UTC)
@@ -86,13 +85,11 @@ def test_a_finalised_invoice_never_changes_below_the_views(march, clock):
 
 def test_down_time_beyond_the_sla_is_credited_and_charged_back_to_the_provider(march, clock, bob):
     settings_take = Decimal("0.20")
-    ProviderTerms.objects.create(organization=bob.org, take_rate=settings_take)
+    ProviderTermsFactory(organization=bob.org, take_rate=settings_take)
     gpu = march["month"].allocations.first().gpu
     at = MARCH + timedelta(days=15)
-    GpuHealthEvent.objects.create(gpu=gpu, server=gpu.server, at=at, from_health="healthy", to_health="failed")
-    GpuHealthEvent.objects.create(
-        gpu=gpu, server=gpu.server, at=at + timedelta(hours=6), from_health="failed", to_health="healthy"
-    )
+    GpuHealthEventFactory(gpu=gpu, at=at, from_health="healthy", to_health="failed")
+    GpuHealthEventFactory(gpu=gpu, at=at + timedelta(hours=6), from_health="failed", to_health="healthy")
     clock.move_to(APRIL + timedelta(hours=1))
     invoicing.close_period("2026-03")
     invoice = Invoice.objects.get()
@@ -112,10 +109,8 @@ def test_an_sla_breach_credits_the_line(clock, alice, bob, settings):
     online_server(organization=bob.org, offer=PRICES, gpus=1, name="solo")
     lease = services.lease_create(org=alice.org, plan="card_hour", gpu_count=1, end_at=MARCH + timedelta(hours=10))
     gpu = lease.allocations.get().gpu
-    GpuHealthEvent.objects.create(gpu=gpu, server=gpu.server, at=MARCH, from_health="healthy", to_health="failed")
-    GpuHealthEvent.objects.create(
-        gpu=gpu, server=gpu.server, at=MARCH + timedelta(hours=1), from_health="failed", to_health="healthy"
-    )
+    GpuHealthEventFactory(gpu=gpu, at=MARCH, from_health="healthy", to_health="failed")
+    GpuHealthEventFactory(gpu=gpu, at=MARCH + timedelta(hours=1), from_health="failed", to_health="healthy")
     clock.move_to(APRIL + timedelta(hours=1))
     invoicing.close_period("2026-03")
     line = InvoiceLine.objects.get()

@@ -11,9 +11,8 @@ from django.core.management import call_command
 
 from billing.metering import lease_usage, meter
 from billing.models import UsageRecord
-from inventory.models import GpuHealthEvent, ServerOutage
 from scheduler import services
-from tests.factories import OrganizationFactory, online_server
+from tests.factories import GpuHealthEventFactory, OrganizationFactory, ServerOutageFactory, online_server
 
 T0 = datetime(2026, 3, 10, 2, 20, tzinfo=UTC)  # 10:20 in Asia/Shanghai, the platform clock
 
@@ -49,15 +48,13 @@ def test_failed_and_unreachable_seconds_are_not_charged(clock, customer):
     server = online_server(offer={"card_hour_price": Decimal("3.6000")})
     lease = services.lease_create(org=customer, plan="card_hour", gpu_count=2)
     gpu = lease.allocations.order_by("gpu__index").first().gpu
-    GpuHealthEvent.objects.create(
+    GpuHealthEventFactory(
         gpu=gpu, server=server, at=T0 + timedelta(minutes=70), from_health="healthy", to_health="failed", handled_at=T0
     )
-    GpuHealthEvent.objects.create(
+    GpuHealthEventFactory(
         gpu=gpu, server=server, at=T0 + timedelta(minutes=85), from_health="failed", to_health="healthy"
     )
-    ServerOutage.objects.create(
-        server=server, started_at=T0 + timedelta(minutes=100), ended_at=T0 + timedelta(minutes=110)
-    )
+    ServerOutageFactory(server=server, started_at=T0 + timedelta(minutes=100), ended_at=T0 + timedelta(minutes=110))
     clock.move_to(T0 + timedelta(minutes=160))  # 13:00 local
     meter()
     down = {

@@ -24,6 +24,7 @@ from billing import payments
 from billing.models import Invoice, Payment, StripeCustomer, StripeEvent
 from tests.billing.conftest import PUBLISHABLE_KEY, SECRET_KEY, WEBHOOK_SECRET, FakeStripe
 from tests.conftest import Persona, make_persona
+from tests.factories import InvoiceFactory
 
 pytestmark = pytest.mark.usefixtures("fake_stripe")
 
@@ -36,7 +37,7 @@ DECLINED_CARD = "4000000000000341"  # attaches, then the charge is declined
 
 def open_invoice(org, *, total: str = "1234.56", currency: str = "USD", state: str = "open", **fields) -> Invoice:
     n = Invoice.objects.count() + 1
-    return Invoice.objects.create(
+    return InvoiceFactory(
         organization=org,
         period=fields.pop("period", f"2025-{n % 12 + 1:02d}"),
         number="" if state == "draft" else f"INV-{uuid.uuid4().int % 10**6:06d}",

@@ -12,10 +12,11 @@ from django.urls import reverse
 
 from accounts.errors import NotAllowed
 from billing import payouts
-from billing.models import Payout, ProviderStatement, ProviderTerms
+from billing.models import Payout, ProviderStatement
 from tests.billing import fake_connect
 from tests.billing.fake_connect import FakeConnect
 from tests.conftest import Persona
+from tests.factories import PayoutFactory, ProviderStatementFactory, ProviderTermsFactory
 
 SECRET_KEY = "sk_test_suanli_connect"
 
@@ -39,7 +40,7 @@ def statement_of(
     org, *, gross: str = "1000.00", commission: str = "150.00", credits: str = "0", period: str = "2026-03", **fields
 ) -> ProviderStatement:
     net = Decimal(gross) - Decimal(commission) - Decimal(credits)
-    return ProviderStatement.objects.create(
+    return ProviderStatementFactory(
         organization=org,
         period=period,
         currency=fields.pop("currency", "USD"),
@@ -53,7 +54,7 @@ def statement_of(
 
 
 def with_stripe_account(persona: Persona, account: str = "acct_1BobIdc") -> str:
-    ProviderTerms.objects.create(organization=persona.org, stripe_account=account)
+    ProviderTermsFactory(organization=persona.org, stripe_account=account)
     return account
 
 
@@ -150,7 +151,7 @@ def test_paying_twice_is_refused_and_the_database_allows_one_live_payout(bob, st
         assert "already paid" in response.json()["error"]["message"]
     assert len(connect.transfers) == 1 and Payout.objects.count() == 1
     with pytest.raises(IntegrityError), transaction.atomic():
-        Payout.objects.create(
+        PayoutFactory(
             statement=statement, organization=bob.org, method="bank", amount=statement.net, currency="USD", state="paid"
         )
 

@@ -24,9 +24,8 @@ from hypothesis import strategies as st
 from billing import invoicing, metering, rating
 from billing.models import Invoice, ProviderStatement, UsageRecord
 from scheduler import services
-from scheduler.models import Allocation
 from scheduler.pricing import UNIT_PLACES
-from tests.factories import LeaseFactory, OrganizationFactory, online_server
+from tests.factories import AllocationFactory, LeaseFactory, OrganizationFactory, UsageRecordFactory, online_server
 
 D = Decimal
 HOUR = timedelta(hours=1)
@@ -435,14 +434,14 @@ def test_an_invoice_total_is_its_subtotal_less_credits_plus_tax_and_its_subtotal
         gpus = list(server.gpus.order_by("index"))
         leases = [LeaseFactory(organization=customer, start_at=MARCH.start, end_at=MARCH.end) for _ in range(4)]
         allocations = [
-            Allocation.objects.create(
+            AllocationFactory(
                 lease=lease, gpu=gpu, server=server, period=(MARCH.start, MARCH.end), unit_price=1, units=1
             )
             for lease, gpu in zip(leases, gpus, strict=True)
         ]
         for n, (lease, price, held, down, amount) in enumerate(records):
             slot = MARCH.start + n * HOUR
-            UsageRecord.objects.create(
+            UsageRecordFactory(
                 allocation=allocations[lease],
                 lease=leases[lease],
                 organization=customer,

@@ -21,13 +21,13 @@ from django.test import Client
 from django.urls import reverse
 
 from billing import invoicing, payments, payouts
-from billing.models import Invoice, Payment, Payout, ProviderStatement, ProviderTerms, StripeEvent, UsageRecord
+from billing.models import Invoice, Payment, ProviderStatement, StripeEvent, UsageRecord
 from billing.reconciliation import reconcile
 from scheduler import services
 from tests.billing import fake_connect
 from tests.billing.conftest import SECRET_KEY, WEBHOOK_SECRET, FakeStripe
 from tests.billing.fake_connect import FakeConnect
-from tests.factories import online_server
+from tests.factories import PaymentFactory, PayoutFactory, ProviderTermsFactory, StripeEventFactory, online_server
 
 MARCH = datetime(2026, 2, 28, 16, 0, tzinfo=UTC)  # 2026-03-01 00:00 in Asia/Shanghai, the platform clock
 APRIL = datetime(2026, 3, 31, 16, 0, tzinfo=UTC)
@@ -59,7 +59,7 @@ def month(clock, alice, bob, settings) -> dict:
 def paid_by_webhook(invoice: Invoice) -> Payment:
     """The invoice paid by a Stripe payment whose payment_intent.succeeded event we stored."""
     intent = f"pi_{uuid.uuid4().hex[:24]}"
-    payment = Payment.objects.create(
+    payment = PaymentFactory(
         invoice=invoice,
         organization_id=invoice.organization_id,
         stripe_payment_intent=intent,
@@ -69,7 +69,7 @@ def paid_by_webhook(invoice: Invoice) -> Payment:
     )
     cents = int(invoice.total * 100)
     obj = {"id": intent, "object": "payment_intent", "amount": cents, "amount_received": cents, "currency": "usd"}
-    StripeEvent.objects.create(
+    StripeEventFactory(
         event_id=f"evt_{uuid.uuid4().hex[:24]}",
         type="payment_intent.succeeded",
         created=datetime.now(tz=UTC),
@@ -197,7 +197,7 @@ def test_a_payment_no_stripe_record_confirms_is_listed(settled):
 
 def test_a_statement_paid_with_a_wrong_payout_amount_is_listed(month, staff):
     statement = month["statement"]
-    payout = Payout.objects.create(
+    payout = PayoutFactory(
         statement=statement,
         organization_id=statement.organization_id,
         method="bank",
@@ -369,7 +369,7 @@ def pay_on_stripe(world: dict, alice) -> Payment:
 def test_payments_and_transfers_are_matched_against_stripe(stripe_world, alice, bob, staff, settings):
     payment = pay_on_stripe(stripe_world, alice)
     assert payment.state == "succeeded"
-    ProviderTerms.objects.create(organization=bob.org, stripe_account="acct_1BobIdc")
+    ProviderTermsFactory(organization=bob.org, stripe_account="acct_1BobIdc")
     payout = payouts.payout_send(statement=stripe_world["statement"], by=staff.user)
 
     result = reconcile("2026-03")
