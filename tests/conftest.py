@@ -13,7 +13,8 @@ from accounts.services import api_key_create
 from tests.factories import MembershipFactory, OrganizationFactory, ProviderFactory, UserFactory
 
 # Real containers (a dockerd of the session's own, an SSH image) and a real sshd: fixtures in tests/containers.py.
-pytest_plugins = ["tests.containers"]
+# The shared fixtures of tests/support: `matrix_world` (routes), `pages_world` (pages), `pg_base` (processes).
+pytest_plugins = ["tests.containers", "tests.support.routes", "tests.support.pages", "tests.support.processes"]
 
 
 @dataclass

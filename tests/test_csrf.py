@@ -7,17 +7,13 @@ Routes Django does not check (`csrf_exempt`) are listed in CSRF_EXEMPT with the 
 
 from __future__ import annotations
 
-from html.parser import HTMLParser
-
 import pytest
 from django.test import Client
 from django.urls import reverse
 
-from tests.test_access_matrix import ROUTES, owner_of, url_for
-from tests.test_access_matrix import world as matrix_world  # noqa: F401 (a fixture)
-from tests.test_csp import PAGES
-from tests.test_csp import world as pages_world  # noqa: F401 (a fixture)
-from tests.test_tenancy import snapshot
+from tests.support.pages import PAGES, forms_of
+from tests.support.routes import ROUTES, owner_of, url_for
+from tests.support.tenancy import snapshot
 
 # Routes outside the session's CSRF check, and why. Everything under api/ is DRF: its views are exempt from
 # Django's middleware and SessionAuthentication checks the token itself (test_the_api_refuses_a_session_post...).
@@ -27,39 +23,8 @@ CSRF_EXEMPT = {
 PAGE_ROUTES = sorted(key for key, (route, _) in ROUTES.items() if not route.startswith("api/"))
 
 
-class _Forms(HTMLParser):
-    """Each <form>: its method, action and whether a csrfmiddlewaretoken input is inside it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.forms: list[dict] = []
-        self._open: dict | None = None
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        attributes = dict(attrs)
-        if tag == "form":
-            self._open = {
-                "method": (attributes.get("method") or "get").lower(),
-                "action": attributes.get("action") or "",
-                "token": False,
-            }
-            self.forms.append(self._open)
-        elif tag == "input" and self._open is not None and attributes.get("name") == "csrfmiddlewaretoken":
-            self._open["token"] = bool(attributes.get("value"))
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "form":
-            self._open = None
-
-
-def forms_of(body: str) -> list[dict]:
-    parser = _Forms()
-    parser.feed(body)
-    return parser.forms
-
-
 @pytest.mark.parametrize(("who", "path"), PAGES, ids=[f"{who or 'anon'}:{path}" for who, path in PAGES])
-def test_every_post_form_on_the_main_pages_carries_the_csrf_token(pages_world, who, path):  # noqa: F811
+def test_every_post_form_on_the_main_pages_carries_the_csrf_token(pages_world, who, path):
     client = Client()
     if who:
         client.force_login(pages_world[who].user)
@@ -87,7 +52,7 @@ def _browser(user) -> Client:
 
 
 @pytest.mark.parametrize("key", PAGE_ROUTES)
-def test_a_page_post_without_the_csrf_token_is_refused_and_changes_nothing(matrix_world, key):  # noqa: F811
+def test_a_page_post_without_the_csrf_token_is_refused_and_changes_nothing(matrix_world, key):
     route, pattern = ROUTES[key]
     if getattr(pattern.callback, "csrf_exempt", False):
         assert key in CSRF_EXEMPT, f"{key} is csrf_exempt: add it to CSRF_EXEMPT with the reason, or protect it"
@@ -103,7 +68,7 @@ def test_a_page_post_without_the_csrf_token_is_refused_and_changes_nothing(matri
     assert snapshot() == before
 
 
-def test_the_same_post_with_the_token_goes_through(matrix_world):  # noqa: F811
+def test_the_same_post_with_the_token_goes_through(matrix_world):
     """The refusal above is the CSRF check, not something else about the request: with the token it is served."""
     victims = matrix_world["victims"]
     client = _browser(victims.alice.user)
@@ -122,7 +87,7 @@ def test_sign_in_and_sign_up_refuse_a_post_without_the_token(db):
         assert response.status_code == 403, name
 
 
-def test_the_api_refuses_a_session_post_without_the_token_but_not_an_api_key(matrix_world):  # noqa: F811
+def test_the_api_refuses_a_session_post_without_the_token_but_not_an_api_key(matrix_world):
     """DRF's SessionAuthentication checks CSRF for a signed-in browser; an API key (no cookie) needs none."""
     alice = matrix_world["victims"].alice
     browser = _browser(alice.user)

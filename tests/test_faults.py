@@ -17,7 +17,7 @@ import pytest
 
 from config import embedded
 from tests.conftest import register_server
-from tests.test_ops import MANAGE, ROOT, _free_port, _production_env, pg_base  # noqa: F401 - pg_base is a fixture
+from tests.support.processes import MANAGE, ROOT, free_port, production_env
 
 
 def _get(port: int, path: str) -> tuple[int, dict, dict]:
@@ -39,13 +39,13 @@ def _until(check, timeout: float, what: str):
     raise AssertionError(f"{what} within {timeout} s; last: {last}")
 
 
-def test_a_postgresql_restart_answers_503_json_and_the_site_recovers_without_a_restart(pg_base, tmp_path):  # noqa: F811
+def test_a_postgresql_restart_answers_503_json_and_the_site_recovers_without_a_restart(pg_base, tmp_path):
     url = embedded.start(pg_base)
-    env = _production_env(
+    env = production_env(
         DATABASE_URL=url, SUANLI_VAR_DIR=str(tmp_path / "var"), DB_POOL_TIMEOUT="2", SECURE_SSL_REDIRECT="0"
     )
     subprocess.run([sys.executable, MANAGE, "migrate", "--noinput"], cwd=ROOT, env=env, check=True, capture_output=True)
-    port = _free_port()
+    port = free_port()
     log = Path(tmp_path / "gunicorn.log")
     web = _platform(port, env, log, "--threads", "4", "--timeout", "60")
     try:
@@ -123,16 +123,16 @@ def test_with_redis_stopped_pages_and_the_api_keep_serving_and_queued_work_runs_
     )
     db = django_settings.DATABASES["default"]
     database_url = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-    redis_port = _free_port()
+    redis_port = free_port()
     redis = _redis(redis_port)
-    env = _production_env(
+    env = production_env(
         DATABASE_URL=database_url,
         REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
         SUANLI_VAR_DIR=str(tmp_path / "var"),
         SECURE_SSL_REDIRECT="0",
     )
     env["DJANGO_DEBUG"] = "1"  # pages find their static files without a collectstatic run
-    port = _free_port()
+    port = free_port()
     web = _platform(port, env, tmp_path / "web.log")
     worker = subprocess.Popen(  # noqa: S603
         [sys.executable, "-m", "celery", "-A", "config", "worker", "-P", "solo", "-l", "info"],
@@ -291,8 +291,8 @@ def _kill_a_worker_mid_task(tmp_path, send: str, *, started, unfinished, finishe
     from django.conf import settings as django_settings
 
     db = django_settings.DATABASES["default"]
-    redis_port = _free_port()
-    env = _production_env(
+    redis_port = free_port()
+    env = production_env(
         DATABASE_URL=f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
         REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
         SUANLI_VAR_DIR=str(tmp_path / "var"),
@@ -373,8 +373,8 @@ def test_an_agent_facing_a_platform_down_for_an_outage_then_back_delivers_every_
     from tests.factories import GpuModelFactory
 
     db = django_settings.DATABASES["default"]
-    port = _free_port()
-    env = _production_env(
+    port = free_port()
+    env = production_env(
         DATABASE_URL=f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
         SUANLI_VAR_DIR=str(tmp_path / "var"),
         SECURE_SSL_REDIRECT="0",

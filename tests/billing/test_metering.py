@@ -89,7 +89,7 @@ def test_meters_running_at_once_write_each_record_once():
 
     from django.db import connections
 
-    from tests.scheduler.test_concurrency import _own_connection
+    from tests.support.db import own_connection
 
     customer = OrganizationFactory(currency="USD")
     with time_machine.travel(T0, tick=False) as clock:
@@ -102,7 +102,7 @@ def test_meters_running_at_once_write_each_record_once():
         errors: list[BaseException] = []
 
         def run() -> None:
-            _own_connection()
+            own_connection()
             try:
                 start.wait()
                 meter()

@@ -17,33 +17,7 @@ from inventory.models import Gpu, Offer
 from scheduler import services as scheduler
 from tests.conftest import make_persona
 from tests.factories import GpuFactory, GpuModelFactory, OfferFactory, OrganizationFactory, ServerFactory, online_server
-
-FORM_KEY = re.compile(r'name="form_key" value="([0-9a-f-]{36})"')
-
-
-def _offer_data(server=None, **overrides) -> dict:
-    data = {
-        "card_hour_price": "2.5",
-        "server_month_price": "",
-        "pflops_year_price": "",
-        "card_hour_interruptible_price": "1.2",
-        "server_month_interruptible_price": "",
-        "pflops_year_interruptible_price": "",
-        "min_gpus": "1",
-        "available_until": "",
-        "currency": "USD",
-        **overrides,
-    }
-    if server is not None:
-        data["server"] = server.pk
-    return data
-
-
-def _form_key(client) -> str:
-    match = FORM_KEY.search(client.get("/provider/offers/new/").content.decode())
-    assert match, "the form carries a key"
-    return match[1]
-
+from tests.support.offer_forms import offer_form, offer_form_key
 
 # --- who may see what -----------------------------------------------------------------------------------
 
@@ -109,9 +83,9 @@ def test_a_provider_lists_a_server_through_the_form(client, bob):
     client.force_login(bob.user)
     form = client.get(f"/provider/offers/new/?server={server.pk}").content.decode()
     assert "bob-node-01" in form and 'for="id_card_hour_price"' in form
-    data = _offer_data(
+    data = offer_form(
         server,
-        form_key=_form_key(client),
+        form_key=offer_form_key(client),
         server_month_price="12000",
         min_gpus="2",
         available_until="2099-01-01T00:00",
@@ -130,7 +104,7 @@ def test_a_provider_lists_a_server_through_the_form(client, bob):
 def test_the_same_form_sent_twice_lists_the_server_once_without_an_error(client, bob):
     server = ServerFactory(organization=bob.org)
     client.force_login(bob.user)
-    data = _offer_data(server, form_key=_form_key(client))
+    data = offer_form(server, form_key=offer_form_key(client))
     first = client.post("/provider/offers/new/", data)
     second = client.post("/provider/offers/new/", data)
     assert first.status_code == 302 and second.status_code == 302
@@ -149,7 +123,7 @@ def test_a_second_live_offer_is_a_friendly_error_beside_the_server(client, bob):
     form = client.get("/provider/offers/new/").content.decode()
     assert form.index("bob-waiting") < form.index("bob-listed · 8× ")
     assert "already listed" in form
-    response = client.post("/provider/offers/new/", _offer_data(server, form_key=_form_key(client)))
+    response = client.post("/provider/offers/new/", offer_form(server, form_key=offer_form_key(client)))
     assert response.status_code == 400
     body = response.content.decode()
     assert 'id="id_server_errors"' in body and "already has a live offer" in body
@@ -159,26 +133,26 @@ def test_a_second_live_offer_is_a_friendly_error_beside_the_server(client, bob):
 def test_price_errors_are_shown_beside_their_fields_and_the_form_can_be_sent_again(client, bob):
     server = ServerFactory(organization=bob.org, gpu_count=4)
     client.force_login(bob.user)
-    key = _form_key(client)
-    bad = _offer_data(server, form_key=key, card_hour_interruptible_price="3", min_gpus="5")
+    key = offer_form_key(client)
+    bad = offer_form(server, form_key=key, card_hour_interruptible_price="3", min_gpus="5")
     response = client.post("/provider/offers/new/", bad)
     assert response.status_code == 400
     body = response.content.decode()
     assert 'id="id_card_hour_interruptible_price_errors"' in body
     assert 'aria-describedby="id_card_hour_interruptible_price_errors"' in body
     assert 'id="id_min_gpus_errors"' in body and "At most 4" in body
-    nothing = _offer_data(server, form_key=key, card_hour_price="", card_hour_interruptible_price="")
+    nothing = offer_form(server, form_key=key, card_hour_price="", card_hour_interruptible_price="")
     response = client.post("/provider/offers/new/", nothing)
     assert response.status_code == 400 and 'id="prices-errors"' in response.content.decode()
     assert not Offer.objects.exists()
-    assert client.post("/provider/offers/new/", _offer_data(server, form_key=key)).status_code == 302
+    assert client.post("/provider/offers/new/", offer_form(server, form_key=key)).status_code == 302
     assert Offer.objects.filter(server=server).count() == 1
 
 
 def test_another_tenants_server_cannot_be_listed(client, bob, charlie):
     foreign = ServerFactory(organization=charlie.org)
     client.force_login(bob.user)
-    response = client.post("/provider/offers/new/", _offer_data(foreign, form_key=_form_key(client)))
+    response = client.post("/provider/offers/new/", offer_form(foreign, form_key=offer_form_key(client)))
     assert response.status_code == 400 and 'id="id_server_errors"' in response.content.decode()
     assert not Offer.objects.exists()
 
@@ -192,7 +166,7 @@ def test_a_provider_changes_prices_and_running_leases_keep_theirs(client, bob, a
     assert 'value="2.5' in page  # today's price filled in
     response = client.post(
         f"/provider/offers/{offer.pk}/edit/",
-        _offer_data(card_hour_price="3.75", card_hour_interruptible_price="", min_gpus="2", currency="CNY"),
+        offer_form(card_hour_price="3.75", card_hour_interruptible_price="", min_gpus="2", currency="CNY"),
     )
     assert response.status_code == 302
     offer.refresh_from_db()
@@ -223,7 +197,7 @@ def test_another_tenants_offer_is_not_found(client, bob, charlie, action):
     client.force_login(bob.user)
     if action == "edit":
         assert client.get(f"/provider/offers/{foreign.pk}/edit/").status_code == 404
-        assert client.post(f"/provider/offers/{foreign.pk}/edit/", _offer_data()).status_code == 404
+        assert client.post(f"/provider/offers/{foreign.pk}/edit/", offer_form()).status_code == 404
     else:
         assert client.post(f"/provider/offers/{foreign.pk}/delist/").status_code == 404
     foreign.refresh_from_db()

@@ -17,8 +17,7 @@ from accounts.models import Role
 from inventory.models import Server
 from scheduler.models import Lease, LeaseEvent
 from tests.factories import GpuModelFactory, MembershipFactory, online_server
-from tests.test_csp import assert_page_keeps_to_the_policy
-from tests.test_csrf import forms_of
+from tests.support.pages import assert_page_keeps_to_the_policy, forms_of
 from workloads import services
 from workloads.models import SshKey, Template, Workload, WorkloadSpec
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import queue
 import random
 import threading
@@ -17,16 +16,9 @@ from accounts.errors import DomainError
 from scheduler import services
 from scheduler.models import Allocation, Lease
 from tests.factories import GpuModelFactory, OrganizationFactory, ProviderFactory, online_server
+from tests.support.db import own_connection
 
 WORKERS = 24  # parallel connections (the shared PostgreSQL allows 100 in all)
-
-
-def _own_connection() -> None:
-    """Give this thread a connection of its own, outside the pool."""
-    base = connections["default"].settings_dict
-    settings_dict = copy.deepcopy(base)
-    settings_dict.get("OPTIONS", {}).pop("pool", None)
-    connections["default"] = connections["default"].__class__(settings_dict, "default")
 
 
 def race(requests: int, call) -> Counter:
@@ -38,7 +30,7 @@ def race(requests: int, call) -> Counter:
     start = threading.Barrier(WORKERS)
 
     def worker() -> None:
-        _own_connection()
+        own_connection()
         try:
             start.wait()
             while True:

@@ -13,7 +13,7 @@ import time_machine
 
 from inventory import telemetry
 from inventory.models import Server
-from tests.inventory.test_agent_ingest import agent, h100, registered, sample_rows  # noqa: F401 - fixtures
+from tests.support.agent_reports import agent, h100, registered, sample_rows  # noqa: F401 - fixtures
 
 AGENT_ADDRESS = "127.0.0.1"  # where the test client's requests, the agent's included, come from
 

@@ -1,7 +1,7 @@
 """Property (API.md: Errors): any JSON body, or any body at all, POSTed, PUT or PATCHed to any API route, signed in
 or not, is answered 2xx or 4xx, never 5xx, and every 4xx is API.md's error shape. The routes come from the URL
-resolver (as in tests/test_access_matrix.py), each with the methods its view takes and its path filled with ids of
-real objects, so a body reaches the view and its serializer, not only the router's 404.
+resolver (as in the access matrix: tests/support/routes.py), each with the methods its view takes and its path
+filled with ids of real objects, so a body reaches the view and its serializer, not only the router's 404.
 
 The bodies: JSON of any shape (hypothesis' recursive strategy) with huge integers, far dates, NUL, lone surrogates
 and non-ASCII digits among its values; nesting thousands of levels deep; bytes that are not JSON or not UTF-8; and
@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from rest_framework.test import APIClient
 
 from accounts.models import ApiKey
-from tests.test_access_matrix import routes
+from tests.support.routes import routes
 from tests.workloads import conftest as workloads_conftest
 from tests.workloads.conftest import openssh_public_key, rent_with_workload
 

@@ -7,7 +7,7 @@ import pytest
 
 from inventory.models import Offer
 from tests.factories import ServerFactory
-from tests.marketplace.test_provider_staff_pages import _form_key, _offer_data
+from tests.support.offer_forms import offer_form, offer_form_key
 
 
 @pytest.mark.parametrize(
@@ -16,7 +16,9 @@ from tests.marketplace.test_provider_staff_pages import _form_key, _offer_data
 def test_a_price_or_count_in_non_ascii_digits_is_refused_beside_its_field(client, bob, field, value):
     server = ServerFactory(organization=bob.org, gpu_count=4)
     client.force_login(bob.user)
-    response = client.post("/provider/offers/new/", _offer_data(server, form_key=_form_key(client), **{field: value}))
+    response = client.post(
+        "/provider/offers/new/", offer_form(server, form_key=offer_form_key(client), **{field: value})
+    )
     assert response.status_code == 400
     body = response.content.decode()
     assert f'id="id_{field}_errors"' in body and "ASCII digits" in body
@@ -26,6 +28,6 @@ def test_a_price_or_count_in_non_ascii_digits_is_refused_beside_its_field(client
 def test_ascii_digits_still_list_the_offer(client, bob):
     server = ServerFactory(organization=bob.org, gpu_count=4)
     client.force_login(bob.user)
-    response = client.post("/provider/offers/new/", _offer_data(server, form_key=_form_key(client)))
+    response = client.post("/provider/offers/new/", offer_form(server, form_key=offer_form_key(client)))
     assert response.status_code == 302
     assert Offer.objects.get(server=server).card_hour_price == 2.5

@@ -9,7 +9,7 @@ import sys
 import pytest
 from django.core.checks import run_checks
 
-from tests.test_ops import MANAGE, ROOT, _production_env
+from tests.support.processes import MANAGE, ROOT, production_env
 
 CONSOLE = "django.core.mail.backends.console.EmailBackend"
 LOCMEM = "django.core.mail.backends.locmem.EmailBackend"
@@ -43,7 +43,7 @@ def _manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 
 
 def test_production_settings_refuse_to_start_with_the_console_backend():
-    env = _production_env(EMAIL_BACKEND=CONSOLE)
+    env = production_env(EMAIL_BACKEND=CONSOLE)
     env.pop("SUANLI_ALLOW_CONSOLE_EMAIL", None)
     result = _manage(env, "check")
     assert result.returncode != 0
@@ -51,7 +51,7 @@ def test_production_settings_refuse_to_start_with_the_console_backend():
 
 
 def test_the_opt_out_starts_but_check_deploy_still_says_no():
-    env = _production_env(EMAIL_BACKEND=CONSOLE, SUANLI_ALLOW_CONSOLE_EMAIL="1")
+    env = production_env(EMAIL_BACKEND=CONSOLE, SUANLI_ALLOW_CONSOLE_EMAIL="1")
     assert _manage(env, "check").returncode == 0
     result = _manage(env, "check", "--deploy", "--tag", "security")
     assert result.returncode != 0
