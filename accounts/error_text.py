@@ -1,8 +1,9 @@
-"""What a service's refusal says on a page, in the page's language: the one table of the messages services raise
-(a DomainError's message and its field problems) and `error_text`, which every page and form shows them through.
+"""What a service's refusal says on a page, in the page's language: the one catalogue of the messages services raise
+(a DomainError's message and its field problems), `error_text`, which every page and form shows them through, and
+`place_errors`, which puts them beside a form's fields.
 
 The API answers a DomainError in English (accounts/errors.py maps it to API.md's shape); a page shows the same
-refusal translated. Error codes are too coarse to key the table (one `invalid_state` covers several refusals, and a
+refusal translated. Error codes are too coarse to key the catalogue (one `invalid_state` covers several refusals, and a
 field problem has no code), so it is keyed by the service's own English text, which is also what the API sends.
 A message that carries a figure or a name is matched by its pattern and translated with the figure put back; any
 other text passes through gettext (untranslated when the catalogue does not know it).
@@ -11,7 +12,9 @@ other text passes through gettext (untranslated when the catalogue does not know
 from __future__ import annotations
 
 import re
+from typing import Any
 
+from django import forms
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, gettext_noop
 
@@ -100,3 +103,19 @@ def error_text(text: object) -> str:
         if match:
             return str(translated) % match.groupdict()
     return _(text)
+
+
+def place_errors(
+    form: forms.Form, fields: dict[str, Any] | None, message: str, *, names: dict[str, str] | None = None
+) -> None:
+    """A service's refusal on `form`: each field problem beside the form field `names` maps its field to (the
+    field of the same name when `names` is not given), the others above the form; the message above the form when
+    no problem was placed."""
+    placed = False
+    for field, problems in (fields or {}).items():
+        name = field if names is None else names.get(field)
+        for problem in problems if isinstance(problems, list) else [problems]:
+            form.add_error(name if name in form.fields else None, error_text(problem))
+            placed = True
+    if not placed:
+        form.add_error(None, error_text(message))

@@ -20,7 +20,7 @@ from django.conf import settings
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, pgettext_lazy
 
-from accounts.error_text import error_text
+from accounts.error_text import place_errors
 from accounts.errors import DomainError
 from accounts.formfields import AsciiDecimalField, AsciiIntegerField
 from accounts.models import Organization
@@ -326,20 +326,14 @@ class RentForm(IdempotentForm):
     def add_service_errors(self, fields: dict[str, Any] | None, message: str) -> None:
         """Put the scheduler's field errors beside our fields (its `servers` and `end_at` are ours by plan)."""
         plan = self.cleaned_data.get("plan", Plan.CARD_HOUR)
-        placed = False
-        for field, problems in (fields or {}).items():
-            name = {
-                "servers": "months",
-                "end_at": self.END_FIELD[plan],
-                "pflops": "pflops",
-                "gpu_count": "gpu_count",
-                "start_at": "start_at",
-            }.get(field)
-            for problem in problems if isinstance(problems, list) else [problems]:
-                self.add_error(name if name in self.fields else None, error_text(str(problem)))
-                placed = True
-        if not placed:
-            self.add_error(None, error_text(message))
+        names = {
+            "servers": "months",
+            "end_at": self.END_FIELD[plan],
+            "pflops": "pflops",
+            "gpu_count": "gpu_count",
+            "start_at": "start_at",
+        }
+        place_errors(self, fields, message, names=names)
 
 
 # --- a lease ------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from django import forms
 from django.utils.translation import get_language, gettext_lazy
 from django.utils.translation import gettext as _
 
-from accounts.error_text import error_text
+from accounts.error_text import place_errors
 from accounts.errors import InvalidInput
 from accounts.models import Organization, User
 from inventory.models import Offer
@@ -22,23 +22,6 @@ from marketplace.forms import IdempotentForm
 from scheduler.models import Plan
 from workloads.access import ssh_keys_of, templates_visible
 from workloads.models import Access, SshKey, Template
-
-
-def _problems(value: Any) -> list[str]:
-    return [str(p) for p in value] if isinstance(value, list) else [str(value)]
-
-
-def _place_errors(form: forms.Form, fields: dict[str, Any] | None, message: str, *, names: dict[str, str]) -> None:
-    """Each of the service's field errors beside the form field `names` maps it to (the rest above the form)."""
-    placed = False
-    for field, problems in (fields or {}).items():
-        name = names.get(field)
-        for problem in _problems(problems):
-            form.add_error(name if name in form.fields else None, error_text(problem))
-            placed = True
-    if not placed:
-        form.add_error(None, error_text(message))
-
 
 # --- SSH keys ---------------------------------------------------------------------------------------------
 
@@ -64,7 +47,7 @@ class SshKeyForm(forms.Form):
     )
 
     def add_service_errors(self, exc: InvalidInput) -> None:
-        _place_errors(self, exc.fields, exc.message, names={"public_key": "public_key", "name": "name"})
+        place_errors(self, exc.fields, exc.message, names={"public_key": "public_key", "name": "name"})
 
 
 # --- the rent form's workload section ---------------------------------------------------------------------
@@ -172,7 +155,7 @@ class WorkloadForm(forms.Form):
         names = {"template": "template", "image": "image", "ssh_keys": "ssh_keys", "access": "access"}
         if "access" not in self.fields:
             names["access"] = "template"
-        _place_errors(self, fields, message, names=names)
+        place_errors(self, fields, message, names=names)
 
 
 # --- a workload's buttons ---------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from django.utils.translation import gettext_lazy, pgettext_lazy
 from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts.access import Actor
-from accounts.error_text import error_text
+from accounts.error_text import error_text, place_errors
 from accounts.errors import InvalidInput, InvalidTransition, NotAllowed, NotFound
 from accounts.formfields import AsciiIntegerField
 from accounts.permissions import can_operate, provider_org, require_operate
@@ -255,13 +255,7 @@ class ServerRegisterForm(forms.Form):
 
     def add_service_errors(self, exc: InvalidInput) -> None:
         """Put the service's field errors beside their fields (the rest above the form)."""
-        placed = False
-        for field, problems in (exc.fields or {}).items():
-            for problem in problems if isinstance(problems, list) else [problems]:
-                self.add_error(field if field in self.fields else None, error_text(problem))
-                placed = True
-        if not placed:
-            self.add_error(None, error_text(exc.message))
+        place_errors(self, exc.fields, exc.message)
 
     def describe_errors(self) -> None:
         """Tie each field with an error to the text beside it, for screen readers."""
