@@ -56,16 +56,17 @@ def register_server(persona: Persona, gpu_model, **fields) -> dict:
 
 @pytest.fixture(scope="session")
 def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
-    """Each pytest run gets a test database of its own (test_<name>_<pid>), so two runs side by side on one
-    PostgreSQL never create or drop each other's."""
+    """Each pytest process gets a test database of its own (test_<name>_<pid>), so two runs side by side on one
+    PostgreSQL never create or drop each other's, and each pytest-xdist worker (a process of its own) has its own.
+    This replaces pytest-django's test_<name>_gw<N> per worker, which two parallel runs would share."""
     from django.conf import settings
 
     database = settings.DATABASES["default"]
     database.setdefault("TEST", {})["NAME"] = f"test_{database['NAME']}_{os.getpid()}"
 
 
-# This run's cache keys carry a prefix of their own, so runs side by side on one Redis never see (or clear) each
-# other's rate-limit counters. Set before anything touches the cache.
+# This process's cache keys carry a prefix of their own, so runs side by side on one Redis, and the pytest-xdist
+# workers of one run, never see (or clear) each other's rate-limit counters. Set before anything touches the cache.
 _KEY_PREFIX = f"test{os.getpid()}"
 settings.CACHES["default"]["KEY_PREFIX"] = _KEY_PREFIX
 

@@ -17,7 +17,8 @@ they fail instead, so CI never passes by skipping them.
 - `ssh_run(port, key_path, command)`: the real `ssh` client, retried until the server answers.
 
 Tests that use `dockerd` (or a fixture built on it) get the `containers` marker, so `-m "not containers"`
-leaves them out.
+leaves them out, and the xdist group `containers`, so that under `pytest -n N --dist loadgroup` they all run in one
+worker (one dockerd per run; a dockerd is per process, so other distributions work too, a dockerd per worker).
 """
 
 from __future__ import annotations
@@ -60,12 +61,18 @@ _INSTALL_HINT = (
 def pytest_configure(config: pytest.Config) -> None:
     # Also in pyproject.toml; here too, so the plugin works wherever it is loaded (`-p tests.containers`).
     config.addinivalue_line("markers", "containers: needs the test session's own dockerd (tests/containers.py)")
+    # pytest-xdist registers it too; here as well, so --strict-markers holds without xdist installed.
+    config.addinivalue_line("markers", "xdist_group(name): run the group's tests in one pytest-xdist worker")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's, which reads the xdist_group markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if "dockerd" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.containers)
+            # Under pytest-xdist with --dist loadgroup (scripts/test), every container test runs in one worker: one
+            # dockerd per run, and the tests that publish fixed host ports never race each other for them.
+            item.add_marker(pytest.mark.xdist_group("containers"))
 
 
 def in_ci() -> bool:

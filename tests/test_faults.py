@@ -19,6 +19,10 @@ from config import embedded
 from tests.conftest import register_server
 from tests.support.processes import MANAGE, ROOT, free_port, production_env
 
+# Each starts real servers (gunicorn, Celery, Redis, PostgreSQL), kills or restarts one and waits for the recovery:
+# together about half of the suite's time. `-m "not slow"` leaves them out; scripts/test runs them.
+pytestmark = pytest.mark.slow
+
 
 def _get(port: int, path: str) -> tuple[int, dict, dict]:
     try:

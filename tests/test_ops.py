@@ -123,6 +123,7 @@ def _assert_all_gone(procs: list[psutil.Process], log: Path) -> None:
     assert not alive, f"left running: {alive}\n{log.read_text()}"
 
 
+@pytest.mark.slow  # starts manage.py dev: the web server, a worker, beat
 def test_dev_runs_everything_on_the_embedded_database_and_stops_it_all_on_sigint(tmp_path, pg_base):
     env = dict(os.environ)
     env.pop("DATABASE_URL")
@@ -145,6 +146,7 @@ def test_dev_runs_everything_on_the_embedded_database_and_stops_it_all_on_sigint
     _assert_all_gone(children, log)
 
 
+@pytest.mark.slow  # starts manage.py dev: the web server, a worker, beat
 @pytest.mark.django_db
 def test_dev_stops_the_rest_and_fails_when_a_child_dies(tmp_path):
     db = connection.settings_dict  # the test database: already migrated, and --no-seed writes nothing
