@@ -70,6 +70,11 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: N
 _KEY_PREFIX = f"test{os.getpid()}"
 settings.CACHES["default"]["KEY_PREFIX"] = _KEY_PREFIX
 
+# Passwords hash with MD5 in this process (the tests' own users, sign-ups, password checks): PBKDF2's iterations cost
+# about a fifth of the suite's CPU time. What is accepted and refused is the same; servers a test starts as
+# subprocesses keep the production hashers.
+settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
 
 def _clear_this_runs_cache() -> None:
     client = getattr(getattr(cache, "_cache", None), "get_client", None)
