@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import pytest
+import time_machine
 from django.conf import settings
 from django.core.cache import cache
+from django.utils import translation
 from rest_framework.test import APIClient
 
 from accounts.models import Membership, Organization, Role, User
@@ -92,6 +96,24 @@ def _clear_cache(db):
     # Every test may use the database; rate-limit counters live in Redis and each test starts with none.
     _clear_this_runs_cache()
     yield
+
+
+@pytest.fixture(autouse=True)
+def _default_language() -> None:
+    # Each test starts in the default language. A page request activates the language it asks for (LocaleMiddleware)
+    # in this thread and nothing switches it back, so without this a test saw the language of the one before it in
+    # its worker (a Chinese page, then render_to_string in Chinese).
+    translation.deactivate()
+
+
+@pytest.fixture
+def fresh_rate_windows() -> Iterator[None]:
+    """The clock moved on to the start of the next hour, and running: rate limits count in windows aligned to the
+    clock (accounts/throttling.py, up to an hour long), so a test's requests all fall in one window however slow
+    the machine is, instead of being split by a window's end."""
+    now = datetime.now(UTC)
+    with time_machine.travel(now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1), tick=True):
+        yield
 
 
 @pytest.fixture

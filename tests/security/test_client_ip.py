@@ -9,6 +9,9 @@ from django.test import RequestFactory
 
 from accounts.clientip import client_ip, client_key
 
+# Every request of a test in one rate-limit window, however slow the machine (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("fresh_rate_windows")
+
 PASSWORD = "a very good passphrase"
 
 

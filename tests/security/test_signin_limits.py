@@ -7,6 +7,9 @@ import pytest
 from accounts.models import ApiKey
 from tests.factories import PASSWORD
 
+# Every request of a test in one rate-limit window, however slow the machine (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("fresh_rate_windows")
+
 
 def _token(client, email: str, password: str, address: str):
     body = {"email": email, "password": password}
