@@ -2,7 +2,8 @@
 
 No browser is downloaded: Chromium is the Debian package at /usr/bin/chromium (SUANLI_CHROMIUM to point
 elsewhere); scripts/test installs it with apt when it is missing and it can. Without it, or without the
-`playwright` package, every test here is skipped with the reason.
+`playwright` package, every test here is skipped with the reason; under CI=true they fail instead, so CI never
+passes without them (tests/containers.py's `unavailable`). A page a flow needs that is missing is a failure.
 
 Playwright's sync API runs an asyncio loop in the test thread, where Django then refuses ORM calls as
 "async-unsafe". The test thread only sets up data between browser steps, never while a page is loading, and the
@@ -27,6 +28,8 @@ from django.conf import settings
 from django.db import connections
 from django.test import Client
 
+from tests.containers import unavailable
+
 CHROMIUM = os.environ.get("SUANLI_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = Path(os.environ.get("SUANLI_SCREENSHOTS", settings.BASE_DIR / "var" / "screenshots"))
 DESKTOP = {"width": 1280, "height": 900}
@@ -49,7 +52,7 @@ def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """A headless Chromium for one test (a fresh Playwright each time, so no event loop outlives the test)."""
     reason = _why_no_browser()
     if reason:
-        pytest.skip(f"browser tests skipped: {reason}")
+        unavailable(f"no browser for the browser tests: {reason}")
     from playwright.sync_api import sync_playwright
 
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
