@@ -18,11 +18,11 @@ class OrgContextMixin:
     """Resolve `request.org` after authentication and before permissions, from `X-Organization`."""
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
-        self.perform_authentication(request)  # type: ignore[attr-defined]
+        self.perform_authentication(request)
         membership = membership_for(request.user, request.META.get(ORG_HEADER))
         attach(request, membership)
         attach(request._request, membership)
-        super().initial(request, *args, **kwargs)  # type: ignore[misc]
+        super().initial(request, *args, **kwargs)
 
 
 class TenantScopedMixin(OrgContextMixin):
@@ -38,7 +38,7 @@ class TenantScopedMixin(OrgContextMixin):
         return queryset
 
     def get_queryset(self) -> models.QuerySet:
-        return self.scope_queryset(scoped(self.model, self.request.org))  # type: ignore[attr-defined]
+        return self.scope_queryset(scoped(self.model, self.request.org))
 
 
 class OrgAPIView(OrgContextMixin, generics.GenericAPIView):

@@ -131,7 +131,7 @@ class AsciiNumber:
     def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, str) and not self.ascii_pattern.fullmatch(data):
             raise serializers.ValidationError(ASCII_DIGITS, code="invalid")
-        return super().to_internal_value(data)  # type: ignore[misc]
+        return super().to_internal_value(data)
 
 
 class AsciiInteger(AsciiNumber):
@@ -144,7 +144,7 @@ class PlatformTime:
     def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, str) and not data.isascii():
             raise serializers.ValidationError(ASCII_DIGITS, code="invalid")
-        value = super().to_internal_value(data)  # type: ignore[misc]
+        value = super().to_internal_value(data)
         if isinstance(value, date) and not within_platform_time(value):
             raise serializers.ValidationError(OUT_OF_TIME, code="out_of_range")
         return value
@@ -156,14 +156,14 @@ class StorableKeys:
     def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, dict) and not all(storable(str(key)) for key in data):
             raise serializers.ValidationError(UNSTORABLE, code="null_characters_not_allowed")
-        return super().to_internal_value(data)  # type: ignore[misc]
+        return super().to_internal_value(data)
 
 
 class StorableJson:
     """Every string inside a JSONField."""
 
     def to_internal_value(self, data: Any) -> Any:
-        value = super().to_internal_value(data)  # type: ignore[misc]
+        value = super().to_internal_value(data)
         if not storable_json(value):
             raise serializers.ValidationError(UNSTORABLE, code="null_characters_not_allowed")
         return value
@@ -175,9 +175,9 @@ class BoundedPrimaryKey:
     def to_internal_value(self, data: Any) -> Any:
         if ascii_int(data, 1, BIGINT_MAX) is None:
             if isinstance(data, bool) or not isinstance(data, int | str):
-                self.fail("incorrect_type", data_type=type(data).__name__)  # type: ignore[attr-defined]
-            self.fail("does_not_exist", pk_value=str(data)[:40])  # type: ignore[attr-defined]
-        return super().to_internal_value(data)  # type: ignore[misc]
+                self.fail("incorrect_type", data_type=type(data).__name__)
+            self.fail("does_not_exist", pk_value=str(data)[:40])
+        return super().to_internal_value(data)
 
 
 _MIXINS: list[tuple[type, type]] = [

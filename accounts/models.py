@@ -12,19 +12,19 @@ from accounts.tenancy import TenantQuerySet
 
 
 class EmailUserManager(UserManager):
-    def _create_user(self, username, email, password, **extra):  # type: ignore[override]
+    def _create_user(self, username, email, password, **extra):
         email = self.normalize_email(email).lower()
         user = self.model(email=email, **extra)
         user.set_password(password)
         user.save(using=self._db)
         return user
 
-    def create_user(self, email=None, password=None, **extra):  # type: ignore[override]
+    def create_user(self, email=None, password=None, **extra):
         extra.setdefault("is_staff", False)
         extra.setdefault("is_superuser", False)
         return self._create_user(None, email, password, **extra)
 
-    def create_superuser(self, email=None, password=None, **extra):  # type: ignore[override]
+    def create_superuser(self, email=None, password=None, **extra):
         extra.setdefault("is_staff", True)
         extra.setdefault("is_superuser", True)
         return self._create_user(None, email, password, **extra)
@@ -33,12 +33,12 @@ class EmailUserManager(UserManager):
 class User(AbstractUser):
     """A person. Logs in by email; belongs to organisations through memberships."""
 
-    username = None  # type: ignore[assignment]
+    username = None
     email = models.EmailField(_("email address"), unique=True)
 
     USERNAME_FIELD = "email"
     REQUIRED_FIELDS: list[str] = []
-    objects = EmailUserManager()  # type: ignore[misc]
+    objects = EmailUserManager()
 
     class Meta:
         constraints = [models.UniqueConstraint(Lower("email"), name="user_email_ci_unique")]

@@ -23,20 +23,20 @@ class StrictMixin:
     platform's calendar, text PostgreSQL can store)."""
 
     def get_fields(self) -> dict[str, Any]:
-        fields = super().get_fields()  # type: ignore[misc]
+        fields = super().get_fields()
         for field in fields.values():
             harden(field)
         return fields
 
     def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, dict):
-            writable = {name for name, field in self.fields.items() if not field.read_only}  # type: ignore[attr-defined]
+            writable = {name for name, field in self.fields.items() if not field.read_only}
             unknown = sorted(set(data) - writable)
             if unknown:
                 raise serializers.ValidationError({name: ["Unknown or read-only field."] for name in unknown})
         elif data is not None:
             raise serializers.ValidationError({"non_field_errors": ["Expected a JSON object."]})
-        return super().to_internal_value(data)  # type: ignore[misc]
+        return super().to_internal_value(data)
 
 
 class StrictSerializer(StrictMixin, serializers.Serializer):

@@ -63,7 +63,7 @@ def organization_new(request: HttpRequest) -> HttpResponse:
         return _back(request)
     try:
         org = services.organization_request(
-            user=request.user,  # type: ignore[arg-type]
+            user=request.user,
             name=form.cleaned_data["name"],
             kind=form.cleaned_data["kind"],
             currency=form.cleaned_data["currency"],
@@ -87,7 +87,7 @@ def organization_approve_page(request: HttpRequest, org_id: int) -> HttpResponse
     except NotFound:
         raise Http404 from None
     try:
-        services.organization_approve(org=org, staff=request.user)  # type: ignore[arg-type]
+        services.organization_approve(org=org, staff=request.user)
     except DomainError as exc:
         messages.error(request, exc.message)
     else:
@@ -100,7 +100,7 @@ def organization_approve_page(request: HttpRequest, org_id: int) -> HttpResponse
 def api_key_new(request: HttpRequest) -> HttpResponse:
     """A new API key for the caller; the token is shown once (as a message) and never again."""
     name = (request.POST.get("name") or "").strip()[:100]
-    _key, token = services.api_key_create(user=request.user, name=name)  # type: ignore[arg-type]
+    _key, token = services.api_key_create(user=request.user, name=name)
     messages.success(request, token, extra_tags="api-token")
     return _back(request)
 
@@ -109,7 +109,7 @@ def api_key_new(request: HttpRequest) -> HttpResponse:
 @login_required
 def api_key_revoke_page(request: HttpRequest, key_id: int) -> HttpResponse:
     try:
-        key = services.api_key_revoke(user=request.user, key_id=key_id)  # type: ignore[arg-type]
+        key = services.api_key_revoke(user=request.user, key_id=key_id)
     except NotFound:
         raise Http404 from None
     messages.success(request, _("API key %(prefix)s… is revoked.") % {"prefix": key.prefix})

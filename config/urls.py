@@ -21,7 +21,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 # Staff sign in through allauth's login, like everyone else: its rate limits (ACCOUNT_RATE_LIMITS) and its
 # two-factor step (allauth.mfa) apply; Django's own admin login form, which has neither, is never shown.
-admin.site.login = secure_admin_login(admin.site.login)  # type: ignore[method-assign]
+admin.site.login = secure_admin_login(admin.site.login)
 
 api_v1 = [
     path("", include("accounts.urls")),

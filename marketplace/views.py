@@ -24,7 +24,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "org": org,
         "membership": getattr(request, "membership", None),
         "members": scoped(Membership, org).select_related("user").order_by("id"),
-        "api_keys": api_keys_for_user(user=request.user),  # type: ignore[arg-type]
+        "api_keys": api_keys_for_user(user=request.user),
         "servers": (
             scoped(Server, org).select_related("gpu_model").order_by("name")
             if org is not None and org.is_provider

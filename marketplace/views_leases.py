@@ -236,7 +236,7 @@ def _detail(
             describe_errors(form)
     context = {
         **_live_context(lease, now),
-        "org": request.org,  # type: ignore[attr-defined]
+        "org": request.org,
         "plan_label": PLAN_LABELS.get(lease.plan, lease.plan),
         "unit_price": money(lease.unit_price, lease.currency),
         "unit_label": UNIT_LABELS.get(lease.plan, ""),
@@ -307,7 +307,7 @@ def lease_resize(request: HttpRequest, lease_id: int) -> HttpResponse:
         return _detail(request, lease, resize_form=form, status=400)
     count = form.cleaned_data["gpu_count"]
     outcome = form.submit(
-        org=request.org,  # type: ignore[attr-defined]
+        org=request.org,
         scope=f"web.lease.{lease.pk}.resize",
         payload={"gpu_count": count},
         work=lambda: {"lease": scheduler_services.lease_resize(lease=lease, gpu_count=count).pk, "gpu_count": count},
@@ -355,7 +355,7 @@ def lease_end(request: HttpRequest, lease_id: int) -> HttpResponse:
         messages.info(request, _("This lease is already over."))
         return HttpResponseRedirect(reverse("marketplace:lease_detail", args=[lease.pk]))
     outcome = form.submit(
-        org=request.org,  # type: ignore[attr-defined]
+        org=request.org,
         scope=f"web.lease.{lease.pk}.end",
         payload={"confirm": True},
         work=lambda: {"lease": scheduler_services.lease_end(lease=lease).pk},

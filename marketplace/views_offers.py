@@ -353,7 +353,7 @@ def offer_detail(request: HttpRequest, offer_id: int) -> HttpResponse:
         return redirect_to_login(request.get_full_path())
     if renter_problem(request):
         raise PermissionDenied
-    org: Organization = request.org  # type: ignore[attr-defined]
+    org: Organization = request.org
     form = RentForm(request.POST, offer=offer, now=now)
     workload_form = WorkloadForm(request.POST, offer=offer, org=org, user=request.user)
     valid = form.is_valid() & workload_form.is_valid()  # both, so that every field's errors show

@@ -319,7 +319,7 @@ def server_detail(request: HttpRequest, server_id: int) -> HttpResponse:
     token = _take_token(request, server)
     context = {
         **_grid_context(server),
-        "org": request.org,  # type: ignore[attr-defined]
+        "org": request.org,
         "status_label": STATUS_LABELS.get(server.status, server.status),
         "can_operate": can_operate(request),
         "token": token,

@@ -181,7 +181,7 @@ def _workload_action(request: HttpRequest, lease_id: int, workload_id: int, verb
     form.is_valid()
     act = services.workload_restart if verb == "restart" else services.workload_stop
     outcome = form.submit(
-        org=request.org,  # type: ignore[attr-defined]
+        org=request.org,
         scope=f"web.workload.{workload.pk}.{verb}",
         payload={"lease": lease.pk, "workload": workload.pk},
         work=lambda: {"workload": act(workload=workload).pk},
@@ -233,7 +233,7 @@ def ssh_keys(request: HttpRequest) -> HttpResponse:
         form = SshKeyForm(request.POST)
         if form.is_valid():
             try:
-                key = services.ssh_key_add(user=request.user, **form.cleaned_data)  # type: ignore[arg-type]
+                key = services.ssh_key_add(user=request.user, **form.cleaned_data)
             except InvalidInput as exc:
                 form.add_service_errors(exc)
             else:
@@ -244,7 +244,7 @@ def ssh_keys(request: HttpRequest) -> HttpResponse:
                 return HttpResponseRedirect(_next_url(request))
     describe_errors(form)
     context = {
-        "keys": access.ssh_keys_of(request.user),  # type: ignore[arg-type]
+        "keys": access.ssh_keys_of(request.user),
         "form": form,
         "next": request.POST.get("next") or request.GET.get("next") or "",
     }

@@ -100,7 +100,7 @@ def require(*programs: str, purpose: str = "", root: bool = True) -> dict[str, s
         unavailable(f"{purpose}: {', '.join(missing)} not installed; {_INSTALL_HINT}")
     if root and os.geteuid() != 0:
         unavailable(f"{purpose} needs root; these tests run as uid {os.geteuid()}")
-    return found  # type: ignore[return-value]
+    return found
 
 
 try:
