@@ -17,14 +17,16 @@ they fail instead, so CI never passes by skipping them.
 - `ssh_run(port, key_path, command)`: the real `ssh` client, retried until the server answers.
 
 Tests that use `dockerd` (or a fixture built on it) get the `containers` marker, so `-m "not containers"`
-leaves them out, and the xdist group `containers`, so that under `pytest -n N --dist loadgroup` they all run in one
-worker (one dockerd per run; a dockerd is per process, so other distributions work too, a dockerd per worker).
+leaves them out. Under pytest-xdist each worker that runs one has a dockerd of its own (everything here is per
+process); and since some publish fixed host ports, a container test runs holding a lock of this machine
+(/tmp/suanli-test-containers.lock), so no two run at once, in one run or in runs side by side.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import io
 import ipaddress
 import itertools
@@ -61,18 +63,30 @@ _INSTALL_HINT = (
 def pytest_configure(config: pytest.Config) -> None:
     # Also in pyproject.toml; here too, so the plugin works wherever it is loaded (`-p tests.containers`).
     config.addinivalue_line("markers", "containers: needs the test session's own dockerd (tests/containers.py)")
-    # pytest-xdist registers it too; here as well, so --strict-markers holds without xdist installed.
-    config.addinivalue_line("markers", "xdist_group(name): run the group's tests in one pytest-xdist worker")
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's, which reads the xdist_group markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if "dockerd" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.containers)
-            # Under pytest-xdist with --dist loadgroup (scripts/test), every container test runs in one worker: one
-            # dockerd per run, and the tests that publish fixed host ports never race each other for them.
-            item.add_marker(pytest.mark.xdist_group("containers"))
+
+
+CONTAINERS_LOCK = Path("/tmp/suanli-test-containers.lock")  # noqa: S108 (one per machine, by design)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """A container test runs (setup, call and teardown) holding this machine's containers lock: some publish fixed
+    host ports (a runtime's port range), which two such tests at once, in pytest-xdist workers or in runs side by
+    side, would take from each other. The kernel lets go of the lock when its holder dies."""
+    if item.get_closest_marker("containers") is None:
+        return (yield)
+    with open(CONTAINERS_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return (yield)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def in_ci() -> bool:
