@@ -259,6 +259,8 @@ def test_an_exited_container_reports_its_exit_code_and_is_not_started_again(dock
 
 def test_host_ports_of_our_other_containers_and_of_listeners_are_skipped(dockerd, ssh_image, client, state_dir):
     listener = socket.socket()
+    # A connection an earlier test's container closed on this port may linger in TIME_WAIT: that is no listener.
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", PORTS[0]))  # something of the provider's on the first port of the range
     listener.listen(1)
     try:
