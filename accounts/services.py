@@ -19,6 +19,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts import keys
+from accounts.access import is_platform_staff
 from accounts.errors import (
     Conflict,
     InvalidInput,
@@ -277,7 +278,7 @@ def _require_another_owner(membership: Membership) -> None:
 @platform_work(_PLATFORM)
 def organization_approve(*, org: Organization, staff: User) -> Organization:
     """Staff turn a pending provider active (idempotent for one already active via approval)."""
-    if not staff.is_staff:
+    if not is_platform_staff(staff):
         raise NotAllowed("Only platform staff can approve providers.")
     updated = Organization.objects.filter(pk=org.pk, status=Organization.Status.PENDING).update(
         status=Organization.Status.ACTIVE, approved_at=timezone.now(), approved_by=staff
@@ -290,7 +291,7 @@ def organization_approve(*, org: Organization, staff: User) -> Organization:
 
 @platform_work(_PLATFORM)
 def organization_suspend(*, org: Organization, staff: User) -> Organization:
-    if not staff.is_staff:
+    if not is_platform_staff(staff):
         raise NotAllowed("Only platform staff can suspend organizations.")
     Organization.objects.filter(pk=org.pk).update(status=Organization.Status.SUSPENDED)
     org.refresh_from_db()

@@ -23,6 +23,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from rest_framework import status
 
+from accounts.access import is_platform_staff
 from accounts.errors import Conflict, DomainError, InvalidInput, InvalidTransition, NotAllowed
 from accounts.models import User
 from accounts.tenancy import platform_work
@@ -52,7 +53,7 @@ class PayoutRefused(DomainError):
 def _staff_check(by: User | None, *, required: bool) -> None:
     if by is None and not required:
         return  # a job of the platform itself
-    if by is None or not by.is_staff:
+    if not is_platform_staff(by):
         raise NotAllowed("Only platform staff can pay providers.")
 
 

@@ -23,7 +23,7 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.access import Actor
+from accounts.access import Actor, is_platform_staff
 from accounts.apiviews import OrgAPIView, TenantViewSet
 from accounts.errors import NotAllowed
 from accounts.permissions import HasOrganization, IsStaff
@@ -118,7 +118,7 @@ class PayoutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantView
     def pay(self, request: Request, pk: str) -> Response:
         """Staff: pay the statement's net (Stripe Connect transfer, or a bank settlement with `bank_reference`)."""
         statement = self.get_object()
-        if not request.user.is_staff:
+        if not is_platform_staff(request.user):
             raise NotAllowed(IsStaff.message)
         data = PayInput(data=request.data)
         data.is_valid(raise_exception=True)
