@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from agents import cli
+from agents import cli, cli_commands
 from agents.config import Credentials, load_credentials, write_credentials
 from tests.agents.conftest import REPO, agent_cmd
 from tests.agents.fakes import FakePlatform
@@ -127,7 +127,7 @@ def test_a_refused_enrolment_exits_4_and_writes_nothing(platform, tmp_path, caps
 
 
 def test_an_unreachable_platform_at_enrolment_exits_5(platform, tmp_path, monkeypatch):
-    monkeypatch.setattr(cli.time, "sleep", lambda s: None)
+    monkeypatch.setattr(cli_commands.time, "sleep", lambda s: None)
     platform.down()
     assert enroll(platform, tmp_path) == 5
 
