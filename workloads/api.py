@@ -17,7 +17,7 @@ from accounts.permissions import OPERATE, HasOrganization, role_required
 from inventory import agent_api
 from scheduler import api as lease_api
 from scheduler.idempotency import run_idempotent
-from workloads import access, services
+from workloads import access, agent_channel, services
 from workloads.models import SshKey, Template
 from workloads.serializers import (
     LeaseWithWorkloadInput,
@@ -144,15 +144,15 @@ class AgentWorkloadsApi(APIView):
     def get(self, request: Request) -> Response:
         now = timezone.now()
         server = agent_api.authenticate_agent(request, body=b"", now=now, limit="agent_workloads")
-        return Response(services.desired_state_serve(server=server, now=now))
+        return Response(agent_channel.desired_state_serve(server=server, now=now))
 
 
 class AgentReportApi(agent_api.AgentReportApi):
     """Agent reports, with the workload states they carry applied after the telemetry is stored."""
 
     def parse_extra(self, payload: dict) -> dict:
-        return services.parse_workload_report(payload)
+        return agent_channel.parse_workload_report(payload)
 
     def after_ingest(self, server, report: dict, extra: dict, now) -> None:
         if extra:
-            services.reported_states_apply(server=server, report={**report, **extra}, now=now)
+            agent_channel.reported_states_apply(server=server, report={**report, **extra}, now=now)

@@ -13,8 +13,9 @@ from django.utils import timezone
 
 from inventory.models import Server
 from scheduler.models import Lease, LeaseState
+from workloads.agent_channel import host_user
 from workloads.models import Access, Workload, WorkloadSpec, WorkloadState
-from workloads.services import NOTEBOOK_PORT, host_user
+from workloads.services import NOTEBOOK_PORT
 
 # Ports that speak HTTP in the common images (Jupyter, vLLM and other OpenAI-compatible servers, TensorBoard, Gradio).
 HTTP_PORTS = frozenset({NOTEBOOK_PORT, 8000, 8080, 6006, 7860, 3000})

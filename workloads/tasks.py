@@ -1,14 +1,14 @@
-"""Celery tasks of workloads: thin, idempotent wrappers around services (beat schedule in settings)."""
+"""Celery tasks of workloads: thin, idempotent wrappers around services and checks (beat schedule in settings)."""
 
 from __future__ import annotations
 
 from celery import shared_task
 
-from workloads import services
+from workloads import checks
 
 
 @shared_task(name="workloads.check_workloads")
 def check_workloads_task() -> dict:
     """Fail card-hour leases whose workload did not start in time; drain cards not reported clean (same as
     `manage.py check_workloads`)."""
-    return services.workloads_check()
+    return checks.workloads_check()

@@ -93,8 +93,8 @@ def test_a_customer_adds_a_key_rents_a_template_and_copies_the_ssh_line(open_as,
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
+    from workloads.agent_channel import reported_states_apply
     from workloads.models import Template
-    from workloads.services import reported_states_apply
 
     # The public catalogue is a data migration, which an earlier transactional test's flush may have emptied.
     Template.objects.get_or_create(

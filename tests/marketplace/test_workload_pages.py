@@ -18,7 +18,7 @@ from inventory.models import Server
 from scheduler.models import Lease, LeaseEvent
 from tests.factories import GpuModelFactory, MembershipFactory, online_server
 from tests.support.pages import assert_page_keeps_to_the_policy, forms_of
-from workloads import services
+from workloads import agent_channel, services
 from workloads.models import SshKey, Template, Workload, WorkloadSpec
 
 HOST = "gpu1.bob.example.com"
@@ -68,7 +68,7 @@ def _signed_in(persona, language: str = "") -> Client:
 def _report(workload: Workload, state: str, **fields) -> None:
     """The server's agent reports `state` of the workload (through the service that applies agent reports)."""
     entry = {"id": workload.pk, "state": state, "ports": {}, "message": "", "progress": None, "exit_code": None}
-    services.reported_states_apply(server=workload.server, report={"workloads": [{**entry, **fields}]})
+    agent_channel.reported_states_apply(server=workload.server, report={"workloads": [{**entry, **fields}]})
 
 
 def _section(body: str, marker: str) -> str:

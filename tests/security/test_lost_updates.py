@@ -17,7 +17,7 @@ from inventory import health, ingest, telemetry
 from inventory.models import Gpu, GpuHealthEvent, Offer, Server
 from marketplace.services import offer_delist, offer_update
 from tests.factories import OfferFactory, ServerFactory, online_server
-from workloads.services import workloads_check
+from workloads.checks import workloads_check
 
 # --- offers ------------------------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import pytest
 import time_machine
 
 from tests.workloads.conftest import rent, rent_with_workload
-from workloads.services import workloads_check
+from workloads.checks import workloads_check
 
 T0 = datetime(2026, 3, 10, 2, 20, tzinfo=UTC)
 

@@ -196,7 +196,7 @@ def test_a_key_removed_from_the_account_keeps_working_for_the_lease_made_with_it
 
 def test_a_reservations_workload_is_asked_for_when_it_starts(alice, box):
     from scheduler.lifecycle import leases_run
-    from workloads.services import workloads_check
+    from workloads.checks import workloads_check
 
     now = timezone.now()
     start, end = now + timedelta(hours=1), now + timedelta(hours=3)

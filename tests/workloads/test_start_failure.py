@@ -13,7 +13,7 @@ from billing.metering import meter
 from billing.models import UsageRecord
 from scheduler.models import Allocation
 from tests.workloads.conftest import add_key, enrolled_box, rent_with_workload
-from workloads.services import workloads_check
+from workloads.checks import workloads_check
 
 T0 = datetime(2026, 3, 10, 2, 20, tzinfo=UTC)
 

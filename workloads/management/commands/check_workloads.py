@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand
 
-from workloads import services
+from workloads import checks
 
 
 class Command(BaseCommand):
@@ -13,5 +13,5 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args, **options) -> None:
-        counts = services.workloads_check()
+        counts = checks.workloads_check()
         self.stdout.write(", ".join(f"{name}: {value}" for name, value in counts.items()))
