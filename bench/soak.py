@@ -196,9 +196,7 @@ def ensure_fleet(count: int) -> list[dict[str, Any]]:
     chosen = [pk for pk, _, _ in servers]
     for offer in Offer.objects.live().filter(organization=org).exclude(server_id__in=chosen):
         offer_delist(offer=offer)  # the fleet is `count` servers: the rest are off the storefront
-    listed = set(
-        Offer.objects.live().filter(server_id__in=chosen).values_list("server_id", flat=True)
-    )
+    listed = set(Offer.objects.live().filter(server_id__in=chosen).values_list("server_id", flat=True))
     for server in Server.objects.filter(pk__in=set(chosen) - listed):
         offer_create(org=org, server=server, prices={"card_hour": Decimal("2.00") + Decimal("0.25") * (server.pk % 7)})
     uuids: dict[int, list[str]] = defaultdict(list)
