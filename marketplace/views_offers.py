@@ -15,28 +15,25 @@ from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
-from django.urls import reverse
 from django.utils import formats, timezone
 from django.utils.cache import patch_vary_headers
 from django.utils.translation import get_language, ngettext
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from accounts.error_text import error_text
 from accounts.models import Organization
-from accounts.permissions import can_operate
 from billing import rating
 from billing.display import PLAN_LABELS, UNIT_LABELS, money
 from inventory.models import Offer
 from marketplace.forms import OfferSearchForm, RentForm, describe_errors
 from marketplace.forms_workloads import WorkloadForm
 from marketplace.selectors import OfferQuery, offers_listed
+from marketplace.views_rent import add_rent_errors, rent_payload, rented, renter_problem
 from scheduler.models import Plan
 from scheduler.pricing import PRICE_PLACES, rate_between
 from workloads import services as workload_services
@@ -303,18 +300,6 @@ def _number(value: Decimal, places: int) -> str:
 # --- the offer page ---------------------------------------------------------------------------------------
 
 
-def renter_problem(request: HttpRequest) -> str:
-    """Why the signed-in caller may not rent (empty when they may)."""
-    org: Organization | None = getattr(request, "org", None)
-    if org is None:
-        return _("Create or join a customer organisation to rent.")
-    if not org.is_customer:
-        return _("%(name)s is a provider organisation; switch to a customer organisation to rent.") % {"name": org.name}
-    if not can_operate(request):
-        return _("Your role in %(name)s cannot rent; ask an owner, admin or member.") % {"name": org.name}
-    return ""
-
-
 def _page(
     request: HttpRequest,
     offer: Offer,
@@ -364,16 +349,10 @@ def offer_detail(request: HttpRequest, offer_id: int) -> HttpResponse:
         return _page(request, offer, form, currency, workload_form, status=status)
     arguments = form.lease_arguments()
     workload = workload_form.workload(arguments["plan"])
-    # The submitted values (not `now`-dependent ones like a computed end) identify a replay of this form.
-    payload = {
-        "offer": offer.pk,
-        **{name: form.cleaned_data.get(name) for name in form.fields if name != "idempotency_key"},
-        "workload": workload,
-    }
     outcome = form.submit(
         org=org,
         scope=f"web.offer.{offer.pk}.rent",
-        payload=payload,
+        payload=rent_payload(offer, form, workload),
         work=lambda: {
             "lease": workload_services.lease_create(
                 org=org, user=request.user, workload=workload, offer=offer, now=now, **arguments
@@ -381,35 +360,9 @@ def offer_detail(request: HttpRequest, offer_id: int) -> HttpResponse:
         },
     )
     if outcome.ok:
-        lease_id = outcome.body["lease"]
-        if workload:
-            text = _("Lease %(id)s is yours. Its workload is starting; how to connect shows below once it runs.")
-        else:
-            text = _("Lease %(id)s is yours. Its cards are listed below.")
-        messages.success(request, text % {"id": lease_id})
-        return HttpResponseRedirect(reverse("marketplace:lease_detail", args=[lease_id]))
-    if outcome.code == "invalid":
-        # The workload's field errors beside the workload section's fields, the lease's beside the lease's.
-        fields = dict(outcome.fields or {})
-        workload_fields = fields.pop("workload", None)
-        if isinstance(workload_fields, dict):
-            workload_form.add_service_errors(workload_fields, outcome.message)
-        if fields or not isinstance(workload_fields, dict):
-            form.add_service_errors(fields, outcome.message)
-    elif outcome.code == "no_capacity":
-        form.add_error(
-            None,
-            _(
-                "Not enough free cards on this server for that right now, so nothing was reserved. "
-                "Try fewer cards or a later start."
-            ),
-        )
-    elif outcome.code == "idempotency_key_reused":
-        form.add_error(None, _("This form was already sent with other values. Check it and send it again."))
-    else:
-        form.add_error(None, error_text(outcome.message))
+        return rented(request, outcome.body["lease"], workload)
+    status = add_rent_errors(form, workload_form, outcome)
     form.renew_key()
-    status = {"invalid": 400, "billing_hold": 403}.get(outcome.code, 409)
     return _page(request, offer, form, currency, workload_form, status=status)
 
 
