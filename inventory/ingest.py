@@ -265,42 +265,10 @@ def report_ingest(*, server: Server, report: dict[str, Any], now: datetime) -> R
         for sample in report["gpus"]:
             gpu = gpus[sample["uuid"]]
             if keep_raw:
-                extra = {k: v for k, v in sample.items() if k not in telemetry.SAMPLE_COLUMNS and k != "uuid"}
-                rows.append(
-                    (
-                        at,
-                        gpu.pk,
-                        server.pk,
-                        sample.get("utilization_pct"),
-                        sample.get("memory_used_mb"),
-                        sample.get("temperature_c"),
-                        sample.get("power_w"),
-                        sample.get("sm_clock_mhz"),
-                        sample.get("ecc_sbe"),
-                        sample.get("ecc_dbe"),
-                        json.dumps(extra),
-                    )
-                )
-            verdict = health.evaluate(sample, _state_of(gpu), at)
-            if verdict.health != gpu.health or verdict.reason != gpu.health_reason:
-                events.append(
-                    GpuHealthEvent(
-                        gpu=gpu,
-                        server=server,
-                        at=at,
-                        from_health=gpu.health,
-                        to_health=verdict.health,
-                        reason=verdict.reason[:300],
-                    )
-                )
-                gpu.health, gpu.health_reason, gpu.health_changed_at = verdict.health, verdict.reason[:300], at
-                if verdict.latch and not gpu.drained:
-                    gpu.drained, gpu.drained_reason = True, f"automatic: {verdict.reason}"[:200]
-            gpu.fault_latched_reason = verdict.state.latched_reason[:300]
-            gpu.pcie_replay_count = verdict.state.pcie_replay_count
-            gpu.pcie_seen_at = verdict.state.pcie_seen_at
-            gpu.thermal_since = verdict.state.thermal_since
-            gpu.last_sample, gpu.last_sample_at = sample, at
+                rows.append(_sample_row(sample, at=at, gpu=gpu, server=server))
+            event = _apply_sample(sample, at=at, gpu=gpu, server=server)
+            if event is not None:
+                events.append(event)
             changed.append(gpu)
         if rows:
             telemetry.copy_samples(rows)
@@ -312,6 +280,49 @@ def report_ingest(*, server: Server, report: dict[str, Any], now: datetime) -> R
             # leases off failed cards: written in this transaction, they cannot be lost or told twice.
             GpuHealthEvent.objects.bulk_create(events)
     return ReportResult(accepted=True, samples=len(rows))
+
+
+def _sample_row(sample: dict[str, Any], *, at: datetime, gpu: Gpu, server: Server) -> tuple[Any, ...]:
+    """The raw telemetry row of one card's sample (telemetry.copy_samples); unknown fields go to `extra`."""
+    extra = {k: v for k, v in sample.items() if k not in telemetry.SAMPLE_COLUMNS and k != "uuid"}
+    return (
+        at,
+        gpu.pk,
+        server.pk,
+        sample.get("utilization_pct"),
+        sample.get("memory_used_mb"),
+        sample.get("temperature_c"),
+        sample.get("power_w"),
+        sample.get("sm_clock_mhz"),
+        sample.get("ecc_sbe"),
+        sample.get("ecc_dbe"),
+        json.dumps(extra),
+    )
+
+
+def _apply_sample(sample: dict[str, Any], *, at: datetime, gpu: Gpu, server: Server) -> GpuHealthEvent | None:
+    """Apply the health rules to one (locked) card's sample, in memory: its new health, drain, rule state and
+    last sample. The health event to write when its health or reason changed, else None."""
+    event = None
+    verdict = health.evaluate(sample, _state_of(gpu), at)
+    if verdict.health != gpu.health or verdict.reason != gpu.health_reason:
+        event = GpuHealthEvent(
+            gpu=gpu,
+            server=server,
+            at=at,
+            from_health=gpu.health,
+            to_health=verdict.health,
+            reason=verdict.reason[:300],
+        )
+        gpu.health, gpu.health_reason, gpu.health_changed_at = verdict.health, verdict.reason[:300], at
+        if verdict.latch and not gpu.drained:
+            gpu.drained, gpu.drained_reason = True, f"automatic: {verdict.reason}"[:200]
+    gpu.fault_latched_reason = verdict.state.latched_reason[:300]
+    gpu.pcie_replay_count = verdict.state.pcie_replay_count
+    gpu.pcie_seen_at = verdict.state.pcie_seen_at
+    gpu.thermal_since = verdict.state.thermal_since
+    gpu.last_sample, gpu.last_sample_at = sample, at
+    return event
 
 
 _GPU_REPORT_FIELDS = [
