@@ -94,6 +94,12 @@ def server_register(
     )
     if network_gbps is not None:
         server.network_gbps = network_gbps
+    _save_new_server(server)
+    return server, token
+
+
+def _save_new_server(server: Server) -> None:
+    """Save a newly registered server; a name already used in its organisation is a field error."""
     try:
         with transaction.atomic():
             server.save()
@@ -105,7 +111,6 @@ def server_register(
                 fields={"name": ["A server with this name already exists in your organization."]},
             ) from None
         raise
-    return server, token
 
 
 @platform_work(_PLATFORM)
@@ -171,16 +176,9 @@ def _gpu_problem(index: int, field: str, message: str) -> InvalidInput:
     return InvalidInput(f"gpus[{index}]: {message}", fields={"gpus": {str(index): {field: [message]}}})
 
 
-@platform_work(_PLATFORM)
-def gpus_register(*, server: Server, gpus: list[dict[str, Any]]) -> list[Gpu]:
-    """Record the cards an agent found on `server`; all or nothing.
-
-    Each card's NVML product name must be one of `server.gpu_model.nvml_names` (case and spacing ignored),
-    there may be no more cards than `server.gpu_count`, and indexes and uuids must be unique. The first
-    registration creates the Gpu rows; a later one (re-enrolment) must report the same set of uuids and
-    refreshes their index, name and memory. Locks the server row for the duration, so two enrolments of
-    one server cannot interleave. Call inside the enrolment's transaction.
-    """
+def _checked_cards(server: Server, gpus: list[dict[str, Any]]) -> set[str]:
+    """The uuids of the cards an agent reported, once they pass `gpus_register`'s checks (count, index, uuid,
+    no card twice, the server's GPU model); the first failing check is raised."""
     if not gpus:
         raise InvalidInput("The agent reported no GPUs.", fields={"gpus": ["At least one GPU is required."]})
     if len(gpus) > server.gpu_count:
@@ -208,6 +206,20 @@ def gpus_register(*, server: Server, gpus: list[dict[str, Any]]) -> list[Gpu]:
                 code="gpu_model_mismatch",
                 fields={"gpus": {str(position): {"name": [f"Expected one of: {', '.join(model.nvml_names)}."]}}},
             )
+    return seen_uuids
+
+
+@platform_work(_PLATFORM)
+def gpus_register(*, server: Server, gpus: list[dict[str, Any]]) -> list[Gpu]:
+    """Record the cards an agent found on `server`; all or nothing.
+
+    Each card's NVML product name must be one of `server.gpu_model.nvml_names` (case and spacing ignored),
+    there may be no more cards than `server.gpu_count`, and indexes and uuids must be unique. The first
+    registration creates the Gpu rows; a later one (re-enrolment) must report the same set of uuids and
+    refreshes their index, name and memory. Locks the server row for the duration, so two enrolments of
+    one server cannot interleave. Call inside the enrolment's transaction.
+    """
+    seen_uuids = _checked_cards(server, gpus)
     with transaction.atomic():
         Server.objects.select_for_update().filter(pk=server.pk).first()
         existing = {gpu.uuid: gpu for gpu in Gpu.objects.filter(server=server)}
