@@ -88,6 +88,12 @@ def _table(rows: list[list], widths: list[float], *, header: bool = True, extra:
 
 
 def _story(doc: InvoiceView) -> list:
+    """The invoice's flowables, top to bottom: heading and facts, its lines, the totals, its credit notes."""
+    return [*_heading(doc), *_lines_table(doc), _totals_table(doc), *_credit_notes(doc)]
+
+
+def _heading(doc: InvoiceView) -> list:
+    """The title (seller, "Invoice", its number), seller and buyer, and the invoice's facts (period, dates, status)."""
     state = doc.state_label
     if doc.overdue:
         state = f"{state} · {_('Overdue')}"
@@ -126,7 +132,11 @@ def _story(doc: InvoiceView) -> list:
         ),
         Spacer(1, 6 * mm),
     ]
+    return story
 
+
+def _lines_table(doc: InvoiceView) -> list:
+    """The invoice's lines (with an SLA credit column where any line has one)."""
     head = [_("Description"), _("Quantity"), _("Unit"), _("Unit price"), _("Amount")]
     widths = [62 * mm, 22 * mm, 24 * mm, 33 * mm, 33 * mm]
     if doc.has_sla_credits:
@@ -139,8 +149,11 @@ def _story(doc: InvoiceView) -> list:
         if doc.has_sla_credits:
             cells.append(_right(line.sla_credit))
         rows.append(cells)
-    story += [_table(rows, widths), Spacer(1, 4 * mm)]
+    return [_table(rows, widths), Spacer(1, 4 * mm)]
 
+
+def _totals_table(doc: InvoiceView) -> Table:
+    """Subtotal, SLA credits, tax and total (ruled above), and what was refunded."""
     totals = [(_("Subtotal"), doc.subtotal, False)]
     if doc.has_credits:
         totals.append((_("SLA credits"), doc.credits, False))
@@ -152,15 +165,19 @@ def _story(doc: InvoiceView) -> list:
         [_right(label, bold=bold), _right(value, bold=bold, size=10 if bold else 9)] for label, value, bold in totals
     ]
     rule = [("LINEABOVE", (0, total_row), (-1, total_row), 0.6, GRID)]
-    story.append(_table(total_rows, [WIDTH - 45 * mm, 45 * mm], header=False, extra=rule))
+    return _table(total_rows, [WIDTH - 45 * mm, 45 * mm], header=False, extra=rule)
 
-    if doc.credit_notes:
-        story += [Spacer(1, 6 * mm), _text(_("Credit notes"), size=11, bold=True), Spacer(1, 2 * mm)]
-        notes = [[_text(_("Number"), bold=True), _text(_("Date"), bold=True), _text(_("Reason"), bold=True)]]
-        notes[0].append(_right(_("Amount"), bold=True))
-        for note in doc.credit_notes:
-            notes.append([_text(note.number), _text(note.day), _text(note.reason), _right(note.amount)])
-        story.append(_table(notes, [30 * mm, 32 * mm, WIDTH - 97 * mm, 35 * mm]))
+
+def _credit_notes(doc: InvoiceView) -> list:
+    """The credit notes against the invoice, under a title; nothing when there are none."""
+    if not doc.credit_notes:
+        return []
+    story: list = [Spacer(1, 6 * mm), _text(_("Credit notes"), size=11, bold=True), Spacer(1, 2 * mm)]
+    notes = [[_text(_("Number"), bold=True), _text(_("Date"), bold=True), _text(_("Reason"), bold=True)]]
+    notes[0].append(_right(_("Amount"), bold=True))
+    for note in doc.credit_notes:
+        notes.append([_text(note.number), _text(note.day), _text(note.reason), _right(note.amount)])
+    story.append(_table(notes, [30 * mm, 32 * mm, WIDTH - 97 * mm, 35 * mm]))
     return story
 
 
