@@ -115,6 +115,32 @@ def _in_currency(field: str, currency: str) -> Case | F:
     return Case(*whens, output_field=DecimalField(max_digits=20, decimal_places=6))
 
 
+def _reliability(since: datetime, now: datetime) -> Greatest:
+    """The offer's server's reliability, 0..1: the share of its workloads since `since` that started rather than
+    failed, times the share of the time since `since` (or since it was registered) that it was reachable."""
+    started, failed = _start_failures(since)
+    return Greatest(
+        Value(0.0),
+        (
+            1.0
+            - Coalesce(failed, Value(0.0))
+            / Greatest(Value(1.0), Coalesce(started, Value(0.0)) + Coalesce(failed, Value(0.0)))
+        )
+        * (
+            1.0
+            - Coalesce(_outage_seconds(since), Value(0.0))
+            / Greatest(
+                # A server listed this very second has a history of one second, not of zero (no 0/0).
+                Value(1.0),
+                Least(
+                    Value(RELIABILITY_WINDOW.total_seconds()),
+                    _epoch(ExpressionWrapper(Value(now) - F("server__created_at"), output_field=DurationField())),
+                ),
+            )
+        ),
+    )
+
+
 def offers_listed(query: OfferQuery = OfferQuery(), *, now: datetime | None = None) -> QuerySet[Offer]:  # noqa: B008
     """Live offers of approved providers on online servers, with `gpus_free` (allocatable, free now),
     `reliability` (share of the last 30 days the server was reachable, times the share of its workloads in that
@@ -123,7 +149,6 @@ def offers_listed(query: OfferQuery = OfferQuery(), *, now: datetime | None = No
     since = now - RELIABILITY_WINDOW
     gpus = allocatable_gpus(Filters()).filter(server_id=OuterRef("server_id"))
     free = gpus.exclude(id__in=busy_gpu_ids(period_range(now, now + timedelta(seconds=1))))
-    started, failed = _start_failures(since)
     count = lambda qs: Subquery(  # noqa: E731
         qs.order_by().values("server_id").annotate(n=Count("id")).values("n"), output_field=IntegerField()
     )
@@ -139,28 +164,7 @@ def offers_listed(query: OfferQuery = OfferQuery(), *, now: datetime | None = No
         .annotate(
             gpus_free=Coalesce(count(free), 0),
             gpus_ok=Coalesce(count(gpus), 0),
-            reliability=Greatest(
-                Value(0.0),
-                (
-                    1.0
-                    - Coalesce(failed, Value(0.0))
-                    / Greatest(Value(1.0), Coalesce(started, Value(0.0)) + Coalesce(failed, Value(0.0)))
-                )
-                * (
-                    1.0
-                    - Coalesce(_outage_seconds(since), Value(0.0))
-                    / Greatest(
-                        # A server listed this very second has a history of one second, not of zero (no 0/0).
-                        Value(1.0),
-                        Least(
-                            Value(RELIABILITY_WINDOW.total_seconds()),
-                            _epoch(
-                                ExpressionWrapper(Value(now) - F("server__created_at"), output_field=DurationField())
-                            ),
-                        ),
-                    )
-                ),
-            ),
+            reliability=_reliability(since, now),
         )
     )
     if query.gpu_model:
