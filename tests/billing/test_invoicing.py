@@ -3,6 +3,7 @@ credit notes, overdue hold; the invoice API."""
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -135,7 +136,10 @@ def test_an_overdue_invoice_stops_new_leases_until_paid(march, clock, alice):
     clock.move_to(APRIL + timedelta(hours=1))
     invoicing.close_period("2026-03")
     clock.move_to(APRIL + timedelta(days=20))
-    assert invoicing.invoices_mark_overdue() == 1
+    out = io.StringIO()
+    call_command("mark_overdue", stdout=out)  # the beat job's command, by hand
+    assert out.getvalue().strip() == "overdue: 1"
+    assert invoicing.invoices_mark_overdue() == 0  # idempotent
     response = alice.api.post("/api/v1/leases/", {"plan": "card_hour", "gpu_count": 1}, format="json")
     assert response.status_code == 403 and response.json()["error"]["code"] == "billing_hold"
     Invoice.objects.update(state="paid", paid_at=APRIL + timedelta(days=20))
