@@ -9,7 +9,7 @@ from __future__ import annotations
 from django.db.models import Prefetch, QuerySet
 
 from accounts.access import Actor, access_one, visible
-from billing.models import CreditNote, Invoice, InvoiceLine, Payout, ProviderStatement, UsageRecord
+from billing.models import CreditNote, Invoice, InvoiceLine, Payout, ProviderStatement
 
 
 def invoices_visible(queryset: QuerySet[Invoice]) -> QuerySet[Invoice]:
@@ -44,8 +44,3 @@ def access_statement(actor: Actor, statement_id: object, *, for_update: bool = F
     if for_update:
         return access_one(queryset, statement_id, "statement", for_update=True)
     return access_one(statements_with_payouts(queryset), statement_id, "statement")
-
-
-def provider_usage(actor: Actor) -> QuerySet[UsageRecord]:
-    """Usage of the cards of the actor's organisation as a provider (the other side of a customer's usage)."""
-    return UsageRecord.objects.for_provider(actor.org)

@@ -1,4 +1,4 @@
-"""Access to a provider's servers, cards and offers by id; fails closed (accounts/access.py).
+"""Access to a provider's servers and offers by id; fails closed (accounts/access.py).
 
 Another tenant's object and an unknown id are the same answer (404 "Unknown server."), so an id reveals nothing.
 """
@@ -15,11 +15,6 @@ from inventory.selectors import with_details
 STOREFRONT = "the storefront: every provider's live offers, their servers and capacity are public"
 
 
-def servers_of(actor: Actor) -> QuerySet[Server]:
-    """The servers of `actor`'s organisation (a list: staff too see their own here), with cards loaded."""
-    return with_details(Server.objects.for_org(actor.org)).order_by("id")
-
-
 def access_server(
     actor: Actor, server_id: object, *, for_update: bool = False, cards: QuerySet[Gpu] | None = None
 ) -> Server:
@@ -30,22 +25,9 @@ def access_server(
     return access_one(with_details(visible(Server.objects.all(), actor), cards=cards), server_id, "server")
 
 
-def access_gpu(actor: Actor, gpu_id: object, *, for_update: bool = False) -> Gpu:
-    """The actor's GPU `gpu_id`; NotFound otherwise."""
-    return access_one(visible(Gpu.objects.select_related("server"), actor), gpu_id, "GPU", for_update=for_update)
-
-
-def offers_of(actor: Actor) -> QuerySet[Offer]:
-    """The offers `actor`'s organisation made (listed or not), newest first."""
-    return _offer_details(Offer.objects.for_org(actor.org))
-
-
-def _offer_details(queryset: QuerySet[Offer]) -> QuerySet[Offer]:
-    return queryset.select_related("server", "server__gpu_model").order_by("-id")
-
-
 def access_offer(actor: Actor, offer_id: object, *, for_update: bool = False) -> Offer:
     """The actor's own offer `offer_id` (a storefront offer of another provider is not theirs to change)."""
     if for_update:
         return access_one(visible(Offer.objects.all(), actor), offer_id, "offer", for_update=True)
-    return access_one(_offer_details(visible(Offer.objects.all(), actor)), offer_id, "offer")
+    offers = visible(Offer.objects.all(), actor).select_related("server", "server__gpu_model")
+    return access_one(offers, offer_id, "offer")

@@ -15,14 +15,15 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
-from accounts.errors import InvalidInput, InvalidTransition
+from accounts.access import Actor
+from accounts.errors import InvalidInput, InvalidTransition, NotFound
 from accounts.models import Organization, User
 from accounts.tenancy import platform_work
 from inventory.models import Runtime
 from scheduler import services as scheduler
 from scheduler.models import Allocation, Lease, LeaseEvent, LeaseState, Plan
 from workloads import sshkeys
-from workloads.access import ssh_keys_of, templates_visible
+from workloads.access import access_template, ssh_keys_of
 from workloads.models import Access, SshKey, Template, Workload, WorkloadSpec, WorkloadState
 
 # Why these services run across tenants while a request is handled (accounts/tenancy.py).
@@ -186,9 +187,10 @@ def workload_request(*, org: Organization, user: User, plan: str, data: dict[str
         raise InvalidInput("access is container or host.", fields={"workload": {"access": ["container or host."]}})
     template = None
     if data.get("template") is not None:
-        template = templates_visible(org).filter(pk=data["template"]).first()
-        if template is None:
-            raise InvalidInput("Unknown template.", fields={"workload": {"template": ["Unknown template."]}})
+        try:
+            template = access_template(Actor.for_org(org), data["template"])
+        except NotFound:
+            raise InvalidInput("Unknown template.", fields={"workload": {"template": ["Unknown template."]}}) from None
     keys = list(ssh_keys_of(user).filter(pk__in=data.get("ssh_keys") or []))
     if len(keys) != len(set(data.get("ssh_keys") or [])):
         raise InvalidInput("Unknown SSH key.", fields={"workload": {"ssh_keys": ["Not one of your keys."]}})
