@@ -26,12 +26,21 @@ class DomainError(Exception):
     status_code = status.HTTP_400_BAD_REQUEST
     code = "invalid"
 
-    def __init__(self, message: str, *, code: str | None = None, fields: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        fields: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+    ):
         super().__init__(message)
         self.message = message
         if code:
             self.code = code
         self.fields = fields or {}
+        # Further machine-readable facts beside code and message (a 402's shortfall and currency).
+        self.extra = extra or {}
 
 
 class InvalidInput(DomainError):
@@ -74,8 +83,10 @@ class RateLimited(DomainError):
         self.wait = max(int(wait), 1)
 
 
-def error_body(code: str, message: str, fields: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, "fields": fields or {}}}
+def error_body(
+    code: str, message: str, fields: dict[str, Any] | None = None, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "fields": fields or {}, **(extra or {})}}
 
 
 def _flatten(detail: Any) -> Any:
@@ -110,7 +121,7 @@ _DRF_CODES = {
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, DomainError):
-        response = Response(error_body(exc.code, exc.message, exc.fields), status=exc.status_code)
+        response = Response(error_body(exc.code, exc.message, exc.fields, exc.extra), status=exc.status_code)
         if isinstance(exc, RateLimited):
             response["Retry-After"] = str(exc.wait)
         return response

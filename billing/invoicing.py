@@ -31,6 +31,7 @@ from billing.access import invoices_visible
 from billing.display import INVOICE_LINE_LABELS
 from billing.metering import meter
 from billing.models import (
+    BalanceEntry,
     CreditNote,
     DocumentCounter,
     Invoice,
@@ -39,6 +40,7 @@ from billing.models import (
     ProviderTerms,
     UsageRecord,
 )
+from billing.terms import terms_of
 from scheduler.models import Lease
 
 # Why these services run across tenants while a request is handled (accounts/tenancy.py).
@@ -98,6 +100,34 @@ def _sla_credit(amount: Decimal, seconds: Decimal, down: Decimal) -> Decimal:
     return rating.to_money(amount * settings.SUANLI_SLA_CREDIT_RATE)
 
 
+def line_amounts(row: dict[str, Any]) -> tuple[Decimal, Decimal]:
+    """An invoice line's amount (rounded once) and SLA credit, from its summed usage: `a` (exact amount), `s`
+    (seconds) and `d` (down seconds). The balance's month to date (billing/balances.py) rounds the same way."""
+    amount = rating.to_money(row["a"])
+    return amount, _sla_credit(amount, row["s"], row["d"])
+
+
+@dataclass(frozen=True)
+class Totals:
+    subtotal: Decimal
+    credits: Decimal
+    tax_rate: Decimal
+    tax: Decimal
+    total: Decimal
+
+    def __iter__(self):
+        return iter((self.subtotal, self.credits, self.tax_rate, self.tax, self.total))
+
+
+def totals(lines: list[tuple[Decimal, Decimal]]) -> Totals:
+    """An invoice's sums from its lines' (amount, SLA credit): subtotal, credits, tax on what is left, total."""
+    subtotal = sum((amount for amount, _ in lines), Decimal(0))
+    credits = sum((credit for _, credit in lines), Decimal(0))
+    tax_rate = settings.SUANLI_TAX_RATE
+    tax = rating.to_money((subtotal - credits) * tax_rate)
+    return Totals(subtotal, credits, tax_rate, tax, subtotal - credits + tax)
+
+
 def _line_rows(org_id: int, currency: str, period: Period) -> list[dict]:
     return list(
         UsageRecord.objects.filter(
@@ -124,7 +154,7 @@ def invoice_build(*, org_id: int, currency: str, period: Period, now: datetime) 
             return None  # another closer made it first
         lines = []
         for row in rows:
-            amount = rating.to_money(row["a"])
+            amount, sla_credit = line_amounts(row)
             lines.append(
                 InvoiceLine(
                     invoice=invoice,
@@ -138,27 +168,17 @@ def invoice_build(*, org_id: int, currency: str, period: Period, now: datetime) 
                     exact_amount=row["a"],
                     seconds=row["s"],
                     down_seconds=row["d"],
-                    sla_credit=_sla_credit(amount, row["s"], row["d"]),
+                    sla_credit=sla_credit,
                 )
             )
         InvoiceLine.objects.bulk_create(lines)
-        subtotal = sum((line.amount for line in lines), Decimal(0))
-        credits = sum((line.sla_credit for line in lines), Decimal(0))
-        tax_rate = settings.SUANLI_TAX_RATE
-        tax = rating.to_money((subtotal - credits) * tax_rate)
-        total = subtotal - credits + tax
-        invoice.subtotal, invoice.credits, invoice.tax_rate, invoice.tax, invoice.total = (
-            subtotal,
-            credits,
-            tax_rate,
-            tax,
-            total,
-        )
+        sums = totals([(line.amount, line.sla_credit) for line in lines])
+        invoice.subtotal, invoice.credits, invoice.tax_rate, invoice.tax, invoice.total = sums
         invoice.number = next_number("INV")
         invoice.issued_at = now
         invoice.due_at = now + timedelta(days=settings.SUANLI_INVOICE_DUE_DAYS)
-        invoice.state = Invoice.State.OPEN if total > 0 else Invoice.State.PAID
-        invoice.paid_at = None if total > 0 else now
+        invoice.state = Invoice.State.OPEN if sums.total > 0 else Invoice.State.PAID
+        invoice.paid_at = None if sums.total > 0 else now
         invoice.save()
     return invoice
 
@@ -179,9 +199,46 @@ def close_period(label: str, *, now: datetime | None = None) -> dict[str, int]:
     )
     invoices = 0
     for org_id, currency in customers:
-        invoices += invoice_build(org_id=org_id, currency=currency, period=period, now=now) is not None
+        invoice = invoice_build(org_id=org_id, currency=currency, period=period, now=now)
+        invoices += invoice is not None
+        if invoice is not None and invoice.state == Invoice.State.OPEN and terms_of(invoice.organization).prepaid:
+            invoice_settle_from_balance(invoice=invoice, now=now)
     statements = statements_build(period=period)
     return {"invoices": invoices, "statements": statements}
+
+
+@platform_work(_PLATFORM)
+def invoice_settle_from_balance(*, invoice: Invoice, now: datetime | None = None) -> bool:
+    """Pay an open invoice from its organisation's balance, if the balance covers what it asks (its total less
+    credit notes): a `settlement` entry takes the amount off the balance and the invoice is paid. An invoice the
+    balance cannot cover stays open (a top-up settles it later, or it is paid like any other). Once per invoice
+    (the database allows one settlement of it); locks the invoice row, then the organisation's (the order of
+    billing/payments.py; every writer of the balance locks the organisation). Returns whether it settled."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        invoice = Invoice.objects.select_for_update().get(pk=invoice.pk)
+        Organization.objects.select_for_update().filter(pk=invoice.organization_id).first()
+        due = invoice.amount_due()
+        if invoice.state != Invoice.State.OPEN or due <= 0:
+            return False
+        balance = BalanceEntry.objects.filter(
+            organization_id=invoice.organization_id, currency=invoice.currency
+        ).aggregate(t=Sum("amount"))["t"] or Decimal(0)
+        if balance < due:
+            return False
+        BalanceEntry.objects.create(
+            organization_id=invoice.organization_id,
+            kind=BalanceEntry.Kind.SETTLEMENT,
+            amount=-due,
+            currency=invoice.currency,
+            key=f"settlement:invoice:{invoice.pk}",
+            reference=invoice.number,
+            invoice=invoice,
+            created_at=now,
+        )
+        Invoice.objects.filter(pk=invoice.pk).update(state=Invoice.State.PAID, paid_at=now, overdue=False)
+    billing_hold_release(org_id=invoice.organization_id)
+    return True
 
 
 def close_last_period(*, now: datetime | None = None) -> dict[str, int]:
@@ -237,6 +294,22 @@ def credit_note_issue(
             lease=lease,
             created_by=by,
         )
+        settled = BalanceEntry.objects.filter(invoice=invoice, kind=BalanceEntry.Kind.SETTLEMENT).first()
+        if settled is not None:
+            # The invoice was paid from the balance: the credit goes back to it.
+            BalanceEntry.objects.create(
+                organization_id=invoice.organization_id,
+                kind=BalanceEntry.Kind.CREDIT_NOTE,
+                amount=amount,
+                currency=invoice.currency,
+                key=f"credit_note:{note.pk}",
+                reference=note.number,
+                reason=note.reason,
+                invoice=invoice,
+                credit_note=note,
+                created_by=by,
+                created_at=timezone.now(),
+            )
         if invoice.state == Invoice.State.OPEN and invoice.amount_due() <= 0:
             # Credited in full: nothing is left to pay.
             Invoice.objects.filter(pk=invoice.pk).update(

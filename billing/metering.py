@@ -126,10 +126,28 @@ class Slot:
         )
 
 
-def slots(*, since: datetime, until: datetime, lease_id: int | None = None) -> Iterator[Slot]:
-    """Every held slot part in [since, until), with its seconds and down seconds, allocation by allocation."""
-    sql = _SLOTS_SQL.format(lease_filter="AND al.lease_id = %(lease)s" if lease_id else "")
-    params = {"since": since, "until": until, "zone": settings.PLATFORM_TIME_ZONE, "lease": lease_id}
+def slots(
+    *,
+    since: datetime,
+    until: datetime,
+    lease_id: int | None = None,
+    organization_id: int | None = None,
+    provider_id: int | None = None,
+) -> Iterator[Slot]:
+    """Every held slot part in [since, until), with its seconds and down seconds, allocation by allocation: of one
+    lease, one customer organisation's leases or one provider's servers when asked."""
+    filters = {"lease": "al.lease_id", "organization": "l.organization_id", "provider": "s.organization_id"}
+    params = {
+        "since": since,
+        "until": until,
+        "zone": settings.PLATFORM_TIME_ZONE,
+        "lease": lease_id,
+        "organization": organization_id,
+        "provider": provider_id,
+    }
+    sql = _SLOTS_SQL.format(
+        lease_filter="".join(f" AND {column} = %({name})s" for name, column in filters.items() if params[name])
+    )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         while rows := cursor.fetchmany(BATCH):

@@ -362,3 +362,190 @@ class ProviderTerms(models.Model):
 
     def __str__(self) -> str:
         return f"terms of {self.organization_id}"
+
+
+# --- balances: how an organisation pays, its ledger, top-ups, caps and notices ---------------------------------
+
+
+class PaymentMode(models.TextChoices):
+    PREPAID = "prepaid", _("Prepaid")
+    POSTPAID = "postpaid", _("Postpaid")
+
+
+class BillingTerms(models.Model):
+    """How an organisation pays, as staff set it: prepaid (top up first, spend the balance) or postpaid (the monthly
+    invoice) with a credit limit. Append-only: a change is a new row, the latest is in force (billing/balances.py
+    says what applies to an organisation without one). A postpaid credit limit of NULL is no limit at all."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="billing_terms")
+    mode = models.CharField(max_length=8, choices=PaymentMode.choices)
+    credit_limit = money(null=True, blank=True)
+    currency = models.CharField(**CURRENCY)
+    set_by = models.ForeignKey("accounts.User", null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    TENANT_FIELD = "organization"
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(mode__in=["prepaid", "postpaid"]), name="terms_mode_valid"),
+            models.CheckConstraint(
+                condition=Q(credit_limit__gte=0) | Q(credit_limit__isnull=True, mode="postpaid"),
+                name="terms_credit_limit_ok",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id}: {self.mode}, credit {self.credit_limit} {self.currency}"
+
+
+class TopUp(models.Model):
+    """Money a customer pays in ahead of use (充值): a Stripe PaymentIntent. Its ledger entries (the credit once it
+    succeeds, refunds and disputes) are what moves the balance; this row follows Stripe's state."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", _("Pending")
+        FAILED = "failed", _("Failed")
+        CANCELED = "canceled", _("Canceled")
+        SUCCEEDED = "succeeded", _("Succeeded")
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="top_ups")
+    amount = money()
+    currency = models.CharField(**CURRENCY)
+    stripe_payment_intent = models.CharField(max_length=100, unique=True)
+    state = models.CharField(max_length=12, choices=State.choices, default=State.PENDING)
+    refunded = money(default=0)
+    disputed = money(default=0)
+    failure_message = models.CharField(max_length=300, blank=True)
+    created_by = models.ForeignKey("accounts.User", null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    TENANT_FIELD = "organization"
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [models.CheckConstraint(condition=Q(amount__gt=0), name="topup_positive")]
+
+    def __str__(self) -> str:
+        return f"top-up {self.amount} {self.currency} ({self.state})"
+
+
+class BalanceEntry(models.Model):
+    """One movement of an organisation's balance: immutable (a PostgreSQL trigger refuses UPDATE and DELETE) and
+    made once per cause (`key` is unique: a Stripe payment credits once however often its webhook comes)."""
+
+    class Kind(models.TextChoices):
+        TOP_UP = "top_up", _("Top-up")
+        REFUND = "refund", _("Top-up refunded")
+        DISPUTE = "dispute", _("Top-up disputed")
+        DISPUTE_WON = "dispute_won", _("Dispute won")
+        BANK_TRANSFER = "bank_transfer", _("Bank transfer")
+        ADJUSTMENT = "adjustment", _("Adjustment")
+        SETTLEMENT = "settlement", _("Invoice settled from the balance")
+        CREDIT_NOTE = "credit_note", _("Credit note returned to the balance")
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="balance_entries")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    amount = money()
+    currency = models.CharField(**CURRENCY)
+    key = models.CharField(max_length=120, unique=True)
+    reference = models.CharField(max_length=200, blank=True)
+    reason = models.CharField(max_length=300, blank=True)
+    top_up = models.ForeignKey(TopUp, null=True, blank=True, on_delete=models.PROTECT, related_name="entries")
+    invoice = models.ForeignKey(Invoice, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    credit_note = models.ForeignKey(CreditNote, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    created_by = models.ForeignKey("accounts.User", null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField()
+
+    TENANT_FIELD = "organization"
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=~Q(amount=0), name="entry_not_zero"),
+            models.CheckConstraint(
+                condition=Q(kind__in=["top_up", "dispute_won", "bank_transfer", "credit_note"], amount__gt=0)
+                | Q(kind__in=["refund", "dispute", "settlement"], amount__lt=0)
+                | Q(kind="adjustment"),
+                name="entry_sign_of_kind",
+            ),
+            models.CheckConstraint(
+                condition=~Q(kind__in=["adjustment", "bank_transfer"]) | ~Q(reason="") | ~Q(reference=""),
+                name="entry_staff_says_why",
+            ),
+            models.UniqueConstraint(
+                fields=["invoice"], condition=Q(kind="settlement"), name="entry_settles_invoice_once"
+            ),
+        ]
+        indexes = [models.Index(fields=["organization", "currency", "created_at"], name="entry_org_time")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.amount} {self.currency}"
+
+
+class SpendLimit(models.Model):
+    """A customer's own monthly cap on spending (none: no cap) and the shares of it at which it is told by e-mail."""
+
+    organization = models.OneToOneField(Organization, on_delete=models.PROTECT, related_name="spend_limit")
+    monthly_cap = money(null=True, blank=True)
+    alert_at = models.JSONField(default=list)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    TENANT_FIELD = "organization"
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(monthly_cap__isnull=True) | Q(monthly_cap__gte=0), name="spendlimit_cap_ok"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"cap {self.monthly_cap} of {self.organization_id}"
+
+
+class FundsNotice(models.Model):
+    """What an organisation was told about its money, once each: its balance runs low (`low`: the notice before
+    card-hour leases are stopped), it ran out and they were stopped (`stopped`), or its month's spending passed a
+    share of its cap (`cap_alert`, once per month and share)."""
+
+    class Kind(models.TextChoices):
+        LOW = "low", _("Balance running out")
+        STOPPED = "stopped", _("Leases stopped: funds exhausted")
+        CAP_ALERT = "cap_alert", _("Spend alert")
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="funds_notices")
+    kind = models.CharField(max_length=12, choices=Kind.choices)
+    period = models.CharField(max_length=7, blank=True)
+    threshold = models.DecimalField(max_digits=5, decimal_places=4, null=True, blank=True)
+    available = money()
+    currency = models.CharField(**CURRENCY)
+    runs_out_at = models.DateTimeField(null=True, blank=True)
+    # Contracts left running on credit when the card-hour leases were stopped: staff look at these.
+    contracts_on_credit = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField()
+    # A `low` notice is over once the balance recovers (a top-up) or its leases were stopped.
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    TENANT_FIELD = "organization"
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization"], condition=Q(kind="low", resolved_at__isnull=True), name="notice_one_open_low"
+            ),
+            models.UniqueConstraint(
+                fields=["organization", "period", "threshold"], condition=Q(kind="cap_alert"), name="notice_cap_once"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} for {self.organization_id} at {self.created_at}"

@@ -30,15 +30,16 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Sum
 from django.utils import timezone
-from rest_framework import status
 
 from accounts.access import parse_id
-from accounts.errors import DomainError, InvalidTransition, NotFound
+from accounts.errors import InvalidTransition, NotFound
 from accounts.models import Organization
 from accounts.tenancy import platform_work, scoped
 from billing import stripe_gateway as gateway
+from billing import topups
 from billing.invoicing import billing_hold_release
 from billing.models import Invoice, Payment, StripeEvent
+from billing.stripe_gateway import payments_configured_check
 
 # Why these services run across tenants while a request is handled (accounts/tenancy.py).
 _PLATFORM = "a payment touches its invoice's organisation, and a verified Stripe event names its own payment"
@@ -56,11 +57,6 @@ _RANK = {
 _LIVE = (Payment.State.PENDING, Payment.State.FAILED)
 
 
-class PaymentsNotConfigured(DomainError):
-    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    code = "payments_not_configured"
-
-
 @dataclass(frozen=True)
 class PaymentStart:
     """What the pay page needs to confirm the PaymentIntent with Stripe.js."""
@@ -76,12 +72,6 @@ class PaymentStart:
 class EventReceipt:
     event: StripeEvent
     duplicate: bool
-
-
-def payments_configured_check() -> None:
-    """Raise PaymentsNotConfigured unless a Stripe secret key is set."""
-    if not gateway.configured():
-        raise PaymentsNotConfigured("Online payments are not configured on this site.")
 
 
 @platform_work(_PLATFORM)
@@ -161,9 +151,9 @@ def stripe_event_receive(*, payload: bytes, signature_header: str | None) -> Eve
                 )
         except IntegrityError:
             return EventReceipt(event=StripeEvent.objects.get(event_id=event["id"]), duplicate=True)
-        handler = _HANDLERS.get(event["type"])
+        obj = (event.get("data") or {}).get("object") or {}
+        handler = topups.handler_for(event["type"], obj) or _HANDLERS.get(event["type"])
         if handler is not None:
-            obj = (event.get("data") or {}).get("object") or {}
             handler(obj, created, stored)
         stored.processed_at = timezone.now()
         stored.save(update_fields=["processed_at"])

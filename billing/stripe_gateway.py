@@ -84,6 +84,17 @@ class PaymentProviderError(DomainError):
     code = "payment_provider_error"
 
 
+class PaymentsNotConfigured(DomainError):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    code = "payments_not_configured"
+
+
+def payments_configured_check() -> None:
+    """Raise PaymentsNotConfigured unless a Stripe secret key is set."""
+    if not configured():
+        raise PaymentsNotConfigured("Online payments are not configured on this site.")
+
+
 class SignatureInvalid(Exception):
     """A webhook whose signature, timestamp or body does not check out (`code` says which)."""
 
@@ -192,6 +203,15 @@ def customer_ensure(*, org: Organization) -> str:
         return customer["id"]
 
 
+def _payment_methods(currency: str) -> dict[str, Any]:
+    """The payment methods offered in `currency` and their options (PAYMENT_METHOD_TYPES)."""
+    methods = PAYMENT_METHOD_TYPES[currency]
+    return {
+        "payment_method_types": list(methods),
+        "payment_method_options": {m: options for m, options in PAYMENT_METHOD_OPTIONS.items() if m in methods},
+    }
+
+
 def payment_intent_create(*, invoice: Invoice, customer_id: str, attempt: int) -> Intent:
     """A PaymentIntent for the invoice's amount due (its total less credit notes); the same invoice and attempt
     always get the same intent."""
@@ -200,12 +220,7 @@ def payment_intent_create(*, invoice: Invoice, customer_id: str, attempt: int) -
         "amount": to_minor_units(invoice.amount_due(), currency),
         "currency": currency.lower(),
         "customer": customer_id,
-        "payment_method_types": list(PAYMENT_METHOD_TYPES[currency]),
-        "payment_method_options": {
-            method: options
-            for method, options in PAYMENT_METHOD_OPTIONS.items()
-            if method in PAYMENT_METHOD_TYPES[currency]
-        },
+        **_payment_methods(currency),
         "metadata": {
             "invoice_id": str(invoice.pk),
             "invoice_number": invoice.number,
@@ -217,6 +232,27 @@ def payment_intent_create(*, invoice: Invoice, customer_id: str, attempt: int) -
         client().v1.payment_intents.create,
         params=params,
         options={"idempotency_key": f"suanli-invoice-{invoice.pk}-attempt-{attempt}"},
+    )
+    return _intent(intent)
+
+
+def top_up_intent_create(*, org: Organization, amount: Decimal, currency: str, customer_id: str, key: str) -> Intent:
+    """A PaymentIntent for a top-up of `amount` to the organisation's balance, by card, Alipay or WeChat Pay; the
+    same `key` always gets the same intent. Its metadata names it a top-up (webhooks find it by that)."""
+    currency = currency.upper()
+    params = {
+        "amount": to_minor_units(amount, currency),
+        "currency": currency.lower(),
+        "customer": customer_id,
+        **_payment_methods(currency),
+        "description": "Suanli balance top-up",
+        "metadata": {"kind": "top_up", "organization_id": str(org.pk)},
+    }
+    intent = _call(
+        "top-up intent create",
+        client().v1.payment_intents.create,
+        params=params,
+        options={"idempotency_key": f"suanli-org-{org.pk}-top-up-{key}"},
     )
     return _intent(intent)
 

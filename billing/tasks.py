@@ -28,3 +28,10 @@ def close_period_task(period: str) -> dict:
 @shared_task(name="billing.mark_overdue")
 def mark_overdue_task() -> int:
     return services.invoices_mark_overdue()
+
+
+@shared_task(name="billing.check_funds")
+def check_funds_task() -> dict:
+    """Notify organisations whose money runs out, stop card-hour leases of those out after the notice, send spend
+    alerts (same as `manage.py check_funds`)."""
+    return services.funds_check()

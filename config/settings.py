@@ -159,6 +159,7 @@ CELERY_BEAT_SCHEDULE = {
     "meter": {"task": "billing.meter", "schedule": crontab(minute=5)},
     "close-period": {"task": "billing.close_last_period", "schedule": crontab(minute=30, hour=0)},
     "mark-overdue": {"task": "billing.mark_overdue", "schedule": 3600.0},
+    "check-funds": {"task": "billing.check_funds", "schedule": 60.0},
 }
 
 # --- Auth ------------------------------------------------------------------------------------------------
@@ -302,6 +303,18 @@ SUANLI_INVOICE_DUE_DAYS = env_int("INVOICE_DUE_DAYS", 15)
 SUANLI_OVERDUE_BLOCKS_LEASES = env_bool("OVERDUE_BLOCKS_LEASES", True)
 SUANLI_SLA_TARGET = Decimal(env_str("SLA_TARGET", "0.995"))
 SUANLI_SLA_CREDIT_RATE = Decimal(env_str("SLA_CREDIT_RATE", "0.10"))
+# Balances (billing/balances.py). How an organisation without terms of its own pays: "prepaid" (top up first; the
+# default for self-serve customers) or "postpaid" (the monthly invoice, no credit limit until staff set one). A new
+# lease must be covered for ADMISSION_MINIMUM_SECONDS of its price (contracts: their first month) on top of that
+# much of what already runs; an organisation whose money runs out within FUNDS_NOTICE_SECONDS at its burn is told,
+# and its card-hour leases stop once it is out and the notice has had that long. The share of a monthly spend cap at
+# which a customer is e-mailed, unless it chose its own; the smallest and largest top-up.
+SUANLI_DEFAULT_PAYMENT_MODE = env_str("DEFAULT_PAYMENT_MODE", "prepaid")
+SUANLI_ADMISSION_MINIMUM_SECONDS = env_int("ADMISSION_MINIMUM_SECONDS", 3600)
+SUANLI_FUNDS_NOTICE_SECONDS = env_int("FUNDS_NOTICE_SECONDS", 3600)
+SUANLI_SPEND_ALERTS = (Decimal("0.5"), Decimal("0.9"))
+SUANLI_TOP_UP_MIN = Decimal(env_str("TOP_UP_MIN", "1"))
+SUANLI_TOP_UP_MAX = Decimal(env_str("TOP_UP_MAX", "1000000"))
 # Stripe: the secret key and webhook signing secret; STRIPE_API_BASE points the SDK at another server (a local
 # fake Stripe in tests). Without a key the pay button says payments are not configured.
 STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY")

@@ -89,9 +89,9 @@ def run_once(
             with transaction.atomic():
                 status, body = work()
         except DomainError as exc:
-            if exc.status_code == 400 or exc.status_code >= 500:
+            if exc.status_code in (400, 402) or exc.status_code >= 500:
                 raise
-            status, body = exc.status_code, error_body(exc.code, exc.message, exc.fields)
+            status, body = exc.status_code, error_body(exc.code, exc.message, exc.fields, exc.extra)
         body = _plain(body)
         IdempotencyRecord.objects.for_org(org).filter(pk=record.pk).update(status_code=status, response_body=body)
     return status, body

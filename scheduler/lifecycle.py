@@ -46,7 +46,7 @@ def leases_end_due(*, now: datetime | None = None) -> int:
     now = now or timezone.now()
 
     def end(lease: Lease) -> bool:
-        if not move(lease, LeaseState.ENDED, ended_at=lease.end_at):
+        if not move(lease, LeaseState.ENDED, ended_at=lease.end_at, end_reason="expired"):
             return False
         close_allocations(Allocation.objects.filter(lease=lease), at=lease.end_at, reason="ended")
         append_event(lease, now, LeaseEvent.Kind.ENDED, reason="end_at")

@@ -94,6 +94,9 @@ class Lease(models.Model):
     preempt_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     ended_at = models.DateTimeField(null=True, blank=True)
+    # Why it ended: "customer" (they asked; a cancelled reservation too), "expired" (its end came), "preempted",
+    # "workload_failed", "funds_exhausted" (its organisation's money ran out; billing/funds.py); blank while it lives.
+    end_reason = models.CharField(max_length=32, blank=True)
 
     TENANT_FIELD = "organization"
     objects = TenantQuerySet.as_manager()

@@ -135,6 +135,7 @@ class LeaseOutput(serializers.ModelSerializer):
             "preempt_at",
             "created_at",
             "ended_at",
+            "end_reason",
         ]
 
     @extend_schema_field(LeaseGpuOutput(many=True))

@@ -21,7 +21,7 @@ from accounts.errors import InvalidInput, InvalidTransition, NotAllowed
 from accounts.models import Organization
 from accounts.tenancy import platform_work
 from inventory.models import GpuModel, Offer, Server
-from scheduler import allocator, pricing, selectors
+from scheduler import admission, allocator, pricing, selectors
 from scheduler.errors import NoCapacity
 from scheduler.models import Allocation, Lease, LeaseEvent, LeaseState, Plan, check_transition
 from scheduler.placement import PLATFORM, Demand, allocate, largest_allocatable
@@ -158,7 +158,8 @@ def lease_create(
     host_access: bool = False,
     now: datetime | None = None,
 ) -> Lease:
-    """Create a lease and allocate all its cards for [start, end), or raise NoCapacity holding nothing.
+    """Create a lease and allocate all its cards for [start, end), or raise NoCapacity holding nothing (or what an
+    admission check raises: billing's 402 when the organisation's money cannot cover it; scheduler/admission.py).
 
     A start in the future makes a reservation (`scheduled`) that holds its cards for its time range. Locks the
     chosen card rows (see `placement.allocate`); retried after a deadlock. Not idempotent by itself: the API makes
@@ -212,6 +213,7 @@ def _lease_place(request: LeaseRequest) -> Lease:
     lease.delivered_pflops = rated_pflops(gpu_ids)
     lease.unit_price = pricing.quote(rows)
     lease.save(update_fields=["gpu_count", "delivered_pflops", "unit_price"])
+    admission.admit(lease, rows, request.now)
     append_event(
         lease,
         request.now,
@@ -228,8 +230,9 @@ def _lease_place(request: LeaseRequest) -> Lease:
 
 
 @platform_work(PLATFORM)
-def lease_end(*, lease: Lease, now: datetime | None = None) -> Lease:
+def lease_end(*, lease: Lease, now: datetime | None = None, reason: str = "customer") -> Lease:
     """End a lease now: its periods close now. A reservation that has not started is `cancelled` instead.
+    `reason` is why (`end_reason`, and the event's): the customer asked, or billing stopped it (funds_exhausted).
 
     Locks the lease row. A lease that already ended (or was preempted or cancelled) raises InvalidTransition.
     """
@@ -241,8 +244,8 @@ def lease_end(*, lease: Lease, now: datetime | None = None) -> Lease:
         target = LeaseState.CANCELLED if lease.state == LeaseState.SCHEDULED else LeaseState.ENDED
         check_transition(lease.state, target)
         released = close_allocations(Allocation.objects.filter(lease=lease), at=now, reason=target)
-        move(lease, target, ended_at=now)
-        append_event(lease, now, target, reason="customer", gpus=gpu_uuids(released))
+        move(lease, target, ended_at=now, end_reason=reason)
+        append_event(lease, now, target, reason=reason, gpus=gpu_uuids(released))
     return lease
 
 
@@ -260,7 +263,7 @@ def lease_fail(*, lease: Lease, reason: str, now: datetime | None = None) -> boo
         if lease.state != LeaseState.ACTIVE:
             return False
         released = close_allocations(Allocation.objects.filter(lease=lease), at=now, reason=LeaseState.FAILED)
-        move(lease, LeaseState.FAILED, ended_at=now)
+        move(lease, LeaseState.FAILED, ended_at=now, end_reason="workload_failed")
         append_event(lease, now, LeaseEvent.Kind.FAILED, reason=reason[:300], gpus=gpu_uuids(released))
     return True
 
@@ -347,6 +350,7 @@ def _grow(lease: Lease, held: list[Allocation], *, by: int, gpu_count: int, now:
         prefer_servers={a.server_id for a in held},
         preempt=not lease.interruptible,
     )
+    admission.admit(lease, rows, now)
     return [row.gpu_id for row in rows]
 
 

@@ -48,7 +48,7 @@ def start(lease: Lease, *, now: datetime) -> bool:
 
 def finish_preemption(lease: Lease, *, now: datetime) -> bool:
     """An interruptible lease whose notice ran out becomes `preempted` at its `preempt_at` (once)."""
-    if move(lease, LeaseState.PREEMPTED, ended_at=lease.preempt_at or now):
+    if move(lease, LeaseState.PREEMPTED, ended_at=lease.preempt_at or now, end_reason="preempted"):
         append_event(lease, now, LeaseEvent.Kind.PREEMPTED, effective_at=(lease.preempt_at or now).isoformat())
         return True
     return False

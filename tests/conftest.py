@@ -74,6 +74,12 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: N
 _KEY_PREFIX = f"test{os.getpid()}"
 settings.CACHES["default"]["KEY_PREFIX"] = _KEY_PREFIX
 
+# Organisations pay as they did before balances (postpaid, no credit limit) unless a test gives them terms: the tests
+# of money (tests/billing/test_balances*.py and the browser's) set prepaid terms or this setting themselves. Servers a
+# test starts as subprocesses inherit it through the environment.
+os.environ["DEFAULT_PAYMENT_MODE"] = "postpaid"
+settings.SUANLI_DEFAULT_PAYMENT_MODE = "postpaid"
+
 # Passwords hash with MD5 in this process (the tests' own users, sign-ups, password checks): PBKDF2's iterations cost
 # about a fifth of the suite's CPU time. What is accepted and refused is the same; servers a test starts as
 # subprocesses keep the production hashers.

@@ -1,0 +1,209 @@
+"""Balances: what an organisation has paid in, may still spend, has spent this month and burns an hour (reads).
+
+    available = paid in + credit limit - invoiced and unpaid - metered not yet invoiced - running not yet metered
+
+Each term comes from the rows invoices come from, through the code that makes them, so there is no second ledger
+to drift: *paid in* is the sum of the organisation's BalanceEntry rows (top-ups, bank transfers, adjustments,
+refunds, disputes, invoices settled from it); *invoiced and unpaid* the amount due of its open invoices; the last
+two are, for every month not invoiced yet, the invoice that month would get if it closed now: its usage records
+plus, rated by the meter's own query (metering.slots), what was held since the meter last ran, cut into the same
+lines and rounded, credited and taxed by invoicing.line_amounts and invoicing.totals. A month's spending shown
+here is its invoice to the cent once it closes.
+
+`burn_per_hour` is what the organisation's active leases cost for the next hour at their cards' prices, and
+`runs_out_at` when `available` reaches zero at that rate. A postpaid organisation without a credit limit has no
+`available` (None): nothing is refused or stopped for money (billing/terms.py).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+
+from django.db.models import F, Sum
+from django.db.models.functions import TruncDay
+from django.utils import timezone
+
+from accounts.models import Organization
+from billing import rating
+from billing.invoicing import line_amounts, period_of, totals
+from billing.metering import metered_until, slots
+from billing.models import BalanceEntry, CreditNote, Invoice, SpendLimit, UsageRecord
+from billing.terms import Terms, terms_of
+from scheduler.models import Allocation, LeaseState
+
+HOUR = timedelta(hours=1)
+_ZERO = Decimal(0)
+
+
+def paid_in(org: Organization, currency: str) -> Decimal:
+    """The sum of the organisation's ledger in `currency`."""
+    total = BalanceEntry.objects.for_org(org).filter(currency=currency).aggregate(t=Sum("amount"))["t"]
+    return total or _ZERO
+
+
+def unpaid(org: Organization, currency: str) -> Decimal:
+    """What its open invoices still ask: their totals less their credit notes."""
+    open_invoices = Invoice.objects.for_org(org).filter(currency=currency, state=Invoice.State.OPEN)
+    billed = open_invoices.aggregate(t=Sum("total"))["t"] or _ZERO
+    credited = (
+        CreditNote.objects.for_org(org).filter(invoice__in=open_invoices).aggregate(t=Sum("amount"))["t"] or _ZERO
+    )
+    return billed - credited
+
+
+@dataclass
+class MonthSpend:
+    """A month not invoiced yet, as its invoice would be now: `total` (after SLA credits and tax), each lease's
+    share of its subtotal, and its days' spending (for the chart)."""
+
+    period: str
+    total: Decimal = _ZERO
+    per_lease: dict[int, Decimal] = field(default_factory=dict)
+    daily: dict[date, Decimal] = field(default_factory=dict)
+
+
+def _label(at: datetime) -> str:
+    local = at.astimezone(rating.platform_zone())
+    return f"{local.year:04d}-{local.month:02d}"
+
+
+def unbilled(org: Organization, currency: str, now: datetime) -> list[MonthSpend]:
+    """Every month with usage after the organisation's last invoice, oldest first, as invoiced if closed now."""
+    zone = rating.platform_zone()
+    records = UsageRecord.objects.for_org(org).filter(currency=currency)
+    last = (
+        Invoice.objects.for_org(org)
+        .filter(currency=currency)
+        .exclude(state=Invoice.State.DRAFT)
+        .order_by("-period")
+        .values_list("period", flat=True)
+        .first()
+    )
+    since = period_of(last).end if last else None
+    watermark = metered_until()
+    if since is not None:
+        records = records.filter(slot_start__gte=since)
+    if watermark is not None:
+        records = records.filter(slot_start__lt=watermark)
+    # (month, lease, plan, unit price) -> summed exact amount, seconds, down seconds: an invoice line each.
+    lines: dict[tuple[str, int, str, Decimal], list[Decimal]] = defaultdict(lambda: [_ZERO, _ZERO, _ZERO])
+    days: dict[tuple[str, date], Decimal] = defaultdict(Decimal)
+
+    def add(at: datetime, lease_id: int, plan: str, price: Decimal, amount: Decimal, s: Decimal, d: Decimal) -> None:
+        month = _label(at)
+        line = lines[(month, lease_id, plan, price)]
+        line[0] += amount
+        line[1] += s
+        line[2] += d
+        days[(month, at.astimezone(zone).date())] += amount
+
+    rows = (
+        records.annotate(day=TruncDay("slot_start", tzinfo=zone))
+        .values("day", "lease_id", "plan", "unit_price")
+        .annotate(a=Sum("amount"), s=Sum("seconds"), d=Sum("down_seconds"))
+        .order_by()
+    )
+    for row in rows:
+        add(row["day"], row["lease_id"], row["plan"], row["unit_price"], row["a"], row["s"], row["d"])
+    start = max(filter(None, [watermark, since]), default=None)
+    for slot in slots(since=start or org.created_at - HOUR, until=now, organization_id=org.pk):
+        if slot.currency == currency and (since is None or slot.slot_start >= since):
+            rated = slot.rated()
+            add(slot.start, slot.lease_id, slot.plan, slot.unit_price, rated.amount, slot.seconds, slot.down_seconds)
+    months: dict[str, MonthSpend] = {}
+    amounts: dict[str, list[tuple[Decimal, Decimal]]] = defaultdict(list)
+    for (month, lease_id, _plan, _price), (a, s, d) in lines.items():
+        spend = months.setdefault(month, MonthSpend(period=month))
+        amount, credit = line_amounts({"a": a, "s": s, "d": d})
+        amounts[month].append((amount, credit))
+        spend.per_lease[lease_id] = spend.per_lease.get(lease_id, _ZERO) + amount
+    for month, spend in months.items():
+        spend.total = totals(amounts[month]).total
+        spend.daily = {day: rating.to_money(a) for (m, day), a in sorted(days.items()) if m == month}
+    return [months[m] for m in sorted(months)]
+
+
+def burn(org: Organization, now: datetime, *, exclude: Iterable[int] = ()) -> dict[int, Decimal]:
+    """What each active lease of the organisation costs for the next hour at its held cards' prices (lease ->
+    amount), leaving out the allocations `exclude` names."""
+    rows = (
+        Allocation.objects.for_org(org)
+        .filter(period__contains=now, lease__state=LeaseState.ACTIVE)
+        .exclude(pk__in=list(exclude))
+        .values("lease_id", "lease__plan")
+        .annotate(rate=Sum(F("unit_price") * F("units")))
+        .order_by()
+    )
+    return {
+        row["lease_id"]: rating.estimate(
+            plan=row["lease__plan"], unit_price=row["rate"], units=Decimal(1), start=now, end=now + HOUR
+        ).amount
+        for row in rows
+    }
+
+
+@dataclass(frozen=True)
+class Standing:
+    """An organisation's money now (the balance page and GET /api/v1/balance/)."""
+
+    terms: Terms
+    currency: str
+    balance: Decimal  # paid in
+    unpaid: Decimal
+    unbilled: list[MonthSpend]
+    available: Decimal | None
+    month_to_date: Decimal
+    burn_per_lease: dict[int, Decimal]
+    monthly_cap: Decimal | None
+    as_of: datetime
+
+    @property
+    def burn_per_hour(self) -> Decimal:
+        return sum(self.burn_per_lease.values(), _ZERO)
+
+    @property
+    def runs_out_at(self) -> datetime | None:
+        """When `available` reaches zero at the current burn (now if it has); None if it never does."""
+        if self.available is None:
+            return None
+        if self.available <= 0:
+            return self.as_of
+        if self.burn_per_hour <= 0:
+            return None
+        return self.as_of + timedelta(hours=float(self.available / self.burn_per_hour))
+
+    @property
+    def this_month(self) -> MonthSpend:
+        label = _label(self.as_of)
+        return next((m for m in self.unbilled if m.period == label), MonthSpend(period=label))
+
+
+def standing(org: Organization, *, now: datetime | None = None, exclude: Iterable[int] = ()) -> Standing:
+    """The organisation's money at `now` (see the module's formula); `exclude` leaves allocations out of the burn."""
+    now = now or timezone.now()
+    terms = terms_of(org)
+    currency = terms.currency
+    balance = paid_in(org, currency)
+    owed = unpaid(org, currency)
+    months = unbilled(org, currency, now)
+    available = None
+    if terms.credit_limit is not None:
+        available = balance + terms.credit_limit - owed - sum((m.total for m in months), _ZERO)
+    label = _label(now)
+    cap = SpendLimit.objects.for_org(org).values_list("monthly_cap", flat=True).first()
+    return Standing(
+        terms=terms,
+        currency=currency,
+        balance=balance,
+        unpaid=owed,
+        unbilled=months,
+        available=available,
+        month_to_date=next((m.total for m in months if m.period == label), _ZERO),
+        burn_per_lease=burn(org, now, exclude=exclude),
+        monthly_cap=cap,
+        as_of=now,
+    )

@@ -1,0 +1,297 @@
+"""Money before compute: admitting a lease only if its organisation can pay for it, and stopping card-hour leases
+after a notice when its money runs out (services; the formula is billing/balances.py's).
+
+**Admission** (registered with scheduler/admission.py, so it runs inside `lease_create` and a growing
+`lease_resize`, under the organisation's row lock, after the cards are placed and priced): the new cards' minimum
+(SUANLI_ADMISSION_MINIMUM_SECONDS of their price, one hour by default, from the lease's start: a reservation's
+first hour; a contract's first month, up to its end) must fit in what is available less that much of what already
+runs. Otherwise 402 `insufficient_funds` with the shortfall, and the transaction rolls back: nothing is allocated.
+A monthly spend cap is checked the same way against the month's spending. Because the check and the allocation
+share the lock and the transaction, concurrent requests are admitted one after another, each seeing the ones
+before it running.
+
+**Running out** (`funds_check`, beat every minute): an organisation whose available amount will be gone within
+SUANLI_FUNDS_NOTICE_SECONDS at its burn gets a notice (e-mail to its owners, admins and billing members, and a
+banner on the site), once until it recovers. When it is out and the notice has been out that long, its card-hour
+leases end (`end_reason` funds_exhausted, in the event log; their workloads stop as at any end) and the time they
+ran is billed. Contracts are not stopped: they run on credit and the notice names them for staff. Nothing is
+deleted. The same job e-mails spend alerts at each share of a monthly cap (once per month and share).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.core.mail import send_mail
+from django.db import transaction
+from django.utils import timezone
+from rest_framework import status
+
+from accounts.errors import DomainError, InvalidInput, InvalidTransition
+from accounts.models import Membership, Organization, Role
+from accounts.tenancy import platform_work
+from billing import rating
+from billing.balances import Standing, standing
+from billing.ledger import _money
+from billing.models import FundsNotice, SpendLimit
+from billing.terms import terms_of
+from scheduler import services as scheduler_services
+from scheduler.models import Allocation, Lease, LeaseState, Plan
+
+logger = logging.getLogger(__name__)
+
+_PLATFORM = "the funds job looks at every organisation with running leases; admission at the one asking"
+
+
+class InsufficientFunds(DomainError):
+    """402: the organisation's money (or its spend cap) cannot cover the lease; `extra` carries the shortfall."""
+
+    status_code = status.HTTP_402_PAYMENT_REQUIRED
+    code = "insufficient_funds"
+
+
+def _minimum_hours() -> Decimal:
+    return Decimal(settings.SUANLI_ADMISSION_MINIMUM_SECONDS) / 3600
+
+
+def minimum_cost(plan: str, new: list[Allocation]) -> Decimal:
+    """What the new allocations must be covered for: the minimum period of card time from each one's start, or a
+    contract's first calendar month (each up to its own end)."""
+    rates: dict[tuple[datetime, datetime], Decimal] = defaultdict(Decimal)
+    for allocation in new:
+        start = allocation.period.lower
+        if plan == Plan.CARD_HOUR:
+            end = start + timedelta(seconds=settings.SUANLI_ADMISSION_MINIMUM_SECONDS)
+        else:
+            end = rating.month_bounds(start)[1]
+        if allocation.period.upper is not None:
+            end = min(end, allocation.period.upper)
+        rates[(start, end)] += Decimal(allocation.unit_price) * Decimal(allocation.units)
+    return sum(
+        (
+            rating.estimate(plan=plan, unit_price=rate, units=Decimal(1), start=start, end=end).amount
+            for (start, end), rate in rates.items()
+        ),
+        Decimal(0),
+    )
+
+
+@platform_work(_PLATFORM)
+def admit(lease: Lease, new: list[Allocation], now: datetime) -> None:
+    """Raise InsufficientFunds unless the lease's organisation can pay for `new` (see the module's docstring)."""
+    org = Organization.objects.select_for_update().get(pk=lease.organization_id)
+    terms = terms_of(org)
+    cap = SpendLimit.objects.for_org(org).values_list("monthly_cap", flat=True).first()
+    if not terms.limited and cap is None or not new:
+        return
+    need = minimum_cost(lease.plan, new)
+    now_standing = standing(org, now=now, exclude=[a.pk for a in new])
+    running = rating.to_money(now_standing.burn_per_hour * _minimum_hours())
+    currency = now_standing.currency
+    if now_standing.available is not None and need > now_standing.available - running:
+        shortfall = need - (now_standing.available - running)
+        raise InsufficientFunds(
+            f"Your balance cannot cover this lease: it needs {need} {currency} for its first period and "
+            f"{shortfall} {currency} more than is available. Top up, or ask for a credit limit.",
+            extra={"shortfall": str(shortfall), "needed": str(need), "currency": currency},
+        )
+    if cap is not None and need > cap - now_standing.month_to_date - running:
+        shortfall = need - (cap - now_standing.month_to_date - running)
+        raise InsufficientFunds(
+            f"This lease would take this month's spending past your cap of {cap} {currency} "
+            f"(by {shortfall} {currency}). Raise the cap to rent it.",
+            extra={"shortfall": str(shortfall), "needed": str(need), "currency": currency, "limit": "monthly_cap"},
+        )
+
+
+# --- spend limits ----------------------------------------------------------------------------------------------
+
+
+@platform_work(_PLATFORM)
+def spend_limit_set(*, org: Organization, monthly_cap: Any, alert_at: list[Any] | None = None) -> SpendLimit:
+    """A customer sets its monthly cap (None: no cap) and the shares of it at which it is e-mailed (1 to 5 of them,
+    each above 0 and at most 1; the site's default, 50 % and 90 %, when not given)."""
+    cap = None if monthly_cap is None else _money(monthly_cap, "monthly_cap")
+    shares = list(settings.SUANLI_SPEND_ALERTS) if alert_at is None else alert_at
+    try:
+        cleaned = sorted({Decimal(str(share)) for share in shares})
+    except (ArithmeticError, TypeError):
+        cleaned = []
+    if not 1 <= len(cleaned) <= 5 or not all(share.is_finite() and 0 < share <= 1 for share in cleaned):
+        message = "From one to five shares of the cap, each above 0 and at most 1 (e.g. [0.5, 0.9])."
+        raise InvalidInput(message, fields={"alert_at": [message]})
+    limit, _ = SpendLimit.objects.update_or_create(
+        organization=org,
+        defaults={"monthly_cap": cap, "alert_at": [str(share.normalize()) for share in cleaned]},
+    )
+    return limit
+
+
+def spend_limit_of(org: Organization) -> tuple[Decimal | None, list[Decimal]]:
+    """The organisation's monthly cap (None: none) and its alert shares."""
+    limit = SpendLimit.objects.for_org(org).first()
+    if limit is None:
+        return None, list(settings.SUANLI_SPEND_ALERTS)
+    shares = [Decimal(str(share)) for share in limit.alert_at] or list(settings.SUANLI_SPEND_ALERTS)
+    return limit.monthly_cap, shares
+
+
+# --- the job -------------------------------------------------------------------------------------------------
+
+
+def _watched() -> list[Organization]:
+    """Organisations with running or reserved leases, or an open notice: the ones whose money may move."""
+    live = Lease.objects.unscoped("the funds job watches every organisation with leases").filter(
+        state__in=[LeaseState.ACTIVE, LeaseState.SCHEDULED]
+    )
+    noticed = FundsNotice.objects.unscoped("open notices").filter(kind=FundsNotice.Kind.LOW, resolved_at__isnull=True)
+    ids = set(live.values_list("organization_id", flat=True)) | set(noticed.values_list("organization_id", flat=True))
+    return list(Organization.objects.unscoped("the funds job").filter(pk__in=ids).order_by("pk"))
+
+
+@platform_work(_PLATFORM)
+def funds_check(*, now: datetime | None = None) -> dict[str, int]:
+    """The beat job (see the module's docstring). Idempotent: a second run in the same minute changes nothing."""
+    now = now or timezone.now()
+    counts = {"notified": 0, "stopped": 0, "recovered": 0, "alerts": 0}
+    for org in _watched():
+        money = standing(org, now=now)
+        if money.available is not None:
+            for outcome in _low_funds(org, money, now):
+                counts[outcome] += 1
+        counts["alerts"] += _spend_alerts(org, money, now)
+    return counts
+
+
+def _low_funds(org: Organization, money: Standing, now: datetime) -> list[str]:
+    notice_seconds = settings.SUANLI_FUNDS_NOTICE_SECONDS
+    open_notice = FundsNotice.objects.for_org(org).filter(kind=FundsNotice.Kind.LOW, resolved_at__isnull=True).first()
+    runs_out = money.runs_out_at
+    low = runs_out is not None and runs_out <= now + timedelta(seconds=notice_seconds)
+    if not low:
+        if open_notice is not None:
+            FundsNotice.objects.filter(pk=open_notice.pk).update(resolved_at=now)
+            return ["recovered"]
+        return []
+    if open_notice is None:
+        FundsNotice.objects.create(
+            organization=org,
+            kind=FundsNotice.Kind.LOW,
+            available=money.available,
+            currency=money.currency,
+            runs_out_at=runs_out,
+            created_at=now,
+        )
+        _mail(org, _low_subject(money), _low_body(org, money, notice_seconds))
+        return ["notified"]
+    if money.available > 0 or now < open_notice.created_at + timedelta(seconds=notice_seconds):
+        return []
+    return ["stopped"] if _stop(org, money, open_notice, now) else []
+
+
+def _stop(org: Organization, money: Standing, notice: FundsNotice, now: datetime) -> bool:
+    """End the organisation's card-hour leases (funds_exhausted); flag its contracts for staff."""
+    ended = []
+    for lease in Lease.objects.for_org(org).filter(
+        plan=Plan.CARD_HOUR, state__in=[LeaseState.ACTIVE, LeaseState.SCHEDULED]
+    ):
+        try:
+            scheduler_services.lease_end(lease=lease, now=now, reason="funds_exhausted")
+        except InvalidTransition:
+            continue  # it ended meanwhile
+        ended.append(lease.pk)
+    contracts = Lease.objects.for_org(org).filter(state=LeaseState.ACTIVE).exclude(plan=Plan.CARD_HOUR).count()
+    with transaction.atomic():
+        FundsNotice.objects.filter(pk=notice.pk).update(resolved_at=now)
+        FundsNotice.objects.create(
+            organization=org,
+            kind=FundsNotice.Kind.STOPPED,
+            available=money.available,
+            currency=money.currency,
+            contracts_on_credit=contracts,
+            created_at=now,
+        )
+    if contracts:
+        logger.warning(
+            "funds: organisation %s is out of money (%s %s); %s contract(s) go on running on credit",
+            org.pk,
+            money.available,
+            money.currency,
+            contracts,
+        )
+    leases = ", ".join(str(pk) for pk in ended) or "none"
+    _mail(
+        org,
+        "Your Suanli leases were stopped: your balance ran out",
+        f"{org.name}'s balance ran out ({money.available} {money.currency} available), so its card-hour leases "
+        f"were ended: {leases}. The time they ran is billed; nothing was deleted.\n\n"
+        f"Top up to rent again: {settings.SITE_URL.rstrip('/')}/balance/\n",
+    )
+    return bool(ended)
+
+
+def _spend_alerts(org: Organization, money: Standing, now: datetime) -> int:
+    """E-mail once per month and share of the cap that the month's spending has reached."""
+    cap, shares = spend_limit_of(org)
+    if not cap:
+        return 0
+    period = money.this_month.period
+    sent = 0
+    for share in sorted(shares):
+        if money.month_to_date < cap * share:
+            break
+        _, created = FundsNotice.objects.get_or_create(
+            organization=org,
+            kind=FundsNotice.Kind.CAP_ALERT,
+            period=period,
+            threshold=share,
+            defaults={"available": money.month_to_date, "currency": money.currency, "created_at": now},
+        )
+        if created:
+            sent += 1
+            _mail(
+                org,
+                f"Suanli spend alert: {share * 100:.0f} % of your monthly cap",
+                f"{org.name} has spent {money.month_to_date} {money.currency} in {period}, {share * 100:.0f} % of "
+                f"its monthly cap of {cap} {money.currency}. Leases that would pass the cap are "
+                f"refused.\n\nSpending: {settings.SITE_URL.rstrip('/')}/balance/\n",
+            )
+    return sent
+
+
+def _low_subject(money: Standing) -> str:
+    return "Your Suanli balance is running out" if money.available > 0 else "Your Suanli balance has run out"
+
+
+def _low_body(org: Organization, money: Standing, notice_seconds: int) -> str:
+    minutes = notice_seconds // 60
+    when = money.runs_out_at.strftime("%Y-%m-%d %H:%M UTC") if money.runs_out_at else "now"
+    return (
+        f"{org.name} has {money.available} {money.currency} available and spends {money.burn_per_hour} "
+        f"{money.currency} an hour: it runs out at {when}.\n\n"
+        f"Its card-hour leases will be ended when it is out and this notice is {minutes} minutes old. Top up to keep "
+        f"them running: {settings.SITE_URL.rstrip('/')}/balance/\n"
+    )
+
+
+def _mail(org: Organization, subject: str, body: str) -> None:
+    """To the organisation's owners, admins and billing members, once the transaction is committed."""
+    roles = [Role.OWNER, Role.ADMIN, Role.BILLING]
+    recipients = sorted(
+        set(Membership.objects.for_org(org).filter(role__in=roles).values_list("user__email", flat=True))
+    )
+    if not recipients:
+        return
+
+    def send() -> None:
+        try:
+            send_mail(f"[Suanli] {subject}", body, settings.DEFAULT_FROM_EMAIL, recipients)
+        except Exception:  # the mail server is down: the notice stands on the site; the job goes on
+            logger.exception("funds: could not mail organisation %s", org.pk)
+
+    transaction.on_commit(send)
