@@ -30,7 +30,9 @@ def server_env(database_url: str, *, bench_name: str, redis_db: int, **extra: st
     """The environment of a production server under test (gunicorn, jobs, and a bench's own Django): debug off,
     loopback only, logging at WARNING, its own Redis database, and the per-agent report limit counted but out of
     reach (a bench's servers report many times a minute). The secret key is fixed per bench (`bench_name`):
-    agent secrets of a kept fleet are sealed with a key derived from it."""
+    agent secrets of a kept fleet are sealed with a key derived from it. Its customers pay postpaid with no credit
+    limit (as before balances): the benches measure placement, serving and billing, not a balance's admission check,
+    whose cost grows with the allocations an organisation holds (see billing/funds.py)."""
     env = dict(os.environ)
     env.update(
         DJANGO_SETTINGS_MODULE="config.settings",
@@ -44,6 +46,7 @@ def server_env(database_url: str, *, bench_name: str, redis_db: int, **extra: st
         LOG_LEVEL="WARNING",
         RATE_LIMIT_AGENT_REPORTS="1000000000/60",
         PYTHONUNBUFFERED="1",
+        DEFAULT_PAYMENT_MODE="postpaid",
         **extra,
     )
     return env

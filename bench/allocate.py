@@ -36,6 +36,8 @@ os.environ["DATABASE_URL"] = os.environ.get(
 os.environ["DB_POOL"] = "0"  # forked clients open their own connections
 os.environ.setdefault("DJANGO_DEBUG", "1")
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+# Postpaid without a credit limit, as every bench server (bench/_common.server_env): placement is measured alone.
+os.environ.setdefault("DEFAULT_PAYMENT_MODE", "postpaid")
 
 
 def ensure_database(url: str) -> None:
