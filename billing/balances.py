@@ -129,10 +129,14 @@ def unbilled(org: Organization, currency: str, now: datetime) -> list[MonthSpend
 
 def burn(org: Organization, now: datetime, *, exclude: Iterable[int] = ()) -> dict[int, Decimal]:
     """What each active lease of the organisation costs for the next hour at its held cards' prices (lease ->
-    amount), leaving out the allocations `exclude` names."""
+    amount), leaving out the allocations `exclude` names.
+
+    A card counts if it is held at any time in that hour, not only at `now`: a request admitted a moment later
+    (concurrent requests each take their own `now`, and are admitted in the order they get the organisation's
+    lock, not of their clocks) holds its cards from a little after `now`, and is running all the same."""
     rows = (
         Allocation.objects.for_org(org)
-        .filter(period__contains=now, lease__state=LeaseState.ACTIVE)
+        .filter(period__overlap=(now, now + HOUR), lease__state=LeaseState.ACTIVE)
         .exclude(pk__in=list(exclude))
         .values("lease_id", "lease__plan")
         .annotate(rate=Sum(F("unit_price") * F("units")))
