@@ -1,10 +1,13 @@
-"""Staff page: the reconciliation of a closed month (billing/reconciliation/), with a CSV of its mismatches.
+"""Staff page: the reconciliation of a closed month (billing/reconciliation/), with a CSV of its mismatches; the
+balance ledger's movements and mismatches have a section of their own.
 
 Only platform staff see it: an anonymous visitor is sent to the login page, anyone else is answered 403 (as the
 other staff pages). `?period=YYYY-MM` picks the month (default: the last one), `&format=csv` downloads the CSV.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
@@ -37,7 +40,24 @@ TOTAL_LABELS = {
     "provider_credits": gettext_lazy("Credits charged back"),
     "provider_net": gettext_lazy("Provider net"),
     "paid_out": gettext_lazy("Paid out"),
+    "settled_from_balance": gettext_lazy("Settled from balances"),
 }
+# The balance ledger's section: the month's entries per kind, signed as in the ledger (reconciliation/ledger.py).
+LEDGER_LABELS = {
+    "ledger_top_ups": gettext_lazy("Top-ups"),
+    "ledger_refunds": gettext_lazy("Top-ups refunded"),
+    "ledger_disputes": gettext_lazy("Top-ups disputed"),
+    "ledger_disputes_won": gettext_lazy("Disputes won"),
+    "ledger_bank_transfers": gettext_lazy("Bank transfers"),
+    "ledger_adjustments": gettext_lazy("Adjustments"),
+    "ledger_settlements": gettext_lazy("Invoices settled from the balance"),
+    "ledger_credit_notes": gettext_lazy("Credit notes returned to the balance"),
+    "ledger_net": gettext_lazy("Net movement of balances"),
+}
+
+
+def _rows(result: reconciliation.Reconciliation, currencies: list[str], labels: dict) -> list[dict[str, Any]]:
+    return [{"label": label, "values": [result.totals[c][key] for c in currencies]} for key, label in labels.items()]
 
 
 @staff_required
@@ -57,16 +77,15 @@ def reconciliation_page(request: HttpRequest) -> HttpResponse:
         response["Content-Disposition"] = f'attachment; filename="reconciliation-{result.period}.csv"'
         return response
     form.describe_errors()
-    currencies = sorted(result.totals) if result else []
-    context = {
-        "form": form,
-        "result": result,
-        "currencies": currencies,
-        "rows": [
-            {"label": label, "values": [result.totals[c][key] for c in currencies]}
-            for key, label in TOTAL_LABELS.items()
-        ]
-        if result
-        else [],
-    }
+    context: dict[str, Any] = {"form": form, "result": result, "currencies": [], "rows": [], "ledger_rows": []}
+    if result is not None:
+        currencies = sorted(result.totals)
+        ledger = [m for m in result.mismatches if m.kind in reconciliation.LEDGER_KINDS]
+        context.update(
+            currencies=currencies,
+            rows=_rows(result, currencies, TOTAL_LABELS),
+            ledger_rows=_rows(result, currencies, LEDGER_LABELS),
+            ledger_mismatches=ledger,
+            other_mismatches=[m for m in result.mismatches if m.kind not in reconciliation.LEDGER_KINDS],
+        )
     return render(request, "billing/reconciliation.html", context, status=400 if form.errors else 200)

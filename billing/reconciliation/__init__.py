@@ -30,7 +30,7 @@ each with a kind, a message and the objects behind it (ids, invoice numbers). Th
 Lists of ids in a mismatch are cut at MAX_IDS (the message gives the full count).
 
 This package holds `reconcile` and one module per check: usage.py and invoices.py (a), payments.py (b),
-statements.py (c), stripe_checks.py (d); report.py holds the result, its CSV export and the shared reads.
+statements.py (c), stripe_checks.py (d), ledger.py (e); report.py holds the result, its CSV export and the shared reads.
 """
 
 from __future__ import annotations
@@ -44,13 +44,14 @@ from accounts.tenancy import platform_work
 from billing import stripe_gateway as gateway
 from billing.invoicing import period_of
 from billing.reconciliation.invoices import check_invoices
+from billing.reconciliation.ledger import LEDGER_KINDS, check_ledger
 from billing.reconciliation.payments import check_payments
 from billing.reconciliation.report import MAX_IDS, Mismatch, Reconciliation, mismatches_csv
 from billing.reconciliation.statements import check_statements
 from billing.reconciliation.stripe_checks import check_stripe_payments, check_stripe_transfers
 from billing.reconciliation.usage import check_usage
 
-__all__ = ["MAX_IDS", "Mismatch", "Reconciliation", "mismatches_csv", "reconcile"]
+__all__ = ["LEDGER_KINDS", "MAX_IDS", "Mismatch", "Reconciliation", "mismatches_csv", "reconcile"]
 
 # Why these services run across tenants while a request is handled (accounts/tenancy.py).
 _PLATFORM = "reconciliation is the staff's report over every tenant's money"
@@ -75,4 +76,5 @@ def reconcile(label: str, *, now: datetime | None = None, stripe_api: bool = Tru
     use_api = stripe_api and gateway.configured()
     check_stripe_payments(result, period, use_api=use_api)
     check_stripe_transfers(result, period, use_api=use_api)
+    check_ledger(result, period, use_api=use_api)
     return result

@@ -1,5 +1,6 @@
 """What a reconciliation returns: its totals per currency, counts and mismatches (`Reconciliation`, `Mismatch`),
-the mismatches as CSV (`mismatches_csv`), and the few reads every check shares (the month's usage records)."""
+the mismatches as CSV (`mismatches_csv`), and the few reads the checks share (the month's usage records, whether an
+organisation was prepaid at a time)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.db.models import QuerySet
 
 from billing.invoicing import Period
-from billing.models import Payment, UsageRecord
+from billing.models import BillingTerms, Payment, PaymentMode, UsageRecord
 
 MAX_IDS = 100
 ZERO = Decimal(0)
@@ -37,6 +39,19 @@ TOTAL_FIELDS = (
     "provider_credits",
     "provider_net",
     "paid_out",
+    "settled_from_balance",
+)
+# The balance ledger's movements in the month (signed, as in the ledger) and their sum: ledger.py.
+LEDGER_FIELDS = (
+    "ledger_top_ups",
+    "ledger_refunds",
+    "ledger_disputes",
+    "ledger_disputes_won",
+    "ledger_bank_transfers",
+    "ledger_adjustments",
+    "ledger_settlements",
+    "ledger_credit_notes",
+    "ledger_net",
 )
 CSV_COLUMNS = ["period", "kind", "currency", "message", "objects"]
 
@@ -69,7 +84,7 @@ class Reconciliation:
         return not self.mismatches
 
     def total(self, currency: str) -> dict[str, Decimal]:
-        return self.totals.setdefault(currency, dict.fromkeys(TOTAL_FIELDS, ZERO))
+        return self.totals.setdefault(currency, dict.fromkeys(TOTAL_FIELDS + LEDGER_FIELDS, ZERO))
 
     def add(self, kind: str, message: str, currency: str = "", **objects: list[Any]) -> None:
         cut = {name: list(values)[:MAX_IDS] for name, values in objects.items() if values}
@@ -89,6 +104,15 @@ class Reconciliation:
 
 def month_usage(period: Period) -> QuerySet[UsageRecord]:
     return UsageRecord.objects.filter(slot_start__gte=period.start, slot_start__lt=period.end)
+
+
+def prepaid_when(org_id: int, when: datetime | None) -> bool:
+    """Whether the organisation was prepaid at `when` (the BillingTerms row then in force, else the site default;
+    billing/terms.py reads the latest alike)."""
+    rows = BillingTerms.objects.filter(organization_id=org_id).order_by("-id")
+    row = (rows.filter(created_at__lte=when) if when else rows).first()
+    mode = row.mode if row is not None else settings.SUANLI_DEFAULT_PAYMENT_MODE
+    return mode == PaymentMode.PREPAID
 
 
 def first_ids(queryset: QuerySet) -> list[int]:

@@ -70,11 +70,17 @@ def _from_events(intent_id: str) -> Settlement | None:
     return Settlement(int(received), str(obj.get("currency", "")).upper(), "webhook_event", event.event_id)
 
 
+def intent_settlement(intent_id: str, *, use_api: bool) -> Settlement | None:
+    """What Stripe took for a PaymentIntent: its balance transaction (with the API), else its stored
+    payment_intent.succeeded event; None when neither says (an invoice payment's or a top-up's alike)."""
+    return (_from_api(intent_id) if use_api else None) or _from_events(intent_id)
+
+
 def check_stripe_payments(result: Reconciliation, period: Period, *, use_api: bool) -> None:
     checked = {"balance_transaction": 0, "webhook_event": 0}
     for payment in Payment.objects.filter(invoice__period=period.label, state__in=RECEIVED).order_by("id"):
         intent = payment.stripe_payment_intent
-        found = (_from_api(intent) if use_api else None) or _from_events(intent)
+        found = intent_settlement(intent, use_api=use_api)
         ids = {"payments": [payment.pk], "stripe_payment_intents": [intent], "invoices": [payment.invoice_id]}
         if found is None:
             result.add(

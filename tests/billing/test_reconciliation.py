@@ -115,7 +115,7 @@ def test_a_clean_month_reconciles_with_no_mismatch(settled, staff):
         Decimal("21.25"),
     )
     assert usd["paid_out"] == Decimal("21.25")
-    assert result.counts == {"usage_records": 10, "invoices": 1, "statements": 1}
+    assert result.counts == {"usage_records": 10, "invoices": 1, "statements": 1, "balance_entries": 0}
     assert result.stripe["payments_by_webhook_event"] == 1
     out = io.StringIO()
     call_command("reconcile", "2026-03", stdout=out)
@@ -380,6 +380,8 @@ def test_payments_and_transfers_are_matched_against_stripe(stripe_world, alice, 
         "payments_by_webhook_event": 0,
         "transfers_checked": 1,
         "transfers_unchecked": 0,
+        "top_ups_by_balance_transaction": 0,
+        "top_ups_by_webhook_event": 0,
     }
 
     # The stored events are not needed while Stripe's API answers; without both, nothing confirms the payment.

@@ -1,5 +1,5 @@
-"""`manage.py reconcile YYYY-MM`: a closed month's usage, invoices, payments and payouts checked against each
-other."""
+"""`manage.py reconcile YYYY-MM`: a closed month's usage, invoices, payments, payouts and balance ledger checked
+against each other."""
 
 from pathlib import Path
 
@@ -7,12 +7,14 @@ from django.core.management.base import BaseCommand, CommandError
 
 from accounts.errors import DomainError
 from billing import reconciliation
+from billing.reconciliation.report import LEDGER_FIELDS
 
 
 class Command(BaseCommand):
     help = (
         "Reconcile a closed month: metered usage against invoices and credits, invoices against Stripe payments, "
-        "provider statements against usage and payouts. Prints the totals and every mismatch; exits 1 when any."
+        "provider statements against usage and payouts, the balance ledger against top-ups, Stripe and settled "
+        "invoices. Prints the totals and every mismatch; exits 1 when any."
     )
 
     def add_arguments(self, parser) -> None:
@@ -33,9 +35,15 @@ class Command(BaseCommand):
         for currency, totals in sorted(result.totals.items()):
             self.stdout.write(f"  {currency}")
             for name, value in totals.items():
-                self.stdout.write(f"    {name:<18} {value:>18}")
+                if name not in LEDGER_FIELDS:
+                    self.stdout.write(f"    {name:<21} {value:>18}")
+            self.stdout.write("    balance ledger (the month's entries, signed)")
+            for name in LEDGER_FIELDS:
+                self.stdout.write(f"      {name.removeprefix('ledger_'):<19} {totals[name]:>18}")
         counts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in {**result.counts, **result.stripe}.items())
         self.stdout.write(f"  {counts}")
+        ledger = [m for m in result.mismatches if m.kind in reconciliation.LEDGER_KINDS]
+        self.stdout.write(f"  balance ledger: {len(ledger) or 'no'} mismatch{'es' if len(ledger) != 1 else ''}")
         if csv_path:
             Path(csv_path).write_text(reconciliation.mismatches_csv(result), encoding="utf-8")
         if result.ok:
