@@ -102,6 +102,14 @@ def localstripe() -> Iterator[FakeStripe]:
         intent_update(self, **data)
 
     localstripe.resources.PaymentIntent._update = _update
+    # Stripe takes a `description` on a PaymentIntent (a top-up's names it); localstripe refuses any parameter it
+    # does not model, so the fake drops it.
+    intent_init = localstripe.resources.PaymentIntent.__init__
+
+    def _init(self, *args, description=None, **kwargs):
+        intent_init(self, *args, **kwargs)
+
+    localstripe.resources.PaymentIntent.__init__ = _init
     fake = FakeStripe(url="")
     app.middlewares.insert(0, _middleware(fake))
     loop = asyncio.new_event_loop()
