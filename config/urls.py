@@ -30,6 +30,7 @@ api_v1 = [
     path("", include("workloads.urls")),
     path("", include("marketplace.api_urls")),
     path("", include("billing.urls_payments")),
+    path("", include("billing.urls_balance")),
     path("", include("billing.urls_payouts")),
     path("", include("billing.urls")),
 ]

@@ -22,7 +22,11 @@ from hypothesis import strategies as st
 from schemathesis.checks import content_type_conformance, not_a_server_error, response_schema_conformance
 
 from config.wsgi import application
+from tests.billing import conftest as billing_conftest
 from tests.factories import online_server
+
+# The payment tests' fake Stripe (localstripe): a top-up reaches Stripe instead of answering 503 (not configured).
+localstripe, fake_stripe = billing_conftest.localstripe, billing_conftest.fake_stripe
 
 schema = schemathesis.openapi.from_wsgi("/api/schema/?format=json", application)
 # Strings may hold NUL (schemathesis's default, stated: PostgreSQL text cannot store it).
@@ -128,7 +132,7 @@ def _fast_password_hashing(settings):
 
 
 @pytest.fixture
-def world(alice, bob):
+def world(alice, bob, fake_stripe):
     """Something to find: bob's listed servers, a lease of alice's."""
     from accounts.models import ApiKey
     from scheduler import services
@@ -152,7 +156,8 @@ def call_as_the_owner(case, world):
     # Provider routes as the provider, staff routes as staff, the rest as the customer (each also sees the
     # others' 403s and 404s).
     provider_paths = ("/api/v1/servers", "/api/v1/offers", "/api/v1/payouts", "/api/v1/agent")
-    if case.path.startswith("/api/v1/admin") and "staff" in world:
+    staff_paths = ("/billing/", "/balance/adjustments/")  # an organisation's terms and adjustments
+    if (case.path.startswith("/api/v1/admin") or case.path.endswith(staff_paths)) and "staff" in world:
         persona = world["staff"]
     else:
         persona = world["provider" if case.path.startswith(provider_paths) else "customer"]

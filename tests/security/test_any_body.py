@@ -24,12 +24,15 @@ from hypothesis import strategies as st
 from rest_framework.test import APIClient
 
 from accounts.models import ApiKey
+from tests.billing import conftest as billing_conftest
 from tests.support.routes import routes
 from tests.workloads import conftest as workloads_conftest
 from tests.workloads.conftest import openssh_public_key, rent_with_workload
 
 box, h100 = workloads_conftest.box, workloads_conftest.h100
 _forget_telemetry_partitions = workloads_conftest._forget_telemetry_partitions
+# The payment tests' fake Stripe (localstripe): a top-up's valid body reaches Stripe instead of a 503.
+localstripe, fake_stripe = billing_conftest.localstripe, billing_conftest.fake_stripe
 
 FUTURE = (datetime.now(UTC) + timedelta(days=30)).isoformat()
 SSH_KEY = openssh_public_key(ed25519.Ed25519PrivateKey.generate(), "fuzz@example.com")
@@ -165,7 +168,7 @@ def fill(route: str, ids: dict[str, Any]) -> str:
 
 
 @pytest.fixture
-def world(alice, bob, staff, box):
+def world(alice, bob, staff, box, fake_stripe):
     """Objects for the paths: alice's lease with a workload on bob's box, her key and API key, bob's server."""
     from workloads.models import Workload
 
@@ -224,6 +227,16 @@ def world(alice, bob, staff, box):
             {"enrollment_token": "x" * 20, "hostname": "h", "gpus": [{"index": 0, "uuid": "GPU-1", "name": "n"}]}
         ],
         "payout-pay": [{"bank_reference": "REF-1"}],
+        "balance-top-ups": [{"amount": "25.00", "currency": "USD"}],
+        "spend-limits": [{"monthly_cap": "100.00", "alert_at": [0.5, 0.9]}, {"monthly_cap": None}],
+        "org-billing": [
+            {"mode": "prepaid", "credit_limit": "100.00", "currency": "USD"},
+            {"mode": "postpaid", "credit_limit": None, "currency": "USD"},
+        ],
+        "org-balance-adjustments": [
+            {"amount": "10.00", "currency": "USD", "reference": "BANK-REF-1"},
+            {"amount": "-5.00", "currency": "USD", "reason": "goodwill reversed"},
+        ],
     }
     personas = {"anon": None, "alice": alice, "bob": bob, "staff": staff}
     return {"objects": objects, "bases": bases, "personas": personas}

@@ -131,6 +131,8 @@ VICTIM_OBJECTS: dict[str, Callable[[Victims], dict]] = {
     "ssh-key-detail": _alice_ssh_key,
     "invoice-detail": _alice_invoice,
     "invoice-pay": _alice_invoice,
+    "org-billing": _alice_org,
+    "org-balance-adjustments": _alice_org,
 }
 
 
