@@ -30,6 +30,8 @@ _PLATFORM = "a balance entry is made for the organisation its cause names (a ver
 # The most a credit limit or a single adjustment may be (money columns hold 16 digits before the point).
 MOST = Decimal("1000000000000")
 CENT = Decimal("0.01")
+# A bank reference is part of its entry's key (`bank:<org>:<reference>`, 120 characters at most).
+REFERENCE_MAX = 80
 
 
 def _money(value: Any, name: str, *, allow_negative: bool = False) -> Decimal:
@@ -146,6 +148,9 @@ def adjustment_record(
         raise InvalidInput("An adjustment moves some money.", fields={"amount": ["Not zero."]})
     currency_check(org, currency)
     reason, reference = reason.strip(), reference.strip()
+    if len(reference) > REFERENCE_MAX or len(reason) > 300:
+        message = f"A reference of at most {REFERENCE_MAX} characters and a reason of at most 300."
+        raise InvalidInput(message, fields={"reference" if len(reference) > REFERENCE_MAX else "reason": [message]})
     if not reason and (value < 0 or not reference):
         message = "Say why: a reason (a bank transfer may give its reference instead)."
         raise InvalidInput(message, fields={"reason": [message]})
@@ -160,8 +165,8 @@ def adjustment_record(
         currency=currency,
         key=key,
         now=now,
-        reason=reason[:300],
-        reference=reference[:200],
+        reason=reason,
+        reference=reference,
         created_by=by,
     )
     if not created and (entry.amount != value or entry.currency != currency):
