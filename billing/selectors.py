@@ -1,5 +1,6 @@
 """Reads of billing that pages and the API share: a provider's statements with their payouts, what its cards
-earned so far this month (gross, commission at its take rate, net), and its totals paid and unpaid.
+earned so far this month (gross, commission at its take rate, net: live, not only up to the last meter run), and
+its totals paid and unpaid; a customer's spending this month per day and lease, and the funds notice its pages show.
 
 Each takes the organisation and reads only its rows (`for_provider`, `scoped`), so it is safe while a request is
 handled (accounts/tenancy.py).
@@ -7,19 +8,25 @@ handled (accounts/tenancy.py).
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Case, Count, IntegerField, OuterRef, QuerySet, Subquery, Sum, Value, When
-from django.db.models.functions import Coalesce
+from django.db.models import Case, Count, IntegerField, OuterRef, Q, QuerySet, Subquery, Sum, Value, When
+from django.db.models.functions import Coalesce, TruncDay
 
 from accounts.models import Organization
 from accounts.tenancy import scoped
 from billing import rating
 from billing.invoicing import period_containing, take_rate_of
-from billing.models import Payout, ProviderStatement, UsageRecord
+from billing.metering import metered_until, slots
+from billing.models import FundsNotice, Payout, ProviderStatement, UsageRecord
+
+_ZERO = Decimal(0)
+# How long the banner says that leases were stopped for want of money.
+STOPPED_NOTICE_DAYS = 7
 
 
 @dataclass(frozen=True)
@@ -74,24 +81,107 @@ def provider_statement_totals(*, org: Organization) -> list[dict[str, Any]]:
 
 
 def provider_month_so_far(*, org: Organization, now: datetime) -> list[MonthSoFar]:
-    """What the organisation's cards earned this month up to the last meter run, per currency: gross, the
-    commission at its rate, and net before SLA charge-backs (known when the month is closed)."""
+    """What the organisation's cards earned this month up to `now`, per currency: gross, the commission at its
+    rate, and net before SLA charge-backs (known when the month is closed).
+
+    Live: the usage records up to the meter's last run plus, rated the same way (metering.slots, Slot.rated), what
+    its cards were held for since, as balances.unbilled does for the customer. Amounts are summed exact and
+    rounded once per currency, so the gross is what the month's statement will say once the meter has caught up.
+    """
     period = period_containing(now)
+    watermark = metered_until()
+    records = UsageRecord.objects.for_provider(org).filter(slot_start__gte=period.start, slot_start__lt=period.end)
+    if watermark is not None:
+        records = records.filter(slot_start__lt=watermark)
+    # currency -> [exact gross, card seconds that count]
+    sums: dict[str, list[Decimal]] = defaultdict(lambda: [_ZERO, _ZERO])
     rows = (
-        UsageRecord.objects.for_provider(org)
-        .filter(slot_start__gte=period.start, slot_start__lt=period.end)
-        .values("currency")
-        .annotate(
-            gross=Sum("amount"),
-            card_seconds=Sum("seconds") - Sum("down_seconds"),
-        )
+        records.values("currency")
+        .annotate(gross=Sum("amount"), card_seconds=Sum("seconds") - Sum("down_seconds"))
         .order_by("currency")
     )
+    for row in rows:
+        sums[row["currency"]][0] += row["gross"] or _ZERO
+        sums[row["currency"]][1] += row["card_seconds"] or _ZERO
+    since = max(watermark, period.start) if watermark is not None else period.start
+    if since < now:
+        for slot in slots(since=since, until=min(now, period.end), provider_id=org.pk):
+            sums[slot.currency][0] += slot.rated().amount
+            sums[slot.currency][1] += slot.seconds - slot.down_seconds
     take = take_rate_of(org.pk)
     result = []
-    for row in rows:
-        gross = rating.to_money(row["gross"] or Decimal(0))
+    for currency in sorted(sums):
+        exact, card_seconds = sums[currency]
+        gross = rating.to_money(exact)
         commission = rating.to_money(gross * take)
-        card_hours = ((row["card_seconds"] or Decimal(0)) / Decimal(3600)).quantize(Decimal("0.01"))
-        result.append(MonthSoFar(row["currency"], gross, commission, gross - commission, card_hours))
+        card_hours = (card_seconds / Decimal(3600)).quantize(Decimal("0.01"))
+        result.append(MonthSoFar(currency, gross, commission, gross - commission, card_hours))
     return result
+
+
+# --- a customer's spending -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DaySpend:
+    """What one lease cost on one day of the platform's calendar (before tax; held time on a failed card is not
+    in it, as on the invoice)."""
+
+    day: date
+    lease_id: int
+    plan: str
+    amount: Decimal
+    currency: str
+
+
+def spending_by_day(*, org: Organization, currency: str, now: datetime) -> list[DaySpend]:
+    """The organisation's spending this month in `currency`, one row per day and lease, oldest day first.
+
+    The same sources as its balance (billing/balances.py): usage records up to the meter's last run, then the
+    held slots since, rated by the meter's own code; each row is summed exact and rounded once (half-up), so rows
+    can differ from the invoice's lines (rounded per lease and price) by a cent, and carry no tax.
+    """
+    zone = rating.platform_zone()
+    period = period_containing(now)
+    watermark = metered_until()
+    records = UsageRecord.objects.for_org(org).filter(
+        currency=currency, slot_start__gte=period.start, slot_start__lt=period.end
+    )
+    if watermark is not None:
+        records = records.filter(slot_start__lt=watermark)
+    exact: dict[tuple[date, int, str], Decimal] = defaultdict(Decimal)
+    rows = (
+        records.annotate(day=TruncDay("slot_start", tzinfo=zone))
+        .values("day", "lease_id", "plan")
+        .annotate(a=Sum("amount"))
+        .order_by()
+    )
+    for row in rows:
+        exact[(row["day"].astimezone(zone).date(), row["lease_id"], row["plan"])] += row["a"] or _ZERO
+    since = max(watermark, period.start) if watermark is not None else period.start
+    if since < now:
+        for slot in slots(since=since, until=min(now, period.end), organization_id=org.pk):
+            if slot.currency == currency:
+                exact[(slot.start.astimezone(zone).date(), slot.lease_id, slot.plan)] += slot.rated().amount
+    return [
+        DaySpend(day=day, lease_id=lease_id, plan=plan, amount=rating.to_money(amount), currency=currency)
+        for (day, lease_id, plan), amount in sorted(exact.items())
+    ]
+
+
+def funds_notice_shown(*, org: Organization, now: datetime) -> FundsNotice | None:
+    """The notice the organisation's pages carry as a banner: its open low-balance notice, else leases stopped for
+    want of money in the last STOPPED_NOTICE_DAYS days; None when neither. One query.
+
+    The newest of them is the one to show: stopping resolves the open low notice, so an open one is always newer
+    than any stop."""
+    recent = now - timedelta(days=STOPPED_NOTICE_DAYS)
+    return (
+        FundsNotice.objects.for_org(org)
+        .filter(
+            Q(kind=FundsNotice.Kind.LOW, resolved_at__isnull=True)
+            | Q(kind=FundsNotice.Kind.STOPPED, created_at__gte=recent)
+        )
+        .order_by("-created_at", "-id")
+        .first()
+    )
