@@ -51,6 +51,7 @@ urlpatterns = [
     path("metrics", metrics_view, name="metrics"),
     path("webhooks/stripe/", stripe_webhook, name="stripe-webhook"),
     path("invoices/", include("billing.web_urls")),
+    path("balance/", include("billing.urls_balance_pages")),
     path("org/", include("accounts.web_urls")),
     path("", include("marketplace.urls")),
 ]

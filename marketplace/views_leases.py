@@ -46,6 +46,14 @@ STATE_LABELS = {
     LeaseState.CANCELLED: pgettext_lazy("lease state", "Cancelled"),
     LeaseState.FAILED: pgettext_lazy("lease state", "Failed to start"),
 }
+# Why a lease ended (Lease.end_reason, set by scheduler.services.lease_end and the jobs that end leases).
+END_REASON_LABELS = {
+    "customer": pgettext_lazy("lease end", "Ended: you ended it"),
+    "expired": pgettext_lazy("lease end", "Ended: it reached its end time"),
+    "preempted": pgettext_lazy("lease end", "Ended: preempted for an on-demand lease"),
+    "funds_exhausted": pgettext_lazy("lease end", "Ended: funds exhausted"),
+    "workload_failed": pgettext_lazy("lease end", "Ended: its workload did not start"),
+}
 EVENT_LABELS = {
     LeaseEvent.Kind.CREATED: pgettext_lazy("lease event", "Created"),
     LeaseEvent.Kind.STARTED: pgettext_lazy("lease event", "Started"),
@@ -245,6 +253,11 @@ def _detail(
         "end_form": end_form if operate and live else None,
         "confirming": confirming,
         "state_label": STATE_LABELS.get(lease.state, lease.state),
+        "end_reason_label": (
+            END_REASON_LABELS.get(lease.end_reason, "")
+            if lease.state in (LeaseState.ENDED, LeaseState.PREEMPTED)
+            else ""
+        ),
         "panel": workload_panel(request, lease),
         "events": [
             {

@@ -152,6 +152,7 @@ PAGES = [
     ("alice", "/ssh-keys/"),
     ("alice", "/invoices/"),
     ("alice", "/invoices/{invoice}/"),
+    ("alice", "/balance/"),
     ("alice", "/accounts/email/"),
     ("alice", "/accounts/password/change/"),
     ("alice", "/accounts/2fa/"),
