@@ -401,3 +401,25 @@ def test_bad_spend_limits_are_a_400(alice):
     for cap, shares in (("-1", None), ("10", []), ("10", ["0"]), ("10", ["1.5"]), ("10", ["x"])):
         with pytest.raises(DomainError):
             funds.spend_limit_set(org=alice.org, monthly_cap=cap, alert_at=shares)
+
+
+def test_an_organisation_on_credit_is_told_once_not_every_hour_until_it_recovers(check, clock, alice, servers):
+    prepaid(alice.org)
+    credit(alice.org, "13000.00", "W1")
+    services.lease_create(org=alice.org, plan="server_month", servers=1, end_at=MARCH + timedelta(days=60))
+    services.lease_create(org=alice.org, plan="card_hour", gpu_count=2)
+    take_off(alice.org, "12990.00")
+    for minutes in range(0, 6 * 60, 5):
+        clock.move_to(MARCH + minutes * MINUTE)
+        check()
+    # One notice, one stop; the contract runs on credit and nobody is mailed again while nothing changes.
+    assert sorted(FundsNotice.objects.values_list("kind", flat=True)) == ["low", "stopped"]
+    assert len(mail.outbox) == 2
+
+    credit(alice.org, "20000.00", "W2")
+    assert check()["recovered"] == 1
+    assert not FundsNotice.objects.filter(resolved_at__isnull=True).exists()
+    # Out again later: told again.
+    take_off(alice.org, "20000.00")
+    assert check()["notified"] == 1
+    assert len(mail.outbox) == 3
