@@ -15,7 +15,9 @@ SUANLI_FUNDS_NOTICE_SECONDS at its burn gets a notice (e-mail to its owners, adm
 banner on the site), once until it recovers. When it is out and the notice has been out that long, its card-hour
 leases end (`end_reason` funds_exhausted, in the event log; their workloads stop as at any end) and the time they
 ran is billed. Contracts are not stopped: they run on credit and the notice names them for staff. Nothing is
-deleted. The same job e-mails spend alerts at each share of a monthly cap (once per month and share).
+deleted. After a stop the organisation is not told or stopped again until it recovers (its `stopped` notice stays
+open until then), unless it has card-hour leases again. The same job e-mails spend alerts at each share of a
+monthly cap (once per month and share).
 """
 
 from __future__ import annotations
@@ -145,11 +147,14 @@ def spend_limit_of(org: Organization) -> tuple[Decimal | None, list[Decimal]]:
 
 
 def _watched() -> list[Organization]:
-    """Organisations with running or reserved leases, or an open notice: the ones whose money may move."""
+    """Organisations with running or reserved leases, or an open notice (low, or stopped and not recovered): the
+    ones whose money may move."""
     live = Lease.objects.unscoped("the funds job watches every organisation with leases").filter(
         state__in=[LeaseState.ACTIVE, LeaseState.SCHEDULED]
     )
-    noticed = FundsNotice.objects.unscoped("open notices").filter(kind=FundsNotice.Kind.LOW, resolved_at__isnull=True)
+    noticed = FundsNotice.objects.unscoped("open notices").filter(
+        kind__in=[FundsNotice.Kind.LOW, FundsNotice.Kind.STOPPED], resolved_at__isnull=True
+    )
     ids = set(live.values_list("organization_id", flat=True)) | set(noticed.values_list("organization_id", flat=True))
     return list(Organization.objects.unscoped("the funds job").filter(pk__in=ids).order_by("pk"))
 
@@ -174,11 +179,16 @@ def _low_funds(org: Organization, money: Standing, now: datetime) -> list[str]:
     runs_out = money.runs_out_at
     low = runs_out is not None and runs_out <= now + timedelta(seconds=notice_seconds)
     if not low:
-        if open_notice is not None:
-            FundsNotice.objects.filter(pk=open_notice.pk).update(resolved_at=now)
-            return ["recovered"]
-        return []
+        # Recovered: the open low notice, and a stop the organisation was still on credit after, are over.
+        resolved = (
+            FundsNotice.objects.for_org(org)
+            .filter(kind__in=[FundsNotice.Kind.LOW, FundsNotice.Kind.STOPPED], resolved_at__isnull=True)
+            .update(resolved_at=now)
+        )
+        return ["recovered"] if resolved else []
     if open_notice is None:
+        if _on_credit(org) and not _card_hours(org).exists():
+            return []  # stopped already and not recovered since: nothing more to say or stop
         FundsNotice.objects.create(
             organization=org,
             kind=FundsNotice.Kind.LOW,
@@ -194,12 +204,22 @@ def _low_funds(org: Organization, money: Standing, now: datetime) -> list[str]:
     return ["stopped"] if _stop(org, money, open_notice, now) else []
 
 
+def _card_hours(org: Organization):
+    """The organisation's card-hour leases that a stop ends: running or reserved."""
+    return Lease.objects.for_org(org).filter(plan=Plan.CARD_HOUR, state__in=[LeaseState.ACTIVE, LeaseState.SCHEDULED])
+
+
+def _on_credit(org: Organization) -> bool:
+    """Whether the organisation was stopped and has not recovered since (its `stopped` notice is unresolved)."""
+    return FundsNotice.objects.for_org(org).filter(kind=FundsNotice.Kind.STOPPED, resolved_at__isnull=True).exists()
+
+
 def _stop(org: Organization, money: Standing, notice: FundsNotice, now: datetime) -> bool:
-    """End the organisation's card-hour leases (funds_exhausted); flag its contracts for staff."""
+    """End the organisation's card-hour leases (funds_exhausted); flag its contracts for staff. The `stopped`
+    notice stays unresolved until the organisation recovers: until then it is not noticed or stopped again unless
+    it has card-hour leases again."""
     ended = []
-    for lease in Lease.objects.for_org(org).filter(
-        plan=Plan.CARD_HOUR, state__in=[LeaseState.ACTIVE, LeaseState.SCHEDULED]
-    ):
+    for lease in _card_hours(org):
         try:
             scheduler_services.lease_end(lease=lease, now=now, reason="funds_exhausted")
         except InvalidTransition:
@@ -224,12 +244,19 @@ def _stop(org: Organization, money: Standing, notice: FundsNotice, now: datetime
             money.currency,
             contracts,
         )
-    leases = ", ".join(str(pk) for pk in ended) or "none"
+    if ended:
+        stopped = (
+            f"so its card-hour leases were ended: {', '.join(str(pk) for pk in ended)}. The time they ran is billed; "
+            f"nothing was deleted."
+        )
+    else:
+        stopped = "and it has no card-hour leases to end."
+    if contracts:
+        stopped += f" Its {contracts} contract(s) go on running on credit; our staff will be in touch."
     _mail(
         org,
-        "Your Suanli leases were stopped: your balance ran out",
-        f"{org.name}'s balance ran out ({money.available} {money.currency} available), so its card-hour leases "
-        f"were ended: {leases}. The time they ran is billed; nothing was deleted.\n\n"
+        "Your Suanli leases were stopped: your balance ran out" if ended else "Your Suanli balance has run out",
+        f"{org.name}'s balance ran out ({money.available} {money.currency} available), {stopped}\n\n"
         f"Top up to rent again: {settings.SITE_URL.rstrip('/')}/balance/\n",
     )
     return bool(ended)
