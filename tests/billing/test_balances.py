@@ -226,3 +226,23 @@ def test_a_credit_note_on_an_open_invoice_lowers_what_is_owed_not_the_ledger(clo
     assert money.unpaid == march_usage - D("40.00")
     assert money.balance == D("500.00")
     assert not BalanceEntry.objects.filter(kind="credit_note").exists()
+
+
+def test_a_credit_note_that_brings_an_open_invoice_within_the_balance_settles_it(clock, alice, march_usage):
+    BalanceEntry.objects.create(
+        organization=alice.org, kind="adjustment", amount=D("-450.00"), currency="USD", key="test:-450",
+        reason="test", created_at=MARCH,
+    )  # fmt: skip
+    clock.move_to(APRIL + timedelta(hours=2))
+    invoicing.close_period("2026-03")
+    invoice = Invoice.objects.get(organization=alice.org)
+    assert invoice.state == "open"
+
+    invoicing.credit_note_issue(invoice=invoice, amount=D("100.00"), reason="outage")
+
+    invoice.refresh_from_db()
+    assert invoice.state == "paid"  # 43.10 left to pay, and 50.00 on the balance
+    assert BalanceEntry.objects.get(kind="settlement").amount == -(march_usage - D("100.00"))
+    assert not BalanceEntry.objects.filter(kind="credit_note").exists()  # it lowered what was due instead
+    assert ledger_sum(alice.org) == D("50.00") - (march_usage - D("100.00"))
+    assert standing(alice.org).available == ledger_sum(alice.org)
