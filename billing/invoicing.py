@@ -272,10 +272,15 @@ def invoice_void(*, invoice: Invoice) -> Invoice:
 def credit_note_issue(
     *, invoice: Invoice, amount: Decimal, reason: str, lease: Lease | None = None, by=None
 ) -> CreditNote:
-    """Give money back on a finalised invoice; at most what is left of its total. Numbered like invoices."""
+    """Give money back on a finalised invoice; at most what is left of its total. Numbered like invoices.
+
+    On an invoice settled from the balance the credit goes back to the balance (a `credit_note` entry); on an open
+    invoice it lowers what is due, and a prepaid organisation's balance then settles it if it covers the rest."""
     amount = rating.to_money(amount)
     with transaction.atomic():
         invoice = Invoice.objects.select_for_update().get(pk=invoice.pk)
+        # The invoice, then the organisation: the order of invoice_settle_from_balance (and of the balance's writers).
+        Organization.objects.select_for_update().filter(pk=invoice.organization_id).first()
         if invoice.state not in (Invoice.State.OPEN, Invoice.State.PAID):
             raise InvalidTransition(f"A {invoice.state} invoice takes no credit note.")
         credited = invoice.credit_notes.aggregate(t=Sum("amount"))["t"] or Decimal(0)
@@ -316,7 +321,9 @@ def credit_note_issue(
                 state=Invoice.State.PAID, paid_at=timezone.now(), overdue=False
             )
             billing_hold_release(org_id=invoice.organization_id)
-        return note
+    if invoice.state == Invoice.State.OPEN and terms_of(invoice.organization).prepaid:
+        invoice_settle_from_balance(invoice=invoice)
+    return note
 
 
 def invoices_mark_overdue(*, now: datetime | None = None) -> int:
