@@ -24,6 +24,7 @@ from scheduler import services
 from scheduler.models import Lease
 from tests.conftest import make_persona
 from tests.factories import online_server
+from tests.support.pages import assert_page_keeps_to_the_policy
 
 # 2026-03-11 10:00 in Asia/Shanghai (the platform clock): the lease starts here.
 START = datetime(2026, 3, 11, 2, 0, tzinfo=UTC)
@@ -309,6 +310,7 @@ def test_a_top_up_makes_a_payment_intent_and_shows_stripes_payment_element(world
     assert '<script defer src="https://js.stripe.com/v3/"></script>' in page
     assert re.search(r'<script defer src="[^"]*js/balance_top_up\.js"></script>', page)
     assert f"Top up {usd('50.00')}" in page
+    assert_page_keeps_to_the_policy(response)
     # The balance rises only when Stripe's webhook says the payment succeeded.
     assert _figure(_get(client, "/balance/"), "balance").endswith(usd("100.00"))
 
