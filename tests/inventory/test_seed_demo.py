@@ -12,8 +12,11 @@ from rest_framework.test import APIClient
 
 from accounts.models import ApiKey, Membership, Organization, User
 from agents.simulate import SimulatedNVML
+from billing.balances import standing
+from billing.models import BalanceEntry, BillingTerms
 from inventory.models import Gpu, Server
 from marketplace.management.commands.seed_demo import PASSWORD, SIMULATED_MODEL
+from scheduler.models import Lease
 
 UUID = re.compile(r"^GPU-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _VOLATILE = {"last_login", "last_used_at"}
@@ -26,7 +29,7 @@ def seed(*args: str) -> str:
 
 
 def snapshot() -> dict:
-    models = [User, EmailAddress, Organization, Membership, ApiKey, Server, Gpu]
+    models = [User, EmailAddress, Organization, Membership, ApiKey, Server, Gpu, BillingTerms, BalanceEntry, Lease]
     return {m._meta.label: [_stable(row) for row in m.objects.order_by("pk").values()] for m in models}
 
 
@@ -82,6 +85,37 @@ def test_running_seed_demo_twice_changes_nothing(db):
     output = seed()
     assert snapshot() == before
     assert "issued on the first run" in output
+
+
+def test_demo_customers_get_terms_and_money_before_they_rent_under_the_prepaid_default(db, settings):
+    settings.SUANLI_DEFAULT_PAYMENT_MODE = "prepaid"  # the site's default (the suite's conftest makes it postpaid)
+
+    output = seed()
+
+    labs, lab, enterprise = (
+        Organization.objects.get(name=name) for name in ("Demo Labs", "Qiming Research Lab", "Hengtai Enterprise AI")
+    )
+    for org, currency, reference in ((labs, "USD", "DEMO-WIRE-DL-0001"), (lab, "CNY", "DEMO-CMB-QM-0001")):
+        terms = BillingTerms.objects.get(organization=org)
+        assert (terms.mode, terms.credit_limit, terms.currency) == ("prepaid", 0, currency)
+        [transfer] = BalanceEntry.objects.filter(organization=org)
+        assert (transfer.kind, transfer.reference, transfer.currency) == ("bank_transfer", reference, currency)
+        assert transfer.created_by.email == "admin@suanli.local"
+    terms = BillingTerms.objects.get(organization=enterprise)
+    assert (terms.mode, terms.credit_limit, terms.currency) == ("postpaid", 500000, "CNY")
+    assert not BalanceEntry.objects.filter(organization=enterprise).exists()
+    leases = {org.name: list(Lease.objects.filter(organization=org)) for org in (labs, lab, enterprise)}
+    assert [(x.plan, x.gpu_count, x.state) for x in leases["Demo Labs"]] == [("card_hour", 2, "active")]
+    assert [(x.plan, x.gpu_count) for x in leases["Qiming Research Lab"]] == [("card_hour", 4)]
+    assert [(x.plan, x.gpu_count) for x in leases["Hengtai Enterprise AI"]] == [("server_month", 8)]
+    for org in (labs, lab, enterprise):  # covered for weeks, not about to be stopped
+        money = standing(org)
+        assert money.available is not None and money.available > money.burn_per_hour * 24 * 14, org.name
+    assert "enterprise@suanli.local" in output and "research@suanli.local" in output
+
+    before = snapshot()
+    seed()
+    assert snapshot() == before
 
 
 def test_seed_demo_is_safe_on_a_database_with_other_data(bob, alice):

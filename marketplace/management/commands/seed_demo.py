@@ -1,24 +1,37 @@
-"""Demo data for a fresh site: staff, a customer, two providers with enrolled, online servers.
+"""Demo data for a fresh site: staff, two providers with enrolled, online servers, and three customers on the terms
+real ones get, each renting a little.
+
+New organisations are prepaid by default (SUANLI_DEFAULT_PAYMENT_MODE): a lease their balance cannot cover is
+refused with 402. So, before its leases are made, each demo customer gets what staff would give it: the two
+prepaid ones a bank transfer received (a ledger entry with the bank's reference) that covers their demo leases for
+weeks, the enterprise customer postpaid terms with a staff credit limit.
 
 Idempotent: every object is looked up by its natural identity first (email, organisation name and owner,
-server name within its organisation) and only created when missing, so running it twice changes nothing and
-it is safe on a database that already has data. Writes go through the services where one exists.
+server name within its organisation, the bank reference) and only created when missing: terms are set only on an
+organisation that has none, leases made only for a customer that never had one. Running it twice changes nothing
+and it is safe on a database that already has data. Writes go through the services where one exists.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 
 from allauth.account.models import EmailAddress
 from django.core.management.base import BaseCommand
 from django.db import transaction
+from django.utils import timezone
 
 from accounts import services as accounts_services
 from accounts.models import ApiKey, Organization, Role, User
+from billing import services as billing_services
+from billing.models import BillingTerms, PaymentMode
 from inventory import services as inventory_services
 from inventory.models import Gpu, GpuModel, Offer, Server
 from marketplace import services as marketplace_services
+from scheduler import services as scheduler_services
+from scheduler.models import Lease
 from workloads import services as workloads_services
 from workloads.models import SshKey
 
@@ -46,6 +59,63 @@ class DemoProvider:
     region: str
     site: str
     servers: tuple[DemoServer, ...]
+
+
+@dataclass(frozen=True)
+class DemoLease:
+    plan: str
+    gpu_model: str  # catalogue slug
+    gpu_count: int | None = None
+    servers: int | None = None
+    days: int | None = None  # a contract's term from now (card-hour leases run until ended)
+
+
+@dataclass(frozen=True)
+class DemoCustomer:
+    """A customer organisation and the terms staff gave it: prepaid with a bank transfer received (`transfer`,
+    `reference`), or postpaid within a credit limit."""
+
+    name: str
+    owner: str
+    currency: str
+    mode: str
+    leases: tuple[DemoLease, ...]
+    transfer: str = ""
+    reference: str = ""
+    credit_limit: str = ""
+
+
+CUSTOMERS = (
+    # Two H100 cards by the hour: about 5 USD an hour, so 5,000 USD lasts some six weeks.
+    DemoCustomer(
+        name="Demo Labs",
+        owner=CUSTOMER_EMAIL,
+        currency="USD",
+        mode=PaymentMode.PREPAID,
+        transfer="5000.00",
+        reference="DEMO-WIRE-DL-0001",
+        leases=(DemoLease("card_hour", "h100-sxm5-80gb", gpu_count=2),),
+    ),
+    # A university lab on four RTX 4090s by the hour: 8.80 CNY an hour against 30,000 CNY paid in.
+    DemoCustomer(
+        name="Qiming Research Lab",
+        owner="research@suanli.local",
+        currency="CNY",
+        mode=PaymentMode.PREPAID,
+        transfer="30000.00",
+        reference="DEMO-CMB-QM-0001",
+        leases=(DemoLease("card_hour", "rtx-4090-24gb", gpu_count=4),),
+    ),
+    # An enterprise on a monthly invoice: a whole A800 server by the month (52,000 CNY) within its credit limit.
+    DemoCustomer(
+        name="Hengtai Enterprise AI",
+        owner="enterprise@suanli.local",
+        currency="CNY",
+        mode=PaymentMode.POSTPAID,
+        credit_limit="500000.00",
+        leases=(DemoLease("server_month", "a800-sxm4-80gb", servers=1, days=90),),
+    ),
+)
 
 
 DEMO_SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILDBo6yLkItr3CMkalaEmc+Hp8eJtb8jEchskcIGYRId demo@laptop"
@@ -132,7 +202,14 @@ class Command(BaseCommand):
             admin = self._user(ADMIN_EMAIL, staff=True)
             customer = self._user(CUSTOMER_EMAIL)
             self._ssh_key(customer)
-            self._org("Demo Labs", owner=customer, kind=Organization.Kind.CUSTOMER, currency="USD", staff=admin)
+            customers = []
+            for demo in CUSTOMERS:
+                owner = self._user(demo.owner)
+                org = self._org(
+                    demo.name, owner=owner, kind=Organization.Kind.CUSTOMER, currency=demo.currency, staff=admin
+                )
+                self._terms(org, demo, staff=admin)
+                customers.append((org, demo))
             for provider in PROVIDERS:
                 owner = self._user(provider.owner)
                 org = self._org(
@@ -141,6 +218,8 @@ class Command(BaseCommand):
                 for spec in provider.servers:
                     self._server(org, provider, spec)
             token = self._customer_token(customer, new_token)
+        for org, demo in customers:  # each lease in its own transaction (lease_create retries after a deadlock)
+            self._leases(org, demo)
         self._report(token)
 
     # --- the pieces ---------------------------------------------------------------------------------------
@@ -169,6 +248,42 @@ class Command(BaseCommand):
         if org.status == Organization.Status.PENDING:
             org = accounts_services.organization_approve(org=org, staff=staff)
         return org
+
+    def _terms(self, org: Organization, demo: DemoCustomer, *, staff: User) -> None:
+        """What staff give a customer before it rents: its terms (once: never over terms staff changed since) and,
+        prepaid, the bank transfer it sent (once per bank reference)."""
+        if not BillingTerms.objects.for_org(org).exists():
+            limit = Decimal(demo.credit_limit) if demo.credit_limit else Decimal(0)
+            billing_services.terms_set(org=org, mode=demo.mode, credit_limit=limit, currency=demo.currency, by=staff)
+            self.stdout.write(f"set {org.name} {demo.mode}, credit limit {limit} {demo.currency}")
+        if demo.transfer:
+            _entry, created = billing_services.adjustment_record(
+                org=org,
+                amount=demo.transfer,
+                currency=demo.currency,
+                reason="Bank transfer received (demo data)",
+                reference=demo.reference,
+                by=staff,
+            )
+            if created:
+                self.stdout.write(f"recorded a bank transfer of {demo.transfer} {demo.currency} for {org.name}")
+
+    def _leases(self, org: Organization, demo: DemoCustomer) -> None:
+        """The customer's demo leases, made once: never again once it has had any lease (ended ones included)."""
+        if Lease.objects.for_org(org).exists():
+            return
+        now = timezone.now()
+        for spec in demo.leases:
+            lease = scheduler_services.lease_create(
+                org=org,
+                plan=spec.plan,
+                gpu_count=spec.gpu_count,
+                servers=spec.servers,
+                gpu_model=GpuModel.objects.get(slug=spec.gpu_model),
+                end_at=now + timedelta(days=spec.days) if spec.days else None,
+                now=now,
+            )
+            self.stdout.write(f"rented {lease.gpu_count} {spec.gpu_model} cards ({spec.plan}) for {org.name}")
 
     def _server(self, org: Organization, provider: DemoProvider, spec: DemoServer) -> Server:
         server = Server.objects.for_org(org).filter(name=spec.name).first()
@@ -230,10 +345,12 @@ class Command(BaseCommand):
 
     def _report(self, token: str | None) -> None:
         self.stdout.write(self.style.SUCCESS("Demo data is in place. Logins (web and API), one password for all:"))
-        logins = [("staff, admin site /admin/", ADMIN_EMAIL), ("customer, Demo Labs", CUSTOMER_EMAIL)]
+        logins = [("staff, admin site /admin/", ADMIN_EMAIL)]
+        logins += [(f"customer, {demo.name} ({demo.mode})", demo.owner) for demo in CUSTOMERS]
         logins += [(f"provider, {provider.name}", provider.owner) for provider in PROVIDERS]
+        width = max(len(role) for role, _email in logins) + 1
         for role, email in logins:
-            self.stdout.write(f"  {role + ':':<30} {email}")
+            self.stdout.write(f"  {role + ':':<{width}} {email}")
         self.stdout.write(f"  password: {PASSWORD}")
         if token:
             self.stdout.write(f"  customer API token: {token}")
