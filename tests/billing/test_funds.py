@@ -423,3 +423,22 @@ def test_an_organisation_on_credit_is_told_once_not_every_hour_until_it_recovers
     take_off(alice.org, "20000.00")
     assert check()["notified"] == 1
     assert len(mail.outbox) == 3
+
+
+def test_reservations_each_keep_their_first_hour_of_the_balance(clock, alice, servers):
+    prepaid(alice.org)
+    credit(alice.org, "7.50", "W1")
+
+    def reserve(cards: int, days: int = 3) -> Lease:
+        at = MARCH + timedelta(days=days)
+        return services.lease_create(
+            org=alice.org, plan="card_hour", gpu_count=cards, start_at=at, end_at=at + timedelta(hours=5)
+        )
+
+    reserve(2)  # keeps 5.00
+    error = refused(lambda: reserve(2, days=4))
+    assert (error.extra["needed"], error.extra["shortfall"]) == ("5.00", "2.50")
+    error = refused(lambda: services.lease_create(org=alice.org, plan="card_hour", gpu_count=2))
+    assert error.extra["shortfall"] == "2.50"
+    reserve(1, days=4)
+    assert Lease.objects.filter(state="scheduled").count() == 2
