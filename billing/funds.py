@@ -5,10 +5,10 @@ after a notice when its money runs out (services; the formula is billing/balance
 `lease_resize`, under the organisation's row lock, after the cards are placed and priced): the new cards' minimum
 (SUANLI_ADMISSION_MINIMUM_SECONDS of their price, one hour by default, from the lease's start: a reservation's
 first hour; a contract's first month, up to its end) must fit in what is available less that much of what already
-runs. Otherwise 402 `insufficient_funds` with the shortfall, and the transaction rolls back: nothing is allocated.
-A monthly spend cap is checked the same way against the month's spending. Because the check and the allocation
-share the lock and the transaction, concurrent requests are admitted one after another, each seeing the ones
-before it running.
+runs and less the first period of each reservation not started yet. Otherwise 402 `insufficient_funds` with the
+shortfall, and the transaction rolls back: nothing is allocated. A monthly spend cap is checked the same way
+against the month's spending. Because the check and the allocation share the lock and the transaction, concurrent
+requests are admitted one after another, each seeing the ones before it running or reserved.
 
 **Running out** (`funds_check`, beat every minute): an organisation whose available amount will be gone within
 SUANLI_FUNDS_NOTICE_SECONDS at its burn gets a notice (e-mail to its owners, admins and billing members, and a
@@ -83,6 +83,23 @@ def minimum_cost(plan: str, new: list[Allocation]) -> Decimal:
     )
 
 
+def _reserved(org: Organization, exclude: list[int]) -> Decimal:
+    """What the organisation's reservations (scheduled leases) keep of its balance: each one's first period, as it
+    was admitted with, leaving out the allocations `exclude` names."""
+    per_lease: dict[int, list[Allocation]] = defaultdict(list)
+    plans: dict[int, str] = {}
+    held = (
+        Allocation.objects.for_org(org)
+        .filter(lease__state=LeaseState.SCHEDULED)
+        .exclude(pk__in=exclude)
+        .select_related("lease")
+    )
+    for allocation in held:
+        per_lease[allocation.lease_id].append(allocation)
+        plans[allocation.lease_id] = allocation.lease.plan
+    return sum((minimum_cost(plans[lease_id], rows) for lease_id, rows in per_lease.items()), Decimal(0))
+
+
 @platform_work(_PLATFORM)
 def admit(lease: Lease, new: list[Allocation], now: datetime) -> None:
     """Raise InsufficientFunds unless the lease's organisation can pay for `new` (see the module's docstring)."""
@@ -92,11 +109,13 @@ def admit(lease: Lease, new: list[Allocation], now: datetime) -> None:
     if not terms.limited and cap is None or not new:
         return
     need = minimum_cost(lease.plan, new)
-    now_standing = standing(org, now=now, exclude=[a.pk for a in new])
+    excluded = [a.pk for a in new]
+    now_standing = standing(org, now=now, exclude=excluded)
     running = rating.to_money(now_standing.burn_per_hour * _minimum_hours())
     currency = now_standing.currency
-    if now_standing.available is not None and need > now_standing.available - running:
-        shortfall = need - (now_standing.available - running)
+    free = None if now_standing.available is None else now_standing.available - running - _reserved(org, excluded)
+    if free is not None and need > free:
+        shortfall = need - free
         raise InsufficientFunds(
             f"Your balance cannot cover this lease: it needs {need} {currency} for its first period and "
             f"{shortfall} {currency} more than is available. Top up, or ask for a credit limit.",
