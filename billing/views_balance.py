@@ -340,7 +340,7 @@ def top_up(request: HttpRequest) -> HttpResponse:
     form = TopUpForm(request.POST)
     if not form.is_valid():
         return _page(request, top_up_form=form, status=400)
-    currency = standing(org).currency
+    currency = terms_of(org).currency
     try:
         started = services.top_up_start(org=org, amount=form.cleaned_data["amount"], currency=currency, by=request.user)
     except InvalidInput as exc:
