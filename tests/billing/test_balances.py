@@ -19,7 +19,7 @@ from billing import invoicing, ledger, metering
 from billing.balances import standing
 from billing.models import BalanceEntry, Invoice
 from scheduler import services
-from tests.factories import online_server
+from tests.factories import InvoiceFactory, online_server
 
 D = Decimal
 MARCH = datetime(2026, 2, 28, 16, 0, tzinfo=UTC)  # 2026-03-01 00:00 on the platform clock (Asia/Shanghai)
@@ -246,3 +246,42 @@ def test_a_credit_note_that_brings_an_open_invoice_within_the_balance_settles_it
     assert not BalanceEntry.objects.filter(kind="credit_note").exists()  # it lowered what was due instead
     assert ledger_sum(alice.org) == D("50.00") - (march_usage - D("100.00"))
     assert standing(alice.org).available == ledger_sum(alice.org)
+
+
+def older_open_invoice(org, total: str) -> Invoice:
+    return InvoiceFactory(
+        organization=org, period="2026-02", number="INV-FEB", state="open", subtotal=D(total), credits=0, tax=0,
+        total=D(total), issued_at=MARCH, due_at=MARCH + timedelta(days=14),
+    )  # fmt: skip
+
+
+def test_close_period_settles_the_oldest_open_invoice_first(clock, alice, march_usage):
+    february = older_open_invoice(alice.org, "400.00")
+    clock.move_to(APRIL + timedelta(hours=2))
+    invoicing.close_period("2026-03")
+
+    march = Invoice.objects.get(organization=alice.org, period="2026-03")
+    february.refresh_from_db()
+    assert (february.state, march.state) == ("paid", "open")  # 500.00 paid February's 400.00; March waits
+    assert ledger_sum(alice.org) == D("100.00")
+
+    # A credit note on February goes back to the balance, which then covers March.
+    invoicing.credit_note_issue(invoice=february, amount=D("50.00"), reason="goodwill")
+    march.refresh_from_db()
+    assert march.state == "paid"
+    assert ledger_sum(alice.org) == D("150.00") - march_usage
+
+
+def test_a_close_that_stopped_after_making_the_invoice_settles_it_when_run_again(clock, alice, march_usage):
+    clock.move_to(APRIL + timedelta(hours=2))
+    metering.meter(until=APRIL)
+    invoice = invoicing.invoice_build(
+        org_id=alice.org.pk, currency="USD", period=invoicing.period_of("2026-03"), now=APRIL + timedelta(hours=1)
+    )  # the close went this far, then stopped
+    assert invoice.state == "open"
+
+    invoicing.close_period("2026-03")
+
+    invoice.refresh_from_db()
+    assert invoice.state == "paid"
+    assert ledger_sum(alice.org) == D("500.00") - march_usage
