@@ -201,8 +201,10 @@ def close_period(label: str, *, now: datetime | None = None) -> dict[str, int]:
     for org_id, currency in customers:
         invoice = invoice_build(org_id=org_id, currency=currency, period=period, now=now)
         invoices += invoice is not None
-        if invoice is not None and invoice.state == Invoice.State.OPEN and terms_of(invoice.organization).prepaid:
-            invoice_settle_from_balance(invoice=invoice, now=now)
+    # A prepaid customer's open invoices are paid from its balance, oldest first; after the loop, so that a close
+    # that stopped between making an invoice and settling it settles it when run again.
+    for org_id in sorted({org_id for org_id, _ in customers}):
+        invoices_settle_from_balance(org=Organization.objects.get(pk=org_id), now=now)
     statements = statements_build(period=period)
     return {"invoices": invoices, "statements": statements}
 
@@ -241,6 +243,20 @@ def invoice_settle_from_balance(*, invoice: Invoice, now: datetime | None = None
     return True
 
 
+@platform_work(_PLATFORM)
+def invoices_settle_from_balance(*, org: Organization, now: datetime | None = None) -> int:
+    """Settle a prepaid organisation's open invoices from its balance, oldest first, while it covers them (a
+    postpaid organisation's are paid like any invoice). Returns how many were settled."""
+    if not terms_of(org).prepaid:
+        return 0
+    settled = 0
+    for invoice in Invoice.objects.for_org(org).filter(state=Invoice.State.OPEN).order_by("issued_at", "id"):
+        if not invoice_settle_from_balance(invoice=invoice, now=now):
+            break
+        settled += 1
+    return settled
+
+
 def close_last_period(*, now: datetime | None = None) -> dict[str, int]:
     """The beat job: close the month before the current one (a no-op once it is closed)."""
     now = now or timezone.now()
@@ -275,7 +291,8 @@ def credit_note_issue(
     """Give money back on a finalised invoice; at most what is left of its total. Numbered like invoices.
 
     On an invoice settled from the balance the credit goes back to the balance (a `credit_note` entry); on an open
-    invoice it lowers what is due, and a prepaid organisation's balance then settles it if it covers the rest."""
+    invoice it lowers what is due. Either way a prepaid organisation's balance then settles the open invoices it
+    covers (oldest first)."""
     amount = rating.to_money(amount)
     with transaction.atomic():
         invoice = Invoice.objects.select_for_update().get(pk=invoice.pk)
@@ -321,8 +338,8 @@ def credit_note_issue(
                 state=Invoice.State.PAID, paid_at=timezone.now(), overdue=False
             )
             billing_hold_release(org_id=invoice.organization_id)
-    if invoice.state == Invoice.State.OPEN and terms_of(invoice.organization).prepaid:
-        invoice_settle_from_balance(invoice=invoice)
+    # What is left due, or the credit back on the balance, may now be covered: settle what the balance covers.
+    invoices_settle_from_balance(org=invoice.organization)
     return note
 
 

@@ -21,8 +21,8 @@ from django.utils import timezone
 from accounts.errors import Conflict, InvalidInput
 from accounts.models import Organization, User
 from accounts.tenancy import platform_work
-from billing.invoicing import invoice_settle_from_balance
-from billing.models import BalanceEntry, BillingTerms, Invoice, PaymentMode
+from billing.invoicing import invoices_settle_from_balance
+from billing.models import BalanceEntry, BillingTerms, PaymentMode
 from billing.terms import Terms, terms_of
 
 _PLATFORM = "a balance entry is made for the organisation its cause names (a verified Stripe event, a staff action)"
@@ -91,14 +91,7 @@ def entry_add(
 @platform_work(_PLATFORM)
 def invoices_settle(*, org: Organization, now: datetime | None = None) -> int:
     """Settle a prepaid organisation's open invoices from its balance, oldest first, while it covers them."""
-    if not terms_of(org).prepaid:
-        return 0
-    settled = 0
-    for invoice in Invoice.objects.for_org(org).filter(state=Invoice.State.OPEN).order_by("issued_at", "id"):
-        if not invoice_settle_from_balance(invoice=invoice, now=now):
-            break
-        settled += 1
-    return settled
+    return invoices_settle_from_balance(org=org, now=now)
 
 
 @platform_work(_PLATFORM)
