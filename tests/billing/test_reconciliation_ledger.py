@@ -371,6 +371,8 @@ def test_the_staff_page_shows_the_ledger_section_with_its_mismatches(books, alic
     assert 'id="ledger-mismatches"' in html and "entry_without_cause" in html and "ledger_balance" in html
     assert f"balance_entries: {forged.pk}" in html
     assert 'id="mismatches"' not in html  # nothing outside the ledger is wrong
+    chinese = browser.get("/staff/reconciliation/", {"period": "2026-03"}, HTTP_ACCEPT_LANGUAGE="zh-hans")
+    assert "余额账本" in chinese.content.decode() and "银行转账" in chinese.content.decode()
 
 
 # --- against Stripe's API (localstripe) --------------------------------------------------------------------
