@@ -71,6 +71,8 @@ LEDGER_KINDS = frozenset(
 
 
 def check_ledger(result: Reconciliation, period: Period, *, use_api: bool) -> None:
+    """The month's entries against their causes, then the ledger of each organisation they touch (reads only;
+    `use_api`: ask Stripe's API for top-ups' PaymentIntents, as for invoice payments)."""
     entries = list(
         BalanceEntry.objects.filter(created_at__gte=period.start, created_at__lt=period.end)
         .select_related("top_up", "invoice", "credit_note")
