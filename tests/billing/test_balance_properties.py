@@ -157,7 +157,16 @@ def apply(op: tuple, world: World, clock, now: datetime) -> None:
     elif kind == "meter":
         metering.meter(until=now)
     elif kind == "close":
+        before = {org.pk: standing(org, now=now) for org in world.orgs}
+        made = set(Invoice.objects.values_list("pk", flat=True))
         invoicing.close_last_period(now=now)
+        for invoice in Invoice.objects.exclude(pk__in=made):
+            # The month's spending shown before the close is its invoice to the cent, and closing (and settling
+            # from the balance) moves money between the terms of the formula without changing what is available.
+            shown = {m.period: m.total for m in before[invoice.organization_id].unbilled}
+            assert invoice.total == shown[invoice.period], (invoice.period, invoice.total, shown)
+        for org in world.orgs:
+            assert standing(org, now=now).available == before[org.pk].available
 
 
 def check(world: World, now: datetime) -> None:
