@@ -285,3 +285,15 @@ def test_a_close_that_stopped_after_making_the_invoice_settles_it_when_run_again
     invoice.refresh_from_db()
     assert invoice.state == "paid"
     assert ledger_sum(alice.org) == D("500.00") - march_usage
+
+
+def test_turning_prepaid_settles_the_open_invoices_the_balance_covers(clock, alice):
+    ledger.terms_set(org=alice.org, mode="postpaid", credit_limit=D("500"), currency="USD")
+    credit(alice.org, "450.00", "WIRE-1")
+    february = older_open_invoice(alice.org, "400.00")
+    february.refresh_from_db()
+    assert february.state == "open"  # postpaid: paid like any invoice, not from the balance
+    prepaid(alice.org)
+    february.refresh_from_db()
+    assert february.state == "paid"
+    assert (ledger_sum(alice.org), standing(alice.org).available) == (D("50.00"), D("50.00"))

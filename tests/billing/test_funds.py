@@ -442,3 +442,19 @@ def test_reservations_each_keep_their_first_hour_of_the_balance(clock, alice, se
     assert error.extra["shortfall"] == "2.50"
     reserve(1, days=4)
     assert Lease.objects.filter(state="scheduled").count() == 2
+
+
+def test_money_gone_at_once_still_gets_the_whole_notice_before_a_stop(check, clock, alice, servers):
+    prepaid(alice.org)
+    credit(alice.org, "100.00", "W1")
+    lease = services.lease_create(org=alice.org, plan="card_hour", gpu_count=1)
+    clock.move_to(MARCH + 10 * MINUTE)
+    take_off(alice.org, "100.00")  # a refund, say: below zero at once
+    assert check()["notified"] == 1
+    for minutes in range(15, 70, 5):
+        clock.move_to(MARCH + minutes * MINUTE)
+        assert check()["stopped"] == 0
+    lease.refresh_from_db()
+    assert lease.state == "active"
+    clock.move_to(MARCH + 70 * MINUTE)
+    assert check()["stopped"] == 1
