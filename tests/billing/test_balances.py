@@ -297,3 +297,14 @@ def test_turning_prepaid_settles_the_open_invoices_the_balance_covers(clock, ali
     february.refresh_from_db()
     assert february.state == "paid"
     assert (ledger_sum(alice.org), standing(alice.org).available) == (D("50.00"), D("50.00"))
+
+
+def test_one_organisations_money_never_moves_anothers(clock, alice, charlie, servers):
+    prepaid(alice.org)
+    prepaid(charlie.org)
+    credit(alice.org, "100.00", "WIRE-A")
+    credit(charlie.org, "3.00", "WIRE-A")  # the same bank reference, another organisation: its own transfer
+    services.lease_create(org=alice.org, plan="card_hour", gpu_count=4)
+    clock.shift(timedelta(hours=3))
+    assert (standing(alice.org).available, standing(charlie.org).available) == (D("70.00"), D("3.00"))
+    assert standing(charlie.org).burn_per_hour == 0
