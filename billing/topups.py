@@ -51,10 +51,14 @@ class TopUpStart:
 
 
 @platform_work(_PLATFORM)
-def top_up_start(*, org: Organization, amount: Any, currency: str, by: User | None = None) -> TopUpStart:
+def top_up_start(
+    *, org: Organization, amount: Any, currency: str, by: User | None = None, attempt: str | None = None
+) -> TopUpStart:
     """Start a top-up of `amount` (SUANLI_TOP_UP_MIN..MAX, the organisation's currency): a Stripe PaymentIntent.
 
-    Not idempotent by itself (each call is a new payment; the API makes it so with Idempotency-Key). Raises
+    Each call is a new payment unless it names the `attempt` of an earlier one (the top-up form's hidden key): the
+    same attempt and amount get the same PaymentIntent and TopUp back (a double-clicked form pays once); the API
+    makes its calls idempotent with Idempotency-Key instead. Raises
     PaymentsNotConfigured (503) without a Stripe key, stripe_gateway.StripeUnavailable when Stripe cannot answer.
     """
     value = _money(amount, "amount")
@@ -65,9 +69,8 @@ def top_up_start(*, org: Organization, amount: Any, currency: str, by: User | No
     currency_check(org, currency)
     gateway.payments_configured_check()
     customer_id = gateway.customer_ensure(org=org)
-    intent = gateway.top_up_intent_create(
-        org=org, amount=value, currency=currency, customer_id=customer_id, key=uuid.uuid4().hex
-    )
+    key = f"{attempt}-{gateway.to_minor_units(value, currency)}" if attempt else uuid.uuid4().hex
+    intent = gateway.top_up_intent_create(org=org, amount=value, currency=currency, customer_id=customer_id, key=key)
     top_up, _ = TopUp.objects.get_or_create(
         stripe_payment_intent=intent.id,
         defaults={"organization": org, "amount": intent.amount, "currency": intent.currency, "created_by": by},

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import calendar
 import csv
+import uuid
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
@@ -83,6 +84,10 @@ class TopUpForm(_Described):
     """How much to pay in, in the organisation's currency (the site's minimum to maximum)."""
 
     prefix = "top_up"
+    # One key per rendered form: posting it twice (a double click, a reload) starts one payment (top_up_start).
+    attempt = forms.RegexField(
+        regex=r"\A[0-9a-f]{32}\Z", required=False, widget=forms.HiddenInput, initial=lambda: uuid.uuid4().hex
+    )
     amount = AsciiDecimalField(
         label=gettext_lazy("Amount"),
         max_digits=15,
@@ -342,7 +347,13 @@ def top_up(request: HttpRequest) -> HttpResponse:
         return _page(request, top_up_form=form, status=400)
     currency = terms_of(org).currency
     try:
-        started = services.top_up_start(org=org, amount=form.cleaned_data["amount"], currency=currency, by=request.user)
+        started = services.top_up_start(
+            org=org,
+            amount=form.cleaned_data["amount"],
+            currency=currency,
+            by=request.user,
+            attempt=form.cleaned_data["attempt"],
+        )
     except InvalidInput as exc:
         place_errors(form, exc.fields, exc.message)
         return _page(request, top_up_form=form, status=400)

@@ -315,6 +315,21 @@ def test_a_top_up_makes_a_payment_intent_and_shows_stripes_payment_element(world
     assert _figure(_get(client, "/balance/"), "balance").endswith(usd("100.00"))
 
 
+def test_a_top_up_form_posted_twice_starts_one_payment_and_another_amount_another(world, alice, fake_stripe):
+    client = _signed_in(alice)
+    attempt = re.search(r'name="top_up-attempt" value="([0-9a-f]{32})"', _get(client, "/balance/")).group(1)
+    pages = [
+        client.post("/balance/top-up/", {"top_up-amount": amount, "top_up-attempt": attempt}).content.decode()
+        for amount in ("50.00", "50.00", "60.00")
+    ]
+    secrets = [re.search(r'data-client-secret="([^"]+)"', page).group(1) for page in pages]
+    assert secrets[0] == secrets[1] != secrets[2]
+    assert sorted(TopUp.objects.filter(organization=alice.org).values_list("amount", flat=True)) == [
+        Decimal("50.00"),
+        Decimal("60.00"),
+    ]
+
+
 @pytest.mark.parametrize(
     ("amount", "message"),
     [
