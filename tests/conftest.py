@@ -17,8 +17,15 @@ from accounts.services import api_key_create
 from tests.factories import MembershipFactory, OrganizationFactory, ProviderFactory, UserFactory
 
 # Real containers (a dockerd of the session's own, an SSH image) and a real sshd: fixtures in tests/containers.py.
-# The shared fixtures of tests/support: `matrix_world` (routes), `pages_world` (pages), `pg_base` (processes).
-pytest_plugins = ["tests.containers", "tests.support.routes", "tests.support.pages", "tests.support.processes"]
+# The shared fixtures of tests/support: `matrix_world` (routes), `pages_world` (pages), `pg_base` (processes),
+# `localstripe` and `fake_stripe` (a fake Stripe on loopback: fake_stripe).
+pytest_plugins = [
+    "tests.containers",
+    "tests.support.routes",
+    "tests.support.pages",
+    "tests.support.processes",
+    "tests.support.fake_stripe",
+]
 
 
 @dataclass

@@ -42,8 +42,9 @@ RULES: dict[str, dict[str, set]] = {
     # Staff read every tenant's objects (the staff policy, accounts/access.py), in the API and the pages alike.
     "api_tenant_object": {"anon": {401}, "foreign": {404}, "member": {200}, "agent": {401}, "staff": {200}},
     "api_staff": {"anon": {401}, "foreign": {403}, "member": {403}, "agent": {401}, "staff": {200, 400}},
-    # A staff write that has no GET: refused to everyone else (403, whatever the id), 405 to staff.
-    "api_staff_post_only": {"anon": {401}, "foreign": {403}, "member": {403}, "agent": {401}, "staff": {405}},
+    # Staff's view of one organisation (its billing terms): another tenant's answers like a missing one, its own
+    # members who are not staff are refused.
+    "api_staff_object": {"anon": {401}, "foreign": {404}, "member": {403}, "agent": {401}, "staff": {200, 400}},
     # A user's own object (an SSH key): nobody else's, not even a colleague's or staff's through the API.
     "api_user_object": {"anon": {401}, "foreign": {404}, "member": {404}, "agent": {401}, "staff": {404}},
     # Read by the agent alone, with its signed headers (its server's desired state); a user credential is not one.
@@ -113,8 +114,8 @@ ACCESS: dict[str, str] = {
     "balance-top-ups": "api_tenant_list",
     "balance-entries": "api_tenant_list",
     "spend-limits": "api_tenant_list",
-    "org-billing": "api_staff",
-    "org-balance-adjustments": "api_staff_post_only",
+    "org-billing": "api_staff_object",
+    "org-balance-adjustments": "api_post_only",
     "healthz": "public",
     "metrics": "metrics",
     "stripe-webhook": "post_only",

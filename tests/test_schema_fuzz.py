@@ -22,11 +22,7 @@ from hypothesis import strategies as st
 from schemathesis.checks import content_type_conformance, not_a_server_error, response_schema_conformance
 
 from config.wsgi import application
-from tests.billing import conftest as billing_conftest
 from tests.factories import online_server
-
-# The payment tests' fake Stripe (localstripe): a top-up reaches Stripe instead of answering 503 (not configured).
-localstripe, fake_stripe = billing_conftest.localstripe, billing_conftest.fake_stripe
 
 schema = schemathesis.openapi.from_wsgi("/api/schema/?format=json", application)
 # Strings may hold NUL (schemathesis's default, stated: PostgreSQL text cannot store it).
@@ -133,7 +129,8 @@ def _fast_password_hashing(settings):
 
 @pytest.fixture
 def world(alice, bob, fake_stripe):
-    """Something to find: bob's listed servers, a lease of alice's."""
+    """Something to find: bob's listed servers, a lease of alice's; and the fake Stripe, so a valid top-up reaches it
+    instead of a 503 (not configured)."""
     from accounts.models import ApiKey
     from scheduler import services
 

@@ -320,17 +320,23 @@ def test_any_member_reads_but_only_owner_admin_and_billing_pay_in_or_cap(alice, 
     assert charlie.api.get("/api/v1/balance/entries/").json()["count"] == 0
 
 
-def test_terms_and_adjustments_are_staff_only_and_answer_alike_for_any_org(alice, charlie, staff):
+def test_terms_and_adjustments_are_staff_only_and_another_tenants_org_answers_like_a_missing_one(alice, charlie, staff):
     body = {"mode": "prepaid", "credit_limit": "1000.00", "currency": "USD"}
     credit = {"amount": "1000.00", "currency": "USD", "reason": "please"}
-    for persona in (alice, charlie):  # the organisation's owner, and another tenant
-        answers = []
-        for org_id in (alice.org.pk, MISSING_ORG):
-            answers.append(persona.api.get(terms_url(org_id)))
-            answers.append(persona.api.put(terms_url(org_id), body, format="json"))
-            answers.append(persona.api.post(adjustments_url(org_id), credit, format="json"))
-        assert {(r.status_code, r.content) for r in answers} == {(403, answers[0].content)}
-        assert answers[0].json()["error"]["code"] == "forbidden"
+
+    def answers(persona, org_id):
+        return [
+            persona.api.get(terms_url(org_id)),
+            persona.api.put(terms_url(org_id), body, format="json"),
+            persona.api.post(adjustments_url(org_id), credit, format="json"),
+        ]
+
+    # The organisation's own owner is refused; another tenant gets exactly what a missing id gets.
+    own = answers(alice, alice.org.pk)
+    assert {(r.status_code, r.json()["error"]["code"]) for r in own} == {(403, "forbidden")}
+    foreign, missing = answers(charlie, alice.org.pk), answers(charlie, MISSING_ORG)
+    assert {(r.status_code, r.content) for r in foreign + missing} == {(404, missing[0].content)}
+    assert missing[0].json()["error"]["code"] == "not_found"
     assert not BillingTerms.objects.filter(organization=alice.org).exists()
     assert not BalanceEntry.objects.exists()
 

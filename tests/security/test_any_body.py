@@ -24,15 +24,12 @@ from hypothesis import strategies as st
 from rest_framework.test import APIClient
 
 from accounts.models import ApiKey
-from tests.billing import conftest as billing_conftest
 from tests.support.routes import routes
 from tests.workloads import conftest as workloads_conftest
 from tests.workloads.conftest import openssh_public_key, rent_with_workload
 
 box, h100 = workloads_conftest.box, workloads_conftest.h100
 _forget_telemetry_partitions = workloads_conftest._forget_telemetry_partitions
-# The payment tests' fake Stripe (localstripe): a top-up's valid body reaches Stripe instead of a 503.
-localstripe, fake_stripe = billing_conftest.localstripe, billing_conftest.fake_stripe
 
 FUTURE = (datetime.now(UTC) + timedelta(days=30)).isoformat()
 SSH_KEY = openssh_public_key(ed25519.Ed25519PrivateKey.generate(), "fuzz@example.com")
@@ -169,7 +166,8 @@ def fill(route: str, ids: dict[str, Any]) -> str:
 
 @pytest.fixture
 def world(alice, bob, staff, box, fake_stripe):
-    """Objects for the paths: alice's lease with a workload on bob's box, her key and API key, bob's server."""
+    """Objects for the paths: alice's lease with a workload on bob's box, her key and API key, bob's server; and the
+    fake Stripe, so a top-up's valid body reaches it instead of a 503."""
     from workloads.models import Workload
 
     lease = rent_with_workload(alice, gpu_count=1)
