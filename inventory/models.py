@@ -129,6 +129,9 @@ class Server(models.Model):
     )
     port_range_start = models.PositiveIntegerField(default=40000)
     port_range_end = models.PositiveIntegerField(default=40999)
+    # Storage (workloads.Volume): how much of its disk the provider lends for customers' volumes (0: none); their
+    # price per GB-month is the offer's.
+    volume_disk_gb = models.PositiveIntegerField(default=0, validators=[MaxValueValidator(10_000_000)])
 
     TENANT_FIELD = "organization"
     objects = TenantQuerySet.as_manager()
@@ -317,6 +320,8 @@ class Offer(models.Model):
     card_hour_interruptible_price = _price_field(_("Interruptible, per card per hour"))
     server_month_interruptible_price = _price_field(_("Interruptible, per server per month"))
     pflops_year_interruptible_price = _price_field(_("Interruptible, per PFLOPS per year"))
+    # Volumes on this server (Server.volume_disk_gb of them), per GB per calendar month; none: no volumes here.
+    storage_gb_month_price = _price_field(_("Volumes, per GB per month"))
     min_gpus = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1), MaxValueValidator(16)])
     available_until = models.DateTimeField(null=True, blank=True)
     # server_month renters may ask for SSH onto the bare server (a lease-only user) instead of a container.
@@ -334,6 +339,10 @@ class Offer(models.Model):
             models.UniqueConstraint(fields=["server"], condition=LIVE_OFFER, name="offer_one_live"),
             models.CheckConstraint(condition=Q(currency__in=["CNY", "USD"]), name="offer_currency_valid"),
             models.CheckConstraint(condition=Q(min_gpus__gte=1, min_gpus__lte=16), name="offer_min_gpus_1_16"),
+            models.CheckConstraint(
+                condition=Q(storage_gb_month_price__isnull=True) | Q(storage_gb_month_price__gt=0),
+                name="offer_storage_price_positive",
+            ),
             *(
                 models.CheckConstraint(
                     condition=Q(**{f"{field}__isnull": True}) | Q(**{f"{field}__gt": 0}), name=f"offer_{field}_positive"

@@ -176,3 +176,85 @@ class DesiredVersion(models.Model):
 
     def __str__(self) -> str:
         return f"server {self.server_id} v{self.version}"
+
+
+# --- volumes: storage that outlives a lease -------------------------------------------------------------------
+
+
+class VolumeState(models.TextChoices):
+    CREATING = "creating", _("Creating")  # asked for; the agent has not reported it made yet
+    READY = "ready", _("Ready")  # made, mounted by no running workload
+    IN_USE = "in_use", _("In use")  # mounted by a workload of a live lease
+    GRACE = "grace", _("Kept for a grace period")  # its organisation ran out of money: wiped at `wipe_at`
+    WIPING = "wiping", _("Wiping")  # deleted (or its grace ran out): the agent destroys its data
+    WIPED = "wiped", _("Wiped")  # the agent reported its data destroyed
+
+
+class Volume(models.Model):
+    """Storage an organisation keeps on one server, apart from any lease: it survives the lease's end, preemption
+    and failover, and a later workload of the same organisation on that server mounts it again.
+
+    Its price per GB-month is fixed from the server's offer when it is made (in the organisation's currency). It
+    is billed from `created_at` until its data is wiped (`wiped_at`), whatever its state in between: the disk is
+    taken all that time. A wiped volume's row stays, for the invoices and the organisation's log.
+    """
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="volumes")
+    server = models.ForeignKey(Server, on_delete=models.PROTECT, related_name="volumes")
+    name = models.CharField(max_length=63)
+    size_gb = models.PositiveIntegerField()
+    used_gb = models.DecimalField(max_digits=12, decimal_places=3, default=0)
+    state = models.CharField(max_length=10, choices=VolumeState.choices, default=VolumeState.CREATING)
+    price_per_gb_month = models.DecimalField(max_digits=14, decimal_places=4)
+    currency = models.CharField(max_length=3, choices=Organization.Currency.choices)
+    created_at = models.DateTimeField()
+    ready_at = models.DateTimeField(null=True, blank=True)
+    # The end of its grace period (state grace): wiped then unless its organisation pays first.
+    wipe_at = models.DateTimeField(null=True, blank=True)
+    wipe_requested_at = models.DateTimeField(null=True, blank=True)
+    wiped_at = models.DateTimeField(null=True, blank=True)
+
+    TENANT_FIELD = "organization"
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(state__in=["creating", "ready", "in_use", "grace", "wiping", "wiped"]),
+                name="volume_state_valid",
+            ),
+            models.CheckConstraint(condition=Q(size_gb__gte=1, size_gb__lte=100_000), name="volume_size_1_100000"),
+            models.CheckConstraint(condition=Q(price_per_gb_month__gt=0), name="volume_price_positive"),
+            models.CheckConstraint(condition=Q(state="wiped") | Q(wiped_at__isnull=True), name="volume_wiped_at"),
+            models.CheckConstraint(condition=Q(state="grace") | Q(wipe_at__isnull=True), name="volume_wipe_at"),
+            # One live volume of a name per organisation (a wiped one frees its name).
+            models.UniqueConstraint(
+                fields=["organization", "name"], condition=~Q(state="wiped"), name="volume_name_unique_live"
+            ),
+        ]
+        indexes = [models.Index(fields=["server", "state"], name="volume_server_state")]
+
+    def __str__(self) -> str:
+        return f"volume {self.name} ({self.size_gb} GB) on {self.server_id}"
+
+
+class VolumeMount(models.Model):
+    """A workload spec mounts one of its organisation's volumes (on the lease's server) at `path`."""
+
+    spec = models.ForeignKey(WorkloadSpec, on_delete=models.CASCADE, related_name="mounts")
+    volume = models.ForeignKey(Volume, on_delete=models.PROTECT, related_name="mounts")
+    path = models.CharField(max_length=255)
+
+    TENANT_FIELD = "volume__organization"
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["spec", "volume"], name="mount_volume_once_per_spec"),
+            models.UniqueConstraint(fields=["spec", "path"], name="mount_path_once_per_spec"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.volume_id} at {self.path}"
