@@ -42,6 +42,7 @@ INVOICE_UNIT_LABELS = {
     "card-hour": gettext_lazy("card-hour"),
     "server-month": gettext_lazy("server-month"),
     "PFLOPS-year": gettext_lazy("PFLOPS-year"),
+    "GB-month": gettext_lazy("GB-month"),
 }
 
 

@@ -5,7 +5,12 @@ end, then for each customer organisation builds the lines (per lease, plan and u
 half-up, on the line), SLA credits, tax and total, and finalises the invoice with the next gap-free number, all in
 one transaction per invoice. Running it again, or after a crash part-way, makes only what is missing: the
 database allows one invoice per (organisation, month, currency) and one statement per (provider, month,
-currency). Then provider statements: gross from their cards' usage, commission, SLA credits charged back, net.
+currency). Then provider statements: gross from their cards' usage and the storage on their servers, commission,
+SLA credits charged back, net.
+
+Storage (issue 16) has lines of its own, one per volume and price per GB-month ("Storage, volume data (100 GB)"),
+from the month's storage records; SLA credits never apply to them (a volume's disk is held whether or not the
+server answers: its data is kept).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from billing.access import invoices_visible
 from billing.display import INVOICE_LINE_LABELS
 from billing.metering import meter
 from billing.models import (
+    STORAGE,
     BalanceEntry,
     CreditNote,
     DocumentCounter,
@@ -38,10 +44,12 @@ from billing.models import (
     InvoiceLine,
     ProviderStatement,
     ProviderTerms,
+    StorageRecord,
     UsageRecord,
 )
 from billing.terms import terms_of
 from scheduler.models import Lease
+from workloads.models import Volume
 
 # Why these services run across tenants while a request is handled (accounts/tenancy.py).
 _PLATFORM = "billing closes periods and settles every tenant's invoices and statements"
@@ -139,13 +147,56 @@ def _line_rows(org_id: int, currency: str, period: Period) -> list[dict]:
     )
 
 
+STORAGE_UNIT = "GB-month"
+
+
+def storage_description(volume: Volume) -> str:
+    """A storage line's description (stored in English, like a lease line's)."""
+    return f"Storage, volume {volume.name} ({volume.size_gb} GB)"
+
+
+def _storage_rows(org_id: int, currency: str, period: Period) -> list[dict]:
+    """The month's storage per volume and price per GB-month: `q` GB-months, `s` seconds, `a` exact amount."""
+    return list(
+        StorageRecord.objects.filter(
+            organization_id=org_id, currency=currency, slot_start__gte=period.start, slot_start__lt=period.end
+        )
+        .values("volume_id", "unit_price")
+        .annotate(q=Sum("quantity"), s=Sum("seconds"), a=Sum("amount"))
+        .order_by("volume_id", "unit_price")
+    )
+
+
+def storage_lines(invoice: Invoice, rows: list[dict]) -> list[InvoiceLine]:
+    """One storage line per volume and price (no SLA credit), rounded once like a lease's line."""
+    volumes = Volume.objects.unscoped("the invoice's own volumes").in_bulk({row["volume_id"] for row in rows})
+    return [
+        InvoiceLine(
+            invoice=invoice,
+            volume_id=row["volume_id"],
+            plan=STORAGE,
+            description=storage_description(volumes[row["volume_id"]]),
+            quantity=row["q"].quantize(Decimal("0.000001")),
+            unit=STORAGE_UNIT,
+            unit_price=row["unit_price"],
+            amount=rating.to_money(row["a"]),
+            exact_amount=row["a"],
+            seconds=row["s"],
+            down_seconds=Decimal(0),
+            sla_credit=Decimal(0),
+        )
+        for row in rows
+    ]
+
+
 def invoice_build(*, org_id: int, currency: str, period: Period, now: datetime) -> Invoice | None:
     """Make and finalise the invoice of `org_id` for `period` in `currency`, unless it exists (None then)."""
     with transaction.atomic():
         if Invoice.objects.filter(organization_id=org_id, period=period.label, currency=currency).exists():
             return None
         rows = _line_rows(org_id, currency, period)
-        if not rows:
+        storage = _storage_rows(org_id, currency, period)
+        if not rows and not storage:
             return None
         try:
             with transaction.atomic():
@@ -171,6 +222,7 @@ def invoice_build(*, org_id: int, currency: str, period: Period, now: datetime) 
                     sla_credit=sla_credit,
                 )
             )
+        lines += storage_lines(invoice, storage)
         InvoiceLine.objects.bulk_create(lines)
         sums = totals([(line.amount, line.sla_credit) for line in lines])
         invoice.subtotal, invoice.credits, invoice.tax_rate, invoice.tax, invoice.total = sums
@@ -191,11 +243,15 @@ def close_period(label: str, *, now: datetime | None = None) -> dict[str, int]:
     if now < period.end:
         raise Conflict(f"{label} is not over yet (it ends {period.end.isoformat()}).", code="period_open")
     meter(until=period.end)
-    customers = (
-        UsageRecord.objects.filter(slot_start__gte=period.start, slot_start__lt=period.end)
-        .values_list("organization_id", "currency")
-        .distinct()
-        .order_by("organization_id", "currency")
+    customers = sorted(
+        {
+            *UsageRecord.objects.filter(slot_start__gte=period.start, slot_start__lt=period.end)
+            .values_list("organization_id", "currency")
+            .distinct(),
+            *StorageRecord.objects.filter(slot_start__gte=period.start, slot_start__lt=period.end)
+            .values_list("organization_id", "currency")
+            .distinct(),
+        }
     )
     invoices = 0
     for org_id, currency in customers:
@@ -417,18 +473,28 @@ def take_rate_of(provider_id: int) -> Decimal:
     return terms.take_rate if terms else settings.SUANLI_TAKE_RATE
 
 
+def provider_gross(period: Period) -> dict[tuple[int, str], Decimal]:
+    """Each provider's exact earnings of the month per currency, before commission: its cards' usage and the
+    storage on its servers. (provider, currency) -> unrounded amount."""
+    gross: dict[tuple[int, str], Decimal] = defaultdict(Decimal)
+    for model in (UsageRecord, StorageRecord):
+        rows = (
+            model.objects.filter(slot_start__gte=period.start, slot_start__lt=period.end)
+            .values("provider_id", "currency")
+            .annotate(a=Sum("amount"))
+            .order_by("provider_id", "currency")
+        )
+        for row in rows:
+            gross[(row["provider_id"], row["currency"])] += row["a"]
+    return dict(gross)
+
+
 @platform_work(_PLATFORM)
 def statements_build(*, period: Period) -> int:
     """One statement per provider and currency for the month (skipped where it exists). Returns how many new."""
-    gross_rows = (
-        UsageRecord.objects.filter(slot_start__gte=period.start, slot_start__lt=period.end)
-        .values("provider_id", "currency")
-        .annotate(a=Sum("amount"))
-        .order_by("provider_id", "currency")
-    )
     owed = chargebacks(period)
     made = 0
-    keys = {(r["provider_id"], r["currency"]): r["a"] for r in gross_rows}
+    keys = provider_gross(period)
     for key in sorted(set(keys) | set(owed)):
         provider_id, currency = key
         gross = rating.to_money(keys.get(key, Decimal(0)))

@@ -10,6 +10,11 @@ no slot straddles two months) and measures, per slot, the seconds held and the s
 rates each slot with billing/rating.py. `meter` writes only slots that are over, with ON CONFLICT DO NOTHING on
 (allocation, slot), so it is idempotent and safe to run concurrently; `lease_usage` runs the same query up to now
 for a lease and adds the part not metered yet, so the cost a customer sees live is the one they are invoiced.
+
+Storage (issue 16) is metered in the same run and under the same watermark: each volume's life [created_at,
+wiped_at or until) is cut into the same hour slots and rated like a server-month with units = size_gb (price per
+GB-month pro-rated per second of the calendar month), one StorageRecord per (volume, slot), ON CONFLICT DO NOTHING.
+A volume-second is billed once whatever happens around it: lease stops, grace, period closes.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from django.db.models import Max, Sum
 from django.utils import timezone
 
 from billing import rating
-from billing.models import MeterRun, UsageRecord
+from billing.models import MeterRun, StorageRecord, UsageRecord
 from scheduler.models import Lease
 
 # Slots are re-examined this far behind the watermark (a late report of a failure); existing records are kept.
@@ -76,6 +81,108 @@ FROM slots s LEFT JOIN down d ON d.gpu_id = s.gpu_id
 WHERE NOT isempty(s.part)
 ORDER BY s.allocation_id, s.slot_start
 """
+
+
+_STORAGE_SQL = """
+WITH v AS (
+    SELECT v.id AS volume_id, v.organization_id, s.organization_id AS provider_id, v.server_id, v.size_gb,
+           v.price_per_gb_month, v.currency,
+           tstzrange(v.created_at, greatest(v.created_at, coalesce(v.wiped_at, 'infinity')), '[)')
+               * tstzrange(%(since)s, %(until)s, '[)') AS p
+    FROM workloads_volume v
+    JOIN inventory_server s ON s.id = v.server_id
+    WHERE v.created_at < %(until)s AND (v.wiped_at IS NULL OR v.wiped_at > %(since)s) {volume_filter}
+),
+slots AS (
+    SELECT v.*, h AS slot_start, v.p * tstzrange(h, h + interval '1 hour', '[)') AS part
+    FROM v, LATERAL generate_series(
+        date_trunc('hour', lower(v.p), %(zone)s), upper(v.p) - interval '1 microsecond', interval '1 hour'
+    ) AS h
+    WHERE NOT isempty(v.p)
+)
+SELECT volume_id, organization_id, provider_id, server_id, size_gb, price_per_gb_month, currency, slot_start,
+       lower(part), upper(part), extract(epoch FROM upper(part) - lower(part))
+FROM slots
+WHERE NOT isempty(part)
+ORDER BY volume_id, slot_start
+"""
+
+
+@dataclass(frozen=True)
+class StorageSlot:
+    """The part of one hour slot a volume existed in, rated like a server-month of `size_gb` units."""
+
+    volume_id: int
+    organization_id: int
+    provider_id: int
+    server_id: int
+    size_gb: int
+    unit_price: Decimal  # per GB-month
+    currency: str
+    slot_start: datetime
+    start: datetime
+    end: datetime
+    seconds: Decimal
+
+    def rated(self) -> rating.Rated:
+        return rating.rate(
+            plan=STORAGE_PLAN,
+            seconds=self.seconds,
+            units=Decimal(self.size_gb),
+            unit_price=self.unit_price,
+            at=self.start,  # telescopes from slot to slot, as a server-month does
+        )
+
+    def record(self) -> StorageRecord:
+        rated = self.rated()
+        return StorageRecord(
+            volume_id=self.volume_id,
+            organization_id=self.organization_id,
+            provider_id=self.provider_id,
+            server_id=self.server_id,
+            slot_start=self.slot_start,
+            start=self.start,
+            end=self.end,
+            seconds=self.seconds,
+            size_gb=self.size_gb,
+            unit_price=self.unit_price,
+            currency=self.currency,
+            quantity=rated.quantity,
+            amount=rated.amount,
+        )
+
+
+# Storage is priced per GB-month, pro-rated per second of the calendar month: the server-month's curve.
+STORAGE_PLAN = "server_month"
+
+
+def storage_slots(
+    *,
+    since: datetime,
+    until: datetime,
+    volume_id: int | None = None,
+    organization_id: int | None = None,
+    provider_id: int | None = None,
+) -> Iterator[StorageSlot]:
+    """Every slot part in [since, until) in which a volume existed (from created_at until wiped_at): of one
+    volume, one organisation's volumes or one provider's servers when asked."""
+    filters = {"volume": "v.id", "organization": "v.organization_id", "provider": "s.organization_id"}
+    params = {
+        "since": since,
+        "until": until,
+        "zone": settings.PLATFORM_TIME_ZONE,
+        "volume": volume_id,
+        "organization": organization_id,
+        "provider": provider_id,
+    }
+    sql = _STORAGE_SQL.format(
+        volume_filter="".join(f" AND {column} = %({name})s" for name, column in filters.items() if params[name])
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        while rows := cursor.fetchmany(BATCH):
+            for row in rows:
+                yield StorageSlot(*row[:10], seconds=Decimal(row[10]).quantize(Decimal("0.000001")))
 
 
 @dataclass(frozen=True)
@@ -164,7 +271,8 @@ def hour_floor(at: datetime) -> datetime:
 
 
 def meter(*, until: datetime | None = None) -> int:
-    """Write the usage records of every slot that is over by `until` (default now). Returns how many were new."""
+    """Write the usage and storage records of every slot that is over by `until` (default now). Returns how many
+    were new (of both)."""
     until = hour_floor(until or timezone.now())
     last = MeterRun.objects.aggregate(m=Max("until"))["m"]
     since = (last - LOOKBACK) if last else datetime(2000, 1, 1, tzinfo=UTC)
@@ -180,8 +288,22 @@ def meter(*, until: datetime | None = None) -> int:
                 batch = []
         UsageRecord.objects.bulk_create(batch, ignore_conflicts=True)
         created = UsageRecord.objects.filter(slot_start__gte=since).count() - before
+        created += _meter_storage(since=since, until=until)
         MeterRun.objects.create(until=until, records=created)
     return created
+
+
+def _meter_storage(*, since: datetime, until: datetime) -> int:
+    """The storage records of [since, until), inside the meter's transaction. Returns how many were new."""
+    before = StorageRecord.objects.filter(slot_start__gte=since).count()
+    batch: list[StorageRecord] = []
+    for slot in storage_slots(since=since, until=until):
+        batch.append(slot.record())
+        if len(batch) >= BATCH:
+            StorageRecord.objects.bulk_create(batch, ignore_conflicts=True)
+            batch = []
+    StorageRecord.objects.bulk_create(batch, ignore_conflicts=True)
+    return StorageRecord.objects.filter(slot_start__gte=since).count() - before
 
 
 def metered_until() -> datetime | None:

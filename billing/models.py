@@ -15,6 +15,7 @@ from accounts.models import Organization
 from accounts.tenancy import TenantQuerySet
 from inventory.models import Server
 from scheduler.models import Allocation, Lease, Plan
+from workloads.models import Volume
 
 CURRENCY = {"max_length": 3, "choices": Organization.Currency.choices}
 
@@ -77,6 +78,52 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"allocation {self.allocation_id} at {self.slot_start}: {self.amount} {self.currency}"
+
+
+class StorageRecord(models.Model):
+    """The seconds one volume existed within one slot (an hour of the platform's clock), rated per GB-month.
+
+    A volume takes its disk from `created_at` until its data is wiped (`wiped_at`), whatever its state in between
+    (ready, in use, in grace), so each of those seconds is billed once: size_gb x price per GB-month, pro-rated over
+    the seconds of the calendar month like a server-month (billing/rating.py, units = size_gb). Made by `meter` in
+    the run that writes the usage records, for slots that are over, once per (volume, slot).
+    """
+
+    volume = models.ForeignKey(Volume, on_delete=models.PROTECT, related_name="storage_usage")
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="storage_usage")
+    provider = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="provided_storage")
+    server = models.ForeignKey(Server, on_delete=models.PROTECT, related_name="+")
+    slot_start = models.DateTimeField()
+    start = models.DateTimeField()
+    end = models.DateTimeField()
+    seconds = models.DecimalField(max_digits=18, decimal_places=6)
+    size_gb = models.PositiveIntegerField()
+    unit_price = models.DecimalField(max_digits=20, decimal_places=6, help_text=_("Per GB-month"))
+    currency = models.CharField(**CURRENCY)
+    quantity = exact(help_text=_("GB-months"))
+    amount = exact()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    TENANT_FIELD = "organization"
+    PROVIDER_FIELD = "provider"
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["volume", "slot_start"], name="storage_once_per_slot"),
+            models.CheckConstraint(condition=Q(end__gt=models.F("start")), name="storage_end_after_start"),
+            models.CheckConstraint(condition=Q(amount__gte=0), name="storage_amount_not_negative"),
+        ]
+        indexes = [
+            models.Index(fields=["organization", "slot_start"], name="storage_org_slot"),
+            models.Index(fields=["provider", "slot_start"], name="storage_provider_slot"),
+            models.Index(fields=["volume", "slot_start"], name="storage_volume_slot"),
+            models.Index(fields=["slot_start"], name="storage_slot"),
+        ]
+
+    def __str__(self) -> str:
+        return f"volume {self.volume_id} at {self.slot_start}: {self.amount} {self.currency}"
 
 
 class MeterRun(models.Model):
@@ -148,12 +195,18 @@ class Invoice(models.Model):
         return self.total - self.credited()
 
 
+STORAGE = "storage"  # the plan of an invoice line for a volume's storage (not a lease's plan)
+LINE_PLANS = [*Plan.choices, (STORAGE, _("Storage"))]
+
+
 class InvoiceLine(models.Model):
-    """One lease's charge under one plan and unit price in the invoice's month (rounded once, here)."""
+    """One lease's charge under one plan and unit price in the invoice's month, or one volume's storage at one
+    price per GB-month (plan `storage`, no SLA credit); rounded once, here. Exactly one of lease and volume."""
 
     invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="lines")
-    lease = models.ForeignKey(Lease, on_delete=models.PROTECT, related_name="+")
-    plan = models.CharField(max_length=16, choices=Plan.choices)
+    lease = models.ForeignKey(Lease, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    volume = models.ForeignKey(Volume, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    plan = models.CharField(max_length=16, choices=LINE_PLANS)
     description = models.CharField(max_length=200)
     quantity = models.DecimalField(max_digits=24, decimal_places=6)
     unit = models.CharField(max_length=20)
@@ -171,6 +224,14 @@ class InvoiceLine(models.Model):
         ordering = ["id"]
         constraints = [
             models.UniqueConstraint(fields=["invoice", "lease", "plan", "unit_price"], name="invoiceline_unique"),
+            models.UniqueConstraint(fields=["invoice", "volume", "unit_price"], name="invoiceline_volume_unique"),
+            models.CheckConstraint(
+                condition=Q(
+                    lease__isnull=False, volume__isnull=True, plan__in=["card_hour", "server_month", "pflops_year"]
+                )
+                | Q(lease__isnull=True, volume__isnull=False, plan=STORAGE, sla_credit=0),
+                name="invoiceline_lease_or_volume",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -508,6 +569,38 @@ class SpendLimit(models.Model):
 
     def __str__(self) -> str:
         return f"cap {self.monthly_cap} of {self.organization_id}"
+
+
+class VolumeNotice(models.Model):
+    """What an organisation was told about one volume in grace, once each per grace period (its `wipe_at`): it
+    entered grace, 3 and 1 days before it is wiped, and it is being wiped."""
+
+    class Kind(models.TextChoices):
+        GRACE = "grace", _("Volume kept for a grace period")
+        DAYS_3 = "days_3", _("Volume wiped in 3 days")
+        DAYS_1 = "days_1", _("Volume wiped in 1 day")
+        WIPING = "wiping", _("Volume being wiped")
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="volume_notices")
+    volume = models.ForeignKey(Volume, on_delete=models.PROTECT, related_name="notices")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    wipe_at = models.DateTimeField()
+    created_at = models.DateTimeField()
+
+    TENANT_FIELD = "organization"
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["volume", "kind", "wipe_at"], name="volume_notice_once"),
+            models.CheckConstraint(
+                condition=Q(kind__in=["grace", "days_3", "days_1", "wiping"]), name="volume_notice_kind_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} for volume {self.volume_id} (wipe at {self.wipe_at})"
 
 
 class FundsNotice(models.Model):

@@ -30,12 +30,15 @@ class UsageOutput(serializers.Serializer):
 
 
 class InvoiceLineOutput(serializers.ModelSerializer):
-    lease = serializers.IntegerField(source="lease_id")
+    # A line is a lease's (lease set, volume null) or a volume's storage (plan "storage", lease null).
+    lease = serializers.IntegerField(source="lease_id", allow_null=True)
+    volume = serializers.IntegerField(source="volume_id", allow_null=True)
 
     class Meta:
         model = InvoiceLine
         fields = [
             "lease",
+            "volume",
             "plan",
             "description",
             "quantity",

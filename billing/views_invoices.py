@@ -140,10 +140,15 @@ def is_overdue(invoice: Invoice, now: datetime) -> bool:
 
 def _line_view(line: InvoiceLine, currency: str) -> LineView:
     plan = INVOICE_LINE_LABELS.get(line.plan)
+    if line.volume_id is not None:
+        # A volume's storage: its name and size as they were when the invoice was made ("data (100 GB)").
+        description = _("Storage, volume %(volume)s") % {"volume": line.description.removeprefix("Storage, volume ")}
+    elif plan:
+        description = _("%(plan)s, lease %(lease)s") % {"plan": _(plan), "lease": line.lease_id}
+    else:
+        description = line.description
     return LineView(
-        description=_("%(plan)s, lease %(lease)s") % {"plan": _(plan), "lease": line.lease_id}
-        if plan
-        else line.description,
+        description=description,
         quantity=number_text(line.quantity),
         unit=str(INVOICE_UNIT_LABELS.get(line.unit, line.unit)),
         unit_price=money_text(line.unit_price, currency),
