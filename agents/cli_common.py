@@ -99,6 +99,7 @@ def _runtime(args: argparse.Namespace) -> Runtime | None:
         "publish_address": getattr(args, "publish_address", None),
         "simulate": args.simulate is not None,
         "ssh_port": getattr(args, "ssh_port", 22),
+        "volumes_dir": getattr(args, "volumes_dir", None),
     }
     try:
         runtime = make_runtime(kind, _state_dir(args), **options)

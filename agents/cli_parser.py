@@ -121,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between SIGTERM and SIGKILL when a workload stops (default 10)",
     )
     run.add_argument("--ssh-port", type=_port, default=22, help="the host's SSH port, for host access (default 22)")
+    run.add_argument(
+        "--volumes-dir",
+        default=None,
+        metavar="PATH",
+        help="where customers' volumes (loop-mounted images) live (default: <state dir>/volumes)",
+    )
 
     sub.add_parser("once", help="print one report as JSON (no network)")
     status = sub.add_parser("status", help="show configuration, spool and NVML state")

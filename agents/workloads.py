@@ -16,10 +16,14 @@ Every `poll` seconds (3 by default) in its own thread, `Reconciler.tick()`:
    - a listed workload with `desired: stopped`: stopped, kept.
    Until a desired state is known (a fresh agent that has never reached the platform) nothing is started or stopped:
    a running workload is never killed because the platform is unreachable.
+   Volumes (issue 16) go first: the runtime's `Volumes` is asked to make each volume of the desired state's
+   `volumes` that is missing and to wipe each of `volumes_to_wipe` that no workload of ours still mounts (both in
+   the background). A workload that mounts a volume not ready yet is not started: it stays `pending` with a message
+   that says which volume it waits for (and why, when the volume failed).
 3. Publishes a snapshot for the reports (`report_fields`): one entry per workload, as the contract says, and
    `workloads_version`, the highest desired version whose removals are all done (nothing of a workload absent from
    it remains on the host). A workload removed after it left the desired state is reported `cleaned` in the next
-   `CLEANED_REPORTS` reports.
+   `CLEANED_REPORTS` reports. The reports also carry `volumes`, one entry per volume held or just wiped.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from agents.runtime.base import (
     WorkloadSpec,
     WorkloadStatus,
 )
+from agents.runtime.volumes import READY, UnsupportedVolumes, Volumes, VolumeStatus
 from agents.spool import atomic_write
 
 log = logging.getLogger("suanli.agent.workloads")
@@ -108,6 +113,11 @@ class Reconciler:
         self._error = ""
         self._saved = b""
         self._asked: dict[int, str] = {}  # the last action asked of the runtime per workload, to log each once
+        self.volumes: Volumes = runtime.volumes or UnsupportedVolumes(
+            f"volumes are not supported by the {runtime.name} runtime"
+        )
+        self._volumes: dict[int, VolumeStatus] = {}
+        self._waiting: dict[int, str] = {}  # workload id -> why it is not started yet (a volume not ready)
         self.attempt = 0
         self.next_fetch = clock()
         self._load()
@@ -201,6 +211,7 @@ class Reconciler:
         wanted: dict[int, WorkloadSpec] = {}
         expired: set[int] = set()
         if desired is not None:
+            self._sync_volumes(desired, observed)
             for spec in desired.workloads:
                 if spec.stop_by is not None and now >= spec.stop_by:
                     expired.add(spec.id)
@@ -225,11 +236,41 @@ class Reconciler:
                 self.runtime.restart(spec, self.grace)
         elif spec.desired == RUNNING:
             if seen is None or not (seen.busy or seen.state == RUNNING):
+                waiting = self._volumes_missing(spec)
+                if waiting:
+                    self._ask(spec.id, "wait", waiting)
+                    self._waiting[spec.id] = waiting
+                    return
                 self._ask(spec.id, "ensure", "it is wanted running")
                 self.runtime.ensure(spec, port_range)
         elif seen is not None and seen.state in ACTIVE:
             self._ask(spec.id, "stop", "it is wanted stopped")
             self.runtime.stop(spec.id, self.grace)
+
+    def _sync_volumes(self, desired: Desired, observed: dict[int, Observed]) -> None:
+        """Ask the runtime's volumes for the desired ones (none wiped while a workload of ours mounts it)."""
+        busy = {volume_id for seen in observed.values() for volume_id in seen.volumes}
+        try:
+            self.volumes.sync(desired.volumes, desired.volumes_to_wipe, busy)
+            statuses = self.volumes.statuses()
+        except Exception:  # a bug on the volumes' side must not stop the workloads
+            log.exception("cannot bring the volumes to the desired state")
+            return
+        self._waiting = {}
+        with self._lock:
+            self._volumes = statuses
+
+    def _volumes_missing(self, spec: WorkloadSpec) -> str:
+        """Why `spec` cannot start yet ("" if every volume it mounts is ready)."""
+        waits = []
+        for mount in spec.volumes:
+            status = self._volumes.get(mount.id)
+            if status is None:
+                waits.append(f"volume {mount.id} (not in this server's desired volumes)")
+            elif status.state != READY:
+                why = f": {status.message}" if status.message else ""
+                waits.append(f"volume {mount.id} ({status.state}{why})")
+        return f"waiting for {', '.join(waits)}" if waits else ""
 
     def _ask(self, workload_id: int, action: str, why: str) -> None:
         if self._asked.get(workload_id) != action:
@@ -258,7 +299,9 @@ class Reconciler:
                 elif spec.id in expired:
                     statuses[spec.id] = WorkloadStatus(spec.id, CLEANED, spec.generation, gpus=spec.gpus)
                 elif spec.desired == RUNNING:
-                    statuses[spec.id] = WorkloadStatus(spec.id, PENDING, spec.generation, gpus=spec.gpus)
+                    statuses[spec.id] = WorkloadStatus(
+                        spec.id, PENDING, spec.generation, message=self._waiting.get(spec.id, ""), gpus=spec.gpus
+                    )
                 else:
                     statuses[spec.id] = WorkloadStatus(
                         spec.id, EXITED, spec.generation, message="stopped", gpus=spec.gpus
@@ -289,6 +332,13 @@ class Reconciler:
         """`workloads` and (once known) `workloads_version` for one report; counts the `cleaned` entries reported."""
         with self._lock:
             fields: dict[str, Any] = {"workloads": [s.as_report() for s in self._statuses]}
+        try:
+            volumes = self.volumes.report()
+            if volumes:  # a server without volumes sends none
+                fields["volumes"] = volumes
+        except Exception:  # the workloads still go out
+            log.exception("cannot add the volumes to the report")
+        with self._lock:
             if self.done_version is not None:
                 fields["workloads_version"] = self.done_version
             for status in self._statuses:
@@ -351,6 +401,7 @@ class Reconciler:
                 "cleaned": {str(k): [v[0], v[1], list(v[2])] for k, v in self.cleaned.items()},
                 "runtime": self.runtime.name,
                 "workloads": [s.as_report() for s in self._statuses],
+                "volumes": [v.as_report() | {"state": v.state} for v in self._volumes.values()],
                 "error": self._error,
             }
         body = json.dumps(data, sort_keys=True).encode()

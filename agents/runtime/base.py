@@ -41,7 +41,9 @@ CONTAINER = "container"
 HOST = "host"
 
 # Fields whose change means the workload must be created again (a restart keeps none of the old one).
-SPEC_FIELDS = ("image", "command", "env", "ports", "gpus", "ssh_keys", "limits", "access")
+# `volumes` (the mounts, not the volumes' sizes) counts only when the workload has some, so the hash of a workload
+# without volumes is the one an agent of before volumes computed (it adopts such containers, never recreates them).
+SPEC_FIELDS = ("image", "command", "env", "ports", "gpus", "ssh_keys", "limits", "access", "volumes")
 
 
 class RuntimeUnavailable(Exception):
@@ -72,6 +74,37 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class VolumeMount:
+    """A volume a workload mounts: the volume's id, where it appears inside the workload, and its size."""
+
+    id: int
+    path: str
+    size_gb: int = 0
+
+    @classmethod
+    def from_dict(cls, data: Any) -> VolumeMount:
+        """ValueError unless it has an integer id and an absolute path."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a volume mount that is not an object: {str(data)[:200]}")
+        path = str(data.get("path") or "")
+        try:
+            volume_id = int(data["id"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"a volume mount without a valid id: {str(data)[:200]}") from None
+        if not path.startswith("/") or "\0" in path or path.rstrip("/") == "":
+            raise ValueError(f"volume {volume_id}: the mount path must be absolute and not /: {path[:200]!r}")
+        return cls(id=volume_id, path=path.rstrip("/"), size_gb=_int(data.get("size_gb")))
+
+
+@dataclass(frozen=True)
+class VolumeWanted:
+    """A volume the platform wants on this server (the desired state's top-level `volumes`)."""
+
+    id: int
+    size_gb: int
+
+
+@dataclass(frozen=True)
 class WorkloadSpec:
     """One workload of the desired state, as the contract describes it."""
 
@@ -89,6 +122,7 @@ class WorkloadSpec:
     desired: str = RUNNING  # RUNNING or "stopped"
     generation: int = 0
     stop_by: float | None = None  # unix seconds
+    volumes: tuple[VolumeMount, ...] = ()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WorkloadSpec:
@@ -98,6 +132,9 @@ class WorkloadSpec:
         except (KeyError, TypeError, ValueError):
             raise ValueError(f"a workload without a valid id and lease: {str(data)[:200]}") from None
         env = data.get("env") if isinstance(data.get("env"), dict) else {}
+        volumes = tuple(VolumeMount.from_dict(v) for v in _list(data.get("volumes")))
+        if len({v.id for v in volumes}) != len(volumes) or len({v.path for v in volumes}) != len(volumes):
+            raise ValueError(f"workload {workload_id} mounts a volume twice or two volumes at one path")
         return cls(
             id=workload_id,
             lease=lease,
@@ -113,6 +150,7 @@ class WorkloadSpec:
             desired="stopped" if data.get("desired") == "stopped" else RUNNING,
             generation=_int(data.get("generation")),
             stop_by=parse_time(data.get("stop_by")),
+            volumes=tuple(sorted(volumes, key=lambda v: v.id)),
         )
 
     @property
@@ -128,6 +166,8 @@ class WorkloadSpec:
             "limits": self.limits.as_dict(),
             "access": self.access,
         }
+        if self.volumes:
+            fields["volumes"] = [[v.id, v.path] for v in self.volumes]
         return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -140,6 +180,8 @@ class Desired:
     public_host: str = ""
     port_range: tuple[int, int] | None = None
     workloads: tuple[WorkloadSpec, ...] = ()
+    volumes: tuple[VolumeWanted, ...] = ()  # every volume that must exist on this server
+    volumes_to_wipe: tuple[int, ...] = ()  # volumes whose data must be destroyed
 
     @classmethod
     def from_dict(cls, data: Any) -> Desired:
@@ -154,12 +196,25 @@ class Desired:
         ids = [w.id for w in workloads]
         if len(ids) != len(set(ids)):
             raise ValueError("the desired state lists a workload twice")
+        volumes: dict[int, VolumeWanted] = {}
+        for item in _list(data.get("volumes")):
+            try:
+                volume = VolumeWanted(int(item["id"]), int(item["size_gb"]))
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(f"a volume without an integer id and size_gb: {str(item)[:200]}") from None
+            if volume.size_gb <= 0:
+                raise ValueError(f"volume {volume.id}: size_gb must be positive")
+            volumes[volume.id] = volume
+        # A volume both wanted and to wipe (a platform's bug) is kept: data is never destroyed on a doubt.
+        wipe = {_int(v) for v in _list(data.get("volumes_to_wipe")) if _int(v) > 0} - set(volumes)
         return cls(
             version=data["version"],
             server=data.get("server"),
             public_host=str(data.get("public_host") or ""),
             port_range=port_range,
             workloads=workloads,
+            volumes=tuple(volumes[k] for k in sorted(volumes)),
+            volumes_to_wipe=tuple(sorted(wipe)),
         )
 
     def by_id(self) -> dict[int, WorkloadSpec]:
@@ -181,6 +236,7 @@ class Observed:
     exit_code: int | None = None
     gpus: tuple[str, ...] = ()
     busy: bool = False  # an operation of the runtime is in flight for it
+    volumes: tuple[int, ...] = ()  # the volumes it mounts (none may be wiped while it exists)
 
 
 @dataclass(frozen=True)
@@ -213,6 +269,9 @@ class Runtime(ABC):
     """Runs workloads on this host. All requests return at once and are safe to repeat (see the module docstring)."""
 
     name: str = "?"
+    # The runtime's volumes (`agents.runtime.volumes.Volumes`); None: this runtime has none (each wanted volume is
+    # reported failed, see `Reconciler`).
+    volumes: Any = None
 
     @abstractmethod
     def observe(self) -> dict[int, Observed]:

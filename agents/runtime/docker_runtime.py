@@ -68,6 +68,7 @@ from agents.runtime.docker_spec import LABEL_GENERATION as LABEL_GENERATION
 from agents.runtime.docker_spec import LABEL_LEASE as LABEL_LEASE
 from agents.runtime.docker_spec import LABEL_SPEC as LABEL_SPEC
 from agents.runtime.docker_state import Failure, add_failures, add_operations, observed
+from agents.runtime.volumes import Volumes, VolumeStore
 
 log = logging.getLogger("suanli.agent.workloads")
 
@@ -90,6 +91,8 @@ class DockerRuntime(Runtime):
         simulate: bool = False,
         retry_s: float = RETRY_S,
         clock: Callable[[], float] = time.monotonic,
+        volumes_dir: str | None = None,
+        volumes: Volumes | None = None,
     ):
         self.docker = import_docker()
         self.base_url = base_url or default_url()
@@ -111,6 +114,7 @@ class DockerRuntime(Runtime):
         self.nvidia = detect_nvidia(self.info)
         self.boot_time = boot_time()
         os.makedirs(self.workloads_dir, mode=0o700, exist_ok=True)
+        self.volumes = volumes or VolumeStore(volumes_dir or os.path.join(state_dir, "volumes"))
 
     @property
     def workloads_dir(self) -> str:
@@ -127,6 +131,7 @@ class DockerRuntime(Runtime):
             "storage_driver": self.info.get("Driver"),
             "nvidia": self.nvidia,
             "publish_address": self.publish_address,
+            **self.volumes.describe(),
         }
 
     def close(self) -> None:
@@ -241,6 +246,10 @@ class DockerRuntime(Runtime):
                 if not spec.image:
                     self._fail(spec, "no image to run")
                     return
+                missing = [str(v.id) for v in spec.volumes if self.volumes.path(v.id) is None]
+                if missing:  # the reconciler waits for them; one wiped or unmounted meanwhile stops it here
+                    self._fail(spec, f"volume(s) {', '.join(missing)} not ready on this host")
+                    return
                 write_keys(self.workload_dir(spec.id), spec.ssh_keys)
                 self._pull(op, client, spec.image)
                 op.state, op.progress, op.message = STARTING, None, ""
@@ -271,6 +280,7 @@ class DockerRuntime(Runtime):
             nvidia=self.nvidia,
             simulate=self.simulate,
             workload_dir=self.workload_dir(spec.id),
+            volume_dirs={v.id: self.volumes.path(v.id) or "" for v in spec.volumes},
         )
 
     def _create_and_start(

@@ -9,6 +9,8 @@ What a container gets:
 - Limits: `cpus` as nano-CPUs, `memory_mb` as the memory limit (swap included, so no swap beyond it; /dev/shm gets
   half of it), `disk_gb` as the size of the writable layer where the storage driver supports it (overlay2 on xfs with
   pquota); a driver that refuses it gets the container without, and the workload's message says so.
+- Volumes: each volume's mount directory on the host (`agents.runtime.volumes`), bind-mounted read-write at its
+  path; the label `suanli.volumes` names them, so no volume is wiped while a container that mounts it exists.
 - SSH: the keys in `<state_dir>/workloads/<id>/ssh/authorized_keys` (directory 0700, file 0600), bind-mounted
   read-only at /root/.ssh, and the env `PUBLIC_KEY` (the keys, one a line: the RunPod convention for images whose
   start script installs the keys itself).
@@ -29,14 +31,23 @@ LABEL_WORKLOAD = "suanli.workload"
 LABEL_LEASE = "suanli.lease"
 LABEL_SPEC = "suanli.spec"
 LABEL_GENERATION = "suanli.generation"
+LABEL_VOLUMES = "suanli.volumes"  # the ids of the volumes it mounts, comma-joined (only when it mounts some)
 NAME_PREFIX = "suanli-workload-"
 HELD = "held"  # a marker file in the workload directory: stopped by us, start it when wanted running again
 
 
 def container_kwargs(
-    spec: WorkloadSpec, *, docker: Any, info: dict[str, Any], nvidia: bool, simulate: bool, workload_dir: str
+    spec: WorkloadSpec,
+    *,
+    docker: Any,
+    info: dict[str, Any],
+    nvidia: bool,
+    simulate: bool,
+    workload_dir: str,
+    volume_dirs: dict[int, str] | None = None,
 ) -> dict[str, Any]:
-    """The keyword arguments of `containers.create` for `spec` (all but its ports)."""
+    """The keyword arguments of `containers.create` for `spec` (all but its ports); `volume_dirs` holds the host
+    directory where each of its volumes is mounted."""
     env = dict(spec.env)
     env["NVIDIA_VISIBLE_DEVICES"] = ",".join(spec.gpus)
     if spec.ssh_keys:
@@ -54,9 +65,18 @@ def container_kwargs(
         "hostname": f"lease{spec.lease}",
         "detach": True,
     }
+    binds: dict[str, dict[str, str]] = {}
     if spec.ssh_keys:
-        ssh = os.path.join(workload_dir, "ssh")
-        kwargs["volumes"] = {ssh: {"bind": "/root/.ssh", "mode": "ro"}}
+        binds[os.path.join(workload_dir, "ssh")] = {"bind": "/root/.ssh", "mode": "ro"}
+    for volume in spec.volumes:
+        source = (volume_dirs or {}).get(volume.id)
+        if not source:
+            raise ValueError(f"volume {volume.id} is not mounted on this host")
+        binds[source] = {"bind": volume.path, "mode": "rw"}
+    if binds:
+        kwargs["volumes"] = binds
+    if spec.volumes:
+        kwargs["labels"][LABEL_VOLUMES] = ",".join(str(v.id) for v in spec.volumes)
     if spec.gpus and nvidia and not simulate:
         kwargs["device_requests"] = [docker.types.DeviceRequest(device_ids=list(spec.gpus), capabilities=[["gpu"]])]
     kwargs.update(resource_limits(spec, info))

@@ -14,6 +14,7 @@ from agents.runtime.docker_spec import (
     LABEL_GENERATION,
     LABEL_LEASE,
     LABEL_SPEC,
+    LABEL_VOLUMES,
     bound_ports,
     int_or_none,
 )
@@ -66,6 +67,7 @@ def observed(workload_id: int, container: Any, note: str, workload_dir: str) -> 
         message=message,
         exit_code=exit_code,
         gpus=env_gpus(attrs),
+        volumes=tuple(int(v) for v in str(labels.get(LABEL_VOLUMES) or "").split(",") if v.isdigit()),
     )
 
 
@@ -83,6 +85,7 @@ def add_failures(found: dict[int, Observed], failures: dict[int, Failure]) -> No
                 message=failure.message,
                 gpus=failure.gpus,
                 ports=before.ports if before else {},
+                volumes=before.volumes if before else (),
             )
 
 
@@ -102,6 +105,7 @@ def add_operations(found: dict[int, Observed], ops: dict[int, Operation]) -> Non
             message=op.message,
             gpus=before.gpus if before else (spec.gpus if spec else ()),
             busy=True,
+            volumes=before.volumes if before else (tuple(v.id for v in spec.volumes) if spec else ()),
         )
 
 

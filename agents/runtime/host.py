@@ -11,6 +11,9 @@
 - Remove: the account expires, the processes are killed the same way, then `userdel -r <user>` removes the user with
   its home.
 
+Volumes (issue 16) are not supported here: each wanted volume is reported "failed" with `NO_VOLUMES`, and a workload
+that mounts one waits, pending, with that message.
+
 Only users named `lease<N>` are ever touched, and only those in the record file `<state_dir>/host-users.json` (users
 this agent created, or adopted: an existing `lease<N>` user that the desired state lists is adopted rather than
 created again, so a restarted agent keeps the customer's session). System users (uid below 1000) are never adopted.
@@ -43,6 +46,7 @@ from agents.runtime.base import (
     RuntimeUnavailable,
     WorkloadSpec,
 )
+from agents.runtime.volumes import UnsupportedVolumes
 from agents.spool import atomic_write
 
 log = logging.getLogger("suanli.agent.workloads")
@@ -52,6 +56,7 @@ USER_RE = re.compile(r"^lease[0-9]{1,12}$")
 UID_MIN = 1000
 KILL_ROUNDS = 50
 COMMAND_TIMEOUT_S = 60
+NO_VOLUMES = "volumes are not supported with host access (the host runtime): rent the server with a container"
 
 
 def user_for(spec: WorkloadSpec) -> str:
@@ -75,6 +80,7 @@ class HostRuntime(Runtime):
             raise RuntimeUnavailable("the host runtime creates users: run the agent as root")
         self.state_dir = state_dir
         self.ssh_port = ssh_port
+        self.volumes = UnsupportedVolumes(NO_VOLUMES)
         self._run = run or _run
         self.getpwnam = getpwnam
         self.sleep = sleep

@@ -5,6 +5,8 @@ stop takes `stop_s` (stopping, then exited with 143, as SIGTERM would leave it);
 then it is gone. Host ports are taken from the desired port range as the Docker runtime takes them. With a
 `state_file` the simulated workloads outlive the agent process, so a restarted `--simulate` agent adopts them.
 
+Volumes are kept in memory (`agents.runtime.volumes.MemoryVolumes`): ready and wiped at once, nothing on disk.
+
 `fail_images` fails a workload's "pull" with a registry's message; `crash(id, code)` ends a running one as its own
 process would. `history` lists what was done, as ("create" | "start" | "stop" | "remove", workload id).
 """
@@ -32,6 +34,7 @@ from agents.runtime.base import (
     Runtime,
     WorkloadSpec,
 )
+from agents.runtime.volumes import MemoryVolumes
 
 log = logging.getLogger("suanli.agent.workloads")
 
@@ -53,6 +56,7 @@ class _Workload:
     exit_code: int | None = None
     message: str = ""
     starts: int = 1
+    volumes: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -66,6 +70,7 @@ class SimulatedRuntime(Runtime):
     fail_images: Iterable[str] = ()
     name: str = "simulated"
     history: list[tuple[str, int]] = field(default_factory=list, init=False)
+    volumes: MemoryVolumes = field(default_factory=MemoryVolumes, init=False)
     _workloads: dict[int, _Workload] = field(default_factory=dict, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
@@ -98,6 +103,7 @@ class SimulatedRuntime(Runtime):
                     exit_code=w.exit_code if state == EXITED else None,
                     gpus=tuple(w.gpus),
                     busy=busy,
+                    volumes=tuple(w.volumes),
                 )
             if changed:
                 self._save()
@@ -119,6 +125,7 @@ class SimulatedRuntime(Runtime):
                     image=spec.image,
                     since=now,
                     message="" if len(ports) == len(spec.ports) else "no free host port in the port range",
+                    volumes=[v.id for v in spec.volumes],
                 )
                 self.history.append(("create", spec.id))
                 log.info("workload %s (simulated): creating from %s", spec.id, spec.image or "(host access)")
