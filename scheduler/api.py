@@ -84,6 +84,31 @@ class LeaseViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewS
         code, body = run_idempotent(request, scope=f"lease.{lease.pk}.end", work=work)
         return Response(body, status=code)
 
+    @extend_schema(request=None, responses={200: LeaseOutput}, parameters=[IDEMPOTENCY_KEY])
+    @action(detail=True, methods=["post"])
+    def stop(self, request: Request, pk: str) -> Response:
+        """Release the cards now and keep the volumes and the server (state `stopped`; card time is not charged)."""
+        lease = self.get_object()
+
+        def work():
+            return status.HTTP_200_OK, self.output(services.lease_stop(lease=lease))
+
+        code, body = run_idempotent(request, scope=f"lease.{lease.pk}.stop", work=work)
+        return Response(body, status=code)
+
+    @extend_schema(request=None, responses={200: LeaseOutput}, parameters=[IDEMPOTENCY_KEY])
+    @action(detail=True, methods=["post"])
+    def start(self, request: Request, pk: str) -> Response:
+        """Take cards on the same server again (409 `no_capacity` when it has not enough free; 402 when the
+        organisation's money cannot cover them)."""
+        lease = self.get_object()
+
+        def work():
+            return status.HTTP_200_OK, self.output(services.lease_start(lease=lease))
+
+        code, body = run_idempotent(request, scope=f"lease.{lease.pk}.start", work=work)
+        return Response(body, status=code)
+
     @extend_schema(request=ResizeInput, responses={200: LeaseOutput}, parameters=[IDEMPOTENCY_KEY])
     @action(detail=True, methods=["post"])
     def resize(self, request: Request, pk: str) -> Response:

@@ -42,7 +42,8 @@ def leases_start_due(*, now: datetime | None = None) -> int:
 
 
 def leases_end_due(*, now: datetime | None = None) -> int:
-    """Active leases past their `end_at` end (their periods already end there). Idempotent."""
+    """Active and stopped leases past their `end_at` end (their periods already end there; a stopped lease holds
+    none). Idempotent."""
     now = now or timezone.now()
 
     def end(lease: Lease) -> bool:
@@ -52,7 +53,8 @@ def leases_end_due(*, now: datetime | None = None) -> int:
         append_event(lease, now, LeaseEvent.Kind.ENDED, reason="end_at")
         return True
 
-    due = Lease.objects.filter(state=LeaseState.ACTIVE, end_at__lte=now).order_by("end_at", "pk")
+    due = Lease.objects.filter(state__in=[LeaseState.ACTIVE, LeaseState.STOPPED], end_at__lte=now)
+    due = due.order_by("end_at", "pk")
     return _each_in_a_transaction(due, end)
 
 

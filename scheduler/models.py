@@ -29,6 +29,9 @@ class Plan(models.TextChoices):
 class LeaseState(models.TextChoices):
     SCHEDULED = "scheduled", _("Scheduled")
     ACTIVE = "active", _("Active")
+    # A card_hour lease its customer stopped: no cards held (nothing charged for them), its volumes and its server
+    # kept; `lease_start` takes cards on that server again (scheduler/services.py).
+    STOPPED = "stopped", _("Stopped")
     ENDED = "ended", _("Ended")
     PREEMPTED = "preempted", _("Preempted")
     CANCELLED = "cancelled", _("Cancelled")
@@ -40,7 +43,10 @@ class LeaseState(models.TextChoices):
 # state write goes through `scheduler.services` with a conditional UPDATE on the allowed source states.
 TRANSITIONS: dict[str, frozenset[str]] = {
     LeaseState.SCHEDULED: frozenset({LeaseState.ACTIVE, LeaseState.CANCELLED, LeaseState.PREEMPTED}),
-    LeaseState.ACTIVE: frozenset({LeaseState.ENDED, LeaseState.PREEMPTED, LeaseState.FAILED}),
+    LeaseState.ACTIVE: frozenset({LeaseState.ENDED, LeaseState.PREEMPTED, LeaseState.FAILED, LeaseState.STOPPED}),
+    # A stopped lease holds no cards: it starts again or ends (by its customer, its end time or billing). It has run,
+    # so it is never `cancelled` (a reservation that never started), and it cannot be preempted or fail (no cards).
+    LeaseState.STOPPED: frozenset({LeaseState.ACTIVE, LeaseState.ENDED}),
     LeaseState.ENDED: frozenset(),
     LeaseState.FAILED: frozenset(),
     LeaseState.PREEMPTED: frozenset(),
@@ -108,7 +114,7 @@ class Lease(models.Model):
                 condition=Q(plan__in=["card_hour", "server_month", "pflops_year"]), name="lease_plan_valid"
             ),
             models.CheckConstraint(
-                condition=Q(state__in=["scheduled", "active", "ended", "preempted", "cancelled", "failed"]),
+                condition=Q(state__in=["scheduled", "active", "stopped", "ended", "preempted", "cancelled", "failed"]),
                 name="lease_state_valid",
             ),
             models.CheckConstraint(
@@ -183,6 +189,8 @@ class LeaseEvent(models.Model):
         SHORTFALL = "shortfall", _("Card lost without replacement")
         FAILED = "failed", _("Failed to start")
         WORKLOAD = "workload", _("Workload")
+        STOPPED = "stopped", _("Stopped")
+        RESTARTED = "restarted", _("Started again")
 
     lease = models.ForeignKey(Lease, on_delete=models.PROTECT, related_name="events")
     at = models.DateTimeField()

@@ -1,5 +1,5 @@
-"""The lease verbs, what the API, the pages and the layers above call: create, end, resize and fail a lease, and
-add to its event log.
+"""The lease verbs, what the API, the pages and the layers above call: create, end, resize, stop, start and fail
+a lease, and add to its event log.
 
 Each verb runs in one transaction; `lease_create` and `lease_resize` place cards (scheduler/placement.py) and run
 again after a deadlock. The periodic life of leases (start, end, preemption, failover) is scheduler/lifecycle.py.
@@ -21,7 +21,7 @@ from accounts.errors import InvalidInput, InvalidTransition, NotAllowed
 from accounts.models import Organization
 from accounts.tenancy import platform_work
 from inventory.models import GpuModel, Offer, Server
-from scheduler import admission, allocator, pricing, selectors
+from scheduler import admission, allocator, pricing, restarts, selectors
 from scheduler.errors import NoCapacity
 from scheduler.models import Allocation, Lease, LeaseEvent, LeaseState, Plan, check_transition
 from scheduler.placement import PLATFORM, Demand, allocate, largest_allocatable
@@ -271,6 +271,121 @@ def lease_fail(*, lease: Lease, reason: str, now: datetime | None = None) -> boo
 def lease_event_add(*, lease: Lease, kind: str, now: datetime | None = None, **data: Any) -> LeaseEvent:
     """Append an event to a lease's log from a layer above the scheduler (workload state changes)."""
     return append_event(lease, now or timezone.now(), kind, **data)
+
+
+# --- stop and start ----------------------------------------------------------------------------------------
+
+
+def _stop_refusal(lease: Lease, now: datetime) -> InvalidTransition | None:
+    """Why `lease` (locked) may not stop now, or None."""
+    if lease.plan != Plan.CARD_HOUR:
+        return InvalidTransition(
+            "Only card_hour leases can be stopped; a contract holds its cards for its whole term.", code="not_stoppable"
+        )
+    if lease.interruptible:
+        # Its cards may be taken for an on-demand lease at any time: it ends (and keeps its volumes) instead.
+        return InvalidTransition("An interruptible lease cannot be stopped; end it instead.", code="not_stoppable")
+    if lease.state != LeaseState.ACTIVE:
+        return InvalidTransition(f"A {lease.state} lease cannot be stopped.")
+    if lease.end_at is not None and lease.end_at <= now:
+        return InvalidTransition("This lease has reached its end time.")
+    return None
+
+
+@platform_work(PLATFORM)
+def lease_stop(*, lease: Lease, now: datetime | None = None) -> Lease:
+    """Stop an active card_hour lease: every card is released now (periods closed with reason "stopped", so
+    billing charges no card time until it starts again) and the lease keeps its server, where its volumes are, for
+    `lease_start`. Its workload leaves the server's desired state (its lease is no longer active), so the agent
+    removes the container and keeps the volumes.
+
+    A lease spread over several servers cannot stop (it could not come back to one server with its volumes).
+    Locks the lease row; InvalidTransition (409) when it may not stop.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        locked = Lease.objects.select_for_update().get(pk=lease.pk)
+        refusal = _stop_refusal(locked, now)
+        if refusal is not None:
+            raise refusal
+        held = selectors.held_allocations(lease=locked, at=now)
+        servers = set(held.values_list("server_id", flat=True))
+        if len(servers) > 1:
+            raise InvalidTransition(
+                "This lease holds cards on several servers and cannot be stopped; resize it onto one or end it.",
+                code="not_stoppable",
+            )
+        server_id = servers.pop() if servers else locked.server_id or _last_server(locked)
+        released = close_allocations(Allocation.objects.filter(lease=locked), at=now, reason=LeaseState.STOPPED)
+        move(locked, LeaseState.STOPPED, server_id=server_id)
+        append_event(locked, now, LeaseEvent.Kind.STOPPED, server=server_id, gpus=gpu_uuids(released))
+    return locked
+
+
+def _last_server(lease: Lease) -> int | None:
+    """The server of the lease's latest card (one that lost every card to failures holds none now)."""
+    last = Allocation.objects.filter(lease=lease).order_by("-period__startswith", "-pk").first()
+    return last.server_id if last else None
+
+
+@platform_work(PLATFORM)
+def lease_start(*, lease: Lease, now: datetime | None = None) -> Lease:
+    """Start a stopped lease again: `gpu_count` cards on the server it stopped on (never another: its volumes are
+    there) from now until its end, priced from its price book, through the same admission as a new lease (billing's
+    402 when its organisation's money cannot cover them). NoCapacity (409 `no_capacity`) when that server cannot
+    give them now, holding nothing. The layers above bring its workload back (scheduler/restarts.py).
+
+    Locks the lease row, then card rows as `lease_create` does; retried after a deadlock.
+    """
+    now = now or timezone.now()
+
+    def work() -> Lease:
+        locked = Lease.objects.select_for_update().select_related("organization").get(pk=lease.pk)
+        if locked.state != LeaseState.STOPPED:
+            raise InvalidTransition(f"A {locked.state} lease cannot be started; only a stopped one can.")
+        if locked.end_at is not None and locked.end_at <= now:
+            raise InvalidTransition("This lease has reached its end time.")
+        if locked.organization.billing_hold:
+            raise NotAllowed(
+                "Your organisation has an overdue invoice; pay it to start leases again.", code="billing_hold"
+            )
+        filters = Filters(
+            plan=Plan.CARD_HOUR,
+            until=locked.end_at,
+            gpu_count=locked.gpu_count,
+            server_id=locked.server_id,
+            runtime=locked.runtime,
+            host_access=locked.host_access,
+        )
+        try:
+            rows = allocate(
+                lease=locked,
+                demand=Demand(plan=Plan.CARD_HOUR, gpu_count=locked.gpu_count),
+                filters=filters,
+                start=now,
+                end=locked.end_at,
+                now=now,
+                preempt=True,
+            )
+        except NoCapacity:
+            raise NoCapacity(
+                f"Server {locked.server_id} has not got {locked.gpu_count} free cards now; nothing changed. Cards "
+                "just released are cleaned by the server first, so try again in a few minutes."
+            ) from None
+        gpu_ids = [row.gpu_id for row in rows]
+        move(
+            locked,
+            LeaseState.ACTIVE,
+            only_from=[LeaseState.STOPPED],
+            shortfall_gpus=0,
+            delivered_pflops=rated_pflops(gpu_ids),
+        )
+        admission.admit(locked, rows, now)
+        restarts.restarted(locked, now)
+        append_event(locked, now, LeaseEvent.Kind.RESTARTED, server=locked.server_id, gpus=gpu_uuids(gpu_ids))
+        return locked
+
+    return _retrying(work)
 
 
 # --- resize ------------------------------------------------------------------------------------------------

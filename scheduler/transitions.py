@@ -24,13 +24,18 @@ def append_event(lease: Lease, at: datetime, kind: str, **data: Any) -> LeaseEve
     return LeaseEvent.objects.create(lease=lease, at=at, kind=kind, data=data)
 
 
-def move(lease: Lease, target: str, **fields: Any) -> bool:
-    """The one writer of `Lease.state`: a conditional UPDATE from the states allowed to reach `target`.
+def move(lease: Lease, target: str, *, only_from: Iterable[str] | None = None, **fields: Any) -> bool:
+    """The one writer of `Lease.state`: a conditional UPDATE from the states allowed to reach `target` (narrowed
+    to `only_from` when given: a reservation starting and a stopped lease starting again both become `active`,
+    and neither may be taken for the other).
 
     Returns False (and changes nothing) when the lease is no longer in such a state, so racing runners of the
     same move cannot both apply it.
     """
-    changed = Lease.objects.filter(pk=lease.pk, state__in=sources_of(target)).update(state=target, **fields)
+    sources = sources_of(target)
+    if only_from is not None:
+        sources = [state for state in sources if state in set(only_from)]
+    changed = Lease.objects.filter(pk=lease.pk, state__in=sources).update(state=target, **fields)
     if changed:
         lease.state = target
         for name, value in fields.items():
@@ -40,7 +45,7 @@ def move(lease: Lease, target: str, **fields: Any) -> bool:
 
 def start(lease: Lease, *, now: datetime) -> bool:
     """A reservation whose start has come becomes active (once, however many callers race)."""
-    if move(lease, LeaseState.ACTIVE):
+    if move(lease, LeaseState.ACTIVE, only_from=[LeaseState.SCHEDULED]):
         append_event(lease, now, LeaseEvent.Kind.STARTED)
         return True
     return False

@@ -93,6 +93,8 @@ ACCESS: dict[str, str] = {
     "lease-end": "api_post_only",
     "lease-events": "api_tenant_object",
     "lease-resize": "api_post_only",
+    "lease-stop": "api_post_only",
+    "lease-start": "api_post_only",
     "lease-telemetry": "api_tenant_object",
     "lease-workload-restart": "api_post_only",
     "lease-workload-stop": "api_post_only",

@@ -121,6 +121,8 @@ VICTIM_OBJECTS: dict[str, Callable[[Victims], dict]] = {
     "lease-detail": _alice_lease,
     "lease-end": _alice_lease,
     "lease-resize": _alice_lease,
+    "lease-stop": _alice_lease,
+    "lease-start": _alice_lease,
     "lease-events": _alice_lease,
     "payout-detail": _bob_statement,
     "payout-pay": _bob_statement,
