@@ -28,6 +28,8 @@ urlpatterns = [
     path("leases/<int:lease_id>/live/", views_leases.lease_live, name="lease_live"),
     path("leases/<int:lease_id>/resize/", views_leases.lease_resize, name="lease_resize"),
     path("leases/<int:lease_id>/end/", views_leases.lease_end, name="lease_end"),
+    path("leases/<int:lease_id>/stop/", views_leases.lease_stop, name="lease_stop"),
+    path("leases/<int:lease_id>/start/", views_leases.lease_start, name="lease_start"),
     path("leases/<int:lease_id>/workloads/", views_workloads.lease_workloads, name="lease_workloads"),
     path(
         "leases/<int:lease_id>/workloads/<int:workload_id>/restart/",

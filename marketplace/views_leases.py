@@ -1,4 +1,5 @@
-"""Customer pages for leases: the list, one lease (cards, cost so far, charts, event log), resize and end.
+"""Customer pages for leases: the list, one lease (cards, cost so far, charts, event log), resize, stop, start
+and end.
 
 Thin: leases are reached through scheduler.access.access_lease (another organisation's lease is 404 like an
 unknown one), changed through scheduler.services once per rendered form (marketplace.forms.IdempotentForm), and
@@ -28,7 +29,7 @@ from accounts.error_text import error_text
 from accounts.permissions import can_operate, require_operate
 from billing.display import PLAN_LABELS, UNIT_LABELS, money
 from billing.metering import lease_usage
-from marketplace.forms import EndForm, ResizeForm, describe_errors
+from marketplace.forms import EndForm, IdempotentForm, ResizeForm, describe_errors
 from marketplace.polling import poll_login_required
 from marketplace.views_workloads import lease_for_page, workload_event_text, workload_panel
 from scheduler import services as scheduler_services
@@ -37,10 +38,13 @@ from scheduler.selectors import held_allocations, lease_events, leases_for_org
 
 PAGE_SIZE = 25
 LIVE_STATES = (LeaseState.SCHEDULED, LeaseState.ACTIVE)
+# States a customer may still end a lease in: the live ones and a stopped lease (it holds no cards, only its server).
+ENDABLE_STATES = (*LIVE_STATES, LeaseState.STOPPED)
 # The pages' own words for states and events (the models' labels serve other places with other meanings).
 STATE_LABELS = {
     LeaseState.SCHEDULED: pgettext_lazy("lease state", "Reserved"),
     LeaseState.ACTIVE: pgettext_lazy("lease state", "Active"),
+    LeaseState.STOPPED: pgettext_lazy("lease state", "Stopped"),
     LeaseState.ENDED: pgettext_lazy("lease state", "Ended"),
     LeaseState.PREEMPTED: pgettext_lazy("lease state", "Preempted"),
     LeaseState.CANCELLED: pgettext_lazy("lease state", "Cancelled"),
@@ -66,11 +70,22 @@ EVENT_LABELS = {
     LeaseEvent.Kind.SHORTFALL: pgettext_lazy("lease event", "Card lost"),
     LeaseEvent.Kind.FAILED: pgettext_lazy("lease event", "Failed to start"),
     LeaseEvent.Kind.WORKLOAD: pgettext_lazy("lease event", "Workload"),
+    LeaseEvent.Kind.STOPPED: pgettext_lazy("lease event", "Stopped"),
+    LeaseEvent.Kind.RESTARTED: pgettext_lazy("lease event", "Started again"),
 }
 
 
 def is_live(lease: Lease) -> bool:
     return lease.state in LIVE_STATES
+
+
+def is_endable(lease: Lease) -> bool:
+    return lease.state in ENDABLE_STATES
+
+
+def can_stop(lease: Lease) -> bool:
+    """Whether the page offers Stop: an active, firm card_hour lease (scheduler.services.lease_stop decides)."""
+    return lease.state == LeaseState.ACTIVE and lease.plan == Plan.CARD_HOUR and not lease.interruptible
 
 
 # --- cards and events -------------------------------------------------------------------------------------
@@ -152,6 +167,17 @@ def event_text(event: LeaseEvent) -> str:
         return text
     if kind == LeaseEvent.Kind.STARTED:
         return _("The reservation started.")
+    if kind == LeaseEvent.Kind.STOPPED:
+        return _("Stopped: the cards were released and are not charged; the volumes stay on server %(server)s.") % {
+            "server": data.get("server", "")
+        }
+    if kind == LeaseEvent.Kind.RESTARTED:
+        count = len(data.get("gpus") or [])
+        return ngettext(
+            "Started again with %(count)s card on server %(server)s.",
+            "Started again with %(count)s cards on server %(server)s.",
+            count,
+        ) % {"count": count, "server": data.get("server", "")}
     if kind == LeaseEvent.Kind.RESIZED:
         return _("Resized from %(before)s to %(after)s cards.") % {
             "before": data.get("from_count"),
@@ -229,6 +255,8 @@ def _detail(
     *,
     resize_form: ResizeForm | None = None,
     end_form: EndForm | None = None,
+    stop_form: IdempotentForm | None = None,
+    start_form: IdempotentForm | None = None,
     confirming: bool = False,
     status: int = 200,
 ) -> HttpResponse:
@@ -237,8 +265,13 @@ def _detail(
     live = is_live(lease)
     if resize_form is None and live and lease.plan == Plan.CARD_HOUR:
         resize_form = ResizeForm(current=lease.gpu_count)
-    if end_form is None and live:
+    endable = is_endable(lease)
+    if end_form is None and endable:
         end_form = EndForm()
+    if stop_form is None and can_stop(lease):
+        stop_form = IdempotentForm()
+    if start_form is None and lease.state == LeaseState.STOPPED:
+        start_form = IdempotentForm()
     for form in (resize_form, end_form):
         if form is not None:
             describe_errors(form)
@@ -250,7 +283,9 @@ def _detail(
         "unit_label": UNIT_LABELS.get(lease.plan, ""),
         "can_operate": operate,
         "resize_form": resize_form if operate and live and lease.plan == Plan.CARD_HOUR else None,
-        "end_form": end_form if operate and live else None,
+        "end_form": end_form if operate and endable else None,
+        "stop_form": stop_form if operate and can_stop(lease) else None,
+        "start_form": start_form if operate and lease.state == LeaseState.STOPPED else None,
         "confirming": confirming,
         "state_label": STATE_LABELS.get(lease.state, lease.state),
         "end_reason_label": (
@@ -361,10 +396,10 @@ def lease_end(request: HttpRequest, lease_id: int) -> HttpResponse:
     if not form.is_valid():
         form.renew_key()
         return _detail(request, lease, end_form=form, status=400)
-    if is_live(lease) and not form.cleaned_data["confirm"]:
+    if is_endable(lease) and not form.cleaned_data["confirm"]:
         # Asked without the browser's confirm dialog (no JavaScript): ask on the page, with the same key.
         return _detail(request, lease, end_form=form, confirming=True)
-    if not is_live(lease):
+    if not is_endable(lease):
         messages.info(request, _("This lease is already over."))
         return HttpResponseRedirect(reverse("marketplace:lease_detail", args=[lease.pk]))
     outcome = form.submit(
@@ -377,6 +412,72 @@ def lease_end(request: HttpRequest, lease_id: int) -> HttpResponse:
         messages.success(request, _("Lease %(id)s has ended; its cards are released.") % {"id": lease.pk})
     elif outcome.code == "invalid_state":
         messages.info(request, _("This lease is already over."))
+    else:
+        messages.error(request, error_text(outcome.message))
+    return HttpResponseRedirect(reverse("marketplace:lease_detail", args=[lease.pk]))
+
+
+@require_POST
+@login_required
+def lease_stop(request: HttpRequest, lease_id: int) -> HttpResponse:
+    """Stop the lease: its cards are released now (and no longer charged), its volumes and server kept. Once per
+    rendered form."""
+    lease = lease_for_page(request, lease_id)
+    require_operate(request)
+    form = IdempotentForm(request.POST)
+    if not form.is_valid():
+        form.renew_key()
+        return _detail(request, lease, stop_form=form, status=400)
+    outcome = form.submit(
+        org=request.org,
+        scope=f"web.lease.{lease.pk}.stop",
+        payload={},
+        work=lambda: {"lease": scheduler_services.lease_stop(lease=lease).pk},
+    )
+    if outcome.ok:
+        messages.success(
+            request,
+            _("Lease %(id)s is stopped: its cards are released and not charged, its volumes are kept.")
+            % {"id": lease.pk},
+        )
+    elif outcome.code in ("invalid_state", "not_stoppable"):
+        messages.info(
+            request, _("This lease cannot be stopped now: it must be active and hold its cards on one server.")
+        )
+    else:
+        messages.error(request, error_text(outcome.message))
+    return HttpResponseRedirect(reverse("marketplace:lease_detail", args=[lease.pk]))
+
+
+@require_POST
+@login_required
+def lease_start(request: HttpRequest, lease_id: int) -> HttpResponse:
+    """Start a stopped lease again on the same server (where its volumes are). Once per rendered form; no free
+    cards there, or not enough money, changes nothing and says so."""
+    lease = lease_for_page(request, lease_id)
+    require_operate(request)
+    form = IdempotentForm(request.POST)
+    if not form.is_valid():
+        form.renew_key()
+        return _detail(request, lease, start_form=form, status=400)
+    outcome = form.submit(
+        org=request.org,
+        scope=f"web.lease.{lease.pk}.start",
+        payload={},
+        work=lambda: {"lease": scheduler_services.lease_start(lease=lease).pk},
+    )
+    if outcome.ok:
+        messages.success(request, _("Lease %(id)s is starting again on the same server.") % {"id": lease.pk})
+    elif outcome.code == "no_capacity":
+        messages.error(
+            request,
+            _("Server %(server)s has not got %(count)s free cards right now; nothing changed. Try again later.")
+            % {"server": lease.server_id, "count": lease.gpu_count},
+        )
+    elif outcome.code == "insufficient_funds":
+        messages.error(request, _("Your balance cannot cover this lease; top up to start it again."))
+    elif outcome.code == "invalid_state":
+        messages.info(request, _("This lease is not stopped, so there is nothing to start."))
     else:
         messages.error(request, error_text(outcome.message))
     return HttpResponseRedirect(reverse("marketplace:lease_detail", args=[lease.pk]))

@@ -144,6 +144,8 @@ ACCESS: dict[str, str] = {
     "marketplace:lease_live": "page_object",
     "marketplace:lease_resize": "post_only",
     "marketplace:lease_end": "post_only",
+    "marketplace:lease_stop": "post_only",
+    "marketplace:lease_start": "post_only",
     "marketplace:lease_workloads": "page_object",
     "marketplace:workload_restart": "post_only",
     "marketplace:workload_stop": "post_only",
