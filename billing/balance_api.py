@@ -44,16 +44,25 @@ from billing.stripe_gateway import PaymentProviderError, StripeUnavailable, paym
 from billing.terms import terms_of
 from scheduler.idempotency import run_idempotent
 from scheduler.models import Lease
+from workloads.models import Volume
 
 _ZERO = Decimal(0)
 
 
 def balance_of(org: Organization) -> dict[str, Any]:
-    """GET /api/v1/balance/'s answer: the organisation's standing, with this month's spending per lease and day."""
+    """GET /api/v1/balance/'s answer: the organisation's standing, with this month's spending per lease, volume
+    and day."""
     money = standing(org)
     month = money.this_month
     ids = sorted(set(month.per_lease) | set(money.burn_per_lease))
     leases = Lease.objects.for_org(org).filter(pk__in=ids).order_by("pk").values("pk", "plan", "state")
+    volume_ids = sorted(set(month.per_volume) | set(money.burn_per_volume))
+    volumes = (
+        Volume.objects.for_org(org)
+        .filter(pk__in=volume_ids)
+        .order_by("pk")
+        .values("pk", "name", "size_gb", "state", "wipe_at")
+    )
     return {
         "currency": money.currency,
         "mode": money.terms.mode,
@@ -74,6 +83,18 @@ def balance_of(org: Organization) -> dict[str, Any]:
                 "burn_per_hour": money.burn_per_lease.get(lease["pk"], _ZERO),
             }
             for lease in leases
+        ],
+        "volumes": [
+            {
+                "volume": volume["pk"],
+                "name": volume["name"],
+                "size_gb": volume["size_gb"],
+                "state": volume["state"],
+                "wipe_at": volume["wipe_at"],
+                "month_to_date": month.per_volume.get(volume["pk"], _ZERO),
+                "burn_per_hour": money.burn_per_volume.get(volume["pk"], _ZERO),
+            }
+            for volume in volumes
         ],
         "daily": [{"date": day, "amount": amount} for day, amount in sorted(month.daily.items())],
         "as_of": money.as_of,

@@ -47,6 +47,16 @@ class BalanceLeaseOutput(serializers.Serializer):
     burn_per_hour = money_out(help_text="What it costs for the next hour at its cards' prices")
 
 
+class BalanceVolumeOutput(serializers.Serializer):
+    volume = serializers.IntegerField()
+    name = serializers.CharField()
+    size_gb = serializers.IntegerField()
+    state = serializers.CharField(help_text="grace: kept until `wipe_at`, then wiped unless the organisation pays")
+    wipe_at = serializers.DateTimeField(allow_null=True, help_text="When a volume in grace is wiped; null otherwise")
+    month_to_date = money_out(help_text="Its storage this month")
+    burn_per_hour = money_out(help_text="What it costs for the next hour (size x price per GB-month)")
+
+
 class DailySpendOutput(serializers.Serializer):
     date = serializers.DateField(help_text="A day of this month, in the platform's time zone")
     amount = money_out()
@@ -62,10 +72,11 @@ class BalanceOutput(serializers.Serializer):
         allow_null=True, help_text="What it may still spend (balance + credit limit - owed and spent); null: no limit"
     )
     month_to_date = money_out(help_text="This month's spending, metered and not yet metered, as it would be invoiced")
-    burn_per_hour = money_out(help_text="What its running leases cost for the next hour")
+    burn_per_hour = money_out(help_text="What its running leases and its volumes cost for the next hour")
     runs_out_at = serializers.DateTimeField(allow_null=True, help_text="When `available` reaches zero at that rate")
     monthly_cap = money_out(allow_null=True, help_text="Its own monthly spend cap; null: none")
     leases = BalanceLeaseOutput(many=True, help_text="The leases that spent this month or are running")
+    volumes = BalanceVolumeOutput(many=True, help_text="The volumes billed this month or not wiped yet")
     daily = DailySpendOutput(many=True, help_text="This month's spending by day")
     as_of = serializers.DateTimeField()
 

@@ -10,8 +10,12 @@ plus, rated by the meter's own query (metering.slots), what was held since the m
 lines and rounded, credited and taxed by invoicing.line_amounts and invoicing.totals. A month's spending shown
 here is its invoice to the cent once it closes.
 
-`burn_per_hour` is what the organisation's active leases cost for the next hour at their cards' prices, and
-`runs_out_at` when `available` reaches zero at that rate. A postpaid organisation without a credit limit has no
+Storage (issue 16) counts the same way: the month's storage records plus what each volume held since the meter
+last ran (metering.storage_slots), one invoice line per volume and price, never credited for SLA.
+
+`burn_per_hour` is what the organisation's active leases cost for the next hour at their cards' prices, plus each
+volume not wiped yet (it is billed until its data is destroyed, in grace too), and `runs_out_at` when `available`
+reaches zero at that rate. A postpaid organisation without a credit limit has no
 `available` (None): nothing is refused or stopped for money (billing/terms.py).
 """
 
@@ -30,10 +34,11 @@ from django.utils import timezone
 from accounts.models import Organization
 from billing import rating
 from billing.invoicing import line_amounts, period_of, totals
-from billing.metering import metered_until, slots
-from billing.models import BalanceEntry, CreditNote, Invoice, SpendLimit, UsageRecord
+from billing.metering import STORAGE_PLAN, metered_until, slots, storage_slots
+from billing.models import STORAGE, BalanceEntry, CreditNote, Invoice, SpendLimit, StorageRecord, UsageRecord
 from billing.terms import Terms, terms_of
 from scheduler.models import Allocation, LeaseState
+from workloads.models import Volume
 
 HOUR = timedelta(hours=1)
 _ZERO = Decimal(0)
@@ -58,12 +63,13 @@ def unpaid(org: Organization, currency: str) -> Decimal:
 @dataclass
 class MonthSpend:
     """A month not invoiced yet, as its invoice would be now: `total` (after SLA credits and tax), each lease's
-    share of its subtotal, and its days' spending (for the chart)."""
+    and each volume's share of its subtotal, and its days' spending (for the chart)."""
 
     period: str
     total: Decimal = _ZERO
     per_lease: dict[int, Decimal] = field(default_factory=dict)
     daily: dict[date, Decimal] = field(default_factory=dict)
+    per_volume: dict[int, Decimal] = field(default_factory=dict)
 
 
 def _label(at: datetime) -> str:
@@ -72,9 +78,9 @@ def _label(at: datetime) -> str:
 
 
 def unbilled(org: Organization, currency: str, now: datetime) -> list[MonthSpend]:
-    """Every month with usage after the organisation's last invoice, oldest first, as invoiced if closed now."""
+    """Every month with usage or storage after the organisation's last invoice, oldest first, as invoiced if
+    closed now."""
     zone = rating.platform_zone()
-    records = UsageRecord.objects.for_org(org).filter(currency=currency)
     last = (
         Invoice.objects.for_org(org)
         .filter(currency=currency)
@@ -85,42 +91,63 @@ def unbilled(org: Organization, currency: str, now: datetime) -> list[MonthSpend
     )
     since = period_of(last).end if last else None
     watermark = metered_until()
-    if since is not None:
-        records = records.filter(slot_start__gte=since)
-    if watermark is not None:
-        records = records.filter(slot_start__lt=watermark)
-    # (month, lease, plan, unit price) -> summed exact amount, seconds, down seconds: an invoice line each.
-    lines: dict[tuple[str, int, str, Decimal], list[Decimal]] = defaultdict(lambda: [_ZERO, _ZERO, _ZERO])
+
+    def metered(records):
+        records = records.filter(currency=currency)
+        if since is not None:
+            records = records.filter(slot_start__gte=since)
+        if watermark is not None:
+            records = records.filter(slot_start__lt=watermark)
+        return records.annotate(day=TruncDay("slot_start", tzinfo=zone)).order_by()
+
+    # (month, what, id, plan, unit price) -> summed exact amount, seconds, down seconds: an invoice line each,
+    # `what` being "lease" or "volume".
+    lines: dict[tuple[str, str, int, str, Decimal], list[Decimal]] = defaultdict(lambda: [_ZERO, _ZERO, _ZERO])
     days: dict[tuple[str, date], Decimal] = defaultdict(Decimal)
 
-    def add(at: datetime, lease_id: int, plan: str, price: Decimal, amount: Decimal, s: Decimal, d: Decimal) -> None:
+    def add(at: datetime, key: tuple[str, int, str, Decimal], amount: Decimal, s: Decimal, d: Decimal) -> None:
         month = _label(at)
-        line = lines[(month, lease_id, plan, price)]
+        line = lines[(month, *key)]
         line[0] += amount
         line[1] += s
         line[2] += d
         days[(month, at.astimezone(zone).date())] += amount
 
     rows = (
-        records.annotate(day=TruncDay("slot_start", tzinfo=zone))
+        metered(UsageRecord.objects.for_org(org))
         .values("day", "lease_id", "plan", "unit_price")
         .annotate(a=Sum("amount"), s=Sum("seconds"), d=Sum("down_seconds"))
-        .order_by()
     )
     for row in rows:
-        add(row["day"], row["lease_id"], row["plan"], row["unit_price"], row["a"], row["s"], row["d"])
+        add(row["day"], ("lease", row["lease_id"], row["plan"], row["unit_price"]), row["a"], row["s"], row["d"])
+    stored = (
+        metered(StorageRecord.objects.for_org(org))
+        .values("day", "volume_id", "unit_price")
+        .annotate(a=Sum("amount"), s=Sum("seconds"))
+    )
+    for row in stored:
+        add(row["day"], ("volume", row["volume_id"], STORAGE, row["unit_price"]), row["a"], row["s"], _ZERO)
     start = max(filter(None, [watermark, since]), default=None)
     for slot in slots(since=start or org.created_at - HOUR, until=now, organization_id=org.pk):
         if slot.currency == currency and (since is None or slot.slot_start >= since):
             rated = slot.rated()
-            add(slot.start, slot.lease_id, slot.plan, slot.unit_price, rated.amount, slot.seconds, slot.down_seconds)
+            key = ("lease", slot.lease_id, slot.plan, slot.unit_price)
+            add(slot.start, key, rated.amount, slot.seconds, slot.down_seconds)
+    for part in storage_slots(since=start or org.created_at - HOUR, until=now, organization_id=org.pk):
+        if part.currency == currency and (since is None or part.slot_start >= since):
+            key = ("volume", part.volume_id, STORAGE, part.unit_price)
+            add(part.start, key, part.rated().amount, part.seconds, _ZERO)
     months: dict[str, MonthSpend] = {}
     amounts: dict[str, list[tuple[Decimal, Decimal]]] = defaultdict(list)
-    for (month, lease_id, _plan, _price), (a, s, d) in lines.items():
+    for (month, what, pk, _plan, _price), (a, s, d) in lines.items():
         spend = months.setdefault(month, MonthSpend(period=month))
-        amount, credit = line_amounts({"a": a, "s": s, "d": d})
+        if what == "lease":
+            amount, credit = line_amounts({"a": a, "s": s, "d": d})
+            spend.per_lease[pk] = spend.per_lease.get(pk, _ZERO) + amount
+        else:  # storage: rounded like its invoice line, never credited
+            amount, credit = rating.to_money(a), _ZERO
+            spend.per_volume[pk] = spend.per_volume.get(pk, _ZERO) + amount
         amounts[month].append((amount, credit))
-        spend.per_lease[lease_id] = spend.per_lease.get(lease_id, _ZERO) + amount
     for month, spend in months.items():
         spend.total = totals(amounts[month]).total
         spend.daily = {day: rating.to_money(a) for (m, day), a in sorted(days.items()) if m == month}
@@ -150,6 +177,23 @@ def burn(org: Organization, now: datetime, *, exclude: Iterable[int] = ()) -> di
     }
 
 
+def storage_burn(org: Organization, now: datetime) -> dict[int, Decimal]:
+    """What each of the organisation's volumes not wiped yet costs for the next hour (volume -> amount): its size
+    at its price per GB-month, rated like its storage records (a volume in grace or being wiped is still billed)."""
+    rows = (
+        Volume.objects.for_org(org)
+        .filter(wiped_at__isnull=True, created_at__lt=now + HOUR)
+        .values_list("pk", "size_gb", "price_per_gb_month")
+        .order_by("pk")
+    )
+    return {
+        pk: rating.estimate(
+            plan=STORAGE_PLAN, unit_price=price, units=Decimal(size_gb), start=now, end=now + HOUR
+        ).amount
+        for pk, size_gb, price in rows
+    }
+
+
 @dataclass(frozen=True)
 class Standing:
     """An organisation's money now (the balance page and GET /api/v1/balance/)."""
@@ -164,10 +208,11 @@ class Standing:
     burn_per_lease: dict[int, Decimal]
     monthly_cap: Decimal | None
     as_of: datetime
+    burn_per_volume: dict[int, Decimal] = field(default_factory=dict)
 
     @property
     def burn_per_hour(self) -> Decimal:
-        return sum(self.burn_per_lease.values(), _ZERO)
+        return sum(self.burn_per_lease.values(), _ZERO) + sum(self.burn_per_volume.values(), _ZERO)
 
     @property
     def runs_out_at(self) -> datetime | None:
@@ -210,4 +255,5 @@ def standing(org: Organization, *, now: datetime | None = None, exclude: Iterabl
         burn_per_lease=burn(org, now, exclude=exclude),
         monthly_cap=cap,
         as_of=now,
+        burn_per_volume=storage_burn(org, now),
     )

@@ -138,6 +138,11 @@ def estimate(
     return Estimated(duration=duration, amount=to_money(amount))
 
 
+def exact_seconds(delta: timedelta) -> Decimal:
+    """A duration in seconds, exactly (to the microsecond)."""
+    return _exact_seconds(delta)
+
+
 def _exact_seconds(delta: timedelta) -> Decimal:
     return Decimal(delta.days * 86400 + delta.seconds) + Decimal(delta.microseconds).scaleb(-6)
 

@@ -21,8 +21,8 @@ from accounts.models import Organization
 from accounts.tenancy import scoped
 from billing import rating
 from billing.invoicing import period_containing, take_rate_of
-from billing.metering import metered_until, slots
-from billing.models import FundsNotice, Payout, ProviderStatement, UsageRecord
+from billing.metering import metered_until, slots, storage_slots
+from billing.models import FundsNotice, Payout, ProviderStatement, StorageRecord, UsageRecord
 
 _ZERO = Decimal(0)
 # How long the banner says that leases were stopped for want of money.
@@ -81,8 +81,8 @@ def provider_statement_totals(*, org: Organization) -> list[dict[str, Any]]:
 
 
 def provider_month_so_far(*, org: Organization, now: datetime) -> list[MonthSoFar]:
-    """What the organisation's cards earned this month up to `now`, per currency: gross, the commission at its
-    rate, and net before SLA charge-backs (known when the month is closed).
+    """What the organisation's cards and the volumes on its servers earned this month up to `now`, per currency:
+    gross, the commission at its rate, and net before SLA charge-backs (known when the month is closed).
 
     Live: the usage records up to the meter's last run plus, rated the same way (metering.slots, Slot.rated), what
     its cards were held for since, as balances.unbilled does for the customer. Amounts are summed exact and
@@ -103,11 +103,20 @@ def provider_month_so_far(*, org: Organization, now: datetime) -> list[MonthSoFa
     for row in rows:
         sums[row["currency"]][0] += row["gross"] or _ZERO
         sums[row["currency"]][1] += row["card_seconds"] or _ZERO
+    stored = StorageRecord.objects.for_provider(org).filter(slot_start__gte=period.start, slot_start__lt=period.end)
+    if watermark is not None:
+        stored = stored.filter(slot_start__lt=watermark)
+    for currency, amount in (
+        stored.values("currency").annotate(a=Sum("amount")).order_by("currency").values_list("currency", "a")
+    ):
+        sums[currency][0] += amount or _ZERO
     since = max(watermark, period.start) if watermark is not None else period.start
     if since < now:
         for slot in slots(since=since, until=min(now, period.end), provider_id=org.pk):
             sums[slot.currency][0] += slot.rated().amount
             sums[slot.currency][1] += slot.seconds - slot.down_seconds
+        for part in storage_slots(since=since, until=min(now, period.end), provider_id=org.pk):
+            sums[part.currency][0] += part.rated().amount
     take = take_rate_of(org.pk)
     result = []
     for currency in sorted(sums):

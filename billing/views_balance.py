@@ -52,6 +52,7 @@ from billing.selectors import spending_by_day
 from billing.stripe_gateway import PaymentsNotConfigured, StripeUnavailable
 from billing.terms import Terms, terms_of
 from scheduler.models import Lease
+from workloads.models import Volume
 
 LEDGER_ROWS = 50
 CSV_HEADER = ["date", "lease", "plan", "amount", "currency"]
@@ -161,6 +162,16 @@ class LeaseRow:
 
 
 @dataclass(frozen=True)
+class VolumeRow:
+    volume: Volume
+    state: str
+    wipe_at: datetime | None  # in grace: when its data is wiped unless the organisation pays
+    wipe_text: str
+    month_to_date: str
+    per_hour: str
+
+
+@dataclass(frozen=True)
 class DayBar:
     day: date
     label: str
@@ -213,6 +224,27 @@ def _lease_rows(org: Organization, money: Standing) -> list[LeaseRow]:
             per_hour=money_text(rating.to_money(money.burn_per_lease.get(lease.pk, Decimal(0))), currency),
         )
         for lease in Lease.objects.for_org(org).filter(pk__in=ids).order_by("-pk")
+    ]
+
+
+def _volume_rows(org: Organization, money: Standing) -> list[VolumeRow]:
+    """This month's volumes and those not wiped yet: what each cost this month and costs an hour, and for one in
+    grace when it is wiped."""
+    spent = money.this_month.per_volume
+    ids = set(spent) | set(money.burn_per_volume)
+    currency = money.currency
+    return [
+        VolumeRow(
+            volume=volume,
+            state=volume.get_state_display(),
+            wipe_at=volume.wipe_at,
+            wipe_text=formats.date_format(volume.wipe_at, "DATETIME_FORMAT", use_l10n=True) + " UTC"
+            if volume.wipe_at
+            else "",
+            month_to_date=money_text(rating.to_money(spent.get(volume.pk, Decimal(0))), currency),
+            per_hour=money_text(rating.to_money(money.burn_per_volume.get(volume.pk, Decimal(0))), currency),
+        )
+        for volume in Volume.objects.for_org(org).filter(pk__in=ids).order_by("-pk")
     ]
 
 
@@ -304,6 +336,8 @@ def _page(
         "alert_at": _percent_text(shares),
         "this_period": period_containing(money.as_of).label,
         "leases": _lease_rows(org, money),
+        "volumes": (volumes := _volume_rows(org, money)),
+        "volumes_in_grace": [row for row in volumes if row.wipe_at is not None],
         "bars": bars,
         "spent_days": [bar for bar in bars if bar.spent],
         "chart_width": len(bars) * 10,

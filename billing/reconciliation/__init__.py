@@ -7,13 +7,16 @@ each with a kind, a message and the objects behind it (ids, invoice numbers). Th
     currency, lease, plan and unit price (`usage_not_invoiced`), and none was written after its invoice was issued
     (`usage_after_close`); each line's amount is to_money of the sum of its records' amounts (`line_amount`,
     `line_without_usage`); each invoice's subtotal is the sum of its lines, its credits the sum of their SLA
-    credits, its tax the rate of the rest and its total subtotal - credits + tax (`invoice_sums`).
+    credits, its tax the rate of the rest and its total subtotal - credits + tax (`invoice_sums`). Storage records
+    likewise against their volumes' storage lines, and each against its own rating and volume (storage.py:
+    `storage_not_invoiced`, `storage_after_close`, `storage_line_amount`, `storage_line_without_records`,
+    `storage_record`).
 (b) invoiced = paid + open + void, per currency: a month has no draft invoice left (`invoice_draft`); each paid
     invoice with a total is covered by succeeded Stripe payments in its currency (`paid_without_payment`); no open
     or void invoice has taken money (`payment_on_unpaid_invoice`) and none more than its total
     (`invoice_overpaid`).
 (c) Providers: each statement's net + commission + credits is its gross (`statement_sums`); its gross is to_money
-    of its provider's usage of the month in its currency (`statement_gross`, `usage_without_statement`); its
+    of its provider's usage and storage of the month in its currency (`statement_gross`, `usage_without_statement`); its
     commission is gross x take rate (`statement_commission`); its credits are the SLA credits and credit notes
     charged back to it (`statement_credits`). A paid statement has one paid payout of exactly its net
     (`payout_missing`, `payout_amount`); an open one has none (`payout_on_open_statement`).
@@ -29,7 +32,7 @@ each with a kind, a message and the objects behind it (ids, invoice numbers). Th
 
 Lists of ids in a mismatch are cut at MAX_IDS (the message gives the full count).
 
-This package holds `reconcile` and one module per check: usage.py and invoices.py (a), payments.py (b),
+This package holds `reconcile` and one module per check: usage.py, storage.py and invoices.py (a), payments.py (b),
 statements.py (c), stripe_checks.py (d), ledger.py (e); report.py holds the result, its CSV export and the shared reads.
 """
 
@@ -48,6 +51,7 @@ from billing.reconciliation.ledger import LEDGER_KINDS, check_ledger
 from billing.reconciliation.payments import check_payments
 from billing.reconciliation.report import MAX_IDS, Mismatch, Reconciliation, mismatches_csv
 from billing.reconciliation.statements import check_statements
+from billing.reconciliation.storage import check_storage
 from billing.reconciliation.stripe_checks import check_stripe_payments, check_stripe_transfers
 from billing.reconciliation.usage import check_usage
 
@@ -70,6 +74,7 @@ def reconcile(label: str, *, now: datetime | None = None, stripe_api: bool = Tru
         raise Conflict(f"{label} is not over yet (it ends {period.end.isoformat()}).", code="period_open")
     result = Reconciliation(period=label, checked_at=now)
     check_usage(result, period)
+    check_storage(result, period)
     check_invoices(result, period)
     check_payments(result, period)
     check_statements(result, period)

@@ -1,8 +1,8 @@
 """Check (c): provider statements and payouts. Each statement's net + commission + credits is its gross
-(`statement_sums`); its gross is to_money of its provider's usage of the month in its currency (`statement_gross`,
-`usage_without_statement`); its commission is gross x take rate (`statement_commission`); its credits are the SLA
-credits and credit notes charged back to it (`statement_credits`). A paid statement has one paid payout of exactly
-its net (`payout_missing`, `payout_amount`); an open one has none (`payout_on_open_statement`)."""
+(`statement_sums`); its gross is to_money of its provider's usage and storage of the month in its currency
+(`statement_gross`, `usage_without_statement`); its commission is gross x take rate (`statement_commission`); its
+credits are the SLA credits and credit notes charged back to it (`statement_credits`). A paid statement has one paid
+payout of exactly its net (`payout_missing`, `payout_amount`); an open one has none (`payout_on_open_statement`)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from billing import rating
 from billing.invoicing import Period, chargebacks
 from billing.models import Payout, ProviderStatement
 from billing.reconciliation.report import ZERO, Reconciliation, month_usage
+from billing.reconciliation.storage import month_storage
 
 Key = tuple[int, str]  # (provider organisation id, currency)
 
@@ -48,12 +49,14 @@ def check_statements(result: Reconciliation, period: Period) -> None:
 
 
 def _usage_gross(period: Period) -> dict[Key, Decimal]:
-    """Each provider's usage of the month per currency, rounded to money as its statement's gross is."""
-    rows = month_usage(period).values("provider_id", "currency").annotate(a=Sum("amount"))
-    return {
-        (row["provider_id"], row["currency"]): rating.to_money(row["a"])
-        for row in rows.order_by("provider_id", "currency")
-    }
+    """Each provider's usage and storage of the month per currency, rounded to money as its statement's gross is."""
+    exact: dict[Key, Decimal] = defaultdict(Decimal)
+    for records in (month_usage(period), month_storage(period)):
+        for row in (
+            records.values("provider_id", "currency").annotate(a=Sum("amount")).order_by("provider_id", "currency")
+        ):
+            exact[(row["provider_id"], row["currency"])] += row["a"]
+    return {key: rating.to_money(amount) for key, amount in sorted(exact.items())}
 
 
 def _name(st: ProviderStatement) -> str:

@@ -44,7 +44,7 @@ def _check_lines(
 ) -> set[tuple]:
     """Each finalised line against the usage records behind it; returns the keys of the lines seen."""
     lines = (
-        InvoiceLine.objects.filter(invoice__period=period.label)
+        InvoiceLine.objects.filter(invoice__period=period.label, lease__isnull=False)  # storage: storage.py
         .exclude(invoice__state=Invoice.State.DRAFT)
         .values("id", "invoice_id", "lease_id", "plan", "unit_price", "amount")
         .order_by("id")

@@ -115,7 +115,13 @@ def test_a_clean_month_reconciles_with_no_mismatch(settled, staff):
         Decimal("21.25"),
     )
     assert usd["paid_out"] == Decimal("21.25")
-    assert result.counts == {"usage_records": 10, "invoices": 1, "statements": 1, "balance_entries": 0}
+    assert result.counts == {
+        "usage_records": 10,
+        "storage_records": 0,
+        "invoices": 1,
+        "statements": 1,
+        "balance_entries": 0,
+    }
     assert result.stripe["payments_by_webhook_event"] == 1
     out = io.StringIO()
     call_command("reconcile", "2026-03", stdout=out)
