@@ -123,3 +123,9 @@ def _print_workloads(runtime: dict[str, Any], state: dict[str, Any]) -> None:
         ports = ", ".join(f"{c}->{h}" for c, h in (w.get("ports") or {}).items())
         detail = "  ".join(x for x in (f"ports {ports}" if ports else "", w.get("message") or "") if x)
         print(f"           {w.get('id')}: {w.get('state')} (generation {w.get('generation')})  {detail}".rstrip())
+    volumes = state.get("volumes") or []
+    if volumes:
+        print(f"volumes:   {len(volumes)}")
+    for v in volumes:
+        line = f"           {v.get('id')}: {v.get('state')}, {v.get('used_gb')} GB used  {v.get('message') or ''}"
+        print(line.rstrip())

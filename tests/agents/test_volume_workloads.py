@@ -139,3 +139,13 @@ def test_the_desired_volumes_are_parsed_and_a_volume_both_wanted_and_to_wipe_is_
     with pytest.raises(ValueError):
         Desired.from_dict(desired(1) | {"volumes": [{"id": 7, "size_gb": 0}]})
     assert Desired.from_dict(desired_state(1)).volumes == ()
+
+
+def test_status_lists_the_volumes_the_last_pass_saw(clock, runtime, tmp_path, capsys):
+    from agents.cli_status import _print_workloads
+
+    rec = reconciler(DesiredSource(desired(1, mounting(31, 7), volumes=[7])), runtime, clock, tmp_path)
+    rec.run(duration=3)
+    _print_workloads({"kind": "simulated", "ok": True}, read_state(str(tmp_path / "state")))
+    out = capsys.readouterr().out
+    assert "volumes:   1" in out and "7: ready, 0.0 GB used" in out
