@@ -3,11 +3,14 @@ calendar month, from its creation until its data is wiped; invoices carry a line
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 import time_machine
+from django.db import IntegrityError, transaction
+from pypdf import PdfReader
 
 from billing import invoicing, metering
 from billing.models import Invoice, InvoiceLine, ProviderStatement, StorageRecord, UsageRecord
@@ -138,8 +141,6 @@ def test_an_organisation_with_only_storage_gets_an_invoice_and_no_sla_credit(clo
 
 
 def test_an_invoice_line_names_a_lease_or_a_volume_never_both(clock, alice, server):
-    from django.db import IntegrityError, transaction
-
     volume = make_volume(alice.org, server)
     invoice = Invoice.objects.create(organization=alice.org, period="2026-03", currency="USD")
     common = {"invoice": invoice, "quantity": 1, "unit": "GB-month", "unit_price": 1, "amount": 1, "exact_amount": 1}
@@ -165,11 +166,19 @@ def test_the_invoice_page_pdf_and_api_show_the_storage_line(clock, alice, bob, s
     assert "Storage, volume weights (40 GB)" in body and "GB-month" in body
     pdf = client.get(f"/invoices/{invoice.pk}/pdf/")
     assert pdf.status_code == 200
-    import io
-
-    from pypdf import PdfReader
 
     text = " ".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf.content)).pages)
     assert "Storage, volume weights (40 GB)" in " ".join(text.split())
     (line,) = alice.api.get(f"/api/v1/invoices/{invoice.pk}/").json()["lines"]
     assert (line["lease"], line["volume"], line["plan"], line["amount"]) == (None, volume.pk, "storage", "10.00")
+
+
+def test_a_finalised_invoices_storage_line_never_changes(clock, alice, server):
+    make_volume(alice.org, server)
+    clock.move_to(APRIL + timedelta(hours=1))
+    invoicing.close_period("2026-03")
+    line = InvoiceLine.objects.get(volume__isnull=False)
+    with transaction.atomic(), pytest.raises(IntegrityError, match="never change"):
+        InvoiceLine.objects.filter(pk=line.pk).update(amount=Decimal("0.01"))
+    with transaction.atomic(), pytest.raises(IntegrityError, match="never change"):
+        InvoiceLine.objects.filter(pk=line.pk).delete()
