@@ -156,6 +156,7 @@ CELERY_BEAT_SCHEDULE = {
     "purge-expired-api-state": {"task": "accounts.purge_expired", "schedule": 3600.0},
     "run-leases": {"task": "scheduler.run_leases", "schedule": 30.0},
     "check-workloads": {"task": "workloads.check_workloads", "schedule": 30.0},
+    "wipe-volumes": {"task": "workloads.wipe_volumes", "schedule": 300.0},
     # Hourly, a few minutes past the hour; close-period daily, closing the month before once it is over.
     "meter": {"task": "billing.meter", "schedule": crontab(minute=5)},
     "close-period": {"task": "billing.close_last_period", "schedule": crontab(minute=30, hour=0)},

@@ -28,6 +28,7 @@ api_v1 = [
     path("", include("inventory.urls")),
     path("", include("scheduler.urls")),
     path("", include("workloads.urls")),
+    path("", include("workloads.urls_volumes")),
     path("", include("marketplace.api_urls")),
     path("", include("billing.urls_payments")),
     path("", include("billing.urls_balance")),

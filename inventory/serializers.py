@@ -108,6 +108,7 @@ class ServerOutput(serializers.ModelSerializer):
             "public_host",
             "port_range_start",
             "port_range_end",
+            "volume_disk_gb",
         ]
 
 
@@ -158,11 +159,19 @@ class ServerInput(StrictSerializer):
     )
     port_range_start = serializers.IntegerField(min_value=1024, max_value=65535, required=False)
     port_range_end = serializers.IntegerField(min_value=1024, max_value=65535, required=False)
+    volume_disk_gb = serializers.IntegerField(
+        min_value=0,
+        max_value=10_000_000,
+        required=False,
+        help_text="GB of the disk lent for customers' volumes (0: none), priced by the offer's storage price.",
+    )
 
     def validate(self, attrs: dict) -> dict:
         start, end = attrs.get("port_range_start", 40000), attrs.get("port_range_end", 40999)
         if end < start:
             raise serializers.ValidationError({"port_range_end": ["Must not be below port_range_start."]})
+        if attrs.get("volume_disk_gb", 0) > attrs["disk_gb"]:
+            raise serializers.ValidationError({"volume_disk_gb": ["Must not be above disk_gb."]})
         return attrs
 
 

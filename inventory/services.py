@@ -58,8 +58,10 @@ def server_register(
     public_host: str = "",
     port_range_start: int = 40000,
     port_range_end: int = 40999,
+    volume_disk_gb: int = 0,
 ) -> tuple[Server, str]:
-    """Register a provider's server, waiting for its agent; returns it and its enrolment token.
+    """Register a provider's server, waiting for its agent; returns it and its enrolment token. `volume_disk_gb`
+    is the disk it lends for customers' volumes (workloads.volumes; 0: none).
 
     The token is returned once and only its SHA-256 hash is stored, with an expiry of
     SUANLI_ENROLLMENT_TOKEN_TTL_HOURS. `interconnect` defaults to the GPU model's. A pending provider may
@@ -88,6 +90,7 @@ def server_register(
         public_host=public_host.strip(),
         port_range_start=port_range_start,
         port_range_end=port_range_end,
+        volume_disk_gb=volume_disk_gb,
         status=Server.Status.PENDING_ENROLLMENT,
         enrollment_token_hash=token_hash,
         enrollment_expires_at=_enrollment_expiry(now),

@@ -33,6 +33,9 @@ class OfferInput(StrictSerializer):
     host_access = serializers.BooleanField(
         required=False, default=False, help_text="server_month renters may ask for SSH onto the bare server."
     )
+    storage_gb_month_price = serializers.DecimalField(
+        **PRICE, help_text="Volumes on this server, per GB per calendar month (null: no volumes)."
+    )
 
 
 class OfferChange(StrictSerializer):
@@ -42,6 +45,9 @@ class OfferChange(StrictSerializer):
     available_until = serializers.DateTimeField(required=False, allow_null=True)
     currency = serializers.ChoiceField(choices=Organization.Currency.choices, required=False)
     host_access = serializers.BooleanField(required=False)
+    storage_gb_month_price = serializers.DecimalField(
+        **PRICE, help_text="Volumes on this server, per GB per calendar month (null: no volumes)."
+    )
 
 
 class OfferSearch(StrictSerializer):
@@ -106,6 +112,7 @@ class OfferOutput(serializers.ModelSerializer):
             "min_gpus",
             "available_until",
             "host_access",
+            "storage_gb_month_price",
             "reliability",
             "created_at",
             "delisted_at",

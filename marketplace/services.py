@@ -44,8 +44,10 @@ def offer_create(
     available_until: datetime | None = None,
     currency: str | None = None,
     host_access: bool = False,
+    storage_gb_month_price: Decimal | None = None,
 ) -> Offer:
-    """List `server` (one live offer per server: a second one is 409)."""
+    """List `server` (one live offer per server: a second one is 409). `storage_gb_month_price` prices the
+    server's volumes (workloads.volumes; None: none on this server)."""
     if server.organization_id != org.pk:
         raise InvalidInput("Not one of your servers.", fields={"server": ["Not one of your servers."]})
     if min_gpus > server.gpu_count:
@@ -61,6 +63,7 @@ def offer_create(
                 min_gpus=min_gpus,
                 available_until=available_until,
                 host_access=host_access,
+                storage_gb_month_price=storage_gb_month_price,
                 **fields,
             )
     except IntegrityError:

@@ -101,6 +101,8 @@ ACCESS: dict[str, str] = {
     "ssh-keys": "api_tenant_list",
     "ssh-key-detail": "api_user_object",
     "templates": "public",
+    "volumes": "api_tenant_list",
+    "volume-detail": "api_tenant_object",
     "offer-list": "public",
     "offer-mine": "api_tenant_list",
     "offer-detail": "public_listing",

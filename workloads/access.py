@@ -1,13 +1,14 @@
-"""Access to SSH keys, templates and workloads by id; fails closed (another tenant's object is 404)."""
+"""Access to SSH keys, templates, workloads and volumes by id; fails closed (another tenant's object is 404)."""
 
 from __future__ import annotations
 
 from django.db.models import Q, QuerySet
 
-from accounts.access import Actor, access_one
+from accounts.access import Actor, access_one, visible
 from accounts.models import Organization, User
 from scheduler.models import Lease
-from workloads.models import SshKey, Template, Workload
+from workloads.models import SshKey, Template, Volume, Workload
+from workloads.volumes import with_in_use
 
 
 def ssh_keys_of(user: User) -> QuerySet[SshKey]:
@@ -35,3 +36,10 @@ def access_workload(lease: Lease, workload_id: object, *, for_update: bool = Fal
     """`lease`'s workload `workload_id` (the lease already reached through access_lease), or NotFound."""
     workloads = lease.workloads.select_related("server")
     return access_one(workloads, workload_id, "workload", for_update=for_update)
+
+
+def access_volume(actor: Actor, volume_id: object, *, for_update: bool = False) -> Volume:
+    """One of the actor's organisation's volumes (any one for a staff read), with `mounted` (workloads.volumes);
+    another tenant's volume is NotFound like a missing id."""
+    volumes = with_in_use(visible(Volume.objects.all(), actor)).select_related("server")
+    return access_one(volumes, volume_id, "volume", for_update=for_update)

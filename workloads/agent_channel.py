@@ -1,5 +1,7 @@
 """The agent's side of workloads: the desired state served to an agent (with the card-cleaning bookkeeping), and
-the workload part of an agent's report, checked and applied.
+the workload part of an agent's report, checked and applied; with the volumes of workloads.volumes (per workload
+item, the volumes it mounts; at top level, the server's volumes to keep and to wipe; and the agent's reports of
+them).
 
 Cleaning: a card named in a workload served to an agent is marked `needs_cleaning`; once it is in no workload of
 its server any more, it is stamped with the desired-state version that left it out (`clean_after_version`), and it
@@ -27,6 +29,7 @@ from accounts.tenancy import platform_work
 from inventory.models import Gpu, Server
 from scheduler import services as scheduler
 from scheduler.models import Allocation, Lease, LeaseEvent, LeaseState, Plan
+from workloads import volumes
 from workloads.models import Access, DesiredVersion, Workload, WorkloadSpec, WorkloadState
 
 # Why these services run across tenants while a request is handled (accounts/tenancy.py).
@@ -69,6 +72,7 @@ def _workload_item(workload: Workload, spec: WorkloadSpec, gpus: list[str], stop
         "desired": workload.desired,
         "generation": workload.generation,
         "stop_by": stop_by.isoformat() if stop_by else None,
+        "volumes": volumes.spec_volumes(spec, workload.server),
     }
 
 
@@ -105,6 +109,7 @@ def desired_state_serve(*, server: Server, now: datetime | None = None) -> dict[
         "port_range": [server.port_range_start, server.port_range_end],
         "workloads": items,
     }
+    body["volumes"], body["volumes_to_wipe"] = volumes.desired_volumes(server)
     digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
     row, _ = DesiredVersion.objects.get_or_create(server=server)
     if row.digest == digest:
@@ -159,8 +164,9 @@ def reported_states_apply(*, server: Server, report: dict[str, Any], now: dateti
     """Apply the workload part of one accepted agent report (already parsed by `parse_workload_report`): the
     latest state of each of this server's workloads (ids of other servers are ignored), the first `running` (from
     which a card-hour lease is charged), lease events for changes, an uncharged failure of a lease whose workload
-    failed before it ever ran; and the cards the applied version leaves clean. A workload reported as it was last
-    time is not written again. Returns the workloads updated."""
+    failed before it ever ran; the cards the applied version leaves clean; and the report's volumes
+    (workloads.volumes.volume_reports_apply). A workload reported as it was last time is not written again.
+    Returns the workloads updated."""
     now = now or timezone.now()
     at = _report_time(report.get("sent_at"), now)
     entries = {entry["id"]: entry for entry in report.get("workloads") or []}
@@ -200,6 +206,8 @@ def reported_states_apply(*, server: Server, report: dict[str, Any], now: dateti
             Gpu.objects.filter(server=server, needs_cleaning=True, clean_after_version__lte=applied).update(
                 needs_cleaning=False, clean_after_version=None, clean_requested_at=None
             )
+    if report.get("volumes"):
+        volumes.volume_reports_apply(server=server, entries=report["volumes"], at=at)
     for lease, reason in failed:
         scheduler.lease_fail(lease=lease, reason=f"workload failed: {reason}", now=now)
     return updated
@@ -236,13 +244,16 @@ def _charged_from_usable(lease: Lease) -> bool:
 
 
 def parse_workload_report(payload: dict[str, Any]) -> dict[str, Any]:
-    """The workload fields of a report body, checked; InvalidInput on a bad shape (the report is then refused)."""
+    """The workload and volume fields of a report body, checked; InvalidInput on a bad shape (the report is then
+    refused)."""
     out: dict[str, Any] = {}
     version = payload.get("workloads_version")
     if version is not None:
         if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version < 2**63:
             raise InvalidInput("workloads_version must be a non-negative integer.")
         out["workloads_version"] = version
+    if payload.get("volumes") is not None:
+        out["volumes"] = volumes.parse_volume_report(payload["volumes"])
     entries = payload.get("workloads")
     if entries is None:
         return out

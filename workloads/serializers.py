@@ -5,10 +5,13 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from accounts.serializers import StrictSerializer
+from accounts.serializers import AccessibleField, StrictSerializer
+from inventory.access import STOREFRONT
+from inventory.models import Offer, Server
 from scheduler.serializers import LeaseInput, LeaseOutput
-from workloads.models import Access, SshKey, Template, Workload, WorkloadState
+from workloads.models import Access, SshKey, Template, Volume, VolumeState, Workload, WorkloadState
 from workloads.selectors import connections, spec_of, workloads_of_lease
+from workloads.volumes import MAX_MOUNTS, shown_state
 
 
 class StringField(serializers.CharField):
@@ -66,6 +69,11 @@ class TemplateInput(StrictSerializer):
     description_zh = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
 
 
+class VolumeMountInput(StrictSerializer):
+    volume = serializers.IntegerField(min_value=1, help_text="The id of one of your volumes.")
+    path = StringField(max_length=255, help_text="Where the container sees it: absolute, not /, /proc, /sys, /dev.")
+
+
 class WorkloadInput(StrictSerializer):
     template = serializers.IntegerField(required=False, allow_null=True, min_value=1)
     image = serializers.CharField(max_length=255, required=False, allow_blank=True)
@@ -79,6 +87,7 @@ class WorkloadInput(StrictSerializer):
     ssh_keys = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False, max_length=50)
     disk_gb = serializers.IntegerField(min_value=1, max_value=100_000, required=False, allow_null=True)
     access = serializers.ChoiceField(choices=Access.choices, required=False, default=Access.CONTAINER)
+    volumes = serializers.ListField(child=VolumeMountInput(), required=False, max_length=MAX_MOUNTS)
 
 
 class LeaseWithWorkloadInput(LeaseInput):
@@ -130,6 +139,11 @@ class WorkloadSpecOutput(serializers.Serializer):
     ports = serializers.ListField(child=serializers.IntegerField())
     ssh_keys = serializers.SerializerMethodField()
     disk_gb = serializers.IntegerField()
+    volumes = serializers.SerializerMethodField()
+
+    @extend_schema_field(VolumeMountInput(many=True))
+    def get_volumes(self, spec) -> list[dict]:
+        return [{"volume": m.volume_id, "path": m.path} for m in spec.mounts.order_by("path")]
 
     def get_ssh_keys(self, spec) -> list[dict]:
         return [{"name": k["name"], "fingerprint": k["fingerprint"]} for k in spec.ssh_keys]
@@ -153,3 +167,44 @@ class LeaseWithWorkloadsOutput(LeaseOutput):
         if spec is None:
             return []
         return WorkloadOutput(workloads_of_lease(lease), many=True, context={"spec": spec}).data
+
+
+# --- volumes ---------------------------------------------------------------------------------------------------
+
+
+class VolumeInput(StrictSerializer):
+    name = serializers.CharField(max_length=63, help_text="1-63 of a-z, 0-9 and '-', unique among your volumes.")
+    server = AccessibleField(
+        lambda actor: Server.objects.unscoped(STOREFRONT).filter(
+            pk__in=Offer.objects.unscoped(STOREFRONT).live().values("server_id")
+        ),
+        "server",
+        help_text="A server with a live offer that prices volume storage.",
+    )
+    size_gb = serializers.IntegerField(min_value=1, max_value=100_000)
+
+
+class VolumeOutput(serializers.ModelSerializer):
+    state = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Volume
+        fields = [
+            "id",
+            "name",
+            "server",
+            "size_gb",
+            "used_gb",
+            "state",
+            "price_per_gb_month",
+            "currency",
+            "wipe_at",
+            "created_at",
+            "ready_at",
+            "wipe_requested_at",
+            "wiped_at",
+        ]
+
+    @extend_schema_field(serializers.ChoiceField(choices=VolumeState.choices))
+    def get_state(self, volume: Volume) -> str:
+        return shown_state(volume)

@@ -22,7 +22,7 @@ from accounts.tenancy import platform_work
 from inventory.models import Runtime
 from scheduler import services as scheduler
 from scheduler.models import Allocation, Lease, LeaseEvent, LeaseState, Plan
-from workloads import sshkeys
+from workloads import sshkeys, volumes
 from workloads.access import access_template, ssh_keys_of
 from workloads.models import Access, SshKey, Template, Workload, WorkloadSpec, WorkloadState
 
@@ -229,16 +229,26 @@ def workload_request(*, org: Organization, user: User, plan: str, data: dict[str
 @platform_work(_PLATFORM)
 def lease_create(*, org: Organization, user: User, workload: dict[str, Any] | None = None, **lease: Any) -> Lease:
     """Create a lease (scheduler.services.lease_create) and, when asked, its workload on every server it spans,
-    in one transaction: a lease with a workload is placed only on servers whose agent runs it that way."""
+    in one transaction: a lease with a workload is placed only on servers whose agent runs it that way.
+
+    A workload that mounts volumes (workloads.volumes) pins the lease to their server: the volumes are locked and
+    checked (the organisation's, live, not in grace, mounted by no other live lease; 400/409 otherwise), the lease
+    is placed on that server alone, and the mounts are stored with the spec."""
     request = workload_request(org=org, user=user, plan=lease["plan"], data=workload) if workload else None
+    mounts = volumes.mounts_parse(workload.get("volumes")) if workload else []
+    if mounts and request is not None and request.access == Access.HOST:
+        raise volumes.mount_error("Volumes are mounted into containers; host access takes none.")
     with transaction.atomic():
         if request is None:
             return scheduler.lease_create(org=org, **lease)
         host = request.access == Access.HOST
+        locked = volumes.mounts_lock(org=org, mounts=mounts)
+        if locked:
+            lease["server"] = _volume_server(locked[0][0].server, lease)
         made = scheduler.lease_create(
             org=org, runtime=Runtime.HOST if host else Runtime.DOCKER, host_access=host, **lease
         )
-        WorkloadSpec.objects.create(
+        spec = WorkloadSpec.objects.create(
             lease=made,
             access=request.access,
             template=request.template,
@@ -250,11 +260,24 @@ def lease_create(*, org: Organization, user: User, workload: dict[str, Any] | No
             disk_gb=request.disk_gb,
             notebook_token=secrets.token_urlsafe(24) if NOTEBOOK_PORT in request.ports else "",
         )
+        volumes.mounts_create(spec=spec, mounts=locked)
         servers = sorted(set(Allocation.objects.filter(lease=made).values_list("server_id", flat=True)))
         Workload.objects.bulk_create(
             [Workload(lease=made, server_id=s, created_at=made.start_at) for s in servers], ignore_conflicts=True
         )
     return made
+
+
+def _volume_server(server, lease: dict[str, Any]):
+    """The server a lease whose workload mounts volumes must run on: theirs. A different `server` or `offer` in
+    the request, or more than one server, is a 400."""
+    named = lease.get("offer").server_id if lease.get("offer") is not None else None
+    named = named or (lease["server"].pk if lease.get("server") is not None else None)
+    if named is not None and named != server.pk:
+        raise volumes.mount_error("The volumes are on another server than the one asked for.")
+    if (lease.get("servers") or 1) > 1:
+        raise volumes.mount_error("A lease with volumes runs on their one server.")
+    return server
 
 
 # --- the customer's verbs --------------------------------------------------------------------------------------

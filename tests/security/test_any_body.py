@@ -15,6 +15,7 @@ import copy
 import json
 import re
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from hypothesis import strategies as st
 from rest_framework.test import APIClient
 
 from accounts.models import ApiKey
+from inventory.models import Offer, Server
 from tests.support.routes import routes
 from tests.workloads import conftest as workloads_conftest
 from tests.workloads.conftest import openssh_public_key, rent_with_workload
@@ -174,6 +176,10 @@ def world(alice, bob, staff, box, fake_stripe):
     workload = Workload.objects.filter(lease_id=lease["id"]).first()
     key = alice.api.post("/api/v1/ssh-keys/", {"name": "k", "public_key": SSH_KEY}, format="json").json()
     api_key = ApiKey.objects.filter(user=alice.user).first()
+    # Bob's box lends disk for volumes, and alice has one there: bodies reach the volume rules, not just "unknown".
+    Server.objects.filter(pk=box.server_id).update(volume_disk_gb=50)
+    Offer.objects.filter(pk=box.offer_id).update(storage_gb_month_price=Decimal("0.1"))
+    volume = alice.api.post("/api/v1/volumes/", {"name": "v", "server": box.server_id, "size_gb": 5}, format="json")
     objects = {
         "lease": lease["id"],
         "workload": workload.pk,
@@ -183,6 +189,7 @@ def world(alice, bob, staff, box, fake_stripe):
         "member": alice.membership.pk,
         "ssh-key": key["id"],
         "api-key": api_key.pk,
+        "volume": volume.json()["id"],
     }
     bases = {
         "lease-list": [
@@ -190,7 +197,13 @@ def world(alice, bob, staff, box, fake_stripe):
             {"plan": "server_month", "servers": 1, "end_at": FUTURE},
             {"plan": "pflops_year", "pflops": "0.5", "end_at": FUTURE, "start_at": FUTURE},
             {"plan": "card_hour", "gpu_count": 1, "workload": {"image": "nginx:1", "ports": [80], "env": {"A": "b"}}},
+            {
+                "plan": "card_hour",
+                "gpu_count": 1,
+                "workload": {"image": "nginx:1", "volumes": [{"volume": volume.json()["id"], "path": "/data"}]},
+            },
         ],
+        "volumes": [{"name": "data", "server": box.server_id, "size_gb": 5}],
         "lease-resize": [{"gpu_count": 2}],
         "offer-list": [{"server": box.server_id, "prices": {"card_hour": "2.50"}, "available_until": FUTURE}],
         "offer-detail": [{"prices": {"card_hour": "3.00"}, "min_gpus": 1}],
@@ -247,7 +260,9 @@ def h100_id(box) -> int:
 
 
 def ids_for(key: str, objects: dict) -> dict[str, Any]:
-    kind = next((k for k in ("ssh-key", "api-key", "lease", "server", "offer", "org") if key.startswith(k)), None)
+    kind = next(
+        (k for k in ("ssh-key", "api-key", "lease", "server", "offer", "org", "volume") if key.startswith(k)), None
+    )
     pk = objects.get(kind, 1)  # invoices and payouts: none exist, an id that is not one is as good
     return {
         "pk": pk,

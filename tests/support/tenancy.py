@@ -105,6 +105,26 @@ def _alice_ssh_key(v: Victims) -> dict:
     return {"pk": v.objects["ssh_key"].pk}
 
 
+def _alice_volume(v: Victims) -> dict:
+    if "volume" not in v.objects:
+        from decimal import Decimal
+
+        from django.utils import timezone
+
+        from workloads.models import Volume
+
+        v.objects["volume"] = Volume.objects.create(
+            organization=v.alice.org,
+            server=v.objects["server"],
+            name="alice-data",
+            size_gb=10,
+            price_per_gb_month=Decimal("0.1"),
+            currency=v.alice.org.currency,
+            created_at=timezone.now(),
+        )
+    return {"pk": v.objects["volume"].pk}
+
+
 # URL name -> the kwargs that point at a victim's object.
 VICTIM_OBJECTS: dict[str, Callable[[Victims], dict]] = {
     "org-detail": _alice_org,
@@ -131,6 +151,7 @@ VICTIM_OBJECTS: dict[str, Callable[[Victims], dict]] = {
     "lease-workload-restart": _alice_workload,
     "lease-workload-stop": _alice_workload,
     "ssh-key-detail": _alice_ssh_key,
+    "volume-detail": _alice_volume,
     "invoice-detail": _alice_invoice,
     "invoice-pay": _alice_invoice,
     "org-billing": _alice_org,
