@@ -1,4 +1,5 @@
-"""App config of billing: registers the money check that the scheduler runs when it admits a lease."""
+"""App config of billing: registers the money check that the scheduler runs when it admits a lease, and the e-mail
+workloads' wipe job sends through billing when volumes whose grace ran out go to wiping."""
 
 from django.apps import AppConfig
 
@@ -9,6 +10,9 @@ class BillingConfig(AppConfig):
 
     def ready(self) -> None:
         from billing.funds import admit
+        from billing.grace import volumes_wiping_tell
         from scheduler import admission
+        from workloads.volumes import wipe_listener_register
 
         admission.register(admit)
+        wipe_listener_register(volumes_wiping_tell)

@@ -18,6 +18,10 @@ ran is billed. Contracts are not stopped: they run on credit and the notice name
 deleted. After a stop the organisation is not told or stopped again until it recovers (its `stopped` notice stays
 open until then), unless it has card-hour leases again. The same job e-mails spend alerts at each share of a
 monthly cap (once per month and share).
+
+**Volumes** (issue 16) are billed until wiped, so they count in the burn, and an organisation with volumes is
+watched like one with leases. A stop puts its volumes into a grace period (billing/grace.py: kept, wiped after
+SUANLI_VOLUME_GRACE_DAYS unless it pays, with e-mails on the way); recovering releases them.
 """
 
 from __future__ import annotations
@@ -29,21 +33,23 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.core.mail import send_mail
 from django.db import transaction
 from django.utils import timezone
 from rest_framework import status
 
 from accounts.errors import DomainError, InvalidInput, InvalidTransition
-from accounts.models import Membership, Organization, Role
+from accounts.models import Organization
 from accounts.tenancy import platform_work
 from billing import rating
 from billing.balances import Standing, standing
+from billing.grace import volumes_grace_end, volumes_grace_start, volumes_remind
 from billing.ledger import _money
 from billing.models import FundsNotice, SpendLimit
+from billing.notify import mail_org as _mail
 from billing.terms import terms_of
 from scheduler import services as scheduler_services
 from scheduler.models import Allocation, Lease, LeaseState, Plan
+from workloads.models import Volume, VolumeState
 
 logger = logging.getLogger(__name__)
 
@@ -166,15 +172,19 @@ def spend_limit_of(org: Organization) -> tuple[Decimal | None, list[Decimal]]:
 
 
 def _watched() -> list[Organization]:
-    """Organisations with running or reserved leases, or an open notice (low, or stopped and not recovered): the
-    ones whose money may move."""
+    """Organisations with running or reserved leases, volumes not wiped (billed all the time), or an open notice
+    (low, or stopped and not recovered): the ones whose money may move."""
     live = Lease.objects.unscoped("the funds job watches every organisation with leases").filter(
         state__in=[LeaseState.ACTIVE, LeaseState.SCHEDULED]
     )
     noticed = FundsNotice.objects.unscoped("open notices").filter(
         kind__in=[FundsNotice.Kind.LOW, FundsNotice.Kind.STOPPED], resolved_at__isnull=True
     )
+    kept = Volume.objects.unscoped("the funds job watches every organisation with volumes").filter(
+        state__in=[VolumeState.CREATING, VolumeState.READY, VolumeState.IN_USE, VolumeState.GRACE]
+    )
     ids = set(live.values_list("organization_id", flat=True)) | set(noticed.values_list("organization_id", flat=True))
+    ids |= set(kept.values_list("organization_id", flat=True))
     return list(Organization.objects.unscoped("the funds job").filter(pk__in=ids).order_by("pk"))
 
 
@@ -189,6 +199,7 @@ def funds_check(*, now: datetime | None = None) -> dict[str, int]:
             for outcome in _low_funds(org, money, now):
                 counts[outcome] += 1
         counts["alerts"] += _spend_alerts(org, money, now)
+    counts["volume_reminders"] = volumes_remind(now=now)
     return counts
 
 
@@ -204,7 +215,8 @@ def _low_funds(org: Organization, money: Standing, now: datetime) -> list[str]:
             .filter(kind__in=[FundsNotice.Kind.LOW, FundsNotice.Kind.STOPPED], resolved_at__isnull=True)
             .update(resolved_at=now)
         )
-        return ["recovered"] if resolved else []
+        released = volumes_grace_end(org=org)  # its volumes in grace are kept again
+        return ["recovered"] if resolved or released else []
     if open_notice is None:
         if _on_credit(org) and not _card_hours(org).exists():
             return []  # stopped already and not recovered since: nothing more to say or stop
@@ -278,6 +290,7 @@ def _stop(org: Organization, money: Standing, notice: FundsNotice, now: datetime
         f"{org.name}'s balance ran out ({money.available} {money.currency} available), {stopped}\n\n"
         f"Top up to rent again: {settings.SITE_URL.rstrip('/')}/balance/\n",
     )
+    volumes_grace_start(org=org, now=now)  # its volumes are kept for the grace period, then wiped (its own e-mail)
     return bool(ended)
 
 
@@ -321,23 +334,19 @@ def _low_body(org: Organization, money: Standing, notice_seconds: int) -> str:
         f"{org.name} has {money.available} {money.currency} available and spends {money.burn_per_hour} "
         f"{money.currency} an hour: it runs out at {when}.\n\n"
         f"Its card-hour leases will be ended when it is out and this notice is {minutes} minutes old. Top up to keep "
-        f"them running: {settings.SITE_URL.rstrip('/')}/balance/\n"
+        f"them running: {settings.SITE_URL.rstrip('/')}/balance/\n" + _volumes_warning(org)
     )
 
 
-def _mail(org: Organization, subject: str, body: str) -> None:
-    """To the organisation's owners, admins and billing members, once the transaction is committed."""
-    roles = [Role.OWNER, Role.ADMIN, Role.BILLING]
-    recipients = sorted(
-        set(Membership.objects.for_org(org).filter(role__in=roles).values_list("user__email", flat=True))
+def _volumes_warning(org: Organization) -> str:
+    """What a stop would do to the organisation's volumes, when it has any."""
+    if (
+        not Volume.objects.for_org(org)
+        .filter(state__in=[VolumeState.CREATING, VolumeState.READY, VolumeState.IN_USE])
+        .exists()
+    ):
+        return ""
+    return (
+        f"\nIts volumes are then kept for {settings.SUANLI_VOLUME_GRACE_DAYS} days and wiped unless it tops up "
+        f"before.\n"
     )
-    if not recipients:
-        return
-
-    def send() -> None:
-        try:
-            send_mail(f"[Suanli] {subject}", body, settings.DEFAULT_FROM_EMAIL, recipients)
-        except Exception:  # the mail server is down: the notice stands on the site; the job goes on
-            logger.exception("funds: could not mail organisation %s", org.pk)
-
-    transaction.on_commit(send)

@@ -315,6 +315,8 @@ SUANLI_DEFAULT_PAYMENT_MODE = env_str("DEFAULT_PAYMENT_MODE", "prepaid")
 SUANLI_ADMISSION_MINIMUM_SECONDS = env_int("ADMISSION_MINIMUM_SECONDS", 3600)
 SUANLI_FUNDS_NOTICE_SECONDS = env_int("FUNDS_NOTICE_SECONDS", 3600)
 SUANLI_SPEND_ALERTS = (Decimal("0.5"), Decimal("0.9"))
+# Volumes (issue 16) of an organisation that ran out of money are kept this many days, then wiped (billing/grace.py).
+SUANLI_VOLUME_GRACE_DAYS = env_int("VOLUME_GRACE_DAYS", 15)
 SUANLI_TOP_UP_MIN = Decimal(env_str("TOP_UP_MIN", "1"))
 SUANLI_TOP_UP_MAX = Decimal(env_str("TOP_UP_MAX", "1000000"))
 # Stripe: the secret key and webhook signing secret; STRIPE_API_BASE points the SDK at another server (a local

@@ -267,7 +267,7 @@ def test_a_notice_then_a_stop_at_zero_once_the_notice_is_old_enough(check, clock
     assert mail.outbox[0].to == ["alice@example.com"] and "running out" in mail.outbox[0].subject
     for minutes in range(62, 121):  # at zero from minute 120, but the notice is only 59 minutes old
         clock.move_to(MARCH + minutes * MINUTE)
-        assert check() == {"notified": 0, "stopped": 0, "recovered": 0, "alerts": 0}
+        assert check() == {"notified": 0, "stopped": 0, "recovered": 0, "alerts": 0, "volume_reminders": 0}
     lease.refresh_from_db()
     assert lease.state == "active" and len(mail.outbox) == 1
 
@@ -287,7 +287,7 @@ def test_a_notice_then_a_stop_at_zero_once_the_notice_is_old_enough(check, clock
     # What ran is billed: 121 minutes of 2 cards.
     assert standing(alice.org).month_to_date == rating.to_money(D(121) / 60 * 5)
     clock.move_to(MARCH + 130 * MINUTE)
-    assert check() == {"notified": 0, "stopped": 0, "recovered": 0, "alerts": 0}
+    assert check() == {"notified": 0, "stopped": 0, "recovered": 0, "alerts": 0, "volume_reminders": 0}
     assert len(mail.outbox) == 2
 
 
@@ -393,7 +393,13 @@ def test_funds_check_twice_at_the_same_minute_changes_nothing_more(check, clock,
     clock.move_to(MARCH + 2 * timedelta(hours=1))
     first = check()
     second = check()
-    assert first["notified"] == 1 and second == {"notified": 0, "stopped": 0, "recovered": 0, "alerts": 0}
+    assert first["notified"] == 1 and second == {
+        "notified": 0,
+        "stopped": 0,
+        "recovered": 0,
+        "alerts": 0,
+        "volume_reminders": 0,
+    }
     assert BalanceEntry.objects.count() == 1
 
 
