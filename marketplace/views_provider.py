@@ -100,7 +100,8 @@ def _server_label(server: Server) -> str:
 
 
 class OfferForm(forms.Form):
-    """Prices per plan (blank = not offered), interruptible prices below them, min cards, end and currency.
+    """Prices per plan (blank = not offered), interruptible prices below them, min cards, end, currency and the
+    price of volumes per GB-month (blank = no volumes on the server).
 
     The form checks what it can say beside a field (an interruptible price without an on-demand one above
     it, more cards than the server has); the service checks again and its verdict wins.
@@ -122,6 +123,8 @@ class OfferForm(forms.Form):
         input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"],
     )
     currency = forms.ChoiceField(label=gettext_lazy("Currency"), choices=Organization.Currency.choices)
+    # Volumes on the server (its disk for volumes), per GB per month; blank: no volumes there.
+    storage_gb_month_price = _price_field(gettext_lazy("Volumes, per GB-month (optional)"))
 
     def __init__(self, *args: Any, org: Organization, offer: Offer | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -178,6 +181,7 @@ class OfferForm(forms.Form):
             "min_gpus": data["min_gpus"],
             "available_until": data.get("available_until"),
             "currency": data["currency"],
+            "storage_gb_month_price": data.get("storage_gb_month_price"),
         }
 
     def add_service_errors(self, exc: InvalidInput | Conflict) -> None:
@@ -217,7 +221,12 @@ class OfferForm(forms.Form):
 
 def _offer_initial(offer: Offer) -> dict[str, Any]:
     initial: dict[str, Any] = {name: getattr(offer, name) for pair in PLAN_PRICE_FIELDS.values() for name in pair}
-    initial.update(min_gpus=offer.min_gpus, available_until=offer.available_until, currency=offer.currency)
+    initial.update(
+        min_gpus=offer.min_gpus,
+        available_until=offer.available_until,
+        currency=offer.currency,
+        storage_gb_month_price=offer.storage_gb_month_price,
+    )
     return initial
 
 

@@ -220,6 +220,10 @@ class ServerRegisterForm(forms.Form):
     cpu_cores = AsciiIntegerField(label=gettext_lazy("CPU cores"), min_value=1, max_value=4096)
     ram_gb = AsciiIntegerField(label=gettext_lazy("RAM (GB)"), min_value=1, max_value=65536)
     disk_gb = AsciiIntegerField(label=gettext_lazy("Disk (GB)"), min_value=1, max_value=10_000_000)
+    # Disk lent for customers' volumes (workloads.volumes), priced by the offer; none unless filled in.
+    volume_disk_gb = AsciiIntegerField(
+        label=gettext_lazy("Disk for volumes (GB)"), min_value=0, max_value=10_000_000, initial=0, required=False
+    )
     # The workload fields may be left out: the defaults are the model's (containers, ports 40000-40999).
     runtime = forms.ChoiceField(
         label=gettext_lazy("Runtime"), choices=RUNTIME_CHOICES, initial=Runtime.DOCKER, required=False
@@ -245,12 +249,15 @@ class ServerRegisterForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
-        for name in ("runtime", "port_range_start", "port_range_end"):
+        for name in ("runtime", "port_range_start", "port_range_end", "volume_disk_gb"):
             if data.get(name) in (None, "") and name not in self.errors:
                 data[name] = self.fields[name].initial
         start, end = data.get("port_range_start"), data.get("port_range_end")
         if start is not None and end is not None and end < start:
             self.add_error("port_range_end", _("Must not be below the first port."))
+        lent, disk = data.get("volume_disk_gb"), data.get("disk_gb")
+        if lent is not None and disk is not None and lent > disk:
+            self.add_error("volume_disk_gb", _("Must not be above the disk."))
         return data
 
     def add_service_errors(self, exc: InvalidInput) -> None:

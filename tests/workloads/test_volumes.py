@@ -113,6 +113,18 @@ def test_in_use_while_the_lease_lives_and_ready_again_when_it_ends(alice, store)
     assert alice.api.delete(f"/api/v1/volumes/{vid}/").json()["error"]["code"] == "volume_in_use"
 
 
+def test_a_workload_item_carries_only_the_mounts_of_its_own_server(alice, store, other_store):
+    from inventory.models import Server
+    from workloads.models import WorkloadSpec
+
+    vid = made(alice, store.server_id)
+    lease = mount_lease(alice, [{"volume": vid, "path": "/data"}]).json()
+    spec = WorkloadSpec.objects.get(lease_id=lease["id"])
+    here, there = Server.objects.get(pk=store.server_id), Server.objects.get(pk=other_store.server_id)
+    assert volumes.spec_volumes(spec, here) == [{"id": vid, "path": "/data", "size_gb": 10}]
+    assert volumes.spec_volumes(spec, there) == []  # cards there after a resize or failover: no volume to mount
+
+
 def test_a_volume_mounted_by_another_live_lease_is_409_volume_in_use(alice, store):
     vid = made(alice, store.server_id)
     assert mount_lease(alice, [{"volume": vid, "path": "/data"}]).status_code == 201

@@ -215,3 +215,38 @@ def test_a_second_box_of_the_same_provider_lends_its_own_disk(alice, bob, h100, 
     assert create(alice, other.server_id, "small", 5).status_code == 201
     assert create(alice, other.server_id, "more", 1).json()["error"]["code"] == "no_storage"
     assert create(alice, store.server_id, "big", 100).status_code == 201
+
+
+# --- the provider's pages set the same two fields ----------------------------------------------------------------
+
+
+def test_the_register_page_sets_the_disk_for_volumes_and_refuses_more_than_the_disk(client, bob, h100):
+    client.force_login(bob.user)
+    base = {"region": "cn-east-1", "gpu_model": h100.pk, "gpu_count": 8, "cpu_cores": 64, "ram_gb": 512}
+    too_much = client.post("/servers/", {**base, "name": "node-1", "disk_gb": 100, "volume_disk_gb": 101})
+    assert too_much.status_code == 400 and 'id="id_volume_disk_gb_errors"' in too_much.content.decode()
+    assert not Server.objects.filter(organization=bob.org).exists()
+    assert (
+        client.post("/servers/", {**base, "name": "node-1", "disk_gb": 4000, "volume_disk_gb": 1000}).status_code == 302
+    )
+    assert client.post("/servers/", {**base, "name": "node-2", "disk_gb": 4000}).status_code == 302
+    lent = dict(Server.objects.filter(organization=bob.org).values_list("name", "volume_disk_gb"))
+    assert lent == {"node-1": 1000, "node-2": 0}
+
+
+def test_the_offer_pages_set_and_clear_the_storage_price(client, bob, box):
+    from inventory.models import Offer
+
+    client.force_login(bob.user)
+    offer = Offer.objects.get(pk=box.offer_id)
+    form = {"card_hour_price": "2.5000", "min_gpus": 1, "currency": offer.currency}
+    page = client.get(f"/provider/offers/{offer.pk}/edit/").content.decode()
+    assert 'name="storage_gb_month_price"' in page
+    saved = client.post(f"/provider/offers/{offer.pk}/edit/", {**form, "storage_gb_month_price": "0.0500"})
+    assert saved.status_code == 302, saved.content
+    offer.refresh_from_db()
+    assert offer.storage_gb_month_price == Decimal("0.05")
+    assert 'value="0.0500"' in client.get(f"/provider/offers/{offer.pk}/edit/").content.decode()
+    assert client.post(f"/provider/offers/{offer.pk}/edit/", form).status_code == 302
+    offer.refresh_from_db()
+    assert offer.storage_gb_month_price is None
