@@ -327,3 +327,49 @@ def test_the_desired_digest_is_stored_per_server(alice, store, other_store):
     after = dict(DesiredVersion.objects.values_list("server_id", "version"))
     assert after[store.server_id] == versions[store.server_id]
     assert after[other_store.server_id] == versions[other_store.server_id] + 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_leases_racing_to_mount_one_volume_never_both_get_it():
+    import threading
+    from decimal import Decimal
+
+    from django.db import connections
+
+    from accounts.errors import DomainError
+    from tests.factories import GpuModelFactory, OrganizationFactory, ProviderFactory, UserFactory, online_server
+    from tests.support.db import own_connection
+    from workloads import services
+
+    server = online_server(organization=ProviderFactory(), gpu_model=GpuModelFactory(), volume_disk_gb=10)
+    server.offers.update(storage_gb_month_price=Decimal("0.1"))
+    org, user = OrganizationFactory(), UserFactory()
+    volume = volumes.volume_create(org=org, server=server, name="shared", size_gb=5)
+    start = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def attempt() -> None:
+        own_connection()
+        try:
+            start.wait()
+            services.lease_create(
+                org=org,
+                user=user,
+                plan="card_hour",
+                gpu_count=1,
+                workload={"image": "ubuntu:24.04", "volumes": [{"volume": volume.pk, "path": "/data"}]},
+            )
+            outcomes.append("created")
+        except DomainError as exc:
+            outcomes.append(exc.code)
+        finally:
+            connections["default"].close()
+
+    threads = [threading.Thread(target=attempt) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["created", "volume_in_use"]
+    assert VolumeMount.objects.filter(volume=volume).count() == 1
+    assert Lease.objects.filter(organization=org).count() == 1
