@@ -226,6 +226,12 @@ class VolumeStore(Volumes):
         self._finish_interrupted()
         for volume_id in self._images():
             self._mount(volume_id)
+        if self.root and _own_mount_namespace():
+            log.warning(
+                "the agent runs in a mount namespace of its own (systemd sandboxing?): Docker will not see the "
+                "volumes it mounts under %s; see agents/README.md, Volumes",
+                self.directory,
+            )
 
     # -- paths ------------------------------------------------------------------------------------------------
 
@@ -489,6 +495,14 @@ def _truncate_unlink(path: str) -> None:
     finally:
         os.close(fd)
     os.unlink(path)
+
+
+def _own_mount_namespace() -> bool:
+    """True when this process's mount namespace is not PID 1's (False when that cannot be read)."""
+    try:
+        return os.readlink("/proc/self/ns/mnt") != os.readlink("/proc/1/ns/mnt")
+    except OSError:
+        return False
 
 
 def _find_mkfs() -> str:
