@@ -41,6 +41,7 @@ from agents.client import FETCHED, REFUSED, Backoff
 from agents.runtime.base import (
     CLEANED,
     EXITED,
+    FAILED,
     PENDING,
     PULLING,
     RUNNING,
@@ -118,6 +119,7 @@ class Reconciler:
         )
         self._volumes: dict[int, VolumeStatus] = {}
         self._waiting: dict[int, str] = {}  # workload id -> why it is not started yet (a volume not ready)
+        self._refused: dict[int, str] = {}  # workload id -> why it is never started (another organisation's volume)
         self.attempt = 0
         self.next_fetch = clock()
         self._load()
@@ -236,6 +238,11 @@ class Reconciler:
                 self.runtime.restart(spec, self.grace)
         elif spec.desired == RUNNING:
             if seen is None or not (seen.busy or seen.state == RUNNING):
+                refused = self._volumes_refused(spec)
+                if refused:
+                    self._ask(spec.id, "refuse", refused)
+                    self._refused[spec.id] = refused
+                    return
                 waiting = self._volumes_missing(spec)
                 if waiting:
                     self._ask(spec.id, "wait", waiting)
@@ -256,9 +263,18 @@ class Reconciler:
         except Exception:  # a bug on the volumes' side must not stop the workloads
             log.exception("cannot bring the volumes to the desired state")
             return
-        self._waiting = {}
+        self._waiting, self._refused = {}, {}
         with self._lock:
             self._volumes = statuses
+
+    def _volumes_refused(self, spec: WorkloadSpec) -> str:
+        """Why `spec` may never mount its volumes ("" if it may): one belongs to another organisation, when the
+        desired state names the owners of both."""
+        owners = {v.id: v.owner for v in self.desired.volumes} if self.desired is not None else {}
+        others = [str(m.id) for m in spec.volumes if spec.owner and owners.get(m.id) not in ("", None, spec.owner)]
+        if others:
+            return f"refused: volume {', '.join(others)} belongs to another organisation"
+        return ""
 
     def _volumes_missing(self, spec: WorkloadSpec) -> str:
         """Why `spec` cannot start yet ("" if every volume it mounts is ready)."""
@@ -298,6 +314,10 @@ class Reconciler:
                     statuses[spec.id] = _status(seen)
                 elif spec.id in expired:
                     statuses[spec.id] = WorkloadStatus(spec.id, CLEANED, spec.generation, gpus=spec.gpus)
+                elif spec.id in self._refused:
+                    statuses[spec.id] = WorkloadStatus(
+                        spec.id, FAILED, spec.generation, message=self._refused[spec.id], gpus=spec.gpus
+                    )
                 elif spec.desired == RUNNING:
                     statuses[spec.id] = WorkloadStatus(
                         spec.id, PENDING, spec.generation, message=self._waiting.get(spec.id, ""), gpus=spec.gpus

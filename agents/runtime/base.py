@@ -102,6 +102,7 @@ class VolumeWanted:
 
     id: int
     size_gb: int
+    owner: str = ""  # the organisation it belongs to, when the platform says (optional)
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,9 @@ class WorkloadSpec:
     generation: int = 0
     stop_by: float | None = None  # unix seconds
     volumes: tuple[VolumeMount, ...] = ()
+    # The organisation the workload runs for, when the platform says (optional): a volume of another organisation
+    # (the top-level volume's `owner`) is never mounted into it.
+    owner: str = ""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WorkloadSpec:
@@ -151,6 +155,7 @@ class WorkloadSpec:
             generation=_int(data.get("generation")),
             stop_by=parse_time(data.get("stop_by")),
             volumes=tuple(sorted(volumes, key=lambda v: v.id)),
+            owner=str(data.get("owner") or ""),
         )
 
     @property
@@ -199,7 +204,7 @@ class Desired:
         volumes: dict[int, VolumeWanted] = {}
         for item in _list(data.get("volumes")):
             try:
-                volume = VolumeWanted(int(item["id"]), int(item["size_gb"]))
+                volume = VolumeWanted(int(item["id"]), int(item["size_gb"]), str(item.get("owner") or ""))
             except (KeyError, TypeError, ValueError):
                 raise ValueError(f"a volume without an integer id and size_gb: {str(item)[:200]}") from None
             if volume.size_gb <= 0:

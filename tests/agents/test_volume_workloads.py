@@ -149,3 +149,18 @@ def test_status_lists_the_volumes_the_last_pass_saw(clock, runtime, tmp_path, ca
     _print_workloads({"kind": "simulated", "ok": True}, read_state(str(tmp_path / "state")))
     out = capsys.readouterr().out
     assert "volumes:   1" in out and "7: ready, 0.0 GB used" in out
+
+
+@pytest.mark.parametrize(("volume_owner", "workload_owner", "state"), [("5", "6", "failed"), ("5", "5", "running")])
+def test_a_volume_of_another_organisation_is_never_mounted(
+    clock, runtime, tmp_path, volume_owner, workload_owner, state
+):
+    body = desired(1, mounting(31, 7) | {"owner": workload_owner}, volumes=[7])
+    body["volumes"][0]["owner"] = volume_owner
+    rec = reconciler(DesiredSource(body), runtime, clock, tmp_path)
+    rec.run(duration=5)
+    status = workload_status(rec, 31)
+    assert status.state == state
+    if state == "failed":
+        assert status.message == "refused: volume 7 belongs to another organisation"
+        assert runtime.history == []
