@@ -113,3 +113,17 @@ def test_a_providers_live_earnings_include_storage(clock, alice, bob, server):
     clock.move_to(MARCH + 6 * HOUR)
     (month,) = selectors.provider_month_so_far(org=bob.org, now=timezone.now())
     assert (month.currency, month.gross) == ("USD", D("6.00"))
+
+
+def test_the_chinese_balance_page_and_invoice_name_storage_in_chinese(clock, alice, server, client):
+    volume = make_volume(alice.org, server, name="data", size_gb=10)
+    Volume.objects.filter(pk=volume.pk).update(state="grace", wipe_at=MARCH + timedelta(days=15))
+    client.force_login(alice.user)
+    body = client.get("/balance/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert "存储卷" in body and "清除时间" in body and "1 个存储卷在宽限期内保留" in body
+    clock.move_to(MARCH + timedelta(days=31, hours=1))
+    invoicing.close_period("2026-03")
+    invoice = Invoice.objects.get(organization=alice.org)
+    client.force_login(alice.user)  # a month later: a new session
+    page = client.get(f"/invoices/{invoice.pk}/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert "存储，存储卷 data (10 GB)" in page and "GB·月" in page
