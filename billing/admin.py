@@ -27,9 +27,11 @@ from billing.models import (
     ProviderStatement,
     ProviderTerms,
     SpendLimit,
+    StorageRecord,
     StripeEvent,
     TopUp,
     UsageRecord,
+    VolumeNotice,
 )
 
 
@@ -92,6 +94,14 @@ class UsageRecordAdmin(ReadOnly, TenantAdmin):
     list_filter = ["plan", "currency"]
     date_hierarchy = "slot_start"
     list_select_related = ["lease"]
+
+
+@admin.register(StorageRecord)
+class StorageRecordAdmin(ReadOnly, TenantAdmin):
+    list_display = ["volume", "organization", "slot_start", "seconds", "size_gb", "unit_price", "amount", "currency"]
+    list_filter = ["currency"]
+    date_hierarchy = "slot_start"
+    list_select_related = ["volume", "organization"]
 
 
 @admin.register(CreditNote)
@@ -287,3 +297,11 @@ class FundsNoticeAdmin(ReadOnly, TenantAdmin):
         "created_at",
         "resolved_at",
     ]
+
+
+@admin.register(VolumeNotice)
+class VolumeNoticeAdmin(ReadOnly, TenantAdmin):
+    list_display = ["created_at", "organization", "volume", "kind", "wipe_at"]
+    list_filter = ["kind"]
+    search_fields = ["organization__name", "volume__name"]
+    list_select_related = ["organization", "volume"]
