@@ -104,6 +104,7 @@ def test_the_balance_page_shows_volumes_and_when_those_in_grace_are_wiped(clock,
     body = client.get("/balance/").content.decode()
     assert f'id="balance-volume-{kept.pk}"' in body and "kept-data" in body
     assert 'id="volumes-grace"' in body and f'datetime="{wipe_at.isoformat()}"' in body
+    assert "Running leases and volumes cost" in body
 
 
 def test_a_providers_live_earnings_include_storage(clock, alice, bob, server):
