@@ -219,7 +219,10 @@ def _low_funds(org: Organization, money: Standing, now: datetime) -> list[str]:
         return ["recovered"] if resolved or released else []
     if open_notice is None:
         if _on_credit(org) and not _card_hours(org).exists():
-            return []  # stopped already and not recovered since: nothing more to say or stop
+            # Stopped already and not recovered since: nothing more to say or stop, but a volume made since is
+            # kept for a grace period of its own like the others (those in grace keep their date).
+            volumes_grace_start(org=org, now=now)
+            return []
         FundsNotice.objects.create(
             organization=org,
             kind=FundsNotice.Kind.LOW,

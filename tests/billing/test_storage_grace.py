@@ -10,6 +10,7 @@ from decimal import Decimal
 import pytest
 import time_machine
 from django.core import mail
+from django.utils import timezone
 
 from billing import funds
 from billing.balances import standing
@@ -88,6 +89,18 @@ def test_a_stop_puts_volumes_into_grace_and_says_when_they_are_wiped(broke, alic
     assert "data (372 GB): wiped at 2026-03-15 18:02 UTC" in told.body
     assert "logs (372 GB)" in told.body
     assert VolumeNotice.objects.filter(kind="grace").count() == 2
+
+
+def test_a_volume_made_while_stopped_gets_a_grace_period_of_its_own(broke, alice, server, clock, check):
+    clock.move_to(broke["stopped_at"] + timedelta(days=2))
+    later = make_volume(alice.org, server, name="later", size_gb=1, at=timezone.now())
+    sent = len(mail.outbox)
+    check()
+    check()
+    wipe_at = broke["stopped_at"] + timedelta(days=2) + GRACE
+    assert states(later, broke["data"]) == [("grace", broke["stopped_at"] + GRACE), ("grace", wipe_at)]
+    assert len(mail.outbox) == sent + 1 and "later (1 GB)" in mail.outbox[-1].body
+    assert "data (372 GB)" not in mail.outbox[-1].body
 
 
 def test_the_grace_period_is_a_setting(clock, alice, server, check, settings):
