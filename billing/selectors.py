@@ -22,7 +22,7 @@ from accounts.tenancy import scoped
 from billing import rating
 from billing.invoicing import period_containing, take_rate_of
 from billing.metering import metered_until, slots, storage_slots
-from billing.models import FundsNotice, Payout, ProviderStatement, StorageRecord, UsageRecord
+from billing.models import STORAGE, FundsNotice, Payout, ProviderStatement, StorageRecord, UsageRecord
 
 _ZERO = Decimal(0)
 # How long the banner says that leases were stopped for want of money.
@@ -133,48 +133,60 @@ def provider_month_so_far(*, org: Organization, now: datetime) -> list[MonthSoFa
 
 @dataclass(frozen=True)
 class DaySpend:
-    """What one lease cost on one day of the platform's calendar (before tax; held time on a failed card is not
-    in it, as on the invoice)."""
+    """What one lease (or one volume's storage, plan `storage`) cost on one day of the platform's calendar (before
+    tax; held time on a failed card is not in it, as on the invoice)."""
 
     day: date
-    lease_id: int
+    lease_id: int | None
     plan: str
     amount: Decimal
     currency: str
+    volume_id: int | None = None
 
 
 def spending_by_day(*, org: Organization, currency: str, now: datetime) -> list[DaySpend]:
-    """The organisation's spending this month in `currency`, one row per day and lease, oldest day first.
+    """The organisation's spending this month in `currency`, one row per day and lease (then per day and volume
+    for storage), oldest day first.
 
-    The same sources as its balance (billing/balances.py): usage records up to the meter's last run, then the
-    held slots since, rated by the meter's own code; each row is summed exact and rounded once (half-up), so rows
-    can differ from the invoice's lines (rounded per lease and price) by a cent, and carry no tax.
+    Its usage and storage records up to the meter's last run plus, as balances.unbilled does, the held slots since,
+    rated by the meter's own code; each row is summed exact and rounded once (half-up), so rows can differ from the
+    invoice's lines (rounded per lease and price) by a cent, and carry no tax.
     """
     zone = rating.platform_zone()
     period = period_containing(now)
     watermark = metered_until()
-    records = UsageRecord.objects.for_org(org).filter(
-        currency=currency, slot_start__gte=period.start, slot_start__lt=period.end
-    )
-    if watermark is not None:
-        records = records.filter(slot_start__lt=watermark)
-    exact: dict[tuple[date, int, str], Decimal] = defaultdict(Decimal)
-    rows = (
-        records.annotate(day=TruncDay("slot_start", tzinfo=zone))
-        .values("day", "lease_id", "plan")
-        .annotate(a=Sum("amount"))
-        .order_by()
-    )
-    for row in rows:
-        exact[(row["day"].astimezone(zone).date(), row["lease_id"], row["plan"])] += row["a"] or _ZERO
+
+    def month(records):
+        records = records.filter(currency=currency, slot_start__gte=period.start, slot_start__lt=period.end)
+        if watermark is not None:
+            records = records.filter(slot_start__lt=watermark)
+        return records.annotate(day=TruncDay("slot_start", tzinfo=zone)).order_by()
+
+    # (day, 0 for a lease or 1 for a volume, its id, plan) -> exact amount
+    exact: dict[tuple[date, int, int, str], Decimal] = defaultdict(Decimal)
+    for row in month(UsageRecord.objects.for_org(org)).values("day", "lease_id", "plan").annotate(a=Sum("amount")):
+        exact[(row["day"].astimezone(zone).date(), 0, row["lease_id"], row["plan"])] += row["a"] or _ZERO
+    for row in month(StorageRecord.objects.for_org(org)).values("day", "volume_id").annotate(a=Sum("amount")):
+        exact[(row["day"].astimezone(zone).date(), 1, row["volume_id"], STORAGE)] += row["a"] or _ZERO
     since = max(watermark, period.start) if watermark is not None else period.start
     if since < now:
-        for slot in slots(since=since, until=min(now, period.end), organization_id=org.pk):
+        until = min(now, period.end)
+        for slot in slots(since=since, until=until, organization_id=org.pk):
             if slot.currency == currency:
-                exact[(slot.start.astimezone(zone).date(), slot.lease_id, slot.plan)] += slot.rated().amount
+                exact[(slot.start.astimezone(zone).date(), 0, slot.lease_id, slot.plan)] += slot.rated().amount
+        for part in storage_slots(since=since, until=until, organization_id=org.pk):
+            if part.currency == currency:
+                exact[(part.start.astimezone(zone).date(), 1, part.volume_id, STORAGE)] += part.rated().amount
     return [
-        DaySpend(day=day, lease_id=lease_id, plan=plan, amount=rating.to_money(amount), currency=currency)
-        for (day, lease_id, plan), amount in sorted(exact.items())
+        DaySpend(
+            day=day,
+            lease_id=None if what else pk,
+            plan=plan,
+            amount=rating.to_money(amount),
+            currency=currency,
+            volume_id=pk if what else None,
+        )
+        for (day, what, pk, plan), amount in sorted(exact.items())
     ]
 
 

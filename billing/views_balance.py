@@ -55,7 +55,7 @@ from scheduler.models import Lease
 from workloads.models import Volume
 
 LEDGER_ROWS = 50
-CSV_HEADER = ["date", "lease", "plan", "amount", "currency"]
+CSV_HEADER = ["date", "lease", "plan", "amount", "currency", "volume"]
 
 MODE_TEXT = {"prepaid": gettext_lazy("Prepaid"), "postpaid": gettext_lazy("Postpaid (monthly invoice)")}
 NOT_CONFIGURED = gettext_lazy("Online payment is not configured on this site. Please contact us to pay.")
@@ -442,7 +442,8 @@ def spend_limit(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_safe
 def spending_csv(request: HttpRequest) -> HttpResponse:
-    """This month's spending as CSV: one row per day and lease (date, lease, plan, amount, currency), before tax."""
+    """This month's spending as CSV: one row per day and lease (date, lease, plan, amount, currency), then per day
+    and volume for storage (lease empty, plan `storage`, the volume's id last), before tax."""
     org = _customer_org(request)
     now = timezone.now()
     currency = terms_of(org).currency
@@ -453,5 +454,7 @@ def spending_csv(request: HttpRequest) -> HttpResponse:
     writer = csv.writer(response)
     writer.writerow(CSV_HEADER)
     for row in spending_by_day(org=org, currency=currency, now=now):
-        writer.writerow([row.day.isoformat(), row.lease_id, row.plan, f"{row.amount:.2f}", row.currency])
+        lease = "" if row.lease_id is None else row.lease_id
+        volume = "" if row.volume_id is None else row.volume_id
+        writer.writerow([row.day.isoformat(), lease, row.plan, f"{row.amount:.2f}", row.currency, volume])
     return response

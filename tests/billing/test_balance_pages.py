@@ -172,11 +172,11 @@ def test_the_csv_has_a_row_per_day_and_lease_metered_and_not_yet_metered_alike(w
     assert response["Content-Disposition"] == 'attachment; filename="spending-2026-03.csv"'
     rows = list(csv.reader(io.StringIO(response.content.decode())))
     assert rows == [
-        ["date", "lease", "plan", "amount", "currency"],
-        ["2026-03-11", str(lease.pk), "card_hour", "56.00", "USD"],  # 14 h x 4.00
-        ["2026-03-11", str(other.pk), "card_hour", "18.00", "USD"],  # 9 h x 2.00
-        ["2026-03-12", str(lease.pk), "card_hour", "10.00", "USD"],  # 2.5 h x 4.00
-        ["2026-03-12", str(other.pk), "card_hour", "5.00", "USD"],
+        ["date", "lease", "plan", "amount", "currency", "volume"],
+        ["2026-03-11", str(lease.pk), "card_hour", "56.00", "USD", ""],  # 14 h x 4.00
+        ["2026-03-11", str(other.pk), "card_hour", "18.00", "USD", ""],  # 9 h x 2.00
+        ["2026-03-12", str(lease.pk), "card_hour", "10.00", "USD", ""],  # 2.5 h x 4.00
+        ["2026-03-12", str(other.pk), "card_hour", "5.00", "USD", ""],
     ]
     # The same money as the page's month to date (no tax here).
     body = _get(_signed_in(alice), "/balance/")
@@ -186,7 +186,7 @@ def test_the_csv_has_a_row_per_day_and_lease_metered_and_not_yet_metered_alike(w
 def test_the_csv_of_another_tenant_holds_none_of_alices_leases(world, charlie):
     world["clock"].move_to(START + timedelta(hours=3))
     rows = list(csv.reader(io.StringIO(_signed_in(charlie).get("/balance/spending.csv").content.decode())))
-    assert rows == [["date", "lease", "plan", "amount", "currency"]]
+    assert rows == [["date", "lease", "plan", "amount", "currency", "volume"]]
 
 
 # --- who may see and do what --------------------------------------------------------------------------------

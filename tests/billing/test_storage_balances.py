@@ -4,6 +4,8 @@ them per volume; a provider's live earnings include the storage on its servers."
 
 from __future__ import annotations
 
+import csv
+import io
 from datetime import timedelta
 from decimal import Decimal
 
@@ -128,3 +130,16 @@ def test_the_chinese_balance_page_and_invoice_name_storage_in_chinese(clock, ali
     client.force_login(alice.user)  # a month later: a new session
     page = client.get(f"/invoices/{invoice.pk}/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
     assert "存储，存储卷 data (10 GB)" in page and "GB·月" in page
+
+
+def test_the_spending_csv_has_a_row_per_day_and_volume(clock, alice, server, client):
+    volume = make_volume(alice.org, server, size_gb=744, price="1.0000", at=MARCH + 20 * HOUR)
+    clock.move_to(MARCH + 30 * HOUR)
+    metering.meter(until=MARCH + 26 * HOUR)  # some of it metered, the rest live
+    client.force_login(alice.user)
+    rows = list(csv.reader(io.StringIO(client.get("/balance/spending.csv").content.decode())))
+    assert rows == [
+        ["date", "lease", "plan", "amount", "currency", "volume"],
+        ["2026-03-01", "", "storage", "4.00", "USD", str(volume.pk)],  # 20:00 to midnight, platform time
+        ["2026-03-02", "", "storage", "6.00", "USD", str(volume.pk)],
+    ]
