@@ -243,6 +243,9 @@ SPECTACULAR_SETTINGS = {
         "OrganizationStatusEnum": "accounts.models.Organization.Status",
         "ServerStatusEnum": "inventory.models.Server.Status",
         "LeaseStateEnum": "scheduler.models.LeaseState",
+        "PlanEnum": "scheduler.models.Plan",
+        # An invoice line's plan: a lease's, or "storage" for a volume's.
+        "InvoiceLinePlanEnum": "billing.models.LINE_PLANS",
         "InvoiceStateEnum": "billing.models.Invoice.State",
         "PaymentStateEnum": "billing.models.Payment.State",
         "PayoutStateEnum": "billing.models.Payout.State",

@@ -73,6 +73,7 @@ def _workload_item(workload: Workload, spec: WorkloadSpec, gpus: list[str], stop
         "generation": workload.generation,
         "stop_by": stop_by.isoformat() if stop_by else None,
         "volumes": volumes.spec_volumes(spec, workload.server),
+        "owner": str(workload.lease.organization_id),  # the agent mounts only this organisation's volumes
     }
 
 

@@ -284,15 +284,17 @@ def mounts_create(*, spec: Any, mounts: Iterable[tuple[Volume, str]]) -> None:
 # --- what agents are told and report ---------------------------------------------------------------------------
 
 
-def desired_volumes(server: Server) -> tuple[list[dict[str, int]], list[int]]:
-    """The server's volumes its agent must keep (`[{"id", "size_gb"}]`) and those whose data it must destroy."""
+def desired_volumes(server: Server) -> tuple[list[dict[str, Any]], list[int]]:
+    """The server's volumes its agent must keep (`[{"id", "size_gb", "owner"}]`, the owner the organisation's id, so
+    that the agent itself refuses to mount a volume into another organisation's workload) and those whose data it
+    must destroy."""
     rows = Volume.objects.unscoped(_PLATFORM).filter(server=server).exclude(state=VolumeState.WIPED).order_by("id")
     kept, wipe = [], []
-    for vid, size_gb, state in rows.values_list("id", "size_gb", "state"):
+    for vid, size_gb, state, owner in rows.values_list("id", "size_gb", "state", "organization_id"):
         if state == VolumeState.WIPING:
             wipe.append(vid)
         else:
-            kept.append({"id": vid, "size_gb": size_gb})
+            kept.append({"id": vid, "size_gb": size_gb, "owner": str(owner)})
     return kept, wipe
 
 

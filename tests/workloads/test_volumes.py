@@ -77,7 +77,9 @@ def test_a_mounted_volume_pins_the_lease_to_its_server_and_reaches_the_agent(ali
     desired = other_store.agent.desired()
     [item] = desired["workloads"]
     assert item["volumes"] == [{"id": vid, "path": "/data", "size_gb": 10}]
-    assert desired["volumes"] == [{"id": vid, "size_gb": 10}] and desired["volumes_to_wipe"] == []
+    assert item["owner"] == str(alice.org.pk)  # the agent mounts only this organisation's volumes into it
+    owner = str(alice.org.pk)
+    assert desired["volumes"] == [{"id": vid, "size_gb": 10, "owner": owner}] and desired["volumes_to_wipe"] == []
     assert desired["version"] > before
     assert store.agent.desired()["volumes"] == [] and store.agent.desired()["workloads"] == []
     assert state_of(alice, vid) == "creating"
@@ -88,7 +90,9 @@ def test_a_new_volume_alone_changes_the_desired_version(alice, store):
     assert first["volumes"] == [] and first["volumes_to_wipe"] == []
     vid = made(alice, store.server_id)
     second = store.agent.desired()
-    assert second["version"] == first["version"] + 1 and second["volumes"] == [{"id": vid, "size_gb": 10}]
+    assert second["version"] == first["version"] + 1 and second["volumes"] == [
+        {"id": vid, "size_gb": 10, "owner": str(alice.org.pk)}
+    ]
     assert store.agent.desired()["version"] == second["version"]  # nothing changed: same version
     alice.api.delete(f"/api/v1/volumes/{vid}/")
     third = store.agent.desired()
@@ -106,7 +110,7 @@ def test_in_use_while_the_lease_lives_and_ready_again_when_it_ends(alice, store)
     assert [v["state"] for v in listed] == ["in_use"]
     scheduler.lease_end(lease=Lease.objects.get(pk=lease["id"]))
     assert state_of(alice, vid) == "ready"
-    assert store.agent.desired()["volumes"] == [{"id": vid, "size_gb": 10}]  # kept after the lease
+    assert store.agent.desired()["volumes"] == [{"id": vid, "size_gb": 10, "owner": str(alice.org.pk)}]  # kept
     # ...and mounted again by the next lease, on the same server.
     again = mount_lease(alice, [{"volume": vid, "path": "/work"}])
     assert again.status_code == 201, again.content
@@ -269,7 +273,10 @@ def test_hold_keeps_volumes_in_grace_refuses_new_mounts_and_release_brings_them_
     body = alice.api.get(f"/api/v1/volumes/{vid}/").json()
     assert body["state"] == "grace" and body["wipe_at"] is not None
     assert Volume.objects.get(pk=theirs).state == "creating"  # another organisation's volumes are untouched
-    assert store.agent.desired()["volumes"] == [{"id": vid, "size_gb": 10}, {"id": theirs, "size_gb": 10}]
+    assert store.agent.desired()["volumes"] == [
+        {"id": vid, "size_gb": 10, "owner": str(alice.org.pk)},
+        {"id": theirs, "size_gb": 10, "owner": str(charlie.org.pk)},
+    ]
     response = mount_lease(alice, [{"volume": vid, "path": "/data"}])
     assert response.status_code == 409 and response.json()["error"]["code"] == "volume_in_grace"
     assert volumes.volumes_release(org=alice.org) == 1
