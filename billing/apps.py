@@ -1,5 +1,6 @@
-"""App config of billing: registers the money check that the scheduler runs when it admits a lease, and the e-mail
-workloads' wipe job sends through billing when volumes whose grace ran out go to wiping."""
+"""App config of billing: registers the money checks that the scheduler runs when it admits a lease and workloads
+when it makes a volume, and the e-mail workloads' wipe job sends through billing when volumes whose grace ran out go
+to wiping."""
 
 from django.apps import AppConfig
 
@@ -9,10 +10,11 @@ class BillingConfig(AppConfig):
     verbose_name = "Billing: usage, invoices, payments and payouts"
 
     def ready(self) -> None:
-        from billing.funds import admit
+        from billing.funds import admit, admit_volume
         from billing.grace import volumes_wiping_tell
         from scheduler import admission
-        from workloads.volumes import wipe_listener_register
+        from workloads.volumes import create_check_register, wipe_listener_register
 
         admission.register(admit)
+        create_check_register(admit_volume)
         wipe_listener_register(volumes_wiping_tell)

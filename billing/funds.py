@@ -19,9 +19,10 @@ deleted. After a stop the organisation is not told or stopped again until it rec
 open until then), unless it has card-hour leases again. The same job e-mails spend alerts at each share of a
 monthly cap (once per month and share).
 
-**Volumes** (issue 16) are billed until wiped, so they count in the burn, and an organisation with volumes is
-watched like one with leases. A stop puts its volumes into a grace period (billing/grace.py: kept, wiped after
-SUANLI_VOLUME_GRACE_DAYS unless it pays, with e-mails on the way); recovering releases them.
+**Volumes** (issue 16) are admitted like leases (`admit_volume`, registered with workloads.volumes: a new volume's
+first minimum period of storage must fit), are billed until wiped, so they count in the burn, and an organisation
+with volumes is watched like one with leases. A stop puts its volumes into a grace period (billing/grace.py: kept,
+wiped after SUANLI_VOLUME_GRACE_DAYS unless it pays, with e-mails on the way); recovering releases them.
 """
 
 from __future__ import annotations
@@ -114,23 +115,52 @@ def admit(lease: Lease, new: list[Allocation], now: datetime) -> None:
     cap = SpendLimit.objects.for_org(org).values_list("monthly_cap", flat=True).first()
     if not terms.limited and cap is None or not new:
         return
-    need = minimum_cost(lease.plan, new)
     excluded = [a.pk for a in new]
     now_standing = standing(org, now=now, exclude=excluded)
-    running = rating.to_money(now_standing.burn_per_hour * _minimum_hours())
-    currency = now_standing.currency
-    free = None if now_standing.available is None else now_standing.available - running - _reserved(org, excluded)
+    _afford(now_standing, minimum_cost(lease.plan, new), cap, reserved=_reserved(org, excluded), what="lease")
+
+
+@platform_work(_PLATFORM)
+def admit_volume(volume: Volume, now: datetime) -> None:
+    """Raise InsufficientFunds unless the volume's organisation can pay for the volume just made (registered with
+    workloads.volumes, run inside `volume_create` under the server's lock): its first SUANLI_ADMISSION_MINIMUM_SECONDS
+    of storage, on top of that much of what already runs, as for a lease."""
+    org = Organization.objects.select_for_update().get(pk=volume.organization_id)
+    cap = SpendLimit.objects.for_org(org).values_list("monthly_cap", flat=True).first()
+    if not terms_of(org).limited and cap is None:
+        return
+    minimum = timedelta(seconds=settings.SUANLI_ADMISSION_MINIMUM_SECONDS)
+    need = rating.estimate(
+        plan=Plan.SERVER_MONTH,  # per GB-month, per second of the calendar month (billing/metering.py)
+        unit_price=volume.price_per_gb_month,
+        units=Decimal(volume.size_gb),
+        start=now,
+        end=now + minimum,
+    ).amount
+    now_standing = standing(org, now=now)
+    own = now_standing.burn_per_volume.get(volume.pk, Decimal(0))
+    _afford(now_standing, need, cap, reserved=_reserved(org, []), what="volume", own_burn=own)
+
+
+def _afford(
+    money: Standing, need: Decimal, cap: Decimal | None, *, reserved: Decimal, what: str, own_burn: Decimal = Decimal(0)
+) -> None:
+    """Raise InsufficientFunds unless `need` fits in what is available less the minimum period of what already runs
+    (the thing being admitted, `own_burn` of it, left out) and `reserved`, and under the monthly cap."""
+    running = rating.to_money((money.burn_per_hour - own_burn) * _minimum_hours())
+    currency = money.currency
+    free = None if money.available is None else money.available - running - reserved
     if free is not None and need > free:
         shortfall = need - free
         raise InsufficientFunds(
-            f"Your balance cannot cover this lease: it needs {need} {currency} for its first period and "
+            f"Your balance cannot cover this {what}: it needs {need} {currency} for its first period and "
             f"{shortfall} {currency} more than is available. Top up, or ask for a credit limit.",
             extra={"shortfall": str(shortfall), "needed": str(need), "currency": currency},
         )
-    if cap is not None and need > cap - now_standing.month_to_date - running:
-        shortfall = need - (cap - now_standing.month_to_date - running)
+    if cap is not None and need > cap - money.month_to_date - running:
+        shortfall = need - (cap - money.month_to_date - running)
         raise InsufficientFunds(
-            f"This lease would take this month's spending past your cap of {cap} {currency} "
+            f"This {what} would take this month's spending past your cap of {cap} {currency} "
             f"(by {shortfall} {currency}). Raise the cap to rent it.",
             extra={"shortfall": str(shortfall), "needed": str(need), "currency": currency, "limit": "monthly_cap"},
         )

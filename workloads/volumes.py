@@ -118,6 +118,51 @@ def storage_taken(server: Server) -> int:
     return int(taken or 0)
 
 
+@dataclass(frozen=True)
+class StorageServer:
+    """A server a customer may make a volume on: its live offer that prices storage, and the GB still free."""
+
+    server: Server
+    offer: Offer
+    free_gb: int
+
+
+def storage_servers() -> list[StorageServer]:
+    """Servers with a live offer that prices volume storage and disk lent for volumes (the create form's choices),
+    each with its newest such offer and the GB of `volume_disk_gb` not yet taken; full ones are left out."""
+    offers = (
+        Offer.objects.unscoped(STOREFRONT)
+        .live()
+        .filter(storage_gb_month_price__isnull=False, server__volume_disk_gb__gt=0)
+        .select_related("server", "server__gpu_model")
+        .order_by("server_id", "-id")
+    )
+    found: dict[int, StorageServer] = {}
+    for offer in offers:
+        if offer.server_id in found:
+            continue
+        free = offer.server.volume_disk_gb - storage_taken(offer.server)
+        if free > 0:
+            found[offer.server_id] = StorageServer(server=offer.server, offer=offer, free_gb=free)
+    return list(found.values())
+
+
+def mountable_volumes(org: Organization, server: Server) -> QuerySet[Volume]:
+    """The organisation's volumes on `server` a new lease's workload may mount: ready and mounted by no live lease
+    (the rent form's choices; `mounts_lock` decides again when the lease is made)."""
+    return volumes_of(org).filter(server=server, state=VolumeState.READY, mounted=False)
+
+
+def lease_mounts(lease: Any) -> list[VolumeMount]:
+    """The volumes the workload of `lease` mounts (with `volume`), by path: the lease page lists them."""
+    return list(
+        VolumeMount.objects.unscoped(_PLATFORM)
+        .filter(spec__lease=lease, volume__organization_id=lease.organization_id)
+        .select_related("volume")
+        .order_by("path", "id")
+    )
+
+
 # --- create and delete -----------------------------------------------------------------------------------------
 
 
@@ -134,7 +179,8 @@ def volume_create(*, org: Organization, server: Server, name: str, size_gb: int,
 
     Refused: a server whose live offer prices no storage (400 on `server`), a name the organisation already has
     among its live volumes (400 on `name`), more than what is left of the server's `volume_disk_gb` (409
-    `no_storage`; decided under a lock of the server row), no exchange rate from the offer's currency. The price
+    `no_storage`; decided under a lock of the server row), no exchange rate from the offer's currency, and what a
+    registered check refuses (billing: 402 when the organisation's money cannot cover it). The price
     per GB-month is the offer's, converted into the organisation's currency like a lease's (scheduler/pricing.py),
     and fixed for the volume's life.
     """
@@ -163,7 +209,7 @@ def volume_create(*, org: Organization, server: Server, name: str, size_gb: int,
                     code="no_storage",
                     extra={"available_gb": max(free, 0)},
                 )
-            return Volume.objects.create(
+            volume = Volume.objects.create(
                 organization=org,
                 server=locked,
                 name=name,
@@ -172,8 +218,21 @@ def volume_create(*, org: Organization, server: Server, name: str, size_gb: int,
                 currency=org.currency,
                 created_at=now,
             )
+            for check in _create_checks:
+                check(volume, now)  # a refusal (billing's 402) rolls the volume back
+            return volume
     except IntegrityError:
         raise _duplicate_name() from None
+
+
+# Checks a layer above runs on a volume just made, inside its transaction (billing registers its balance check:
+# billing/apps.py); one that raises refuses the volume.
+_create_checks: list[Callable[[Volume, datetime], None]] = []
+
+
+def create_check_register(check: Callable[[Volume, datetime], None]) -> None:
+    if check not in _create_checks:
+        _create_checks.append(check)
 
 
 def _duplicate_name() -> InvalidInput:

@@ -250,3 +250,19 @@ def test_the_offer_pages_set_and_clear_the_storage_price(client, bob, box):
     assert client.post(f"/provider/offers/{offer.pk}/edit/", form).status_code == 302
     offer.refresh_from_db()
     assert offer.storage_gb_month_price is None
+
+
+def test_a_volume_its_organisation_cannot_pay_for_is_refused_with_402_and_not_made(alice, bob, store, staff):
+    from billing import services as billing
+
+    Server.objects.filter(pk=store.server_id).update(volume_disk_gb=5000)
+    billing.terms_set(org=alice.org, mode="prepaid", credit_limit=Decimal(0), currency=alice.org.currency)
+    # 1,000 GB at 0.10 a GB-month is 100 a month: its first hour (about 0.14) is more than a zero balance.
+    refused = create(alice, store.server_id, size_gb=1000)
+    assert refused.status_code == 402, refused.content
+    error = refused.json()["error"]
+    assert error["code"] == "insufficient_funds" and Decimal(error["needed"]) > 0
+    assert Decimal(error["shortfall"]) == Decimal(error["needed"])
+    assert not Volume.objects.filter(organization=alice.org).exists()
+    billing.adjustment_record(org=alice.org, amount="5.00", currency=alice.org.currency, reference="BANK-VOL-1")
+    assert create(alice, store.server_id, size_gb=1000).status_code == 201
