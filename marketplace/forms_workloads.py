@@ -22,6 +22,7 @@ from marketplace.forms import IdempotentForm
 from scheduler.models import Plan
 from workloads.access import ssh_keys_of, templates_visible
 from workloads.models import Access, SshKey, Template
+from workloads.volumes import mountable_volumes
 
 # --- SSH keys ---------------------------------------------------------------------------------------------
 
@@ -91,6 +92,10 @@ class WorkloadForm(forms.Form):
     ssh_keys = forms.ModelMultipleChoiceField(
         label=gettext_lazy("SSH keys"), queryset=None, required=False, widget=forms.CheckboxSelectMultiple
     )
+    # Shown only when the organisation has ready volumes on the offer's server (workloads.volumes): one of them,
+    # mounted into the workload's container at `volume_path`.
+    volume = forms.TypedChoiceField(label=gettext_lazy("Volume"), coerce=int, empty_value=None, required=False)
+    volume_path = forms.CharField(label=gettext_lazy("Mount path"), max_length=255, required=False, initial="/data")
 
     def __init__(
         self, *args: Any, offer: Offer, org: Organization | None = None, user: User | None = None, **kwargs: Any
@@ -110,6 +115,20 @@ class WorkloadForm(forms.Form):
         self.host_access = offer.host_access
         if not offer.host_access:
             del self.fields["access"]
+        self.volumes = list(mountable_volumes(org, offer.server)) if org is not None else []
+        if self.volumes:
+            self.fields["volume"].choices = [
+                ("", _("None")),
+                *((v.pk, _("%(name)s (%(size)s GB)") % {"name": v.name, "size": v.size_gb}) for v in self.volumes),
+            ]
+        else:
+            del self.fields["volume"], self.fields["volume_path"]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if data.get("volume") is not None and data.get("template") is None and not (data.get("image") or "").strip():
+            self.add_error("volume", _("A volume is mounted into a workload: choose a template or an image too."))
+        return data
 
     def template_options(self) -> list[dict[str, Any]]:
         """Each radio of the template choice with its template (None for "no workload") and description."""
@@ -149,10 +168,13 @@ class WorkloadForm(forms.Form):
             body["template"] = template
         if image:
             body["image"] = image
+        if data.get("volume") is not None:
+            body["volumes"] = [{"volume": data["volume"], "path": (data.get("volume_path") or "").strip() or "/data"}]
         return body
 
     def add_service_errors(self, fields: dict[str, Any] | None, message: str) -> None:
         names = {"template": "template", "image": "image", "ssh_keys": "ssh_keys", "access": "access"}
+        names["volumes"] = "volume" if "volume" in self.fields else "template"
         if "access" not in self.fields:
             names["access"] = "template"
         place_errors(self, fields, message, names=names)

@@ -1,4 +1,4 @@
-"""The web pages' routes: home, dashboard, offers, leases and their workloads, SSH keys, servers, the
+"""The web pages' routes: home, dashboard, offers, leases and their workloads, SSH keys, volumes, servers, the
 provider's offers and earnings, the staff pages (invoices and organisations have their own, billing/ and accounts/)."""
 
 from django.urls import path
@@ -11,6 +11,7 @@ from marketplace import (
     views_provider,
     views_servers,
     views_staff,
+    views_volumes,
     views_workloads,
 )
 
@@ -43,6 +44,8 @@ urlpatterns = [
     ),
     path("ssh-keys/", views_workloads.ssh_keys, name="ssh_keys"),
     path("ssh-keys/<int:key_id>/delete/", views_workloads.ssh_key_delete, name="ssh_key_delete"),
+    path("volumes/", views_volumes.volume_list, name="volume_list"),
+    path("volumes/<int:volume_id>/delete/", views_volumes.volume_delete, name="volume_delete"),
     path("servers/", views_servers.server_list, name="server_list"),
     path("servers/<int:server_id>/", views_servers.server_detail, name="server_detail"),
     path("servers/<int:server_id>/cards/", views_servers.server_tiles, name="server_tiles"),

@@ -35,6 +35,7 @@ from marketplace.views_workloads import lease_for_page, workload_event_text, wor
 from scheduler import services as scheduler_services
 from scheduler.models import Lease, LeaseEvent, LeaseState, Plan
 from scheduler.selectors import held_allocations, lease_events, leases_for_org
+from workloads.volumes import lease_mounts
 
 PAGE_SIZE = 25
 LIVE_STATES = (LeaseState.SCHEDULED, LeaseState.ACTIVE)
@@ -294,6 +295,7 @@ def _detail(
             else ""
         ),
         "panel": workload_panel(request, lease),
+        "mounts": lease_mounts(lease),
         "events": [
             {
                 "event": event,

@@ -153,6 +153,8 @@ ACCESS: dict[str, str] = {
     "marketplace:workload_stop": "post_only",
     "marketplace:ssh_keys": "page_list",
     "marketplace:ssh_key_delete": "post_only",
+    "marketplace:volume_list": "page_list",
+    "marketplace:volume_delete": "post_only",
     "marketplace:server_list": "page_provider",
     "marketplace:server_detail": "page_object",
     "marketplace:server_tiles": "page_object",

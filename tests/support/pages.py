@@ -150,6 +150,7 @@ PAGES = [
     ("alice", "/leases/"),
     ("alice", "/leases/{lease}/"),
     ("alice", "/ssh-keys/"),
+    ("alice", "/volumes/"),
     ("alice", "/invoices/"),
     ("alice", "/invoices/{invoice}/"),
     ("alice", "/balance/"),

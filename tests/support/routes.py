@@ -85,6 +85,7 @@ PAGE_OBJECTS = {
     "server_id": lambda v: v.objects["server"].pk,
     "org_id": lambda v: v.alice.org.pk,
     "key_id": _alice_key,
+    "volume_id": lambda v: VICTIM_OBJECTS["volume-detail"](v)["pk"],
     # Restart and Stop are POST only: GET is 405 whatever the id, and a POST without the CSRF token is 403 first.
     "workload_id": lambda v: 1,
 }
