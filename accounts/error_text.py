@@ -65,6 +65,20 @@ MESSAGES = frozenset(
         gettext_noop("Host access needs at least one SSH key."),
         gettext_noop("Name a template or an image."),
         gettext_noop("Not a valid image reference."),
+        # workloads.volumes (the volumes page and the rent form's volume)
+        gettext_noop("This server lends no volume storage."),
+        gettext_noop("You already have a volume of this name."),
+        gettext_noop("A whole number of GB, 1-100000."),
+        gettext_noop("A live lease's workload mounts this volume; end or stop that lease first."),
+        gettext_noop("A mount path is absolute (it starts with /), at most 255 characters."),
+        gettext_noop("A mount path is printable ASCII without '\\', ':' or ','."),
+        gettext_noop("A volume cannot be mounted on /."),
+        gettext_noop("Each path once."),
+        gettext_noop("Each volume once."),
+        gettext_noop("All volumes of a workload must be on one server."),
+        gettext_noop("Volumes are mounted into containers; host access takes none."),
+        gettext_noop("The volumes are on another server than the one asked for."),
+        gettext_noop("A lease with volumes runs on their one server."),
     }
 )
 # The messages that carry a figure or a name: their English pattern, and the text to show with the figure.
@@ -90,6 +104,28 @@ PATTERNS = (
     (
         re.compile(r"^At least (?P<least>\d+) GB \(the template's minimum\), at most (?P<most>\d+)\.$"),
         gettext_lazy("At least %(least)s GB (the template's minimum), at most %(most)s."),
+    ),
+    # workloads.volumes
+    (
+        re.compile(r"^This server has (?P<free>\d+) GB of volume storage left\.$"),
+        gettext_lazy("This server has %(free)s GB of volume storage left."),
+    ),
+    (re.compile(r"^Unknown volume (?P<id>\d+)\.$"), gettext_lazy("Unknown volume %(id)s.")),
+    (
+        re.compile(r"^Volume (?P<name>\S+) is kept for a grace period \(your balance ran out\); top up first\.$"),
+        gettext_lazy("Volume %(name)s is kept for a grace period (your balance ran out); top up first."),
+    ),
+    (
+        re.compile(r"^Volume (?P<name>\S+) is mounted by another live lease\.$"),
+        gettext_lazy("Volume %(name)s is mounted by another live lease."),
+    ),
+    (
+        re.compile(r"^(?P<path>/.*): not under /proc, /sys or /dev\.\Z", re.DOTALL),
+        gettext_lazy("%(path)s: not under /proc, /sys or /dev."),
+    ),
+    (
+        re.compile(r"^(?P<path>.*): no empty, '\.' or '\.\.' parts\.\Z", re.DOTALL),
+        gettext_lazy("%(path)s: no empty, '.' or '..' parts."),
     ),
 )
 

@@ -320,3 +320,17 @@ def test_the_chinese_page(alice, offer):
     assert "删除存储卷 datasets？" in asked
     rent = _signed_in(alice, "zh-hans").get(f"/offers/{offer.pk}/").content.decode()
     assert "挂载路径" in rent
+
+
+def test_the_services_refusals_are_said_in_chinese(alice, offer):
+    _ready(alice, offer, name="big", size_gb=90)
+    client = _signed_in(alice, "zh-hans")
+    too_big = _create(client, server=offer.server_id, size_gb=11)
+    assert too_big.status_code == 409 and "此服务器剩余 10 GB 存储卷空间。" in too_big.content.decode()
+    same = _create(client, server=offer.server_id, name="big")
+    assert same.status_code == 400 and "您已有同名的存储卷。" in same.content.decode()
+    volume = Volume.objects.get(name="big")
+    bad_path = _rent(
+        client, offer, **{"workload-image": "nginx:1", "workload-volume": volume.pk, "workload-volume_path": "/sys/x"}
+    )
+    assert bad_path.status_code == 400 and "/sys/x：不能位于 /proc、/sys 或 /dev 之下。" in bad_path.content.decode()
