@@ -126,7 +126,13 @@ class WorkloadForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
-        if data.get("volume") is not None and data.get("template") is None and not (data.get("image") or "").strip():
+        host = data.get("access") == Access.HOST
+        if (
+            data.get("volume") is not None
+            and not host
+            and data.get("template") is None
+            and not (data.get("image") or "").strip()
+        ):
             self.add_error("volume", _("A volume is mounted into a workload: choose a template or an image too."))
         return data
 
@@ -157,19 +163,25 @@ class WorkloadForm(forms.Form):
         data = self.cleaned_data
         access = data.get("access") if plan == Plan.SERVER_MONTH and self.host_access else Access.CONTAINER
         keys = [key.pk for key in data.get("ssh_keys") or []]
+        mounts = (
+            [{"volume": data["volume"], "path": (data.get("volume_path") or "").strip() or "/data"}]
+            if data.get("volume") is not None
+            else []
+        )
         if access == Access.HOST:
-            # The image choices are for a container; the page hides them once host access is picked.
-            return {"access": Access.HOST, "ssh_keys": keys}
+            # The image choices are for a container; the page hides them once host access is picked. A volume
+            # chosen anyway goes with it, for the service to refuse beside the volume (never silently dropped).
+            return {"access": Access.HOST, "ssh_keys": keys, **({"volumes": mounts} if mounts else {})}
         template, image = data.get("template"), (data.get("image") or "").strip()
-        if template is None and not image:
+        if template is None and not image and not mounts:
             return None
         body: dict[str, Any] = {"access": Access.CONTAINER, "ssh_keys": keys}
         if template is not None:
             body["template"] = template
         if image:
             body["image"] = image
-        if data.get("volume") is not None:
-            body["volumes"] = [{"volume": data["volume"], "path": (data.get("volume_path") or "").strip() or "/data"}]
+        if mounts:
+            body["volumes"] = mounts
         return body
 
     def add_service_errors(self, fields: dict[str, Any] | None, message: str) -> None:

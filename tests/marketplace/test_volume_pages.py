@@ -9,6 +9,8 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from django.test import Client
 from django.utils import timezone
 
@@ -38,6 +40,15 @@ def offer(bob):
 def bare(bob):
     """Another of bob's servers, whose offer lends no storage."""
     return online_server(organization=bob.org, name="bob-bare-box")
+
+
+def _public_key() -> str:
+    blob = (
+        ed25519.Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    )
+    return f"{blob.decode()} alice@laptop"
 
 
 def _signed_in(persona, language: str = "") -> Client:
@@ -334,3 +345,28 @@ def test_the_services_refusals_are_said_in_chinese(alice, offer):
         client, offer, **{"workload-image": "nginx:1", "workload-volume": volume.pk, "workload-volume_path": "/sys/x"}
     )
     assert bad_path.status_code == 400 and "/sys/x：不能位于 /proc、/sys 或 /dev 之下。" in bad_path.content.decode()
+
+
+def test_a_volume_is_never_dropped_silently_with_host_access_or_without_an_image(alice, bob):
+    server = online_server(organization=bob.org, runtime="host", name="bob-host-box", offer={"host_access": True})
+    Server.objects.filter(pk=server.pk).update(volume_disk_gb=100)
+    offer = server.offers.get()
+    offer.storage_gb_month_price = Decimal("0.1000")
+    offer.save(update_fields=["storage_gb_month_price"])
+    volume = _ready(alice, offer)
+    key = services.ssh_key_add(user=alice.user, name="laptop", public_key=_public_key())
+    client = _signed_in(alice)
+    host = _rent(
+        client,
+        offer,
+        plan="server_month",
+        months=1,
+        **{"workload-access": "host", "workload-ssh_keys": [key.pk], "workload-volume": volume.pk},
+    )
+    assert host.status_code == 400
+    beside = re.search(r'id="id_workload-volume_errors" class="field-error">([^<]*)<', host.content.decode())
+    assert beside and "host access takes none" in beside.group(1)
+    # card_hour with the host radio still ticked: a container then, and without an image it is refused.
+    card = _rent(client, offer, **{"workload-access": "host", "workload-volume": volume.pk})
+    assert card.status_code == 400 and "Name a template or an image." in card.content.decode()
+    assert not Lease.objects.filter(organization=alice.org).exists()
