@@ -298,6 +298,7 @@ def _stop(org: Organization, money: Standing, notice: FundsNotice, now: datetime
             available=money.available,
             currency=money.currency,
             contracts_on_credit=contracts,
+            leases_ended=len(ended),
             created_at=now,
         )
     if contracts:

@@ -622,6 +622,8 @@ class FundsNotice(models.Model):
     runs_out_at = models.DateTimeField(null=True, blank=True)
     # Contracts left running on credit when the card-hour leases were stopped: staff look at these.
     contracts_on_credit = models.PositiveIntegerField(default=0)
+    # Card-hour leases a `stopped` notice ended (0: the organisation had only volumes or contracts to stop).
+    leases_ended = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField()
     # A `low` notice is over once the balance recovers (a top-up) or its leases were stopped.
     resolved_at = models.DateTimeField(null=True, blank=True)

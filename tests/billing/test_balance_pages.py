@@ -397,13 +397,20 @@ def test_a_resolved_low_notice_shows_no_banner(world, alice):
 
 
 def test_stopped_leases_are_announced_for_seven_days(world, alice):
-    _notice(alice.org, "stopped", START)
+    _notice(alice.org, "stopped", START, leases_ended=1)
     world["clock"].move_to(START + timedelta(days=6, hours=23))
     body = _get(_signed_in(alice), "/leases/")
     banner = re.search(r'id="funds-banner">(.*?)</p>', body, re.S).group(1)
     assert "Your card-hour leases were stopped: funds exhausted." in banner and 'href="/balance/"' in banner
     world["clock"].move_to(START + timedelta(days=7, minutes=1))
     assert 'id="funds-banner"' not in _get(_signed_in(alice), "/leases/")
+
+
+def test_a_stop_that_ended_no_lease_says_the_volumes_are_kept_instead(world, alice):
+    _notice(alice.org, "stopped", START, leases_ended=0)
+    banner = re.search(r'id="funds-banner">(.*?)</p>', _get(_signed_in(alice), "/leases/"), re.S).group(1)
+    assert "card-hour leases were stopped" not in banner
+    assert "Your balance has run out: your volumes are kept for a grace period, then wiped." in banner
 
 
 def test_the_banner_costs_one_query_and_none_for_anonymous_visitors(world, alice, django_assert_num_queries):
@@ -448,7 +455,7 @@ def test_a_running_lease_has_no_end_reason(world, alice):
 
 
 def test_the_page_speaks_chinese(world, alice):
-    _notice(alice.org, "stopped", START)
+    _notice(alice.org, "stopped", START, leases_ended=1)
     body = _get(_signed_in(alice), "/balance/", HTTP_ACCEPT_LANGUAGE="zh-hans")
     for text in (
         "余额与消费",
