@@ -141,6 +141,8 @@ def test_dev_runs_everything_on_the_embedded_database_and_stops_it_all_on_sigint
             proc.kill()
     output = log.read_text()
     assert "started embedded PostgreSQL 18" in output
+    # The demo's API example names the port the site really answers on.
+    assert f"http://127.0.0.1:{port}/api/v1/gpu-models/" in output
     assert "stopping the embedded PostgreSQL" in output
     assert not embedded.is_running(pg_base), output
     _assert_all_gone(children, log)

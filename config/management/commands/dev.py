@@ -89,7 +89,10 @@ class Command(BaseCommand):
         if opts["no_seed"]:
             return
         if "seed_demo" in get_commands():
-            call_command("seed_demo")
+            # A wildcard address is reached on the loopback one; the example printed names the real port.
+            host = "127.0.0.1" if opts["addr"] in ("0.0.0.0", "::") else opts["addr"]  # noqa: S104
+            host = f"[{host}]" if ":" in host else host
+            call_command("seed_demo", site_url=f"http://{host}:{opts['port']}")
         else:
             self._say("no seed_demo command yet: starting without demo data", err=True)
 

@@ -19,6 +19,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 from allauth.account.models import EmailAddress
+from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import transaction
 from django.utils import timezone
@@ -196,8 +197,13 @@ class Command(BaseCommand):
             action="store_true",
             help="Issue another API token for the demo customer even if one was issued before.",
         )
+        parser.add_argument(
+            "--site-url",
+            default="",
+            help="The address the site answers on, for the example printed at the end (default: SITE_URL).",
+        )
 
-    def handle(self, *args, new_token: bool = False, **options) -> None:
+    def handle(self, *args, new_token: bool = False, site_url: str = "", **options) -> None:
         with transaction.atomic():
             admin = self._user(ADMIN_EMAIL, staff=True)
             customer = self._user(CUSTOMER_EMAIL)
@@ -220,7 +226,7 @@ class Command(BaseCommand):
             token = self._customer_token(customer, new_token)
         for org, demo in customers:  # each lease in its own transaction (lease_create retries after a deadlock)
             self._leases(org, demo)
-        self._report(token)
+        self._report(token, (site_url or settings.SITE_URL).rstrip("/"))
 
     # --- the pieces ---------------------------------------------------------------------------------------
 
@@ -343,7 +349,7 @@ class Command(BaseCommand):
         _key, token = accounts_services.api_key_create(user=customer, name=DEMO_KEY_NAME)
         return token
 
-    def _report(self, token: str | None) -> None:
+    def _report(self, token: str | None, site: str) -> None:
         self.stdout.write(self.style.SUCCESS("Demo data is in place. Logins (web and API), one password for all:"))
         logins = [("staff, admin site /admin/", ADMIN_EMAIL)]
         logins += [(f"customer, {demo.name} ({demo.mode})", demo.owner) for demo in CUSTOMERS]
@@ -354,7 +360,7 @@ class Command(BaseCommand):
         self.stdout.write(f"  password: {PASSWORD}")
         if token:
             self.stdout.write(f"  customer API token: {token}")
-            self.stdout.write("    curl -H 'Authorization: Bearer <token>' http://localhost:8000/api/v1/gpu-models/")
+            self.stdout.write(f"    curl -H 'Authorization: Bearer <token>' {site}/api/v1/gpu-models/")
         else:
             self.stdout.write(
                 "  customer API token: issued on the first run (stored hashed, cannot be shown again); "
