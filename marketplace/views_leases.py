@@ -39,6 +39,8 @@ from workloads.volumes import lease_mounts
 
 PAGE_SIZE = 25
 LIVE_STATES = (LeaseState.SCHEDULED, LeaseState.ACTIVE)
+# States after which the lease's cost no longer changes: its page says "Total cost", not "Cost so far".
+FINAL_STATES = (LeaseState.ENDED, LeaseState.PREEMPTED, LeaseState.CANCELLED, LeaseState.FAILED)
 # States a customer may still end a lease in: the live ones and a stopped lease (it holds no cards, only its server).
 ENDABLE_STATES = (*LIVE_STATES, LeaseState.STOPPED)
 # The pages' own words for states and events (the models' labels serve other places with other meanings).
@@ -94,7 +96,12 @@ def can_stop(lease: Lease) -> bool:
 
 @dataclass(frozen=True)
 class CardRow:
-    """One card of the lease: where it is, when the lease held it, and (while held) its latest figures."""
+    """One card of the lease: where it is, when the lease held it, and (while held) its latest figures.
+
+    `status` says what the card is doing at the page's moment, so an ended lease's cards read as released rather
+    than as a reservation: "held" (the lease holds it now), "reserved" (a live lease holds it from a later start),
+    "released" (its period is over) or "unused" (a lease that is over never reached the card's start).
+    """
 
     uuid: str
     server_id: int
@@ -104,6 +111,7 @@ class CardRow:
     since: datetime
     until: datetime | None
     held: bool
+    status: str
     utilization_pct: float | None
     memory_used_gb: float | None
     memory_total_gb: float | None
@@ -112,6 +120,14 @@ class CardRow:
 def _figure(sample: dict, name: str) -> float | None:
     value = sample.get(name)
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _card_status(lease: Lease, lower: datetime, upper: datetime | None, *, held: bool, now: datetime) -> str:
+    if held:
+        return "held"
+    if upper is not None and upper <= now:
+        return "released"
+    return "reserved" if is_live(lease) else "unused"
 
 
 def card_rows(lease: Lease, *, now: datetime) -> list[CardRow]:
@@ -124,6 +140,7 @@ def card_rows(lease: Lease, *, now: datetime) -> list[CardRow]:
     for allocation in allocations.select_related("gpu__server__gpu_model"):
         gpu = allocation.gpu
         held = allocation.period.lower <= now and (allocation.period.upper is None or allocation.period.upper > now)
+        status = _card_status(lease, allocation.period.lower, allocation.period.upper, held=held, now=now)
         # Figures only for a card the lease holds now: the card's last sample may be another tenant's otherwise.
         sample = (gpu.last_sample or {}) if held else {}
         used, total = _figure(sample, "memory_used_mb"), _figure(sample, "memory_total_mb") or gpu.memory_total_mb
@@ -137,6 +154,7 @@ def card_rows(lease: Lease, *, now: datetime) -> list[CardRow]:
                 since=allocation.period.lower,
                 until=allocation.period.upper,
                 held=held,
+                status=status,
                 utilization_pct=_figure(sample, "utilization_pct"),
                 memory_used_gb=None if used is None else used / 1024,
                 memory_total_gb=None if not total else float(total) / 1024,
@@ -243,6 +261,7 @@ def _live_context(lease: Lease, now: datetime) -> dict[str, Any]:
     return {
         "lease": lease,
         "live": is_live(lease),
+        "final": lease.state in FINAL_STATES,
         "cards": card_rows(lease, now=now),
         "usage": usage,
         "cost": money(usage.amount, usage.currency),

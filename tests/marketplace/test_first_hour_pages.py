@@ -1,0 +1,72 @@
+"""Pages that misled a new user (issue 17, "First hour of a new user"): an ended lease's cards and total, the
+admin's plural names, the favicon, the GPU memory unit, and one Chinese word per plan."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from scheduler.services import lease_create, lease_end
+from tests.factories import GpuModelFactory, online_server
+
+
+@pytest.fixture
+def offer(bob):
+    model = GpuModelFactory(slug="first-hour-h100", name="First hour H100")
+    return online_server(organization=bob.org, gpu_model=model, name="bob-first-hour").offers.get()
+
+
+def _cost_heading(body: str) -> str:
+    return re.search(r'<h2 id="cost-title">([^<]*)</h2>', body).group(1)
+
+
+# --- an ended lease's page --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("language", "total", "so_far", "released", "reserved"),
+    [
+        ("en", "Total cost", "Cost so far", "released", "reserved, not started"),
+        ("zh-hans", "总费用", "目前费用", "已释放", "已预约，尚未开始"),
+    ],
+)
+def test_an_ended_lease_shows_its_cards_released_and_its_total(
+    client, alice, offer, language, total, so_far, released, reserved
+):
+    start = timezone.now() - timedelta(hours=2)
+    lease = lease_create(org=alice.org, plan="card_hour", gpu_count=2, offer=offer, now=start)
+    client.force_login(alice.user)
+    live = client.get(f"/leases/{lease.pk}/", HTTP_ACCEPT_LANGUAGE=language).content.decode()
+    assert _cost_heading(live) == so_far
+
+    lease_end(lease=lease)
+    body = client.get(f"/leases/{lease.pk}/", HTTP_ACCEPT_LANGUAGE=language).content.decode()
+    assert _cost_heading(body) == total
+    cards = body[body.index('id="lease-cards"') : body.index("</table>", body.index('id="lease-cards"'))]
+    assert cards.count(f"<small>{released}</small>") == 2
+    assert reserved not in cards
+    # The htmx fragment says the same (it is what a page left open swaps in).
+    fragment = client.get(f"/leases/{lease.pk}/live/", HTTP_ACCEPT_LANGUAGE=language).content.decode()
+    assert _cost_heading(fragment) == total and fragment.count(f"<small>{released}</small>") == 2
+
+
+def test_a_reservation_still_reads_reserved_and_a_cancelled_one_says_no_card_was_used(client, alice, offer):
+    lease = lease_create(
+        org=alice.org, plan="card_hour", gpu_count=1, offer=offer, start_at=timezone.now() + timedelta(days=1)
+    )
+    client.force_login(alice.user)
+    body = client.get(f"/leases/{lease.pk}/").content.decode()
+    assert "reserved, not started" in body and _cost_heading(body) == "Cost so far"
+
+    lease_end(lease=lease)
+    lease.refresh_from_db()
+    assert lease.state == "cancelled"
+    body = client.get(f"/leases/{lease.pk}/").content.decode()
+    assert _cost_heading(body) == "Total cost"
+    assert "reserved, not started" not in body
+    assert "The reservation was cancelled before it started: no card was used." in body
+    zh = client.get(f"/leases/{lease.pk}/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert "预约在开始前已取消，没有使用任何显卡。" in zh and _cost_heading(zh) == "总费用"
