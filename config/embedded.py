@@ -56,9 +56,13 @@ def socket_url(socket_dir: Path | str) -> str:
     return f"postgres://postgres@{quote(str(socket_dir), safe='')}/{DB_NAME}"
 
 
-def _needs_no_server() -> bool:
-    # `manage.py embedded_db ...` starts and stops the server itself, and help needs no database: loading
-    # settings must not start (and leave running) a server for them.
+def tooling_command() -> bool:
+    """Whether this process is `manage.py embedded_db ...`, help or version: a command that serves no request,
+    signs nothing and needs no database of its own.
+
+    Loading settings must not start (and leave running) a server for them (`embedded_db` starts and stops it
+    itself), and they run on a fresh clone without production's secret key and mail settings (config/settings.py).
+    """
     if Path(sys.argv[0]).name != "manage.py":
         return False
     args = sys.argv[1:]
@@ -67,7 +71,7 @@ def _needs_no_server() -> bool:
 
 def ensure_running(base_dir: Path) -> str:
     """Start (or join) the embedded server and make sure our database exists; return its URL."""
-    if _needs_no_server():
+    if tooling_command():
         return url(base_dir)
     return start(base_dir)
 

@@ -1,5 +1,6 @@
 """Suanli settings: one module, read from the environment (see README.md, Configuration)."""
 
+import secrets
 from decimal import Decimal
 from pathlib import Path
 
@@ -7,17 +8,25 @@ import dj_database_url
 from celery.schedules import crontab
 from csp.constants import NONCE, NONE, SELF
 
+from config.embedded import tooling_command
 from config.env import env_bool, env_int, env_list, env_networks, env_rates, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("SUANLI_VAR_DIR", str(BASE_DIR / "var")))
 
 DEBUG = env_bool("DJANGO_DEBUG", False)
+# `manage.py embedded_db ...`, help and version serve no request and sign nothing: they run as the README writes them
+# on a fresh clone, without the key and mail settings that everything else (the web server first) requires with
+# debug off.
+TOOLING_COMMAND = tooling_command()
 SECRET_KEY = env_str("DJANGO_SECRET_KEY")
 if not SECRET_KEY:
-    if not DEBUG and not env_bool("SUANLI_ALLOW_INSECURE_KEY", False):
+    if DEBUG or env_bool("SUANLI_ALLOW_INSECURE_KEY", False):
+        SECRET_KEY = "insecure-dev-key-only-for-local-runs-never-in-production-0123456789"  # noqa: S105
+    elif TOOLING_COMMAND:
+        SECRET_KEY = secrets.token_urlsafe(50)  # this process's alone: nothing it could sign outlives it
+    else:
         raise RuntimeError("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off")
-    SECRET_KEY = "insecure-dev-key-only-for-local-runs-never-in-production-0123456789"  # noqa: S105
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
@@ -196,7 +205,12 @@ SUANLI_UNDELIVERED_EMAIL_BACKENDS = (
     "django.core.mail.backends.filebased.EmailBackend",
 )
 SUANLI_ALLOW_CONSOLE_EMAIL = env_bool("SUANLI_ALLOW_CONSOLE_EMAIL", False)
-if not DEBUG and EMAIL_BACKEND in SUANLI_UNDELIVERED_EMAIL_BACKENDS and not SUANLI_ALLOW_CONSOLE_EMAIL:
+if (
+    not DEBUG
+    and EMAIL_BACKEND in SUANLI_UNDELIVERED_EMAIL_BACKENDS
+    and not SUANLI_ALLOW_CONSOLE_EMAIL
+    and not TOOLING_COMMAND
+):
     raise RuntimeError(
         f"EMAIL_BACKEND is {EMAIL_BACKEND} with DJANGO_DEBUG off: password-reset and verification links would be "
         "written to the log instead of sent. Set EMAIL_BACKEND=django.core.mail.backends.smtp.EmailBackend and "

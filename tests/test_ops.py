@@ -79,6 +79,79 @@ def test_embedded_postgres_is_18_with_btree_gist(pg_base):
     assert not embedded.stop(pg_base)
 
 
+def _fresh_clone_env(pg_base: Path) -> dict[str, str]:
+    """The environment of a fresh clone: no debug, no secret key, no mail backend, no DATABASE_URL (the embedded
+    server, its data under `pg_base`)."""
+    env = dict(os.environ)
+    for name in (
+        "DJANGO_DEBUG",
+        "DJANGO_SECRET_KEY",
+        "SUANLI_ALLOW_INSECURE_KEY",
+        "EMAIL_BACKEND",
+        "SUANLI_ALLOW_CONSOLE_EMAIL",
+        "DATABASE_URL",
+    ):
+        env.pop(name, None)
+    env["EMBEDDED_PG_DIR"] = str(pg_base / "pgdata")
+    return env
+
+
+def _readme_embedded_db_commands() -> list[list[str]]:
+    """The README's `manage.py embedded_db ...` lines, in order, comments dropped, each as an argument list."""
+    readme = (ROOT / "README.md").read_text()
+    lines = re.findall(r"^(\.venv/bin/python manage\.py embedded_db [a-z]+)", readme, flags=re.MULTILINE)
+    return [line.split() for line in lines]
+
+
+def test_the_readme_embedded_db_commands_run_as_written_on_a_fresh_clone(pg_base):
+    """Issue 17: each README line ran into "DJANGO_SECRET_KEY must be set" unless debug was on. They serve no request,
+    so they run without the key and mail settings; the interpreter is this one (the checkout's .venv in practice)."""
+    commands = _readme_embedded_db_commands()
+    actions = [argv[-1] for argv in commands]
+    assert actions == ["start", "url", "status", "stop"], actions
+    env = _fresh_clone_env(pg_base)
+
+    def run(argv: list[str]) -> subprocess.CompletedProcess:
+        assert argv[:2] == [".venv/bin/python", "manage.py"]
+        return subprocess.run(
+            [sys.executable, MANAGE, *argv[2:]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
+
+    results = {}
+    try:
+        for argv in commands:
+            results[argv[-1]] = result = run(argv)
+            output = result.stdout + result.stderr
+            assert "DJANGO_SECRET_KEY" not in output and "EMAIL_BACKEND" not in output, output
+            assert result.returncode == 0, (argv, output)
+    finally:
+        if embedded.is_running(pg_base):
+            embedded.stop(pg_base)
+    url = embedded.url(pg_base)
+    assert results["start"].stdout.strip() == f"started: {url}"
+    assert results["url"].stdout.strip() == url
+    assert results["status"].stdout.startswith(f"running: {url}")
+    assert results["stop"].stdout.startswith("stopped")
+    assert not embedded.is_running(pg_base)
+    # Stopped: `status` says so with exit status 3, as the README's comment promises.
+    status = run(commands[actions.index("status")])
+    assert status.returncode == 3, status.stdout + status.stderr
+    assert status.stdout.startswith("stopped")
+
+
+def test_a_fresh_clone_still_refuses_to_serve_without_a_secret_key(pg_base):
+    """The tooling exemption is for embedded_db, help and version alone: the web server and every other command
+    still refuse to start with debug off and no key, and they start no database on the way."""
+    env = _fresh_clone_env(pg_base)
+    for argv in (["check"], ["runserver", "--noreload", str(free_port())], ["migrate", "--check"]):
+        result = subprocess.run(
+            [sys.executable, MANAGE, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode != 0, argv
+        assert "DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off" in result.stderr, (argv, result.stderr)
+    assert not embedded.is_running(pg_base)
+
+
 # --- manage.py dev -------------------------------------------------------------------------------------------
 def _wait_healthy(port: int, proc: subprocess.Popen, log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
