@@ -415,6 +415,7 @@ class ProviderTerms(models.Model):
     objects = TenantQuerySet.as_manager()
 
     class Meta:
+        verbose_name_plural = "provider terms"
         constraints = [
             models.CheckConstraint(
                 condition=Q(take_rate__isnull=True) | Q(take_rate__gte=0, take_rate__lt=1), name="terms_take_rate"
@@ -449,6 +450,7 @@ class BillingTerms(models.Model):
     objects = TenantQuerySet.as_manager()
 
     class Meta:
+        verbose_name_plural = "billing terms"
         ordering = ["-id"]
         constraints = [
             models.CheckConstraint(condition=Q(mode__in=["prepaid", "postpaid"]), name="terms_mode_valid"),
@@ -526,6 +528,7 @@ class BalanceEntry(models.Model):
     objects = TenantQuerySet.as_manager()
 
     class Meta:
+        verbose_name_plural = "balance entries"
         ordering = ["-created_at", "-id"]
         constraints = [
             models.CheckConstraint(condition=~Q(amount=0), name="entry_not_zero"),

@@ -53,6 +53,7 @@ class GpuModel(models.Model):
     objects = GpuModelQuerySet.as_manager()
 
     class Meta:
+        verbose_name = "GPU model"
         ordering = ["vendor", "name"]
         constraints = [
             models.CheckConstraint(condition=Q(fp16_tflops__gt=0), name="gpumodel_fp16_positive"),
@@ -204,6 +205,7 @@ class Gpu(models.Model):
     objects = TenantQuerySet.as_manager()
 
     class Meta:
+        verbose_name = "GPU"
         ordering = ["server_id", "index"]
         constraints = [
             models.UniqueConstraint(fields=["server", "index"], name="gpu_index_unique_per_server"),

@@ -30,6 +30,7 @@ class SshKey(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        verbose_name = "SSH key"
         ordering = ["id"]
         constraints = [
             models.UniqueConstraint(fields=["user", "fingerprint"], name="sshkey_unique_per_user"),

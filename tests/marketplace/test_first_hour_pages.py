@@ -70,3 +70,26 @@ def test_a_reservation_still_reads_reserved_and_a_cancelled_one_says_no_card_was
     assert "The reservation was cancelled before it started: no card was used." in body
     zh = client.get(f"/leases/{lease.pk}/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
     assert "预约在开始前已取消，没有使用任何显卡。" in zh and _cost_heading(zh) == "总费用"
+
+
+# --- the admin's names ------------------------------------------------------------------------------------
+
+
+def test_every_admin_model_has_a_proper_plural_and_capitalised_acronyms():
+    from django.contrib import admin
+
+    names = {model._meta.label: str(model._meta.verbose_name_plural) for model in admin.site._registry}
+    assert names["billing.ProviderTerms"] == "provider terms"
+    assert names["billing.BillingTerms"] == "billing terms"
+    assert names["billing.BalanceEntry"] == "balance entries"
+    assert names["inventory.Gpu"] == "GPUs" and names["accounts.ApiKey"] == "API keys"
+    for label, plural in names.items():
+        # Django's default plural is the name plus "s": "termss", "entrys", "addresss".
+        assert not plural.endswith("ss"), label
+        assert not re.search(r"[^aeiou]ys$", plural), label
+        assert not re.search(r"\b(gpu|gpus|api|ssh)\b", plural), label
+
+
+def test_the_admin_index_says_provider_terms(admin_client):
+    body = admin_client.get("/admin/").content.decode()
+    assert "Provider terms<" in body and "termss" not in body and "Balance entries" in body
