@@ -19,6 +19,7 @@ app_name = "marketplace"
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("favicon.ico", views.favicon, name="favicon"),
     path("dashboard/", views.dashboard, name="dashboard"),
     path("offers/", views_offers.offer_search, name="offer_search"),
     path("offers/<int:offer_id>/", views_offers.offer_detail, name="offer_detail"),

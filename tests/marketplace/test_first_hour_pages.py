@@ -93,3 +93,19 @@ def test_every_admin_model_has_a_proper_plural_and_capitalised_acronyms():
 def test_the_admin_index_says_provider_terms(admin_client):
     body = admin_client.get("/admin/").content.decode()
     assert "Provider terms<" in body and "termss" not in body and "Balance entries" in body
+
+
+# --- the favicon ------------------------------------------------------------------------------------------
+
+
+def test_pages_name_an_icon_and_favicon_ico_leads_to_it(client):
+    from django.contrib.staticfiles import finders
+
+    body = client.get("/").content.decode()
+    icon = re.search(r'<link rel="icon" href="([^"]+)" type="image/svg\+xml">', body).group(1)
+    assert icon == "/static/img/favicon.svg"
+    path = finders.find("img/favicon.svg")
+    assert path and open(path, encoding="utf-8").read().startswith("<svg")
+    response = client.get("/favicon.ico")
+    assert response.status_code == 301 and response["Location"] == icon
+    assert client.post("/favicon.ico").status_code == 405
