@@ -29,6 +29,7 @@ from accounts.error_text import error_text
 from accounts.permissions import can_operate, require_operate
 from billing.display import PLAN_LABELS, UNIT_LABELS, money
 from billing.metering import lease_usage
+from marketplace.card_memory import memory_gb
 from marketplace.forms import EndForm, IdempotentForm, ResizeForm, describe_errors
 from marketplace.polling import poll_login_required
 from marketplace.views_workloads import lease_for_page, workload_event_text, workload_panel
@@ -143,7 +144,7 @@ def card_rows(lease: Lease, *, now: datetime) -> list[CardRow]:
         status = _card_status(lease, allocation.period.lower, allocation.period.upper, held=held, now=now)
         # Figures only for a card the lease holds now: the card's last sample may be another tenant's otherwise.
         sample = (gpu.last_sample or {}) if held else {}
-        used, total = _figure(sample, "memory_used_mb"), _figure(sample, "memory_total_mb") or gpu.memory_total_mb
+        used_gb, total_gb = memory_gb(gpu, sample)
         rows.append(
             CardRow(
                 uuid=gpu.uuid,
@@ -156,8 +157,8 @@ def card_rows(lease: Lease, *, now: datetime) -> list[CardRow]:
                 held=held,
                 status=status,
                 utilization_pct=_figure(sample, "utilization_pct"),
-                memory_used_gb=None if used is None else used / 1024,
-                memory_total_gb=None if not total else float(total) / 1024,
+                memory_used_gb=used_gb,
+                memory_total_gb=total_gb,
             )
         )
     return rows

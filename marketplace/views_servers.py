@@ -36,6 +36,7 @@ from inventory import selectors, services
 from inventory.access import access_server
 from inventory.fleet import card_state, stale_before
 from inventory.models import Gpu, Runtime, Server
+from marketplace.card_memory import memory_gb
 from marketplace.polling import poll_login_required
 from marketplace.views_workloads import state_label
 from workloads.selectors import host_of, server_workload_rows
@@ -104,16 +105,15 @@ def _card_tile(gpu: Gpu, *, fresh_after: datetime) -> CardTile:
     label, reason = str(TILE_LABELS[state]), _tile_reason(gpu, state)
     # The figures of a card that stopped reporting are old: show none rather than stale ones.
     sample = (gpu.last_sample or {}) if state != "nodata" else {}
-    used_mb = _number(sample.get("memory_used_mb"))
-    total_mb = _number(sample.get("memory_total_mb")) or _number(gpu.memory_total_mb)
+    used_gb, total_gb = memory_gb(gpu, sample)
     return CardTile(
         index=gpu.index,
         state=state,
         label=label,
         reason=reason,
         utilization_pct=_number(sample.get("utilization_pct")),
-        memory_used_gb=None if used_mb is None else used_mb / 1024,
-        memory_total_gb=None if total_mb is None else total_mb / 1024,
+        memory_used_gb=used_gb,
+        memory_total_gb=total_gb,
         temperature_c=_number(sample.get("temperature_c")),
         power_w=_number(sample.get("power_w")),
     )

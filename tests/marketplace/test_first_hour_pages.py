@@ -109,3 +109,27 @@ def test_pages_name_an_icon_and_favicon_ico_leads_to_it(client):
     response = client.get("/favicon.ico")
     assert response.status_code == 301 and response["Location"] == icon
     assert client.post("/favicon.ico").status_code == 405
+
+
+# --- GPU memory -------------------------------------------------------------------------------------------
+
+
+def test_an_l40s_shows_its_catalogue_48_gb_on_the_lease_and_server_pages(client, alice, bob):
+    from inventory.models import Gpu, GpuModel
+
+    l40s = GpuModel.objects.get(slug="l40s-48gb")
+    assert l40s.memory_gb == 48
+    server = online_server(organization=bob.org, gpu_model=l40s, name="bob-l40s", gpus=2)
+    # What the driver really reports for an L40S: the memory left after its ECC reservation (45 GiB).
+    sample = {"utilization_pct": 50.0, "memory_used_mb": 10240, "memory_total_mb": 46068}
+    Gpu.objects.filter(server=server).update(memory_total_mb=46068, last_sample=sample, last_sample_at=timezone.now())
+    lease = lease_create(org=alice.org, plan="card_hour", gpu_count=1, offer=server.offers.get())
+
+    client.force_login(alice.user)
+    offer_page = client.get(f"/offers/{server.offers.get().pk}/").content.decode()
+    assert "48 GB" in offer_page
+    lease_page = client.get(f"/leases/{lease.pk}/").content.decode()
+    assert "10.0 / 48 GB" in lease_page and "/ 45 GB" not in lease_page
+    client.force_login(bob.user)
+    server_page = client.get(f"/servers/{server.pk}/").content.decode()
+    assert server_page.count("10.0 / 48 GB") == 2 and "/ 45 GB" not in server_page
