@@ -254,6 +254,8 @@ def _chart_text() -> dict[str, str]:
         "empty": _("No telemetry in this range yet."),
         "error": _("Could not load the telemetry. It is retried when you pick a range again."),
         "shown": _("Showing {range}, one point per {step} s."),
+        # The legend's label for the x axis (uPlot's own default is an English "Time").
+        "time": _("Time"),
     }
 
 

@@ -104,7 +104,7 @@
       containers.forEach(function (container) {
         var metric = container.getAttribute("data-metric");
         var unit = container.getAttribute("data-unit") || "";
-        var series = [{}];
+        var series = [{ label: text.time || "Time" }];
         body.gpus.forEach(function (gpu, i) {
           series.push({
             label: fill(text.card || "GPU {index}", { server: gpu.server, index: gpu.index }),

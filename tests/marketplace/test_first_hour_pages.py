@@ -133,3 +133,49 @@ def test_an_l40s_shows_its_catalogue_48_gb_on_the_lease_and_server_pages(client,
     client.force_login(bob.user)
     server_page = client.get(f"/servers/{server.pk}/").content.decode()
     assert server_page.count("10.0 / 48 GB") == 2 and "/ 45 GB" not in server_page
+
+
+# --- one Chinese word per plan ----------------------------------------------------------------------------
+
+# The glossary (issue 17: "plan names differ between pages"): each plan has one Chinese name and each billing unit
+# one word, whichever English phrase a page starts from.
+ZH_PLAN_NAMES = ("按卡时计费", "按台月计费", "按 PFLOPS 年计费")
+ZH_OTHER_WORDS = ("按整机月", "整机月", "按每P", "每P每年", "P年", "PFLOPS·年", "台·月")
+
+
+def test_every_english_name_of_a_plan_has_the_same_chinese_name():
+    from django.utils import translation
+
+    from billing.display import INVOICE_UNIT_LABELS, PLAN_LABELS
+    from scheduler.models import Plan
+
+    with translation.override("zh-hans"):
+        assert [str(PLAN_LABELS[plan]) for plan in Plan] == list(ZH_PLAN_NAMES)
+        assert [str(label) for label in Plan.labels] == list(ZH_PLAN_NAMES)
+        assert [str(INVOICE_UNIT_LABELS[unit]) for unit in ("card-hour", "server-month", "PFLOPS-year")] == [
+            "卡时",
+            "台月",
+            "PFLOPS 年",
+        ]
+        assert translation.gettext("Time") == "时间"
+
+
+def test_the_chinese_pages_that_show_plans_use_only_the_glossarys_words(client, alice, bob, offer):
+    lease = lease_create(org=alice.org, plan="card_hour", gpu_count=1, offer=offer)
+    zh = {"HTTP_ACCEPT_LANGUAGE": "zh-hans"}
+    client.force_login(alice.user)
+    pages = {
+        path: client.get(path, **zh).content.decode()
+        for path in ("/", "/offers/", f"/offers/{offer.pk}/", "/leases/", f"/leases/{lease.pk}/")
+    }
+    client.force_login(bob.user)
+    pages["/provider/offers/"] = client.get("/provider/offers/", **zh).content.decode()
+    for path, body in pages.items():
+        for words in ZH_OTHER_WORDS:
+            assert words not in body, (path, words)
+    for name in ZH_PLAN_NAMES:
+        assert name in pages[f"/offers/{offer.pk}/"], name
+        assert name in pages["/provider/offers/"], name
+    assert "按卡时计费" in pages["/leases/"] and "按卡时计费" in pages[f"/leases/{lease.pk}/"]
+    # The charts' legend names its time axis in Chinese too.
+    assert '"time": "\\u65f6\\u95f4"' in pages[f"/leases/{lease.pk}/"]
