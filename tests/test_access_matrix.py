@@ -34,6 +34,8 @@ LOGIN = "302login"  # a redirect to the login page
 # category -> persona -> the statuses a GET may answer.
 RULES: dict[str, dict[str, set]] = {
     "public": dict.fromkeys(PERSONAS, {200}),
+    # A fixed redirect anyone follows (/favicon.ico to the static icon).
+    "public_redirect": dict.fromkeys(PERSONAS, {301}),
     # A listed offer names its provider by design: bob's organisation name may appear, nothing else of his.
     "public_listing": dict.fromkeys(PERSONAS, {200}),
     "post_only": dict.fromkeys(PERSONAS, {405}),  # GET is not allowed to anyone (a form POST, a credential swap)
@@ -136,6 +138,7 @@ ACCESS: dict[str, str] = {
     "org:api_key_new": "post_only",
     "org:api_key_revoke": "post_only",
     "marketplace:home": "public",
+    "marketplace:favicon": "public_redirect",
     "marketplace:dashboard": "page_list",
     "marketplace:offer_search": "public_listing",
     "marketplace:offer_detail": "public_listing",
