@@ -50,7 +50,7 @@ WITH a AS (
     JOIN inventory_server s ON s.id = al.server_id
     LEFT JOIN workloads_workloadspec ws ON ws.lease_id = al.lease_id
     LEFT JOIN workloads_workload w ON w.lease_id = al.lease_id AND w.server_id = al.server_id
-    WHERE al.period && tstzrange(%(since)s, %(until)s, '[)') {lease_filter}
+    WHERE al.period && tstzrange(%(since)s, %(until)s, '[)') {filters}
 ),
 slots AS (
     SELECT a.*, h AS slot_start, a.p * tstzrange(h, h + interval '1 hour', '[)') AS part
@@ -91,7 +91,7 @@ WITH v AS (
                * tstzrange(%(since)s, %(until)s, '[)') AS p
     FROM workloads_volume v
     JOIN inventory_server s ON s.id = v.server_id
-    WHERE v.created_at < %(until)s AND (v.wiped_at IS NULL OR v.wiped_at > %(since)s) {volume_filter}
+    WHERE v.created_at < %(until)s AND (v.wiped_at IS NULL OR v.wiped_at > %(since)s) {filters}
 ),
 slots AS (
     SELECT v.*, h AS slot_start, v.p * tstzrange(h, h + interval '1 hour', '[)') AS part
@@ -166,23 +166,23 @@ def storage_slots(
 ) -> Iterator[StorageSlot]:
     """Every slot part in [since, until) in which a volume existed (from created_at until wiped_at): of one
     volume, one organisation's volumes or one provider's servers when asked."""
-    filters = {"volume": "v.id", "organization": "v.organization_id", "provider": "s.organization_id"}
-    params = {
-        "since": since,
-        "until": until,
-        "zone": settings.PLATFORM_TIME_ZONE,
-        "volume": volume_id,
-        "organization": organization_id,
-        "provider": provider_id,
-    }
-    sql = _STORAGE_SQL.format(
-        volume_filter="".join(f" AND {column} = %({name})s" for name, column in filters.items() if params[name])
-    )
+    columns = {"volume": "v.id", "organization": "v.organization_id", "provider": "s.organization_id"}
+    ids = {"volume": volume_id, "organization": organization_id, "provider": provider_id}
+    for row in _rows(_STORAGE_SQL, columns, since=since, until=until, ids=ids):
+        yield StorageSlot(*row[:10], seconds=Decimal(row[10]).quantize(Decimal("0.000001")))
+
+
+def _rows(
+    template: str, columns: dict[str, str], *, since: datetime, until: datetime, ids: dict[str, int | None]
+) -> Iterator[tuple]:
+    """The rows of a slot query over [since, until), in batches, its `{filters}` narrowed to the ids given (name ->
+    id; `columns` names the column of each)."""
+    params = {"since": since, "until": until, "zone": settings.PLATFORM_TIME_ZONE, **ids}
+    sql = template.format(filters="".join(f" AND {columns[name]} = %({name})s" for name, v in ids.items() if v))
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         while rows := cursor.fetchmany(BATCH):
-            for row in rows:
-                yield StorageSlot(*row[:10], seconds=Decimal(row[10]).quantize(Decimal("0.000001")))
+            yield from rows
 
 
 @dataclass(frozen=True)
@@ -243,24 +243,11 @@ def slots(
 ) -> Iterator[Slot]:
     """Every held slot part in [since, until), with its seconds and down seconds, allocation by allocation: of one
     lease, one customer organisation's leases or one provider's servers when asked."""
-    filters = {"lease": "al.lease_id", "organization": "l.organization_id", "provider": "s.organization_id"}
-    params = {
-        "since": since,
-        "until": until,
-        "zone": settings.PLATFORM_TIME_ZONE,
-        "lease": lease_id,
-        "organization": organization_id,
-        "provider": provider_id,
-    }
-    sql = _SLOTS_SQL.format(
-        lease_filter="".join(f" AND {column} = %({name})s" for name, column in filters.items() if params[name])
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        while rows := cursor.fetchmany(BATCH):
-            for row in rows:
-                seconds, down = Decimal(row[12]).quantize(Decimal("0.000001")), Decimal(row[13])
-                yield Slot(*row[:12], seconds=seconds, down_seconds=min(down.quantize(Decimal("0.000001")), seconds))
+    columns = {"lease": "al.lease_id", "organization": "l.organization_id", "provider": "s.organization_id"}
+    ids = {"lease": lease_id, "organization": organization_id, "provider": provider_id}
+    for row in _rows(_SLOTS_SQL, columns, since=since, until=until, ids=ids):
+        seconds, down = Decimal(row[12]).quantize(Decimal("0.000001")), Decimal(row[13])
+        yield Slot(*row[:12], seconds=seconds, down_seconds=min(down.quantize(Decimal("0.000001")), seconds))
 
 
 def hour_floor(at: datetime) -> datetime:

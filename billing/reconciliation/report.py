@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import csv
 import io
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db.models import QuerySet
+from django.db.models import F, OuterRef, QuerySet, Subquery
 
 from billing.invoicing import Period
-from billing.models import BillingTerms, Payment, PaymentMode, UsageRecord
+from billing.models import BillingTerms, Invoice, Payment, PaymentMode, UsageRecord
 
 MAX_IDS = 100
 ZERO = Decimal(0)
@@ -113,6 +114,35 @@ def prepaid_when(org_id: int, when: datetime | None) -> bool:
     row = (rows.filter(created_at__lte=when) if when else rows).first()
     mode = row.mode if row is not None else settings.SUANLI_DEFAULT_PAYMENT_MODE
     return mode == PaymentMode.PREPAID
+
+
+def records_after_close(
+    result: Reconciliation, period: Period, records: QuerySet, *, code: str, noun: str, ids_key: str
+) -> None:
+    """Add a `code` mismatch per invoice of `period` for the `records` (usage or storage, of that month) written
+    after that invoice was issued: they are on no line of it."""
+    issued = Invoice.objects.filter(
+        organization_id=OuterRef("organization_id"), currency=OuterRef("currency"), period=period.label
+    ).exclude(state=Invoice.State.DRAFT)
+    late = (
+        records.annotate(
+            issued_at=Subquery(issued.values("issued_at")[:1]), number=Subquery(issued.values("number")[:1])
+        )
+        .filter(created_at__gt=F("issued_at"))
+        .values_list("id", "number", "currency")
+        .order_by("id")
+    )
+    by_invoice: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for record_id, number, currency in late:
+        by_invoice[(number, currency)].append(record_id)
+    for (number, currency), ids in sorted(by_invoice.items()):
+        result.add(
+            code,
+            f"{len(ids)} {noun} records of {period.label} were written after invoice {number} was issued.",
+            currency,
+            invoices=[number],
+            **{ids_key: ids},
+        )
 
 
 def first_ids(queryset: QuerySet) -> list[int]:

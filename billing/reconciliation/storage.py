@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from django.db.models import Count, F, OuterRef, QuerySet, Subquery, Sum
+from django.db.models import Count, F, QuerySet, Sum
 
 from billing import rating
 from billing.invoicing import Period
 from billing.metering import STORAGE_PLAN
 from billing.models import Invoice, InvoiceLine, StorageRecord
-from billing.reconciliation.report import MAX_IDS, Reconciliation, first_ids
+from billing.reconciliation.report import MAX_IDS, Reconciliation, first_ids, records_after_close
 from workloads.models import Volume
 
 # A storage record's invoice line: the organisation, currency, volume and price per GB-month it is billed under.
@@ -37,7 +37,9 @@ def check_storage(result: Reconciliation, period: Period) -> None:
         result.total(key[1])["metered"] += rating.to_money(row["a"])
     seen = _check_lines(result, period, groups)
     _check_not_invoiced(result, period, {key: row for key, row in groups.items() if key not in seen})
-    _check_after_close(result, period)
+    records_after_close(
+        result, period, month_storage(period), code="storage_after_close", noun="storage", ids_key="storage_records"
+    )
     _check_records(result, period)
 
 
@@ -82,30 +84,6 @@ def _check_not_invoiced(result: Reconciliation, period: Period, missing: dict[tu
             storage_records=first_ids(records),
             volumes=[volume_id],
             organizations=[org_id],
-        )
-
-
-def _check_after_close(result: Reconciliation, period: Period) -> None:
-    issued = Invoice.objects.filter(
-        organization_id=OuterRef("organization_id"), currency=OuterRef("currency"), period=period.label
-    ).exclude(state=Invoice.State.DRAFT)
-    late = (
-        month_storage(period)
-        .annotate(issued_at=Subquery(issued.values("issued_at")[:1]), number=Subquery(issued.values("number")[:1]))
-        .filter(created_at__gt=F("issued_at"))
-        .values_list("id", "number", "currency")
-        .order_by("id")
-    )
-    by_invoice: dict[tuple[str, str], list[int]] = defaultdict(list)
-    for record_id, number, currency in late:
-        by_invoice[(number, currency)].append(record_id)
-    for (number, currency), ids in sorted(by_invoice.items()):
-        result.add(
-            "storage_after_close",
-            f"{len(ids)} storage records of {period.label} were written after invoice {number} was issued.",
-            currency,
-            invoices=[number],
-            storage_records=ids,
         )
 
 

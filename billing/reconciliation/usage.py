@@ -4,15 +4,14 @@ invoice was issued (`line_without_usage`, `line_amount`, `usage_not_invoiced`, `
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
-from django.db.models import Count, F, OuterRef, Subquery, Sum
+from django.db.models import Count, Sum
 
 from billing import rating
 from billing.invoicing import Period
 from billing.models import Invoice, InvoiceLine
-from billing.reconciliation.report import Reconciliation, first_ids, month_usage
+from billing.reconciliation.report import Reconciliation, first_ids, month_usage, records_after_close
 
 # A usage record's invoice line: the organisation, currency, lease, plan and unit price it is billed under.
 LINE_KEY = ("organization_id", "currency", "lease_id", "plan", "unit_price")
@@ -30,7 +29,9 @@ def check_usage(result: Reconciliation, period: Period) -> None:
     result.counts["invoices"] = len(invoices)
     seen = _check_lines(result, period, groups, invoices)
     _check_not_invoiced(result, period, {key: row for key, row in groups.items() if key not in seen})
-    _check_after_close(result, period)
+    records_after_close(
+        result, period, month_usage(period), code="usage_after_close", noun="usage", ids_key="usage_records"
+    )
 
 
 def _usage_groups(period: Period) -> dict[tuple, dict[str, Any]]:
@@ -84,29 +85,4 @@ def _check_not_invoiced(result: Reconciliation, period: Period, missing: dict[tu
             usage_records=first_ids(records),
             leases=[lease_id],
             organizations=[org_id],
-        )
-
-
-def _check_after_close(result: Reconciliation, period: Period) -> None:
-    """Usage records written after the invoice they belong to was issued."""
-    issued = Invoice.objects.filter(
-        organization_id=OuterRef("organization_id"), currency=OuterRef("currency"), period=period.label
-    ).exclude(state=Invoice.State.DRAFT)
-    late = (
-        month_usage(period)
-        .annotate(issued_at=Subquery(issued.values("issued_at")[:1]), number=Subquery(issued.values("number")[:1]))
-        .filter(created_at__gt=F("issued_at"))
-        .values_list("id", "number", "currency")
-        .order_by("id")
-    )
-    late_by_invoice: dict[tuple[str, str], list[int]] = defaultdict(list)
-    for record_id, number, currency in late:
-        late_by_invoice[(number, currency)].append(record_id)
-    for (number, currency), ids in sorted(late_by_invoice.items()):
-        result.add(
-            "usage_after_close",
-            f"{len(ids)} usage records of {period.label} were written after invoice {number} was issued.",
-            currency,
-            invoices=[number],
-            usage_records=ids,
         )
