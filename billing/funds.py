@@ -107,14 +107,23 @@ def _reserved(org: Organization, exclude: list[int]) -> Decimal:
     return sum((minimum_cost(plans[lease_id], rows) for lease_id, rows in per_lease.items()), Decimal(0))
 
 
+def _to_check(org_id: int) -> tuple[Organization, Decimal | None] | None:
+    """The organisation to admit against, its row locked (admissions of one organisation go one at a time), with
+    its monthly cap; None, and no lock taken, when nothing limits it: postpaid without a credit limit and no cap."""
+    org = Organization.objects.get(pk=org_id)
+    cap = SpendLimit.objects.for_org(org).values_list("monthly_cap", flat=True).first()
+    if not terms_of(org).limited and cap is None:
+        return None
+    return Organization.objects.select_for_update().get(pk=org_id), cap
+
+
 @platform_work(_PLATFORM)
 def admit(lease: Lease, new: list[Allocation], now: datetime) -> None:
     """Raise InsufficientFunds unless the lease's organisation can pay for `new` (see the module's docstring)."""
-    org = Organization.objects.select_for_update().get(pk=lease.organization_id)
-    terms = terms_of(org)
-    cap = SpendLimit.objects.for_org(org).values_list("monthly_cap", flat=True).first()
-    if not terms.limited and cap is None or not new:
+    checked = _to_check(lease.organization_id) if new else None
+    if checked is None:
         return
+    org, cap = checked
     excluded = [a.pk for a in new]
     now_standing = standing(org, now=now, exclude=excluded)
     _afford(now_standing, minimum_cost(lease.plan, new), cap, reserved=_reserved(org, excluded), what="lease")
@@ -125,10 +134,10 @@ def admit_volume(volume: Volume, now: datetime) -> None:
     """Raise InsufficientFunds unless the volume's organisation can pay for the volume just made (registered with
     workloads.volumes, run inside `volume_create` under the server's lock): its first SUANLI_ADMISSION_MINIMUM_SECONDS
     of storage, on top of that much of what already runs, as for a lease."""
-    org = Organization.objects.select_for_update().get(pk=volume.organization_id)
-    cap = SpendLimit.objects.for_org(org).values_list("monthly_cap", flat=True).first()
-    if not terms_of(org).limited and cap is None:
+    checked = _to_check(volume.organization_id)
+    if checked is None:
         return
+    org, cap = checked
     minimum = timedelta(seconds=settings.SUANLI_ADMISSION_MINIMUM_SECONDS)
     need = rating.estimate(
         plan=Plan.SERVER_MONTH,  # per GB-month, per second of the calendar month (billing/metering.py)
