@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.utils.translation import get_language
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -12,6 +13,7 @@ from rest_framework.response import Response
 from accounts.access import Actor
 from accounts.apiviews import OrgContextMixin
 from accounts.errors import NotAllowed
+from accounts.models import Organization
 from accounts.permissions import OPERATE, HasOrganization, IsProvider, has_role
 from inventory.access import access_offer
 from inventory.models import Offer
@@ -26,11 +28,15 @@ SEARCH_PARAMETERS = [
         ("region", "Region"),
         ("plan", "Only offers pricing this plan"),
         ("interruptible", "Compare interruptible prices"),
-        ("max_price", "At most this price for the plan (card_hour when no plan), in `currency`"),
+        (
+            "max_price",
+            "At most this price for the plan (card_hour when no plan), in the currency prices are shown in: `currency`,"
+            " else your organisation's, else USD (CNY with Accept-Language zh)",
+        ),
         ("interconnect", "nvlink, pcie, infinity_fabric, hccs"),
         ("min_reliability", "Share of the last 30 days reachable, 0..1"),
         ("ordering", "price, -price, gpus_free, -gpus_free, reliability, -reliability, newest"),
-        ("currency", "Compare and show prices in this currency (default: your organisation's)"),
+        ("currency", "Compare and show prices in this currency (default: your organisation's, else USD; CNY for zh)"),
     ]
 ]
 
@@ -57,10 +63,17 @@ class OfferViewSet(OrgContextMixin, mixins.ListModelMixin, mixins.RetrieveModelM
 
     def get_serializer_context(self) -> dict:
         context = super().get_serializer_context()
-        org = getattr(self.request, "org", None)
-        wanted = self.request.query_params.get("currency") or (org.currency if org else "")
-        context["currency"] = wanted
+        context["currency"] = self._currency()
         return context
+
+    def _currency(self) -> str:
+        """The currency prices are shown and compared in (`max_price` too): asked for, else the caller's
+        organisation's, else the language's usual one (marketplace.selectors.shown_currency, as on the storefront)."""
+        org = getattr(self.request, "org", None)
+        wanted = self.request.query_params.get("currency") or ""
+        if wanted not in Organization.Currency.values:
+            wanted = ""  # the search refuses it with 400; a detail shows the usual currency
+        return selectors.shown_currency(org, get_language() or "", wanted)
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
@@ -69,8 +82,7 @@ class OfferViewSet(OrgContextMixin, mixins.ListModelMixin, mixins.RetrieveModelM
             data = self._search().validated_data
             for unused in ("page", "page_size"):
                 data.pop(unused, None)
-            org = getattr(self.request, "org", None)
-            data["currency"] = data.get("currency") or (org.currency if org else "")
+            data["currency"] = self._currency()
             return selectors.offers_listed(selectors.OfferQuery(**data))
         return selectors.offers_listed()
 

@@ -59,7 +59,18 @@ class OfferQuery:
     interconnect: str = ""
     min_reliability: Decimal | None = None
     ordering: str = "price"
-    currency: str = ""  # show (and compare) prices in this currency; empty = each offer's own
+    currency: str = ""  # show (and compare) prices in this currency; empty = each offer's own (no max_price then)
+
+
+def shown_currency(org: Organization | None, language: str = "", wanted: str = "") -> str:
+    """The currency a viewer is shown prices in, and reads `max_price` in: the one asked for, else their
+    organisation's, else the language's usual one (CNY for Chinese, USD otherwise). The storefront and the API
+    share it, so a ceiling without a currency is never compared across currencies."""
+    if wanted:
+        return wanted
+    if org is not None:
+        return org.currency
+    return Organization.Currency.CNY if (language or "").startswith("zh") else Organization.Currency.USD
 
 
 def _epoch(expression) -> Func:
@@ -183,6 +194,9 @@ def offers_listed(query: OfferQuery = OfferQuery(), *, now: datetime | None = No
         qs = qs.filter(**{f"{price_field}__isnull": False})
     qs = qs.annotate(sort_price=_in_currency(price_field, query.currency))
     if query.max_price is not None:
+        if not query.currency:
+            # Each offer's own currency would compare 3 CNY with 3 USD: a ceiling is read in one currency.
+            raise ValueError("max_price needs the currency it is read in (shown_currency)")
         qs = qs.filter(sort_price__lte=query.max_price)
     return qs.order_by(*ORDERINGS.get(query.ordering, ORDERINGS["price"]))
 

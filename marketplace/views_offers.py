@@ -32,7 +32,7 @@ from billing.display import PLAN_LABELS, UNIT_LABELS, money
 from inventory.models import Offer
 from marketplace.forms import OfferSearchForm, RentForm, describe_errors
 from marketplace.forms_workloads import WorkloadForm
-from marketplace.selectors import OfferQuery, offers_listed
+from marketplace.selectors import OfferQuery, offers_listed, shown_currency
 from marketplace.views_rent import add_rent_errors, rent_payload, rented, renter_problem
 from scheduler.models import Plan
 from scheduler.pricing import PRICE_PLACES, rate_between
@@ -53,12 +53,8 @@ def converted(price: Decimal | None, rate: Decimal | None) -> Decimal | None:
 
 def viewer_currency(request: HttpRequest, wanted: str = "") -> str:
     """The currency prices are shown in: asked for, else the organisation's, else the language's usual one."""
-    if wanted:
-        return wanted
     org: Organization | None = getattr(request, "org", None)
-    if org is not None:
-        return org.currency
-    return Organization.Currency.CNY if (get_language() or "").startswith("zh") else Organization.Currency.USD
+    return shown_currency(org, get_language() or "", wanted)
 
 
 # --- what a page shows of an offer ------------------------------------------------------------------------------

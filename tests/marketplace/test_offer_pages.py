@@ -166,6 +166,20 @@ def test_prices_show_in_the_viewers_currency_with_the_offers_own_beside(client, 
     assert "CNY 2.50" in asked_in_cny and "USD 0.3520" not in asked_in_cny
 
 
+def test_max_price_is_read_in_the_currency_the_prices_are_shown_in(client, alice, shelf, h100):
+    """Bob's USD offers (1.10 and 2.50 a card-hour) and a CNY one at 2.50 CNY (0.3520 USD): the ceiling is in the
+    currency shown, the organisation's, else the language's, never in each offer's own."""
+    cny = online_server(organization=ProviderFactory(currency="CNY"), gpu_model=h100, name="sh-03").offers.get()
+    anonymous_en = _ids(client.get("/offers/", {"max_price": "1"}).content.decode())
+    assert anonymous_en == [cny.pk], "USD: 0.3520 is under 1, 1.10 and 2.50 are not"
+    anonymous_zh = _ids(client.get("/offers/", {"max_price": "3"}, HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode())
+    assert anonymous_zh == [cny.pk], "CNY: 2.50 CNY is under 3 CNY; 1.10 USD is 7.81 CNY"
+    client.force_login(alice.user)
+    assert alice.org.currency == "USD"
+    signed_in_zh = client.get("/offers/", {"max_price": "1.5"}, HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert _ids(signed_in_zh) == [cny.pk, shelf["north"].pk], "the organisation's USD, whatever the language"
+
+
 def test_unlisted_offers_are_not_shown(client, bob, h100, shelf):
     Offer.objects.filter(pk=shelf["north"].pk).update(delisted_at=timezone.now())
     online_server(organization=bob.org, gpu_model=h100, name="offline", status="unreachable")

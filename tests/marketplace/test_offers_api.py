@@ -44,7 +44,8 @@ def list_offer(persona, server, **body):
 
 
 def search(client, **params) -> dict:
-    response = client.get(OFFERS, params)
+    headers = {key: params.pop(key) for key in list(params) if key.startswith("HTTP_")}
+    response = client.get(OFFERS, params, **headers)
     assert response.status_code == 200, response.content
     return response.json()
 
@@ -379,6 +380,38 @@ def test_max_price_compares_in_the_requested_currency(anon, alice, two_currencie
     # A signed-in renter compares in its organisation's currency without asking.
     assert alice.org.currency == "USD"
     assert set(listed(alice.api, max_price="2.00")) == {yuan.pk}
+
+
+def test_max_price_without_a_currency_is_read_in_the_currency_prices_are_shown_in(anon, alice, two_currencies):
+    """No `currency`: the ceiling is in the caller's organisation's currency, else USD (CNY for a Chinese
+    Accept-Language, as on the storefront), never each offer's own (3 would let 3 CNY pass as 3 USD)."""
+    dollars, yuan = two_currencies
+    yuan_in_usd = Decimal("14.20") * settings.SUANLI_FX_RATES[("CNY", "USD")]  # about 2.00 USD
+    usd_in_yuan = Decimal("2.5") * settings.SUANLI_FX_RATES[("USD", "CNY")]  # 17.75 CNY
+    # Anonymous, no language: USD. The CNY offer at 14.20 CNY is about 2 USD, under 3; its own 14.20 is not.
+    assert set(listed(anon, max_price="3")) == {yuan.pk, dollars.pk}
+    assert set(listed(anon, max_price=str(yuan_in_usd))) == {yuan.pk}
+    rows = search(anon)["results"]
+    assert {row["id"]: row["local_prices"] and row["local_prices"]["currency"] for row in rows} == {
+        dollars.pk: None,
+        yuan.pk: "USD",
+    }, "the prices shown are in the currency compared"
+    # Anonymous in Chinese: CNY. 15 CNY passes the yuan offer only; 17.75 CNY both.
+    assert set(listed(anon, max_price="15", HTTP_ACCEPT_LANGUAGE="zh-hans")) == {yuan.pk}
+    assert set(listed(anon, max_price=str(usd_in_yuan), HTTP_ACCEPT_LANGUAGE="zh-hans")) == {yuan.pk, dollars.pk}
+    assert set(listed(anon, max_price="15", currency="USD", HTTP_ACCEPT_LANGUAGE="zh-hans")) == {yuan.pk, dollars.pk}
+    # A renter paying in yuan: its organisation's currency, whatever the language.
+    yuan_renter = make_persona(OrganizationFactory(currency="CNY"))
+    assert set(listed(yuan_renter.api, max_price="15")) == {yuan.pk}
+    assert set(listed(yuan_renter.api, max_price="3", currency="USD")) == {yuan.pk, dollars.pk}
+
+
+def test_the_selector_refuses_a_ceiling_without_its_currency(two_currencies):
+    from marketplace.selectors import OfferQuery, offers_listed
+
+    with pytest.raises(ValueError, match="max_price needs the currency"):
+        offers_listed(OfferQuery(max_price=Decimal(3)))
+    assert offers_listed(OfferQuery(max_price=Decimal(3), currency="USD")).count() == 2
 
 
 def test_local_prices_appear_in_the_callers_currency(anon, alice, two_currencies):
