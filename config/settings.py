@@ -334,6 +334,12 @@ SUANLI_FUNDS_NOTICE_SECONDS = env_int("FUNDS_NOTICE_SECONDS", 3600)
 SUANLI_SPEND_ALERTS = (Decimal("0.5"), Decimal("0.9"))
 # Volumes (issue 16) of an organisation that ran out of money are kept this many days, then wiped (billing/grace.py).
 SUANLI_VOLUME_GRACE_DAYS = env_int("VOLUME_GRACE_DAYS", 15)
+# A no-GPU data-access session (workloads/data_access.py): a small SSH container with an organisation's volumes on
+# their server, ended by itself after DATA_ACCESS_MAX_HOURS; its image, and its price per hour in the offer's
+# currency when the offer names none (Offer.data_access_hour_price).
+SUANLI_DATA_ACCESS_MAX_HOURS = env_int("DATA_ACCESS_MAX_HOURS", 4)
+SUANLI_DATA_ACCESS_IMAGE = env_str("DATA_ACCESS_IMAGE", "suanli/data-access:1")
+SUANLI_DATA_ACCESS_HOUR_PRICE = Decimal(env_str("DATA_ACCESS_HOUR_PRICE", "0.05"))
 SUANLI_TOP_UP_MIN = Decimal(env_str("TOP_UP_MIN", "1"))
 SUANLI_TOP_UP_MAX = Decimal(env_str("TOP_UP_MAX", "1000000"))
 # Stripe: the secret key and webhook signing secret; STRIPE_API_BASE points the SDK at another server (a local

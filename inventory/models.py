@@ -324,6 +324,9 @@ class Offer(models.Model):
     pflops_year_interruptible_price = _price_field(_("Interruptible, per PFLOPS per year"))
     # Volumes on this server (Server.volume_disk_gb of them), per GB per calendar month; none: no volumes here.
     storage_gb_month_price = _price_field(_("Volumes, per GB per month"))
+    # A no-GPU data-access session on this server (a small SSH container with volumes), per hour; none: the
+    # platform's default (SUANLI_DATA_ACCESS_HOUR_PRICE in the offer's currency).
+    data_access_hour_price = _price_field(_("Data access without cards, per hour"))
     min_gpus = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1), MaxValueValidator(16)])
     available_until = models.DateTimeField(null=True, blank=True)
     # server_month renters may ask for SSH onto the bare server (a lease-only user) instead of a container.
@@ -344,6 +347,10 @@ class Offer(models.Model):
             models.CheckConstraint(
                 condition=Q(storage_gb_month_price__isnull=True) | Q(storage_gb_month_price__gt=0),
                 name="offer_storage_price_positive",
+            ),
+            models.CheckConstraint(
+                condition=Q(data_access_hour_price__isnull=True) | Q(data_access_hour_price__gt=0),
+                name="offer_data_access_price_positive",
             ),
             *(
                 models.CheckConstraint(

@@ -123,13 +123,17 @@ class WorkloadState(models.TextChoices):
 
 class Workload(models.Model):
     """A lease's workload on one server: what the customer asked for it (run or stopped, restarts) and what the
-    server's agent last reported of it."""
+    server's agent last reported of it. Or a data-access session's container (`data_access` set, no lease): the
+    same agent pipeline runs it, without cards (workloads/data_access.py)."""
 
     class Desired(models.TextChoices):
         RUNNING = "running", _("Running")
         STOPPED = "stopped", _("Stopped")
 
-    lease = models.ForeignKey(Lease, on_delete=models.CASCADE, related_name="workloads")
+    lease = models.ForeignKey(Lease, null=True, blank=True, on_delete=models.CASCADE, related_name="workloads")
+    data_access = models.OneToOneField(
+        "DataAccess", null=True, blank=True, on_delete=models.CASCADE, related_name="workload"
+    )
     server = models.ForeignKey(Server, on_delete=models.PROTECT, related_name="workloads")
     desired = models.CharField(max_length=16, choices=Desired.choices, default=Desired.RUNNING)
     generation = models.PositiveIntegerField(default=0)  # a restart asks the agent for the next one
@@ -157,6 +161,11 @@ class Workload(models.Model):
                 name="workload_state_valid",
             ),
             models.CheckConstraint(condition=Q(desired__in=["running", "stopped"]), name="workload_desired_valid"),
+            models.CheckConstraint(
+                condition=Q(lease__isnull=False, data_access__isnull=True)
+                | Q(lease__isnull=True, data_access__isnull=False),
+                name="workload_lease_or_data_access",
+            ),
         ]
         indexes = [
             models.Index(fields=["server", "state"], name="workload_server_state"),
@@ -164,6 +173,8 @@ class Workload(models.Model):
         ]
 
     def __str__(self) -> str:
+        if self.lease_id is None:
+            return f"workload {self.pk} of data access {self.data_access_id} on server {self.server_id}"
         return f"workload {self.pk} of lease {self.lease_id} on server {self.server_id}"
 
 
@@ -259,3 +270,59 @@ class VolumeMount(models.Model):
 
     def __str__(self) -> str:
         return f"{self.volume_id} at {self.path}"
+
+
+# --- data access: reaching volumes without cards ----------------------------------------------------------------
+
+
+class DataAccess(models.Model):
+    """A no-GPU data-access session (issue 16): a small container with SSH and some of an organisation's volumes,
+    on their server, beside any lease and taking no card. Priced per hour (fixed when opened, in the organisation's
+    currency), billed per second from its container's first `running` report until it ends; it ends when asked
+    (DELETE), at `ends_at` (SUANLI_DATA_ACCESS_MAX_HOURS after it was opened) or when a volume of it is wiped.
+    Its container is a `Workload` row whose `data_access` is this session (workloads/data_access.py)."""
+
+    class State(models.TextChoices):
+        OPEN = "open", _("Open")
+        ENDED = "ended", _("Ended")
+
+    class EndReason(models.TextChoices):
+        DELETED = "deleted", _("Ended by the customer")
+        EXPIRED = "expired", _("Its maximum duration passed")
+        WIPED = "wiped", _("A volume of it was wiped")
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="data_access_sessions")
+    server = models.ForeignKey(Server, on_delete=models.PROTECT, related_name="+")
+    volumes = models.ManyToManyField(Volume, related_name="access_sessions")
+    ssh_keys = models.JSONField(default=list, blank=True)  # [{"name", "fingerprint", "public_key"}], copies
+    state = models.CharField(max_length=8, choices=State.choices, default=State.OPEN)
+    price_per_hour = models.DecimalField(max_digits=14, decimal_places=4)
+    currency = models.CharField(max_length=3, choices=Organization.Currency.choices)
+    created_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+    ended_at = models.DateTimeField(null=True, blank=True)
+    end_reason = models.CharField(max_length=8, choices=EndReason.choices, blank=True)
+
+    TENANT_FIELD = "organization"
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name = "data access session"
+        constraints = [
+            models.CheckConstraint(condition=Q(state__in=["open", "ended"]), name="dataaccess_state_valid"),
+            models.CheckConstraint(condition=Q(price_per_hour__gt=0), name="dataaccess_price_positive"),
+            models.CheckConstraint(
+                condition=Q(state="open", ended_at__isnull=True, end_reason="")
+                | Q(state="ended", ended_at__isnull=False) & ~Q(end_reason=""),
+                name="dataaccess_ended_fields",
+            ),
+            models.CheckConstraint(condition=Q(ends_at__gt=models.F("created_at")), name="dataaccess_ends_after"),
+        ]
+        indexes = [models.Index(fields=["state", "ends_at"], name="dataaccess_state_ends")]
+
+    def __str__(self) -> str:
+        return f"data access {self.pk} on {self.server_id}"
+
+
+from workloads.models_moves import MoveState, VolumeMove  # noqa: E402, F401 - registered with this app
