@@ -1,7 +1,8 @@
 """The agent's side of workloads: the desired state served to an agent (with the card-cleaning bookkeeping), and
 the workload part of an agent's report, checked and applied; with the volumes of workloads.volumes (per workload
 item, the volumes it mounts; at top level, the server's volumes to keep and to wipe; and the agent's reports of
-them).
+them) and the data-access sessions of workloads.data_access (top-level `data_access`: workload items of their own,
+reported back among the `workloads`).
 
 Cleaning: a card named in a workload served to an agent is marked `needs_cleaning`; once it is in no workload of
 its server any more, it is stamped with the desired-state version that left it out (`clean_after_version`), and it
@@ -29,7 +30,7 @@ from accounts.tenancy import platform_work
 from inventory.models import Gpu, Server
 from scheduler import services as scheduler
 from scheduler.models import Allocation, Lease, LeaseEvent, LeaseState, Plan
-from workloads import volumes
+from workloads import data_access, volumes
 from workloads.models import Access, DesiredVersion, Workload, WorkloadSpec, WorkloadState
 
 # Why these services run across tenants while a request is handled (accounts/tenancy.py).
@@ -111,6 +112,9 @@ def desired_state_serve(*, server: Server, now: datetime | None = None) -> dict[
         "workloads": items,
     }
     body["volumes"], body["volumes_to_wipe"] = volumes.desired_volumes(server)
+    _volume_moves().desired_apply(body, server)  # volumes moving to or away from this server, and their transfers
+    # Data-access sessions (workloads.data_access): workload items without cards or lease, in a list of their own.
+    body["data_access"] = data_access.desired_items(server, now)
     digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
     row, _ = DesiredVersion.objects.get_or_create(server=server)
     if row.digest == digest:
@@ -132,6 +136,12 @@ def desired_state_serve(*, server: Server, now: datetime | None = None) -> dict[
             uuid__in=served
         ).update(clean_after_version=version, clean_requested_at=now)
     return {"version": version, **body}
+
+
+def _volume_moves():
+    from workloads import volume_moves  # volume moves (workloads/volume_moves.py) read this layer's volumes
+
+    return volume_moves
 
 
 def _workloads_for(server: Server, lease_ids: list[int], now: datetime) -> list[Workload]:
@@ -175,7 +185,7 @@ def reported_states_apply(*, server: Server, report: dict[str, Any], now: dateti
     failed: list[tuple[Lease, str]] = []
     with transaction.atomic():
         rows = (
-            Workload.objects.select_for_update()
+            Workload.objects.select_for_update(of=("self",))
             .filter(server=server, pk__in=list(entries))
             .select_related("lease")
             .order_by("pk")
@@ -183,7 +193,7 @@ def reported_states_apply(*, server: Server, report: dict[str, Any], now: dateti
         for workload in rows:
             written, changed = _reported_state_save(workload, entries[workload.pk], at)
             updated += written
-            if not changed:
+            if not changed or workload.lease_id is None:  # a data-access session's container: no lease to tell
                 continue
             state = workload.state
             scheduler.lease_event_add(
@@ -209,6 +219,8 @@ def reported_states_apply(*, server: Server, report: dict[str, Any], now: dateti
             )
     if report.get("volumes"):
         volumes.volume_reports_apply(server=server, entries=report["volumes"], at=at)
+        wiped = {entry["id"] for entry in report["volumes"] if entry["state"] == "wiped"}
+        _volume_moves().move_reports_apply(server=server, wiped=wiped, at=at)  # copies left by moves
     for lease, reason in failed:
         scheduler.lease_fail(lease=lease, reason=f"workload failed: {reason}", now=now)
     return updated

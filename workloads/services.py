@@ -284,7 +284,7 @@ def _volume_server(server, lease: dict[str, Any]):
 
 
 def _live_workload(workload: Workload) -> Workload:
-    locked = Workload.objects.select_for_update().select_related("lease").get(pk=workload.pk)
+    locked = Workload.objects.select_for_update(of=("self",)).select_related("lease").get(pk=workload.pk)
     if locked.lease.state != LeaseState.ACTIVE:
         raise InvalidTransition("The lease is not active.", code="invalid_state")
     if not Allocation.objects.filter(

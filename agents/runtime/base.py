@@ -130,9 +130,11 @@ class WorkloadSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WorkloadSpec:
-        """Parse one workload of the desired state; ValueError when it lacks its id or lease."""
+        """Parse one workload of the desired state; ValueError when it lacks its id or lease (a data-access
+        session's container has none: `"lease": null` and its `data_access` id; its lease is 0 here)."""
         try:
-            workload_id, lease = int(data["id"]), int(data["lease"])
+            workload_id = int(data["id"])
+            lease = 0 if data.get("lease") is None and data.get("data_access") is not None else int(data["lease"])
         except (KeyError, TypeError, ValueError):
             raise ValueError(f"a workload without a valid id and lease: {str(data)[:200]}") from None
         env = data.get("env") if isinstance(data.get("env"), dict) else {}
@@ -197,7 +199,9 @@ class Desired:
         raw = data.get("port_range")
         if isinstance(raw, list | tuple) and len(raw) == 2 and all(_is_port(p) for p in raw) and raw[0] <= raw[1]:
             port_range = (int(raw[0]), int(raw[1]))
-        workloads = tuple(WorkloadSpec.from_dict(w) for w in _list(data.get("workloads")) if isinstance(w, dict))
+        # Data-access sessions (no cards, no lease) are workloads like the others, listed apart by the platform.
+        listed = [*_list(data.get("workloads")), *_list(data.get("data_access"))]
+        workloads = tuple(WorkloadSpec.from_dict(w) for w in listed if isinstance(w, dict))
         ids = [w.id for w in workloads]
         if len(ids) != len(set(ids)):
             raise ValueError("the desired state lists a workload twice")

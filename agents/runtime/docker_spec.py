@@ -62,7 +62,7 @@ def container_kwargs(
             LABEL_SPEC: spec.spec_hash,
             LABEL_GENERATION: str(spec.generation),
         },
-        "hostname": f"lease{spec.lease}",
+        "hostname": f"lease{spec.lease}" if spec.lease else "data-access",
         "detach": True,
     }
     binds: dict[str, dict[str, str]] = {}
