@@ -21,3 +21,13 @@ def organizations_visible_to(*, user: User) -> QuerySet[Organization]:
 
 def api_keys_for_user(*, user: User) -> QuerySet[ApiKey]:
     return ApiKey.objects.filter(user=user).order_by("-id")
+
+
+def pending_providers() -> QuerySet[Organization]:
+    """Provider organisations waiting for staff approval, oldest first (staff pages only)."""
+    return (
+        Organization.objects.unscoped("the staff policy: platform staff read every tenant")
+        .filter(status=Organization.Status.PENDING)
+        .exclude(kind=Organization.Kind.CUSTOMER)
+        .order_by("created_at", "id")
+    )

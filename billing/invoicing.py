@@ -42,6 +42,7 @@ from billing.models import (
     DocumentCounter,
     Invoice,
     InvoiceLine,
+    PeriodClose,
     ProviderStatement,
     ProviderTerms,
     StorageRecord,
@@ -262,7 +263,21 @@ def close_period(label: str, *, now: datetime | None = None) -> dict[str, int]:
     for org_id in sorted({org_id for org_id, _ in customers}):
         invoices_settle_from_balance(org=Organization.objects.get(pk=org_id), now=now)
     statements = statements_build(period=period)
+    _period_closed(label, now=now)
     return {"invoices": invoices, "statements": statements}
+
+
+def _period_closed(label: str, *, now: datetime) -> None:
+    """Record that `label` is closed, with how many finalised invoices and statements it has now (the closed-months
+    list reads this, so a month that billed nobody is listed too). Idempotent: a second close updates the row."""
+    PeriodClose.objects.update_or_create(
+        period=label,
+        defaults={
+            "closed_at": now,
+            "invoices": Invoice.objects.filter(period=label).exclude(state=Invoice.State.DRAFT).count(),
+            "statements": ProviderStatement.objects.filter(period=label).count(),
+        },
+    )
 
 
 @platform_work(_PLATFORM)
@@ -320,7 +335,8 @@ def close_last_period(*, now: datetime | None = None) -> dict[str, int]:
 
 
 def closed_periods(*, most: int = 12) -> list[dict[str, Any]]:
-    """The last `most` months that have finalised invoices or provider statements, with how many of each (staff)."""
+    """The last `most` months that were closed (`PeriodClose`) or have finalised invoices or provider statements,
+    with how many of each (staff)."""
     invoices = dict(
         Invoice.objects.exclude(state=Invoice.State.DRAFT)
         .values("period")
@@ -328,7 +344,8 @@ def closed_periods(*, most: int = 12) -> list[dict[str, Any]]:
         .values_list("period", "n")
     )
     statements = dict(ProviderStatement.objects.values("period").annotate(n=Count("id")).values_list("period", "n"))
-    periods = sorted(set(invoices) | set(statements), reverse=True)[:most]
+    closed = set(PeriodClose.objects.values_list("period", flat=True))
+    periods = sorted(closed | set(invoices) | set(statements), reverse=True)[:most]
     return [{"period": p, "invoices": invoices.get(p, 0), "statements": statements.get(p, 0)} for p in periods]
 
 

@@ -141,6 +141,22 @@ class MeterRun(models.Model):
         return f"metered until {self.until}"
 
 
+class PeriodClose(models.Model):
+    """A month staff (or the beat job) closed: written by `close_period` each time it runs, so a month that made no
+    invoice and no statement (nobody used anything) is still listed as closed, with what its last run found."""
+
+    period = models.CharField(max_length=7, unique=True)  # YYYY-MM in the platform timezone
+    closed_at = models.DateTimeField()
+    invoices = models.PositiveIntegerField(default=0)
+    statements = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-period"]
+
+    def __str__(self) -> str:
+        return f"{self.period} closed at {self.closed_at}"
+
+
 class Invoice(models.Model):
     class State(models.TextChoices):
         DRAFT = "draft", _("Draft")

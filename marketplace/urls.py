@@ -62,6 +62,7 @@ urlpatterns = [
     path("provider/offers/<int:offer_id>/edit/", views_provider.offer_edit, name="provider_offer_edit"),
     path("provider/offers/<int:offer_id>/delist/", views_provider.offer_delist, name="provider_offer_delist"),
     path("provider/earnings/", views_provider.earnings, name="provider_earnings"),
+    path("staff/", views_staff.staff_home, name="staff_home"),
     path("staff/catalogue/", views_staff.catalogue, name="staff_catalogue"),
     path("staff/close-period/", views_staff.close_period_page, name="staff_close_period"),
     path("staff/fleet/", views_staff.fleet, name="staff_fleet"),

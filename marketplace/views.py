@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse, HttpResponsePermanentRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponsePermanentRedirect, HttpResponseRedirect
 from django.shortcuts import render
 from django.templatetags.static import static
+from django.urls import reverse
 from django.views.decorators.http import require_GET
 
-from accounts.access import STAFF_READS, is_platform_staff
+from accounts.access import is_platform_staff
 from accounts.models import Membership, Organization
-from accounts.selectors import api_keys_for_user
+from accounts.selectors import api_keys_for_user, pending_providers
 from accounts.tenancy import scoped
 from inventory.models import Server
 
@@ -28,7 +29,10 @@ def home(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def dashboard(request: HttpRequest) -> HttpResponse:
+    """The organisation the user acts for; staff who belong to none land on the staff home instead."""
     org: Organization | None = getattr(request, "org", None)
+    if org is None and is_platform_staff(request.user):
+        return HttpResponseRedirect(reverse("marketplace:staff_home"))
     context = {
         "org": org,
         "membership": getattr(request, "membership", None),
@@ -39,14 +43,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             if org is not None and org.is_provider
             else None
         ),
-        "pending_providers": (
-            Organization.objects.unscoped(STAFF_READS)
-            .filter(status=Organization.Status.PENDING)
-            .exclude(kind=Organization.Kind.CUSTOMER)
-            .order_by("created_at", "id")
-            if is_platform_staff(request.user)
-            else None
-        ),
+        "pending_providers": pending_providers() if is_platform_staff(request.user) else None,
         "kinds": Organization.Kind.choices,
         "currencies": Organization.Currency.choices,
     }

@@ -1,4 +1,4 @@
-"""Staff pages: the GPU catalogue, closing a month, and the fleet across every provider.
+"""Staff pages: the staff home, the GPU catalogue, closing a month, and the fleet across every provider.
 
 Only platform staff see them: an anonymous visitor is sent to the login page, anyone else is answered 403.
 The fleet page reads through inventory.fleet (aggregates in SQL, whatever the number of cards) and lists
@@ -20,10 +20,13 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_http_methods
 
+from accounts.access import STAFF_READS
 from accounts.errors import Conflict, InvalidInput
 from accounts.permissions import staff_required
+from accounts.selectors import pending_providers
 from billing.forms import PeriodForm
 from billing.invoicing import close_period, closed_periods, period_containing, previous_period
+from billing.models import ProviderStatement
 from inventory.fleet import fleet_counts, fleet_groups, fleet_models, gpu_models_in_use, stale_before, unhealthy_cards
 from marketplace.views_workloads import state_label
 from workloads.selectors import stuck_workloads
@@ -31,6 +34,26 @@ from workloads.selectors import stuck_workloads
 UNHEALTHY_PAGE = 50
 STUCK_SHOWN = 50
 GROUPS_PAGE = 100
+
+
+# --- the staff home -------------------------------------------------------------------------------------
+
+
+@staff_required
+def staff_home(request: HttpRequest) -> HttpResponse:
+    """Where staff land (the dashboard sends staff without an organisation here): what waits for them (providers to
+    approve, statements to pay out, the last closed month) and a way to every staff page."""
+    now = timezone.now()
+    closed = closed_periods(most=1)
+    context = {
+        "pending_providers": pending_providers(),
+        "unpaid_statements": ProviderStatement.objects.unscoped(STAFF_READS)
+        .exclude(state=ProviderStatement.State.PAID)
+        .count(),
+        "last_closed": closed[0] if closed else None,
+        "to_close": previous_period(now).label,
+    }
+    return render(request, "marketplace/staff/home.html", context)
 
 
 # --- the catalogue --------------------------------------------------------------------------------------

@@ -169,6 +169,7 @@ ACCESS: dict[str, str] = {
     "marketplace:provider_offer_edit": "page_provider_operate_object",
     "marketplace:provider_offer_delist": "post_only",
     "marketplace:provider_earnings": "page_provider",
+    "marketplace:staff_home": "page_staff",
     "marketplace:staff_catalogue": "page_staff",
     "marketplace:staff_close_period": "page_staff",
     "marketplace:staff_fleet": "page_staff",

@@ -164,6 +164,7 @@ PAGES = [
     ("bob", "/provider/offers/"),
     ("bob", "/provider/offers/new/"),
     ("bob", "/provider/earnings/"),
+    ("staff", "/staff/"),
     ("staff", "/staff/fleet/"),
     ("staff", "/staff/catalogue/"),
     ("staff", "/staff/close-period/"),
