@@ -86,6 +86,11 @@ def is_mounted(volume: Volume, *, exclude_lease: int | None = None) -> bool:
     return mounts.exists()
 
 
+def in_data_access(volume: Volume) -> bool:
+    """Whether an open data-access session (workloads.data_access) mounts `volume`."""
+    return volume.access_sessions.filter(state="open").exists()
+
+
 def shown_state(volume: Volume) -> str:
     """The state the API shows: a ready volume mounted by a live lease's workload is `in_use`."""
     mounted = getattr(volume, "mounted", None)
@@ -253,6 +258,8 @@ def volume_delete(*, volume: Volume, now: datetime | None = None) -> Volume:
             raise Conflict(
                 "A live lease's workload mounts this volume; end or stop that lease first.", code="volume_in_use"
             )
+        if in_data_access(locked):
+            raise Conflict("A data-access session mounts this volume; end it first.", code="volume_in_use")
         locked.state, locked.wipe_at, locked.wipe_requested_at = VolumeState.WIPING, None, now
         locked.save(update_fields=["state", "wipe_at", "wipe_requested_at"])
     return locked
@@ -330,6 +337,8 @@ def mounts_lock(*, org: Organization, mounts: list[MountRequest]) -> list[tuple[
             )
         if is_mounted(volume):
             raise Conflict(f"Volume {volume.name} is mounted by another live lease.", code="volume_in_use")
+        if in_data_access(volume):
+            raise Conflict(f"Volume {volume.name} is open in a data-access session.", code="volume_in_use")
         out.append((volume, mount.path))
     if len({volume.server_id for volume, _path in out}) > 1:
         raise mount_error("All volumes of a workload must be on one server.")
@@ -466,6 +475,7 @@ def volumes_wipe_due(*, now: datetime | None = None) -> list[Volume]:
         due = list(
             with_in_use(Volume.objects.unscoped(_PLATFORM))
             .filter(state=VolumeState.GRACE, wipe_at__lte=now, mounted=False)
+            .exclude(access_sessions__state="open")  # ended first by `wipe_volumes`
             .select_related("organization", "server")
             .select_for_update(of=("self",), skip_locked=True)
             .order_by("id")
@@ -488,7 +498,12 @@ def wipe_listener_register(listener: Callable[[list[Volume]], None]) -> None:
 
 def wipe_volumes(*, now: datetime | None = None) -> dict[str, int]:
     """The periodic job (beat `wipe-volumes`, `manage.py wipe_volumes`): `volumes_wipe_due`, then each registered
-    listener with the volumes sent to wiping. Idempotent."""
+    listener with the volumes sent to wiping. Idempotent. The data-access sessions on volumes whose grace is over
+    are ended first (workloads.data_access): a volume is never wiped under an open session."""
+    from workloads.data_access import end_for_due_wipes  # data access sits above volumes
+
+    now = now or timezone.now()
+    end_for_due_wipes(now=now)
     due = volumes_wipe_due(now=now)
     if due:
         for listener in _wipe_listeners:
