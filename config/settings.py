@@ -277,6 +277,8 @@ SUANLI_RATE_LIMITS = {
     "agent_reports": env_str("RATE_LIMIT_AGENT_REPORTS", "120/60"),
     # Per agent, reads of its desired workloads (a poll every 3 s = 20 a minute).
     "agent_workloads": env_str("RATE_LIMIT_AGENT_WORKLOADS", "240/60"),
+    # Per agent, requests of volume moves' transfers (chunks of up to 1 MiB each way, status, sent, received).
+    "agent_transfers": env_str("RATE_LIMIT_AGENT_TRANSFERS", "3000/60"),
     # Per client address, agent requests refused for their signature; over it, the bad ones are answered 429
     # (a correctly signed request is never refused for someone else's bad ones).
     "agent_auth_fail": env_str("RATE_LIMIT_AGENT_AUTH_FAIL", "30/60"),
@@ -334,6 +336,10 @@ SUANLI_FUNDS_NOTICE_SECONDS = env_int("FUNDS_NOTICE_SECONDS", 3600)
 SUANLI_SPEND_ALERTS = (Decimal("0.5"), Decimal("0.9"))
 # Volumes (issue 16) of an organisation that ran out of money are kept this many days, then wiped (billing/grace.py).
 SUANLI_VOLUME_GRACE_DAYS = env_int("VOLUME_GRACE_DAYS", 15)
+# Where the platform stages the chunks of volume moves between the source's agent and the target's (issue 16);
+# removed once a move switches or ends. It needs room for the volumes being moved at once.
+SUANLI_TRANSFER_DIR = Path(env_str("SUANLI_TRANSFER_DIR", str(VAR_DIR / "transfers")))
+SUANLI_TRANSFER_CHUNK_BYTES = env_int("TRANSFER_CHUNK_BYTES", 1024 * 1024)
 # A no-GPU data-access session (workloads/data_access.py): a small SSH container with an organisation's volumes on
 # their server, ended by itself after DATA_ACCESS_MAX_HOURS; its image, and its price per hour in the offer's
 # currency when the offer names none (Offer.data_access_hour_price).

@@ -184,8 +184,16 @@ class VolumeInput(StrictSerializer):
     size_gb = serializers.IntegerField(min_value=1, max_value=100_000)
 
 
+class VolumeMoveProgress(serializers.Serializer):
+    state = serializers.ChoiceField(choices=["pending", "copying"])
+    bytes_done = serializers.IntegerField(help_text="Bytes of the copy the target server has read.")
+    bytes_total = serializers.IntegerField(help_text="The copy's size (an estimate until the source has sent it).")
+    target_server = serializers.IntegerField()
+
+
 class VolumeOutput(serializers.ModelSerializer):
     state = serializers.SerializerMethodField()
+    move = serializers.SerializerMethodField(help_text="The move to another server going on, if one is.")
 
     class Meta:
         model = Volume
@@ -203,8 +211,17 @@ class VolumeOutput(serializers.ModelSerializer):
             "ready_at",
             "wipe_requested_at",
             "wiped_at",
+            "move",
         ]
 
     @extend_schema_field(serializers.ChoiceField(choices=VolumeState.choices))
     def get_state(self, volume: Volume) -> str:
         return shown_state(volume)
+
+    @extend_schema_field(VolumeMoveProgress(allow_null=True))
+    def get_move(self, volume: Volume) -> dict | None:
+        from workloads import volume_moves  # it imports the volumes this module serializes
+
+        moves = self.context.get("moves")
+        move = moves.get(volume.pk) if moves is not None else volume_moves.live_move(volume)
+        return volume_moves.progress(move).as_dict() if move is not None else None
