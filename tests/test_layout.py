@@ -14,9 +14,9 @@ from django.conf import settings
 
 ROOT = Path(settings.BASE_DIR)
 # Ours, lowest layer first, as INSTALLED_APPS lists them; config/ sits above them all. agents/ is a program of its
-# own (tests/agents/test_standalone.py holds it apart).
+# own (tests/agents/test_standalone.py holds it apart), and so is cli/ (tests/cli/test_standalone.py).
 LAYERS = ["accounts", "inventory", "scheduler", "workloads", "billing", "marketplace"]
-PACKAGES = [*LAYERS, "config", "agents"]
+PACKAGES = [*LAYERS, "config", "agents", "cli"]
 MODEL_FIELDS = {"ForeignKey", "OneToOneField", "ManyToManyField"}
 
 
