@@ -12,6 +12,8 @@ here is its invoice to the cent once it closes.
 
 Storage (issue 16) counts the same way: the month's storage records plus what each volume held since the meter
 last ran (metering.storage_slots), one invoice line per volume and price, never credited for SLA.
+Data-access sessions too (metering.access_slots, one line per session and price per hour), and each open session
+burns its price per hour.
 
 `burn_per_hour` is what the organisation's active leases cost for the next hour at their cards' prices, plus each
 volume not wiped yet (it is billed until its data is destroyed, in grace too), and `runs_out_at` when `available`
@@ -34,11 +36,21 @@ from django.utils import timezone
 from accounts.models import Organization
 from billing import rating
 from billing.invoicing import line_amounts, period_of, totals
-from billing.metering import STORAGE_PLAN, metered_until, slots, storage_slots
-from billing.models import STORAGE, BalanceEntry, CreditNote, Invoice, SpendLimit, StorageRecord, UsageRecord
+from billing.metering import ACCESS_PLAN, STORAGE_PLAN, access_slots, metered_until, slots, storage_slots
+from billing.models import (
+    DATA_ACCESS,
+    STORAGE,
+    BalanceEntry,
+    CreditNote,
+    DataAccessRecord,
+    Invoice,
+    SpendLimit,
+    StorageRecord,
+    UsageRecord,
+)
 from billing.terms import Terms, terms_of
 from scheduler.models import Allocation, LeaseState
-from workloads.models import Volume
+from workloads.models import DataAccess, Volume
 
 HOUR = timedelta(hours=1)
 _ZERO = Decimal(0)
@@ -70,6 +82,7 @@ class MonthSpend:
     per_lease: dict[int, Decimal] = field(default_factory=dict)
     daily: dict[date, Decimal] = field(default_factory=dict)
     per_volume: dict[int, Decimal] = field(default_factory=dict)
+    per_access: dict[int, Decimal] = field(default_factory=dict)
 
 
 def _label(at: datetime) -> str:
@@ -127,6 +140,14 @@ def unbilled(org: Organization, currency: str, now: datetime) -> list[MonthSpend
     )
     for row in stored:
         add(row["day"], ("volume", row["volume_id"], STORAGE, row["unit_price"]), row["a"], row["s"], _ZERO)
+    accessed = (
+        metered(DataAccessRecord.objects.for_org(org))
+        .values("day", "data_access_id", "unit_price")
+        .annotate(a=Sum("amount"), s=Sum("seconds"))
+    )
+    for row in accessed:
+        key = ("access", row["data_access_id"], DATA_ACCESS, row["unit_price"])
+        add(row["day"], key, row["a"], row["s"], _ZERO)
     start = max(filter(None, [watermark, since]), default=None)
     for slot in slots(since=start or org.created_at - HOUR, until=now, organization_id=org.pk):
         if slot.currency == currency and (since is None or slot.slot_start >= since):
@@ -137,6 +158,10 @@ def unbilled(org: Organization, currency: str, now: datetime) -> list[MonthSpend
         if part.currency == currency and (since is None or part.slot_start >= since):
             key = ("volume", part.volume_id, STORAGE, part.unit_price)
             add(part.start, key, part.rated().amount, part.seconds, _ZERO)
+    for part in access_slots(since=start or org.created_at - HOUR, until=now, organization_id=org.pk):
+        if part.currency == currency and (since is None or part.slot_start >= since):
+            key = ("access", part.data_access_id, DATA_ACCESS, part.unit_price)
+            add(part.start, key, part.rated().amount, part.seconds, _ZERO)
     months: dict[str, MonthSpend] = {}
     amounts: dict[str, list[tuple[Decimal, Decimal]]] = defaultdict(list)
     for (month, what, pk, _plan, _price), (a, s, d) in lines.items():
@@ -144,9 +169,12 @@ def unbilled(org: Organization, currency: str, now: datetime) -> list[MonthSpend
         if what == "lease":
             amount, credit = line_amounts({"a": a, "s": s, "d": d})
             spend.per_lease[pk] = spend.per_lease.get(pk, _ZERO) + amount
-        else:  # storage: rounded like its invoice line, never credited
+        elif what == "volume":  # storage: rounded like its invoice line, never credited
             amount, credit = rating.to_money(a), _ZERO
             spend.per_volume[pk] = spend.per_volume.get(pk, _ZERO) + amount
+        else:  # a data-access session: likewise
+            amount, credit = rating.to_money(a), _ZERO
+            spend.per_access[pk] = spend.per_access.get(pk, _ZERO) + amount
         amounts[month].append((amount, credit))
     for month, spend in months.items():
         spend.total = totals(amounts[month]).total
@@ -194,6 +222,23 @@ def storage_burn(org: Organization, now: datetime) -> dict[int, Decimal]:
     }
 
 
+def access_burn(org: Organization, now: datetime) -> dict[int, Decimal]:
+    """What each of the organisation's open data-access sessions costs for the next hour (session -> amount), at
+    most up to its `ends_at`; one whose container has not run yet counts all the same (it is about to)."""
+    rows = (
+        DataAccess.objects.for_org(org)
+        .filter(state=DataAccess.State.OPEN, ends_at__gt=now)
+        .values_list("pk", "price_per_hour", "ends_at")
+        .order_by("pk")
+    )
+    return {
+        pk: rating.estimate(
+            plan=ACCESS_PLAN, unit_price=price, units=Decimal(1), start=now, end=min(ends_at, now + HOUR)
+        ).amount
+        for pk, price, ends_at in rows
+    }
+
+
 @dataclass(frozen=True)
 class Standing:
     """An organisation's money now (the balance page and GET /api/v1/balance/)."""
@@ -209,10 +254,15 @@ class Standing:
     monthly_cap: Decimal | None
     as_of: datetime
     burn_per_volume: dict[int, Decimal] = field(default_factory=dict)
+    burn_per_access: dict[int, Decimal] = field(default_factory=dict)
 
     @property
     def burn_per_hour(self) -> Decimal:
-        return sum(self.burn_per_lease.values(), _ZERO) + sum(self.burn_per_volume.values(), _ZERO)
+        return (
+            sum(self.burn_per_lease.values(), _ZERO)
+            + sum(self.burn_per_volume.values(), _ZERO)
+            + sum(self.burn_per_access.values(), _ZERO)
+        )
 
     @property
     def runs_out_at(self) -> datetime | None:
@@ -256,4 +306,5 @@ def standing(org: Organization, *, now: datetime | None = None, exclude: Iterabl
         monthly_cap=cap,
         as_of=now,
         burn_per_volume=storage_burn(org, now),
+        burn_per_access=access_burn(org, now),
     )

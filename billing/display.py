@@ -43,6 +43,7 @@ INVOICE_UNIT_LABELS = {
     "server-month": gettext_lazy("server-month"),
     "PFLOPS-year": gettext_lazy("PFLOPS-year"),
     "GB-month": gettext_lazy("GB-month"),
+    "hour": gettext_lazy("hour"),
 }
 
 

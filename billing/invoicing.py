@@ -11,6 +11,8 @@ SLA credits charged back, net.
 Storage (issue 16) has lines of its own, one per volume and price per GB-month ("Storage, volume data (100 GB)"),
 from the month's storage records; SLA credits never apply to them (a volume's disk is held whether or not the
 server answers: its data is kept).
+Data-access sessions (no cards, per hour) have lines of their own too, one per session and price per hour, from
+the month's data-access records, never credited for SLA either; their provider earns them like storage.
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ from billing.access import invoices_visible
 from billing.display import INVOICE_LINE_LABELS
 from billing.metering import meter
 from billing.models import (
+    DATA_ACCESS,
     STORAGE,
     BalanceEntry,
     CreditNote,
+    DataAccessRecord,
     DocumentCounter,
     Invoice,
     InvoiceLine,
@@ -190,6 +194,47 @@ def storage_lines(invoice: Invoice, rows: list[dict]) -> list[InvoiceLine]:
     ]
 
 
+ACCESS_UNIT = "hour"
+
+
+def access_description(session_id: int, server_id: int) -> str:
+    """A data-access line's description (stored in English, like a lease's)."""
+    return f"Data access without cards, session {session_id} (server {server_id})"
+
+
+def _access_rows(org_id: int, currency: str, period: Period) -> list[dict]:
+    """The month's data access per session and price per hour: `q` hours, `s` seconds, `a` exact amount."""
+    return list(
+        DataAccessRecord.objects.filter(
+            organization_id=org_id, currency=currency, slot_start__gte=period.start, slot_start__lt=period.end
+        )
+        .values("data_access_id", "server_id", "unit_price")
+        .annotate(q=Sum("quantity"), s=Sum("seconds"), a=Sum("amount"))
+        .order_by("data_access_id", "unit_price")
+    )
+
+
+def access_lines(invoice: Invoice, rows: list[dict]) -> list[InvoiceLine]:
+    """One data-access line per session and price (no SLA credit), rounded once like a lease's line."""
+    return [
+        InvoiceLine(
+            invoice=invoice,
+            data_access_id=row["data_access_id"],
+            plan=DATA_ACCESS,
+            description=access_description(row["data_access_id"], row["server_id"]),
+            quantity=row["q"].quantize(Decimal("0.000001")),
+            unit=ACCESS_UNIT,
+            unit_price=row["unit_price"],
+            amount=rating.to_money(row["a"]),
+            exact_amount=row["a"],
+            seconds=row["s"],
+            down_seconds=Decimal(0),
+            sla_credit=Decimal(0),
+        )
+        for row in rows
+    ]
+
+
 def invoice_build(*, org_id: int, currency: str, period: Period, now: datetime) -> Invoice | None:
     """Make and finalise the invoice of `org_id` for `period` in `currency`, unless it exists (None then)."""
     with transaction.atomic():
@@ -197,7 +242,8 @@ def invoice_build(*, org_id: int, currency: str, period: Period, now: datetime) 
             return None
         rows = _line_rows(org_id, currency, period)
         storage = _storage_rows(org_id, currency, period)
-        if not rows and not storage:
+        accessed = _access_rows(org_id, currency, period)
+        if not rows and not storage and not accessed:
             return None
         try:
             with transaction.atomic():
@@ -224,6 +270,7 @@ def invoice_build(*, org_id: int, currency: str, period: Period, now: datetime) 
                 )
             )
         lines += storage_lines(invoice, storage)
+        lines += access_lines(invoice, accessed)
         InvoiceLine.objects.bulk_create(lines)
         sums = totals([(line.amount, line.sla_credit) for line in lines])
         invoice.subtotal, invoice.credits, invoice.tax_rate, invoice.tax, invoice.total = sums
@@ -250,6 +297,9 @@ def close_period(label: str, *, now: datetime | None = None) -> dict[str, int]:
             .values_list("organization_id", "currency")
             .distinct(),
             *StorageRecord.objects.filter(slot_start__gte=period.start, slot_start__lt=period.end)
+            .values_list("organization_id", "currency")
+            .distinct(),
+            *DataAccessRecord.objects.filter(slot_start__gte=period.start, slot_start__lt=period.end)
             .values_list("organization_id", "currency")
             .distinct(),
         }
@@ -494,7 +544,7 @@ def provider_gross(period: Period) -> dict[tuple[int, str], Decimal]:
     """Each provider's exact earnings of the month per currency, before commission: its cards' usage and the
     storage on its servers. (provider, currency) -> unrounded amount."""
     gross: dict[tuple[int, str], Decimal] = defaultdict(Decimal)
-    for model in (UsageRecord, StorageRecord):
+    for model in (UsageRecord, StorageRecord, DataAccessRecord):
         rows = (
             model.objects.filter(slot_start__gte=period.start, slot_start__lt=period.end)
             .values("provider_id", "currency")

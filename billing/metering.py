@@ -15,6 +15,10 @@ Storage (issue 16) is metered in the same run and under the same watermark: each
 wiped_at or until) is cut into the same hour slots and rated like a server-month with units = size_gb (price per
 GB-month pro-rated per second of the calendar month), one StorageRecord per (volume, slot), ON CONFLICT DO NOTHING.
 A volume-second is billed once whatever happens around it: lease stops, grace, period closes.
+
+Data-access sessions (workloads.data_access) likewise: each session's running time [its container's first
+`running` report, the earlier of its end and its `ends_at`) cut into the same slots and rated per hour (one unit of
+a card-hour's curve at its price), one DataAccessRecord per (session, slot), ON CONFLICT DO NOTHING.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from django.db.models import Max, Sum
 from django.utils import timezone
 
 from billing import rating
-from billing.models import MeterRun, StorageRecord, UsageRecord
+from billing.models import DataAccessRecord, MeterRun, StorageRecord, UsageRecord
 from scheduler.models import Lease
 
 # Slots are re-examined this far behind the watermark (a late report of a failure); existing records are kept.
@@ -185,6 +189,91 @@ def _rows(
             yield from rows
 
 
+_ACCESS_SQL = """
+WITH d AS (
+    SELECT d.id AS data_access_id, d.organization_id, s.organization_id AS provider_id, d.server_id,
+           d.price_per_hour, d.currency,
+           tstzrange(w.started_at, greatest(w.started_at, least(d.ends_at, coalesce(d.ended_at, 'infinity'))), '[)')
+               * tstzrange(%(since)s, %(until)s, '[)') AS p
+    FROM workloads_dataaccess d
+    JOIN workloads_workload w ON w.data_access_id = d.id
+    JOIN inventory_server s ON s.id = d.server_id
+    WHERE w.started_at IS NOT NULL AND w.started_at < %(until)s
+      AND least(d.ends_at, coalesce(d.ended_at, 'infinity')) > %(since)s {filters}
+),
+slots AS (
+    SELECT d.*, h AS slot_start, d.p * tstzrange(h, h + interval '1 hour', '[)') AS part
+    FROM d, LATERAL generate_series(
+        date_trunc('hour', lower(d.p), %(zone)s), upper(d.p) - interval '1 microsecond', interval '1 hour'
+    ) AS h
+    WHERE NOT isempty(d.p)
+)
+SELECT data_access_id, organization_id, provider_id, server_id, price_per_hour, currency, slot_start,
+       lower(part), upper(part), extract(epoch FROM upper(part) - lower(part))
+FROM slots
+WHERE NOT isempty(part)
+ORDER BY data_access_id, slot_start
+"""
+
+# A data-access session is priced per hour: the card-hour's curve with one unit.
+ACCESS_PLAN = "card_hour"
+
+
+@dataclass(frozen=True)
+class AccessSlot:
+    """The part of one hour slot a data-access session ran in (from its container's first `running` report until
+    it ended or reached its `ends_at`), rated per hour."""
+
+    data_access_id: int
+    organization_id: int
+    provider_id: int
+    server_id: int
+    unit_price: Decimal  # per hour
+    currency: str
+    slot_start: datetime
+    start: datetime
+    end: datetime
+    seconds: Decimal
+
+    def rated(self) -> rating.Rated:
+        return rating.rate(
+            plan=ACCESS_PLAN, seconds=self.seconds, units=Decimal(1), unit_price=self.unit_price, at=self.start
+        )
+
+    def record(self) -> DataAccessRecord:
+        rated = self.rated()
+        return DataAccessRecord(
+            data_access_id=self.data_access_id,
+            organization_id=self.organization_id,
+            provider_id=self.provider_id,
+            server_id=self.server_id,
+            slot_start=self.slot_start,
+            start=self.start,
+            end=self.end,
+            seconds=self.seconds,
+            unit_price=self.unit_price,
+            currency=self.currency,
+            quantity=rated.quantity,
+            amount=rated.amount,
+        )
+
+
+def access_slots(
+    *,
+    since: datetime,
+    until: datetime,
+    data_access_id: int | None = None,
+    organization_id: int | None = None,
+    provider_id: int | None = None,
+) -> Iterator[AccessSlot]:
+    """Every slot part in [since, until) in which a data-access session ran: of one session, one organisation's
+    sessions or one provider's servers when asked."""
+    columns = {"data_access": "d.id", "organization": "d.organization_id", "provider": "s.organization_id"}
+    ids = {"data_access": data_access_id, "organization": organization_id, "provider": provider_id}
+    for row in _rows(_ACCESS_SQL, columns, since=since, until=until, ids=ids):
+        yield AccessSlot(*row[:9], seconds=Decimal(row[9]).quantize(Decimal("0.000001")))
+
+
 @dataclass(frozen=True)
 class Slot:
     allocation_id: int
@@ -276,6 +365,7 @@ def meter(*, until: datetime | None = None) -> int:
         UsageRecord.objects.bulk_create(batch, ignore_conflicts=True)
         created = UsageRecord.objects.filter(slot_start__gte=since).count() - before
         created += _meter_storage(since=since, until=until)
+        created += _meter_access(since=since, until=until)
         MeterRun.objects.create(until=until, records=created)
     return created
 
@@ -291,6 +381,19 @@ def _meter_storage(*, since: datetime, until: datetime) -> int:
             batch = []
     StorageRecord.objects.bulk_create(batch, ignore_conflicts=True)
     return StorageRecord.objects.filter(slot_start__gte=since).count() - before
+
+
+def _meter_access(*, since: datetime, until: datetime) -> int:
+    """The data-access records of [since, until), inside the meter's transaction. Returns how many were new."""
+    before = DataAccessRecord.objects.filter(slot_start__gte=since).count()
+    batch: list[DataAccessRecord] = []
+    for slot in access_slots(since=since, until=until):
+        batch.append(slot.record())
+        if len(batch) >= BATCH:
+            DataAccessRecord.objects.bulk_create(batch, ignore_conflicts=True)
+            batch = []
+    DataAccessRecord.objects.bulk_create(batch, ignore_conflicts=True)
+    return DataAccessRecord.objects.filter(slot_start__gte=since).count() - before
 
 
 def metered_until() -> datetime | None:

@@ -15,7 +15,7 @@ from accounts.models import Organization
 from accounts.tenancy import TenantQuerySet
 from inventory.models import Server
 from scheduler.models import Allocation, Lease, Plan
-from workloads.models import Volume
+from workloads.models import DataAccess, Volume
 
 CURRENCY = {"max_length": 3, "choices": Organization.Currency.choices}
 
@@ -211,17 +211,61 @@ class Invoice(models.Model):
         return self.total - self.credited()
 
 
+class DataAccessRecord(models.Model):
+    """The seconds one data-access session ran within one slot (an hour of the platform's clock), rated per hour
+    at the session's price (units 1, like one card-hour). From its container's first `running` report until it
+    ended (or its `ends_at`, whichever comes first); made by `meter` with the usage and storage records, once per
+    (session, slot)."""
+
+    data_access = models.ForeignKey(DataAccess, on_delete=models.PROTECT, related_name="usage")
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="data_access_usage")
+    provider = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="provided_data_access")
+    server = models.ForeignKey(Server, on_delete=models.PROTECT, related_name="+")
+    slot_start = models.DateTimeField()
+    start = models.DateTimeField()
+    end = models.DateTimeField()
+    seconds = models.DecimalField(max_digits=18, decimal_places=6)
+    unit_price = models.DecimalField(max_digits=20, decimal_places=6, help_text=_("Per hour"))
+    currency = models.CharField(**CURRENCY)
+    quantity = exact(help_text=_("Hours"))
+    amount = exact()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    TENANT_FIELD = "organization"
+    PROVIDER_FIELD = "provider"
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["data_access", "slot_start"], name="data_access_once_per_slot"),
+            models.CheckConstraint(condition=Q(end__gt=models.F("start")), name="data_access_end_after_start"),
+            models.CheckConstraint(condition=Q(amount__gte=0), name="data_access_amount_not_negative"),
+        ]
+        indexes = [
+            models.Index(fields=["organization", "slot_start"], name="data_access_org_slot"),
+            models.Index(fields=["provider", "slot_start"], name="data_access_provider_slot"),
+            models.Index(fields=["slot_start"], name="data_access_slot"),
+        ]
+
+    def __str__(self) -> str:
+        return f"data access {self.data_access_id} {self.start:%Y-%m-%d %H:%M}: {self.amount} {self.currency}"
+
+
 STORAGE = "storage"  # the plan of an invoice line for a volume's storage (not a lease's plan)
-LINE_PLANS = [*Plan.choices, (STORAGE, _("Storage"))]
+DATA_ACCESS = "data_access"  # the plan of an invoice line for a data-access session's hours
+LINE_PLANS = [*Plan.choices, (STORAGE, _("Storage")), (DATA_ACCESS, _("Data access"))]
 
 
 class InvoiceLine(models.Model):
     """One lease's charge under one plan and unit price in the invoice's month, or one volume's storage at one
-    price per GB-month (plan `storage`, no SLA credit); rounded once, here. Exactly one of lease and volume."""
+    price per GB-month (plan `storage`, no SLA credit), or one data-access session's hours at its price per hour
+    (plan `data_access`, no SLA credit); rounded once, here. Exactly one of lease, volume and data access."""
 
     invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="lines")
     lease = models.ForeignKey(Lease, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     volume = models.ForeignKey(Volume, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    data_access = models.ForeignKey(DataAccess, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     plan = models.CharField(max_length=16, choices=LINE_PLANS)
     description = models.CharField(max_length=200)
     quantity = models.DecimalField(max_digits=24, decimal_places=6)
@@ -241,12 +285,17 @@ class InvoiceLine(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["invoice", "lease", "plan", "unit_price"], name="invoiceline_unique"),
             models.UniqueConstraint(fields=["invoice", "volume", "unit_price"], name="invoiceline_volume_unique"),
+            models.UniqueConstraint(fields=["invoice", "data_access", "unit_price"], name="invoiceline_access_unique"),
             models.CheckConstraint(
                 condition=Q(
-                    lease__isnull=False, volume__isnull=True, plan__in=["card_hour", "server_month", "pflops_year"]
+                    lease__isnull=False,
+                    volume__isnull=True,
+                    data_access__isnull=True,
+                    plan__in=["card_hour", "server_month", "pflops_year"],
                 )
-                | Q(lease__isnull=True, volume__isnull=False, plan=STORAGE, sla_credit=0),
-                name="invoiceline_lease_or_volume",
+                | Q(lease__isnull=True, volume__isnull=False, data_access__isnull=True, plan=STORAGE, sla_credit=0)
+                | Q(lease__isnull=True, volume__isnull=True, data_access__isnull=False, plan=DATA_ACCESS, sla_credit=0),
+                name="invoiceline_lease_volume_or_access",
             ),
         ]
 

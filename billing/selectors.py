@@ -21,8 +21,17 @@ from accounts.models import Organization
 from accounts.tenancy import scoped
 from billing import rating
 from billing.invoicing import period_containing, take_rate_of
-from billing.metering import metered_until, slots, storage_slots
-from billing.models import STORAGE, FundsNotice, Payout, ProviderStatement, StorageRecord, UsageRecord
+from billing.metering import access_slots, metered_until, slots, storage_slots
+from billing.models import (
+    DATA_ACCESS,
+    STORAGE,
+    DataAccessRecord,
+    FundsNotice,
+    Payout,
+    ProviderStatement,
+    StorageRecord,
+    UsageRecord,
+)
 
 _ZERO = Decimal(0)
 # How long the banner says that leases were stopped for want of money.
@@ -103,13 +112,14 @@ def provider_month_so_far(*, org: Organization, now: datetime) -> list[MonthSoFa
     for row in rows:
         sums[row["currency"]][0] += row["gross"] or _ZERO
         sums[row["currency"]][1] += row["card_seconds"] or _ZERO
-    stored = StorageRecord.objects.for_provider(org).filter(slot_start__gte=period.start, slot_start__lt=period.end)
-    if watermark is not None:
-        stored = stored.filter(slot_start__lt=watermark)
-    for currency, amount in (
-        stored.values("currency").annotate(a=Sum("amount")).order_by("currency").values_list("currency", "a")
-    ):
-        sums[currency][0] += amount or _ZERO
+    for model in (StorageRecord, DataAccessRecord):
+        stored = model.objects.for_provider(org).filter(slot_start__gte=period.start, slot_start__lt=period.end)
+        if watermark is not None:
+            stored = stored.filter(slot_start__lt=watermark)
+        for currency, amount in (
+            stored.values("currency").annotate(a=Sum("amount")).order_by("currency").values_list("currency", "a")
+        ):
+            sums[currency][0] += amount or _ZERO
     since = max(watermark, period.start) if watermark is not None else period.start
     if since < now:
         for slot in slots(since=since, until=min(now, period.end), provider_id=org.pk):
@@ -117,6 +127,8 @@ def provider_month_so_far(*, org: Organization, now: datetime) -> list[MonthSoFa
             sums[slot.currency][1] += slot.seconds - slot.down_seconds
         for part in storage_slots(since=since, until=min(now, period.end), provider_id=org.pk):
             sums[part.currency][0] += part.rated().amount
+        for session in access_slots(since=since, until=min(now, period.end), provider_id=org.pk):
+            sums[session.currency][0] += session.rated().amount
     take = take_rate_of(org.pk)
     result = []
     for currency in sorted(sums):
@@ -142,6 +154,7 @@ class DaySpend:
     amount: Decimal
     currency: str
     volume_id: int | None = None
+    data_access_id: int | None = None  # a data-access session's hours (plan `data_access`)
 
 
 def spending_by_day(*, org: Organization, currency: str, now: datetime) -> list[DaySpend]:
@@ -162,12 +175,14 @@ def spending_by_day(*, org: Organization, currency: str, now: datetime) -> list[
             records = records.filter(slot_start__lt=watermark)
         return records.annotate(day=TruncDay("slot_start", tzinfo=zone)).order_by()
 
-    # (day, 0 for a lease or 1 for a volume, its id, plan) -> exact amount
+    # (day, 0 for a lease, 1 for a volume or 2 for a data-access session, its id, plan) -> exact amount
     exact: dict[tuple[date, int, int, str], Decimal] = defaultdict(Decimal)
     for row in month(UsageRecord.objects.for_org(org)).values("day", "lease_id", "plan").annotate(a=Sum("amount")):
         exact[(row["day"].astimezone(zone).date(), 0, row["lease_id"], row["plan"])] += row["a"] or _ZERO
     for row in month(StorageRecord.objects.for_org(org)).values("day", "volume_id").annotate(a=Sum("amount")):
         exact[(row["day"].astimezone(zone).date(), 1, row["volume_id"], STORAGE)] += row["a"] or _ZERO
+    for row in month(DataAccessRecord.objects.for_org(org)).values("day", "data_access_id").annotate(a=Sum("amount")):
+        exact[(row["day"].astimezone(zone).date(), 2, row["data_access_id"], DATA_ACCESS)] += row["a"] or _ZERO
     since = max(watermark, period.start) if watermark is not None else period.start
     if since < now:
         until = min(now, period.end)
@@ -177,6 +192,10 @@ def spending_by_day(*, org: Organization, currency: str, now: datetime) -> list[
         for part in storage_slots(since=since, until=until, organization_id=org.pk):
             if part.currency == currency:
                 exact[(part.start.astimezone(zone).date(), 1, part.volume_id, STORAGE)] += part.rated().amount
+        for session in access_slots(since=since, until=until, organization_id=org.pk):
+            if session.currency == currency:
+                key = (session.start.astimezone(zone).date(), 2, session.data_access_id, DATA_ACCESS)
+                exact[key] += session.rated().amount
     return [
         DaySpend(
             day=day,
@@ -184,7 +203,8 @@ def spending_by_day(*, org: Organization, currency: str, now: datetime) -> list[
             plan=plan,
             amount=rating.to_money(amount),
             currency=currency,
-            volume_id=pk if what else None,
+            volume_id=pk if what == 1 else None,
+            data_access_id=pk if what == 2 else None,
         )
         for (day, what, pk, plan), amount in sorted(exact.items())
     ]

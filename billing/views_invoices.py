@@ -143,6 +143,8 @@ def _line_view(line: InvoiceLine, currency: str) -> LineView:
     if line.volume_id is not None:
         # A volume's storage: its name and size as they were when the invoice was made ("data (100 GB)").
         description = _("Storage, volume %(volume)s") % {"volume": line.description.removeprefix("Storage, volume ")}
+    elif line.data_access_id is not None:
+        description = _("Data access without cards, session %(session)s") % {"session": line.data_access_id}
     elif plan:
         description = _("%(plan)s, lease %(lease)s") % {"plan": _(plan), "lease": line.lease_id}
     else:

@@ -29,6 +29,7 @@ api_v1 = [
     path("", include("scheduler.urls")),
     path("", include("workloads.urls")),
     path("", include("workloads.urls_volumes")),
+    path("", include("workloads.urls_data_access")),
     path("", include("marketplace.api_urls")),
     path("", include("billing.urls_payments")),
     path("", include("billing.urls_balance")),

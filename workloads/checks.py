@@ -18,8 +18,9 @@ from workloads.models import Workload, WorkloadState
 
 def workloads_check(*, now: datetime | None = None) -> dict[str, int]:
     """The periodic job (beat every 30 s, `manage.py check_workloads`): fail card-hour leases whose workload is
-    not running within the start timeout (uncharged), and drain cards not reported clean within the clean
-    timeout. Idempotent; safe to run concurrently (lease_fail locks and re-checks the lease)."""
+    not running within the start timeout (uncharged), drain cards not reported clean within the clean timeout,
+    and record the end of data-access sessions past their maximum duration. Idempotent; safe to run concurrently
+    (lease_fail locks and re-checks the lease)."""
     now = now or timezone.now()
     start_deadline = now - timedelta(seconds=settings.SUANLI_WORKLOAD_START_TIMEOUT_SECONDS)
     late = (
@@ -40,4 +41,8 @@ def workloads_check(*, now: datetime | None = None) -> dict[str, int]:
     drained = Gpu.objects.filter(needs_cleaning=True, drained=False, clean_requested_at__lt=clean_deadline).update(
         drained=True, drained_reason="automatic: not reported clean after a workload ended"
     )
-    return {"failed": failed, "drained_unclean": drained}
+    # Data-access sessions past their maximum duration (their agents removed the containers at stop_by already).
+    from workloads.data_access import data_access_expire  # data access sits above the checks' imports
+
+    expired = data_access_expire(now=now)
+    return {"failed": failed, "drained_unclean": drained, "data_access_expired": expired}
