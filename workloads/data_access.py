@@ -167,6 +167,8 @@ def data_access_open(
             if volume.server_id != server.pk:
                 message = f"Volume {volume.name} is on another server."
                 raise InvalidInput(message, fields={"volumes": [message]})
+            if volume.state == VolumeState.GRACE and volume.wipe_at is not None and volume.wipe_at <= now:
+                raise Conflict(f"Volume {volume.name}'s grace period is over: it is being wiped.", code="volume_wiping")
             if volume.state not in OPENABLE:
                 message = f"Volume {volume.name} is not made yet."
                 raise InvalidInput(message, fields={"volumes": [message]})
