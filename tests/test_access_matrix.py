@@ -105,6 +105,12 @@ ACCESS: dict[str, str] = {
     "templates": "public",
     "volumes": "api_tenant_list",
     "volume-detail": "api_tenant_object",
+    "volume-move": "api_post_only",
+    "agent-volume-transfer": "agent_signed",
+    "agent-volume-transfer-chunk": "agent_signed",
+    "agent-volume-transfer-sent": "post_only",
+    "agent-volume-transfer-received": "post_only",
+    "agent-volume-transfer-failed": "post_only",
     "offer-list": "public",
     "offer-mine": "api_tenant_list",
     "offer-detail": "public_listing",
@@ -284,6 +290,11 @@ MEMBER_MAY: dict[tuple[str, str], set[int]] = {
     ("api-key-detail", "delete"): {404},
     # So does an SSH key.
     ("ssh-key-detail", "delete"): {404},
+    # A volume move's transfer endpoints take an agent's signature, never a user's credential.
+    ("agent-volume-transfer-chunk", "put"): {401},
+    ("agent-volume-transfer-sent", "post"): {401},
+    ("agent-volume-transfer-received", "post"): {401},
+    ("agent-volume-transfer-failed", "post"): {401},
 }
 # Valid bodies, so that a refusal is the role check and not validation.
 WRITE_BODIES: dict[tuple[str, str], dict] = {
@@ -371,5 +382,7 @@ def test_another_tenants_object_answers_like_a_missing_one(world, key, method):
     kwargs = {"format": "json"} if route.startswith("api/") else {}
     theirs, unknown = send(url, {}, **kwargs), send(missing, {}, **kwargs)
     assert _answer(theirs) == _answer(unknown), f"{method.upper()} {url} differs from an unknown id"
-    assert theirs.status_code in (302, 403, 404, 405), f"{method.upper()} {url} -> {theirs.status_code}"
+    # An agent's route (signed) answers a user's credential 401 whatever the id: it learns nothing from it.
+    agent_route = key.startswith("agent-") and theirs.status_code == 401
+    assert theirs.status_code in (302, 403, 404, 405) or agent_route, f"{method.upper()} {url} -> {theirs.status_code}"
     assert snapshot() == before, f"{key}: an outsider's {method.upper()} changed data"

@@ -120,7 +120,9 @@ def storage_taken(server: Server) -> int:
         .exclude(state=VolumeState.WIPED)
         .aggregate(total=Sum("size_gb"))["total"]
     )
-    return int(taken or 0)
+    from workloads import volume_moves  # copies coming in and old ones not yet wiped (it imports this module)
+
+    return int(taken or 0) + volume_moves.reserved_gb(server)
 
 
 @dataclass(frozen=True)
@@ -240,6 +242,12 @@ def create_check_register(check: Callable[[Volume, datetime], None]) -> None:
         _create_checks.append(check)
 
 
+def _moving(volume: Volume) -> bool:
+    from workloads import volume_moves  # it imports this module
+
+    return volume_moves.is_moving(volume)
+
+
 def _duplicate_name() -> InvalidInput:
     message = "You already have a volume of this name."
     return InvalidInput(message, code="duplicate_name", fields={"name": [message]})
@@ -260,6 +268,8 @@ def volume_delete(*, volume: Volume, now: datetime | None = None) -> Volume:
             )
         if in_data_access(locked):
             raise Conflict("A data-access session mounts this volume; end it first.", code="volume_in_use")
+        if _moving(locked):
+            raise Conflict("This volume is being moved; cancel the move first.", code="volume_moving")
         locked.state, locked.wipe_at, locked.wipe_requested_at = VolumeState.WIPING, None, now
         locked.save(update_fields=["state", "wipe_at", "wipe_requested_at"])
     return locked
@@ -337,6 +347,8 @@ def mounts_lock(*, org: Organization, mounts: list[MountRequest]) -> list[tuple[
             )
         if is_mounted(volume):
             raise Conflict(f"Volume {volume.name} is mounted by another live lease.", code="volume_in_use")
+        if _moving(volume):
+            raise Conflict(f"Volume {volume.name} is being moved to another server.", code="volume_moving")
         if in_data_access(volume):
             raise Conflict(f"Volume {volume.name} is open in a data-access session.", code="volume_in_use")
         out.append((volume, mount.path))

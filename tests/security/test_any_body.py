@@ -204,6 +204,7 @@ def world(alice, bob, staff, box, fake_stripe):
             },
         ],
         "volumes": [{"name": "data", "server": box.server_id, "size_gb": 5}],
+        "volume-move": [{"server": box.server_id, "consent": True}, {"server": box.server_id, "consent": False}],
         "lease-resize": [{"gpu_count": 2}],
         "offer-list": [{"server": box.server_id, "prices": {"card_hour": "2.50"}, "available_until": FUTURE}],
         "offer-detail": [{"prices": {"card_hour": "3.00"}, "min_gpus": 1}],
@@ -270,6 +271,8 @@ def ids_for(key: str, objects: dict) -> dict[str, Any]:
         "member_pk": objects["member"],
         "member_id": objects["member"],
         "user_pk": objects["member"],
+        "move": 1,  # a volume move's transfer: agents only, so any id is as good
+        "n": 0,
     }
 
 

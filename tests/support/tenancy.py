@@ -125,6 +125,49 @@ def _alice_volume(v: Victims) -> dict:
     return {"pk": v.objects["volume"].pk}
 
 
+def _bob_transfer(v: Victims) -> dict:
+    """A move of alice's volume (on another provider's server) to bob's server, one chunk staged: bob's agent is
+    its target, so it may read the move and the chunk; nobody else may."""
+    if "move" not in v.objects:
+        from decimal import Decimal
+
+        from django.utils import timezone
+
+        from tests.factories import GpuModelFactory, ProviderFactory, online_server
+        from workloads import volume_moves
+        from workloads.models import Volume, VolumeMove
+
+        elsewhere = online_server(organization=ProviderFactory(), gpu_model=GpuModelFactory(), volume_disk_gb=100)
+        volume = Volume.objects.create(
+            organization=v.alice.org,
+            server=elsewhere,
+            name="alice-moving",
+            size_gb=1,
+            state="ready",
+            price_per_gb_month=Decimal("0.1"),
+            currency=v.alice.org.currency,
+            created_at=timezone.now(),
+        )
+        move = VolumeMove.objects.create(
+            volume=volume,
+            organization=v.alice.org,
+            source=elsewhere,
+            target=v.objects["server"],
+            source_price=Decimal("0.1"),
+            target_price=Decimal("0.1"),
+            chunk_bytes=4096,
+            chunks=1,
+            bytes_sent=5,
+            state="copying",
+            requested_at=timezone.now(),
+        )
+        staged = volume_moves.transfer_dir() / str(move.pk)
+        staged.mkdir(parents=True, exist_ok=True)
+        (staged / f"{0:08d}").write_bytes(b"chunk")
+        v.objects["move"] = move
+    return {"move": v.objects["move"].pk}
+
+
 # URL name -> the kwargs that point at a victim's object.
 VICTIM_OBJECTS: dict[str, Callable[[Victims], dict]] = {
     "org-detail": _alice_org,
@@ -152,7 +195,14 @@ VICTIM_OBJECTS: dict[str, Callable[[Victims], dict]] = {
     "lease-workload-stop": _alice_workload,
     "ssh-key-detail": _alice_ssh_key,
     "volume-detail": _alice_volume,
+    "volume-move": _alice_volume,
+    "agent-volume-transfer": _bob_transfer,
+    "agent-volume-transfer-chunk": lambda v: _bob_transfer(v) | {"n": 0},
+    "agent-volume-transfer-sent": _bob_transfer,
+    "agent-volume-transfer-received": _bob_transfer,
+    "agent-volume-transfer-failed": _bob_transfer,
     "invoice-detail": _alice_invoice,
+    "invoice-pdf": _alice_invoice,
     "invoice-pay": _alice_invoice,
     "org-billing": _alice_org,
     "org-balance-adjustments": _alice_org,

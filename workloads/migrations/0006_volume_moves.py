@@ -7,47 +7,123 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('accounts', '0001_initial'),
-        ('inventory', '0008_volumes'),
-        ('scheduler', '0006_lease_stopped_state'),
-        ('workloads', '0005_data_access'),
+        ("accounts", "0001_initial"),
+        ("inventory", "0008_volumes"),
+        ("scheduler", "0006_lease_stopped_state"),
+        ("workloads", "0005_data_access"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='VolumeMove',
+            name="VolumeMove",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('state', models.CharField(choices=[('pending', 'Waiting for the source server'), ('copying', 'Copying'), ('done', 'Moved'), ('cancelled', 'Cancelled'), ('failed', 'Failed')], default='pending', max_length=10)),
-                ('source_price', models.DecimalField(decimal_places=4, max_digits=14)),
-                ('target_price', models.DecimalField(decimal_places=4, max_digits=14)),
-                ('chunk_bytes', models.PositiveIntegerField()),
-                ('chunks', models.PositiveIntegerField(default=0)),
-                ('bytes_sent', models.BigIntegerField(default=0)),
-                ('bytes_done', models.BigIntegerField(default=0)),
-                ('bytes_total', models.BigIntegerField(default=0)),
-                ('digest', models.CharField(blank=True, max_length=64)),
-                ('message', models.CharField(blank=True, max_length=300)),
-                ('requested_at', models.DateTimeField()),
-                ('sent_at', models.DateTimeField(blank=True, null=True)),
-                ('switched_at', models.DateTimeField(blank=True, null=True)),
-                ('ended_at', models.DateTimeField(blank=True, null=True)),
-                ('source_wiped_at', models.DateTimeField(blank=True, null=True)),
-                ('target_wiped_at', models.DateTimeField(blank=True, null=True)),
-                ('lease', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='volume_moves', to='scheduler.lease')),
-                ('organization', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='volume_moves', to='accounts.organization')),
-                ('requested_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('source', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='inventory.server')),
-                ('target', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='inventory.server')),
-                ('volume', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='moves', to='workloads.volume')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Waiting for the source server"),
+                            ("copying", "Copying"),
+                            ("done", "Moved"),
+                            ("cancelled", "Cancelled"),
+                            ("failed", "Failed"),
+                        ],
+                        default="pending",
+                        max_length=10,
+                    ),
+                ),
+                ("source_price", models.DecimalField(decimal_places=4, max_digits=14)),
+                ("target_price", models.DecimalField(decimal_places=4, max_digits=14)),
+                ("chunk_bytes", models.PositiveIntegerField()),
+                ("chunks", models.PositiveIntegerField(default=0)),
+                ("bytes_sent", models.BigIntegerField(default=0)),
+                ("bytes_done", models.BigIntegerField(default=0)),
+                ("bytes_total", models.BigIntegerField(default=0)),
+                ("digest", models.CharField(blank=True, max_length=64)),
+                ("message", models.CharField(blank=True, max_length=300)),
+                ("requested_at", models.DateTimeField()),
+                ("sent_at", models.DateTimeField(blank=True, null=True)),
+                ("switched_at", models.DateTimeField(blank=True, null=True)),
+                ("ended_at", models.DateTimeField(blank=True, null=True)),
+                ("source_wiped_at", models.DateTimeField(blank=True, null=True)),
+                ("target_wiped_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "lease",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="volume_moves",
+                        to="scheduler.lease",
+                    ),
+                ),
+                (
+                    "organization",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="volume_moves",
+                        to="accounts.organization",
+                    ),
+                ),
+                (
+                    "requested_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "source",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="+", to="inventory.server"
+                    ),
+                ),
+                (
+                    "target",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="+", to="inventory.server"
+                    ),
+                ),
+                (
+                    "volume",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="moves", to="workloads.volume"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-id'],
-                'indexes': [models.Index(fields=['source', 'state'], name='move_source_state'), models.Index(fields=['target', 'state'], name='move_target_state')],
-                'constraints': [models.CheckConstraint(condition=models.Q(('state__in', ['pending', 'copying', 'done', 'cancelled', 'failed'])), name='move_state_valid'), models.CheckConstraint(condition=models.Q(('source', models.F('target')), _negated=True), name='move_to_another_server'), models.CheckConstraint(condition=models.Q(('state', 'done'), ('switched_at__isnull', True), _connector='OR'), name='move_switched_at'), models.CheckConstraint(condition=models.Q(('bytes_done__gte', 0), ('bytes_sent__gte', 0), ('bytes_total__gte', 0)), name='move_bytes_positive'), models.UniqueConstraint(condition=models.Q(('state__in', ['pending', 'copying'])), fields=('volume',), name='move_one_live_per_volume')],
+                "ordering": ["-id"],
+                "indexes": [
+                    models.Index(fields=["source", "state"], name="move_source_state"),
+                    models.Index(fields=["target", "state"], name="move_target_state"),
+                ],
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(("state__in", ["pending", "copying", "done", "cancelled", "failed"])),
+                        name="move_state_valid",
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(("source", models.F("target")), _negated=True), name="move_to_another_server"
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(("state", "done"), ("switched_at__isnull", True), _connector="OR"),
+                        name="move_switched_at",
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(("bytes_done__gte", 0), ("bytes_sent__gte", 0), ("bytes_total__gte", 0)),
+                        name="move_bytes_positive",
+                    ),
+                    models.UniqueConstraint(
+                        condition=models.Q(("state__in", ["pending", "copying"])),
+                        fields=("volume",),
+                        name="move_one_live_per_volume",
+                    ),
+                ],
             },
         ),
     ]
