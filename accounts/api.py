@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from drf_spectacular.utils import extend_schema
-from rest_framework import mixins, status, viewsets
+from rest_framework import generics, mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.permissions import AllowAny
+from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts import selectors, services
+from accounts import org_log, selectors, services
 from accounts.access import Actor, access_one, access_organization, parse_id
 from accounts.apiviews import OrgAPIView, OrgContextMixin
 from accounts.errors import NotAllowed
-from accounts.models import ApiKey, Membership, Organization
-from accounts.permissions import IsStaff
+from accounts.models import ApiKey, Membership, Organization, OrgEvent
+from accounts.pagination import NewestFirstCursor
+from accounts.permissions import HasOrganization, IsStaff
 from accounts.serializers import (
     ApiKeyCreated,
     ApiKeyInput,
@@ -24,6 +25,7 @@ from accounts.serializers import (
     MembershipUpdate,
     OrganizationInput,
     OrganizationOutput,
+    OrgEventOutput,
     RegisterInput,
     RegisterOutput,
     TokenInput,
@@ -176,3 +178,19 @@ class OrganizationViewSet(OrgContextMixin, mixins.ListModelMixin, viewsets.Gener
         data.is_valid(raise_exception=True)
         membership = services.membership_update(membership=membership, actor=actor, role=data.validated_data["role"])
         return Response(MembershipOutput(membership).data)
+
+
+class OrgEventsApi(OrgAPIView, generics.ListAPIView):
+    """The organisation's log, newest first, with cursor paging (`next` / `previous` links). Any member reads it;
+    another organisation's events are never listed."""
+
+    queryset = OrgEvent.objects.none()  # for the schema only: reads go through accounts.org_log.events_of
+    serializer_class = OrgEventOutput
+    permission_classes = [IsAuthenticated, HasOrganization]
+    pagination_class = NewestFirstCursor
+    filter_backends: list = []
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return OrgEvent.objects.none()
+        return org_log.events_of(self.request.org)

@@ -167,3 +167,32 @@ class IdempotencyRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.scope} {self.key}"
+
+
+class OrgEvent(models.Model):
+    """One line of an organisation's log (issue 16: "the event is in the organisation's log"): what happened to
+    its volumes, leases and money, by whom (a member, or None: the platform itself) and when. Append-only: a
+    PostgreSQL trigger refuses UPDATE and DELETE (migration 0004), save for the one change a user's deletion makes
+    (`actor` to NULL; `actor_email` keeps who it was). Written by services through `accounts.org_log.record`; the
+    words each kind is shown with live in `accounts.org_log`."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="events")
+    kind = models.CharField(max_length=40)
+    # The message's parameters (names, sizes, servers, times as ISO strings): the page words them in its language.
+    params = models.JSONField(default=dict, blank=True)
+    actor = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    actor_email = models.CharField(max_length=254, blank=True)
+    object_type = models.CharField(max_length=40, blank=True)
+    object_id = models.BigIntegerField(null=True, blank=True)
+    at = models.DateTimeField()
+
+    TENANT_FIELD = "organization"
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "organisation event"
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["organization", "-id"], name="orgevent_org_newest")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} at {self.at}"

@@ -11,10 +11,11 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from accounts import org_log
 from accounts.access import Actor, access_one
 from accounts.errors import NotFound
 from accounts.inputs import harden
-from accounts.models import ApiKey, Membership, Organization, Role
+from accounts.models import ApiKey, Membership, Organization, OrgEvent, Role
 
 
 class StrictMixin:
@@ -154,3 +155,21 @@ class ApiKeyCreated(ApiKeyOutput):
 
     class Meta(ApiKeyOutput.Meta):
         fields = [*ApiKeyOutput.Meta.fields, "token"]
+
+
+class OrgEventOutput(serializers.ModelSerializer):
+    """One line of the organisation's log: `message` in the request's language, `params` as recorded, `actor` the
+    member's e-mail (null: the platform did it)."""
+
+    message = serializers.SerializerMethodField()
+    actor = serializers.SerializerMethodField()
+
+    class Meta:
+        model = OrgEvent
+        fields = ["id", "kind", "message", "params", "actor", "object_type", "object_id", "at"]
+
+    def get_message(self, event: OrgEvent) -> str:
+        return org_log.message(event)
+
+    def get_actor(self, event: OrgEvent) -> str | None:
+        return event.actor_email or None

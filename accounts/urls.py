@@ -12,5 +12,6 @@ router.register("auth/keys", api.ApiKeyViewSet, basename="api-key")
 urlpatterns = [
     path("auth/register/", api.RegisterApi.as_view(), name="auth-register"),
     path("auth/token/", api.TokenApi.as_view(), name="auth-token"),
+    path("org/events/", api.OrgEventsApi.as_view(), name="org-events"),
     *router.urls,
 ]

@@ -1,6 +1,7 @@
-"""Page actions (HTML forms) for organisations and API keys. Thin callers of accounts.services.
+"""Page actions (HTML forms) for organisations and API keys, thin callers of accounts.services, and the
+organisation's log (a page any member reads).
 
-Each is a POST that redirects back (to a safe `next`, or the dashboard) with a message; a foreign or
+Each action is a POST that redirects back (to a safe `next`, or the dashboard) with a message; a foreign or
 unknown id answers 404 exactly like a missing one.
 """
 
@@ -10,13 +11,15 @@ from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_GET, require_POST
 
-from accounts import services
+from accounts import org_log, services
 from accounts.access import Actor, access_organization, is_platform_staff
 from accounts.context import SESSION_KEY, membership_for
 from accounts.errors import DomainError, NotFound
@@ -114,3 +117,19 @@ def api_key_revoke_page(request: HttpRequest, key_id: int) -> HttpResponse:
         raise Http404 from None
     messages.success(request, _("API key %(prefix)s… is revoked.") % {"prefix": key.prefix})
     return _back(request)
+
+
+LOG_PAGE_SIZE = 50
+
+
+@login_required
+@require_GET
+def organization_log(request: HttpRequest) -> HttpResponse:
+    """The organisation's log, newest first, 50 a page (accounts.org_log), in the page's language."""
+    org = getattr(request, "org", None)
+    page = Paginator(org_log.events_of(org), LOG_PAGE_SIZE).get_page(request.GET.get("page"))
+    rows = [
+        {"event": event, "message": org_log.message(event), "actor": org_log.actor_text(event)}
+        for event in page.object_list
+    ]
+    return render(request, "accounts/org_log.html", {"org": org, "page": page, "rows": rows})

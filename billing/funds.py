@@ -38,6 +38,7 @@ from django.db import transaction
 from django.utils import timezone
 from rest_framework import status
 
+from accounts import org_log
 from accounts.errors import DomainError, InvalidInput, InvalidTransition
 from accounts.models import Organization
 from accounts.tenancy import platform_work
@@ -254,7 +255,7 @@ def _low_funds(org: Organization, money: Standing, now: datetime) -> list[str]:
             .filter(kind__in=[FundsNotice.Kind.LOW, FundsNotice.Kind.STOPPED], resolved_at__isnull=True)
             .update(resolved_at=now)
         )
-        released = volumes_grace_end(org=org)  # its volumes in grace are kept again
+        released = volumes_grace_end(org=org, now=now)  # its volumes in grace are kept again
         return ["recovered"] if resolved or released else []
     if open_notice is None:
         if _on_credit(org) and not _card_hours(org).exists():
@@ -294,7 +295,16 @@ def _stop(org: Organization, money: Standing, notice: FundsNotice, now: datetime
     ended = []
     for lease in _card_hours(org):
         try:
-            scheduler_services.lease_end(lease=lease, now=now, reason="funds_exhausted")
+            with transaction.atomic():
+                scheduler_services.lease_end(lease=lease, now=now, reason="funds_exhausted")
+                org_log.record(
+                    org,
+                    org_log.LEASE_STOPPED_FUNDS,
+                    params={"lease": lease.pk},
+                    object_type="lease",
+                    object_id=lease.pk,
+                    at=now,
+                )
         except InvalidTransition:
             continue  # it ended meanwhile
         ended.append(lease.pk)

@@ -22,6 +22,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from accounts import org_log
 from accounts.models import Organization
 from accounts.tenancy import platform_work
 from billing.models import VolumeNotice
@@ -87,6 +88,8 @@ def volumes_grace_start(*, org: Organization, now: datetime | None = None) -> li
     volumes_hold(org=org, wipe_at=now + grace_period(), now=now)
     held = list(Volume.objects.for_org(org).filter(state=VolumeState.GRACE).order_by("wipe_at", "name"))
     told = _noticed(held, VolumeNotice.Kind.GRACE, now)
+    for volume in told:  # each volume's grace begins once per wipe date (its notice is unique): logged once
+        _log(volume, org_log.GRACE_STARTED, now, wipe_at=volume.wipe_at)
     if told:
         mail_org(
             org,
@@ -100,11 +103,29 @@ def volumes_grace_start(*, org: Organization, now: datetime | None = None) -> li
 
 
 @platform_work(_PLATFORM)
-def volumes_grace_end(*, org: Organization) -> int:
-    """The organisation recovered: its volumes in grace are kept again (no wipe date). Returns how many."""
+def volumes_grace_end(*, org: Organization, now: datetime | None = None) -> int:
+    """The organisation recovered: its volumes in grace are kept again (no wipe date), each logged in its
+    organisation's log. Locks those volumes. Returns how many."""
     if not Volume.objects.for_org(org).filter(state=VolumeState.GRACE).exists():
         return 0
-    return volumes_release(org=org)
+    now = now or timezone.now()
+    with transaction.atomic():
+        held = list(Volume.objects.for_org(org).filter(state=VolumeState.GRACE).select_for_update().order_by("id"))
+        released = volumes_release(org=org)
+        for volume in held:
+            _log(volume, org_log.GRACE_RELEASED, now)
+    return released
+
+
+def _log(volume: Volume, kind: str, at: datetime, **params) -> None:
+    org_log.record(
+        volume.organization_id,
+        kind,
+        params={"name": volume.name, "size_gb": volume.size_gb, "server": volume.server_id, **params},
+        object_type="volume",
+        object_id=volume.pk,
+        at=at,
+    )
 
 
 def volumes_wiping_tell(volumes: list[Volume]) -> int:

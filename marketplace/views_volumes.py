@@ -104,6 +104,7 @@ def volume_list(request: HttpRequest) -> HttpResponse:
                 server=form.chosen_server(),
                 name=form.cleaned_data["name"],
                 size_gb=form.cleaned_data["size_gb"],
+                by=request.user,
             )
         except InvalidInput as exc:
             form.add_service_errors(exc)
@@ -135,7 +136,7 @@ def volume_delete(request: HttpRequest, volume_id: int) -> HttpResponse:
     if request.POST.get("confirm") != "yes":
         return _page(request, confirm=volume)
     try:
-        volumes.volume_delete(volume=volume)
+        volumes.volume_delete(volume=volume, by=request.user)
     except Conflict as exc:
         if exc.code != "volume_in_use":
             raise

@@ -35,8 +35,9 @@ from django.db import IntegrityError, transaction
 from django.db.models import Exists, OuterRef, QuerySet, Sum
 from django.utils import timezone
 
+from accounts import org_log
 from accounts.errors import Conflict, InvalidInput
-from accounts.models import Organization
+from accounts.models import Organization, User
 from accounts.tenancy import platform_work
 from inventory.access import STOREFRONT
 from inventory.models import Offer, Server
@@ -181,7 +182,15 @@ def _check_name(name: Any) -> str:
 
 
 @platform_work(_PLATFORM)
-def volume_create(*, org: Organization, server: Server, name: str, size_gb: int, now: datetime | None = None) -> Volume:
+def volume_create(
+    *,
+    org: Organization,
+    server: Server,
+    name: str,
+    size_gb: int,
+    now: datetime | None = None,
+    by: User | None = None,
+) -> Volume:
     """Make a volume of `size_gb` on `server` for `org` (state creating; the agent makes it on its next read).
 
     Refused: a server whose live offer prices no storage (400 on `server`), a name the organisation already has
@@ -189,7 +198,7 @@ def volume_create(*, org: Organization, server: Server, name: str, size_gb: int,
     `no_storage`; decided under a lock of the server row), no exchange rate from the offer's currency, and what a
     registered check refuses (billing: 402 when the organisation's money cannot cover it). The price
     per GB-month is the offer's, converted into the organisation's currency like a lease's (scheduler/pricing.py),
-    and fixed for the volume's life.
+    and fixed for the volume's life. Logged in the organisation's log (`by`: the member who asked).
     """
     now = now or timezone.now()
     name = _check_name(name)
@@ -227,6 +236,7 @@ def volume_create(*, org: Organization, server: Server, name: str, size_gb: int,
             )
             for check in _create_checks:
                 check(volume, now)  # a refusal (billing's 402) rolls the volume back
+            _log(volume, org_log.VOLUME_CREATED, actor=by, at=now)
             return volume
     except IntegrityError:
         raise _duplicate_name() from None
@@ -254,9 +264,10 @@ def _duplicate_name() -> InvalidInput:
 
 
 @platform_work(_PLATFORM)
-def volume_delete(*, volume: Volume, now: datetime | None = None) -> Volume:
+def volume_delete(*, volume: Volume, now: datetime | None = None, by: User | None = None) -> Volume:
     """Wipe `volume`: state wiping, and its agent destroys its data (then it is `wiped` and no longer billed).
-    409 `volume_in_use` while a live lease's workload mounts it. Idempotent on a volume already wiping or wiped."""
+    409 `volume_in_use` while a live lease's workload mounts it. Idempotent on a volume already wiping or wiped.
+    Logged in the organisation's log (`by`: the member who asked), once."""
     now = now or timezone.now()
     with transaction.atomic():
         locked = Volume.objects.unscoped(_PLATFORM).select_for_update().get(pk=volume.pk)
@@ -272,7 +283,21 @@ def volume_delete(*, volume: Volume, now: datetime | None = None) -> Volume:
             raise Conflict("This volume is being moved; cancel the move first.", code="volume_moving")
         locked.state, locked.wipe_at, locked.wipe_requested_at = VolumeState.WIPING, None, now
         locked.save(update_fields=["state", "wipe_at", "wipe_requested_at"])
+        _log(locked, org_log.VOLUME_DELETED, actor=by, at=now)
     return locked
+
+
+def _log(volume: Volume, kind: str, *, actor: User | None = None, at: datetime | None = None, **params: Any) -> None:
+    """One line of the volume's organisation's log about it (accounts.org_log)."""
+    org_log.record(
+        volume.organization_id,
+        kind,
+        params={"name": volume.name, "size_gb": volume.size_gb, "server": volume.server_id, **params},
+        actor=actor,
+        object_type="volume",
+        object_id=volume.pk,
+        at=at,
+    )
 
 
 # --- mounts of a new lease's workload --------------------------------------------------------------------------
@@ -438,6 +463,7 @@ def volume_reports_apply(*, server: Server, entries: list[dict[str, Any]], at: d
             if entry["state"] == "wiped":
                 if volume.state == VolumeState.WIPING:
                     fields = {"state": VolumeState.WIPED, "wiped_at": at, "used_gb": Decimal(0)}
+                    _log(volume, org_log.VOLUME_WIPED, at=at, wiped_at=at)
             elif entry["state"] == "failed":
                 logger.warning("volume %s on server %s failed: %s", volume.pk, server.pk, entry["message"])
             else:
@@ -494,6 +520,7 @@ def volumes_wipe_due(*, now: datetime | None = None) -> list[Volume]:
         )
         for volume in due:
             volume.state, volume.wipe_at, volume.wipe_requested_at = VolumeState.WIPING, None, now
+            _log(volume, org_log.GRACE_ENDED, at=now)
         Volume.objects.unscoped(_PLATFORM).bulk_update(due, ["state", "wipe_at", "wipe_requested_at"])
     return due
 

@@ -40,7 +40,7 @@ class VolumeListApi(mixins.ListModelMixin, OrgAPIView):
     def post(self, request: Request) -> Response:
         data = VolumeInput(data=request.data, context={"request": request})
         data.is_valid(raise_exception=True)
-        volume = volumes.volume_create(org=request.org, **data.validated_data)
+        volume = volumes.volume_create(org=request.org, by=request.user, **data.validated_data)
         return Response(VolumeOutput(volume).data, status=status.HTTP_201_CREATED)
 
 
@@ -56,5 +56,5 @@ class VolumeDetailApi(OrgAPIView):
 
     @extend_schema(responses={202: VolumeOutput})
     def delete(self, request: Request, pk: str) -> Response:
-        volume = volumes.volume_delete(volume=access.access_volume(Actor.for_org(request.org), pk))
+        volume = volumes.volume_delete(volume=access.access_volume(Actor.for_org(request.org), pk), by=request.user)
         return Response(VolumeOutput(volume).data, status=status.HTTP_202_ACCEPTED)

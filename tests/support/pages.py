@@ -151,6 +151,7 @@ PAGES = [
     ("alice", "/leases/{lease}/"),
     ("alice", "/ssh-keys/"),
     ("alice", "/volumes/"),
+    ("alice", "/org/log/"),
     ("alice", "/invoices/"),
     ("alice", "/invoices/{invoice}/"),
     ("alice", "/balance/"),
