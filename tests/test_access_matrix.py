@@ -106,6 +106,8 @@ ACCESS: dict[str, str] = {
     "templates": "public",
     "volumes": "api_tenant_list",
     "volume-detail": "api_tenant_object",
+    "data-access": "api_tenant_list",
+    "data-access-detail": "api_tenant_object",
     "volume-move": "api_post_only",
     "agent-volume-transfer": "agent_signed",
     "agent-volume-transfer-chunk": "agent_signed",

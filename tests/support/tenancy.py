@@ -105,6 +105,32 @@ def _alice_ssh_key(v: Victims) -> dict:
     return {"pk": v.objects["ssh_key"].pk}
 
 
+def _alice_data_access(v: Victims) -> dict:
+    """A data-access session of alice's on her volume (workloads.data_access), with its container's row."""
+    if "data_access" not in v.objects:
+        from datetime import timedelta
+        from decimal import Decimal
+
+        from django.utils import timezone
+
+        from workloads.models import DataAccess, Workload
+
+        _alice_volume(v)
+        now = timezone.now()
+        session = DataAccess.objects.create(
+            organization=v.alice.org,
+            server=v.objects["server"],
+            price_per_hour=Decimal("0.05"),
+            currency=v.alice.org.currency,
+            created_at=now,
+            ends_at=now + timedelta(hours=4),
+        )
+        session.volumes.set([v.objects["volume"]])
+        Workload.objects.create(data_access=session, server=v.objects["server"], created_at=now)
+        v.objects["data_access"] = session
+    return {"pk": v.objects["data_access"].pk}
+
+
 def _alice_volume(v: Victims) -> dict:
     if "volume" not in v.objects:
         from decimal import Decimal
@@ -195,6 +221,7 @@ VICTIM_OBJECTS: dict[str, Callable[[Victims], dict]] = {
     "lease-workload-stop": _alice_workload,
     "ssh-key-detail": _alice_ssh_key,
     "volume-detail": _alice_volume,
+    "data-access-detail": _alice_data_access,
     "volume-move": _alice_volume,
     "agent-volume-transfer": _bob_transfer,
     "agent-volume-transfer-chunk": lambda v: _bob_transfer(v) | {"n": 0},
