@@ -42,8 +42,14 @@ MESSAGES = {
     GRACE_RELEASED: _("The balance recovered: volume %(name)s is kept again, with no wipe date."),
     GRACE_ENDED: _("The grace period is over: volume %(name)s is being wiped."),
     LEASE_STOPPED_FUNDS: _("Lease %(lease)s was ended: the balance ran out."),
-    DATA_ACCESS_OPENED: _("Data access to volume %(name)s opened (lease %(lease)s)."),
-    DATA_ACCESS_ENDED: _("Data access to volume %(name)s ended (lease %(lease)s)."),
+    DATA_ACCESS_OPENED: _("Data access session %(session)s opened on server %(server)s for volumes %(volumes)s."),
+    DATA_ACCESS_ENDED: _("Data access session %(session)s on server %(server)s ended: %(reason)s."),
+}
+# Words for the `reason` parameter's codes (a data-access session's end reason).
+REASONS = {
+    "deleted": _("ended by the customer"),
+    "expired": _("its maximum duration passed"),
+    "wiped": _("a volume of it was wiped"),
 }
 KINDS = tuple(MESSAGES)
 # Parameters that hold a time (ISO 8601, stored in UTC): shown as "YYYY-MM-DD HH:MM UTC".
@@ -91,6 +97,8 @@ def events_of(org: Organization | None) -> QuerySet[OrgEvent]:
 
 
 def _shown(name: str, value: Any) -> str:
+    if name == "reason" and value in REASONS:
+        return str(REASONS[value])
     if name in TIME_PARAMS and isinstance(value, str):
         when = parse_datetime(value)
         if when is not None:

@@ -32,6 +32,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from accounts import org_log
 from accounts.errors import Conflict, InvalidInput
 from accounts.models import Organization, User
 from accounts.tenancy import platform_work
@@ -194,6 +195,15 @@ def data_access_open(
         Workload.objects.create(data_access=session, server=server, created_at=now)
         for check in _open_checks:
             check(session, locked, now)  # a refusal (billing's 402) rolls the session back
+        org_log.record(
+            org,
+            org_log.DATA_ACCESS_OPENED,
+            params={"session": session.pk, "server": server.pk, "volumes": ", ".join(v.name for v in locked)},
+            actor=user,
+            object_type="data_access",
+            object_id=session.pk,
+            at=now,
+        )
     return session
 
 
@@ -209,6 +219,14 @@ def data_access_end(
         if locked.state == DataAccess.State.OPEN:
             locked.state, locked.ended_at, locked.end_reason = DataAccess.State.ENDED, min(now, locked.ends_at), reason
             locked.save(update_fields=["state", "ended_at", "end_reason"])
+            org_log.record(
+                locked.organization_id,
+                org_log.DATA_ACCESS_ENDED,
+                params={"session": locked.pk, "server": locked.server_id, "reason": locked.end_reason},
+                object_type="data_access",
+                object_id=locked.pk,
+                at=now,
+            )
     return locked
 
 

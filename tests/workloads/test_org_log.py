@@ -170,3 +170,25 @@ def test_the_page_is_paginated(alice):
     assert "Lease 1054 was ended" in first and "Lease 1004 was ended" not in first and 'rel="next"' in first
     second = client.get("/org/log/?page=2").content.decode()
     assert "Lease 1004 was ended" in second and "Lease 1054 was ended" not in second
+
+
+def test_a_data_access_session_opening_and_ending_is_logged(alice, store, settings):
+    from tests.workloads.conftest import add_key
+    from tests.workloads.test_data_access import opened, ready_volume
+
+    settings.SUANLI_DATA_ACCESS_IMAGE = "example/ssh:1"
+    vid = ready_volume(alice, store)
+    key = add_key(alice)
+    session = opened(alice, store, [vid], [key["id"]])
+    assert alice.api.delete(f"/api/v1/data-access/{session['id']}/").status_code in (200, 202, 204)
+    assert alice.api.delete(f"/api/v1/data-access/{session['id']}/").status_code in (200, 202, 204)  # once
+    ended, opened_event = events(alice)["results"][:2]
+    assert (opened_event["kind"], opened_event["actor"]) == ("data_access_opened", "alice@example.com")
+    assert opened_event["message"] == (
+        f"Data access session {session['id']} opened on server {store.server_id} for volumes data."
+    )
+    assert ended["kind"] == "data_access_ended" and ended["object_id"] == session["id"]
+    assert ended["message"] == (
+        f"Data access session {session['id']} on server {store.server_id} ended: ended by the customer."
+    )
+    assert OrgEvent.objects.filter(kind="data_access_ended").count() == 1
