@@ -31,12 +31,18 @@ from agents.cli_common import (
 from agents.client import Backoff, Client, TransportError
 from agents.config import ConfigError, Credentials, config_path, spool_path, write_credentials
 from agents.runner import Agent, build_report
+from agents.runtime.base import RUNNING, Runtime
 from agents.spool import read_status
 from agents.workloads import Reconciler
 
 ENROLL_ATTEMPTS = 4
 
 log = logging.getLogger("suanli.agent")
+
+
+def running_cards(runtime: Runtime) -> set[str]:
+    """The uuids of the cards a running workload holds on this host."""
+    return {gpu for seen in runtime.observe().values() if seen.state == RUNNING for gpu in seen.gpus}
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
@@ -98,6 +104,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     collector = _start_collector(args)
     runtime = _runtime(args)
     reconciler = None
+    if runtime is not None and hasattr(collector.nvml, "follow_workloads"):
+        # A simulated host: its cards are busy while a workload of the platform runs on them, idle otherwise.
+        collector.nvml.follow_workloads(lambda: running_cards(runtime))
     if runtime is not None:
         reconciler = Reconciler(
             Client(creds.url, creds.agent_id, creds.agent_secret),

@@ -10,7 +10,7 @@ import hashlib
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,6 +113,10 @@ class SimulatedCards:
         self._fault_file = FaultFile(fault_file) if fault_file else None
         self._version = 0
         self._cache: dict[int, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+        # The uuids of the cards a workload runs on, when a workload runtime is attached (`follow_workloads`): the
+        # load then follows the workloads (a card in a running one is busy, any other idle) instead of the pattern.
+        self._workload_cards: Callable[[], Iterable[str]] | None = None
+        self._workload_seen: tuple[int, frozenset[str]] = (-1, frozenset())
         for spec in faults or []:
             self.inject(spec)
 
@@ -192,7 +196,25 @@ class SimulatedCards:
 
     # -- the load model -----------------------------------------------------------------------------------------
 
+    def follow_workloads(self, cards: Callable[[], Iterable[str]]) -> None:
+        """Make the load follow the workloads: `cards()` names the uuids of the cards running one now (read at
+        most once a second). A card in none reads idle (0 %, memory free, idle clocks and power)."""
+        self._workload_cards = cards
+
+    def _in_workload(self, index: int, t: float) -> bool:
+        second = int(t)
+        if self._workload_seen[0] != second:
+            try:
+                uuids = frozenset(self._workload_cards())
+            except Exception:  # the runtime could not say: keep what it said last
+                log.exception("cannot read which cards run a workload")
+                uuids = self._workload_seen[1]
+            self._workload_seen = (second, uuids)
+        return self.cards[index].uuid in self._workload_seen[1]
+
     def _busy(self, index: int, t: float) -> bool:
+        if self._workload_cards is not None:
+            return self._in_workload(index, t)
         block = int(t // BLOCK_S)
         r = _unit(self.seed, "block", block)
         if r < 0.70:

@@ -147,3 +147,37 @@ def test_every_model_has_sane_numbers():
     for model in MODELS.values():
         assert model.idle_power_w < model.power_limit_w and model.idle_sm_mhz < model.max_sm_mhz
         assert model.name.startswith("NVIDIA ")
+
+
+def test_with_a_workload_runtime_the_cards_of_running_workloads_are_busy_and_the_rest_idle():
+    """Issue 17: a demo card nobody rents reads idle, a rented one busy: `follow_workloads` ties the load to the
+    workloads the runtime runs (agents/cli_commands.running_cards), instead of the training pattern."""
+    from agents.cli_commands import running_cards
+    from agents.runtime.base import WorkloadSpec
+    from agents.runtime.simulated import SimulatedRuntime
+
+    clock = Tick()
+    sim = SimulatedNVML(8, "h100", "rented", clock=clock)
+    runtime = SimulatedRuntime(clock=clock)
+    sim.follow_workloads(lambda: running_cards(runtime))
+    collector = Collector(sim)
+    collector.start()
+    rented = [sim.cards[2].uuid, sim.cards[5].uuid]
+    idle_samples = []
+    for step in range(0, 4 * 3600, 300):  # hours in which the pattern alone would have made most cards busy
+        clock.t = 1_800_000_000.0 + step
+        idle_samples += collector.collect()
+    assert max(s["utilization_pct"] for s in idle_samples) <= 1
+    assert max(s["memory_used_mb"] for s in idle_samples) < 1024
+
+    runtime.ensure(WorkloadSpec(id=7, lease=3, gpus=tuple(rented), image="img"), (40000, 40999))
+    clock.t += 5  # pending, pulling, starting: running after about two seconds
+    assert running_cards(runtime) == set(rented)
+    busy, idle = [], []
+    for step in range(120, 3600, 60):  # past the job's warm-up minute
+        clock.t = 1_800_000_005.0 + 4 * 3600 + step
+        for s in collector.collect():
+            (busy if s["uuid"] in rented else idle).append(s)
+    assert sum(s["utilization_pct"] for s in busy) / len(busy) > 85
+    assert max(s["utilization_pct"] for s in idle) <= 1
+    assert min(s["power_w"] for s in busy) > max(s["power_w"] for s in idle)
