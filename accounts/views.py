@@ -59,7 +59,10 @@ class OrganizationForm(forms.Form):
 @require_POST
 @login_required
 def organization_new(request: HttpRequest) -> HttpResponse:
-    """A new organisation owned by the caller, who then acts for it. Providers wait for staff approval."""
+    """A new organisation owned by the caller. Providers wait for staff approval.
+
+    A user who acted for no organisation acts for the new one; anyone else keeps acting for the one they had (the
+    page they were on stays theirs) and is told how to switch: a new organisation never switches silently."""
     form = OrganizationForm(request.POST)
     if not form.is_valid() or not form.cleaned_data["name"].strip():
         messages.error(request, _("Give the organisation a name, a kind and a currency."))
@@ -74,8 +77,19 @@ def organization_new(request: HttpRequest) -> HttpResponse:
     except DomainError as exc:
         messages.error(request, exc.message)
         return _back(request)
-    request.session[SESSION_KEY] = org.pk
-    messages.success(request, _("Organisation %(name)s created.") % {"name": org.name})
+    current = getattr(request, "org", None)
+    if current is None:
+        request.session[SESSION_KEY] = org.pk
+        messages.success(request, _("Organisation %(name)s created.") % {"name": org.name})
+    else:
+        messages.success(
+            request,
+            _(
+                "Organisation %(name)s created. You still act for %(current)s: choose %(name)s in the organisation "
+                "menu at the top of the page to act for it."
+            )
+            % {"name": org.name, "current": current.name},
+        )
     return _back(request)
 
 

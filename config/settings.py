@@ -81,6 +81,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
     "accounts.middleware.OrganizationMiddleware",
+    # A page of an object of another of the user's organisations switches to it, not a 404 (marketplace/org_follow.py).
+    "marketplace.org_follow.FollowOrganizationMiddleware",
     "accounts.middleware.DatabaseUnavailableMiddleware",
 ]
 

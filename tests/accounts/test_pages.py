@@ -161,8 +161,24 @@ def test_creating_an_organisation_from_the_dashboard_makes_a_pending_provider(cl
     assert response.status_code == 302
     org = Organization.objects.get(name="Alice Compute")
     assert org.status == Organization.Status.PENDING
+    # A second organisation does not switch by itself (issue 17): alice still acts for hers until she chooses it.
+    assert client.session.get(SESSION_KEY, alice.org.pk) == alice.org.pk
+    body = client.get("/dashboard/").content.decode()
+    assert "Organisation Alice Compute created. You still act for Alice Labs" in body
+    client.post("/org/switch/", {"organization": org.pk})
     assert client.session[SESSION_KEY] == org.pk
     assert "Pending approval." in client.get("/dashboard/").content.decode()
+
+
+def test_a_user_with_no_organisation_acts_for_the_one_they_create(client, db):
+    from tests.factories import UserFactory
+
+    user = UserFactory(email="nora@example.com")
+    client.force_login(user)
+    client.post("/org/new/", {"name": "Nora AI", "kind": "customer", "currency": "USD"})
+    org = Organization.objects.get(name="Nora AI")
+    assert client.session[SESSION_KEY] == org.pk
+    assert "Organisation Nora AI created." in client.get("/dashboard/").content.decode()
 
 
 def test_signing_up_sends_a_verification_email_and_shows_the_verification_page(client, db, mailoutbox):

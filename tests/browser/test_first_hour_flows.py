@@ -82,3 +82,80 @@ def test_staff_land_on_their_home_reach_every_staff_page_from_the_header_and_see
     assert page.get_by_text(words["none_closed"]).count() == 0
     screenshot(page, f"first-hour-staff-closed-{language}")
     _no_page_errors(page)
+
+
+# --- two organisations ------------------------------------------------------------------------------------
+
+ORG_WORDS = {
+    "en": {
+        "acting": "Acting for",
+        "create": "Create an organisation",
+        "name": "Name",
+        "create_button": "Create organisation",
+        "still": "You still act for Alice Labs",
+        "switched": "another of your organisations: you now act for Alice Lab B",
+        "now": "You are now acting for Alice Labs.",
+    },
+    "zh-hans": {
+        "acting": "当前组织",
+        "create": "创建组织",
+        "name": "名称",
+        "create_button": "创建组织",
+        "still": "您仍以 Alice Labs 的身份操作",
+        "switched": "此页面属于您的另一个组织 Alice Lab B",
+        "now": "您现在以 Alice Labs 的身份操作。",
+    },
+}
+
+
+@pytest.mark.parametrize(("locale", "language"), LANGUAGES)
+def test_a_second_organisation_never_switches_silently_and_a_link_into_it_switches_with_a_message(
+    open_as, alice, bob, locale, language
+):
+    from accounts.models import Organization
+    from scheduler.services import lease_create
+    from tests.factories import MembershipFactory, online_server
+
+    words = ORG_WORDS[language]
+    online_server(organization=bob.org, gpus=4, name="bob-orgs-01")
+    lease_a = lease_create(org=alice.org, plan="card_hour", gpu_count=1)
+    page = open_as(alice.user, locale=locale)
+    page.goto(f"/leases/{lease_a.pk}/")
+    switcher = page.locator("#org-switch-form")
+    switcher.get_by_text(words["acting"]).wait_for()
+    assert switcher.locator("select option:checked").inner_text() == "Alice Labs"
+
+    # A new organisation from the dashboard: alice keeps acting for hers, and is told how to switch.
+    page.goto("/dashboard/")
+    page.locator("#new-org-title").click()
+    page.locator("#org-name").fill("Alice Lab B")
+    page.get_by_role("button", name=words["create_button"]).click()
+    page.get_by_text(words["still"]).wait_for()
+    assert page.locator("#org-switch-form select option:checked").inner_text() == "Alice Labs"
+    screenshot(page, f"first-hour-second-org-{language}")
+    assert page.goto(f"/leases/{lease_a.pk}/").status == 200
+
+    # A link to a lease of the other organisation switches to it and says so.
+    lab_b = Organization.objects.get(name="Alice Lab B")
+    assert lab_b.memberships.filter(user=alice.user).exists()
+    lease_b = lease_create(org=lab_b, plan="card_hour", gpu_count=1)
+    page.goto(f"/leases/{lease_b.pk}/")
+    page.wait_for_url(re.compile(rf"/leases/{lease_b.pk}/$"))
+    page.get_by_text(words["switched"]).wait_for()
+    assert page.locator("#org-switch-form select option:checked").inner_text() == "Alice Lab B"
+    screenshot(page, f"first-hour-followed-link-{language}")
+
+    # Switching back is explicit: the header's menu, which goes on to the leases of the organisation chosen.
+    page.locator("#org-switcher").select_option(label="Alice Labs")
+    page.wait_for_url(re.compile(r"/leases/$"))
+    page.get_by_text(words["now"]).wait_for()
+    page.locator(f'a[href="/leases/{lease_a.pk}/"]').first.wait_for()
+    assert page.locator("#org-switch-form select option:checked").inner_text() == "Alice Labs"
+
+    # Another tenant's lease stays a plain 404.
+    charlie_org = Organization.objects.create(name="Charlie Corp", kind="customer", currency="USD")
+    MembershipFactory(organization=charlie_org)
+    foreign = lease_create(org=charlie_org, plan="card_hour", gpu_count=1)
+    assert page.goto(f"/leases/{foreign.pk}/").status == 404
+    assert page.get_by_text("Charlie Corp").count() == 0
+    _no_page_errors(page)
