@@ -203,9 +203,14 @@ def test_dev_runs_everything_on_the_embedded_database_and_stops_it_all_on_sigint
     proc, log, port = _start_dev(tmp_path, env)
     try:
         _wait_healthy(port, proc, log, timeout=180)
+        # The simulated agents start once the site answers, and their first reports are taken.
+        deadline = time.monotonic() + 60
+        while log.read_text().count("POST /api/v1/agent/reports/") < 8 and time.monotonic() < deadline:
+            time.sleep(0.5)
         children = _descendants(proc.pid)
         names = " ".join(" ".join(p.cmdline()) for p in children)
         assert "runserver" in names and " worker " in names and " beat " in names, names
+        assert names.count(" --simulate ") == 8, names
         assert embedded.is_running(pg_base)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0, log.read_text()
@@ -214,6 +219,9 @@ def test_dev_runs_everything_on_the_embedded_database_and_stops_it_all_on_sigint
             proc.kill()
     output = log.read_text()
     assert "started embedded PostgreSQL 18" in output
+    # Issue 17: no agent ever found the platform unreachable (they start after the site answers).
+    assert "platform unreachable" not in output, output
+    assert output.index("Suanli is up") < output.index("POST /api/v1/agent/reports/"), output
     # The demo's API example names the port the site really answers on.
     assert f"http://127.0.0.1:{port}/api/v1/gpu-models/" in output
     assert "stopping the embedded PostgreSQL" in output

@@ -2,7 +2,8 @@
 
 Starts (or joins) the embedded PostgreSQL when DATABASE_URL is unset and hands its URL to the children so
 that none of them starts its own; migrates; loads the demo data (`seed_demo`); then runs the web server, a
-Celery worker and Celery beat side by side, their output prefixed by name. Ctrl-C (SIGINT) or SIGTERM stops
+Celery worker and Celery beat side by side, their output prefixed by name, and, once the site answers (so none
+finds it unreachable), a simulated agent for each demo server. Ctrl-C (SIGINT) or SIGTERM stops
 the children, then the embedded PostgreSQL if this command started it. When any child dies, the others are
 stopped and the command exits non-zero.
 """
@@ -35,14 +36,27 @@ class Child:
     argv: list[str]
     proc: subprocess.Popen | None = None
     reader: threading.Thread | None = field(default=None, repr=False)
+    after_up: bool = False  # started once the site answers (the simulated agents: nothing to report to before)
+
+
+def _libc():
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None)
+    except Exception:  # best effort, not on every platform
+        return None
+
+
+# Loaded here, before any thread: the forked child then only calls into it (no dlopen between fork and exec, where
+# another thread could have held the loader's lock: the agents are started from a thread).
+_LIBC = _libc()
 
 
 def _die_with_parent() -> None:
     # Linux: the child gets SIGTERM if this command is killed without a chance to stop it (kill -9).
     try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except Exception:  # noqa: S110 - best effort, not on every platform
         pass
 
@@ -50,6 +64,7 @@ def _die_with_parent() -> None:
 class Command(BaseCommand):
     help = "Run the site for development: embedded PostgreSQL, migrate, demo data, web + Celery worker + beat."
     _lock = threading.Lock()
+    _spawning = threading.Lock()
 
     def add_arguments(self, parser):
         parser.add_argument("--addr", default="127.0.0.1", help="address for the web server (default 127.0.0.1)")
@@ -144,9 +159,7 @@ class Command(BaseCommand):
                 argv = [sys.executable, "-m", "agents", "--config", str(config)]
                 argv += ["--spool-dir", str(folder / f"{spec.name}.spool"), "--simulate", str(server.gpu_count)]
                 argv += ["--model", SIMULATED_MODEL[spec.gpu_model], "--seed", spec.name, "--log-level", "WARNING"]
-                children.append(Child(spec.name, [*argv, "run", "--interval", "10"]))
-        if children:
-            self._say(f"{len(children)} simulated agents report for the demo servers (--no-agents to skip)")
+                children.append(Child(spec.name, [*argv, "run", "--interval", "10"], after_up=True))
         return children
 
     def _env(self) -> dict[str, str]:
@@ -173,28 +186,21 @@ class Command(BaseCommand):
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         failed = None
         try:
-            env = self._env()
+            self._env_for_children = self._env()
             for child in children:
-                child.proc = subprocess.Popen(  # noqa: S603 - our own argv
-                    child.argv,
-                    cwd=settings.BASE_DIR,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    text=True,
-                    errors="replace",
-                    bufsize=1,
-                    start_new_session=True,  # signals reach them from us only, in order
-                    preexec_fn=_die_with_parent,  # before any reader thread starts
-                )
-            for child in children:
-                child.reader = threading.Thread(target=self._pump, args=(child,), daemon=True)
-                child.reader.start()
-            threading.Thread(target=self._announce, args=(opts, stop), daemon=True).start()
+                if not child.after_up:
+                    self._spawn(child, stop)
+            later = [child for child in children if child.after_up]
+            up = threading.Event()
+            threading.Thread(target=self._announce, args=(opts, stop, up, len(later)), daemon=True).start()
             while not stop.is_set():
+                if later and up.is_set():
+                    # From this thread: a child's death signal (PR_SET_PDEATHSIG) follows the thread that made it.
+                    for child in later:
+                        self._spawn(child, stop)
+                    later = []
                 for child in children:
-                    code = child.proc.poll()
+                    code = child.proc.poll() if child.proc is not None else None
                     if code is not None:
                         failed = f"{child.name} exited with status {code}; stopped the others"
                         stop.set()
@@ -203,10 +209,33 @@ class Command(BaseCommand):
             if reason:
                 self._say(f"{reason[0]}: stopping web, worker and beat")
         finally:
+            with self._spawning:  # no agent starts while the others stop
+                stop.set()
             self._stop_children(children)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return failed
+
+    def _spawn(self, child: Child, stop: threading.Event) -> None:
+        """Start one child (unless everything is stopping) with its output pumped to ours."""
+        with self._spawning:
+            if stop.is_set():
+                return
+            child.proc = subprocess.Popen(  # noqa: S603 - our own argv
+                child.argv,
+                cwd=settings.BASE_DIR,
+                env=self._env_for_children,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                errors="replace",
+                bufsize=1,
+                start_new_session=True,  # signals reach them from us only, in order
+                preexec_fn=_die_with_parent,  # async-signal-safe enough: a call into the libc loaded at import
+            )
+            child.reader = threading.Thread(target=self._pump, args=(child,), daemon=True)
+            child.reader.start()
 
     def _pump(self, child: Child) -> None:
         prefix = f"{child.name:<6}| "
@@ -217,7 +246,8 @@ class Command(BaseCommand):
                 sys.stdout.write(prefix + line if line.endswith("\n") else prefix + line + "\n")
                 sys.stdout.flush()
 
-    def _announce(self, opts, stop: threading.Event) -> None:
+    def _announce(self, opts, stop: threading.Event, up: threading.Event, agents: int) -> None:
+        """Say where the site is once it answers, and set `up` (the agents wait for it)."""
         host = opts["addr"] if opts["addr"] not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
         host = f"[{host}]" if ":" in host else host
         base = f"http://{host}:{opts['port']}"
@@ -230,6 +260,9 @@ class Command(BaseCommand):
                             f"Suanli is up: site {base}/  admin {base}/admin/  API docs {base}/api/docs/"
                             "  (Ctrl-C stops everything)"
                         )
+                        if agents:
+                            self._say(f"starting {agents} simulated agents for the demo servers")
+                        up.set()
                         return
             except OSError:
                 pass
