@@ -198,6 +198,11 @@ class Client:
             return Outcome(RETRY, resp.status, detail=f"unexpected HTTP {resp.status}")
         return self._failure(resp)
 
+    def signed(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> Response:
+        """One signed request of any method (the volume-transfer endpoints: agents/transfers.py), signed over
+        `body`; any HTTP answer is returned, no answer raises TransportError."""
+        return self._signed(method, path, body, headers)
+
     def _failure(self, resp: Response) -> Outcome:
         """RETRY or REFUSED for an answer that is not a success."""
         retry_after = parse_retry_after(resp.headers.get("Retry-After"), self.wall())
@@ -208,20 +213,25 @@ class Client:
             return Outcome(RETRY, resp.status, retry_after, detail=_detail(resp))
         return Outcome(REFUSED, resp.status, detail=_detail(resp))
 
-    def _signed(self, method: str, path: str, body: bytes) -> Response:
+    def _signed(self, method: str, path: str, body: bytes, extra: dict[str, str] | None = None) -> Response:
         """One signed request; re-signed once when a 401 comes with a Date that shows our clock is off."""
         if not self.agent_id or not self.secret:
             raise ValueError("a signed request needs agent_id and secret")
         skew = self.skew
-        resp = self._signed_once(method, path, body)
+        resp = self._signed_once(method, path, body, extra)
         if resp.status == 401 and abs(self.skew - skew) >= SKEW_TOLERANCE_S:
-            resp = self._signed_once(method, path, body)  # the platform's Date shows our clock is off: sign again
+            resp = self._signed_once(method, path, body, extra)  # the platform's Date shows our clock is off
         return resp
 
-    def _signed_once(self, method: str, path: str, body: bytes) -> Response:
+    def _signed_once(self, method: str, path: str, body: bytes, extra: dict[str, str] | None = None) -> Response:
         timestamp = int(self.wall() + self.skew)
-        headers = signing.headers(self.agent_id or "", self.secret or "", body, timestamp)
-        resp = self.post(path, body, headers) if method == "POST" else self.get(path, headers)
+        headers = {**(extra or {}), **signing.headers(self.agent_id or "", self.secret or "", body, timestamp)}
+        if method == "POST":
+            resp = self.post(path, body, headers)
+        elif method == "GET":
+            resp = self.get(path, headers)
+        else:
+            resp = self.request(method, path, body, headers)
         self._learn_skew(resp)
         return resp
 

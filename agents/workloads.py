@@ -19,7 +19,9 @@ Every `poll` seconds (3 by default) in its own thread, `Reconciler.tick()`:
    Volumes (issue 16) go first: the runtime's `Volumes` is asked to make each volume of the desired state's
    `volumes` that is missing and to wipe each of `volumes_to_wipe` that no workload of ours still mounts (both in
    the background). A workload that mounts a volume not ready yet is not started: it stays `pending` with a message
-   that says which volume it waits for (and why, when the volume failed).
+   that says which volume it waits for (and why, when the volume failed). Then the volume moves of the desired
+   state (`volume_transfers_out` and `_in`) go to `Transfers.sync` (agents/transfers.py), which copies them through
+   the platform in threads of their own.
 3. Publishes a snapshot for the reports (`report_fields`): one entry per workload, as the contract says, and
    `workloads_version`, the highest desired version whose removals are all done (nothing of a workload absent from
    it remains on the host). A workload removed after it left the desired state is reported `cleaned` in the next
@@ -54,6 +56,7 @@ from agents.runtime.base import (
 )
 from agents.runtime.volumes import READY, UnsupportedVolumes, Volumes, VolumeStatus
 from agents.spool import atomic_write
+from agents.transfers import Transfers
 
 log = logging.getLogger("suanli.agent.workloads")
 
@@ -118,6 +121,8 @@ class Reconciler:
             f"volumes are not supported by the {runtime.name} runtime"
         )
         self._volumes: dict[int, VolumeStatus] = {}
+        # Volume moves (agents/transfers.py): a worker per move listed, copying through the platform.
+        self.transfers = Transfers(client, self.volumes) if hasattr(client, "signed") else None
         self._waiting: dict[int, str] = {}  # workload id -> why it is not started yet (a volume not ready)
         self._refused: dict[int, str] = {}  # workload id -> why it is never started (another organisation's volume)
         self.attempt = 0
@@ -214,6 +219,8 @@ class Reconciler:
         expired: set[int] = set()
         if desired is not None:
             self._sync_volumes(desired, observed)
+            if self.transfers is not None:
+                self.transfers.sync(self._raw)
             for spec in desired.workloads:
                 if spec.stop_by is not None and now >= spec.stop_by:
                     expired.add(spec.id)
