@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema
+from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins
+from rest_framework.decorators import action
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -11,10 +14,12 @@ from rest_framework.response import Response
 from accounts.access import Actor
 from accounts.apiviews import OrgAPIView, TenantViewSet
 from accounts.permissions import HasOrganization
+from billing import pdf
 from billing.access import access_invoice, invoices_visible, with_lines
 from billing.metering import lease_usage
 from billing.models import Invoice
 from billing.serializers import InvoiceOutput, InvoiceSummary, UsageOutput
+from billing.views_invoices import invoice_view
 from scheduler.access import access_lease
 
 
@@ -43,6 +48,17 @@ class InvoiceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantVie
 
     def get_serializer_class(self):
         return InvoiceSummary if self.action == "list" else InvoiceOutput
+
+    @extend_schema(responses={(200, "application/pdf"): OpenApiResponse(OpenApiTypes.BINARY, "The invoice as A4 PDF")})
+    @action(detail=True, methods=["get"])
+    def pdf(self, request: Request, pk: str) -> HttpResponse:
+        """The invoice as the same A4 PDF as its page's (for scripts and the `suanli` command line). Send
+        `Accept: application/pdf, application/json` (errors are JSON)."""
+        invoice = self.get_object()
+        response = HttpResponse(pdf.invoice_pdf(invoice_view(invoice)), content_type="application/pdf")
+        response["Content-Disposition"] = f'attachment; filename="{invoice.number}.pdf"'
+        response["Cache-Control"] = "private"
+        return response
 
 
 class LeaseUsageApi(OrgAPIView):

@@ -609,7 +609,9 @@ def invoices_show(invoice_id: int) -> None:
 @click.option("-o", "--output", "target", metavar="FILE", help=_("Where to write it."))
 def invoices_pdf(invoice_id: int, target: str | None) -> None:
     client = state().client()
-    response = client.get(f"invoices/{invoice_id}/pdf/", raw=True, headers={"Accept": "application/pdf"})
+    response = client.get(
+        f"invoices/{invoice_id}/pdf/", raw=True, headers={"Accept": "application/pdf, application/json;q=0.9"}
+    )
     name = target or _filename(response.headers.get("Content-Disposition")) or f"invoice-{invoice_id}.pdf"
     total = int(response.headers.get("Content-Length") or 0) or None
     sink = sys.stdout.buffer if name == "-" else open(name, "wb")  # noqa: SIM115 (closed below)

@@ -20,7 +20,7 @@ from cli.i18n import _
 
 PLANS = ("card_hour", "server_month", "pflops_year")
 INTERCONNECTS = ("nvlink", "pcie", "infinity_fabric", "hccs")
-CURRENCIES = ("USD", "CNY", "EUR")
+CURRENCIES = ("USD", "CNY")
 ORDERINGS = ("price", "-price", "gpus_free", "-gpus_free", "reliability", "-reliability", "newest")
 SORT_ALIASES = {"cards": "gpus_free", "-cards": "-gpus_free", "gpus": "gpus_free", "-gpus": "-gpus_free"}
 PRICE_PLACES = 6
@@ -285,15 +285,14 @@ def _meaning(name: str, op: str, value: str, word: Token, query: str) -> dict:
 
 def resolve_gpu(filters: Filters, catalogue: list[dict], query: str = "") -> int | None:
     """The catalogue id `gpu=` names: an id, a whole name (any case), or words all found in exactly one name
-    (`H100_SXM`, `"h100 sxm"`, `4090`). QueryError pointing at the word when none or several match."""
+    (`H100_SXM`, `"h100 sxm"`, `4090`; a number is an id where one has it). QueryError pointing at the word when
+    none or several match."""
     if filters.gpu is None:
         return None
     wanted = filters.gpu.strip()
     start, end = filters.spans.get("gpu", (0, len(query)))
-    if wanted.isdigit():
-        if any(model["id"] == int(wanted) for model in catalogue):
-            return int(wanted)
-        raise QueryError(_("no GPU model has id {id}").format(id=wanted), query, start, end)
+    if wanted.isdigit() and any(model["id"] == int(wanted) for model in catalogue):
+        return int(wanted)  # an id first; a number that is no id may still be a name's word (4090)
     for model in catalogue:
         if model["name"].lower() == wanted.lower():
             return model["id"]

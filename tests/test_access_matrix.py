@@ -125,6 +125,7 @@ ACCESS: dict[str, str] = {
     "lease-usage": "api_tenant_object",
     "invoice-list": "api_tenant_list",
     "invoice-detail": "api_tenant_object",
+    "invoice-pdf": "api_tenant_object",
     "balance": "api_tenant_list",
     "balance-top-ups": "api_tenant_list",
     "balance-entries": "api_tenant_list",

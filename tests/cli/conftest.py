@@ -120,3 +120,7 @@ def assert_items_valid(items: list, openapi: dict, path: str) -> None:
     schema = item_schema(openapi, path)
     for item in items:
         assert_valid(item, schema)
+
+
+# The workload tests' enrolled server and its agent (signed reports through the real API), shared.
+from tests.workloads.conftest import _forget_telemetry_partitions, h100  # noqa: E402, F401
