@@ -4,8 +4,10 @@ provider's offers and earnings, the staff pages (invoices and organisations have
 from django.urls import path
 
 from billing import views as billing_views
+from inventory.agent_package import wheel_filename
 from marketplace import (
     views,
+    views_agent,
     views_leases,
     views_offers,
     views_provider,
@@ -21,6 +23,10 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("favicon.ico", views.favicon, name="favicon"),
     path("dashboard/", views.dashboard, name="dashboard"),
+    path("agent/", views_agent.agent_index, name="agent_index"),
+    path("agent/suanli-agent.whl", views_agent.agent_wheel_latest, name="agent_wheel_latest"),
+    path(f"agent/{wheel_filename()}", views_agent.agent_wheel, name="agent_wheel"),
+    path("agent/suanli-agent.service", views_agent.agent_service, name="agent_service"),
     path("offers/", views_offers.offer_search, name="offer_search"),
     path("offers/<int:offer_id>/", views_offers.offer_detail, name="offer_detail"),
     path("offers/<int:offer_id>/estimate/", views_offers.offer_estimate, name="offer_estimate"),

@@ -158,20 +158,23 @@ def platform_url(request: HttpRequest) -> str:
 
 
 def agent_install_command(*, url: str, token: str, force: bool = False) -> str:
-    """agents/README.md's install steps as one line, run on the GPU host from a folder holding the suanli
-    wheel and deploy/suanli-agent.service. Creating the user is skipped where it exists (a second try)."""
+    """agents/README.md's install steps as one line for the GPU host: the agent's wheel and its systemd unit come
+    from this site (marketplace/views_agent.py; pip checks the wheel's SHA-256). Creating the user is skipped where
+    it exists (a second try)."""
+    from marketplace.views_agent import agent_wheel_url
+
     enroll = f"sudo suanli-agent enroll --url {shlex.quote(url)} --token {shlex.quote(token)}"
     if force:
         enroll += " --force"
     steps = [
         "sudo python3 -m venv /opt/suanli-agent",
-        "sudo /opt/suanli-agent/bin/pip install nvidia-ml-py",
-        "sudo /opt/suanli-agent/bin/pip install --no-deps ./suanli-*.whl",
+        f"sudo /opt/suanli-agent/bin/pip install {shlex.quote(agent_wheel_url(url))}",
         "sudo ln -sf /opt/suanli-agent/bin/suanli-agent /usr/local/bin/suanli-agent",
         "(id -u suanli-agent >/dev/null 2>&1 || sudo useradd --system --no-create-home"
         " --shell /usr/sbin/nologin --groups video suanli-agent)",
         enroll,
-        "sudo install -m 0644 deploy/suanli-agent.service /etc/systemd/system/suanli-agent.service",
+        f"sudo curl -fsSL {shlex.quote(url + '/agent/suanli-agent.service')}"
+        " -o /etc/systemd/system/suanli-agent.service",
         "sudo systemctl daemon-reload",
         "sudo systemctl enable --now suanli-agent",
     ]

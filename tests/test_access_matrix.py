@@ -36,6 +36,8 @@ RULES: dict[str, dict[str, set]] = {
     "public": dict.fromkeys(PERSONAS, {200}),
     # A fixed redirect anyone follows (/favicon.ico to the static icon).
     "public_redirect": dict.fromkeys(PERSONAS, {301}),
+    # A moving alias anyone follows (/agent/suanli-agent.whl to the current wheel's versioned name).
+    "public_alias": dict.fromkeys(PERSONAS, {302}),
     # A listed offer names its provider by design: bob's organisation name may appear, nothing else of his.
     "public_listing": dict.fromkeys(PERSONAS, {200}),
     "post_only": dict.fromkeys(PERSONAS, {405}),  # GET is not allowed to anyone (a form POST, a credential swap)
@@ -150,6 +152,10 @@ ACCESS: dict[str, str] = {
     "org:api_key_revoke": "post_only",
     "marketplace:home": "public",
     "marketplace:favicon": "public_redirect",
+    "marketplace:agent_index": "public",
+    "marketplace:agent_wheel": "public",
+    "marketplace:agent_wheel_latest": "public_alias",
+    "marketplace:agent_service": "public",
     "marketplace:dashboard": "page_list",
     "marketplace:offer_search": "public_listing",
     "marketplace:offer_detail": "public_listing",

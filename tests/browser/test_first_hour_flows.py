@@ -159,3 +159,87 @@ def test_a_second_organisation_never_switches_silently_and_a_link_into_it_switch
     assert page.goto(f"/leases/{foreign.pk}/").status == 404
     assert page.get_by_text("Charlie Corp").count() == 0
     _no_page_errors(page)
+
+
+# --- a pending provider -----------------------------------------------------------------------------------
+
+PROVIDER_WORDS = {
+    "en": {
+        "pending": "Pending approval.",
+        "register_link": "Register a server",
+        "api": "through the API",
+        "name": "Name",
+        "region": "Region",
+        "model": "GPU model",
+        "gpus": "GPUs",
+        "cpu": "CPU cores",
+        "ram": "RAM (GB)",
+        "disk": "Disk (GB)",
+        "register_button": "Register server",
+        "command": "Agent install command",
+    },
+    "zh-hans": {
+        "pending": "待审核。",
+        "register_link": "登记服务器",
+        "api": "通过 API",
+        "name": "名称",
+        "region": "地域",
+        "model": "GPU 型号",
+        "gpus": "GPU 数",
+        "cpu": "CPU 核数",
+        "ram": "内存（GB）",
+        "disk": "磁盘（GB）",
+        "register_button": "登记服务器",
+        "command": "代理程序安装命令",
+    },
+}
+
+
+@pytest.mark.parametrize(("locale", "language"), LANGUAGES)
+def test_a_pending_providers_dashboard_says_what_to_do_and_the_server_page_gives_one_install_line(
+    open_as, locale, language
+):
+    import hashlib
+
+    from inventory.agent_package import current
+    from inventory.models import Server
+    from tests.conftest import make_persona
+    from tests.factories import GpuModelFactory
+
+    words = PROVIDER_WORDS[language]
+    GpuModelFactory(name="Pending H100")
+    persona = make_persona(
+        OrganizationFactory(name="New GPU Co", kind="provider", status="pending"), email=f"new-{language}@example.com"
+    )
+    page = open_as(persona.user, locale=locale)
+    page.goto("/dashboard/")
+    banner = page.locator("#pending-banner")
+    banner.get_by_text(words["pending"]).wait_for()
+    assert page.get_by_text(words["api"]).count() == 0, "the dashboard still sends a provider to the API"
+    screenshot(page, f"first-hour-pending-provider-{language}")
+
+    banner.get_by_role("link", name=words["register_link"]).click()
+    page.wait_for_url(re.compile(r"/servers/$"))
+    form = page.locator('form[action="/servers/"]')
+    form.get_by_label(words["name"], exact=True).fill("new-node-01")
+    form.get_by_label(words["region"]).fill("cn-north-1")
+    form.get_by_label(words["model"]).select_option(label="Pending H100")
+    form.get_by_label(words["gpus"], exact=True).fill("8")
+    form.get_by_label(words["cpu"]).fill("96")
+    form.get_by_label(words["ram"]).fill("1024")
+    form.get_by_label(words["disk"], exact=True).fill("8000")
+    form.get_by_role("button", name=words["register_button"]).click()
+    page.wait_for_url(re.compile(r"/servers/\d+/$"))
+
+    line = page.get_by_label(words["command"]).input_value()
+    wheel = current()
+    assert "\n" not in line and "suanli-*.whl" not in line
+    assert f"/agent/{wheel.filename}#sha256={wheel.sha256}" in line
+    assert re.search(r"sudo suanli-agent enroll --url \S+ --token enr_[A-Za-z0-9_-]+", line)
+    screenshot(page, f"first-hour-install-line-{language}")
+    # The wheel the line names is there, with that checksum.
+    url = re.search(r"(http\S+?\.whl)#sha256=", line).group(1)
+    answer = page.request.get(url)
+    assert answer.ok and hashlib.sha256(answer.body()).hexdigest() == wheel.sha256
+    assert Server.objects.get(name="new-node-01").organization.name == "New GPU Co"
+    _no_page_errors(page)

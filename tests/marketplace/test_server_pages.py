@@ -8,6 +8,7 @@ import pytest
 from django.utils import timezone
 
 from accounts.models import Role
+from inventory.agent_package import current
 from inventory.models import Gpu, GpuModel, Server
 from inventory.services import enrollment_token_hash
 from tests.factories import GpuFactory, GpuModelFactory, MembershipFactory, ServerFactory
@@ -184,16 +185,16 @@ def test_registering_a_server_shows_its_install_command_with_the_token_once(clie
     match = TOKEN_RE.search(body)
     assert match, "the install command with the token is on the page"
     assert enrollment_token_hash(match.group(1)) == server.enrollment_token_hash
-    # agents/README.md's steps, in order, with this site's address.
+    # agents/README.md's steps, in order, with this site's address: the wheel and the unit come from the site.
     command = response.context["install_command"]
+    wheel = current()
     steps = [
         "sudo python3 -m venv /opt/suanli-agent",
-        "/opt/suanli-agent/bin/pip install nvidia-ml-py",
-        "/opt/suanli-agent/bin/pip install --no-deps ./suanli-*.whl",
+        f"/opt/suanli-agent/bin/pip install 'http://testserver/agent/{wheel.filename}#sha256={wheel.sha256}'",
         "ln -sf /opt/suanli-agent/bin/suanli-agent /usr/local/bin/suanli-agent",
         "useradd --system --no-create-home --shell /usr/sbin/nologin --groups video suanli-agent",
         f"sudo suanli-agent enroll --url http://testserver --token {match.group(1)}",
-        "install -m 0644 deploy/suanli-agent.service /etc/systemd/system/suanli-agent.service",
+        "curl -fsSL http://testserver/agent/suanli-agent.service -o /etc/systemd/system/suanli-agent.service",
         "systemctl daemon-reload",
         "systemctl enable --now suanli-agent",
     ]
