@@ -65,7 +65,7 @@ def test_seed_demo_builds_two_active_providers_with_enrolled_online_servers(db):
 
 
 def test_demo_users_can_log_in_on_the_web_and_the_api(db):
-    output = seed()
+    output = seed("--no-history")
     for email in ("admin@suanli.local", "customer@suanli.local", "bob@suanli.local", "shenzhen@suanli.local"):
         assert authenticate(email=email, password=PASSWORD) is not None, email
         assert EmailAddress.objects.filter(email=email, verified=True, primary=True).exists()
@@ -98,16 +98,25 @@ def test_demo_customers_get_terms_and_money_before_they_rent_under_the_prepaid_d
     for org, currency, reference in ((labs, "USD", "DEMO-WIRE-DL-0001"), (lab, "CNY", "DEMO-CMB-QM-0001")):
         terms = BillingTerms.objects.get(organization=org)
         assert (terms.mode, terms.credit_limit, terms.currency) == ("prepaid", 0, currency)
-        [transfer] = BalanceEntry.objects.filter(organization=org)
+        # The first money in, before any lease (the demo's past adds more transfers and its settlements).
+        transfer = BalanceEntry.objects.filter(organization=org).order_by("created_at").first()
         assert (transfer.kind, transfer.reference, transfer.currency) == ("bank_transfer", reference, currency)
         assert transfer.created_by.email == "admin@suanli.local"
+        assert transfer.created_at < Lease.objects.filter(organization=org).order_by("start_at").first().start_at
     terms = BillingTerms.objects.get(organization=enterprise)
     assert (terms.mode, terms.credit_limit, terms.currency) == ("postpaid", 500000, "CNY")
     assert not BalanceEntry.objects.filter(organization=enterprise).exists()
-    leases = {org.name: list(Lease.objects.filter(organization=org)) for org in (labs, lab, enterprise)}
-    assert [(x.plan, x.gpu_count, x.state) for x in leases["Demo Labs"]] == [("card_hour", 2, "active")]
+    # Today's leases, each running its template's workload (the live ones; the past ones have ended).
+    leases = {
+        org.name: list(Lease.objects.filter(organization=org, state="active").order_by("pk"))
+        for org in (labs, lab, enterprise)
+    }
+    assert [(x.plan, x.gpu_count, x.workload_spec.template.slug) for x in leases["Demo Labs"]] == [
+        ("card_hour", 2, "pytorch-jupyter")
+    ]
     assert [(x.plan, x.gpu_count) for x in leases["Qiming Research Lab"]] == [("card_hour", 4)]
     assert [(x.plan, x.gpu_count) for x in leases["Hengtai Enterprise AI"]] == [("server_month", 8)]
+    assert all(lease.workloads.exists() for leased in leases.values() for lease in leased)
     for org in (labs, lab, enterprise):  # covered for weeks, not about to be stopped
         money = standing(org)
         assert money.available is not None and money.available > money.burn_per_hour * 24 * 14, org.name

@@ -1,15 +1,22 @@
-"""Demo data for a fresh site: staff, two providers with enrolled, online servers, and three customers on the terms
-real ones get, each renting a little.
+"""Demo data for a fresh site: staff, two providers with enrolled, online servers, three customers on the terms
+real ones get, two closed months of history, and today's leases.
 
 New organisations are prepaid by default (SUANLI_DEFAULT_PAYMENT_MODE): a lease their balance cannot cover is
 refused with 402. So, before its leases are made, each demo customer gets what staff would give it: the two
 prepaid ones a bank transfer received (a ledger entry with the bank's reference) that covers their demo leases for
 weeks, the enterprise customer postpaid terms with a staff credit limit.
 
+On a database where it fits (no demo lease yet, nothing metered or closed in those months), the world is made ten
+days before the month before last and the demo's past follows (marketplace/demo_history.py: leases on every plan,
+a failed card and its credit note, a preempted interruptible lease, both months metered and closed, invoices paid
+from the balance and one left open, statements and a payout, the charts' last seven days); `--no-history` skips
+it. Today's leases run a workload of a public template, so the simulated agents (`manage.py dev`) run them and
+their cards read busy.
+
 Idempotent: every object is looked up by its natural identity first (email, organisation name and owner,
 server name within its organisation, the bank reference) and only created when missing: terms are set only on an
-organisation that has none, leases made only for a customer that never had one. Running it twice changes nothing
-and it is safe on a database that already has data. Writes go through the services where one exists.
+organisation that has none, leases made only for a customer that never had one, the past only once. Running it
+twice changes nothing and it is safe on a database that already has data. Writes go through the services.
 """
 
 from __future__ import annotations
@@ -27,14 +34,14 @@ from django.utils import timezone
 from accounts import services as accounts_services
 from accounts.models import ApiKey, Organization, Role, User
 from billing import services as billing_services
-from billing.models import BillingTerms, PaymentMode
+from billing.models import BillingTerms, Invoice, PaymentMode
 from inventory import services as inventory_services
 from inventory.models import Gpu, GpuModel, Offer, Server
+from marketplace import demo_history
 from marketplace import services as marketplace_services
-from scheduler import services as scheduler_services
 from scheduler.models import Lease
 from workloads import services as workloads_services
-from workloads.models import SshKey
+from workloads.models import SshKey, Template
 
 PASSWORD = "suanli-demo-pass"  # noqa: S105 (the documented demo password, printed at the end)
 ADMIN_EMAIL = "admin@suanli.local"
@@ -64,11 +71,16 @@ class DemoProvider:
 
 @dataclass(frozen=True)
 class DemoLease:
+    """A lease a demo customer holds today, running a workload of a public template (so its simulated agent runs it
+    and its cards read busy). `since_last_month`: with the demo's past, made on the 13th of last month instead."""
+
     plan: str
     gpu_model: str  # catalogue slug
+    template: str  # public template slug
     gpu_count: int | None = None
     servers: int | None = None
-    days: int | None = None  # a contract's term from now (card-hour leases run until ended)
+    days: int | None = None  # a contract's term from when it is made (card-hour leases run until ended)
+    since_last_month: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,7 +107,7 @@ CUSTOMERS = (
         mode=PaymentMode.PREPAID,
         transfer="5000.00",
         reference="DEMO-WIRE-DL-0001",
-        leases=(DemoLease("card_hour", "h100-sxm5-80gb", gpu_count=2),),
+        leases=(DemoLease("card_hour", "h100-sxm5-80gb", "pytorch-jupyter", gpu_count=2),),
     ),
     # A university lab on four RTX 4090s by the hour: 8.80 CNY an hour against 30,000 CNY paid in.
     DemoCustomer(
@@ -105,7 +117,7 @@ CUSTOMERS = (
         mode=PaymentMode.PREPAID,
         transfer="30000.00",
         reference="DEMO-CMB-QM-0001",
-        leases=(DemoLease("card_hour", "rtx-4090-24gb", gpu_count=4),),
+        leases=(DemoLease("card_hour", "rtx-4090-24gb", "cuda-ssh", gpu_count=4),),
     ),
     # An enterprise on a monthly invoice: a whole A800 server by the month (52,000 CNY) within its credit limit.
     DemoCustomer(
@@ -114,7 +126,7 @@ CUSTOMERS = (
         currency="CNY",
         mode=PaymentMode.POSTPAID,
         credit_limit="500000.00",
-        leases=(DemoLease("server_month", "a800-sxm4-80gb", servers=1, days=90),),
+        leases=(DemoLease("server_month", "a800-sxm4-80gb", "cuda-ssh", servers=1, days=90, since_last_month=True),),
     ),
 )
 
@@ -202,31 +214,89 @@ class Command(BaseCommand):
             default="",
             help="The address the site answers on, for the example printed at the end (default: SITE_URL).",
         )
+        parser.add_argument(
+            "--no-history",
+            action="store_true",
+            help="Start the demo today: no closed months, invoices, statements or telemetry history.",
+        )
 
-    def handle(self, *args, new_token: bool = False, site_url: str = "", **options) -> None:
-        with transaction.atomic():
-            admin = self._user(ADMIN_EMAIL, staff=True)
-            customer = self._user(CUSTOMER_EMAIL)
-            self._ssh_key(customer)
-            customers = []
-            for demo in CUSTOMERS:
-                owner = self._user(demo.owner)
-                org = self._org(
-                    demo.name, owner=owner, kind=Organization.Kind.CUSTOMER, currency=demo.currency, staff=admin
-                )
-                self._terms(org, demo, staff=admin)
-                customers.append((org, demo))
-            for provider in PROVIDERS:
-                owner = self._user(provider.owner)
-                org = self._org(
-                    provider.name, owner=owner, kind=Organization.Kind.PROVIDER, currency=provider.currency, staff=admin
-                )
-                for spec in provider.servers:
-                    self._server(org, provider, spec)
-            token = self._customer_token(customer, new_token)
-        for org, demo in customers:  # each lease in its own transaction (lease_create retries after a deadlock)
-            self._leases(org, demo)
+    def handle(self, *args, new_token: bool = False, site_url: str = "", no_history: bool = False, **options):
+        now = timezone.now()
+        names = [demo.name for demo in CUSTOMERS]
+        why = "--no-history" if no_history else demo_history.blocker(now, names)
+        if why:
+            token, servers = self._present(new_token, now)
+            if not Invoice.objects.filter(organization__name__in=names).exists():
+                self.stdout.write(f"The demo's past is not added: {why}.")
+        else:
+            token, servers = self._with_history(new_token, now)
         self._report(token, (site_url or settings.SITE_URL).rstrip("/"))
+
+    def _present(self, new_token: bool, now) -> tuple[str | None, list[Server]]:
+        """The demo world, each customer's leases made today (once: never for a customer that has had one)."""
+        with transaction.atomic():
+            admin, customers, servers, token = self._world(new_token)
+        for org, demo in customers:  # each lease in its own transaction (lease_create retries after a deadlock)
+            if not Lease.objects.for_org(org).exists():
+                self._leases(org, demo, now, contracts_too=True)
+        billing_services.meter(until=now)
+        return token, servers
+
+    def _with_history(self, new_token: bool, now) -> tuple[str | None, list[Server]]:
+        """The demo world made ten days before its first closed month, its past (marketplace/demo_history.py), then
+        today's leases and the telemetry of the last days; all in one transaction, so a failure leaves nothing."""
+        span = demo_history.months(now)
+        with transaction.atomic():
+            with demo_history.clock_at(span.start):
+                admin, customers, servers, token = self._world(new_token)
+            by_name = {org.name: org for org, _demo in customers}
+            by_name.update({org.name: org for org in Organization.objects.filter(servers__in=servers).distinct()})
+            demos = {org.name: demo for org, demo in customers}
+
+            def contracts(org: Organization, at) -> None:
+                with demo_history.clock_at(at):
+                    self._leases(org, demos[org.name], at, only_since_last_month=True)
+
+            demo_history.build(
+                demo_history.Demo(
+                    staff=admin,
+                    orgs=by_name,
+                    live_leases=contracts,
+                    say=self.stdout.write,
+                ),
+                now,
+            )
+            for org, demo in customers:
+                self._leases(org, demo, now)
+            rows = demo_history.telemetry_history(servers, now)
+            self.stdout.write(f"wrote {rows} telemetry points of the last {demo_history.TELEMETRY_DAYS} days")
+            billing_services.meter(until=now)
+            demo_history.servers_seen(servers, now)
+        return token, servers
+
+    def _world(self, new_token: bool):
+        """Staff, customers with their terms and first bank transfer, providers with their listed servers, and the
+        demo customer's API token (when it has none or --new-token)."""
+        admin = self._user(ADMIN_EMAIL, staff=True)
+        customer = self._user(CUSTOMER_EMAIL)
+        self._ssh_key(customer)
+        customers = []
+        for demo in CUSTOMERS:
+            owner = self._user(demo.owner)
+            org = self._org(
+                demo.name, owner=owner, kind=Organization.Kind.CUSTOMER, currency=demo.currency, staff=admin
+            )
+            self._terms(org, demo, staff=admin)
+            customers.append((org, demo))
+        servers = []
+        for provider in PROVIDERS:
+            owner = self._user(provider.owner)
+            org = self._org(
+                provider.name, owner=owner, kind=Organization.Kind.PROVIDER, currency=provider.currency, staff=admin
+            )
+            servers += [self._server(org, provider, spec) for spec in provider.servers]
+        token = self._customer_token(customer, new_token)
+        return admin, customers, servers, token
 
     # --- the pieces ---------------------------------------------------------------------------------------
 
@@ -274,14 +344,26 @@ class Command(BaseCommand):
             if created:
                 self.stdout.write(f"recorded a bank transfer of {demo.transfer} {demo.currency} for {org.name}")
 
-    def _leases(self, org: Organization, demo: DemoCustomer) -> None:
-        """The customer's demo leases, made once: never again once it has had any lease (ended ones included)."""
-        if Lease.objects.for_org(org).exists():
-            return
-        now = timezone.now()
+    def _leases(
+        self, org: Organization, demo: DemoCustomer, now, *, contracts_too: bool = False, only_since_last_month=False
+    ) -> None:
+        """The customer's leases of today, made at `now`, each running its template's workload as the owner asks
+        it (with the owner's SSH keys). Those `since_last_month` are made only when asked (`contracts_too`, or
+        `only_since_last_month` from the demo's past)."""
+        owner = User.objects.get(email=demo.owner)
         for spec in demo.leases:
-            lease = scheduler_services.lease_create(
+            if spec.since_last_month and not (contracts_too or only_since_last_month):
+                continue
+            if only_since_last_month and not spec.since_last_month:
+                continue
+            template = Template.objects.unscoped("public templates have no owner").get(
+                organization=None, slug=spec.template
+            )
+            keys = list(SshKey.objects.filter(user=owner).values_list("pk", flat=True))
+            lease = workloads_services.lease_create(
                 org=org,
+                user=owner,
+                workload={"template": template.pk, "ssh_keys": keys},
                 plan=spec.plan,
                 gpu_count=spec.gpu_count,
                 servers=spec.servers,
@@ -289,7 +371,9 @@ class Command(BaseCommand):
                 end_at=now + timedelta(days=spec.days) if spec.days else None,
                 now=now,
             )
-            self.stdout.write(f"rented {lease.gpu_count} {spec.gpu_model} cards ({spec.plan}) for {org.name}")
+            self.stdout.write(
+                f"rented {lease.gpu_count} {spec.gpu_model} cards ({spec.plan}) for {org.name}, running {spec.template}"
+            )
 
     def _server(self, org: Organization, provider: DemoProvider, spec: DemoServer) -> Server:
         server = Server.objects.for_org(org).filter(name=spec.name).first()
