@@ -12,7 +12,9 @@ catalogue and pynvml's error class and return shapes in `agents/sim_catalogue.py
 - Load: a training-job pattern, deterministic for a seed and a time. Time runs in 30-minute blocks; a block is a job on
   every card (~70 %), a job on half the cards (~15 %) or idle. A job holds ~96 % utilisation with noise, dips for a
   checkpoint every 10 minutes, and fills ~88 % of memory; temperature follows the utilisation of the last minute,
-  power and clocks follow utilisation, power-capped when power nears the limit.
+  power and clocks follow utilisation, power-capped when power nears the limit. Under `suanli-agent run` with a
+  workload runtime (`follow_workloads`) a card is instead busy (the same job shape) while a running workload holds
+  it and idle (0 %, memory free) otherwise, as a rented and an unrented card are.
 - What a card of that model does not have raises `NVMLError(NVML_ERROR_NOT_SUPPORTED)`, as the real one does: no fans on
   SXM or passive cards, no ECC on the RTX 4090, row remapping instead of page retirement from Ampere on.
 
