@@ -10,7 +10,9 @@ each with a kind, a message and the objects behind it (ids, invoice numbers). Th
     credits, its tax the rate of the rest and its total subtotal - credits + tax (`invoice_sums`). Storage records
     likewise against their volumes' storage lines, and each against its own rating and volume (storage.py:
     `storage_not_invoiced`, `storage_after_close`, `storage_line_amount`, `storage_line_without_records`,
-    `storage_record`).
+    `storage_record`). Data-access records against their sessions' lines and each against its session
+    (data_access.py: `access_not_invoiced`, `access_after_close`, `access_line_amount`,
+    `access_line_without_records`, `access_record`).
 (b) invoiced = paid + open + void, per currency: a month has no draft invoice left (`invoice_draft`); each paid
     invoice with a total is covered by succeeded Stripe payments in its currency (`paid_without_payment`); no open
     or void invoice has taken money (`payment_on_unpaid_invoice`) and none more than its total
@@ -32,8 +34,9 @@ each with a kind, a message and the objects behind it (ids, invoice numbers). Th
 
 Lists of ids in a mismatch are cut at MAX_IDS (the message gives the full count).
 
-This package holds `reconcile` and one module per check: usage.py, storage.py and invoices.py (a), payments.py (b),
-statements.py (c), stripe_checks.py (d), ledger.py (e); report.py holds the result, its CSV export and the shared reads.
+This package holds `reconcile` and one module per check: usage.py, storage.py, data_access.py and invoices.py (a),
+payments.py (b), statements.py (c), stripe_checks.py (d), ledger.py (e); report.py holds the result, its CSV export
+and the shared reads.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from accounts.errors import Conflict
 from accounts.tenancy import platform_work
 from billing import stripe_gateway as gateway
 from billing.invoicing import period_of
+from billing.reconciliation.data_access import check_data_access
 from billing.reconciliation.invoices import check_invoices
 from billing.reconciliation.ledger import LEDGER_KINDS, check_ledger
 from billing.reconciliation.payments import check_payments
@@ -75,6 +79,7 @@ def reconcile(label: str, *, now: datetime | None = None, stripe_api: bool = Tru
     result = Reconciliation(period=label, checked_at=now)
     check_usage(result, period)
     check_storage(result, period)
+    check_data_access(result, period)
     check_invoices(result, period)
     check_payments(result, period)
     check_statements(result, period)

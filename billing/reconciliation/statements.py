@@ -15,6 +15,7 @@ from django.db.models import Sum
 from billing import rating
 from billing.invoicing import Period, chargebacks
 from billing.models import Payout, ProviderStatement
+from billing.reconciliation.data_access import month_access
 from billing.reconciliation.report import ZERO, Reconciliation, month_usage
 from billing.reconciliation.storage import month_storage
 
@@ -49,9 +50,10 @@ def check_statements(result: Reconciliation, period: Period) -> None:
 
 
 def _usage_gross(period: Period) -> dict[Key, Decimal]:
-    """Each provider's usage and storage of the month per currency, rounded to money as its statement's gross is."""
+    """Each provider's usage, storage and data access of the month per currency, rounded to money as its statement's
+    gross is."""
     exact: dict[Key, Decimal] = defaultdict(Decimal)
-    for records in (month_usage(period), month_storage(period)):
+    for records in (month_usage(period), month_storage(period), month_access(period)):
         for row in (
             records.values("provider_id", "currency").annotate(a=Sum("amount")).order_by("provider_id", "currency")
         ):

@@ -118,6 +118,7 @@ def test_a_clean_month_reconciles_with_no_mismatch(settled, staff):
     assert result.counts == {
         "usage_records": 10,
         "storage_records": 0,
+        "data_access_records": 0,
         "invoices": 1,
         "statements": 1,
         "balance_entries": 0,
