@@ -7,6 +7,9 @@
   non-staff, and one's own is 403 (only staff pay).
 - `GET /api/v1/admin/reconciliation/?period=YYYY-MM` (staff): totals and mismatches; `?format=csv` or
   `Accept: text/csv` for the mismatches as CSV.
+- `POST /api/v1/admin/close-period/` `{"period": "YYYY-MM"}` (staff): what /staff/close-period/ does, for scripts and
+  the `suanli close-period` command: finalise the month's invoices and provider statements (idempotent), 409
+  `period_open` for a month not over yet.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from accounts.permissions import HasOrganization, IsStaff
 from accounts.serializers import StrictSerializer
 from billing import reconciliation, services
 from billing.access import access_statement, statements_with_payouts
+from billing.invoicing import close_period
 from billing.models import Payout, ProviderStatement
 from billing.stripe_gateway import PaymentProviderError, StripeUnavailable
 
@@ -201,3 +205,27 @@ class ReconciliationApi(OrgAPIView):
                 headers={"Content-Disposition": f'attachment; filename="{filename}"'},
             )
         return Response(result.as_dict())
+
+
+class ClosePeriodInput(StrictSerializer):
+    period = serializers.CharField(max_length=7, help_text="YYYY-MM, a month that is over")
+
+
+class ClosePeriodOutput(serializers.Serializer):
+    period = serializers.CharField()
+    invoices = serializers.IntegerField(help_text="Invoices made by this close (0 when it was closed before)")
+    statements = serializers.IntegerField(help_text="Provider statements made by this close")
+
+
+class ClosePeriodApi(OrgAPIView):
+    """Staff: close a month (billing.invoicing.close_period), as the staff page does."""
+
+    permission_classes = [IsAuthenticated, IsStaff]
+
+    @extend_schema(request=ClosePeriodInput, responses={200: ClosePeriodOutput})
+    def post(self, request: Request) -> Response:
+        data = ClosePeriodInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        label = data.validated_data["period"]
+        made = close_period(label)  # period_of checks the label (400) and refuses an open month (409)
+        return Response(ClosePeriodOutput({"period": label, **made}).data)

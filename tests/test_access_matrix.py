@@ -46,6 +46,8 @@ RULES: dict[str, dict[str, set]] = {
     # Staff read every tenant's objects (the staff policy, accounts/access.py), in the API and the pages alike.
     "api_tenant_object": {"anon": {401}, "foreign": {404}, "member": {200}, "agent": {401}, "staff": {200}},
     "api_staff": {"anon": {401}, "foreign": {403}, "member": {403}, "agent": {401}, "staff": {200, 400}},
+    # A staff action taken by POST (closing a month): others are refused before the method is looked at.
+    "api_staff_post_only": {"anon": {401}, "foreign": {403}, "member": {403}, "agent": {401}, "staff": {405}},
     # Staff's view of one organisation (its billing terms): another tenant's answers like a missing one, its own
     # members who are not staff are refused.
     "api_staff_object": {"anon": {401}, "foreign": {404}, "member": {403}, "agent": {401}, "staff": {200, 400}},
@@ -121,6 +123,7 @@ ACCESS: dict[str, str] = {
     "offer-detail": "public_listing",
     "invoice-pay": "api_post_only",
     "admin-reconciliation": "api_staff",
+    "admin-close-period": "api_staff_post_only",
     "payout-list": "api_tenant_list",
     "payout-detail": "api_tenant_object",
     "payout-pay": "api_post_only",

@@ -240,6 +240,7 @@ def world(alice, bob, staff, box, fake_stripe):
             {"enrollment_token": "x" * 20, "hostname": "h", "gpus": [{"index": 0, "uuid": "GPU-1", "name": "n"}]}
         ],
         "payout-pay": [{"bank_reference": "REF-1"}],
+        "admin-close-period": [{"period": "2026-01"}, {"period": "2999-12"}],
         "balance-top-ups": [{"amount": "25.00", "currency": "USD"}],
         "spend-limits": [{"monthly_cap": "100.00", "alert_at": [0.5, 0.9]}, {"monthly_cap": None}],
         "org-billing": [

@@ -230,7 +230,6 @@ VICTIM_OBJECTS: dict[str, Callable[[Victims], dict]] = {
     "agent-volume-transfer-failed": _bob_transfer,
     "invoice-detail": _alice_invoice,
     "invoice-pdf": _alice_invoice,
-    "invoice-pdf": _alice_invoice,
     "invoice-pay": _alice_invoice,
     "org-billing": _alice_org,
     "org-balance-adjustments": _alice_org,
