@@ -36,6 +36,9 @@ class OfferInput(StrictSerializer):
     storage_gb_month_price = serializers.DecimalField(
         **PRICE, help_text="Volumes on this server, per GB per calendar month (null: no volumes)."
     )
+    data_access_hour_price = serializers.DecimalField(
+        **PRICE, help_text="A data-access session without cards here, per hour (null: the platform's default)."
+    )
 
 
 class OfferChange(StrictSerializer):
@@ -47,6 +50,9 @@ class OfferChange(StrictSerializer):
     host_access = serializers.BooleanField(required=False)
     storage_gb_month_price = serializers.DecimalField(
         **PRICE, help_text="Volumes on this server, per GB per calendar month (null: no volumes)."
+    )
+    data_access_hour_price = serializers.DecimalField(
+        **PRICE, help_text="A data-access session without cards here, per hour (null: the platform's default)."
     )
 
 
@@ -113,6 +119,7 @@ class OfferOutput(serializers.ModelSerializer):
             "available_until",
             "host_access",
             "storage_gb_month_price",
+            "data_access_hour_price",
             "reliability",
             "created_at",
             "delisted_at",

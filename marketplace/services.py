@@ -45,9 +45,11 @@ def offer_create(
     currency: str | None = None,
     host_access: bool = False,
     storage_gb_month_price: Decimal | None = None,
+    data_access_hour_price: Decimal | None = None,
 ) -> Offer:
     """List `server` (one live offer per server: a second one is 409). `storage_gb_month_price` prices the
-    server's volumes (workloads.volumes; None: none on this server)."""
+    server's volumes (workloads.volumes; None: none on this server), `data_access_hour_price` a data-access session
+    on them (workloads.data_access; None: the platform's default)."""
     if server.organization_id != org.pk:
         raise InvalidInput("Not one of your servers.", fields={"server": ["Not one of your servers."]})
     if min_gpus > server.gpu_count:
@@ -64,6 +66,7 @@ def offer_create(
                 available_until=available_until,
                 host_access=host_access,
                 storage_gb_month_price=storage_gb_month_price,
+                data_access_hour_price=data_access_hour_price,
                 **fields,
             )
     except IntegrityError:

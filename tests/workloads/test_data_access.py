@@ -103,9 +103,12 @@ def test_a_session_is_served_without_cards_runs_and_ends(alice, store, settings)
 def test_the_price_is_the_offers_when_it_names_one_converted_into_the_organisations_currency(
     alice, bob, store, settings
 ):
-    from inventory.models import Offer
-
-    Offer.objects.filter(pk=store.offer_id).update(data_access_hour_price=Decimal("0.5000"), currency="CNY")
+    changed = bob.api.patch(
+        f"/api/v1/offers/{store.offer_id}/", {"data_access_hour_price": "0.5000", "currency": "CNY"}, format="json"
+    )
+    assert changed.status_code == 200 and changed.json()["data_access_hour_price"] == "0.5000"
+    zero = bob.api.patch(f"/api/v1/offers/{store.offer_id}/", {"data_access_hour_price": "0"}, format="json")
+    assert zero.status_code == 400 and "data_access_hour_price" in zero.json()["error"]["fields"]
     alice.org.currency = "USD"
     alice.org.save(update_fields=["currency"])
     vid = ready_volume(alice, store)
