@@ -1,12 +1,15 @@
-"""Template context: the organisation the page acts for and the user's other memberships (the switcher)."""
+"""Template context: the organisation the page acts for and the user's other memberships (the switcher); for
+visitors, whether a new account waits for its e-mail to be verified (accounts/verification.py)."""
 
 from django.http import HttpRequest
 
 
 def organization(request: HttpRequest) -> dict:
+    from accounts.verification import verification_required
+
     user = getattr(request, "user", None)
     if not (user and user.is_authenticated):
-        return {}
+        return {"email_verification_required": verification_required()}  # the sign-up page says the rule
     from accounts.selectors import memberships_for_user
 
     return {

@@ -119,7 +119,17 @@ class UserOutput(serializers.Serializer):
 class RegisterOutput(serializers.Serializer):
     user = UserOutput()
     organization = OrganizationOutput()
-    token = serializers.CharField()
+    token = serializers.CharField(help_text="Answers 403 email_unverified until the e-mail address is verified.")
+    email_verified = serializers.BooleanField()
+    verification = serializers.CharField(help_text="What to do before the token works.")
+
+
+class VerificationInput(StrictSerializer):
+    email = serializers.EmailField(max_length=254)
+
+
+class VerificationConfirmInput(StrictSerializer):
+    key = serializers.CharField(max_length=200)
 
 
 class MembershipOutput(serializers.ModelSerializer):

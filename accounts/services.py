@@ -32,6 +32,7 @@ from accounts.errors import (
 from accounts.models import ApiKey, Membership, Organization, Role, User
 from accounts.tenancy import platform_work
 from accounts.throttling import hit, unhit
+from accounts.verification import require_verified
 
 # Why these services run across tenants while a request is handled (accounts/tenancy.py).
 _PLATFORM = "the organisation was reached through the caller's membership or the staff policy"
@@ -93,7 +94,8 @@ def api_token_issue(*, request: HttpRequest | None, email: str, password: str, n
     view: each attempt is counted before the password is checked (one atomic increment, so concurrent guesses
     cannot all pass) and a right password takes its count back. Once an account is over, every attempt is 429
     until the window ends, the right password included. E-mails without an account are counted the same way,
-    so neither the answer nor the limit tells whether an account exists."""
+    so neither the answer nor the limit tells whether an account exists. An account whose e-mail is not verified
+    yet gets no token: 403 `email_unverified` (accounts/verification.py)."""
     email = normalize_email(email)
     rate = settings.SUANLI_RATE_LIMITS["auth_account"]
     ident = _account_ident(email)
@@ -104,6 +106,7 @@ def api_token_issue(*, request: HttpRequest | None, email: str, password: str, n
     if user is None:
         raise Unauthenticated("Wrong email or password.")
     unhit("auth_account", ident, rate)
+    require_verified(user)  # the right password, but the account waits for its e-mail (accounts/verification.py)
     return api_key_create(user=user, name=name or "token")[1]
 
 

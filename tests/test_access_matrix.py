@@ -77,6 +77,8 @@ ACCESS: dict[str, str] = {
     "api-docs": "public",
     "auth-register": "post_only",
     "auth-token": "post_only",
+    "auth-verification": "post_only",
+    "auth-verification-confirm": "post_only",
     "org-list": "api_tenant_list",
     "org-detail": "api_tenant_object",
     "org-approve": "api_post_only",

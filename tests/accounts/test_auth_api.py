@@ -9,7 +9,9 @@ def register(client, email="new@example.com", kind="customer", **extra):
     return client.post("/api/v1/auth/register/", body, format="json")
 
 
-def test_registering_creates_user_org_and_a_working_token(anon):
+def test_registering_creates_user_org_and_a_token_that_works_once_the_email_is_verified(anon):
+    from allauth.account.models import EmailAddress
+
     response = register(anon, email="New@Example.com")
     assert response.status_code == 201
     body = response.json()
@@ -20,7 +22,12 @@ def test_registering_creates_user_org_and_a_working_token(anon):
         "status": "active",
         "role": "owner",
     }
+    assert body["email_verified"] is False
     anon.credentials(HTTP_AUTHORIZATION=f"Bearer {body['token']}")
+    assert (
+        anon.get("/api/v1/orgs/").json()["error"]["code"] == "email_unverified"
+    )  # tests/accounts/test_email_verification.py
+    EmailAddress.objects.filter(email="new@example.com").update(verified=True)
     orgs = anon.get("/api/v1/orgs/").json()["results"]
     assert [org["name"] for org in orgs] == ["New Co"]
 

@@ -243,3 +243,50 @@ def test_a_pending_providers_dashboard_says_what_to_do_and_the_server_page_gives
     assert answer.ok and hashlib.sha256(answer.body()).hexdigest() == wheel.sha256
     assert Server.objects.get(name="new-node-01").organization.name == "New GPU Co"
     _no_page_errors(page)
+
+
+# --- signing up --------------------------------------------------------------------------------------------
+
+SIGNUP_WORDS = {"en": {"rule": "Until you follow it"}, "zh-hans": {"rule": "在您打开该链接之前"}}
+
+
+@pytest.mark.parametrize(("locale", "language"), LANGUAGES)
+def test_the_signup_page_says_the_verification_rule_and_the_account_waits_for_the_link(
+    open_as, mailoutbox, locale, language
+):
+    from allauth.account.models import EmailAddress
+
+    from accounts.models import User
+
+    words = SIGNUP_WORDS[language]
+    email, password = f"ivy-{language}@example.com", "a very good passphrase"
+    page = open_as(None, locale=locale)
+    page.goto("/accounts/signup/")
+    rule = page.locator("#verification-rule")
+    rule.get_by_text(re.compile(words["rule"])).wait_for()
+    assert "email_unverified" in rule.inner_text()
+    page.locator("input[name=email]").fill(email)
+    page.locator("input[name=password1]").fill(password)
+    page.locator("input[name=password2]").fill(password)
+    screenshot(page, f"first-hour-signup-{language}")
+    page.locator("form[action='/accounts/signup/'] button[type=submit]").click()
+    page.wait_for_url(re.compile(r"/accounts/confirm-email/$"))
+    user = User.objects.get(email=email)
+    assert not EmailAddress.objects.get(user=user).verified
+
+    # The same rule in the API: a key of this account answers 403 email_unverified.
+    from accounts.services import api_key_create
+
+    token = api_key_create(user=user, name="before verifying")[1]
+    answer = page.request.get("/api/v1/orgs/", headers={"Authorization": f"Bearer {token}"})
+    assert answer.status == 403 and answer.json()["error"]["code"] == "email_unverified"
+
+    link = re.search(r"https?://\S+/accounts/confirm-email/\S+/", mailoutbox[-1].body).group(0)
+    page.goto(link)
+    screenshot(page, f"first-hour-confirm-email-{language}")
+    page.locator("form button[type=submit]").first.click()
+    page.wait_for_load_state()
+    assert EmailAddress.objects.get(user=user).verified
+    answer = page.request.get("/api/v1/orgs/", headers={"Authorization": f"Bearer {token}"})
+    assert answer.status == 200
+    _no_page_errors(page)

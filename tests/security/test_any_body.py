@@ -236,6 +236,8 @@ def world(alice, bob, staff, box, fake_stripe):
                 "organization": {"name": "N", "kind": "customer"},
             }
         ],
+        "auth-verification": [{"email": "new@example.com"}],
+        "auth-verification-confirm": [{"key": "not-a-key"}],
         "agent-enroll": [
             {"enrollment_token": "x" * 20, "hostname": "h", "gpus": [{"index": 0, "uuid": "GPU-1", "name": "n"}]}
         ],
