@@ -14,7 +14,9 @@ for a lease and adds the part not metered yet, so the cost a customer sees live 
 Storage (issue 16) is metered in the same run and under the same watermark: each volume's life [created_at,
 wiped_at or until) is cut into the same hour slots and rated like a server-month with units = size_gb (price per
 GB-month pro-rated per second of the calendar month), one StorageRecord per (volume, slot), ON CONFLICT DO NOTHING.
-A volume-second is billed once whatever happens around it: lease stops, grace, period closes.
+A volume-second is billed once whatever happens around it: lease stops, grace, period closes. Only volumes their
+agents have made (`ready_at`) are metered: one being made waits (its agent makes it, or it is given up, within
+SUANLI_VOLUME_CREATE_TIMEOUT_SECONDS, at most the hour the meter looks back), and one never made is never billed.
 
 Data-access sessions (workloads.data_access) likewise: each session's running time [its container's first
 `running` report, the earlier of its end and its `ends_at`) cut into the same slots and rated per hour (one unit of
@@ -95,7 +97,8 @@ WITH v AS (
                * tstzrange(%(since)s, %(until)s, '[)') AS p
     FROM workloads_volume v
     JOIN inventory_server s ON s.id = v.server_id
-    WHERE v.created_at < %(until)s AND (v.wiped_at IS NULL OR v.wiped_at > %(since)s) {filters}
+    WHERE v.ready_at IS NOT NULL AND v.created_at < %(until)s AND (v.wiped_at IS NULL OR v.wiped_at > %(since)s)
+          {filters}
 ),
 slots AS (
     SELECT v.*, h AS slot_start, v.p * tstzrange(h, h + interval '1 hour', '[)') AS part
@@ -168,8 +171,9 @@ def storage_slots(
     organization_id: int | None = None,
     provider_id: int | None = None,
 ) -> Iterator[StorageSlot]:
-    """Every slot part in [since, until) in which a volume existed (from created_at until wiped_at): of one
-    volume, one organisation's volumes or one provider's servers when asked."""
+    """Every slot part in [since, until) in which a volume existed (from created_at until wiped_at) of the volumes
+    their agents have made (`ready_at`: one still being made is not metered yet, one never made is never billed):
+    of one volume, one organisation's volumes or one provider's servers when asked."""
     columns = {"volume": "v.id", "organization": "v.organization_id", "provider": "s.organization_id"}
     ids = {"volume": volume_id, "organization": organization_id, "provider": provider_id}
     for row in _rows(_STORAGE_SQL, columns, since=since, until=until, ids=ids):

@@ -338,6 +338,9 @@ SUANLI_FUNDS_NOTICE_SECONDS = env_int("FUNDS_NOTICE_SECONDS", 3600)
 SUANLI_SPEND_ALERTS = (Decimal("0.5"), Decimal("0.9"))
 # Volumes (issue 16) of an organisation that ran out of money are kept this many days, then wiped (billing/grace.py).
 SUANLI_VOLUME_GRACE_DAYS = env_int("VOLUME_GRACE_DAYS", 15)
+# A volume its agent has not made this long after it was asked for is given up (wiped, never billed). At most an
+# hour: billing meters a volume once it is made, looking back an hour (billing/metering.py LOOKBACK).
+SUANLI_VOLUME_CREATE_TIMEOUT_SECONDS = min(env_int("VOLUME_CREATE_TIMEOUT_SECONDS", 30 * 60), 3600)
 # Where the platform stages the chunks of volume moves between the source's agent and the target's (issue 16);
 # removed once a move switches or ends. It needs room for the volumes being moved at once.
 SUANLI_TRANSFER_DIR = Path(env_str("SUANLI_TRANSFER_DIR", str(VAR_DIR / "transfers")))

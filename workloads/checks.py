@@ -1,5 +1,5 @@
 """The periodic check of workloads (beat `check-workloads`, `manage.py check_workloads`): leases whose workload did
-not start in time, and cards not reported clean in time.
+not start in time, cards not reported clean in time, volumes not made in time.
 """
 
 from __future__ import annotations
@@ -13,13 +13,15 @@ from django.utils import timezone
 from inventory.models import Gpu
 from scheduler import services as scheduler
 from scheduler.models import LeaseState, Plan
+from workloads import volumes
 from workloads.models import Workload, WorkloadState
 
 
 def workloads_check(*, now: datetime | None = None) -> dict[str, int]:
     """The periodic job (beat every 30 s, `manage.py check_workloads`): fail card-hour leases whose workload is
     not running within the start timeout (uncharged), drain cards not reported clean within the clean timeout,
-    and record the end of data-access sessions past their maximum duration. Idempotent; safe to run concurrently
+    record the end of data-access sessions past their maximum duration, and give up on volumes not made within
+    SUANLI_VOLUME_CREATE_TIMEOUT_SECONDS. Idempotent; safe to run concurrently
     (lease_fail locks and re-checks the lease)."""
     now = now or timezone.now()
     start_deadline = now - timedelta(seconds=settings.SUANLI_WORKLOAD_START_TIMEOUT_SECONDS)
@@ -45,4 +47,6 @@ def workloads_check(*, now: datetime | None = None) -> dict[str, int]:
     from workloads.data_access import data_access_expire  # data access sits above the checks' imports
 
     expired = data_access_expire(now=now)
-    return {"failed": failed, "drained_unclean": drained, "data_access_expired": expired}
+    # Volumes their agents did not make in time (workloads.volumes: sent to wiping, never billed).
+    not_made = volumes.volumes_not_made(now=now)
+    return {"failed": failed, "drained_unclean": drained, "data_access_expired": expired, "volumes_not_made": not_made}

@@ -208,7 +208,10 @@ class Volume(models.Model):
 
     Its price per GB-month is fixed from the server's offer when it is made (in the organisation's currency). It
     is billed from `created_at` until its data is wiped (`wiped_at`), whatever its state in between: the disk is
-    taken all that time. A wiped volume's row stays, for the invoices and the organisation's log.
+    taken all that time; but only once its agent has made it (`ready_at`): until then it is not metered, and a
+    volume never made (its agent failed, or did not make it within SUANLI_VOLUME_CREATE_TIMEOUT_SECONDS, which
+    stays within the meter's hour of look-back) is never billed. A wiped volume's row stays, for the invoices and
+    the organisation's log.
     """
 
     organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="volumes")
@@ -225,6 +228,9 @@ class Volume(models.Model):
     wipe_at = models.DateTimeField(null=True, blank=True)
     wipe_requested_at = models.DateTimeField(null=True, blank=True)
     wiped_at = models.DateTimeField(null=True, blank=True)
+    # Why a volume that was never made went to wiping (its agent could not make it, or did not in time): shown on
+    # the API and the volumes page. Empty for every other volume.
+    message = models.CharField(max_length=300, blank=True)
 
     TENANT_FIELD = "organization"
     objects = TenantQuerySet.as_manager()

@@ -211,6 +211,7 @@ class VolumeOutput(serializers.ModelSerializer):
             "ready_at",
             "wipe_requested_at",
             "wiped_at",
+            "message",
             "move",
         ]
 

@@ -14,6 +14,10 @@ state that matters to the customer), and a creating one stays `creating` until i
   has passed (`volumes_wipe_due`; a volume mounted by a live lease is left in grace until that lease ends).
 - any live state -> wiping: DELETE (409 `volume_in_use` while mounted), `wipe_requested_at`.
 - wiping -> wiped: the agent reports its data destroyed ("wiped"), `wiped_at`, used_gb 0.
+- never made: a volume not yet made (no `ready_at`; creating, or in grace since) that its agent reports "failed",
+  or that is still not made SUANLI_VOLUME_CREATE_TIMEOUT_SECONDS after it was asked for, goes to wiping with the
+  reason in `message` (`volume_not_made`): its agent removes whatever it made of it and reports it wiped, which
+  frees its disk. It is never billed (billing meters a volume only once it is made).
 
 Every state but wiped takes its size of the server's `volume_disk_gb` (wiping ones too: the data is still there
 until the agent says otherwise). Creations on one server are serialised by a lock of the server row, so two of
@@ -27,10 +31,11 @@ import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Exists, OuterRef, QuerySet, Sum
 from django.utils import timezone
@@ -444,7 +449,9 @@ def parse_volume_report(raw: Any) -> list[dict[str, Any]]:
 def volume_reports_apply(*, server: Server, entries: list[dict[str, Any]], at: datetime) -> int:
     """Apply the `volumes` of one report (parsed by `parse_volume_report`) to `server`'s volumes; ids of other
     servers' volumes are ignored. creating -> ready on "ready"; wiping -> wiped on "wiped" (used_gb 0); used_gb
-    as reported otherwise; "failed" is logged and changes nothing (the agent retries). Returns the rows written."""
+    as reported otherwise. "failed" of a volume never made sends it to wiping with the agent's message (see the
+    module docstring); of another (a mount after a restart, a wipe) it is logged and changes nothing (the agent
+    retries). Returns the rows written."""
     by_id = {entry["id"]: entry for entry in entries}
     if not by_id:
         return 0
@@ -465,6 +472,10 @@ def volume_reports_apply(*, server: Server, entries: list[dict[str, Any]], at: d
                     fields = {"state": VolumeState.WIPED, "wiped_at": at, "used_gb": Decimal(0)}
                     _log(volume, org_log.VOLUME_WIPED, at=at, wiped_at=at)
             elif entry["state"] == "failed":
+                if _never_made(volume):
+                    _not_made(volume, entry["message"] or "the server could not make it", at)
+                    written += 1
+                    continue
                 logger.warning("volume %s on server %s failed: %s", volume.pk, server.pk, entry["message"])
             else:
                 if volume.state == VolumeState.CREATING:
@@ -479,6 +490,44 @@ def volume_reports_apply(*, server: Server, entries: list[dict[str, Any]], at: d
                 volume.save(update_fields=list(fields))
                 written += 1
     return written
+
+
+def _never_made(volume: Volume) -> bool:
+    return volume.ready_at is None and volume.state in (VolumeState.CREATING, VolumeState.GRACE)
+
+
+def _not_made(volume: Volume, message: str, at: datetime) -> None:
+    """`volume` (locked, never made) -> wiping with `message`, logged."""
+    volume.state, volume.wipe_at, volume.wipe_requested_at, volume.message = VolumeState.WIPING, None, at, message
+    volume.save(update_fields=["state", "wipe_at", "wipe_requested_at", "message"])
+    _log(volume, org_log.VOLUME_FAILED, at=at, message=message)
+
+
+def create_timeout() -> timedelta:
+    return timedelta(seconds=settings.SUANLI_VOLUME_CREATE_TIMEOUT_SECONDS)
+
+
+@platform_work(_PLATFORM)
+def volumes_not_made(*, now: datetime | None = None) -> int:
+    """Volumes still not made SUANLI_VOLUME_CREATE_TIMEOUT_SECONDS after they were asked for -> wiping, like one
+    its agent reported failed (run by the periodic workload check). Idempotent; rows locked, skipped when another
+    run holds them. Returns how many."""
+    now = now or timezone.now()
+    minutes = max(1, settings.SUANLI_VOLUME_CREATE_TIMEOUT_SECONDS // 60)
+    with transaction.atomic():
+        late = list(
+            Volume.objects.unscoped(_PLATFORM)
+            .filter(
+                state__in=[VolumeState.CREATING, VolumeState.GRACE],
+                ready_at__isnull=True,
+                created_at__lt=now - create_timeout(),
+            )
+            .select_for_update(skip_locked=True)
+            .order_by("id")
+        )
+        for volume in late:
+            _not_made(volume, f"the server did not make it within {minutes} minutes", now)
+    return len(late)
 
 
 # --- grace (billing/funds: an organisation's money ran out, or came back) --------------------------------------
@@ -498,8 +547,11 @@ def volumes_hold(*, org: Organization, wipe_at: datetime, now: datetime | None =
 
 @platform_work(_PLATFORM)
 def volumes_release(*, org: Organization) -> int:
-    """`org` paid: its volumes in grace are ready again (wipe_at cleared). Returns how many."""
-    return Volume.objects.for_org(org).filter(state=VolumeState.GRACE).update(state=VolumeState.READY, wipe_at=None)
+    """`org` paid: its volumes in grace are ready again (wipe_at cleared); one its agent has not made yet is
+    creating again. Returns how many."""
+    held = Volume.objects.for_org(org).filter(state=VolumeState.GRACE)
+    made = held.filter(ready_at__isnull=False).update(state=VolumeState.READY, wipe_at=None)
+    return made + held.filter(ready_at__isnull=True).update(state=VolumeState.CREATING, wipe_at=None)
 
 
 @platform_work(_PLATFORM)

@@ -25,6 +25,7 @@ PRICES = {"card_hour_price": Decimal("2.5000"), "server_month_price": Decimal("1
 
 
 def make_volume(org, server, *, name="data", size_gb=100, price="0.1000", at=MARCH, state="ready") -> Volume:
+    """A volume asked for at `at` and (unless still `creating`) made by its agent at once: billed from `at`."""
     return Volume.objects.create(
         organization=org,
         server=server,
@@ -34,6 +35,7 @@ def make_volume(org, server, *, name="data", size_gb=100, price="0.1000", at=MAR
         price_per_gb_month=Decimal(price),
         currency=org.currency,
         created_at=at,
+        ready_at=None if state == "creating" else at,
     )
 
 

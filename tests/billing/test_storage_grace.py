@@ -67,7 +67,7 @@ def broke(clock, alice, server, check):
     prepaid(alice.org)
     credit(alice.org, "2.00", "W1")
     data = make_volume(alice.org, server, name="data", size_gb=372, price="1.0000")
-    logs = make_volume(alice.org, server, name="logs", size_gb=372, price="1.0000", state="creating")
+    logs = make_volume(alice.org, server, name="logs", size_gb=372, price="1.0000")
     clock.move_to(MARCH + HOUR + MINUTE)
     assert check()["notified"] == 1
     assert "volumes are then kept for 15 days" in mail.outbox[-1].body

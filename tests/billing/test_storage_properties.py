@@ -1,7 +1,8 @@
 """Storage billing, property-tested against an independent model (issue 16).
 
 Random volume lives (made at random instants within two calendar months of the platform clock, wiped or not at a
-random later instant, random sizes and prices per GB-month), random meter runs (`meter(until=...)` at random
+random later instant, random sizes and prices per GB-month; a third of them never made by their agent, so never
+billed), random meter runs (`meter(until=...)` at random
 instants, some lagging behind earlier runs, so untils repeat and go backwards) and a close of the first month at a
 random instant after it, all replayed in the order they happen. Then, per volume:
 
@@ -68,6 +69,7 @@ class Life:
     lasts: int | None  # microseconds until it is wiped, None for never (within the two months)
     size_gb: int
     price: Decimal
+    made: bool = True  # False: its agent never makes it (it fails, or is given up): never billed
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ lives = st.builds(
     lasts=st.one_of(st.none(), st.integers(1, SPAN), st.integers(1, 3 * 3600 * MICRO)),
     size_gb=st.integers(1, 100_000),
     price=st.decimals(min_value=D("0.0001"), max_value=D("999.9999"), places=4),
+    made=st.sampled_from([True, True, False]),
 )
 runs = st.builds(
     Run,
@@ -149,6 +152,7 @@ def replay(clock: tuple[str, int, int], volume_lives: list[Life], meter_runs: li
 
         volumes: dict[int, Volume] = {}
         spans: dict[int, tuple[datetime, datetime | None]] = {}
+        made: dict[int, bool] = {}
         for at, _order, (kind, arg, life) in events:
             if kind == "make":
                 volumes[arg] = Volume.objects.create(
@@ -156,11 +160,13 @@ def replay(clock: tuple[str, int, int], volume_lives: list[Life], meter_runs: li
                     server=server,
                     name=f"v{arg}",
                     size_gb=life.size_gb,
-                    state="ready",
+                    state="ready" if life.made else "creating",
                     price_per_gb_month=life.price,
                     currency="USD",
                     created_at=at,
+                    ready_at=at if life.made else None,  # made by its agent at once, or never
                 )
+                made[arg] = life.made
                 spans[arg] = (at, None)
             elif kind == "wipe":
                 Volume.objects.filter(pk=volumes[arg].pk).update(state="wiped", wiped_at=at)
@@ -179,6 +185,9 @@ def replay(clock: tuple[str, int, int], volume_lives: list[Life], meter_runs: li
             born, wiped = spans[index]
             billed_to = min(wiped, watermark) if wiped else watermark
             records = list(StorageRecord.objects.filter(volume=volume).order_by("start"))
+            if not made[index]:  # never made (then given up, or still waiting): nothing billed, ever
+                assert records == [] and volume.pk not in lines
+                continue
 
             # (1) The records tile [born, billed_to): each second once, one record per hour slot.
             if born >= billed_to:

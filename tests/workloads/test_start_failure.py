@@ -85,7 +85,7 @@ def test_the_start_timeout_fails_a_lease_whose_workload_never_ran_and_leaves_run
         ]
     )
     clock.move_to(T0 + timedelta(seconds=599))
-    assert workloads_check() == {"failed": 0, "drained_unclean": 0}
+    assert workloads_check().items() >= {"failed": 0, "drained_unclean": 0}.items()
     assert lease_of(alice, stuck["id"])["state"] == "active"
 
     clock.move_to(T0 + timedelta(seconds=601))
