@@ -149,3 +149,46 @@ def test_scripts_test_says_in_one_sentence_what_it_cannot_reach():
         f"scripts/test: no Redis answers at REDIS_URL (127.0.0.1:{nowhere}): start that server, fix REDIS_URL, "
         "or unset it to have scripts/test start one of its own"
     )
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_the_servers_it_started_stop_when_the_run_is_interrupted(how):
+    """Ctrl-C reaches the whole foreground group (the tests and the wrapper); SIGTERM only the wrapper, which passes
+    it on. Either way the embedded PostgreSQL and the Redis stop and their folders go."""
+    import re
+    import signal
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "SUANLI_OWN_SERVERS_UP")}
+    env["SUANLI_TEST_SERVERS"] = "own"
+    child = "trap 'echo interrupted; exit 130' INT; trap 'echo interrupted; exit 143' TERM; "
+    child += "echo running >&2; sleep 120 & wait"
+    before = set(Path(tempfile.gettempdir()).glob("suanli-test-*"))
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "own_servers.py"), "run", "--", "bash", "-c", child],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a group of its own, as a terminal's foreground job
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal
+    )
+    said = []
+    while not said or said[-1] != "running\n":
+        said.append(proc.stderr.readline())
+        assert said[-1], "".join(said)
+    ports = [int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", "".join(said))]
+    assert len(ports) == 2 and all(_answers(port) for port in ports), said
+    assert len(set(Path(tempfile.gettempdir()).glob("suanli-test-*")) - before) == 2
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == (130 if how == "ctrl-c" else 143)
+    assert proc.stdout.read() == "interrupted\n"
+    deadline = time.monotonic() + 10
+    while any(_answers(port) for port in ports) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_answers(port) for port in ports)
+    assert set(Path(tempfile.gettempdir()).glob("suanli-test-*")) <= before
