@@ -360,13 +360,26 @@ def demo(monkeypatch: pytest.MonkeyPatch):
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _substitutions(demo: Demo) -> list[tuple[str, str]]:
-    """What the README tells the reader to fill in: each must still be in the README."""
+def _substitutions(demo: Demo) -> list[tuple[str, Any]]:
+    """What the README tells the reader to fill in: each must still be in the README. A callable is asked when its
+    command runs (what the demo printed by then)."""
     return [
         ("API=http://127.0.0.1:8000/api/v1", f"API=http://127.0.0.1:{demo.port}/api/v1"),
         ("DJANGO_SECRET_KEY=... ", f"DJANGO_SECRET_KEY={secrets.token_urlsafe(45)} "),
         ("DATABASE_URL=... ", f"DATABASE_URL={demo.database_url} "),
+        ("<the key from the link>", lambda: _printed_verification_key(demo)),
     ]
+
+
+def _printed_verification_key(demo: Demo) -> str:
+    """The key of the last verification link the demo printed on its console (its e-mail backend)."""
+    deadline = time.monotonic() + 30
+    while True:
+        keys = re.findall(r"/accounts/confirm-email/([^/\s]+)/", "".join(demo.output))
+        if keys or time.monotonic() > deadline:
+            assert keys, "the demo printed no verification mail"
+            return keys[-1]
+        time.sleep(0.5)
 
 
 _ASSIGNED_FROM_JQ = re.compile(r"(?s)^([A-Z_][A-Z0-9_]*)=\$\((.*?)\s*\|\s*(jq [^\n]*)\)\s*$")
@@ -415,7 +428,8 @@ def test_the_readme_shell_examples_run_as_written_against_a_running_demo(demo, t
         for command in block.commands:
             text = command.text
             for before, after in substitutions:
-                text = text.replace(before, after)
+                if before in text:
+                    text = text.replace(before, after() if callable(after) else after)
             script = (
                 f"set -o pipefail\nsource {state}\n{{ {_runnable(text)}\n}}\nstatus=$?\n"
                 f"declare -p {' '.join(names)} > {state}.new 2>/dev/null; mv {state}.new {state}\nexit $status\n"
