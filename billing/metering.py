@@ -14,9 +14,14 @@ for a lease and adds the part not metered yet, so the cost a customer sees live 
 Storage (issue 16) is metered in the same run and under the same watermark: each volume's life [created_at,
 wiped_at or until) is cut into the same hour slots and rated like a server-month with units = size_gb (price per
 GB-month pro-rated per second of the calendar month), one StorageRecord per (volume, slot), ON CONFLICT DO NOTHING.
-A volume-second is billed once whatever happens around it: lease stops, grace, period closes. Only volumes their
+A volume-second is billed once whatever happens around it: lease stops, grace, period closes, moves. Only volumes their
 agents have made (`ready_at`) are metered: one being made waits (its agent makes it, or it is given up, within
 SUANLI_VOLUME_CREATE_TIMEOUT_SECONDS, at most the hour the meter looks back), and one never made is never billed.
+
+A volume moved to another server (workloads/volume_moves.py) is billed on its old server, to its old provider at its
+old price, until the start of the platform-clock hour after its switch, and on the new one from then on: each hour
+slot lies wholly on one server, so there is still one record per (volume, slot) and every second once. The old
+copy's wipe after the switch is the old provider's and is not billed.
 
 Data-access sessions (workloads.data_access) likewise: each session's running time [its container's first
 `running` report, the earlier of its end and its `ends_at`) cut into the same slots and rated per hour (one unit of
@@ -90,13 +95,34 @@ ORDER BY s.allocation_id, s.slot_start
 
 
 _STORAGE_SQL = """
-WITH v AS (
-    SELECT v.id AS volume_id, v.organization_id, s.organization_id AS provider_id, v.server_id, v.size_gb,
-           v.price_per_gb_month, v.currency,
+WITH moves AS (
+    SELECT m.volume_id, m.source_id, m.source_price, m.switched_at,
+           date_trunc('hour', m.switched_at, %(zone)s)
+               + CASE WHEN date_trunc('hour', m.switched_at, %(zone)s) = m.switched_at
+                      THEN interval '0' ELSE interval '1 hour' END AS handover
+    FROM workloads_volumemove m
+    WHERE m.state = 'done'
+),
+stints AS (
+    -- A volume's stay on each server: on a move's source until its handover (from the move before's), and on
+    -- the volume's own server from its last handover on.
+    SELECT volume_id, source_id AS server_id, source_price AS price,
+           lag(handover) OVER (PARTITION BY volume_id ORDER BY switched_at) AS lo, handover AS hi
+    FROM moves
+    UNION ALL
+    SELECT v.id, v.server_id, v.price_per_gb_month, (SELECT max(handover) FROM moves WHERE moves.volume_id = v.id),
+           NULL
+    FROM workloads_volume v
+),
+v AS (
+    SELECT v.id AS volume_id, v.organization_id, s.organization_id AS provider_id, st.server_id, v.size_gb,
+           st.price AS price_per_gb_month, v.currency,
            tstzrange(v.created_at, greatest(v.created_at, coalesce(v.wiped_at, 'infinity')), '[)')
+               * tstzrange(st.lo, CASE WHEN st.hi IS NULL THEN NULL ELSE greatest(st.lo, st.hi) END, '[)')
                * tstzrange(%(since)s, %(until)s, '[)') AS p
     FROM workloads_volume v
-    JOIN inventory_server s ON s.id = v.server_id
+    JOIN stints st ON st.volume_id = v.id
+    JOIN inventory_server s ON s.id = st.server_id
     WHERE v.ready_at IS NOT NULL AND v.created_at < %(until)s AND (v.wiped_at IS NULL OR v.wiped_at > %(since)s)
           {filters}
 ),
@@ -341,6 +367,13 @@ def slots(
     for row in _rows(_SLOTS_SQL, columns, since=since, until=until, ids=ids):
         seconds, down = Decimal(row[12]).quantize(Decimal("0.000001")), Decimal(row[13])
         yield Slot(*row[:12], seconds=seconds, down_seconds=min(down.quantize(Decimal("0.000001")), seconds))
+
+
+def handover(switched_at: datetime) -> datetime:
+    """When a moved volume's billing passes to its new server: the first platform-clock hour boundary at or after
+    its switch (the SQL above computes the same)."""
+    floor = hour_floor(switched_at)
+    return floor if floor == switched_at else floor + timedelta(hours=1)
 
 
 def hour_floor(at: datetime) -> datetime:

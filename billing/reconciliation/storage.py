@@ -2,8 +2,9 @@
 organisation, currency, volume and price per GB-month (`storage_not_invoiced`), none was written after its invoice
 was issued (`storage_after_close`), and each storage line's amount is to_money of its records
 (`storage_line_amount`, `storage_line_without_records`). Each record is also checked against itself and its volume:
-its amount and GB-months are its seconds rated per GB-month like a server-month of size_gb units, its size and price
-the volume's, its time inside the volume's life (`storage_record`): a record changed by hand shows here even when
+its amount and GB-months are its seconds rated per GB-month like a server-month of size_gb units, its size the
+volume's, its server and price those the volume had in its slot (a moved volume's old ones until the hour after its
+switch), its time inside the volume's life (`storage_record`): a record changed by hand shows here even when
 its line was changed with it."""
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from django.db.models import Count, F, QuerySet, Sum
 
 from billing import rating
 from billing.invoicing import Period
-from billing.metering import STORAGE_PLAN
+from billing.metering import STORAGE_PLAN, handover
 from billing.models import Invoice, InvoiceLine, StorageRecord
 from billing.reconciliation.report import MAX_IDS, Reconciliation, first_ids, records_after_close
-from workloads.models import Volume
+from workloads.models import Volume, VolumeMove
 
 # A storage record's invoice line: the organisation, currency, volume and price per GB-month it is billed under.
 LINE_KEY = ("organization_id", "currency", "volume_id", "unit_price")
@@ -92,9 +93,25 @@ def _check_records(result: Reconciliation, period: Period) -> None:
     volumes = Volume.objects.unscoped("reconciliation reads every tenant's volumes").in_bulk(
         set(month_storage(period).values_list("volume_id", flat=True).distinct())
     )
+    # A moved volume is billed on its old server at its old price until the platform-clock hour after each switch
+    # (billing/metering.py): (handover, server, price) of its moves, in order.
+    stays: dict[int, list[tuple[Any, int, Any]]] = defaultdict(list)
+    moves = VolumeMove.objects.unscoped("reconciliation reads every tenant's volume moves").filter(
+        volume_id__in=list(volumes), state="done"
+    )
+    for move in moves.order_by("switched_at", "id"):
+        stays[move.volume_id].append((handover(move.switched_at), move.source_id, move.source_price))
+
+    def placed(volume: Volume, slot_start: Any) -> tuple[int, Any]:
+        for until, server_id, price in stays.get(volume.pk, ()):
+            if slot_start < until:
+                return server_id, price
+        return volume.server_id, volume.price_per_gb_month
+
     wrong: dict[tuple[int, str], list[int]] = defaultdict(list)
     for record in month_storage(period).order_by("id").iterator(chunk_size=2000):
         volume = volumes[record.volume_id]
+        server_id, price = placed(volume, record.slot_start)
         rated = rating.rate(
             plan=STORAGE_PLAN,
             seconds=record.seconds,
@@ -107,7 +124,8 @@ def _check_records(result: Reconciliation, period: Period) -> None:
             rated.amount != record.amount
             or rated.quantity != record.quantity
             or record.size_gb != volume.size_gb
-            or record.unit_price != volume.price_per_gb_month
+            or record.unit_price != price
+            or record.server_id != server_id
             or record.currency != volume.currency
             or record.organization_id != volume.organization_id
             or record.start < volume.created_at
