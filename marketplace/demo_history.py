@@ -262,12 +262,17 @@ WITH cards AS (
     JOIN inventory_gpumodel m ON m.id = s.gpu_model_id
     WHERE g.server_id = ANY(%(servers)s)
 ),
+held AS (
+    SELECT gpu_id, range_agg(period) AS periods FROM scheduler_allocation
+    WHERE gpu_id IN (SELECT gpu_id FROM cards) AND period && tstzrange(%(since)s, %(until)s)
+    GROUP BY gpu_id
+),
 points AS (
-    SELECT c.*, t,
-           EXISTS (SELECT 1 FROM scheduler_allocation a WHERE a.gpu_id = c.gpu_id AND a.period @> t) AS busy,
+    SELECT c.*, t, coalesce(h.periods @> t, false) AS busy,
            (abs(hashtext(c.gpu_id::text || ':' || extract(epoch FROM t)::bigint::text)) %% 1000) / 1000.0 AS r
-    FROM cards c, generate_series(%(since)s::timestamptz, %(until)s::timestamptz - interval '1 second',
-                                  make_interval(secs => %(step)s)) AS t
+    FROM cards c LEFT JOIN held h ON h.gpu_id = c.gpu_id,
+         generate_series(%(since)s::timestamptz, %(until)s::timestamptz - interval '1 second',
+                         make_interval(secs => %(step)s)) AS t
 ),
 readings AS (
     SELECT *,
