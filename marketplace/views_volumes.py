@@ -30,8 +30,11 @@ from accounts.permissions import can_operate
 from billing.display import money
 from marketplace.forms import describe_errors
 from marketplace.forms_volumes import VolumeForm
+from marketplace.views_volume_moves import move_context, move_row, volume_move, volume_move_cancel
 from workloads import access, volumes
 from workloads.models import Volume, VolumeState
+
+__all__ = ["volume_delete", "volume_list", "volume_move", "volume_move_cancel"]
 
 STATE_LABELS = {
     VolumeState.CREATING: pgettext_lazy("volume state", "Creating"),
@@ -65,6 +68,7 @@ def _row(volume: Volume) -> dict[str, Any]:
         "price": money(volume.price_per_gb_month, volume.currency),
         "monthly": money(volume.size_gb * volume.price_per_gb_month, volume.currency),
         "deletable": volume.state not in (VolumeState.WIPING, VolumeState.WIPED),
+        **move_row(volume),  # its move's progress, and whether it may move (marketplace/views_volume_moves.py)
     }
 
 
@@ -83,6 +87,7 @@ def _page(
         "form": form if change else None,
         "can_change": change,
         "confirm": _row(confirm) if confirm is not None else None,
+        **move_context(request, can_change=change),
     }
     return render(request, "marketplace/volumes.html", context, status=status)
 
