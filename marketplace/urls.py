@@ -8,6 +8,7 @@ from inventory.agent_package import wheel_filename
 from marketplace import (
     views,
     views_agent,
+    views_data_access,
     views_leases,
     views_offers,
     views_provider,
@@ -53,6 +54,8 @@ urlpatterns = [
     path("ssh-keys/<int:key_id>/delete/", views_workloads.ssh_key_delete, name="ssh_key_delete"),
     path("volumes/", views_volumes.volume_list, name="volume_list"),
     path("volumes/<int:volume_id>/delete/", views_volumes.volume_delete, name="volume_delete"),
+    path("volumes/access/", views_data_access.data_access_open, name="data_access_open"),
+    path("volumes/access/<int:session_id>/end/", views_data_access.data_access_end, name="data_access_end"),
     path("volumes/<int:volume_id>/move/", views_volumes.volume_move, name="volume_move"),
     path("volumes/<int:volume_id>/move/cancel/", views_volumes.volume_move_cancel, name="volume_move_cancel"),
     path("servers/", views_servers.server_list, name="server_list"),

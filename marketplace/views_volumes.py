@@ -30,6 +30,7 @@ from accounts.permissions import can_operate
 from billing.display import money
 from marketplace.forms import describe_errors
 from marketplace.forms_volumes import VolumeForm
+from marketplace.views_data_access import data_access_context
 from marketplace.views_volume_moves import move_context, move_row, volume_move, volume_move_cancel
 from workloads import access, volumes
 from workloads.models import Volume, VolumeState
@@ -88,6 +89,7 @@ def _page(
         "can_change": change,
         "confirm": _row(confirm) if confirm is not None else None,
         **move_context(request, can_change=change),
+        **data_access_context(request, can_change=change),
     }
     return render(request, "marketplace/volumes.html", context, status=status)
 

@@ -180,6 +180,8 @@ ACCESS: dict[str, str] = {
     "marketplace:ssh_key_delete": "post_only",
     "marketplace:volume_list": "page_list",
     "marketplace:volume_delete": "post_only",
+    "marketplace:data_access_open": "post_only",
+    "marketplace:data_access_end": "post_only",
     "marketplace:volume_move": "post_only",
     "marketplace:volume_move_cancel": "post_only",
     "marketplace:server_list": "page_provider",

@@ -86,6 +86,7 @@ PAGE_OBJECTS = {
     "org_id": lambda v: v.alice.org.pk,
     "key_id": _alice_key,
     "volume_id": lambda v: VICTIM_OBJECTS["volume-detail"](v)["pk"],
+    "session_id": lambda v: VICTIM_OBJECTS["data-access-detail"](v)["pk"],
     # Restart and Stop are POST only: GET is 405 whatever the id, and a POST without the CSRF token is 403 first.
     "workload_id": lambda v: 1,
 }
