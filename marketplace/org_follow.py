@@ -3,8 +3,9 @@ answered 404 because it belongs to another organisation the user is a member of 
 (with a message saying so) and opens again, instead of a bare 404.
 
 Only the user's own organisations: an object of an organisation they do not belong to, or an id that does not
-exist, stays the same 404 (nothing is said about it). Only page reads (GET and HEAD, not /api/): a form never
-switches. The object's organisation is read with one query by primary key.
+exist, stays the same 404 (nothing is said about it). Only opening a page (GET and HEAD, not /api/, not an htmx
+refresh of a page left open after switching elsewhere): a form never switches. The object's organisation is read
+with one query by primary key.
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ class FollowOrganizationMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         response = self.get_response(request)
         if response.status_code != 404 or request.method not in ("GET", "HEAD") or is_api_path(request.path):
+            return response
+        if request.headers.get("HX-Request"):  # a page's own refresh (htmx) never switches: only opening a link
             return response
         membership = organisation_of_object(request)
         if membership is None:

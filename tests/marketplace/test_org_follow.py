@@ -79,10 +79,13 @@ def test_another_tenants_lease_and_an_unknown_id_stay_404_and_switch_nothing(cli
         assert client.session[SESSION_KEY] == alice.org.pk
 
 
-def test_a_form_never_switches(client, alice, lab_b, lease_b):
+def test_a_form_and_a_pages_own_refresh_never_switch(client, alice, lab_b, lease_b):
     client.force_login(alice.user)
     _act_for(client, alice.org)
     assert client.post(f"/leases/{lease_b.pk}/end/").status_code == 404
+    # A lease page of lab B left open while alice switched to her other organisation keeps polling its fragment:
+    # that must not switch her back.
+    assert client.get(f"/leases/{lease_b.pk}/live/", HTTP_HX_REQUEST="true").status_code == 404
     assert client.session[SESSION_KEY] == alice.org.pk
 
 
