@@ -79,6 +79,15 @@ def _site(path: str) -> str:
     return f"{settings.SITE_URL.rstrip('/')}{path}"
 
 
+def _reach() -> str:
+    """How the organisation reaches its data meanwhile (workloads.data_access), said in the grace e-mails."""
+    return (
+        "Meanwhile you can reach their data without renting a card: open a data-access session (a small container "
+        f"with SSH and the volumes at /data/<name>, charged per hour) on the Volumes page: "
+        f"{_site('/volumes/#data-access')}\n"
+    )
+
+
 @platform_work(_PLATFORM)
 def volumes_grace_start(*, org: Organization, now: datetime | None = None) -> list[Volume]:
     """The organisation ran out of money: its volumes (creating, ready or in use) are kept until now + the grace
@@ -97,7 +106,7 @@ def volumes_grace_start(*, org: Organization, now: datetime | None = None) -> li
             f"{org.name}'s balance ran out. Its volumes are kept, and billed, for a grace period of "
             f"{settings.SUANLI_VOLUME_GRACE_DAYS} days; their data is wiped at the end of it unless you top up "
             f"first:\n\n{_listing(told)}\n\nNew workloads cannot mount them until then. Top up: "
-            f"{_site('/balance/')}\n",
+            f"{_site('/balance/')}\n\n{_reach()}",
         )
     return told
 
@@ -176,6 +185,6 @@ def _remind(now: datetime) -> int:
             org,
             f"Your Suanli volumes will be wiped in {days}",
             f"{org.name}'s balance is still out. The data of these volumes is wiped at the end of their grace "
-            f"period unless you top up first:\n\n{_listing(volumes)}\n\nTop up: {_site('/balance/')}\n",
+            f"period unless you top up first:\n\n{_listing(volumes)}\n\nTop up: {_site('/balance/')}\n\n{_reach()}",
         )
     return sum(len(volumes) for volumes in groups.values())
