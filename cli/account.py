@@ -57,6 +57,71 @@ def login(email: str | None, password_stdin: bool, api_key: str | None, key_name
     show(result, render)
 
 
+@cli.command(help=_("Create an account with a new organisation, and sign in as it."))
+@click.option("--email", required=True, help=_("Your e-mail address."))
+@click.option("--org-name", required=True, help=_("Your organisation's name."))
+@click.option(
+    "--kind",
+    type=click.Choice(["customer", "provider"]),
+    default="customer",
+    show_default=True,
+    help=_("Rent capacity (customer) or sell it (provider; staff approve it first)."),
+)
+@click.option(
+    "--currency",
+    type=click.Choice(["USD", "CNY"]),
+    default="USD",
+    show_default=True,
+    help=_("The organisation's currency."),
+)
+@click.option("--password-stdin", is_flag=True, help=_("Read the password from standard input."))
+def register(email: str, org_name: str, kind: str, currency: str, password_stdin: bool) -> None:
+    st = state()
+    st.new_profile = True
+    settings = st.settings
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = click.prompt(_("Password"), hide_input=True, confirmation_prompt=True)
+    anonymous = Client(settings.api_url, None, None, LANGUAGE)
+    body = {
+        "email": email,
+        "password": password,
+        "organization": {"name": org_name, "kind": kind, "currency": currency},
+    }
+    answer = anonymous.post("auth/register/", body, auth=False)
+    path = config.store_profile(settings.profile, api_url=settings.api_url, token=answer["token"], email=email)
+
+    def render(d: dict) -> None:
+        org = d.get("organization") or {}
+        say(
+            _("Registered {email} with {org} ({status}); profile {profile} in {path}.").format(
+                email=email, org=org.get("name"), status=org.get("status"), profile=settings.profile, path=path
+            )
+        )
+        if d.get("verification"):
+            say(d["verification"])
+
+    show({key: value for key, value in answer.items() if key != "token"}, render)
+
+
+@cli.command(help=_("Verify your e-mail address with the key from the link mailed to you (its last part)."))
+@click.argument("key", required=False)
+@click.option("--resend", "resend_to", metavar="EMAIL", help=_("Mail a new link to this address instead."))
+def verify(key: str | None, resend_to: str | None) -> None:
+    st = state()
+    anonymous = Client(st.settings.api_url, None, None, LANGUAGE)
+    if resend_to:
+        answer = anonymous.post("auth/verification/", {"email": resend_to}, auth=False)
+        show(answer, lambda d: say(d.get("detail") or ""))
+        return
+    if not key:
+        raise click.UsageError(_("give the key from the link, or --resend EMAIL"))
+    key = key.rstrip("/").rsplit("/", 1)[-1]  # the whole link works too
+    answer = anonymous.post("auth/verification/confirm/", {"key": key}, auth=False)
+    show(answer, lambda d: say(_("Your e-mail address is verified.")))
+
+
 @cli.command(help=_("Forget this profile's token (and revoke it on the site)."))
 @click.option("--keep-key", is_flag=True, help=_("Do not revoke the API key on the site."))
 def logout(keep_key: bool) -> None:

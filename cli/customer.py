@@ -604,6 +604,24 @@ def invoices_show(invoice_id: int) -> None:
     show(data, render)
 
 
+@invoices.command("pay", help=_("Start paying an open invoice by card, Alipay or WeChat Pay (finish on the site)."))
+@click.argument("invoice_id", type=int)
+def invoices_pay(invoice_id: int) -> None:
+    st = state()
+    started = st.client().post(f"invoices/{invoice_id}/pay/", headers={"Idempotency-Key": new_idempotency_key()})
+    show(
+        started,
+        lambda d: say(
+            _("Payment {id} of {amount} {currency} started; pay it at {url}").format(
+                id=d["payment"],
+                amount=d["amount"],
+                currency=d["currency"],
+                url=f"{st.settings.api_url}/invoices/{invoice_id}/",
+            )
+        ),
+    )
+
+
 @invoices.command("pdf", help=_("Download an invoice as PDF (to NUMBER.pdf, or -o FILE, or - for stdout)."))
 @click.argument("invoice_id", type=int)
 @click.option("-o", "--output", "target", metavar="FILE", help=_("Where to write it."))

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import stat
 
-from tests.cli.conftest import assert_items_valid
+from tests.cli.conftest import assert_items_valid, assert_valid, response_schema
 from tests.factories import PASSWORD, MembershipFactory, OrganizationFactory
 
 
@@ -73,3 +74,33 @@ def test_api_url_option_wins_over_the_environment_and_an_unreachable_site_is_exi
 def test_usage_mistakes_are_exit_2(suanli):
     assert suanli("leases", "resize").code == 2
     assert suanli("no-such-command").code == 2
+
+
+def test_register_then_verify_the_address_from_the_mailed_link(suanli, openapi):
+    from django.core import mail
+
+    run = suanli.ok(
+        "register",
+        "--email",
+        "new@example.com",
+        "--org-name",
+        "New Lab",
+        "--password-stdin",
+        "--json",
+        input="a-long-password-1\n",
+    )
+    answer = run.json()
+    assert "token" not in answer  # kept in the config file, not printed
+    schema = response_schema(openapi, "/api/v1/auth/register/", "post", "201")
+    schema["required"] = [name for name in schema.get("required", []) if name != "token"]
+    assert_valid(answer, schema)
+    assert answer["organization"]["name"] == "New Lab" and answer["email_verified"] is False
+    stored = json.loads((suanli.home / "config" / "config.json").read_text())["profiles"]["default"]
+    assert stored["token"].startswith("sl_") and stored["email"] == "new@example.com"
+    blocked = suanli("whoami")
+    assert blocked.code == 1 and "email_unverified" in blocked.err
+    link = re.search(r"https?://\S+/accounts/confirm-email/\S+/", mail.outbox[-1].body)
+    assert link, mail.outbox[-1].body
+    assert suanli.ok("verify", link[0], "--json").json() == {"email_verified": True}
+    assert suanli.ok("whoami", "--json").json()["organizations"][0]["name"] == "New Lab"
+    assert suanli("verify", "not-a-key").code == 1

@@ -245,3 +245,23 @@ def test_invoices_list_show_and_pdf(suanli, alice, charlie, openapi, tmp_path):
     assert saved["bytes"] == path.stat().st_size and stat.S_ISREG(path.stat().st_mode)
     other = InvoiceFactory._meta.model.objects.get(number="INV-000043")
     assert suanli("invoices", "pdf", str(other.pk)).code == 3  # another tenant's: not found
+
+
+def test_top_up_and_invoice_payment_start_with_stripe(suanli, alice, fake_stripe, openapi):
+    invoice = InvoiceFactory(
+        organization=alice.org,
+        period="2026-09",
+        currency="USD",
+        number="INV-000051",
+        state="open",
+        subtotal=12,
+        total=12,
+    )
+    suanli.login(alice)
+    started = suanli.ok("top-up", "25.00", "--json").json()
+    assert_valid(started, response_schema(openapi, "/api/v1/balance/top-ups/", "post", "201"))
+    assert started["amount"] == "25.00" and started["currency"] == "USD" and started["client_secret"]
+    assert "pay it at" in suanli.ok("top-up", "10").err
+    paying = suanli.ok("invoices", "pay", str(invoice.pk), "--json").json()
+    assert_valid(paying, response_schema(openapi, "/api/v1/invoices/{id}/pay/", "post"))
+    assert paying["amount"] == "12.00" and paying["client_secret"]
