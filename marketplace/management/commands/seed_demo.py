@@ -21,12 +21,14 @@ twice changes nothing and it is safe on a database that already has data. Writes
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 
 from allauth.account.models import EmailAddress
 from django.conf import settings
+from django.contrib.auth.hashers import make_password
 from django.core.management.base import BaseCommand
 from django.db import transaction
 from django.utils import timezone
@@ -300,11 +302,18 @@ class Command(BaseCommand):
 
     # --- the pieces ---------------------------------------------------------------------------------------
 
+    @functools.cache  # noqa: B019 (one command object per run)
+    def _password_hash(self) -> str:
+        return make_password(PASSWORD)
+
     def _user(self, email: str, *, staff: bool = False) -> User:
         user = User.objects.filter(email=email).first()
         if user is None:
             create = User.objects.create_superuser if staff else User.objects.create_user
-            user = create(email=email, password=PASSWORD)
+            user = create(email=email, password=None)
+            # The demo password, hashed once for all the demo users (each hash costs a good part of a second).
+            user.password = self._password_hash()
+            user.save(update_fields=["password"])
             self.stdout.write(f"created user {email}")
         elif staff and not (user.is_staff and user.is_superuser):
             User.objects.filter(pk=user.pk).update(is_staff=True, is_superuser=True)
