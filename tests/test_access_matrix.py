@@ -104,6 +104,7 @@ ACCESS: dict[str, str] = {
     "lease-resize": "api_post_only",
     "lease-stop": "api_post_only",
     "lease-start": "api_post_only",
+    "lease-move": "api_post_only",
     "lease-telemetry": "api_tenant_object",
     "lease-workload-restart": "api_post_only",
     "lease-workload-stop": "api_post_only",

@@ -6,6 +6,7 @@ from __future__ import annotations
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
+from rest_framework.decorators import action
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -16,8 +17,9 @@ from accounts.apiviews import OrgAPIView
 from accounts.permissions import OPERATE, HasOrganization, role_required
 from inventory import agent_api
 from scheduler import api as lease_api
+from scheduler.errors import NoCapacity
 from scheduler.idempotency import run_idempotent
-from workloads import access, agent_channel, services
+from workloads import access, agent_channel, lease_moves, services
 from workloads.models import SshKey, Template
 from workloads.serializers import (
     LeaseWithWorkloadInput,
@@ -101,6 +103,17 @@ class LeaseViewSet(lease_api.LeaseViewSet):
     def lease_create(self, request: Request, validated: dict):
         workload = validated.pop("workload", None)
         return services.lease_create(org=request.org, user=request.user, workload=workload, **validated)
+
+    @extend_schema(request=None, responses={200: LeaseWithWorkloadsOutput}, parameters=[lease_api.IDEMPOTENCY_KEY])
+    @action(detail=True, methods=["post"])
+    def start(self, request: Request, pk: str) -> Response:
+        """Take cards on the same server again (409 `no_capacity` when it has not enough free, naming in `servers`
+        where it could start with its volumes moved there: POST .../move/; 402 when the organisation's money
+        cannot cover them)."""
+        try:
+            return super().start(request, pk)
+        except NoCapacity as exc:
+            raise lease_moves.no_capacity_with_alternatives(exc, self.get_object()) from None
 
     def _workload_verb(self, request: Request, pk: str, wid: str, verb: str) -> Response:
         lease = self.get_object()

@@ -14,12 +14,21 @@ from datetime import datetime
 
 from django.db.models import F
 
+from accounts.errors import Conflict
 from scheduler.models import Lease
 from workloads.models import Workload, WorkloadState
 
 
 def lease_restarted(lease: Lease, now: datetime) -> None:
-    """Ask the agent of `lease.server` for the lease's workload again (see the module's docstring)."""
+    """Ask the agent of `lease.server` for the lease's workload again (see the module's docstring); refused (409
+    `volume_moving`, the start rolls back) while the lease's volumes move to another server for it."""
+    from workloads import lease_moves
+
+    if lease_moves.lease_moving(lease):
+        raise Conflict(
+            "This lease's volumes are being moved to another server; it starts there once they are.",
+            code="volume_moving",
+        )
     rows = Workload.objects.filter(lease=lease, server_id=lease.server_id)
     rows.update(
         desired=Workload.Desired.RUNNING,

@@ -4,7 +4,7 @@ signed reports and desired-state read."""
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from workloads import api
+from workloads import api, volume_moves_api
 
 router = SimpleRouter()
 router.register("leases", api.LeaseViewSet, basename="lease")
@@ -16,6 +16,7 @@ urlpatterns = [
     *router.urls,
     path("leases/<str:pk>/workloads/<str:wid>/restart/", restart, name="lease-workload-restart"),
     path("leases/<str:pk>/workloads/<str:wid>/stop/", stop, name="lease-workload-stop"),
+    path("leases/<str:pk>/move/", volume_moves_api.LeaseMoveApi.as_view(), name="lease-move"),
     path("ssh-keys/", api.SshKeyListApi.as_view(), name="ssh-keys"),
     path("ssh-keys/<str:pk>/", api.SshKeyDetailApi.as_view(), name="ssh-key-detail"),
     path("templates/", api.TemplateListApi.as_view(), name="templates"),

@@ -169,9 +169,11 @@ def move_request(
     target: Server,
     consent: Any,
     user: Any = None,
+    lease: Any = None,
     now: datetime | None = None,
 ) -> VolumeMove:
-    """Ask for `volume` to be moved to `target` (see the module docstring), by `user`.
+    """Ask for `volume` to be moved to `target` (see the module docstring), by `user`. `lease`: the stopped lease
+    that mounts it and follows it there (workloads/lease_moves.py), whose own mount does not hold it back.
 
     Refused: no consent (400 `consent_required`); the volume's own server (400 on `server`); a volume not ready
     (409 `volume_not_ready`), mounted by a live lease, a stopped one too (409 `volume_in_use`), already moving
@@ -200,7 +202,7 @@ def move_request(
                 f"Only a ready volume can move; this one is {locked.get_state_display().lower()}.",
                 code="volume_not_ready",
             )
-        if volumes.is_mounted(locked):
+        if volumes.is_mounted(locked, exclude_lease=lease.pk if lease is not None else None):
             raise Conflict(
                 "A live lease's workload mounts this volume (a stopped lease keeps its volumes); end that lease first.",
                 code="volume_in_use",
@@ -230,6 +232,7 @@ def move_request(
             organization_id=locked.organization_id,
             source_id=locked.server_id,
             target=server,
+            lease=lease,
             requested_by=user if getattr(user, "pk", None) else None,
             source_price=locked.price_per_gb_month,
             target_price=price,
@@ -259,12 +262,20 @@ def move_cancel(*, volume: Volume, now: datetime | None = None) -> VolumeMove:
     return move
 
 
-def _end(move: VolumeMove, state: str, message: str, now: datetime) -> None:
-    """Cancel or fail a live move (locked by the caller); its chunks are removed once the transaction commits."""
+def end_move(move: VolumeMove, state: str, message: str, now: datetime, *, cascade: bool = True) -> None:
+    """Cancel or fail a live move (locked by the caller); its chunks are removed once the transaction commits. A
+    move of a lease's batch takes the others not switched yet with it (workloads/lease_moves.py)."""
     move.state, move.message, move.ended_at = state, message[:300], now
     move.save(update_fields=["state", "message", "ended_at"])
     transaction.on_commit(lambda: _remove_staged(move.pk))
     logger.info("move %s of volume %s: %s (%s)", move.pk, move.volume_id, state, message)
+    if cascade and move.lease_id is not None:
+        from workloads import lease_moves  # the lease side, which imports this module
+
+        lease_moves.move_ended(move, now)
+
+
+_end = end_move
 
 
 def _remove_staged(move_id: int) -> None:
@@ -556,6 +567,10 @@ def _switch(move: VolumeMove, now: datetime) -> None:
     move.save(update_fields=["state", "switched_at", "bytes_done"])
     transaction.on_commit(lambda: _remove_staged(move.pk))
     logger.info("move %s: volume %s is on server %s now", move.pk, volume.pk, move.target_id)
+    if move.lease_id is not None:
+        from workloads import lease_moves  # the lease side, which imports this module
+
+        lease_moves.volume_switched(move, now)
 
 
 def desired_apply(body: dict[str, Any], server: Server) -> None:

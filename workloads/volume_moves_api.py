@@ -23,7 +23,8 @@ from accounts.serializers import AccessibleField, StrictSerializer
 from inventory import agent_api
 from inventory.access import STOREFRONT
 from inventory.models import Offer, Server
-from workloads import access, volume_moves
+from scheduler import access as scheduler_access
+from workloads import access, lease_moves, volume_moves
 from workloads.models import Volume, VolumeMove
 from workloads.volumes_api import PERMISSIONS
 
@@ -73,6 +74,29 @@ class MoveOutput(serializers.ModelSerializer):
 
     def get_bytes_total(self, move: VolumeMove) -> int:
         return volume_moves.progress(move).bytes_total
+
+
+class LeaseMoveApi(OrgAPIView):
+    """POST: move a stopped card-hour lease's volumes to another server and start it there (consent required;
+    202 with the volumes' moves; a lease without volumes starts there at once). The servers it may go to are those
+    its start's 409 `no_capacity` names (`servers`)."""
+
+    queryset = Volume.objects.none()
+    permission_classes = PERMISSIONS
+    serializer_class = MoveOutput
+
+    @extend_schema(request=MoveInput, responses={202: MoveOutput(many=True)})
+    def post(self, request: Request, pk: str) -> Response:
+        lease = scheduler_access.access_lease(Actor.for_org(request.org), pk)
+        payload = request.data if isinstance(request.data, dict) else {}
+        if payload.get("consent") is not True:
+            raise volume_moves.consent_error()
+        data = MoveInput(data=request.data, context={"request": request})
+        data.is_valid(raise_exception=True)
+        moves = lease_moves.lease_move(
+            lease=lease, target=data.validated_data["server"], consent=True, user=request.user
+        )
+        return Response(MoveOutput(moves, many=True).data, status=status.HTTP_202_ACCEPTED)
 
 
 class VolumeMoveApi(OrgAPIView):

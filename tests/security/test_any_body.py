@@ -206,6 +206,7 @@ def world(alice, bob, staff, box, fake_stripe):
         "volumes": [{"name": "data", "server": box.server_id, "size_gb": 5}],
         "data-access": [{"server": box.server_id, "volumes": [volume.json()["id"]], "ssh_keys": [key["id"]]}],
         "volume-move": [{"server": box.server_id, "consent": True}, {"server": box.server_id, "consent": False}],
+        "lease-move": [{"server": box.server_id, "consent": True}],
         "lease-resize": [{"gpu_count": 2}],
         "offer-list": [{"server": box.server_id, "prices": {"card_hour": "2.50"}, "available_until": FUTURE}],
         "offer-detail": [{"prices": {"card_hour": "3.00"}, "min_gpus": 1}],

@@ -212,6 +212,7 @@ VICTIM_OBJECTS: dict[str, Callable[[Victims], dict]] = {
     "lease-resize": _alice_lease,
     "lease-stop": _alice_lease,
     "lease-start": _alice_lease,
+    "lease-move": _alice_lease,
     "lease-events": _alice_lease,
     "payout-detail": _bob_statement,
     "payout-pay": _bob_statement,
