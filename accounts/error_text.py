@@ -32,6 +32,7 @@ MESSAGES = frozenset(
         # inventory.services (servers)
         gettext_noop("A server with this name already exists in your organization."),
         gettext_noop("Inactive GPU model."),
+        gettext_noop("A whole number of GB, 0 or more."),
         # billing.invoicing (closing and reconciling a month)
         gettext_noop("A period is YYYY-MM."),
         gettext_noop("Use YYYY-MM, e.g. 2026-05."),
@@ -111,6 +112,21 @@ PATTERNS = (
         gettext_lazy("This server has %(free)s GB of volume storage left."),
     ),
     (re.compile(r"^Unknown volume (?P<id>\d+)\.$"), gettext_lazy("Unknown volume %(id)s.")),
+    # inventory.services (a server's disk lent for volumes) and the check workloads registers there
+    (
+        re.compile(
+            r"^Its volumes take (?P<taken>\d+) GB of the disk lent for volumes: lend at least that much \(volumes "
+            r"deleted and wiped free theirs\)\.$"
+        ),
+        gettext_lazy(
+            "Its volumes take %(taken)s GB of the disk lent for volumes: lend at least that much (volumes deleted "
+            "and wiped free theirs)."
+        ),
+    ),
+    (
+        re.compile(r"^At most the server's disk, (?P<disk>\d+) GB\.$"),
+        gettext_lazy("At most the server's disk, %(disk)s GB."),
+    ),
     (
         re.compile(r"^Volume (?P<name>\S+) is kept for a grace period \(your balance ran out\); top up first\.$"),
         gettext_lazy("Volume %(name)s is kept for a grace period (your balance ran out); top up first."),

@@ -22,6 +22,7 @@ from inventory.serializers import (
     ServerDetail,
     ServerInput,
     ServerOutput,
+    ServerUpdate,
     ServerWithToken,
     TelemetryOutput,
     TelemetryQuery,
@@ -75,6 +76,16 @@ class ServerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantView
         data.is_valid(raise_exception=True)
         server, token = services.server_register(org=request.org, **data.validated_data)
         return self._with_token(server, token, status.HTTP_201_CREATED)
+
+    @extend_schema(request=ServerUpdate, responses={200: ServerDetail})
+    def partial_update(self, request: Request, pk: str) -> Response:
+        """Change what the server lends: `volume_disk_gb` (400 above disk_gb; 409 `volume_disk_in_use` below what
+        its volumes take, with `taken_gb`)."""
+        server = self.get_object()
+        data = ServerUpdate(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.server_volume_disk_set(server=server, volume_disk_gb=data.validated_data["volume_disk_gb"])
+        return Response(ServerDetail(self.get_object()).data)
 
     @extend_schema(request=None, responses={200: ServerWithToken})
     @action(detail=True, methods=["post"], url_path="enrollment-token", url_name="enrollment-token")

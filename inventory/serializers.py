@@ -175,6 +175,17 @@ class ServerInput(StrictSerializer):
         return attrs
 
 
+class ServerUpdate(StrictSerializer):
+    """What a provider changes on a registered server (PATCH): the disk it lends for volumes."""
+
+    volume_disk_gb = serializers.IntegerField(
+        min_value=0,
+        max_value=10_000_000,
+        help_text="GB of the disk lent for customers' volumes (0: none): at most disk_gb, at least what its volumes "
+        "take (409 volume_disk_in_use).",
+    )
+
+
 class DrainInput(StrictSerializer):
     reason = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -147,6 +148,39 @@ def server_drain(*, server: Server, reason: str = "") -> Server:
     )
     server.refresh_from_db()
     return server
+
+
+# Checks a layer above runs before a server lends less disk for volumes, with the server row locked (workloads
+# registers what its volumes take: workloads/apps.py); one that raises refuses the change.
+_volume_disk_checks: list[Callable[[Server, int], None]] = []
+
+
+def volume_disk_check_register(check: Callable[[Server, int], None]) -> None:
+    if check not in _volume_disk_checks:
+        _volume_disk_checks.append(check)
+
+
+@platform_work(_PLATFORM)
+def server_volume_disk_set(*, server: Server, volume_disk_gb: Any) -> Server:
+    """Lend `volume_disk_gb` GB of the server's disk for customers' volumes (0: none). 400 on `volume_disk_gb` for
+    anything but a whole number from 0 to the server's `disk_gb`; 409 `volume_disk_in_use` below what its volumes
+    take (the registered check). Decided under a lock of the server row, the one a new volume's creation takes,
+    so no volume slips in between. Idempotent."""
+    if isinstance(volume_disk_gb, bool) or not isinstance(volume_disk_gb, int) or volume_disk_gb < 0:
+        message = "A whole number of GB, 0 or more."
+        raise InvalidInput(message, fields={"volume_disk_gb": [message]})
+    with transaction.atomic():
+        locked = Server.objects.select_for_update().get(pk=server.pk)
+        if volume_disk_gb > locked.disk_gb:
+            message = f"At most the server's disk, {locked.disk_gb} GB."
+            raise InvalidInput(message, fields={"volume_disk_gb": [message]})
+        if volume_disk_gb < locked.volume_disk_gb:
+            for check in _volume_disk_checks:
+                check(locked, volume_disk_gb)
+        if locked.volume_disk_gb != volume_disk_gb:
+            locked.volume_disk_gb = volume_disk_gb
+            locked.save(update_fields=["volume_disk_gb"])
+    return locked
 
 
 @platform_work(_PLATFORM)

@@ -66,6 +66,7 @@ urlpatterns = [
         views_servers.server_enrollment_token,
         name="server_enrollment_token",
     ),
+    path("servers/<int:server_id>/volume-disk/", views_servers.server_volume_disk, name="server_volume_disk"),
     path("servers/<int:server_id>/drain/", views_servers.server_drain, name="server_drain"),
     path("servers/<int:server_id>/undrain/", views_servers.server_undrain, name="server_undrain"),
     path("provider/offers/", views_provider.offer_list, name="provider_offers"),

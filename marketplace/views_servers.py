@@ -29,7 +29,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts.access import Actor
 from accounts.error_text import error_text, place_errors
-from accounts.errors import InvalidInput, InvalidTransition, NotAllowed, NotFound
+from accounts.errors import DomainError, InvalidInput, InvalidTransition, NotAllowed, NotFound
 from accounts.formfields import AsciiIntegerField
 from accounts.permissions import can_operate, provider_org, require_operate
 from inventory import selectors, services
@@ -40,6 +40,7 @@ from marketplace.card_memory import memory_gb
 from marketplace.polling import poll_login_required
 from marketplace.views_workloads import state_label
 from workloads.selectors import host_of, server_workload_rows
+from workloads.volumes import storage_taken
 
 # A one-time enrolment token waits here (server-side session) between the POST that made it and the page
 # that shows it once; reading it removes it.
@@ -327,7 +328,10 @@ def server_list(request: HttpRequest) -> HttpResponse:
 @login_required
 def server_detail(request: HttpRequest, server_id: int) -> HttpResponse:
     """One server: hardware, enrolment, its cards (refreshed by htmx) and the telemetry charts."""
-    server = _server(request, server_id)
+    return _detail(request, _server(request, server_id))
+
+
+def _detail(request: HttpRequest, server: Server, *, volume_disk_error: str = "", status: int = 200) -> HttpResponse:
     token = _take_token(request, server)
     context = {
         **_grid_context(server),
@@ -349,8 +353,10 @@ def server_detail(request: HttpRequest, server_id: int) -> HttpResponse:
         "workloads": [
             {"workload": workload, "label": state_label(workload.state)} for workload in server_workload_rows(server)
         ],
+        "volume_disk_taken": storage_taken(server),
+        "volume_disk_error": volume_disk_error,
     }
-    response = render(request, "marketplace/servers/detail.html", context)
+    response = render(request, "marketplace/servers/detail.html", context, status=status)
     if token:
         # The page carries a one-time secret: keep it out of every cache (and the back-forward cache).
         response["Cache-Control"] = "no-store"
@@ -377,6 +383,28 @@ def server_enrollment_token(request: HttpRequest, server_id: int) -> HttpRespons
     else:
         _keep_token_once(request, server, token)
         messages.success(request, _("A new enrolment token is ready; the previous one no longer works."))
+    return HttpResponseRedirect(reverse("marketplace:server_detail", args=[server.pk]))
+
+
+@require_POST
+@login_required
+def server_volume_disk(request: HttpRequest, server_id: int) -> HttpResponse:
+    """Change the disk the server lends for volumes (inventory.services.server_volume_disk_set): a number that is
+    not one, above the disk or below what its volumes take is refused on the page (400, 409), said in its words."""
+    server = _server(request, server_id)
+    require_operate(request)
+    raw = (request.POST.get("volume_disk_gb") or "").strip()
+    wanted: Any = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 9 else raw
+    try:
+        server = services.server_volume_disk_set(server=server, volume_disk_gb=wanted)
+    except DomainError as exc:
+        problems = (exc.fields or {}).get("volume_disk_gb") or [exc.message]
+        return _detail(
+            request, _server(request, server_id), volume_disk_error=error_text(problems[0]), status=exc.status_code
+        )
+    messages.success(
+        request, _("%(name)s lends %(gb)s GB for volumes.") % {"name": server.name, "gb": server.volume_disk_gb}
+    )
     return HttpResponseRedirect(reverse("marketplace:server_detail", args=[server.pk]))
 
 

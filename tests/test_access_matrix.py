@@ -189,6 +189,7 @@ ACCESS: dict[str, str] = {
     "marketplace:server_detail": "page_object",
     "marketplace:server_tiles": "page_object",
     "marketplace:server_enrollment_token": "post_only",
+    "marketplace:server_volume_disk": "post_only",
     "marketplace:server_drain": "post_only",
     "marketplace:server_undrain": "post_only",
     "marketplace:provider_offers": "page_provider",

@@ -131,6 +131,19 @@ def storage_taken(server: Server) -> int:
     return int(taken or 0) + volume_moves.reserved_gb(server)
 
 
+def volume_disk_check(server: Server, volume_disk_gb: int) -> None:
+    """Before `server` lends less disk for volumes (inventory.services.server_volume_disk_set, the server row locked;
+    registered in WorkloadsConfig.ready): never below what its volumes take. 409 `volume_disk_in_use` otherwise."""
+    taken = storage_taken(server)
+    if volume_disk_gb < taken:
+        raise Conflict(
+            f"Its volumes take {taken} GB of the disk lent for volumes: lend at least that much (volumes deleted and "
+            "wiped free theirs).",
+            code="volume_disk_in_use",
+            extra={"taken_gb": taken},
+        )
+
+
 @dataclass(frozen=True)
 class StorageServer:
     """A server a customer may make a volume on: its live offer that prices storage, and the GB still free."""

@@ -223,6 +223,7 @@ def world(alice, bob, staff, box, fake_stripe):
                 "port_range_end": 40999,
             }
         ],
+        "server-detail": [{"volume_disk_gb": 40}, {"volume_disk_gb": 1}],  # 1: below alice's volume, 409
         "server-drain": [{"reason": "maintenance"}],
         "ssh-keys": [{"name": "k2", "public_key": SSH_KEY}],
         "api-key-list": [{"name": "ci"}],
