@@ -19,6 +19,7 @@ from billing.models import (
     BalanceEntry,
     BillingTerms,
     CreditNote,
+    DataAccessRecord,
     FundsNotice,
     Invoice,
     InvoiceLine,
@@ -102,6 +103,14 @@ class StorageRecordAdmin(ReadOnly, TenantAdmin):
     list_filter = ["currency"]
     date_hierarchy = "slot_start"
     list_select_related = ["volume", "organization"]
+
+
+@admin.register(DataAccessRecord)
+class DataAccessRecordAdmin(ReadOnly, TenantAdmin):
+    list_display = ["data_access", "organization", "slot_start", "seconds", "unit_price", "amount", "currency"]
+    list_filter = ["currency"]
+    date_hierarchy = "slot_start"
+    list_select_related = ["data_access", "organization"]
 
 
 @admin.register(CreditNote)
