@@ -32,6 +32,7 @@ from billing.metering import lease_usage
 from marketplace.card_memory import memory_gb
 from marketplace.forms import EndForm, IdempotentForm, ResizeForm, describe_errors
 from marketplace.polling import poll_login_required
+from marketplace.views_volume_moves import lease_move_context
 from marketplace.views_workloads import lease_for_page, workload_event_text, workload_panel
 from scheduler import services as scheduler_services
 from scheduler.models import Lease, LeaseEvent, LeaseState, Plan
@@ -309,6 +310,8 @@ def _detail(
         "end_form": end_form if operate and endable else None,
         "stop_form": stop_form if operate and can_stop(lease) else None,
         "start_form": start_form if operate and lease.state == LeaseState.STOPPED else None,
+        # Or move its volumes and start on another server (marketplace/views_volume_moves.py).
+        **lease_move_context(lease, can_operate=operate),
         "confirming": confirming,
         "state_label": STATE_LABELS.get(lease.state, lease.state),
         "end_reason_label": (
@@ -493,11 +496,8 @@ def lease_start(request: HttpRequest, lease_id: int) -> HttpResponse:
     if outcome.ok:
         messages.success(request, _("Lease %(id)s is starting again on the same server.") % {"id": lease.pk})
     elif outcome.code == "no_capacity":
-        messages.error(
-            request,
-            _("Server %(server)s has not got %(count)s free cards right now; nothing changed. Try again later.")
-            % {"server": lease.server_id, "count": lease.gpu_count},
-        )
+        # The service's words, in the page's language: whether cards there are being cleaned, and when to retry.
+        messages.error(request, error_text(outcome.message))
     elif outcome.code == "insufficient_funds":
         messages.error(request, _("Your balance cannot cover this lease; top up to start it again."))
     elif outcome.code == "invalid_state":

@@ -19,6 +19,7 @@ from django.views.decorators.http import require_POST
 from accounts.access import Actor
 from accounts.error_text import error_text
 from accounts.errors import DomainError, NotFound
+from accounts.permissions import require_operate
 from billing.display import money
 from inventory.access import STOREFRONT
 from inventory.models import Server
@@ -124,3 +125,59 @@ def volume_move_cancel(request: HttpRequest, volume_id: int) -> HttpResponse:
             request, _("The move of volume %(name)s is cancelled; it stays where it is.") % {"name": volume.name}
         )
     return HttpResponseRedirect(reverse("marketplace:volume_list"))
+
+
+# --- the lease page: a stopped lease's "move my volumes and start there" -----------------------------------------
+
+
+def lease_move_context(lease: Any, *, can_operate: bool) -> dict[str, Any]:
+    """For a stopped card-hour lease's page: the servers it could start on now (with its volumes moved there), and
+    its volumes' moves while they run."""
+    from scheduler.models import LeaseState, Plan
+    from workloads import lease_moves
+
+    if lease.state != LeaseState.STOPPED or lease.plan != Plan.CARD_HOUR:
+        return {"move_start": None}
+    moving = [
+        {"volume": move.volume, **move_row(move.volume, move)["move"]}
+        for move in volume_moves.VolumeMove.objects.unscoped("the lease's own volumes' moves")
+        .filter(lease=lease, state__in=volume_moves.LIVE_MOVE_STATES)
+        .select_related("volume")
+    ]
+    servers = lease_moves.start_alternatives(lease) if can_operate and not moving else []
+    return {"move_start": {"servers": servers, "moving": moving, "volumes": lease_moves._lease_volumes(lease)}}
+
+
+@require_POST
+@login_required
+def lease_move(request: HttpRequest, lease_id: int) -> HttpResponse:
+    """Move a stopped lease's volumes to the chosen server and start it there, with the consent box ticked."""
+    from marketplace.views_workloads import lease_for_page
+    from workloads import lease_moves
+
+    lease = lease_for_page(request, lease_id)
+    require_operate(request)
+    page = reverse("marketplace:lease_detail", args=[lease.pk])
+    server_id = request.POST.get("server") or ""
+    target = Server.objects.unscoped(STOREFRONT).filter(pk=server_id).first() if server_id.isdigit() else None
+    if target is None:
+        messages.error(request, _("Choose the server to move the volume to."))
+        return HttpResponseRedirect(page)
+    try:
+        moves = lease_moves.lease_move(
+            lease=lease, target=target, consent=request.POST.get("consent") == "yes", user=request.user
+        )
+    except DomainError as exc:
+        messages.error(request, error_text(exc.message))
+        return HttpResponseRedirect(page)
+    if moves:
+        messages.success(
+            request,
+            _("The lease's volumes are being copied to server %(server)s; it starts there once they are.")
+            % {"server": target.pk},
+        )
+    else:
+        messages.success(
+            request, _("Lease %(id)s is starting on server %(server)s.") % {"id": lease.pk, "server": target.pk}
+        )
+    return HttpResponseRedirect(page)

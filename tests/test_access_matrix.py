@@ -185,6 +185,7 @@ ACCESS: dict[str, str] = {
     "marketplace:data_access_end": "post_only",
     "marketplace:volume_move": "post_only",
     "marketplace:volume_move_cancel": "post_only",
+    "marketplace:lease_move": "post_only",
     "marketplace:server_list": "page_provider",
     "marketplace:server_detail": "page_object",
     "marketplace:server_tiles": "page_object",

@@ -6,6 +6,7 @@ is on the new server and started there, its volume mounted; a lease without volu
 from __future__ import annotations
 
 import hashlib
+import re
 
 import pytest
 
@@ -132,3 +133,43 @@ def test_another_tenants_lease_is_404(alice, charlie, source, target):
         ).status_code
         == 404
     )
+
+
+def _page(persona, lease: int, language: str = "") -> str:
+    from django.test import Client
+
+    client = Client()
+    client.force_login(persona.user)
+    if language:
+        client.cookies["django_language"] = language
+    response = client.get(f"/leases/{lease}/")
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def test_the_lease_page_offers_to_move_and_start_there_with_consent_and_shows_the_copy(alice, charlie, source, target):
+    from django.test import Client
+
+    vid = ready_volume(alice, source, size_gb=10)
+    lease = stopped_lease_without_cards(alice, charlie, source, vid)
+    body = _page(alice, lease)
+    form = re.search(r'<form[^>]*id="lease-move-form".*?</form>', body, re.S).group(0)
+    assert f'name="server" value="{target.server_id}"' in form and "8 free cards" in form
+    assert f"then wiped on server {source.server_id}" in form and 'name="consent"' in form
+    zh = _page(alice, lease, "zh-hans")
+    assert "迁移我的存储卷并在那里启动" in zh and "8 张空闲卡" in zh and "Move and start there" not in zh
+
+    client = Client()
+    client.force_login(alice.user)
+    refused = client.post(f"/leases/{lease}/move/", {"server": target.server_id}, follow=True).content.decode()
+    assert "Tick consent" in refused and not VolumeMove.objects.exists()
+    moved = client.post(f"/leases/{lease}/move/", {"server": target.server_id, "consent": "yes"}, follow=True)
+    assert f"being copied to server {target.server_id}" in moved.content.decode()
+    VolumeMove.objects.filter(lease_id=lease).update(state="copying", bytes_done=512, bytes_total=2048)
+    body = _page(alice, lease)
+    assert 'id="lease-moving"' in body and '<progress value="512" max="2048"' in body
+    assert 'id="lease-move-form"' not in body
+    assert "正在迁移其存储卷" in _page(alice, lease, "zh-hans")
+    outsider = Client()
+    outsider.force_login(charlie.user)
+    assert outsider.post(f"/leases/{lease}/move/", {"server": target.server_id, "consent": "yes"}).status_code == 404
