@@ -265,3 +265,49 @@ def test_top_up_and_invoice_payment_start_with_stripe(suanli, alice, fake_stripe
     paying = suanli.ok("invoices", "pay", str(invoice.pk), "--json").json()
     assert_valid(paying, response_schema(openapi, "/api/v1/invoices/{id}/pay/", "post"))
     assert paying["amount"] == "12.00" and paying["client_secret"]
+
+
+def test_following_events_then_a_reservation_on_another_plan(suanli, alice, box, openapi):
+    from datetime import UTC, datetime, timedelta
+
+    suanli.login(alice)
+    now = suanli.ok("leases", "create", "--offer", str(box.offer_id), "--cards", "1", "--json").json()
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "cli", "events", str(now["id"]), "-f", "--interval", "0.5"],
+        cwd=suanli.home,
+        env=suanli.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(2)
+        assert follow.poll() is None  # following while the lease runs
+        suanli.ok("leases", "end", str(now["id"]))
+        out, err = follow.communicate(timeout=30)  # ... and done once it is over
+    finally:
+        follow.kill() if follow.poll() is None else None
+    assert follow.returncode == 0, err
+    assert "ended" in out
+
+    start = (datetime.now(UTC) + timedelta(days=2)).replace(microsecond=0)
+    reserved = suanli.ok(
+        "leases",
+        "create",
+        "--plan",
+        "server_month",
+        "--offer",
+        str(box.offer_id),
+        "--servers",
+        "1",
+        "--start-at",
+        start.isoformat(),
+        "--end-at",
+        (start + timedelta(days=30)).isoformat(),
+        "--json",
+    ).json()
+    assert reserved["plan"] == "server_month" and reserved["state"] == "scheduled"
+    assert_valid(reserved, response_schema(openapi, "/api/v1/leases/", "post", "201"))
+    assert [x["id"] for x in suanli.ok("leases", "list", "--state", "scheduled", "--json").json()] == [reserved["id"]]
+    cancelled = suanli.ok("leases", "end", str(reserved["id"]), "--json").json()
+    assert cancelled["state"] == "cancelled"
