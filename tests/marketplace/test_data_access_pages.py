@@ -96,3 +96,15 @@ def test_a_billing_member_reads_but_may_not_open_or_end_and_another_tenant_gets_
     assert Client().post(f"/volumes/access/{session.pk}/end/").status_code == 302  # to the login page
     session.refresh_from_db()
     assert session.state == "open"
+
+
+def test_the_providers_server_page_lists_a_session_as_data_access_without_customer_data(alice, bob, offer):  # noqa: F811
+    volume = _ready(alice, offer)
+    key = services.ssh_key_add(user=alice.user, name="laptop", public_key=_public_key())
+    _signed_in(alice).post(
+        "/volumes/access/", {"server": offer.server_id, "volumes": [volume.pk], "ssh_keys": [key.pk]}
+    )
+    body = _signed_in(bob).get(f"/servers/{offer.server_id}/").content.decode()
+    row = re.search(r'<tr data-lease="">(.*?)</tr>', body, re.S)
+    assert row and "Data access" in row.group(1) and re.search(r'class="num">0<', row.group(1))
+    assert "None" not in row.group(1) and volume.name not in body and key.fingerprint not in body
