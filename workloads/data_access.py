@@ -219,6 +219,11 @@ def data_access_end(
         if locked.state == DataAccess.State.OPEN:
             locked.state, locked.ended_at, locked.end_reason = DataAccess.State.ENDED, min(now, locked.ends_at), reason
             locked.save(update_fields=["state", "ended_at", "end_reason"])
+            # A container its agent never reported (an agent of before data access, or one that never polled) has
+            # nothing on the host to clean: it is over, not stuck.
+            Workload.objects.filter(
+                data_access=locked, state=WorkloadState.PENDING, state_changed_at__isnull=True
+            ).update(state=WorkloadState.CLEANED, state_changed_at=now)
             org_log.record(
                 locked.organization_id,
                 org_log.DATA_ACCESS_ENDED,

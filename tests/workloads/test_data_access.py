@@ -15,10 +15,18 @@ from scheduler import services as scheduler
 from scheduler.models import Lease
 from tests.billing.test_balances import credit, prepaid
 from tests.workloads.conftest import Box, add_key
-from tests.workloads.test_volumes import made, mount_lease, reported, store  # noqa: F401 (fixture)
+from tests.workloads.test_volumes import made, mount_lease, reported
+from tests.workloads.test_volumes_api import lend_storage
 from workloads import volumes
 from workloads.checks import workloads_check
 from workloads.models import DataAccess, Volume, Workload
+
+
+@pytest.fixture
+def store(bob, box) -> Box:
+    lend_storage(bob, box)
+    return box
+
 
 FIELDS = {
     "id",
@@ -154,7 +162,6 @@ def test_bad_input_is_400_naming_the_field(alice, store, body, field):
 
 def test_another_users_key_and_a_volume_on_another_server_or_not_made_are_400(alice, store, h100, bob):
     from tests.workloads.conftest import enrolled_box
-    from tests.workloads.test_volumes_api import lend_storage
 
     other = enrolled_box(bob, h100, name="box-2", prefix="b0x2")
     lend_storage(bob, other)
@@ -259,3 +266,26 @@ def test_a_volume_left_in_an_open_session_is_never_wiped_by_the_due_wipes_alone(
     opened(alice, store, [vid], [add_key(alice)["id"]])
     assert volumes.volumes_wipe_due(now=now + timedelta(hours=2)) == []
     assert Volume.objects.get(pk=vid).state == "grace"
+
+
+def test_a_session_its_agent_never_ran_is_over_when_it_ends_and_one_stuck_shows_on_the_fleet_page(
+    alice, store, staff, settings
+):
+    from django.test import Client
+
+    vid, other = ready_volume(alice, store), ready_volume(alice, store, "other")
+    key = add_key(alice)["id"]
+    never = opened(alice, store, [vid], [key])
+    alice.api.delete(f"/api/v1/data-access/{never['id']}/")
+    assert Workload.objects.get(data_access_id=never["id"]).state == "cleaned"  # nothing on the host to clean
+    stuck = opened(alice, store, [other], [key])
+    workload = Workload.objects.get(data_access_id=stuck["id"])
+    store.agent.report([{"id": workload.pk, "state": "pulling"}])
+    settings.SUANLI_WORKLOAD_STUCK_SECONDS = 0
+    client = Client()
+    client.force_login(staff.user)
+    with time_machine.travel(timezone.now() + timedelta(minutes=5), tick=False):
+        page = client.get("/staff/fleet/")
+    assert page.status_code == 200
+    body = page.content.decode()
+    assert f'data-workload="{workload.pk}"' in body and f"Data access {stuck['id']}" in body
