@@ -112,6 +112,29 @@ PATTERNS = (
         gettext_lazy("This server has %(free)s GB of volume storage left."),
     ),
     (re.compile(r"^Unknown volume (?P<id>\d+)\.$"), gettext_lazy("Unknown volume %(id)s.")),
+    # scheduler.services.lease_start: no free cards on a stopped lease's server
+    (
+        re.compile(
+            r"^Server (?P<server>\d+) has not got (?P<count>\d+) free cards now; nothing changed\. "
+            r"(?P<cleaning>\d+) of its cards are being cleaned after the leases that used them: they are free once the "
+            r"server reports them clean, normally within a minute; try again in (?P<seconds>\d+) seconds\.$"
+        ),
+        gettext_lazy(
+            "Server %(server)s has not got %(count)s free cards now; nothing changed. %(cleaning)s of its cards are "
+            "being cleaned after the leases that used them: they are free once the server reports them clean, "
+            "normally within a minute; try again in %(seconds)s seconds."
+        ),
+    ),
+    (
+        re.compile(
+            r"^Server (?P<server>\d+) has not got (?P<count>\d+) free cards now; nothing changed\. "
+            r"Its cards are rented by other leases; try again later, or move its volumes to another server\.$"
+        ),
+        gettext_lazy(
+            "Server %(server)s has not got %(count)s free cards now; nothing changed. Its cards are rented by other "
+            "leases; try again later, or move its volumes to another server."
+        ),
+    ),
     # inventory.services (a server's disk lent for volumes) and the check workloads registers there
     (
         re.compile(

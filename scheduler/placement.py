@@ -18,7 +18,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.backends.postgresql.psycopg_any import DateTimeTZRange
-from django.db.models import Exists, Q
+from django.db.models import Exists, OuterRef, Q, Subquery
 
 from accounts.tenancy import platform_work
 from scheduler import allocator, locks, pricing, selectors
@@ -140,6 +140,43 @@ def allocate(
         transaction.savepoint_commit(savepoint)
         return rows
     raise NoCapacity()
+
+
+def take_back_own_cards(*, lease: Lease, filters: Filters, start: datetime, end: datetime | None) -> list[Allocation]:
+    """For a stopped lease starting again on its server: the cards its own stop released that still only wait for
+    cleaning, taken back for [start, end), at most `lease.gpu_count`; call inside the start's transaction.
+
+    Such a card is `needs_cleaning` and its last allocation is this lease's, closed by its stop: nobody has held it
+    since (a card waiting for cleaning is allocatable to no one), so what is left on it is this lease's own, and
+    cleaning, which protects the next tenant, has no one to protect. Otherwise the card is allocatable for the start
+    (its server's offer, health, drain, runtime: `filters`). The cards are locked (`FOR NO KEY UPDATE SKIP LOCKED`,
+    primary-key order) and the exclusion constraint has the last word (none is taken back if it refuses one). Their
+    cleaning state becomes that of a card in a workload, as workloads.agent_channel sets a card it serves again
+    (`needs_cleaning`, no version to wait for, no clean timeout running), so the report of the stop's version does
+    not mark them clean, and once the lease ends they are cleaned like any card."""
+    from inventory.models import Gpu  # the scheduler reads cards through its selectors elsewhere
+
+    period = period_range(start, end)
+    last = Allocation.objects.filter(gpu_id=OuterRef("pk")).order_by("-period__startswith", "-pk")
+    ids = list(
+        selectors.allocatable_gpus(filters, uncleaned_too=True)
+        .filter(needs_cleaning=True, server_id=lease.server_id)
+        .annotate(
+            last_lease=Subquery(last.values("lease_id")[:1]), last_reason=Subquery(last.values("close_reason")[:1])
+        )
+        .filter(last_lease=lease.pk, last_reason=LeaseState.STOPPED)
+        .exclude(Exists(selectors.overlapping(period)))
+        .order_by("pk")
+        .select_for_update(no_key=True, skip_locked=True, of=("self",))
+        .values_list("pk", flat=True)[: lease.gpu_count]
+    )
+    if not ids:
+        return []
+    rows = _insert(lease, [(lease.server_id, gpu_id) for gpu_id in ids], period)
+    if rows is None:
+        return []
+    Gpu.objects.filter(pk__in=ids).update(clean_after_version=None, clean_requested_at=None)
+    return rows
 
 
 def _claim(

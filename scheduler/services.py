@@ -24,7 +24,7 @@ from inventory.models import GpuModel, Offer, Server
 from scheduler import admission, allocator, pricing, restarts, selectors
 from scheduler.errors import NoCapacity
 from scheduler.models import Allocation, Lease, LeaseEvent, LeaseState, Plan, check_transition
-from scheduler.placement import PLATFORM, Demand, allocate, largest_allocatable
+from scheduler.placement import PLATFORM, Demand, allocate, largest_allocatable, take_back_own_cards
 from scheduler.selectors import Filters
 from scheduler.transitions import append_event, close_allocations, gpu_uuids, move, rated_pflops, start
 
@@ -33,6 +33,10 @@ T = TypeVar("T")
 
 # Whole-transaction attempts after a deadlock (PostgreSQL aborts one side; we run it again).
 MAX_ATTEMPTS = 4
+
+# When to try a start again while cards of its server are being cleaned: agents report every few seconds, and a
+# card is free again at the first report after its workload is gone.
+CLEANING_RETRY_SECONDS = 60
 
 
 def _is_deadlock(exc: BaseException) -> bool:
@@ -357,21 +361,22 @@ def lease_start(*, lease: Lease, now: datetime | None = None) -> Lease:
             runtime=locked.runtime,
             host_access=locked.host_access,
         )
-        try:
-            rows = allocate(
-                lease=locked,
-                demand=Demand(plan=Plan.CARD_HOUR, gpu_count=locked.gpu_count),
-                filters=filters,
-                start=now,
-                end=locked.end_at,
-                now=now,
-                preempt=True,
-            )
-        except NoCapacity:
-            raise NoCapacity(
-                f"Server {locked.server_id} has not got {locked.gpu_count} free cards now; nothing changed. Cards "
-                "just released are cleaned by the server first, so try again in a few minutes."
-            ) from None
+        # Its own cards, released by its stop and only waiting for cleaning, come back at once (placement docstring);
+        # the rest are free cards of the same server.
+        rows = take_back_own_cards(lease=locked, filters=filters, start=now, end=locked.end_at)
+        if len(rows) < locked.gpu_count:
+            try:
+                rows += allocate(
+                    lease=locked,
+                    demand=Demand(plan=Plan.CARD_HOUR, gpu_count=locked.gpu_count - len(rows)),
+                    filters=filters,
+                    start=now,
+                    end=locked.end_at,
+                    now=now,
+                    preempt=True,
+                )
+            except NoCapacity:
+                raise _no_capacity_to_start(locked, filters) from None
         gpu_ids = [row.gpu_id for row in rows]
         move(
             locked,
@@ -386,6 +391,29 @@ def lease_start(*, lease: Lease, now: datetime | None = None) -> Lease:
         return locked
 
     return _retrying(work)
+
+
+def _no_capacity_to_start(lease: Lease, filters: Filters) -> NoCapacity:
+    """The 409 of a start its server cannot give cards to now, saying whether cards there are being cleaned after
+    other leases (they come back once its agent reports them clean, normally within a minute of the next report;
+    a card not reported clean within SUANLI_WORKLOAD_CLEAN_TIMEOUT_SECONDS is drained for its provider) and when
+    to try again. `cleaning` and `retry_after_seconds` say the same for scripts."""
+    cleaning = (
+        selectors.allocatable_gpus(filters, uncleaned_too=True)
+        .filter(server_id=lease.server_id, needs_cleaning=True)
+        .count()
+    )
+    message = f"Server {lease.server_id} has not got {lease.gpu_count} free cards now; nothing changed."
+    extra: dict[str, int] = {"cleaning": cleaning}
+    if cleaning:
+        message += (
+            f" {cleaning} of its cards are being cleaned after the leases that used them: they are free once the "
+            f"server reports them clean, normally within a minute; try again in {CLEANING_RETRY_SECONDS} seconds."
+        )
+        extra["retry_after_seconds"] = CLEANING_RETRY_SECONDS
+    else:
+        message += " Its cards are rented by other leases; try again later, or move its volumes to another server."
+    return NoCapacity(message, extra=extra)
 
 
 # --- resize ------------------------------------------------------------------------------------------------

@@ -6,10 +6,11 @@ from __future__ import annotations
 import re
 
 import pytest
+from django.conf import settings
 
 from accounts.models import Role
 from scheduler.models import Allocation, Lease
-from scheduler.services import lease_create, lease_stop
+from scheduler.services import lease_create, lease_end, lease_stop
 from tests.factories import GpuModelFactory, MembershipFactory, online_server
 
 
@@ -62,7 +63,10 @@ def test_start_without_free_cards_says_so_and_changes_nothing(client, alice, cha
     page = client.get(f"/leases/{lease.pk}/").content.decode()
     response = client.post(f"/leases/{lease.pk}/start/", {"idempotency_key": key_of(page, "start-form")}, follow=True)
     body = response.content.decode()
-    assert f"Server {offer.server_id} has not got 2 free cards right now; nothing changed." in body
+    assert (
+        f"Server {offer.server_id} has not got 2 free cards now; nothing changed. Its cards are rented by other "
+        "leases; try again later, or move its volumes to another server."
+    ) in body
     lease.refresh_from_db()
     assert lease.state == "stopped" and 'id="start-lease"' in body
 
@@ -100,3 +104,26 @@ def test_the_stopped_lease_page_speaks_chinese(client, alice, lease):
         assert words in page, words
     listing = client.get("/leases/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
     assert "已停止" in listing
+
+
+def test_start_while_cards_are_cleaned_after_another_lease_says_when_to_retry_in_both_languages(
+    client, alice, charlie, offer, lease
+):
+    from inventory.models import Gpu
+
+    lease_stop(lease=lease)
+    # Another lease used its cards since, and they now wait for cleaning after it: none is alice's to take back.
+    lease_end(lease=lease_create(org=charlie.org, plan="card_hour", gpu_count=2, offer=offer))
+    Gpu.objects.filter(server_id=offer.server_id).update(needs_cleaning=True)
+    client.force_login(alice.user)
+    for language, words in (
+        ("en", "of its cards are being cleaned after the leases that used them"),
+        ("zh-hans", "张显卡正在清理"),
+    ):
+        client.cookies.load({settings.LANGUAGE_COOKIE_NAME: language})
+        page = client.get(f"/leases/{lease.pk}/").content.decode()
+        key = key_of(page, "start-form")
+        body = client.post(f"/leases/{lease.pk}/start/", {"idempotency_key": key}, follow=True).content.decode()
+        assert words in body and ("60" in body)
+    lease.refresh_from_db()
+    assert lease.state == "stopped"

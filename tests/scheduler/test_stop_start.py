@@ -15,6 +15,7 @@ from accounts.models import Role
 from billing import ledger
 from billing.metering import lease_usage, meter
 from billing.models import UsageRecord
+from inventory.models import Gpu
 from scheduler import lifecycle, services
 from scheduler.models import TRANSITIONS, Allocation, Lease, LeaseEvent, LeaseState, check_transition
 from tests.conftest import make_persona
@@ -261,8 +262,6 @@ def test_the_workload_leaves_the_desired_state_when_stopped_and_comes_back_when_
 
     desired = box.agent.desired()
     assert desired["workloads"] == [], "the agent removes the container (the volumes stay)"
-    refused = post(alice, lease["id"], "start")
-    assert refused.status_code == 409 and refused.json()["error"]["code"] == "no_capacity", "cards not clean yet"
     box.agent.report([{"id": item["id"], "state": "cleaned"}], workloads_version=desired["version"])
 
     started = post(alice, lease["id"], "start")
@@ -273,3 +272,63 @@ def test_the_workload_leaves_the_desired_state_when_stopped_and_comes_back_when_
     [again] = box.agent.desired()["workloads"]
     assert again["id"] == item["id"] and again["generation"] == item["generation"] + 1
     assert sorted(again["gpus"]) == sorted(item["gpus"])
+
+
+# --- start right after stop: its own cards, still waiting for cleaning, come back -------------------------------
+
+
+def test_a_start_right_after_stop_takes_back_its_own_cards_waiting_for_cleaning(alice, box):
+    lease = rent_with_workload(alice, keys=[add_key(alice)["id"]], gpu_count=2)
+    [item] = box.agent.desired()["workloads"]
+    box.agent.report([{"id": item["id"], "state": "running", "ports": {"22": 40022}}])
+    assert post(alice, lease["id"], "stop").status_code == 200
+    stopped = box.agent.desired()  # the stop's version: the cards wait for the agent to apply it
+    assert Gpu.objects.filter(server_id=box.server_id, needs_cleaning=True).count() == 2
+
+    started = post(alice, lease["id"], "start")
+    assert started.status_code == 200, started.content
+    assert sorted(g["uuid"] for g in started.json()["gpus"]) == sorted(item["gpus"]), "its own cards, at once"
+    [again] = box.agent.desired()["workloads"]
+    assert sorted(again["gpus"]) == sorted(item["gpus"])
+    # The stop's version reported late does not mark cards clean that are in a workload again.
+    box.agent.report([{"id": item["id"], "state": "running"}], workloads_version=stopped["version"])
+    cards = Gpu.objects.filter(server_id=box.server_id)
+    assert all(c.needs_cleaning and c.clean_after_version is None for c in cards)
+    # Its old and new periods of each card meet without overlapping (the exclusion constraint holds them).
+    for gpu in cards:
+        periods = sorted(Allocation.objects.filter(gpu=gpu).values_list("period", flat=True), key=lambda p: p.lower)
+        assert len(periods) == 2 and periods[0].upper <= periods[1].lower
+    # Ended, they are cleaned like any card: free again only after the agent applies the version leaving them out.
+    assert post(alice, lease["id"], "end").status_code == 200
+    ended = box.agent.desired()
+    assert ended["workloads"] == [] and all(c.needs_cleaning for c in Gpu.objects.filter(server_id=box.server_id))
+    box.agent.report([{"id": item["id"], "state": "cleaned"}], workloads_version=ended["version"])
+    assert not Gpu.objects.filter(server_id=box.server_id, needs_cleaning=True).exists()
+
+
+def test_cards_cleaned_after_another_lease_are_not_taken_and_the_409_says_when_to_retry(alice, charlie, box):
+    lease = rent_with_workload(alice, keys=[add_key(alice)["id"]], gpu_count=2)
+    [item] = box.agent.desired()["workloads"]
+    assert post(alice, lease["id"], "stop").status_code == 200
+    box.agent.report([{"id": item["id"], "state": "cleaned"}], workloads_version=box.agent.desired()["version"])
+    theirs = rent_with_workload(charlie, keys=[add_key(charlie)["id"]], gpu_count=2)  # charlie takes the clean cards
+    box.agent.desired()
+    assert post(charlie, theirs["id"], "end").status_code == 200
+    box.agent.desired()  # charlie's cards now wait for cleaning: none of them is alice's to take back
+
+    refused = post(alice, lease["id"], "start")
+    assert refused.status_code == 409
+    error = refused.json()["error"]
+    assert (error["code"], error["cleaning"], error["retry_after_seconds"]) == ("no_capacity", 2, 60)
+    assert "2 of its cards are being cleaned after the leases that used them" in error["message"]
+    assert "try again in 60 seconds" in error["message"]
+    assert Lease.objects.get(pk=lease["id"]).state == "stopped"
+
+
+def test_own_cards_that_were_cleaned_and_are_held_by_another_lease_are_never_taken_back(alice, charlie, servers):
+    lease = rent(alice, gpu_count=4, offer=servers[0].offers.first().pk)
+    assert post(alice, lease["id"], "stop").status_code == 200  # no workload: its cards need no cleaning
+    rent(charlie, gpu_count=4, offer=servers[0].offers.first().pk)
+    refused = post(alice, lease["id"], "start")
+    assert refused.status_code == 409
+    assert refused.json()["error"]["cleaning"] == 0 and "rented by other leases" in refused.json()["error"]["message"]
