@@ -88,8 +88,10 @@ def test_a_prepaid_customers_volume_is_kept_for_a_grace_period_when_money_runs_o
         page.goto("/balance/")
         assert _text(page, "#volumes-grace") == (
             "A volume is kept for a grace period because your balance ran out: its data is wiped at the date below "
-            "unless you top up first."
+            "unless you top up first. Meanwhile you can reach their data over SSH without renting a card: open data "
+            "access (charged per hour)."
         )
+        assert page.locator("#volumes-grace a").get_attribute("href") == "/volumes/#data-access"
         assert _text(page, f"{row} td:nth-of-type(1)") == "Kept for a grace period"
         wipe = page.locator(f"{row} td:nth-of-type(2) time")
         assert wipe.get_attribute("datetime") == wipe_at.isoformat() == "2027-05-25T02:02:00+00:00"
@@ -103,6 +105,7 @@ def test_a_prepaid_customers_volume_is_kept_for_a_grace_period_when_money_runs_o
         assert _text(zh, "#volumes-title") == "存储卷"
         assert _text(zh, "#volumes-grace") == (
             "由于余额已用完，1 个存储卷在宽限期内保留：除非您先充值，其数据将在下列时间被清除。"
+            " 在此期间，您无需租卡即可通过 SSH 访问其数据：开启数据访问（按小时计费）。"
         )
         assert _text(zh, f"{row} td:nth-of-type(1)") == "宽限期内保留"
         assert "清除时间" in _text(zh, "#balance-volumes thead")
