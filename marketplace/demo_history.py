@@ -9,6 +9,7 @@ What it makes, month by month (A is the month before last, B last month, both cl
   request for that whole server preempts it (after the notice), runs two days and ends. Qiming takes a
   PFLOPS-year capacity contract on RTX 4090 cards for ten days. Hengtai Enterprise AI (postpaid) starts its
   server-month contract on an A800 server on the 13th, with a workload: it still runs today.
+- This month (once it is four days old): Demo Labs rents two H100 cards for a day and a half.
 - Each month is metered and closed by `close_period` an hour after its end: the prepaid customers' invoices are
   paid from their balance (bank transfers staff recorded through the ledger, one before each month), Hengtai's
   invoice for B is left open (postpaid, not due yet). After A closes, staff issue Demo Labs a credit note for the
@@ -242,6 +243,12 @@ def build(demo: Demo, now: datetime) -> None:
     )
     demo.live_leases(demo.orgs["Hengtai Enterprise AI"], day(b, 12, 10))
     _close(demo, b)
+
+    # This month, when it is a few days old: a short card-hour run of Demo Labs, so its month to date has spending.
+    c = span.current
+    if now >= day(c, 3, 12):
+        this_month = _rent(demo, "Demo Labs", day(c, 1), plan="card_hour", gpu_count=2, gpu_model=h100)
+        _end(this_month, day(c, 2, 21))
 
 
 def servers_seen(servers: list[Server], now: datetime) -> None:
