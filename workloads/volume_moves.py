@@ -207,6 +207,8 @@ def move_request(
                 "A live lease's workload mounts this volume (a stopped lease keeps its volumes); end that lease first.",
                 code="volume_in_use",
             )
+        if volumes.in_data_access(locked):
+            raise Conflict("A data-access session mounts this volume; end it first.", code="volume_in_use")
         moves = VolumeMove.objects.unscoped(_PLATFORM).filter(volume=locked)
         if moves.filter(state__in=LIVE_MOVE_STATES).exists():
             raise Conflict("This volume is being moved already.", code="volume_moving")
@@ -561,6 +563,9 @@ def _switch(move: VolumeMove, now: datetime) -> None:
     """The switch (inside the caller's transaction, move locked): the Volume row moves to the target at the
     target's price."""
     volume = Volume.objects.unscoped(_PLATFORM).select_for_update().get(pk=move.volume_id)
+    if volume.state in (VolumeState.WIPING, VolumeState.WIPED):  # its grace ran out meanwhile: nothing to switch
+        end_move(move, MoveState.FAILED, "the volume was wiped while it was being copied", now)
+        return
     volume.server_id, volume.price_per_gb_month = move.target_id, move.target_price
     volume.save(update_fields=["server", "price_per_gb_month"])
     move.state, move.switched_at, move.bytes_done = MoveState.DONE, now, move.bytes_total

@@ -265,3 +265,30 @@ def test_bad_agent_requests_are_4xx(alice, source, target):
         **source.agent._signed(raw),
     )
     assert listed.status_code == 400
+
+
+def test_a_volume_wiped_while_it_was_copied_is_not_switched(alice, source, target):
+    """Its grace ran out during the copy (the wipe job sent it to wiping): the target's 'received' fails the move."""
+    vid = ready_volume(alice, source)
+    move = ask(alice, vid, target.server_id).json()["id"]
+    data = b"copy"
+    assert put_chunk(source.agent, move, 0, data).status_code == 200
+    digest = hashlib.sha256(data).hexdigest()
+    assert post(source.agent, move, "sent", {"chunks": 1, "bytes": 4, "sha256": digest}).status_code == 200
+    Volume.objects.filter(pk=vid).update(state="wiping")
+    answer = post(target.agent, move, "received", {"bytes": 4, "sha256": digest})
+    assert answer.status_code == 200 and answer.json()["state"] == "failed"
+    assert Volume.objects.get(pk=vid).server_id == source.server_id
+    assert vid in target.agent.desired()["volumes_to_wipe"]  # its partial copy goes too
+
+
+def test_a_volume_in_a_data_access_session_does_not_move(alice, source, target):
+    from tests.workloads.conftest import add_key
+    from workloads import data_access
+
+    vid = ready_volume(alice, source)
+    server = Server.objects.get(pk=source.server_id)
+    key = add_key(alice)
+    data_access.data_access_open(org=alice.org, user=alice.user, server=server, volumes=[vid], ssh_keys=[key["id"]])
+    refused = ask(alice, vid, target.server_id)
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "volume_in_use"
