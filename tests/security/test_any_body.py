@@ -154,7 +154,7 @@ WRITE_ROUTES = write_routes()
 def test_the_walk_finds_the_write_routes_and_fills_their_paths():
     keys = {key for key, _, _ in WRITE_ROUTES}
     assert {"lease-list", "lease-resize", "offer-detail", "server-list", "agent-enroll", "auth-token"} <= keys
-    ids = {"pk": 7, "wid": 8, "member_id": 9}
+    ids = {"pk": 7, "wid": 8, "member_id": 9, "move": 10, "n": 0}
     paths = {fill(route, ids) for _, route, _ in WRITE_ROUTES}
     assert {"/api/v1/leases/7/resize/", "/api/v1/leases/7/workloads/8/stop/", "/api/v1/orgs/7/members/9/"} <= paths
 
