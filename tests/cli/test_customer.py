@@ -311,3 +311,42 @@ def test_following_events_then_a_reservation_on_another_plan(suanli, alice, box,
     assert [x["id"] for x in suanli.ok("leases", "list", "--state", "scheduled", "--json").json()] == [reserved["id"]]
     cancelled = suanli.ok("leases", "end", str(reserved["id"]), "--json").json()
     assert cancelled["state"] == "cancelled"
+
+
+def test_the_catalogue_templates_an_offer_keys_and_stop_start(suanli, alice, box, openapi, tmp_path):
+    models = suanli.ok("gpu-models", "--json").json()
+    assert_valid(models, response_schema(openapi, "/api/v1/gpu-models/"))
+    templates = suanli.ok("templates", "--json").json()
+    assert_valid(templates, response_schema(openapi, "/api/v1/templates/"))
+    offer = suanli.ok("offers", "show", str(box.offer_id), "--json").json()
+    assert_valid(offer, response_schema(openapi, "/api/v1/offers/{id}/"))
+    assert suanli("offers", "show", "999999").code == 3
+
+    suanli.login(alice)
+    key = _add_key(suanli, tmp_path)
+    suanli.ok("keys", "delete", str(key["id"]))
+    assert suanli.ok("keys", "list", "--json").json() == []
+    assert suanli("keys", "delete", str(key["id"])).code == 3
+
+    from inventory.models import Offer
+
+    Offer.objects.filter(pk=box.offer_id).update(card_hour_interruptible_price=Decimal("1.2000"))
+    template = next(t for t in templates if 22 in t["ports"])
+    cheap = suanli.ok("leases", "create", "--offer", str(box.offer_id), "--cards", "1", "--interruptible", "--json")
+    assert cheap.json()["interruptible"] is True and cheap.json()["unit_price"] == "1.200000"
+    refused = suanli("leases", "stop", str(cheap.json()["id"]))
+    assert refused.code == 4 and "not_stoppable" in refused.err  # an interruptible lease is ended, not stopped
+    suanli.ok("leases", "end", str(cheap.json()["id"]))
+
+    lease = suanli.ok(
+        "leases", "create", "--offer", str(box.offer_id), "--cards", "1", "--template", template["name"], "--json"
+    ).json()
+    shown = suanli.ok("leases", "show", str(lease["id"]), "--json").json()
+    assert shown["workload"]["template"] == template["id"]
+    workload = shown["workloads"][0]["id"]
+    box.agent.report([{"id": workload, "state": "running", "ports": {"22": 40100}}])
+    stopped = suanli.ok("leases", "stop", str(lease["id"]), "--json").json()
+    assert stopped["state"] == "stopped"
+    box.agent.report([{"id": workload, "state": "cleaned"}])  # the agent removed it: the cards are clean
+    started = suanli.ok("leases", "start", str(lease["id"]), "--json").json()
+    assert started["state"] == "active"
