@@ -203,7 +203,7 @@ def build_month(period, leases: int, records: int, seed: int) -> None:
             cursor.copy(
                 "COPY scheduler_lease (id, organization_id, plan, state, interruptible, region, gpu_count, "
                 "servers, pflops, delivered_pflops, shortfall_gpus, start_at, end_at, created_at, ended_at, "
-                "currency, price_book, unit_price) FROM STDIN"
+                "currency, price_book, unit_price, host_access, runtime, end_reason) FROM STDIN"
             ) as copy,
         ):
             for lease_id, (org_id, plan, start, end, currency, price, cards, units) in zip(
@@ -214,7 +214,7 @@ def build_month(period, leases: int, records: int, seed: int) -> None:
                      len(cards) // 8 if plan == "server_month" else None,
                      PFLOPS_CONTRACT if plan == "pflops_year" else None,
                      (delivered_per_card * len(cards)).quantize(Decimal("0.001")), 0, start, end, start, end,
-                     currency, "{}", price)
+                     currency, "{}", price, False, "", "")
                 )  # fmt: skip
                 for gpu, unit in zip(cards, units, strict=True):
                     allocation_rows.append((lease_id, gpu.pk, gpu.server_id, Range(start, end, "[)"), price, unit))
