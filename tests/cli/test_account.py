@@ -104,3 +104,13 @@ def test_register_then_verify_the_address_from_the_mailed_link(suanli, openapi):
     assert suanli.ok("verify", link[0], "--json").json() == {"email_verified": True}
     assert suanli.ok("whoami", "--json").json()["organizations"][0]["name"] == "New Lab"
     assert suanli("verify", "not-a-key").code == 1
+
+
+def test_profiles_set_points_a_profile_at_a_site_and_organisation(suanli, alice):
+    suanli.ok("profiles", "set", "staging", "--site", "http://127.0.0.1:9/", "--organisation", "7")
+    rows = {r["name"]: r for r in suanli.ok("profiles", "list", "--json").json()}
+    assert rows["staging"]["api_url"] == "http://127.0.0.1:9" and rows["staging"]["org"] == "7"
+    assert rows["staging"]["logged_in"] is False
+    # The profile's site is used when neither --api-url nor SUANLI_API_URL says otherwise.
+    run = suanli("offers", "search", "--profile", "staging", env={"SUANLI_API_URL": ""})
+    assert run.code == 1 and "127.0.0.1:9" in run.err

@@ -350,3 +350,22 @@ def test_the_catalogue_templates_an_offer_keys_and_stop_start(suanli, alice, box
     box.agent.report([{"id": workload, "state": "cleaned"}])  # the agent removed it: the cards are clean
     started = suanli.ok("leases", "start", str(lease["id"]), "--json").json()
     assert started["state"] == "active"
+
+
+def test_wait_gives_up_after_its_timeout_with_exit_1(suanli, alice, box):
+    suanli.login(alice)
+    run = suanli(
+        "leases",
+        "create",
+        "--offer",
+        str(box.offer_id),
+        "--cards",
+        "1",
+        "--image",
+        "ubuntu:24.04",
+        "--wait",
+        "--timeout",
+        "2",
+    )
+    assert run.code == 1 and "Gave up waiting after 2 s" in run.err
+    assert "pending" in run.out  # the lease as it stands is still shown
