@@ -77,7 +77,10 @@ MESSAGES = frozenset(
         gettext_noop("Each path once."),
         gettext_noop("Each volume once."),
         gettext_noop("All volumes of a workload must be on one server."),
-        gettext_noop("Volumes are mounted into containers; host access takes none."),
+        gettext_noop(
+            "With host access a volume is mounted on the server itself, under /data, /mnt, /srv, /scratch or "
+            "/workspace."
+        ),
         gettext_noop("The volumes are on another server than the one asked for."),
         gettext_noop("A lease with volumes runs on their one server."),
     }

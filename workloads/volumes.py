@@ -62,6 +62,12 @@ NAME = re.compile(r"[a-z0-9-]{1,63}")
 MAX_MOUNTS = 8
 # Paths a volume may not be mounted on, nor under: the kernel's and the container runtime's.
 FORBIDDEN_ROOTS = ("/proc", "/sys", "/dev")
+# With host access a volume is mounted on the server itself, for its lease user: only under these (the agent's
+# agents/runtime/host.py MOUNT_ROOTS holds the same), never over the system's own directories.
+HOST_MOUNT_ROOTS = ("/data", "/mnt", "/srv", "/scratch", "/workspace")
+HOST_PATHS = (
+    "With host access a volume is mounted on the server itself, under /data, /mnt, /srv, /scratch or /workspace."
+)
 PRICE_PLACES = Decimal("0.0001")
 MAX_REPORTED = 1024
 MAX_USED_GB = Decimal("100000000")
@@ -365,6 +371,13 @@ def mounts_parse(entries: Any) -> list[MountRequest]:
     if len({m.volume_id for m in mounts}) != len(mounts):
         raise mount_error("Each volume once.")
     return mounts
+
+
+def host_paths_check(mounts: list[MountRequest]) -> None:
+    """A host-access workload's mounts (already checked by `mounts_parse`) must each lie under HOST_MOUNT_ROOTS."""
+    for mount in mounts:
+        if not any(mount.path == root or mount.path.startswith(root + "/") for root in HOST_MOUNT_ROOTS):
+            raise mount_error(HOST_PATHS)
 
 
 def mounts_lock(*, org: Organization, mounts: list[MountRequest]) -> list[tuple[Volume, str]]:

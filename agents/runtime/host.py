@@ -11,8 +11,14 @@
 - Remove: the account expires, the processes are killed the same way, then `userdel -r <user>` removes the user with
   its home.
 
-Volumes (issue 16) are not supported here: each wanted volume is reported "failed" with `NO_VOLUMES`, and a workload
-that mounts one waits, pending, with that message.
+Volumes (issue 16): the same loop-mounted store as the Docker runtime (`VolumeStore`, `<state_dir>/volumes`). A
+workload's volume is bind-mounted (`mount --bind`) at its path on the host, which must lie under one of `mount_roots`
+(/data, /mnt, /srv, /scratch, /workspace: never over the system's own directories) and be missing or an empty
+directory. The volume is handed to the lease user: everything in it, its root included, is chowned to the user
+(`chown -R -h -P`: symbolic links themselves, never what they point at) and its root made 0700, since that user, not
+root, writes there (in a container root does, and the store leaves it root's). Removing the workload unmounts it,
+removes the mount point it made and gives the volume's root back to root (0755), so that a later user who gets the
+same uid is handed nothing. The record file keeps each user's mounts, so a restarted agent unmounts them too.
 
 Only users named `lease<N>` are ever touched, and only those in the record file `<state_dir>/host-users.json` (users
 this agent created, or adopted: an existing `lease<N>` user that the desired state lists is adopted rather than
@@ -46,7 +52,7 @@ from agents.runtime.base import (
     RuntimeUnavailable,
     WorkloadSpec,
 )
-from agents.runtime.volumes import UnsupportedVolumes
+from agents.runtime.volumes import Volumes, VolumeStore
 from agents.spool import atomic_write
 
 log = logging.getLogger("suanli.agent.workloads")
@@ -56,7 +62,8 @@ USER_RE = re.compile(r"^lease[0-9]{1,12}$")
 UID_MIN = 1000
 KILL_ROUNDS = 50
 COMMAND_TIMEOUT_S = 60
-NO_VOLUMES = "volumes are not supported with host access (the host runtime): rent the server with a container"
+# Where a host-access workload's volumes may be mounted: under these, never over the system's own directories.
+MOUNT_ROOTS = ("/data", "/mnt", "/srv", "/scratch", "/workspace")
 
 
 def user_for(spec: WorkloadSpec) -> str:
@@ -75,12 +82,15 @@ class HostRuntime(Runtime):
         getpwnam: Callable[[str], Any] = pwd.getpwnam,
         sleep: Callable[[float], Any] = time.sleep,
         check_root: bool = True,
+        volumes: Volumes | None = None,
+        mount_roots: tuple[str, ...] = MOUNT_ROOTS,
     ):
         if check_root and os.geteuid() != 0:
             raise RuntimeUnavailable("the host runtime creates users: run the agent as root")
         self.state_dir = state_dir
         self.ssh_port = ssh_port
-        self.volumes = UnsupportedVolumes(NO_VOLUMES)
+        self.volumes = volumes or VolumeStore(os.path.join(state_dir, "volumes"))
+        self.mount_roots = tuple(os.path.normpath(root) for root in mount_roots)
         self._run = run or _run
         self.getpwnam = getpwnam
         self.sleep = sleep
@@ -113,19 +123,22 @@ class HostRuntime(Runtime):
                 ports={"22": self.ssh_port} if exists and not record.get("stopped") else {},
                 message=message,
                 gpus=tuple(record.get("gpus") or ()),
+                volumes=tuple(int(volume_id) for volume_id, _path in record.get("mounts") or ()),
             )
         for workload_id, (spec, message) in failures.items():
-            found.setdefault(
-                workload_id,
-                Observed(
-                    id=workload_id,
-                    state=FAILED,
-                    lease=spec.lease,
-                    spec_hash=spec.spec_hash,
-                    generation=spec.generation,
-                    message=message,
-                    gpus=spec.gpus,
-                ),
+            before = found.get(workload_id)
+            if before is not None and before.state == RUNNING:
+                continue
+            # A failure after the user was recorded (a volume that would not mount) says why, not just "stopped".
+            found[workload_id] = Observed(
+                id=workload_id,
+                state=FAILED,
+                lease=spec.lease,
+                spec_hash=spec.spec_hash,
+                generation=spec.generation,
+                message=message,
+                gpus=spec.gpus,
+                volumes=before.volumes if before is not None else (),
             )
         for workload_id, op in self.ops.all().items():
             before = found.get(workload_id)
@@ -185,6 +198,10 @@ class HostRuntime(Runtime):
 
     def _create(self, op: Operation, spec: WorkloadSpec) -> None:
         user = user_for(spec)
+        problem = self._mounts_refused(user, spec)
+        if problem:
+            self._fail(spec, problem)
+            return
         entry = self._lookup(user)
         with self._lock:
             known = user in self.records
@@ -210,6 +227,11 @@ class HostRuntime(Runtime):
         except OSError as exc:
             self._fail(spec, f"cannot write {entry.pw_dir}/.ssh/authorized_keys: {exc}")
             return
+        for mount in spec.volumes:
+            error = self._mount_volume(user, mount.id, mount.path, entry.pw_uid, entry.pw_gid)
+            if error:
+                self._fail(spec, error)
+                return
         result = self._run(["usermod", "-e", "", user])  # open the account (again)
         if result.returncode != 0:
             self._fail(spec, f"usermod {user} failed: {(result.stderr or result.stdout).strip()[:300]}")
@@ -236,6 +258,12 @@ class HostRuntime(Runtime):
         if self._exists(user):
             self._run(["usermod", "-e", "1", user])
             self._kill(user, grace)
+        error = self._unmount_volumes(user)
+        if error:
+            op.message = error
+            log.error("%s", error)
+            return
+        if self._exists(user):
             result = self._run(["userdel", "-r", user])
             for _ in range(KILL_ROUNDS):
                 if not self._exists(user):
@@ -264,6 +292,77 @@ class HostRuntime(Runtime):
             self.sleep(0.1)
         log.error("the processes of %s survive SIGKILL", user)
 
+    # -- volumes ------------------------------------------------------------------------------------------------
+
+    def _mounts_refused(self, user: str, spec: WorkloadSpec) -> str:
+        """Why the workload's volumes cannot be mounted where it asks ("" if they can): outside the mount roots, or
+        over something already there (a mount of this user's own, from before a restart, is fine)."""
+        with self._lock:
+            mounts = [tuple(m) for m in self.records.get(user, {}).get("mounts") or ()]
+        for mount in spec.volumes:
+            where = os.path.normpath(mount.path)
+            if not any(where == root or where.startswith(root + "/") for root in self.mount_roots):
+                roots = ", ".join(self.mount_roots)
+                return f"refusing to mount volume {mount.id} at {where}: with host access volumes go under {roots}"
+            if (mount.id, where) in mounts:
+                continue
+            if os.path.islink(where) or (os.path.exists(where) and (not os.path.isdir(where) or os.listdir(where))):
+                return f"refusing to mount volume {mount.id} at {where}: something is there already"
+        return ""
+
+    def _mount_volume(self, user: str, volume_id: int, path: str, uid: int, gid: int) -> str:
+        """Bind-mount the volume at `path` (checked by `_mounts_refused`) and hand it to the user; "" when done (or
+        done before), else why not."""
+        where = os.path.normpath(path)
+        source = self.volumes.path(volume_id)
+        if source is None:
+            return f"volume {volume_id} is not ready on this host"
+        with self._lock:
+            mounts = [tuple(m) for m in self.records.get(user, {}).get("mounts") or ()]
+        if (volume_id, where) not in mounts:
+            try:
+                os.makedirs(where, mode=0o755, exist_ok=True)
+            except OSError as exc:
+                return f"cannot make the mount point {where}: {exc.strerror or exc}"
+            with self._lock:  # recorded first: a crash between the two leaves a mount the agent knows of
+                self.records[user].setdefault("mounts", []).append([volume_id, where])
+                self._save()
+        if not os.path.ismount(where):
+            result = self._run(["mount", "--bind", source, where])
+            if result.returncode != 0:
+                return f"cannot mount volume {volume_id} at {where}: {(result.stderr or result.stdout).strip()[:300]}"
+        result = self._run(["chown", "-R", "-h", "-P", f"{uid}:{gid}", source])
+        if result.returncode != 0:
+            return f"cannot hand volume {volume_id} to {user}: {(result.stderr or result.stdout).strip()[:300]}"
+        os.chmod(source, 0o700)
+        log.info("volume %s: mounted at %s for %s", volume_id, where, user)
+        return ""
+
+    def _unmount_volumes(self, user: str) -> str:
+        """Unmount the user's volumes, remove the mount points made for them and give their roots back to root."""
+        with self._lock:
+            mounts = [tuple(m) for m in self.records.get(user, {}).get("mounts") or ()]
+        for volume_id, where in mounts:
+            if os.path.ismount(where):
+                result = self._run(["umount", where])
+                if result.returncode != 0 and os.path.ismount(where):
+                    return f"cannot unmount volume {volume_id} at {where}: {(result.stderr or result.stdout).strip()}"
+            try:
+                os.rmdir(where)
+            except OSError:
+                pass  # gone already, or not empty (then it was not ours to remove)
+            source = self.volumes.path(volume_id)
+            if source is not None:
+                os.chown(source, 0, 0)
+                os.chmod(source, 0o755)  # noqa: S103 - a volume root as mkfs makes it: root-owned, 0755
+            with self._lock:
+                record = self.records.get(user)
+                if record is not None:
+                    record["mounts"] = [m for m in record.get("mounts") or () if tuple(m) != (volume_id, where)]
+                    self._save()
+            log.info("volume %s: unmounted from %s", volume_id, where)
+        return ""
+
     # -- records ------------------------------------------------------------------------------------------------
 
     def _user_of(self, workload_id: int) -> str | None:
@@ -276,6 +375,7 @@ class HostRuntime(Runtime):
     def _record(self, user: str, spec: WorkloadSpec, *, stopped: bool) -> None:
         with self._lock:
             self.records[user] = {
+                "mounts": (self.records.get(user) or {}).get("mounts") or [],
                 "workload": spec.id,
                 "lease": spec.lease,
                 "spec": spec.spec_hash,

@@ -18,8 +18,8 @@ Three kinds:
   wiped only once that workload is gone. Images found that the desired state neither wants nor wipes are kept
   (reported, never destroyed on a guess).
 - `MemoryVolumes` (the simulated runtime): ready and wiped at once, nothing on disk, used_gb 0.
-- `UnsupportedVolumes` (the host runtime): every wanted volume is "failed" with the reason; a wipe is "wiped" at once
-  (nothing was ever made).
+- `UnsupportedVolumes` (a runtime without volumes): every wanted volume is "failed" with the reason; a wipe is
+  "wiped" at once (nothing was ever made).
 
 Sizes in the protocol are whole GB (2**30 bytes), used_gb too; `VolumeStore(unit=...)` takes another size unit for
 tests only (a "GB" of 1 MiB keeps a volume's ENOSPC test fast).

@@ -361,11 +361,16 @@ def test_a_volume_is_never_dropped_silently_with_host_access_or_without_an_image
         offer,
         plan="server_month",
         months=1,
-        **{"workload-access": "host", "workload-ssh_keys": [key.pk], "workload-volume": volume.pk},
+        **{
+            "workload-access": "host",
+            "workload-ssh_keys": [key.pk],
+            "workload-volume": volume.pk,
+            "workload-volume_path": "/etc/data",
+        },
     )
     assert host.status_code == 400
     beside = re.search(r'id="id_workload-volume_errors" class="field-error">([^<]*)<', host.content.decode())
-    assert beside and "host access takes none" in beside.group(1)
+    assert beside and "under /data, /mnt, /srv, /scratch or /workspace" in beside.group(1)
     # card_hour with the host radio still ticked: a container then, and without an image it is refused.
     card = _rent(client, offer, **{"workload-access": "host", "workload-volume": volume.pk})
     assert card.status_code == 400 and "Name a template or an image." in card.content.decode()

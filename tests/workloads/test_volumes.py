@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from scheduler import services as scheduler
 from scheduler.models import Lease
-from tests.workloads.conftest import Box, enrolled_box, rent
+from tests.workloads.conftest import Box, add_key, enrolled_box, rent
 from tests.workloads.test_volumes_api import create, lend_storage
 from workloads import agent_channel, volumes
 from workloads.models import DesiredVersion, Volume, VolumeMount
@@ -57,6 +57,9 @@ def report_volumes(agent, entries: Any):
 def reported(agent, entries: list[dict]) -> None:
     response = report_volumes(agent, entries)
     assert response.status_code == 202, response.content
+
+
+FUTURE = (datetime.now(UTC) + timedelta(days=40)).replace(microsecond=0).isoformat()
 
 
 def state_of(persona, vid: int) -> str:
@@ -193,17 +196,26 @@ def test_bad_mounts_are_400_on_workload_volumes(alice, store, mounts):
     assert not Lease.objects.exists()
 
 
-def test_host_access_takes_no_volumes(alice, bob, h100, settings):
+def test_host_access_mounts_volumes_only_under_the_host_mount_roots(alice, bob, h100, settings):
     host = enrolled_box(bob, h100, name="host-1", prefix="h0st", runtime="host", host_access=True)
     lend_storage(bob, host)
     vid = made(alice, host.server_id)
-    response = rent(
-        alice,
-        plan="server_month",
-        servers=1,
-        workload={"access": "host", "ssh_keys": [], "volumes": [{"volume": vid, "path": "/data"}]},
-    )
-    assert response.status_code == 400 and not VolumeMount.objects.exists()
+    reported(host.agent, [{"id": vid, "state": "ready"}])
+    key = add_key(alice)["id"]
+
+    def host_lease(path: str):
+        workload = {"access": "host", "ssh_keys": [key], "volumes": [{"volume": vid, "path": path}]}
+        return rent(alice, plan="server_month", servers=1, end_at=FUTURE, workload=workload)
+
+    for path in ("/etc/data", "/home/x", "/usr", "/data-not"):
+        refused = host_lease(path)
+        assert refused.status_code == 400, (path, refused.content)
+        assert refused.json()["error"]["fields"]["workload"]["volumes"] == [volumes.HOST_PATHS]
+    assert not VolumeMount.objects.exists()
+    made_lease = host_lease("/data/train")
+    assert made_lease.status_code == 201, made_lease.content
+    [item] = host.agent.desired()["workloads"]
+    assert item["access"] == "host" and item["volumes"] == [{"id": vid, "path": "/data/train", "size_gb": 10}]
 
 
 # --- what the agent reports --------------------------------------------------------------------------------------
