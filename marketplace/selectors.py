@@ -32,7 +32,7 @@ from inventory.access import STOREFRONT
 from inventory.models import PLAN_PRICE_FIELDS, Offer, ServerOutage
 from scheduler.models import LeaseState
 from scheduler.pricing import rate_between
-from scheduler.selectors import Filters, allocatable_gpus, busy_gpu_ids, period_range
+from scheduler.selectors import Filters, allocatable_gpus, busy_gpu_ids, capacity_fresh, period_range
 from workloads.models import Workload
 
 RELIABILITY_WINDOW = timedelta(days=30)
@@ -160,6 +160,10 @@ def offers_listed(query: OfferQuery = OfferQuery(), *, now: datetime | None = No
     since = now - RELIABILITY_WINDOW
     gpus = allocatable_gpus(Filters()).filter(server_id=OuterRef("server_id"))
     free = gpus.exclude(id__in=busy_gpu_ids(period_range(now, now + timedelta(seconds=1))))
+    provider_ok = Q(
+        server__organization__status=Organization.Status.ACTIVE,
+        server__organization__kind__in=[Organization.Kind.PROVIDER, Organization.Kind.BOTH],
+    )
     count = lambda qs: Subquery(  # noqa: E731
         qs.order_by().values("server_id").annotate(n=Count("id")).values("n"), output_field=IntegerField()
     )
@@ -173,8 +177,16 @@ def offers_listed(query: OfferQuery = OfferQuery(), *, now: datetime | None = No
         )
         .select_related("server", "server__gpu_model", "organization")
         .annotate(
-            gpus_free=Coalesce(count(free), 0),
-            gpus_ok=Coalesce(count(gpus), 0),
+            # The server's capacity row (scheduler.models.Capacity, kept by triggers with the allocations) where it
+            # answers for now; counted from the card and allocation rows where it does not.
+            gpus_free=Case(
+                When(provider_ok & capacity_fresh(now, "server__"), then=F("server__capacity__free_now")),
+                default=Coalesce(count(free), 0),
+            ),
+            gpus_ok=Case(
+                When(provider_ok & Q(server__capacity__isnull=False), then=F("server__capacity__ok_cards")),
+                default=Coalesce(count(gpus), 0),
+            ),
             reliability=_reliability(since, now),
         )
     )

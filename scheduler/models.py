@@ -206,3 +206,28 @@ class LeaseEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} at {self.at}"
+
+
+class Capacity(models.Model):
+    """Per server, its free cards as the allocation rows say: kept by database triggers in the same transaction as
+    the allocation and card rows they count (scheduler/capacity_sql.py), read by offer search and placement so that
+    neither counts the fleet's cards per request. A row answers for instants before `valid_until` (the first start
+    or end of an allocation of its cards after `as_of`); readers count live from the allocation rows otherwise.
+    Code never writes it."""
+
+    server = models.OneToOneField(
+        Server, primary_key=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="capacity"
+    )
+    # Cards allocatable as cards: not failed, not drained, not waiting to be reported clean.
+    ok_cards = models.IntegerField()
+    # Of those, held by no allocation at `as_of` / at `as_of` or any later instant.
+    free_now = models.IntegerField()
+    free_onward = models.IntegerField()
+    as_of = models.DateTimeField()
+    valid_until = models.DateTimeField()
+
+    class Meta:
+        verbose_name_plural = "capacities"
+
+    def __str__(self) -> str:
+        return f"server {self.server_id}: {self.free_now} of {self.ok_cards} free"

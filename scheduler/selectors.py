@@ -118,11 +118,73 @@ def free_gpus(filters: Filters, period: DateTimeTZRange) -> QuerySet[Gpu]:
     return allocatable_gpus(filters).filter(~Exists(overlapping(period)))
 
 
+def allocatable_servers(filters: Filters = Filters()) -> QuerySet[Server]:  # noqa: B008 - frozen dataclass
+    """The servers whose cards `allocatable_gpus(filters)` may return: the same server-level conditions."""
+    qs = Server.objects.unscoped(STOREFRONT).filter(
+        status=Server.Status.ONLINE,
+        drained=False,
+        organization__status=Organization.Status.ACTIVE,
+        organization__kind__in=[Organization.Kind.PROVIDER, Organization.Kind.BOTH],
+    )
+    if filters.plan:
+        offers = live_offers(plan=filters.plan, interruptible=filters.interruptible, until=filters.until)
+        if filters.gpu_count is not None:
+            offers = offers.filter(min_gpus__lte=filters.gpu_count)
+        if filters.host_access:
+            offers = offers.filter(host_access=True)
+        qs = qs.filter(Exists(offers.filter(server_id=OuterRef("pk"))))
+    if filters.gpu_model_id:
+        qs = qs.filter(gpu_model_id=filters.gpu_model_id)
+    if filters.region:
+        qs = qs.filter(region=filters.region)
+    if filters.server_id:
+        qs = qs.filter(pk=filters.server_id)
+    if filters.runtime:
+        qs = qs.filter(runtime=filters.runtime)
+    return qs
+
+
+def capacity_fresh(at: datetime, prefix: str = "") -> Q:
+    """The server's capacity row (scheduler.models.Capacity) answers for instant `at` (or, for `free_onward`, the
+    period from `at` on): no allocation of its cards starts or ends between its count and `at`."""
+    return Q(**{f"{prefix}capacity__valid_until__gt": at})
+
+
 def free_capacity(
     filters: Filters, period: DateTimeTZRange, *, held: AbstractSet[int] = frozenset()
 ) -> list[ServerCapacity]:
-    """Per server: how many of its cards are allocatable and free for the whole `period`."""
-    return capacity_of(free_gpus(filters, period), held=held)
+    """Per server: how many of its cards are allocatable and free for the whole `period`.
+
+    An open-ended period reads the servers' capacity rows (a lookup per server, not a count of the fleet's cards);
+    the few servers whose row is stale for its start, and a bounded period, are counted from the allocation rows.
+    A row counted at an instant after the period's start may show cards released since then as free: placement
+    claims under lock with the exact condition (scheduler/locks.py), so that only costs it a round."""
+    if period.upper is not None or period.lower is None:
+        return capacity_of(free_gpus(filters, period), held=held)
+    servers = allocatable_servers(filters)
+    fresh = capacity_fresh(period.lower)
+    rows = (
+        servers.filter(fresh, capacity__free_onward__gt=0)
+        .values("pk", "gpu_model_id", "gpu_model__fp16_tflops", "gpu_count", "capacity__free_onward")
+        .order_by("pk")
+    )
+    stale = list(servers.exclude(fresh).values_list("pk", flat=True))
+    minimums = offer_minimums()
+    found = [
+        ServerCapacity(
+            server_id=row["pk"],
+            gpu_model_id=row["gpu_model_id"],
+            card_tflops=row["gpu_model__fp16_tflops"],
+            gpu_count=row["gpu_count"],
+            free=row["capacity__free_onward"],
+            min_cards=1 if row["pk"] in held else minimums.get(row["pk"], 1),
+        )
+        for row in rows
+    ]
+    if stale:
+        found += capacity_of(free_gpus(filters, period).filter(server_id__in=stale), held=held)
+        found.sort(key=lambda c: c.server_id)
+    return found
 
 
 def capacity_of(gpus: QuerySet[Gpu], *, held: AbstractSet[int] = frozenset()) -> list[ServerCapacity]:
