@@ -44,6 +44,7 @@ from django.db import transaction
 from django.db.models import Q, QuerySet, Sum
 from django.utils import timezone
 
+from accounts import org_log
 from accounts.errors import Conflict, InvalidInput, NotFound
 from accounts.models import Organization
 from accounts.tenancy import platform_work
@@ -570,6 +571,19 @@ def _switch(move: VolumeMove, now: datetime) -> None:
     volume.save(update_fields=["server", "price_per_gb_month"])
     move.state, move.switched_at, move.bytes_done = MoveState.DONE, now, move.bytes_total
     move.save(update_fields=["state", "switched_at", "bytes_done"])
+    org_log.record(
+        volume.organization_id,
+        org_log.VOLUME_MOVED,
+        params={
+            "name": volume.name,
+            "size_gb": volume.size_gb,
+            "from_server": move.source_id,
+            "to_server": move.target_id,
+        },
+        object_type="volume",
+        object_id=volume.pk,
+        at=now,
+    )
     transaction.on_commit(lambda: _remove_staged(move.pk))
     logger.info("move %s: volume %s is on server %s now", move.pk, volume.pk, move.target_id)
     if move.lease_id is not None:

@@ -192,3 +192,33 @@ def test_a_data_access_session_opening_and_ending_is_logged(alice, store, settin
         f"Data access session {session['id']} on server {store.server_id} ended: ended by the customer."
     )
     assert OrgEvent.objects.filter(kind="data_access_ended").count() == 1
+
+
+def test_a_volume_moved_to_another_server_is_logged_at_its_switch(alice, bob, h100, settings, tmp_path):
+    import hashlib
+
+    from tests.workloads.conftest import enrolled_box
+    from tests.workloads.test_volume_moves import ask, post, put_chunk, ready_volume
+
+    settings.SUANLI_TRANSFER_DIR = tmp_path / "transfers"
+    source = enrolled_box(bob, h100, name="mv-a", prefix="mv0a")
+    lend_storage(bob, source)
+    target = enrolled_box(bob, h100, name="mv-b", prefix="mv0b")
+    lend_storage(bob, target, price="0.2500")
+    vid = ready_volume(alice, source)
+    move = ask(alice, vid, target.server_id).json()["id"]
+    stream = b"volume bytes"
+    digest = hashlib.sha256(stream).hexdigest()
+    assert put_chunk(source.agent, move, 0, stream).status_code == 200
+    assert post(source.agent, move, "sent", {"chunks": 1, "bytes": len(stream), "sha256": digest}).status_code == 200
+    assert OrgEvent.objects.filter(kind="volume_moved").count() == 0  # not before the switch
+    done = post(target.agent, move, "received", {"bytes": len(stream), "sha256": digest})
+    assert done.status_code == 200 and done.json()["state"] == "done"
+    post(target.agent, move, "received", {"bytes": len(stream), "sha256": digest})  # a repeat logs nothing more
+    event = OrgEvent.objects.get(organization=alice.org, kind="volume_moved")
+    assert (event.object_id, event.params["from_server"], event.params["to_server"]) == (
+        vid,
+        source.server_id,
+        target.server_id,
+    )
+    assert org_log.message(event) == f"Volume data moved from server {source.server_id} to server {target.server_id}."
