@@ -83,6 +83,21 @@ MESSAGES = frozenset(
         ),
         gettext_noop("The volumes are on another server than the one asked for."),
         gettext_noop("A lease with volumes runs on their one server."),
+        # workloads.volume_moves and lease_moves (a volume's or a stopped lease's move to another server)
+        gettext_noop(
+            "Moving copies this volume's data to the other server, switches the volume there, and then wipes the "
+            'copy on this server. Tick consent ("consent": true) to go on.'
+        ),
+        gettext_noop("This volume is being moved already."),
+        gettext_noop("This volume is not being moved (a finished move cannot be undone)."),
+        gettext_noop(
+            "A live lease's workload mounts this volume (a stopped lease keeps its volumes); end that lease first."
+        ),
+        gettext_noop("An earlier copy of this volume on that server is still being wiped; try again in a few minutes."),
+        gettext_noop("The volume is on this server already; choose another one."),
+        gettext_noop("This volume is being moved; cancel the move first."),
+        gettext_noop("This lease's volumes are being moved to another server; it starts there once they are."),
+        gettext_noop("This lease's volumes are being moved already."),
     }
 )
 # The messages that carry a figure or a name: their English pattern, and the text to show with the figure.
@@ -115,6 +130,20 @@ PATTERNS = (
         gettext_lazy("This server has %(free)s GB of volume storage left."),
     ),
     (re.compile(r"^Unknown volume (?P<id>\d+)\.$"), gettext_lazy("Unknown volume %(id)s.")),
+    (
+        re.compile(r"^Volume (?P<name>[a-z0-9-]+) is being moved to another server\.$"),
+        gettext_lazy("Volume %(name)s is being moved to another server."),
+    ),
+    (
+        re.compile(
+            r"^Server (?P<server>\d+) has not got (?P<count>\d+) free cards of this model, or room for the lease's "
+            r"volumes, now; nothing changed\.$"
+        ),
+        gettext_lazy(
+            "Server %(server)s has not got %(count)s free cards of this model, or room for the lease's volumes, now; "
+            "nothing changed."
+        ),
+    ),
     # scheduler.services.lease_start: no free cards on a stopped lease's server
     (
         re.compile(

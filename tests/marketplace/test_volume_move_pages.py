@@ -76,7 +76,11 @@ def test_the_chinese_move_form_and_progress(alice, offer, target):
     body = client.get(f"/volumes/?move={volume.pk}").content.decode()
     assert "把存储卷 datasets 迁移到另一台服务器" in body and "我同意" in body and "剩余 50 GB" in body
     assert "I agree" not in body and "Move it" not in body
+    refused = client.post(f"/volumes/{volume.pk}/move/", {"server": target.pk}, follow=True).content.decode()
+    assert "请勾选同意" in refused and "Tick consent" not in refused
     client.post(f"/volumes/{volume.pk}/move/", {"server": target.pk, "consent": "yes"})
+    again = client.post(f"/volumes/{volume.pk}/move/", {"server": target.pk, "consent": "yes"}, follow=True)
+    assert "此存储卷已在迁移中。" in again.content.decode()
     row = _row(client.get("/volumes/").content.decode(), volume)
     assert f"正在迁移到服务器 {target.pk}" in row and "取消迁移" in row and "已复制" in row
 
