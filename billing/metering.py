@@ -6,10 +6,12 @@ that never ran is never charged. Contracts (server_month, pflops_year) are charg
 
 PostgreSQL cuts each allocation period into hour slots of the platform clock (months begin on an hour of it, so
 no slot straddles two months) and measures, per slot, the seconds held and the seconds the card was down: failed
-(from its health events until it was healthy again) or its server unreachable (inventory ServerOutage). Python
-rates each slot with billing/rating.py. `meter` writes only slots that are over, with ON CONFLICT DO NOTHING on
-(allocation, slot), so it is idempotent and safe to run concurrently; `lease_usage` runs the same query up to now
-for a lease and adds the part not metered yet, so the cost a customer sees live is the one they are invoiced.
+(from its health events until it was healthy again) or its server unreachable (inventory ServerOutage). `meter`
+writes only slots that are over, with one INSERT ... SELECT per kind of record that rates them in SQL
+(`_rated_sql`: billing/rating.py's curve to the last of its 12 places, half to even; tests/billing/test_meter_sql.py)
+and ON CONFLICT DO NOTHING on (allocation, slot), so it is idempotent and safe to run concurrently; `lease_usage`
+runs the same slot query up to now for a lease and rates what is not metered yet with billing/rating.py in Python,
+so the cost a customer sees live is the one they are invoiced.
 
 Storage (issue 16) is metered in the same run and under the same watermark: each volume's life [created_at,
 wiped_at or until) is cut into the same hour slots and rated like a server-month with units = size_gb (price per
@@ -41,7 +43,7 @@ from django.db.models import Max, Sum
 from django.utils import timezone
 
 from billing import rating
-from billing.models import DataAccessRecord, MeterRun, StorageRecord, UsageRecord
+from billing.models import MeterRun
 from scheduler.models import Lease
 
 # Slots are re-examined this far behind the watermark (a late report of a failure); existing records are kept.
@@ -166,24 +168,6 @@ class StorageSlot:
             at=self.start,  # telescopes from slot to slot, as a server-month does
         )
 
-    def record(self) -> StorageRecord:
-        rated = self.rated()
-        return StorageRecord(
-            volume_id=self.volume_id,
-            organization_id=self.organization_id,
-            provider_id=self.provider_id,
-            server_id=self.server_id,
-            slot_start=self.slot_start,
-            start=self.start,
-            end=self.end,
-            seconds=self.seconds,
-            size_gb=self.size_gb,
-            unit_price=self.unit_price,
-            currency=self.currency,
-            quantity=rated.quantity,
-            amount=rated.amount,
-        )
-
 
 # Storage is priced per GB-month, pro-rated per second of the calendar month: the server-month's curve.
 STORAGE_PLAN = "server_month"
@@ -270,23 +254,6 @@ class AccessSlot:
             plan=ACCESS_PLAN, seconds=self.seconds, units=Decimal(1), unit_price=self.unit_price, at=self.start
         )
 
-    def record(self) -> DataAccessRecord:
-        rated = self.rated()
-        return DataAccessRecord(
-            data_access_id=self.data_access_id,
-            organization_id=self.organization_id,
-            provider_id=self.provider_id,
-            server_id=self.server_id,
-            slot_start=self.slot_start,
-            start=self.start,
-            end=self.end,
-            seconds=self.seconds,
-            unit_price=self.unit_price,
-            currency=self.currency,
-            quantity=rated.quantity,
-            amount=rated.amount,
-        )
-
 
 def access_slots(
     *,
@@ -330,27 +297,6 @@ class Slot:
             at=self.start,  # where the held part begins, so the slots of an allocation telescope (rating.py)
         )
 
-    def record(self) -> UsageRecord:
-        rated = self.rated()
-        return UsageRecord(
-            allocation_id=self.allocation_id,
-            lease_id=self.lease_id,
-            organization_id=self.organization_id,
-            provider_id=self.provider_id,
-            server_id=self.server_id,
-            plan=self.plan,
-            slot_start=self.slot_start,
-            start=self.start,
-            end=self.end,
-            seconds=self.seconds,
-            down_seconds=self.down_seconds,
-            units=self.units,
-            unit_price=self.unit_price,
-            currency=self.currency,
-            quantity=rated.quantity,
-            amount=rated.amount,
-        )
-
 
 def slots(
     *,
@@ -384,53 +330,124 @@ def hour_floor(at: datetime) -> datetime:
 
 
 def meter(*, until: datetime | None = None) -> int:
-    """Write the usage and storage records of every slot that is over by `until` (default now). Returns how many
-    were new (of both)."""
+    """Write the usage, storage and data-access records of every slot that is over by `until` (default now), each
+    kind in one INSERT ... SELECT rated in SQL (`_rated_sql`, the same figures as rating.rate), all in one
+    transaction with the watermark. Returns how many were new (of all kinds)."""
     until = hour_floor(until or timezone.now())
     last = MeterRun.objects.aggregate(m=Max("until"))["m"]
     since = (last - LOOKBACK) if last else datetime(2000, 1, 1, tzinfo=UTC)
     if since >= until:
         return 0
-    batch: list[UsageRecord] = []
-    with transaction.atomic():
-        before = UsageRecord.objects.filter(slot_start__gte=since).count()
-        for slot in slots(since=since, until=until):
-            batch.append(slot.record())
-            if len(batch) >= BATCH:
-                UsageRecord.objects.bulk_create(batch, ignore_conflicts=True)
-                batch = []
-        UsageRecord.objects.bulk_create(batch, ignore_conflicts=True)
-        created = UsageRecord.objects.filter(slot_start__gte=since).count() - before
-        created += _meter_storage(since=since, until=until)
-        created += _meter_access(since=since, until=until)
+    params = {
+        "since": since,
+        "until": until,
+        "zone": settings.PLATFORM_TIME_ZONE,
+        "now": timezone.now(),  # created_at, from the application's clock as auto_now_add had it
+        **_months(since, until),
+    }
+    created = 0
+    with transaction.atomic(), connection.cursor() as cursor:
+        for sql in (_METER_USAGE_SQL, _METER_STORAGE_SQL, _METER_ACCESS_SQL):
+            cursor.execute(sql, params)
+            created += cursor.rowcount  # ON CONFLICT DO NOTHING: the new rows only
         MeterRun.objects.create(until=until, records=created)
     return created
 
 
-def _meter_storage(*, since: datetime, until: datetime) -> int:
-    """The storage records of [since, until), inside the meter's transaction. Returns how many were new."""
-    before = StorageRecord.objects.filter(slot_start__gte=since).count()
-    batch: list[StorageRecord] = []
-    for slot in storage_slots(since=since, until=until):
-        batch.append(slot.record())
-        if len(batch) >= BATCH:
-            StorageRecord.objects.bulk_create(batch, ignore_conflicts=True)
-            batch = []
-    StorageRecord.objects.bulk_create(batch, ignore_conflicts=True)
-    return StorageRecord.objects.filter(slot_start__gte=since).count() - before
+def _months(since: datetime, until: datetime) -> dict[str, list[datetime]]:
+    """The calendar months (platform time zone) that [since, until) touches, as rating.month_bounds makes them:
+    each one's first wall-clock instant (`month_wall`, naive) and its bounds as UTC instants."""
+    zone = rating.platform_zone()
+    walls, lows, highs = [], [], []
+    low, high = rating.month_bounds(since, zone)
+    while low < until:
+        local = low.astimezone(zone)
+        walls.append(datetime(local.year, local.month, 1))  # noqa: DTZ001 - a wall-clock month, matched in SQL
+        lows.append(low)
+        highs.append(high)
+        low, high = rating.month_bounds(high, zone)
+    return {"month_wall": walls, "month_lo": lows, "month_hi": highs}
 
 
-def _meter_access(*, since: datetime, until: datetime) -> int:
-    """The data-access records of [since, until), inside the meter's transaction. Returns how many were new."""
-    before = DataAccessRecord.objects.filter(slot_start__gte=since).count()
-    batch: list[DataAccessRecord] = []
-    for slot in access_slots(since=since, until=until):
-        batch.append(slot.record())
-        if len(batch) >= BATCH:
-            DataAccessRecord.objects.bulk_create(batch, ignore_conflicts=True)
-            batch = []
-    DataAccessRecord.objects.bulk_create(batch, ignore_conflicts=True)
-    return DataAccessRecord.objects.filter(slot_start__gte=since).count() - before
+# rating.rate rounds amounts and quantities at 12 places (EXACT): scaled up by 10^12 to round to a whole number,
+# and back by a multiplication, which is exact in numeric (a division would round again).
+_TEN_12 = 10 ** -rating.EXACT.as_tuple().exponent
+_EXACT = f"{rating.EXACT:f}"
+
+
+def _half_even(n: str) -> str:
+    """SQL: `n / k.per` rounded to a whole number, half to even (Decimal's default, as rating.rate's quantize
+    rounds), exactly: numeric div() and mod() do not round, whatever the size of `n`."""
+    return (
+        f"(div({n}, k.per) + CASE sign(2 * mod({n}, k.per) - k.per)"
+        f" WHEN 1 THEN 1 WHEN 0 THEN mod(div({n}, k.per), 2) ELSE 0 END)"
+    )
+
+
+def _rated_sql(*, at: str, seconds: str, units: str, price: str, plan: str) -> str:
+    """SQL joins that rate each row as rating.rate(plan, seconds, units, unit_price, at) does, to the last of the
+    12 places: `rated.quantity` and `rated.amount`, each the difference of the curve from the start of the month of
+    `at` (platform time zone) at the two ends of the held part. The month is matched on the wall-clock month of `at`
+    (an instant has one local time), its bounds are those of rating.month_bounds (`_months`); a row without its
+    month would be left without an amount, which the NOT NULL of the record refuses."""
+    units_price = f"({units}) * ({price})"
+    return f"""
+LEFT JOIN unnest(%(month_wall)s::timestamp[], %(month_lo)s::timestamptz[], %(month_hi)s::timestamptz[])
+    AS m(wall, lo, hi) ON m.wall = date_trunc('month', ({at}) AT TIME ZONE %(zone)s)
+CROSS JOIN LATERAL (
+    SELECT CASE {plan} WHEN 'card_hour' THEN {rating.HOUR_SECONDS}
+                       WHEN 'server_month' THEN extract(epoch FROM m.hi - m.lo)
+                       WHEN 'pflops_year' THEN {rating.YEAR_SECONDS} END AS per,
+           extract(epoch FROM ({at}) - m.lo) * {_TEN_12} AS b,
+           (extract(epoch FROM ({at}) - m.lo) + ({seconds})) * {_TEN_12} AS e
+) AS k
+CROSS JOIN LATERAL (
+    SELECT ({_half_even(f"k.e * ({units})")} - {_half_even(f"k.b * ({units})")}) * {_EXACT} AS quantity,
+           ({_half_even(f"k.e * {units_price}")} - {_half_even(f"k.b * {units_price}")}) * {_EXACT} AS amount
+) AS rated
+"""  # noqa: S608 (column expressions of the callers' own SQL)
+
+
+_METER_USAGE_SQL = f"""
+INSERT INTO billing_usagerecord (allocation_id, lease_id, organization_id, provider_id, server_id, plan, slot_start,
+                                 start, "end", seconds, down_seconds, units, unit_price, currency, quantity, amount,
+                                 created_at)
+SELECT p.allocation_id, p.lease_id, p.organization_id, p.provider_id, p.server_id, p.plan, p.slot_start, p.start,
+       p."end", p.seconds, p.down, p.units, p.unit_price, p.currency, rated.quantity, rated.amount, %(now)s
+FROM (
+    SELECT s.allocation_id, s.lease_id, s.organization_id, s.provider_id, s.server_id, s.plan, s.currency,
+           s.unit_price, s.units, s.slot_start, s.start, s."end", s.seconds, least(s.down, s.seconds) AS down
+    FROM ({_SLOTS_SQL.format(filters="")}) AS s(allocation_id, lease_id, organization_id, provider_id, server_id, plan,
+                                                 currency, unit_price, units, slot_start, start, "end", seconds, down)
+) AS p
+{_rated_sql(at="p.start", seconds="p.seconds - p.down", units="p.units", price="p.unit_price", plan="p.plan")}
+ORDER BY p.allocation_id, p.slot_start
+ON CONFLICT (allocation_id, slot_start) DO NOTHING
+"""  # noqa: S608 (the module's own SQL; values are parameters)
+
+_METER_STORAGE_SQL = f"""
+INSERT INTO billing_storagerecord (volume_id, organization_id, provider_id, server_id, slot_start, start, "end",
+                                   seconds, size_gb, unit_price, currency, quantity, amount, created_at)
+SELECT p.volume_id, p.organization_id, p.provider_id, p.server_id, p.slot_start, p.start, p."end", p.seconds,
+       p.size_gb, p.unit_price, p.currency, rated.quantity, rated.amount, %(now)s
+FROM ({_STORAGE_SQL.format(filters="")}) AS p(volume_id, organization_id, provider_id, server_id, size_gb, unit_price,
+                                               currency, slot_start, start, "end", seconds)
+{_rated_sql(at="p.start", seconds="p.seconds", units="p.size_gb", price="p.unit_price", plan=f"'{STORAGE_PLAN}'")}
+ORDER BY p.volume_id, p.slot_start
+ON CONFLICT (volume_id, slot_start) DO NOTHING
+"""  # noqa: S608
+
+_METER_ACCESS_SQL = f"""
+INSERT INTO billing_dataaccessrecord (data_access_id, organization_id, provider_id, server_id, slot_start, start,
+                                      "end", seconds, unit_price, currency, quantity, amount, created_at)
+SELECT p.data_access_id, p.organization_id, p.provider_id, p.server_id, p.slot_start, p.start, p."end", p.seconds,
+       p.unit_price, p.currency, rated.quantity, rated.amount, %(now)s
+FROM ({_ACCESS_SQL.format(filters="")}) AS p(data_access_id, organization_id, provider_id, server_id, unit_price,
+                                              currency, slot_start, start, "end", seconds)
+{_rated_sql(at="p.start", seconds="p.seconds", units="1", price="p.unit_price", plan=f"'{ACCESS_PLAN}'")}
+ORDER BY p.data_access_id, p.slot_start
+ON CONFLICT (data_access_id, slot_start) DO NOTHING
+"""  # noqa: S608
 
 
 def metered_until() -> datetime | None:
