@@ -122,6 +122,7 @@ class TokenApi(OrgAPIView):
             email=data.validated_data["email"],
             password=data.validated_data["password"],
             name=data.validated_data.get("name") or "",
+            code=data.validated_data.get("code") or "",
         )
         return Response({"token": token})
 

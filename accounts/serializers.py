@@ -93,6 +93,14 @@ class TokenInput(StrictSerializer):
     email = serializers.EmailField(max_length=254)
     password = serializers.CharField(max_length=128, write_only=True, trim_whitespace=False)
     name = serializers.CharField(max_length=100, required=False, allow_blank=True)
+    code = serializers.CharField(
+        max_length=64,
+        required=False,
+        allow_blank=True,
+        write_only=True,
+        help_text="For an account with two-factor authentication: a code of its authenticator app, or a recovery "
+        "code (each good once). Without it such an account answers 401 mfa_required.",
+    )
 
 
 class TokenOutput(serializers.Serializer):

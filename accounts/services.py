@@ -32,6 +32,7 @@ from accounts.errors import (
 from accounts.models import ApiKey, Membership, Organization, Role, User
 from accounts.tenancy import platform_work
 from accounts.throttling import hit, unhit
+from accounts.two_factor import MfaRequired, require_second_factor
 from accounts.verification import require_verified
 
 # Why these services run across tenants while a request is handled (accounts/tenancy.py).
@@ -87,15 +88,18 @@ def _account_ident(email: str) -> str:
     return hashlib.sha256(normalize_email(email).encode()).hexdigest()[:32]
 
 
-def api_token_issue(*, request: HttpRequest | None, email: str, password: str, name: str = "") -> str:
-    """Trade an e-mail and password for a new API token (the plaintext, once).
+def api_token_issue(*, request: HttpRequest | None, email: str, password: str, name: str = "", code: str = "") -> str:
+    """Trade an e-mail and password (and, for an account with two-factor authentication, a `code` of its
+    authenticator or a recovery code: accounts/two_factor.py) for a new API token (the plaintext, once).
 
     Password attempts are limited per account (RATE_LIMIT_AUTH_ACCOUNT), on top of the per-client limit of the
     view: each attempt is counted before the password is checked (one atomic increment, so concurrent guesses
     cannot all pass) and a right password takes its count back. Once an account is over, every attempt is 429
     until the window ends, the right password included. E-mails without an account are counted the same way,
-    so neither the answer nor the limit tells whether an account exists. An account whose e-mail is not verified
-    yet gets no token: 403 `email_unverified` (accounts/verification.py)."""
+    so neither the answer nor the limit tells whether an account exists. The right password of an account with
+    two-factor authentication and no code takes its count back and answers 401 `mfa_required`; a wrong code
+    keeps its count (the same limit as a wrong password) and answers 401 `mfa_code_invalid`. An account whose
+    e-mail is not verified yet gets no token: 403 `email_unverified` (accounts/verification.py)."""
     email = normalize_email(email)
     rate = settings.SUANLI_RATE_LIMITS["auth_account"]
     ident = _account_ident(email)
@@ -105,6 +109,11 @@ def api_token_issue(*, request: HttpRequest | None, email: str, password: str, n
     user = authenticate(request, email=email, password=password)
     if user is None:
         raise Unauthenticated("Wrong email or password.")
+    try:  # a wrong code (MfaCodeInvalid) keeps its count, like a wrong password
+        require_second_factor(request=request, user=user, code=code)
+    except MfaRequired:
+        unhit("auth_account", ident, rate)  # the first of the two steps, not a guess
+        raise
     unhit("auth_account", ident, rate)
     require_verified(user)  # the right password, but the account waits for its e-mail (accounts/verification.py)
     return api_key_create(user=user, name=name or "token")[1]

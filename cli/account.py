@@ -20,7 +20,12 @@ from cli.i18n import LANGUAGE, _
 @click.option("--password-stdin", is_flag=True, help=_("Read the password from standard input."))
 @click.option("--api-key", metavar="KEY", help=_('Use this API key instead ("-" reads it from standard input).'))
 @click.option("--name", "key_name", metavar="NAME", help=_("Name of the API key the sign-in makes."))
-def login(email: str | None, password_stdin: bool, api_key: str | None, key_name: str | None) -> None:
+@click.option(
+    "--code",
+    metavar="CODE",
+    help=_("The two-factor code of your authenticator app, or a recovery code (asked for when the account needs one)."),
+)
+def login(email: str | None, password_stdin: bool, api_key: str | None, key_name: str | None, code: str | None) -> None:
     st = state()
     st.new_profile = True
     settings = st.settings
@@ -32,7 +37,21 @@ def login(email: str | None, password_stdin: bool, api_key: str | None, key_name
             email = click.prompt(_("E-mail"))
         password = sys.stdin.readline().rstrip("\n") if password_stdin else click.prompt(_("Password"), hide_input=True)
         name = key_name or f"suanli-cli@{socket.gethostname()}"[:100]
-        answer = anonymous.post("auth/token/", {"email": email, "password": password, "name": name}, auth=False)
+        body = {"email": email, "password": password, "name": name}
+        if code:
+            body["code"] = code.strip()
+        try:
+            answer = anonymous.post("auth/token/", body, auth=False)
+        except ApiError as exc:
+            if exc.code != "mfa_required" or code:
+                raise
+            # The account has two-factor authentication: ask for the code (the next line of standard input when
+            # the password came from it) and send everything again.
+            try:
+                body["code"] = click.prompt(_("Two-factor code (or a recovery code)"), err=True).strip()
+            except click.Abort:  # no terminal and no further line: the API's own answer says what to do
+                raise exc from None
+            answer = anonymous.post("auth/token/", body, auth=False)
         token = answer["token"]
     checked = Client(settings.api_url, token, None, LANGUAGE)
     orgs = list(checked.pages("orgs/"))  # proves the token works (401 otherwise)
