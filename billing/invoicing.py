@@ -2,11 +2,13 @@
 
 `close_period("YYYY-MM")` (refused until the month is over in the platform time zone) meters up to the month's
 end, then for each customer organisation builds the lines (per lease, plan and unit price; amounts rounded once,
-half-up, on the line), SLA credits, tax and total, and finalises the invoice with the next gap-free number, all in
-one transaction per invoice. Running it again, or after a crash part-way, makes only what is missing: the
+half-up, on the line), SLA credits, tax and total, and finalises the invoice with the next gap-free number. It works
+on the whole month at once (issue 18): the month's records are summed per line in one query per kind, and invoices
+are made in batches, one transaction each (the drafts in one INSERT, their lines in one COPY, a range of numbers
+and one UPDATE that finalises them). Running it again, or after a crash part-way, makes only what is missing: the
 database allows one invoice per (organisation, month, currency) and one statement per (provider, month,
-currency). Then provider statements: gross from their cards' usage and the storage on their servers, commission,
-SLA credits charged back, net.
+currency). Then provider statements, in one INSERT: gross from their cards' usage and the storage on their servers,
+commission, SLA credits charged back, net.
 
 Storage (issue 16) has lines of its own, one per volume and price per GB-month ("Storage, volume data (100 GB)"),
 from the month's storage records; SLA credits never apply to them (a volume's disk is held whether or not the
@@ -19,13 +21,13 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import connection, transaction
 from django.db.models import Count, Sum
 from django.utils import timezone
 
@@ -141,57 +143,12 @@ def totals(lines: list[tuple[Decimal, Decimal]]) -> Totals:
     return Totals(subtotal, credits, tax_rate, tax, subtotal - credits + tax)
 
 
-def _line_rows(org_id: int, currency: str, period: Period) -> list[dict]:
-    return list(
-        UsageRecord.objects.filter(
-            organization_id=org_id, currency=currency, slot_start__gte=period.start, slot_start__lt=period.end
-        )
-        .values("lease_id", "plan", "unit_price")
-        .annotate(q=Sum("quantity"), s=Sum("seconds"), d=Sum("down_seconds"), a=Sum("amount"))
-        .order_by("lease_id", "plan", "unit_price")
-    )
-
-
 STORAGE_UNIT = "GB-month"
 
 
 def storage_description(volume: Volume) -> str:
     """A storage line's description (stored in English, like a lease line's)."""
     return f"Storage, volume {volume.name} ({volume.size_gb} GB)"
-
-
-def _storage_rows(org_id: int, currency: str, period: Period) -> list[dict]:
-    """The month's storage per volume and price per GB-month: `q` GB-months, `s` seconds, `a` exact amount."""
-    return list(
-        StorageRecord.objects.filter(
-            organization_id=org_id, currency=currency, slot_start__gte=period.start, slot_start__lt=period.end
-        )
-        .values("volume_id", "unit_price")
-        .annotate(q=Sum("quantity"), s=Sum("seconds"), a=Sum("amount"))
-        .order_by("volume_id", "unit_price")
-    )
-
-
-def storage_lines(invoice: Invoice, rows: list[dict]) -> list[InvoiceLine]:
-    """One storage line per volume and price (no SLA credit), rounded once like a lease's line."""
-    volumes = Volume.objects.unscoped("the invoice's own volumes").in_bulk({row["volume_id"] for row in rows})
-    return [
-        InvoiceLine(
-            invoice=invoice,
-            volume_id=row["volume_id"],
-            plan=STORAGE,
-            description=storage_description(volumes[row["volume_id"]]),
-            quantity=row["q"].quantize(Decimal("0.000001")),
-            unit=STORAGE_UNIT,
-            unit_price=row["unit_price"],
-            amount=rating.to_money(row["a"]),
-            exact_amount=row["a"],
-            seconds=row["s"],
-            down_seconds=Decimal(0),
-            sla_credit=Decimal(0),
-        )
-        for row in rows
-    ]
 
 
 ACCESS_UNIT = "hour"
@@ -202,85 +159,233 @@ def access_description(session_id: int, server_id: int) -> str:
     return f"Data access without cards, session {session_id} (server {server_id})"
 
 
-def _access_rows(org_id: int, currency: str, period: Period) -> list[dict]:
-    """The month's data access per session and price per hour: `q` hours, `s` seconds, `a` exact amount."""
-    return list(
-        DataAccessRecord.objects.filter(
-            organization_id=org_id, currency=currency, slot_start__gte=period.start, slot_start__lt=period.end
-        )
-        .values("data_access_id", "server_id", "unit_price")
-        .annotate(q=Sum("quantity"), s=Sum("seconds"), a=Sum("amount"))
-        .order_by("data_access_id", "unit_price")
+# Invoices made per transaction: each batch takes one INSERT of its invoices, one COPY of their lines, one number
+# range and one UPDATE that finalises them, instead of about ten round trips an invoice.
+INVOICE_BATCH = 100
+
+Key = tuple[int, str]  # (organisation, currency)
+
+
+@dataclass
+class MonthRows:
+    """A customer's month in one currency, summed as its invoice lines are: `usage` per lease, plan and unit price
+    (`q` quantity, `s` seconds, `d` down seconds, `a` exact amount), `storage` per volume and price per GB-month,
+    `access` per data-access session and price per hour."""
+
+    usage: list[dict] = field(default_factory=list)
+    storage: list[dict] = field(default_factory=list)
+    access: list[dict] = field(default_factory=list)
+
+
+def month_rows(period: Period, *, org_id: int | None = None, currency: str | None = None) -> dict[Key, MonthRows]:
+    """The month's records summed per invoice line, for every customer and currency (or one), in three queries:
+    (organisation, currency) -> its rows, in the order of its lines."""
+    filters: dict[str, Any] = {"slot_start__gte": period.start, "slot_start__lt": period.end}
+    if org_id is not None:
+        filters.update(organization_id=org_id, currency=currency)
+    rows: dict[Key, MonthRows] = defaultdict(MonthRows)
+    usage = (
+        UsageRecord.objects.filter(**filters)
+        .values("organization_id", "currency", "lease_id", "plan", "unit_price")
+        .annotate(q=Sum("quantity"), s=Sum("seconds"), d=Sum("down_seconds"), a=Sum("amount"))
+        .order_by("organization_id", "currency", "lease_id", "plan", "unit_price")
     )
+    for row in usage:
+        rows[(row["organization_id"], row["currency"])].usage.append(row)
+    storage = (
+        StorageRecord.objects.filter(**filters)
+        .values("organization_id", "currency", "volume_id", "unit_price")
+        .annotate(q=Sum("quantity"), s=Sum("seconds"), a=Sum("amount"))
+        .order_by("organization_id", "currency", "volume_id", "unit_price")
+    )
+    for row in storage:
+        rows[(row["organization_id"], row["currency"])].storage.append(row)
+    access = (
+        DataAccessRecord.objects.filter(**filters)
+        .values("organization_id", "currency", "data_access_id", "server_id", "unit_price")
+        .annotate(q=Sum("quantity"), s=Sum("seconds"), a=Sum("amount"))
+        .order_by("organization_id", "currency", "data_access_id", "unit_price")
+    )
+    for row in access:
+        rows[(row["organization_id"], row["currency"])].access.append(row)
+    return dict(rows)
 
 
-def access_lines(invoice: Invoice, rows: list[dict]) -> list[InvoiceLine]:
-    """One data-access line per session and price (no SLA credit), rounded once like a lease's line."""
-    return [
-        InvoiceLine(
-            invoice=invoice,
-            data_access_id=row["data_access_id"],
-            plan=DATA_ACCESS,
-            description=access_description(row["data_access_id"], row["server_id"]),
-            quantity=row["q"].quantize(Decimal("0.000001")),
-            unit=ACCESS_UNIT,
-            unit_price=row["unit_price"],
-            amount=rating.to_money(row["a"]),
-            exact_amount=row["a"],
-            seconds=row["s"],
-            down_seconds=Decimal(0),
-            sla_credit=Decimal(0),
+_LINE_COLUMNS = (
+    "invoice_id",
+    "lease_id",
+    "volume_id",
+    "data_access_id",
+    "plan",
+    "description",
+    "quantity",
+    "unit",
+    "unit_price",
+    "amount",
+    "exact_amount",
+    "seconds",
+    "down_seconds",
+    "sla_credit",
+)
+
+
+def invoice_lines(invoice_id: int, rows: MonthRows, volumes: dict[int, Volume]) -> list[dict[str, Any]]:
+    """An invoice's lines (column -> value), each rounded once: a lease's per plan and unit price with its SLA
+    credit, then a volume's storage per price, then a data-access session's hours per price (no SLA credit)."""
+    lines = []
+    for row in rows.usage:
+        amount, sla_credit = line_amounts(row)
+        lines.append(
+            {
+                "invoice_id": invoice_id,
+                "lease_id": row["lease_id"],
+                "plan": row["plan"],
+                "description": f"{INVOICE_LINE_LABELS[row['plan']]}, lease {row['lease_id']}",
+                "quantity": row["q"].quantize(Decimal("0.000001")),
+                "unit": rating.UNIT_NAMES[row["plan"]],
+                "unit_price": row["unit_price"],
+                "amount": amount,
+                "exact_amount": row["a"],
+                "seconds": row["s"],
+                "down_seconds": row["d"],
+                "sla_credit": sla_credit,
+            }
         )
-        for row in rows
+    for row in rows.storage:
+        lines.append(
+            {
+                "invoice_id": invoice_id,
+                "volume_id": row["volume_id"],
+                "plan": STORAGE,
+                "description": storage_description(volumes[row["volume_id"]]),
+                "quantity": row["q"].quantize(Decimal("0.000001")),
+                "unit": STORAGE_UNIT,
+                "unit_price": row["unit_price"],
+                "amount": rating.to_money(row["a"]),
+                "exact_amount": row["a"],
+                "seconds": row["s"],
+                "down_seconds": Decimal(0),
+                "sla_credit": Decimal(0),
+            }
+        )
+    for row in rows.access:
+        lines.append(
+            {
+                "invoice_id": invoice_id,
+                "data_access_id": row["data_access_id"],
+                "plan": DATA_ACCESS,
+                "description": access_description(row["data_access_id"], row["server_id"]),
+                "quantity": row["q"].quantize(Decimal("0.000001")),
+                "unit": ACCESS_UNIT,
+                "unit_price": row["unit_price"],
+                "amount": rating.to_money(row["a"]),
+                "exact_amount": row["a"],
+                "seconds": row["s"],
+                "down_seconds": Decimal(0),
+                "sla_credit": Decimal(0),
+            }
+        )
+    return lines
+
+
+def invoices_build(*, period: Period, rows: dict[Key, MonthRows], now: datetime) -> list[Invoice]:
+    """Make and finalise the invoices of `rows` (organisation and currency -> the month's rows) for `period`, but
+    none that exists already or would have no line; in batches of INVOICE_BATCH, one transaction each, numbered in
+    the order of (organisation, currency). Returns the invoices made (another closer's are skipped)."""
+    existing = set(Invoice.objects.filter(period=period.label).values_list("organization_id", "currency"))
+    keys = [
+        key
+        for key in sorted(rows)
+        if key not in existing and (rows[key].usage or rows[key].storage or rows[key].access)
     ]
+    made: list[Invoice] = []
+    for start in range(0, len(keys), INVOICE_BATCH):
+        made += _invoice_batch(period, keys[start : start + INVOICE_BATCH], rows, now)
+    return made
+
+
+_INVOICES_INSERT = """
+INSERT INTO billing_invoice (organization_id, period, currency, number, state, subtotal, credits, tax_rate, tax, total,
+                             overdue, refunded, created_at)
+SELECT k.organization_id, %(period)s, k.currency, '', 'draft', 0, 0, 0, 0, 0, false, 0, %(created_at)s
+FROM unnest(%(orgs)s::bigint[], %(currencies)s::text[]) WITH ORDINALITY AS k(organization_id, currency, n)
+ORDER BY k.n
+ON CONFLICT (organization_id, period, currency) DO NOTHING
+RETURNING id, organization_id, currency
+"""
+
+_NUMBERS_TAKE = """
+INSERT INTO billing_documentcounter (series, last) VALUES (%(series)s, %(count)s)
+ON CONFLICT (series) DO UPDATE SET last = billing_documentcounter.last + excluded.last
+RETURNING last
+"""
+
+_INVOICES_FINALISE = """
+UPDATE billing_invoice AS i
+SET number = v.number, state = v.state, subtotal = v.subtotal, credits = v.credits, tax_rate = v.tax_rate,
+    tax = v.tax, total = v.total, issued_at = %(issued_at)s, due_at = %(due_at)s, paid_at = v.paid_at
+FROM unnest(%(ids)s::bigint[], %(numbers)s::text[], %(states)s::text[], %(subtotals)s::numeric[],
+            %(credits)s::numeric[], %(tax_rates)s::numeric[], %(taxes)s::numeric[], %(totals)s::numeric[],
+            %(paid_at)s::timestamptz[])
+    AS v(id, number, state, subtotal, credits, tax_rate, tax, total, paid_at)
+WHERE i.id = v.id AND i.state = 'draft'
+"""
+
+
+def _invoice_batch(period: Period, keys: list[Key], rows: dict[Key, MonthRows], now: datetime) -> list[Invoice]:
+    """One transaction: the batch's invoices inserted as drafts (those another closer made are skipped), their lines
+    copied in (a draft's lines may be written: migration 0002), the next numbers of the INV series taken at once
+    (its counter row stays locked until the commit, so numbers stay gap-free), and the invoices finalised."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            _INVOICES_INSERT,
+            {
+                "period": period.label,
+                "orgs": [org_id for org_id, _ in keys],
+                "currencies": [currency for _, currency in keys],
+                "created_at": timezone.now(),
+            },
+        )
+        ids = {(org_id, currency): pk for pk, org_id, currency in cursor.fetchall()}
+        keys = [key for key in keys if key in ids]  # in order; the others were made by another closer
+        if not keys:
+            return []
+        volume_ids = {row["volume_id"] for key in keys for row in rows[key].storage}
+        volumes = Volume.objects.unscoped("the invoices' own volumes").in_bulk(volume_ids) if volume_ids else {}
+        sums: dict[Key, Totals] = {}
+        with cursor.copy(f"COPY billing_invoiceline ({', '.join(_LINE_COLUMNS)}) FROM STDIN") as copy:
+            for key in keys:
+                lines = invoice_lines(ids[key], rows[key], volumes)
+                for line in lines:
+                    copy.write_row([line.get(column) for column in _LINE_COLUMNS])
+                sums[key] = totals([(line["amount"], line["sla_credit"]) for line in lines])
+        cursor.execute(_NUMBERS_TAKE, {"series": "INV", "count": len(keys)})
+        first = cursor.fetchone()[0] - len(keys) + 1
+        cursor.execute(
+            _INVOICES_FINALISE,
+            {
+                "ids": [ids[key] for key in keys],
+                "numbers": [f"INV-{first + n:06d}" for n in range(len(keys))],
+                "states": [Invoice.State.OPEN if sums[key].total > 0 else Invoice.State.PAID for key in keys],
+                "subtotals": [sums[key].subtotal for key in keys],
+                "credits": [sums[key].credits for key in keys],
+                "tax_rates": [sums[key].tax_rate for key in keys],
+                "taxes": [sums[key].tax for key in keys],
+                "totals": [sums[key].total for key in keys],
+                "paid_at": [None if sums[key].total > 0 else now for key in keys],
+                "issued_at": now,
+                "due_at": now + timedelta(days=settings.SUANLI_INVOICE_DUE_DAYS),
+            },
+        )
+    made = Invoice.objects.in_bulk([ids[key] for key in keys])
+    return [made[ids[key]] for key in keys]
 
 
 def invoice_build(*, org_id: int, currency: str, period: Period, now: datetime) -> Invoice | None:
-    """Make and finalise the invoice of `org_id` for `period` in `currency`, unless it exists (None then)."""
-    with transaction.atomic():
-        if Invoice.objects.filter(organization_id=org_id, period=period.label, currency=currency).exists():
-            return None
-        rows = _line_rows(org_id, currency, period)
-        storage = _storage_rows(org_id, currency, period)
-        accessed = _access_rows(org_id, currency, period)
-        if not rows and not storage and not accessed:
-            return None
-        try:
-            with transaction.atomic():
-                invoice = Invoice.objects.create(organization_id=org_id, period=period.label, currency=currency)
-        except IntegrityError:
-            return None  # another closer made it first
-        lines = []
-        for row in rows:
-            amount, sla_credit = line_amounts(row)
-            lines.append(
-                InvoiceLine(
-                    invoice=invoice,
-                    lease_id=row["lease_id"],
-                    plan=row["plan"],
-                    description=f"{INVOICE_LINE_LABELS[row['plan']]}, lease {row['lease_id']}",
-                    quantity=row["q"].quantize(Decimal("0.000001")),
-                    unit=rating.UNIT_NAMES[row["plan"]],
-                    unit_price=row["unit_price"],
-                    amount=amount,
-                    exact_amount=row["a"],
-                    seconds=row["s"],
-                    down_seconds=row["d"],
-                    sla_credit=sla_credit,
-                )
-            )
-        lines += storage_lines(invoice, storage)
-        lines += access_lines(invoice, accessed)
-        InvoiceLine.objects.bulk_create(lines)
-        sums = totals([(line.amount, line.sla_credit) for line in lines])
-        invoice.subtotal, invoice.credits, invoice.tax_rate, invoice.tax, invoice.total = sums
-        invoice.number = next_number("INV")
-        invoice.issued_at = now
-        invoice.due_at = now + timedelta(days=settings.SUANLI_INVOICE_DUE_DAYS)
-        invoice.state = Invoice.State.OPEN if sums.total > 0 else Invoice.State.PAID
-        invoice.paid_at = None if sums.total > 0 else now
-        invoice.save()
-    return invoice
+    """Make and finalise the invoice of `org_id` for `period` in `currency`, unless it exists or would have no
+    line (None then)."""
+    made = invoices_build(period=period, rows=month_rows(period, org_id=org_id, currency=currency), now=now)
+    return made[0] if made else None
 
 
 @platform_work(_PLATFORM)
@@ -291,30 +396,49 @@ def close_period(label: str, *, now: datetime | None = None) -> dict[str, int]:
     if now < period.end:
         raise Conflict(f"{label} is not over yet (it ends {period.end.isoformat()}).", code="period_open")
     meter(until=period.end)
-    customers = sorted(
-        {
-            *UsageRecord.objects.filter(slot_start__gte=period.start, slot_start__lt=period.end)
-            .values_list("organization_id", "currency")
-            .distinct(),
-            *StorageRecord.objects.filter(slot_start__gte=period.start, slot_start__lt=period.end)
-            .values_list("organization_id", "currency")
-            .distinct(),
-            *DataAccessRecord.objects.filter(slot_start__gte=period.start, slot_start__lt=period.end)
-            .values_list("organization_id", "currency")
-            .distinct(),
-        }
-    )
-    invoices = 0
-    for org_id, currency in customers:
-        invoice = invoice_build(org_id=org_id, currency=currency, period=period, now=now)
-        invoices += invoice is not None
-    # A prepaid customer's open invoices are paid from its balance, oldest first; after the loop, so that a close
-    # that stopped between making an invoice and settling it settles it when run again.
-    for org_id in sorted({org_id for org_id, _ in customers}):
+    rows = month_rows(period)
+    invoices = len(invoices_build(period=period, rows=rows, now=now))
+    # A prepaid customer's open invoices are paid from its balance, oldest first; after the invoices, so that a
+    # close that stopped between making an invoice and settling it settles it when run again.
+    for org_id in settlement_candidates(sorted({org_id for org_id, _ in rows})):
         invoices_settle_from_balance(org=Organization.objects.get(pk=org_id), now=now)
     statements = statements_build(period=period)
     _period_closed(label, now=now)
     return {"invoices": invoices, "statements": statements}
+
+
+_SETTLEABLE = """
+WITH oldest AS (
+    SELECT DISTINCT ON (i.organization_id) i.organization_id, i.currency,
+           i.total - coalesce((SELECT sum(c.amount) FROM billing_creditnote c WHERE c.invoice_id = i.id), 0) AS due
+    FROM billing_invoice i
+    WHERE i.organization_id = ANY(%(orgs)s) AND i.state = 'open'
+    ORDER BY i.organization_id, i.issued_at, i.id
+)
+SELECT o.organization_id
+FROM oldest o
+WHERE coalesce(
+          (SELECT t.mode FROM billing_billingterms t WHERE t.organization_id = o.organization_id
+           ORDER BY t.id DESC LIMIT 1),
+          %(default_mode)s
+      ) = 'prepaid'
+  AND o.due > 0
+  AND o.due <= coalesce(
+          (SELECT sum(b.amount) FROM billing_balanceentry b
+           WHERE b.organization_id = o.organization_id AND b.currency = o.currency), 0)
+ORDER BY o.organization_id
+"""
+
+
+def settlement_candidates(org_ids: list[int]) -> list[int]:
+    """Of `org_ids`, those `invoices_settle_from_balance` would settle something of, in one query: prepaid (terms_of),
+    and the balance covers what their oldest open invoice asks. The others would settle nothing (it stops at the first
+    invoice it cannot cover); each candidate is then settled by it, under its locks, which decide."""
+    if not org_ids:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(_SETTLEABLE, {"orgs": org_ids, "default_mode": settings.SUANLI_DEFAULT_PAYMENT_MODE})
+        return [org_id for (org_id,) in cursor.fetchall()]
 
 
 def _period_closed(label: str, *, now: datetime) -> None:
@@ -522,22 +646,38 @@ def chargebacks(period: Period) -> dict[tuple[int, str], Decimal]:
             created_at__gte=period.start, created_at__lt=period.end, lease__isnull=False
         ).values_list("lease_id", "amount", "currency", "invoice__period")
     )
-    for lease_id, credit, currency, label in credits:
+    # Each credited lease's usage per provider in the credited month: one query per month credited.
+    shares: dict[tuple[int, str], dict[int, Decimal]] = defaultdict(dict)
+    leases_of: dict[str, set[int]] = defaultdict(set)
+    for lease_id, _credit, _currency, label in credits:
+        leases_of[label].add(lease_id)
+    for label, lease_ids in leases_of.items():
         month = period_of(label)
-        shares = dict(
-            UsageRecord.objects.filter(lease_id=lease_id, slot_start__gte=month.start, slot_start__lt=month.end)
-            .values("provider_id")
+        for lease_id, provider_id, part in (
+            UsageRecord.objects.filter(lease_id__in=lease_ids, slot_start__gte=month.start, slot_start__lt=month.end)
+            .values("lease_id", "provider_id")
             .annotate(a=Sum("amount"))
-            .values_list("provider_id", "a")
-        )
-        for provider_id, part in _split(credit, shares).items():
+            .values_list("lease_id", "provider_id", "a")
+        ):
+            shares[(lease_id, label)][provider_id] = part
+    for lease_id, credit, currency, label in credits:
+        for provider_id, part in _split(credit, shares[(lease_id, label)]).items():
             owed[(provider_id, currency)] += part
     return owed
 
 
 def take_rate_of(provider_id: int) -> Decimal:
-    terms = ProviderTerms.objects.for_orgs([provider_id]).filter(take_rate__isnull=False).first()
-    return terms.take_rate if terms else settings.SUANLI_TAKE_RATE
+    return take_rates_of([provider_id])[provider_id]
+
+
+def take_rates_of(provider_ids: list[int]) -> dict[int, Decimal]:
+    """Each provider's take rate: its own terms' where set, else the platform's."""
+    own = dict(
+        ProviderTerms.objects.for_orgs(provider_ids)
+        .filter(take_rate__isnull=False)
+        .values_list("organization_id", "take_rate")
+    )
+    return {provider_id: own.get(provider_id, settings.SUANLI_TAKE_RATE) for provider_id in provider_ids}
 
 
 def provider_gross(period: Period) -> dict[tuple[int, str], Decimal]:
@@ -556,34 +696,49 @@ def provider_gross(period: Period) -> dict[tuple[int, str], Decimal]:
     return dict(gross)
 
 
+_STATEMENTS_INSERT = """
+INSERT INTO billing_providerstatement (organization_id, period, currency, gross, take_rate, commission, credits, net,
+                                       state, created_at)
+SELECT v.organization_id, %(period)s, v.currency, v.gross, v.take_rate, v.commission, v.credits, v.net, 'open',
+       %(created_at)s
+FROM unnest(%(orgs)s::bigint[], %(currencies)s::text[], %(gross)s::numeric[], %(take_rates)s::numeric[],
+            %(commissions)s::numeric[], %(credits)s::numeric[], %(nets)s::numeric[]) WITH ORDINALITY
+    AS v(organization_id, currency, gross, take_rate, commission, credits, net, n)
+ORDER BY v.n
+ON CONFLICT (organization_id, period, currency) DO NOTHING
+"""
+
+
 @platform_work(_PLATFORM)
 def statements_build(*, period: Period) -> int:
-    """One statement per provider and currency for the month (skipped where it exists). Returns how many new."""
+    """One statement per provider and currency for the month (skipped where it exists), all in one INSERT. Returns
+    how many new."""
     owed = chargebacks(period)
-    made = 0
-    keys = provider_gross(period)
-    for key in sorted(set(keys) | set(owed)):
+    gross_of = provider_gross(period)
+    keys = sorted(set(gross_of) | set(owed))
+    if not keys:
+        return 0
+    takes = take_rates_of(sorted({provider_id for provider_id, _ in keys}))
+    columns: dict[str, list] = defaultdict(list)
+    for key in keys:
         provider_id, currency = key
-        gross = rating.to_money(keys.get(key, Decimal(0)))
-        take = take_rate_of(provider_id)
+        gross = rating.to_money(gross_of.get(key, Decimal(0)))
+        take = takes[provider_id]
         commission = rating.to_money(gross * take)
         credits = owed.get(key, Decimal(0))
-        try:
-            with transaction.atomic():
-                ProviderStatement.objects.create(
-                    organization_id=provider_id,
-                    period=period.label,
-                    currency=currency,
-                    gross=gross,
-                    take_rate=take,
-                    commission=commission,
-                    credits=credits,
-                    net=gross - commission - credits,
-                )
-                made += 1
-        except IntegrityError:
-            continue  # already made
-    return made
+        for name, value in (
+            ("orgs", provider_id),
+            ("currencies", currency),
+            ("gross", gross),
+            ("take_rates", take),
+            ("commissions", commission),
+            ("credits", credits),
+            ("nets", gross - commission - credits),
+        ):
+            columns[name].append(value)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(_STATEMENTS_INSERT, {"period": period.label, "created_at": timezone.now(), **columns})
+        return cursor.rowcount
 
 
 def invoices_for(org: Organization | None):

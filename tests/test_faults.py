@@ -213,9 +213,11 @@ def test_a_worker_killed_in_the_middle_of_close_period_leaves_no_duplicate_and_t
     server = online_server()
     cards = list(server.gpus.order_by("index"))
     start = datetime(2026, 10, 2, tzinfo=UTC)
+    orgs = []
     for i in range(customers):
         at = start + timedelta(hours=i // len(cards))
-        lease = LeaseFactory(organization=OrganizationFactory(), start_at=at, end_at=at + timedelta(hours=1))
+        orgs.append(OrganizationFactory())
+        lease = LeaseFactory(organization=orgs[-1], start_at=at, end_at=at + timedelta(hours=1))
         Allocation.objects.create(
             lease=lease,
             gpu=cards[i % len(cards)],
@@ -224,13 +226,39 @@ def test_a_worker_killed_in_the_middle_of_close_period_leaves_no_duplicate_and_t
             unit_price=Decimal("2.5"),
             units=Decimal(1),
         )
-    _kill_a_worker_mid_task(
-        tmp_path,
-        "from billing.tasks import close_period_task; close_period_task.delay('2026-10')",
-        started=lambda: Invoice.objects.exists(),
-        unfinished=lambda: 0 < Invoice.objects.count() < customers,
-        finished=lambda: Invoice.objects.count() == customers,
+    # close_period makes invoices in batches of INVOICE_BATCH, one transaction each, in the order of the
+    # organisations, and is too quick now to be caught between two by polling: another session holds the last
+    # customer's invoice (an uncommitted draft), so the run stops in its second batch after the first is committed,
+    # and is killed there; the draft is rolled back after the kill.
+    from django.conf import settings as django_settings
+    from psycopg import connect
+
+    from billing.invoicing import INVOICE_BATCH
+
+    assert INVOICE_BATCH < customers
+    db = django_settings.DATABASES["default"]
+    blocker = connect(
+        host=db["HOST"] or "127.0.0.1", port=db["PORT"] or 5432, user=db["USER"], dbname=db["NAME"],
+        password=db["PASSWORD"] or None,
+    )  # fmt: skip
+    blocker.execute(
+        "INSERT INTO billing_invoice (organization_id, period, currency, number, state, subtotal, credits, tax_rate, "
+        "tax, total, overdue, refunded, created_at) "
+        "SELECT id, '2026-10', currency, '', 'draft', 0, 0, 0, 0, 0, false, 0, now() FROM accounts_organization "
+        "WHERE id = %s",
+        [max(org.pk for org in orgs)],
     )
+    try:
+        _kill_a_worker_mid_task(
+            tmp_path,
+            "from billing.tasks import close_period_task; close_period_task.delay('2026-10')",
+            started=lambda: Invoice.objects.exists(),
+            unfinished=lambda: 0 < Invoice.objects.count() < customers,
+            finished=lambda: Invoice.objects.count() == customers,
+            after_kill=blocker.rollback,
+        )
+    finally:
+        blocker.close()
     numbers = sorted(Invoice.objects.values_list("number", flat=True))
     assert numbers == [f"INV-{n:06d}" for n in range(1, customers + 1)]  # once each, no gap
     assert Invoice.objects.values("organization").distinct().count() == customers
@@ -288,10 +316,10 @@ def test_a_worker_killed_in_the_middle_of_failover_leaves_no_half_moved_lease_an
         assert cursor.fetchone()[0] == 0
 
 
-def _kill_a_worker_mid_task(tmp_path, send: str, *, started, unfinished, finished) -> None:
+def _kill_a_worker_mid_task(tmp_path, send: str, *, started, unfinished, finished, after_kill=None) -> None:
     """On a Redis of its own: a worker takes the task `send` enqueues, is SIGKILLed once `started()`, (asserting
-    `unfinished()` then), and a second worker gets the task back after the visibility timeout and runs it until
-    `finished()`."""
+    `unfinished()` then, and calling `after_kill()` when given), and a second worker gets the task back after the
+    visibility timeout and runs it until `finished()`."""
     import signal
 
     from django.conf import settings as django_settings
@@ -324,6 +352,8 @@ def _kill_a_worker_mid_task(tmp_path, send: str, *, started, unfinished, finishe
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
         assert unfinished(), "the kill came too late to interrupt the run"
+        if after_kill is not None:
+            after_kill()
         second = worker()
         try:
             _until(finished, 120, f"the redelivered task finishing (worker log: {log.name})")
