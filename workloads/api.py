@@ -4,7 +4,7 @@ signed read of its server's desired state. Parse, call a service or selector, se
 from __future__ import annotations
 
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import serializers, status
 from rest_framework.decorators import action
 from rest_framework.permissions import AllowAny, IsAuthenticated
@@ -19,6 +19,7 @@ from inventory import agent_api
 from scheduler import api as lease_api
 from scheduler.errors import NoCapacity
 from scheduler.idempotency import run_idempotent
+from scheduler.serializers import ResizeInput
 from workloads import access, agent_channel, lease_moves, services
 from workloads.models import SshKey, Template
 from workloads.serializers import (
@@ -94,6 +95,27 @@ class TemplateListApi(OrgAPIView):
         return Response(TemplateOutput(template).data, status=status.HTTP_201_CREATED)
 
 
+_LEASE_VERB = extend_schema(
+    request=None, responses={200: LeaseWithWorkloadsOutput}, parameters=[lease_api.IDEMPOTENCY_KEY]
+)
+
+
+# The schema names the shapes this viewset really takes and gives (the scheduler's own say LeaseInput and
+# LeaseOutput, which know nothing of workloads): tests/workloads/test_lease_schema.py.
+@extend_schema_view(
+    create=extend_schema(
+        request=LeaseWithWorkloadInput,
+        responses={201: LeaseWithWorkloadsOutput},
+        parameters=[lease_api.IDEMPOTENCY_KEY],
+    ),
+    end=_LEASE_VERB,
+    stop=_LEASE_VERB,
+    resize=extend_schema(
+        request=ResizeInput,
+        responses={200: LeaseWithWorkloadsOutput},
+        parameters=[lease_api.IDEMPOTENCY_KEY],
+    ),
+)
 class LeaseViewSet(lease_api.LeaseViewSet):
     """The lease API with workloads: `workload` on create, `workloads` on every lease, restart and stop."""
 
