@@ -173,14 +173,14 @@ def data_access_open(
             if volume.state not in OPENABLE:
                 message = f"Volume {volume.name} is not made yet."
                 raise InvalidInput(message, fields={"volumes": [message]})
+            if open_sessions_mounting(volume).exists():
+                raise Conflict(f"Volume {volume.name} is open in another data-access session.", code="volume_in_use")
             if is_mounted(volume):
                 raise Conflict(
                     f"Volume {volume.name} is mounted by a live lease; reach it from there, or end or stop that "
                     "lease first.",
                     code="volume_in_use",
                 )
-            if open_sessions_mounting(volume).exists():
-                raise Conflict(f"Volume {volume.name} is open in another data-access session.", code="volume_in_use")
             locked.append(volume)
         session = DataAccess.objects.create(
             organization=org,

@@ -203,13 +203,13 @@ def move_request(
                 f"Only a ready volume can move; this one is {locked.get_state_display().lower()}.",
                 code="volume_not_ready",
             )
+        if volumes.in_data_access(locked):
+            raise Conflict("A data-access session mounts this volume; end it first.", code="volume_in_use")
         if volumes.is_mounted(locked, exclude_lease=lease.pk if lease is not None else None):
             raise Conflict(
                 "A live lease's workload mounts this volume (a stopped lease keeps its volumes); end that lease first.",
                 code="volume_in_use",
             )
-        if volumes.in_data_access(locked):
-            raise Conflict("A data-access session mounts this volume; end it first.", code="volume_in_use")
         moves = VolumeMove.objects.unscoped(_PLATFORM).filter(volume=locked)
         if moves.filter(state__in=LIVE_MOVE_STATES).exists():
             raise Conflict("This volume is being moved already.", code="volume_moving")

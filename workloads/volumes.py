@@ -4,9 +4,10 @@ of a new lease's workload, the agent's reports of them, and the grace period bil
 organisation's money runs out.
 
 States. The stored state is one of creating, ready, grace, wiping, wiped; `in_use` is never stored but derived:
-a ready volume is shown `in_use` while a workload spec of a live lease (scheduled, active, stopped) mounts it
-(`with_in_use`, `is_mounted`). So a volume goes back to `ready` the moment its lease ends, however it ends
-(end, preemption, failure, expiry), with nothing to write. A volume in grace stays `grace` while mounted (the
+a ready volume is shown `in_use` while a workload spec of a live lease (scheduled, active, stopped) or an open
+data-access session (workloads.data_access) mounts it (`with_in_use`, `is_mounted`). So a volume goes back to
+`ready` the moment its lease or session ends, however it ends (end, preemption, failure, expiry), with nothing to
+write. A volume in grace stays `grace` while mounted (the
 state that matters to the customer), and a creating one stays `creating` until its agent reports it made.
 
 - creating -> ready: the agent reports it made ("ready"), `ready_at`.
@@ -80,9 +81,18 @@ def _live_mounts() -> QuerySet[VolumeMount]:
     return VolumeMount.objects.unscoped(_PLATFORM).filter(spec__lease__state__in=LIVE_LEASE_STATES)
 
 
+def _open_session_mounts() -> QuerySet[Any]:
+    """The volume rows of open data-access sessions (the sessions' many-to-many table)."""
+    return Volume.access_sessions.through.objects.filter(dataaccess__state="open")
+
+
 def with_in_use(queryset: QuerySet[Volume]) -> QuerySet[Volume]:
-    """`queryset` with `mounted` on each row: whether a workload spec of a live lease mounts it."""
-    return queryset.annotate(mounted=Exists(_live_mounts().filter(volume=OuterRef("pk"))))
+    """`queryset` with `mounted` on each row: whether a workload spec of a live lease or an open data-access
+    session mounts it."""
+    return queryset.annotate(
+        mounted=Exists(_live_mounts().filter(volume=OuterRef("pk")))
+        | Exists(_open_session_mounts().filter(volume=OuterRef("pk")))
+    )
 
 
 def volumes_of(org: Organization | None) -> QuerySet[Volume]:
@@ -91,11 +101,12 @@ def volumes_of(org: Organization | None) -> QuerySet[Volume]:
 
 
 def is_mounted(volume: Volume, *, exclude_lease: int | None = None) -> bool:
-    """Whether a workload spec of a live lease (other than `exclude_lease`) mounts `volume`."""
+    """Whether a workload spec of a live lease (other than `exclude_lease`) or an open data-access session mounts
+    `volume`. Callers that say which one ask `in_data_access` first."""
     mounts = _live_mounts().filter(volume=volume)
     if exclude_lease is not None:
         mounts = mounts.exclude(spec__lease_id=exclude_lease)
-    return mounts.exists()
+    return mounts.exists() or in_data_access(volume)
 
 
 def in_data_access(volume: Volume) -> bool:
@@ -104,7 +115,8 @@ def in_data_access(volume: Volume) -> bool:
 
 
 def shown_state(volume: Volume) -> str:
-    """The state the API shows: a ready volume mounted by a live lease's workload is `in_use`."""
+    """The state the API shows: a ready volume mounted by a live lease's workload or an open data-access session
+    is `in_use`."""
     mounted = getattr(volume, "mounted", None)
     if mounted is None:
         mounted = is_mounted(volume)
@@ -181,7 +193,7 @@ def storage_servers() -> list[StorageServer]:
 
 def mountable_volumes(org: Organization, server: Server) -> QuerySet[Volume]:
     """The organisation's volumes on `server` a new lease's workload may mount: ready and mounted by no live lease
-    (the rent form's choices; `mounts_lock` decides again when the lease is made)."""
+    nor open data-access session (the rent form's choices; `mounts_lock` decides again when the lease is made)."""
     return volumes_of(org).filter(server=server, state=VolumeState.READY, mounted=False)
 
 
@@ -297,12 +309,12 @@ def volume_delete(*, volume: Volume, now: datetime | None = None, by: User | Non
         locked = Volume.objects.unscoped(_PLATFORM).select_for_update().get(pk=volume.pk)
         if locked.state in (VolumeState.WIPING, VolumeState.WIPED):
             return locked
+        if in_data_access(locked):
+            raise Conflict("A data-access session mounts this volume; end it first.", code="volume_in_use")
         if is_mounted(locked):
             raise Conflict(
                 "A live lease's workload mounts this volume; end or stop that lease first.", code="volume_in_use"
             )
-        if in_data_access(locked):
-            raise Conflict("A data-access session mounts this volume; end it first.", code="volume_in_use")
         if _moving(locked):
             raise Conflict("This volume is being moved; cancel the move first.", code="volume_moving")
         locked.state, locked.wipe_at, locked.wipe_requested_at = VolumeState.WIPING, None, now
@@ -401,12 +413,12 @@ def mounts_lock(*, org: Organization, mounts: list[MountRequest]) -> list[tuple[
                 f"Volume {volume.name} is kept for a grace period (your balance ran out); top up first.",
                 code="volume_in_grace",
             )
+        if in_data_access(volume):
+            raise Conflict(f"Volume {volume.name} is open in a data-access session.", code="volume_in_use")
         if is_mounted(volume):
             raise Conflict(f"Volume {volume.name} is mounted by another live lease.", code="volume_in_use")
         if _moving(volume):
             raise Conflict(f"Volume {volume.name} is being moved to another server.", code="volume_moving")
-        if in_data_access(volume):
-            raise Conflict(f"Volume {volume.name} is open in a data-access session.", code="volume_in_use")
         out.append((volume, mount.path))
     if len({volume.server_id for volume, _path in out}) > 1:
         raise mount_error("All volumes of a workload must be on one server.")

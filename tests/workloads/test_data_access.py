@@ -289,3 +289,17 @@ def test_a_session_its_agent_never_ran_is_over_when_it_ends_and_one_stuck_shows_
     assert page.status_code == 200
     body = page.content.decode()
     assert f'data-workload="{workload.pk}"' in body and f"Data access {stuck['id']}" in body
+
+
+def test_a_ready_volume_open_in_a_session_shows_in_use_and_is_not_offered_to_the_rent_form(alice, store):
+    vid = ready_volume(alice, store)
+    server = volumes.Volume.objects.get(pk=vid).server
+    body = opened(alice, store, [vid], [add_key(alice)["id"]])
+    assert alice.api.get(f"/api/v1/volumes/{vid}/").json()["state"] == "in_use"
+    assert [v["state"] for v in alice.api.get("/api/v1/volumes/").json()["results"] if v["id"] == vid] == ["in_use"]
+    volume = Volume.objects.get(pk=vid)
+    assert volumes.is_mounted(volume) and volumes.shown_state(volume) == "in_use"
+    assert vid not in [v.pk for v in volumes.mountable_volumes(alice.org, server)]
+    assert alice.api.delete(f"/api/v1/data-access/{body['id']}/").status_code in (200, 204)
+    assert alice.api.get(f"/api/v1/volumes/{vid}/").json()["state"] == "ready"
+    assert vid in [v.pk for v in volumes.mountable_volumes(alice.org, server)]
