@@ -8,7 +8,8 @@ served in the desired state's `data_access` list (an added field: an agent of be
 then simply never runs, nor is billed). The agent reports it among its `workloads`, as any other.
 
 - Open (`data_access_open`): volumes of the organisation on one server, ready or in grace (a creating, wiping or
-  wiped one is unknown), mounted by no live lease and by no other open session (409 `volume_in_use`); at least one
+  wiped one is unknown), mounted by no live lease and by no other open session (409 `volume_in_use`), not being
+  moved to another server (409 `volume_moving`: the lock of its row orders the two); at least one
   of the caller's SSH keys (copied in, like a lease's). Priced per hour from the server's live offer
   (`Offer.data_access_hour_price`, else SUANLI_DATA_ACCESS_HOUR_PRICE in the offer's currency), converted into the
   organisation's currency and fixed. The registered checks run inside its transaction (billing's funds admission:
@@ -39,6 +40,7 @@ from accounts.tenancy import platform_work
 from inventory.access import STOREFRONT
 from inventory.models import Offer, Server
 from scheduler.pricing import rate_between
+from workloads import volume_moves
 from workloads.access import ssh_keys_of
 from workloads.models import DataAccess, Volume, VolumeState, Workload, WorkloadState
 from workloads.volumes import PRICE_PLACES, is_mounted
@@ -147,7 +149,8 @@ def data_access_open(
 ) -> DataAccess:
     """Open a session on `server` for `volumes` (ids of the organisation's volumes there) with `ssh_keys` (ids of
     the user's keys). 400 with fields on bad input, 409 `volume_in_use` when a live lease or another open session
-    mounts one, 402 from billing's check when the organisation cannot pay for it (outside grace)."""
+    mounts one, 409 `volume_moving` when one is being moved, 402 from billing's check when the organisation cannot
+    pay for it (outside grace)."""
     now = now or timezone.now()
     volume_ids = _ids(volumes, "volumes", "volume", at_most=MAX_VOLUMES)
     key_ids = _ids(ssh_keys, "ssh_keys", "SSH key", at_most=50)
@@ -175,6 +178,8 @@ def data_access_open(
                 raise InvalidInput(message, fields={"volumes": [message]})
             if open_sessions_mounting(volume).exists():
                 raise Conflict(f"Volume {volume.name} is open in another data-access session.", code="volume_in_use")
+            if volume_moves.is_moving(volume):
+                raise Conflict(f"Volume {volume.name} is being moved to another server.", code="volume_moving")
             if is_mounted(volume):
                 raise Conflict(
                     f"Volume {volume.name} is mounted by a live lease; reach it from there, or end or stop that "

@@ -292,3 +292,16 @@ def test_a_volume_in_a_data_access_session_does_not_move(alice, source, target):
     data_access.data_access_open(org=alice.org, user=alice.user, server=server, volumes=[vid], ssh_keys=[key["id"]])
     refused = ask(alice, vid, target.server_id)
     assert refused.status_code == 409 and refused.json()["error"]["code"] == "volume_in_use"
+
+
+def test_a_moving_volume_opens_in_no_data_access_session(alice, source, target):
+    from tests.workloads.conftest import add_key
+
+    vid = ready_volume(alice, source)
+    key = add_key(alice)["id"]
+    assert ask(alice, vid, target.server_id).status_code == 202
+    body = {"server": source.server_id, "volumes": [vid], "ssh_keys": [key]}
+    refused = alice.api.post("/api/v1/data-access/", body, format="json")
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "volume_moving"
+    assert alice.api.delete(f"/api/v1/volumes/{vid}/move/").status_code == 200
+    assert alice.api.post("/api/v1/data-access/", body, format="json").status_code == 201
