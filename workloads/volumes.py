@@ -394,8 +394,10 @@ def host_paths_check(mounts: list[MountRequest]) -> None:
 
 def mounts_lock(*, org: Organization, mounts: list[MountRequest]) -> list[tuple[Volume, str]]:
     """Inside the caller's transaction: the volumes of `mounts`, locked, each checked to be the organisation's
-    (another's answers like a missing id), live, out of grace, mounted by no other live lease, and all on one
-    server. The lock holds a concurrent delete or mount of the same volume until the caller's lease is made."""
+    (another's answers like a missing id), live, out of grace, ready (a creating one is 409 `volume_not_ready`: a
+    workload would otherwise start without it if its server failed to make it), mounted by no other live lease nor
+    data-access session, not moving, and all on one server. The lock holds a concurrent delete or mount of the same
+    volume until the caller's lease is made."""
     if not mounts:
         return []
     ids = sorted(m.volume_id for m in mounts)
@@ -412,6 +414,11 @@ def mounts_lock(*, org: Organization, mounts: list[MountRequest]) -> list[tuple[
             raise Conflict(
                 f"Volume {volume.name} is kept for a grace period (your balance ran out); top up first.",
                 code="volume_in_grace",
+            )
+        if volume.state != VolumeState.READY:  # creating: its server has not made it yet
+            raise Conflict(
+                f"Volume {volume.name} is not ready yet: its server has not made it; try again once it is ready.",
+                code="volume_not_ready",
             )
         if in_data_access(volume):
             raise Conflict(f"Volume {volume.name} is open in a data-access session.", code="volume_in_use")

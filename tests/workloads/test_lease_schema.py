@@ -82,10 +82,11 @@ def _closed(node):
 
 def test_a_body_with_a_workload_and_a_volume_matches_the_schema_and_is_taken_by_the_api(openapi, alice, bob, box):
     from tests.cli.conftest import _json_schema
-    from tests.workloads.test_volumes_api import create, lend_storage
+    from tests.workloads.test_volumes import ready_made
+    from tests.workloads.test_volumes_api import lend_storage
 
     lend_storage(bob, box)
-    vid = create(alice, box.server_id).json()["id"]
+    vid = ready_made(alice, box)
     body = {
         "plan": "card_hour",
         "server": box.server_id,

@@ -39,6 +39,13 @@ def made(persona, server: int, name: str = "data", size_gb: int = 10) -> int:
     return response.json()["id"]
 
 
+def ready_made(persona, box: Box, name: str = "data", size_gb: int = 10) -> int:
+    """A volume its agent has reported made (only a ready volume is mounted by a new lease)."""
+    vid = made(persona, box.server_id, name, size_gb)
+    reported(box.agent, [{"id": vid, "state": "ready"}])
+    return vid
+
+
 def mount_lease(persona, mounts: list[dict], **body):
     body.setdefault("gpu_count", 1)
     return rent(persona, workload={"image": "ubuntu:24.04", "volumes": mounts}, **body)
@@ -71,6 +78,11 @@ def state_of(persona, vid: int) -> str:
 
 def test_a_mounted_volume_pins_the_lease_to_its_server_and_reaches_the_agent(alice, store, other_store):
     vid = made(alice, other_store.server_id)
+    # Not made yet: no lease mounts it (its workload would run without it if its server failed to make it).
+    early = mount_lease(alice, [{"volume": vid, "path": "/data/"}])
+    assert early.status_code == 409 and early.json()["error"]["code"] == "volume_not_ready"
+    assert not Lease.objects.exists() and not VolumeMount.objects.exists()
+    reported(other_store.agent, [{"id": vid, "state": "ready"}])
     before = other_store.agent.desired()["version"]
     response = mount_lease(alice, [{"volume": vid, "path": "/data/"}])
     assert response.status_code == 201, response.content
@@ -85,7 +97,7 @@ def test_a_mounted_volume_pins_the_lease_to_its_server_and_reaches_the_agent(ali
     assert desired["volumes"] == [{"id": vid, "size_gb": 10, "owner": owner}] and desired["volumes_to_wipe"] == []
     assert desired["version"] > before
     assert store.agent.desired()["volumes"] == [] and store.agent.desired()["workloads"] == []
-    assert state_of(alice, vid) == "creating"
+    assert state_of(alice, vid) == "in_use"
 
 
 def test_a_new_volume_alone_changes_the_desired_version(alice, store):
@@ -124,7 +136,7 @@ def test_a_workload_item_carries_only_the_mounts_of_its_own_server(alice, store,
     from inventory.models import Server
     from workloads.models import WorkloadSpec
 
-    vid = made(alice, store.server_id)
+    vid = ready_made(alice, store)
     lease = mount_lease(alice, [{"volume": vid, "path": "/data"}]).json()
     spec = WorkloadSpec.objects.get(lease_id=lease["id"])
     here, there = Server.objects.get(pk=store.server_id), Server.objects.get(pk=other_store.server_id)
@@ -133,7 +145,7 @@ def test_a_workload_item_carries_only_the_mounts_of_its_own_server(alice, store,
 
 
 def test_a_volume_mounted_by_another_live_lease_is_409_volume_in_use(alice, store):
-    vid = made(alice, store.server_id)
+    vid = ready_made(alice, store)
     assert mount_lease(alice, [{"volume": vid, "path": "/data"}]).status_code == 201
     response = mount_lease(alice, [{"volume": vid, "path": "/data"}])
     assert response.status_code == 409 and response.json()["error"]["code"] == "volume_in_use"
@@ -152,7 +164,7 @@ def test_another_organisations_volume_cannot_be_mounted_and_answers_like_a_missi
 
 
 def test_volumes_on_two_servers_or_another_server_asked_for_are_400(alice, store, other_store):
-    here, there = made(alice, store.server_id, "here"), made(alice, other_store.server_id, "there")
+    here, there = ready_made(alice, store, "here"), ready_made(alice, other_store, "there")
     both = mount_lease(alice, [{"volume": here, "path": "/a"}, {"volume": there, "path": "/b"}])
     assert both.status_code == 400 and "one server" in both.json()["error"]["fields"]["workload"]["volumes"][0]
     elsewhere = mount_lease(alice, [{"volume": here, "path": "/a"}], offer=other_store.offer_id)
@@ -301,7 +313,7 @@ def test_hold_keeps_volumes_in_grace_refuses_new_mounts_and_release_brings_them_
 
 
 def test_wipe_due_wipes_past_grace_volumes_except_those_a_live_lease_still_mounts(alice, store):
-    due, mounted, later = (made(alice, store.server_id, name) for name in ("due", "mounted", "later"))
+    due, mounted, later = (ready_made(alice, store, name) for name in ("due", "mounted", "later"))
     lease = mount_lease(alice, [{"volume": mounted, "path": "/data"}]).json()
     now = timezone.now()
     volumes.volumes_hold(org=alice.org, wipe_at=now - timedelta(seconds=1), now=now)
@@ -367,6 +379,8 @@ def test_two_leases_racing_to_mount_one_volume_never_both_get_it():
     server.offers.update(storage_gb_month_price=Decimal("0.1"))
     org, user = OrganizationFactory(), UserFactory()
     volume = volumes.volume_create(org=org, server=server, name="shared", size_gb=5)
+    made = {"id": volume.pk, "state": "ready", "used_gb": None, "message": ""}
+    volumes.volume_reports_apply(server=server, entries=[made], at=timezone.now())
     start = threading.Barrier(2)
     outcomes: list[str] = []
 

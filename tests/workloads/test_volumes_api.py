@@ -125,13 +125,16 @@ def test_delete_wipes_and_is_idempotent(alice, store):
 
 
 def test_delete_while_a_live_lease_mounts_it_is_409_volume_in_use(alice, store):
+    from tests.workloads.test_volumes import reported
+
     vid = create(alice, store.server_id).json()["id"]
+    reported(store.agent, [{"id": vid, "state": "ready"}])
     rent_with_workload(
         alice, gpu_count=1, workload={"image": "ubuntu:24.04", "volumes": [{"volume": vid, "path": "/data"}]}
     )
     response = alice.api.delete(f"/api/v1/volumes/{vid}/")
     assert response.status_code == 409 and response.json()["error"]["code"] == "volume_in_use"
-    assert Volume.objects.get(pk=vid).state == "creating"
+    assert Volume.objects.get(pk=vid).state == "ready"
 
 
 def test_another_tenants_volume_answers_like_a_missing_one(alice, charlie, store):
