@@ -266,6 +266,8 @@ SPECTACULAR_SETTINGS = {
         "PaymentStateEnum": "billing.models.Payment.State",
         "PayoutStateEnum": "billing.models.Payout.State",
         "StatementStateEnum": "billing.models.ProviderStatement.State",
+        # A workload's state: a lease's workloads and a data-access session share it.
+        "WorkloadStateEnum": "workloads.models.WorkloadState",
     },
 }
 # Requests larger than this are refused with 400 before anything is parsed.
