@@ -25,6 +25,7 @@ VOLUME_DELETED = "volume_deleted"
 VOLUME_WIPED = "volume_wiped"
 VOLUME_FAILED = "volume_failed"
 VOLUME_MOVED = "volume_moved"
+VOLUME_COPY_WIPED = "volume_copy_wiped"
 GRACE_STARTED = "grace_started"
 GRACE_RELEASED = "grace_released"
 GRACE_ENDED = "grace_ended"
@@ -38,6 +39,10 @@ MESSAGES = {
     VOLUME_WIPED: _("Volume %(name)s wiped: server %(server)s reported its data destroyed at %(wiped_at)s."),
     VOLUME_FAILED: _("Volume %(name)s could not be made on server %(server)s: %(message)s"),
     VOLUME_MOVED: _("Volume %(name)s moved from server %(from_server)s to server %(to_server)s."),
+    VOLUME_COPY_WIPED: _(
+        "Volume %(name)s: its copy on server %(server)s, left by a move, was wiped: the server reported its data "
+        "destroyed at %(wiped_at)s."
+    ),
     GRACE_STARTED: _("The balance ran out: volume %(name)s is kept for a grace period and wiped at %(wipe_at)s."),
     GRACE_RELEASED: _("The balance recovered: volume %(name)s is kept again, with no wipe date."),
     GRACE_ENDED: _("The grace period is over: volume %(name)s is being wiped."),

@@ -332,19 +332,51 @@ def move_reports_apply(*, server: Server, wiped: set[int], at: datetime) -> int:
     moves were written."""
     if not wiped:
         return 0
-    done = VolumeMove.objects.unscoped(_PLATFORM).filter(
-        source=server, state=MoveState.DONE, source_wiped_at__isnull=True, volume_id__in=wiped
+    with transaction.atomic():
+        done = list(
+            VolumeMove.objects.unscoped(_PLATFORM)
+            .select_for_update(of=("self",))
+            .filter(source=server, state=MoveState.DONE, source_wiped_at__isnull=True, volume_id__in=wiped)
+            .select_related("volume")
+            .order_by("id")
+        )
+        # A partial copy is wiped only after its move ended: one reported wiped before is a wipe of an older copy.
+        ended = list(
+            VolumeMove.objects.unscoped(_PLATFORM)
+            .select_for_update(of=("self",))
+            .filter(
+                target=server,
+                state__in=[MoveState.CANCELLED, MoveState.FAILED],
+                target_wiped_at__isnull=True,
+                volume_id__in=wiped,
+                ended_at__lte=at,
+            )
+            .select_related("volume")
+            .order_by("id")
+        )
+        for move in done:
+            move.source_wiped_at = at
+            move.save(update_fields=["source_wiped_at"])
+            _copy_wiped_log(move, server, at)
+        for move in ended:
+            move.target_wiped_at = at
+            move.save(update_fields=["target_wiped_at"])
+            _copy_wiped_log(move, server, at)
+    return len(done) + len(ended)
+
+
+def _copy_wiped_log(move: VolumeMove, server: Server, at: datetime) -> None:
+    """The organisation's log records a copy of its volume destroyed on `server` (the old one after a move, or a
+    partial one after a cancelled or failed move), like a volume's own wipe: once, as the wipe is recorded."""
+    volume = move.volume
+    org_log.record(
+        move.organization_id,
+        org_log.VOLUME_COPY_WIPED,
+        params={"name": volume.name, "size_gb": volume.size_gb, "server": server.pk, "move": move.pk, "wiped_at": at},
+        object_type="volume",
+        object_id=volume.pk,
+        at=at,
     )
-    written = done.update(source_wiped_at=at)
-    ended = VolumeMove.objects.unscoped(_PLATFORM).filter(
-        target=server,
-        state__in=[MoveState.CANCELLED, MoveState.FAILED],
-        target_wiped_at__isnull=True,
-        volume_id__in=wiped,
-    )
-    # A partial copy is wiped only after its move ended: one reported wiped before is a wipe of an older copy.
-    written += ended.filter(ended_at__lte=at).update(target_wiped_at=at)
-    return written
 
 
 def _agent_move(server: Server, move_id: Any, *, side: str, for_update: bool = True) -> VolumeMove:

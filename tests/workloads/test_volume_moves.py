@@ -12,6 +12,8 @@ from decimal import Decimal
 
 import pytest
 
+from accounts import org_log
+from accounts.models import OrgEvent
 from inventory.models import Server
 from tests.workloads.conftest import Box, enrolled_box
 from tests.workloads.test_volumes import made, mount_lease, reported
@@ -193,6 +195,12 @@ def test_the_whole_transfer_switches_the_volume_and_the_old_copy_is_wiped(
     reported(target.agent, [{"id": vid, "state": "ready", "used_gb": 0.002}])  # the new copy, on its server
     reported(source.agent, [{"id": vid, "state": "wiped"}])
     assert VolumeMove.objects.get(pk=move).source_wiped_at is not None
+    # The organisation's log records the old copy's wipe, like a volume's own, once.
+    reported(source.agent, [{"id": vid, "state": "wiped"}])
+    [logged] = OrgEvent.objects.filter(organization=alice.org, kind="volume_copy_wiped")
+    assert logged.object_id == vid and logged.params["server"] == source.server_id and logged.params["move"] == move
+    assert logged.params["wiped_at"] == VolumeMove.objects.get(pk=move).source_wiped_at.isoformat()
+    assert f"copy on server {source.server_id}" in org_log.message(logged)
     assert volumes.storage_taken(server) == 0 and vid not in source.agent.desired()["volumes_to_wipe"]
     assert Volume.objects.get(pk=vid).state == "ready"  # the old copy's wipe is not the volume's
     # It can be mounted on its new server.
@@ -233,6 +241,8 @@ def test_cancel_keeps_the_volume_and_wipes_the_targets_partial_copy(
     reported(target.agent, [{"id": vid, "state": "wiped"}])
     assert volumes.storage_taken(target_server) == 0
     assert Volume.objects.get(pk=vid).state == "ready"
+    [logged] = OrgEvent.objects.filter(organization=alice.org, kind="volume_copy_wiped")
+    assert logged.params["server"] == target.server_id and logged.params["move"] == move
     assert ask(alice, vid, target.server_id).status_code == 202
 
 
