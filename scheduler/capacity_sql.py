@@ -1,5 +1,5 @@
-"""The capacity model's SQL: per-server free-card counts kept by database triggers in the transaction that writes
-the allocation or card rows they count (scheduler.models.Capacity; the migration installs it).
+"""The capacity model's SQL: per-server free-card counts kept by database triggers in the transaction that writes the
+allocation or card rows they count (scheduler.models.Capacity; the migration installs it).
 
 Every statement that inserts, updates, deletes or truncates allocations, and every card inserted, deleted or
 changing its health, drain or cleaning state, recounts the servers it touched, so no code path can forget it. A
@@ -7,13 +7,14 @@ recount first locks the servers' capacity rows (id order), then counts in a late
 each statement of a volatile function takes a new snapshot, so a recount waiting for another writer of the same
 server sees that writer's committed rows and the last committer always leaves the true count.
 
-A row counts the cards that are allocatable as cards (not failed, not drained, not waiting to be reported clean)
-at `as_of` (the recount's clock): `free_now` (no allocation holds it at that instant) and `free_onward` (none holds
-it at that instant or any later one). Time moves on without a write: `valid_until` is the first start or end of an
-allocation of those cards after `as_of` (9999-12-31 when none), and a row answers for an instant before it only (readers count live from
-the allocation rows otherwise; scheduler.selectors). `capacity_refresh()` recounts the rows whose `valid_until`
-has passed (leases_run does, every 30 s). Server-level conditions (online, undrained, its provider and offer) are
-the readers' joins; the exclusion constraint on allocations stays the last word on double booking.
+A row counts the cards that are allocatable as cards (not failed, not drained, not waiting to be reported clean) at
+`as_of` (the recount's clock): `free_now` (no allocation holds it at that instant) and `free_onward` (none holds it
+at that instant or any later one). Time moves on without a write: `valid_until` is the first start or end of an
+allocation of those cards after `as_of` (9999-12-31 when none), and a row answers for an instant before it only
+(readers count live from the allocation rows otherwise; scheduler.selectors). `capacity_refresh()` recounts the rows
+whose `valid_until` has passed (leases_run does, every 30 s). Server-level conditions (online, undrained, its
+provider and offer) are the readers' joins; the exclusion constraint on allocations stays the last word on double
+booking.
 """
 
 CREATE_SQL = r"""

@@ -228,6 +228,11 @@ class Capacity(models.Model):
 
     class Meta:
         verbose_name_plural = "capacities"
+        indexes = [
+            # Best fit for n cards: the first rows with free_onward >= n (scheduler.selectors.best_fit_capacity).
+            models.Index(fields=["free_onward", "server"], name="capacity_best_fit"),
+            models.Index(fields=["valid_until"], name="capacity_valid_until"),
+        ]
 
     def __str__(self) -> str:
         return f"server {self.server_id}: {self.free_now} of {self.ok_cards} free"

@@ -101,7 +101,12 @@ def allocate(
     """
     period = period_range(start, end)
     held = _servers_held(lease, now)
-    capacity = _capacity(filters, period, held)
+    # Cards on one server, the usual request: the few best-fitting servers from the capacity rows (a lookup); all
+    # servers' capacity only when those cannot place it.
+    partial = None
+    if demand.plan == Plan.CARD_HOUR and not prefer_servers:
+        partial = selectors.best_fit_capacity(filters, period, demand.gpu_count, held=held)
+    capacity = {c.server_id: c for c in partial} if partial else _capacity(filters, period, held)
     contended: set[int] = set()
     waited = False
     for _ in range(MAX_ROUNDS):
@@ -110,6 +115,11 @@ def allocate(
             placement = _place(demand, [c for c in capacity.values() if c.server_id in prefer_servers])
         if placement is None:
             placement = _place(demand, capacity.values())
+        if partial and (placement is None or len(placement) > 1):
+            # The best fit on one server is among the few read; anything else is decided over every server.
+            placement, partial = None, None
+            capacity = _capacity(filters, period, held)
+            continue
         if placement is None:
             if contended and not waited:
                 locks.wait_for_cards(server_ids=contended, period=period, filters=filters)

@@ -19,7 +19,7 @@ from inventory.access import STOREFRONT
 from inventory.models import PLAN_PRICE_FIELDS, Gpu, Offer, Server
 from inventory.selectors import chart_step
 from scheduler.allocator import ServerCapacity
-from scheduler.models import Allocation, Lease, LeaseEvent
+from scheduler.models import Allocation, Capacity, Lease, LeaseEvent
 
 
 @dataclass(frozen=True)
@@ -204,6 +204,41 @@ def capacity_of(gpus: QuerySet[Gpu], *, held: AbstractSet[int] = frozenset()) ->
             gpu_count=row["server__gpu_count"],
             free=row["free"],
             min_cards=1 if row["server_id"] in held else minimums.get(row["server_id"], 1),
+        )
+        for row in rows
+    ]
+
+
+def best_fit_capacity(
+    filters: Filters, period: DateTimeTZRange, count: int, *, held: AbstractSet[int] = frozenset(), limit: int = 16
+) -> list[ServerCapacity] | None:
+    """For `count` cards over an open-ended `period`: the servers with at least that many free cards, fewest free
+    first (then lowest id), at most `limit` of them, read from the capacity rows along their (free_onward, server)
+    index: a lookup, whatever the fleet's size. `allocator.place_cards` picks the same server from these as from
+    every server's capacity whenever one of them accepts `count` (the fitting servers are walked in its order).
+    None when this cannot answer: a bounded period, or a server of `filters` whose row is stale for the period's
+    start (the caller counts with `free_capacity` then)."""
+    if period.upper is not None or period.lower is None or count <= 0:
+        return None
+    servers = allocatable_servers(filters)
+    stale = list(Capacity.objects.filter(valid_until__lte=period.lower).values_list("server_id", flat=True))
+    if stale and servers.filter(pk__in=stale).exists():
+        return None
+    rows = (
+        servers.filter(capacity__free_onward__gte=count, capacity__valid_until__gt=period.lower)
+        .values("pk", "gpu_model_id", "gpu_model__fp16_tflops", "gpu_count", "capacity__free_onward")
+        .order_by("capacity__free_onward", "capacity__server_id")[:limit]
+    )
+    rows = list(rows)
+    minimums = offer_minimums([row["pk"] for row in rows]) if rows else {}
+    return [
+        ServerCapacity(
+            server_id=row["pk"],
+            gpu_model_id=row["gpu_model_id"],
+            card_tflops=row["gpu_model__fp16_tflops"],
+            gpu_count=row["gpu_count"],
+            free=row["capacity__free_onward"],
+            min_cards=1 if row["pk"] in held else minimums.get(row["pk"], 1),
         )
         for row in rows
     ]
