@@ -20,9 +20,11 @@ open until then), unless it has card-hour leases again. The same job e-mails spe
 monthly cap (once per month and share).
 
 **Volumes** (issue 16) are admitted like leases (`admit_volume`, registered with workloads.volumes: a new volume's
-first minimum period of storage must fit), are billed until wiped, so they count in the burn, and an organisation
-with volumes is watched like one with leases. A stop puts its volumes into a grace period (billing/grace.py: kept,
-wiped after SUANLI_VOLUME_GRACE_DAYS unless it pays, with e-mails on the way); recovering releases them.
+first minimum period of storage must fit; `admit_volume_move`, registered with workloads.volume_moves: so must a
+volume's at the higher price of the server it is asked to move to), are billed until wiped, so they count in the
+burn, and an organisation with volumes is watched like one with leases. A stop puts its volumes into a grace period
+(billing/grace.py: kept, wiped after SUANLI_VOLUME_GRACE_DAYS unless it pays, with e-mails on the way); recovering
+releases them.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from billing.notify import mail_org as _mail
 from billing.terms import terms_of
 from scheduler import services as scheduler_services
 from scheduler.models import Allocation, Lease, LeaseState, Plan
-from workloads.models import Volume, VolumeState
+from workloads.models import Volume, VolumeMove, VolumeState
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +152,31 @@ def admit_volume(volume: Volume, now: datetime) -> None:
     now_standing = standing(org, now=now)
     own = now_standing.burn_per_volume.get(volume.pk, Decimal(0))
     _afford(now_standing, need, cap, reserved=_reserved(org, []), what="volume", own_burn=own)
+
+
+@platform_work(_PLATFORM)
+def admit_volume_move(move: VolumeMove, now: datetime) -> None:
+    """Raise InsufficientFunds unless the organisation can pay for its volume at the price of the server it is asked
+    to move to (registered with workloads.volume_moves, run inside `move_request`): when that price is higher, the
+    volume's first SUANLI_ADMISSION_MINIMUM_SECONDS at it must fit as for a new volume, its burn at the old price
+    left out. A move to storage that costs no more is admitted (it spends no more than what runs already)."""
+    if move.target_price <= move.source_price:
+        return
+    checked = _to_check(move.organization_id)
+    if checked is None:
+        return
+    org, cap = checked
+    minimum = timedelta(seconds=settings.SUANLI_ADMISSION_MINIMUM_SECONDS)
+    need = rating.estimate(
+        plan=Plan.SERVER_MONTH,
+        unit_price=move.target_price,
+        units=Decimal(move.volume.size_gb),
+        start=now,
+        end=now + minimum,
+    ).amount
+    now_standing = standing(org, now=now)
+    own = now_standing.burn_per_volume.get(move.volume_id, Decimal(0))
+    _afford(now_standing, need, cap, reserved=_reserved(org, []), what="volume move", own_burn=own)
 
 
 def _afford(

@@ -34,6 +34,7 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -180,7 +181,9 @@ def move_request(
     (409 `volume_not_ready`), mounted by a live lease, a stopped one too (409 `volume_in_use`), already moving
     (409 `volume_moving`) or whose copy from an earlier move is not wiped yet on the target (409 `volume_moving`);
     a target whose live offer prices no storage or without an exchange rate (400 on `server`, as a new volume) or
-    without room (409 `no_storage`, decided under a lock of the target's row)."""
+    without room (409 `no_storage`, decided under a lock of the target's row); and what a registered check refuses
+    (billing: 402 `insufficient_funds` when the organisation's money cannot cover the volume at the target's higher
+    price, as for a new volume)."""
     now = now or timezone.now()
     if consent is not True:
         raise consent_error()
@@ -243,8 +246,20 @@ def move_request(
             bytes_total=int(locked.used_gb * GB),
             requested_at=now,
         )
+        for check in _request_checks:
+            check(move, now)  # a refusal (billing's 402 at the target's price) rolls the move back
     logger.info("volume %s: move %s from server %s to %s asked for", volume.pk, move.pk, move.source_id, target.pk)
     return move
+
+
+# Checks a layer above runs on a move just asked for, inside its transaction (billing registers its funds admission at
+# the target's price: billing/apps.py); one that raises refuses the move.
+_request_checks: list[Callable[[VolumeMove, datetime], None]] = []
+
+
+def request_check_register(check: Callable[[VolumeMove, datetime], None]) -> None:
+    if check not in _request_checks:
+        _request_checks.append(check)
 
 
 @platform_work(_PLATFORM)

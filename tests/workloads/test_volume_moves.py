@@ -315,3 +315,22 @@ def test_a_moving_volume_opens_in_no_data_access_session(alice, source, target):
     assert refused.status_code == 409 and refused.json()["error"]["code"] == "volume_moving"
     assert alice.api.delete(f"/api/v1/volumes/{vid}/move/").status_code == 200
     assert alice.api.post("/api/v1/data-access/", body, format="json").status_code == 201
+
+
+def test_a_move_to_dearer_storage_is_admitted_at_its_price_and_402_without_the_money(alice, bob, h100, source, target):
+    from tests.billing.test_balances import credit, prepaid
+    from tests.workloads.conftest import enrolled_box
+
+    cheaper = enrolled_box(bob, h100, name="box-3", prefix="b0x3")
+    lend_storage(bob, cheaper, disk_gb=30, price="0.0500")
+    vid = ready_volume(alice, source, size_gb=30)  # its first hour at 0.25 is a cent
+    prepaid(alice.org)  # nothing paid in: what runs already is not stopped, but nothing dearer is admitted
+    refused = ask(alice, vid, target.server_id)  # 0.25 a GB-month against 0.10 now
+    assert refused.status_code == 402 and refused.json()["error"]["code"] == "insufficient_funds"
+    assert not VolumeMove.objects.exists()
+    assert volumes.storage_taken(Server.objects.get(pk=target.server_id)) == 0  # nothing reserved there
+    assert ask(alice, vid, cheaper.server_id).status_code == 202  # cheaper storage spends no more
+    assert alice.api.delete(f"/api/v1/volumes/{vid}/move/").status_code == 200
+    reported(cheaper.agent, [{"id": vid, "state": "wiped"}])  # the cancelled move's partial copy
+    credit(alice.org, "10.00", "W1")
+    assert ask(alice, vid, target.server_id).status_code == 202
