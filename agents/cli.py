@@ -3,6 +3,7 @@
     suanli-agent enroll --url https://suanli.example.com --token TOKEN [--hostname NAME] [--owner USER] [--force]
     suanli-agent run [--interval 10] [--once-per SECONDS] [--duration SECONDS] [--spool-max-mb 64]
                      [--publish-address 0.0.0.0] [--workloads-poll 3] [--stop-grace 10] [--ssh-port 22]
+                     [--logs-every 30]
     suanli-agent once                      print one report as JSON on stdout (no network, no spool)
     suanli-agent status [--json]           credentials, spool, NVML, the workload runtime and the workloads
 
@@ -26,7 +27,9 @@ SIGTERM or SIGINT lets the send in flight finish, then `run` exits 0; customers'
 
 With a workload runtime, `run` also reconciles the workloads the platform wants on this host (agents/workloads.py)
 every `--workloads-poll` seconds: containers publish their ports on `--publish-address`, a stop waits
-`--stop-grace` seconds between SIGTERM and SIGKILL, and host access reports `--ssh-port` as the SSH port.
+`--stop-grace` seconds between SIGTERM and SIGKILL, and host access reports `--ssh-port` as the SSH port. Every
+`--logs-every` seconds the tails of the workloads' output that changed go to the platform, for their customers
+(agents/workload_logs.py).
 
 Exit codes:
     0  success

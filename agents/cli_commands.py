@@ -114,6 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             _state_dir(args),
             poll=args.workloads_poll,
             grace=args.stop_grace,
+            logs_every=args.logs_every,
         )
     agent = Agent(
         collector,

@@ -114,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--workloads-poll", type=_positive, default=3.0, metavar="SECONDS", help="desired-state poll (default 3)"
     )
     run.add_argument(
+        "--logs-every",
+        type=_positive,
+        default=30.0,
+        metavar="SECONDS",
+        help="how often the tails of the workloads' output go to the platform, when changed (default 30)",
+    )
+    run.add_argument(
         "--stop-grace",
         type=_not_negative,
         default=10.0,

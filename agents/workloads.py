@@ -26,6 +26,7 @@ Every `poll` seconds (3 by default) in its own thread, `Reconciler.tick()`:
    `workloads_version`, the highest desired version whose removals are all done (nothing of a workload absent from
    it remains on the host). A workload removed after it left the desired state is reported `cleaned` in the next
    `CLEANED_REPORTS` reports. The reports also carry `volumes`, one entry per volume held or just wiped.
+4. Every `logs_every` seconds (30), sends the tails of the workloads' output that changed (agents/workload_logs.py).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from agents.runtime.base import (
 from agents.runtime.volumes import READY, UnsupportedVolumes, Volumes, VolumeStatus
 from agents.spool import atomic_write
 from agents.transfers import Transfers
+from agents.workload_logs import LogShipper
 
 log = logging.getLogger("suanli.agent.workloads")
 
@@ -91,6 +93,7 @@ class Reconciler:
         clock: Callable[[], float] = time.monotonic,
         wait: Callable[[float], Any] | None = None,
         backoff: Backoff | None = None,
+        logs_every: float = 30.0,
     ):
         if poll <= 0:
             raise ValueError("poll must be positive")
@@ -123,6 +126,10 @@ class Reconciler:
         self._volumes: dict[int, VolumeStatus] = {}
         # Volume moves (agents/transfers.py): a worker per move listed, copying through the platform.
         self.transfers = Transfers(client, self.volumes) if hasattr(client, "signed") else None
+        # The tails of the workloads' output, for their customers (agents/workload_logs.py), every `logs_every` s.
+        self.logs = (
+            LogShipper(client, runtime, every=logs_every, clock=clock, wall=wall) if hasattr(client, "signed") else None
+        )
         self._waiting: dict[int, str] = {}  # workload id -> why it is not started yet (a volume not ready)
         self._refused: dict[int, str] = {}  # workload id -> why it is never started (another organisation's volume)
         self.attempt = 0
@@ -161,6 +168,13 @@ class Reconciler:
             self.fetch()
         self.reconcile()
         self._save()
+        if self.logs is not None and self.logs.due():
+            with self._lock:
+                ids = list(self._observed)
+            try:
+                self.logs.ship(ids)
+            except Exception:  # the output is a convenience; the workloads go on
+                log.exception("cannot send the workloads' output")
 
     def fetch(self) -> bool:
         """GET the desired state once; True if a new one is in force."""

@@ -1,4 +1,4 @@
-"""Customers' commands: `offers search/show`, `templates`, `keys`, `leases ...`, `ssh`, `events`, `usage`,
+"""Customers' commands: `offers search/show`, `templates`, `keys`, `leases ...`, `ssh`, `events`, `logs`, `usage`,
 `balance`, `top-up` and `invoices ...`."""
 
 from __future__ import annotations
@@ -450,6 +450,65 @@ def events(lease_id: int, follow: bool, interval: float) -> None:
         if not follow or client.get(f"leases/{lease_id}/")["state"] in FINAL_LEASE:
             return
         time.sleep(interval)
+
+
+LOG_MAX_LINES = 10_000  # the API's most lines of a workload's output
+
+
+@cli.command("logs", help=_("A workload's output: the last lines its server's agent sent (every 30 s or so)."))
+@click.argument("lease_id", type=int)
+@click.option("--workload", "workload_id", type=int, help=_("Which workload of the lease (by default its first)."))
+@click.option(
+    "--tail",
+    type=click.IntRange(1, LOG_MAX_LINES),
+    default=200,
+    show_default=True,
+    help=_("How many of the last lines."),
+)
+@click.option("--follow", "-f", is_flag=True, help=_("Keep printing new output until the lease is over."))
+@click.option("--interval", type=float, default=5.0, show_default=True, help=_("Seconds between polls with -f."))
+def logs(lease_id: int, workload_id: int | None, tail: int, follow: bool, interval: float) -> None:
+    client = state().client()
+    if workload_id is None:
+        workloads = client.get(f"leases/{lease_id}/").get("workloads") or []
+        if not workloads:
+            raise ApiError(None, "no_workload", _("lease {id} has no workload").format(id=lease_id))
+        workload_id = workloads[0]["id"]
+    path = f"leases/{lease_id}/workloads/{workload_id}/logs/"
+    data = client.get(path, params={"tail": tail})
+    if state().json and not follow:
+        output.json_out(data)
+        return
+    _print_output(data, data["text"])
+    shown, at = data["text"], data["captured_at"]
+    while follow:
+        if client.get(f"leases/{lease_id}/")["state"] in FINAL_LEASE:
+            return
+        time.sleep(interval)
+        data = client.get(path, params={"tail": LOG_MAX_LINES})
+        if data["captured_at"] == at:
+            continue
+        _print_output(data, _new_output(shown, data["text"]))
+        shown, at = data["text"], data["captured_at"]
+
+
+def _print_output(data: dict, text: str) -> None:
+    if state().json:
+        output.json_out({**data, "text": text})
+    elif text:
+        click.echo(text if text.endswith("\n") else text + "\n", nl=False)
+
+
+def _new_output(before: str, now: str) -> str:
+    """What `now` (a later tail of the same output) adds to `before`: the part after their overlap, or all of it
+    when they do not overlap (the output started again, or more was printed than a tail holds)."""
+    if not before:
+        return now
+    if now.startswith(before):
+        return now[len(before) :]
+    anchor = before[-2000:]
+    found = now.rfind(anchor)
+    return now[found + len(anchor) :] if found >= 0 else now
 
 
 def _details(data) -> str | None:

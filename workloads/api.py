@@ -4,7 +4,7 @@ signed read of its server's desired state. Parse, call a service or selector, se
 from __future__ import annotations
 
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import serializers, status
 from rest_framework.decorators import action
 from rest_framework.permissions import AllowAny, IsAuthenticated
@@ -12,23 +12,28 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts import parsers
 from accounts.access import Actor
 from accounts.apiviews import OrgAPIView
+from accounts.errors import InvalidInput
 from accounts.permissions import OPERATE, HasOrganization, role_required
 from inventory import agent_api
 from scheduler import api as lease_api
 from scheduler.errors import NoCapacity
 from scheduler.idempotency import run_idempotent
 from scheduler.serializers import ResizeInput
-from workloads import access, agent_channel, lease_moves, services
+from workloads import access, agent_channel, lease_moves, services, workload_logs
 from workloads.models import SshKey, Template
 from workloads.serializers import (
+    AgentLogUploadInput,
+    AgentLogUploadOutput,
     LeaseWithWorkloadInput,
     LeaseWithWorkloadsOutput,
     SshKeyInput,
     SshKeyOutput,
     TemplateInput,
     TemplateOutput,
+    WorkloadLogOutput,
 )
 
 
@@ -159,6 +164,46 @@ class LeaseViewSet(lease_api.LeaseViewSet):
     def stop_workload(self, request: Request, pk: str, wid: str) -> Response:
         """Stop the workload without ending the lease (its cards stay held and charged)."""
         return self._workload_verb(request, pk, wid, "stop")
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "tail",
+                int,
+                description=f"How many of the last lines (1 to {workload_logs.MAX_LINES}; "
+                f"{workload_logs.DEFAULT_LINES} by default).",
+            )
+        ],
+        responses={200: WorkloadLogOutput},
+    )
+    def workload_logs(self, request: Request, pk: str, wid: str) -> Response:
+        """The tail of the workload's output as its server's agent last sent it (every 30 s or so, when it changed;
+        at most the last 64 KiB)."""
+        lease = self.get_object()
+        workload = access.access_workload(lease, wid)
+        lines = workload_logs.parse_tail(request.query_params.get("tail"))
+        return Response(WorkloadLogOutput(workload_logs.log_tail(workload=workload, lines=lines)).data)
+
+
+class AgentWorkloadLogsApi(APIView):
+    """The tails of the calling agent's workloads' output: signed like a report, kept per workload."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        parameters=agent_api.SIGNED, request=AgentLogUploadInput, responses={200: AgentLogUploadOutput}, tags=["agent"]
+    )
+    def post(self, request: Request) -> Response:
+        now = timezone.now()
+        body = request.body
+        server = agent_api.authenticate_agent(request, body=body, now=now, limit="agent_workloads")
+        try:  # as the API's bodies are decoded (no NaN, no deep nesting); lone surrogates cleaned with the text
+            payload = parsers.loads(body or b"null", allow_surrogates=True)
+        except parsers.MalformedJson as exc:
+            raise InvalidInput(f"The body is not valid JSON: {exc}", code="malformed_request") from None
+        entries = workload_logs.parse_log_upload(payload)
+        return Response({"stored": workload_logs.logs_store(server=server, entries=entries, now=now)})
 
 
 class DesiredStateOutput(serializers.Serializer):

@@ -332,3 +332,20 @@ class DataAccess(models.Model):
 
 
 from workloads.models_moves import MoveState, VolumeMove  # noqa: E402, F401 - registered with this app
+
+
+class WorkloadLog(models.Model):
+    """The latest tail of a lease workload's output (its container's stdout and stderr), as its server's agent last
+    sent it; one row per workload, replaced by each newer tail (workloads/workload_logs.py)."""
+
+    workload = models.OneToOneField(Workload, on_delete=models.CASCADE, primary_key=True, related_name="log")
+    text = models.TextField(blank=True)
+    truncated = models.BooleanField(default=False)  # the output was longer than the tail the agent keeps
+    captured_at = models.DateTimeField()  # when the agent read it
+    received_at = models.DateTimeField()
+
+    TENANT_FIELD = "workload__lease__organization"
+    objects = TenantQuerySet.as_manager()
+
+    def __str__(self) -> str:
+        return f"output of workload {self.workload_id}"

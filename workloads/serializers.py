@@ -226,3 +226,34 @@ class VolumeOutput(serializers.ModelSerializer):
         moves = self.context.get("moves")
         move = moves.get(volume.pk) if moves is not None else volume_moves.live_move(volume)
         return volume_moves.progress(move).as_dict() if move is not None else None
+
+
+# --- workload output (workloads/workload_logs.py) --------------------------------------------------------------
+
+
+class WorkloadLogOutput(serializers.Serializer):
+    workload = serializers.IntegerField()
+    server = serializers.IntegerField()
+    state = serializers.ChoiceField(choices=WorkloadState.choices)
+    text = serializers.CharField(help_text="The last lines of the container's output (stdout and stderr).")
+    lines = serializers.IntegerField(help_text="How many lines `text` holds.")
+    truncated = serializers.BooleanField(help_text="Earlier output exists that is not shown.")
+    captured_at = serializers.DateTimeField(
+        allow_null=True, help_text="When the server's agent read the output (null before any arrived)."
+    )
+    received_at = serializers.DateTimeField(allow_null=True)
+
+
+class AgentLogEntryInput(serializers.Serializer):
+    id = serializers.IntegerField(min_value=1, help_text="A workload of this server.")
+    text = serializers.CharField(allow_blank=True, trim_whitespace=False, help_text="At most 64 KiB: the tail.")
+    truncated = serializers.BooleanField(required=False)
+    captured_at = serializers.FloatField(help_text="When the agent read it, seconds since the epoch.")
+
+
+class AgentLogUploadInput(serializers.Serializer):
+    logs = AgentLogEntryInput(many=True)
+
+
+class AgentLogUploadOutput(serializers.Serializer):
+    stored = serializers.IntegerField()

@@ -307,6 +307,11 @@ class Runtime(ABC):
         reconciler creates it again; host access ends the user's processes instead and keeps the home."""
         self.remove(spec.id, grace)
 
+    def logs(self, workload_id: int, limit: int) -> bytes | None:
+        """The end of the workload's output (stdout and stderr as it printed them), at most `limit` bytes from its
+        tail; None when this runtime keeps none (agents/workload_logs.py sends it to the platform)."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """A few facts for `suanli-agent status` and the log."""
         return {"runtime": self.name}

@@ -77,6 +77,7 @@ RETRY_S = 60.0
 API_TIMEOUT_S = 60
 PULL_TIMEOUT_S = 300  # a pull that sends nothing for this long has stalled
 PORT_ATTEMPTS = 3
+LOG_TAIL_LINES = 2000  # of a workload's output read for its tail (then cut to the bytes the platform keeps)
 
 
 class DockerRuntime(Runtime):
@@ -170,6 +171,19 @@ class DockerRuntime(Runtime):
             if workload_id not in found:  # a scratch directory without its container: left to be removed
                 found[workload_id] = Observed(id=workload_id, state=EXITED, message="scratch directory left behind")
         return found
+
+    def logs(self, workload_id: int, limit: int) -> bytes | None:
+        """The container's stdout and stderr as Docker keeps them (its log driver), the last LOG_TAIL_LINES lines
+        cut to the last `limit` bytes; None when there is no container (or the daemon cannot say)."""
+        container = self._ours().get(workload_id)
+        if container is None:
+            return None
+        try:
+            data = container.logs(stdout=True, stderr=True, tail=LOG_TAIL_LINES, timestamps=False)
+        except Exception as exc:  # removed meanwhile, a log driver that cannot be read ("none", "syslog")
+            log.debug("no output of workload %s: %s", workload_id, exc)
+            return None
+        return bytes(data[-limit:]) if isinstance(data, bytes | bytearray) else None
 
     def _scratch_ids(self) -> list[int]:
         try:

@@ -243,6 +243,7 @@ def world(alice, bob, staff, box, fake_stripe):
         "agent-enroll": [
             {"enrollment_token": "x" * 20, "hostname": "h", "gpus": [{"index": 0, "uuid": "GPU-1", "name": "n"}]}
         ],
+        "agent-workload-logs": [{"logs": [{"id": workload.pk, "text": "hello\n", "captured_at": 1.5e9}]}],
         "payout-pay": [{"bank_reference": "REF-1"}],
         "admin-close-period": [{"period": "2026-01"}, {"period": "2999-12"}],
         "balance-top-ups": [{"amount": "25.00", "currency": "USD"}],
@@ -320,8 +321,30 @@ def test_any_signed_agent_report_is_never_a_5xx(box, settings_fixture, data):
     assert_not_5xx(response, "agent report")
 
 
+@settings(max_examples=80, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_any_signed_workload_output_upload_is_never_a_5xx(box, alice, settings_fixture, data):
+    from workloads.models import Workload
+
+    if not Workload.objects.filter(server_id=box.server_id).exists():
+        rent_with_workload(alice, gpu_count=1)
+    wid = Workload.objects.filter(server_id=box.server_id).values_list("pk", flat=True).first()
+    base = {"logs": [{"id": wid, "text": "step 1\nstep 2\n", "truncated": False, "captured_at": 1.7e9}]}
+    body = data.draw(st.one_of(pushed(base), pushed(base), pushed(base), JSON, RAW), label="upload")
+    raw = encoded(body)
+    agent = box.agent
+    response = agent.client.post(
+        "/api/v1/agent/workload-logs/", data=raw, content_type="application/json", **agent._signed(raw)
+    )
+    assert_not_5xx(response, "agent workload output")
+
+
 @pytest.fixture
 def settings_fixture(settings):
     """Room for every example under the per-agent report limit."""
-    settings.SUANLI_RATE_LIMITS = {**settings.SUANLI_RATE_LIMITS, "agent_reports": "100000/60"}
+    settings.SUANLI_RATE_LIMITS = {
+        **settings.SUANLI_RATE_LIMITS,
+        "agent_reports": "100000/60",
+        "agent_workloads": "100000/60",
+    }
     return settings

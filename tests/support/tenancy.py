@@ -220,6 +220,7 @@ VICTIM_OBJECTS: dict[str, Callable[[Victims], dict]] = {
     "lease-usage": _alice_lease,
     "lease-workload-restart": _alice_workload,
     "lease-workload-stop": _alice_workload,
+    "lease-workload-logs": _alice_workload,
     "ssh-key-detail": _alice_ssh_key,
     "volume-detail": _alice_volume,
     "data-access-detail": _alice_data_access,
