@@ -500,15 +500,23 @@ def _print_output(data: dict, text: str) -> None:
 
 
 def _new_output(before: str, now: str) -> str:
-    """What `now` (a later tail of the same output) adds to `before`: the part after their overlap, or all of it
-    when they do not overlap (the output started again, or more was printed than a tail holds)."""
+    """What `now` (a later tail of the same output) adds to `before`: the lines after the longest run of whole
+    lines that ends `before` and starts `now`; all of `now` when there is none (the output started again, or more
+    was printed than a tail holds)."""
     if not before:
         return now
-    if now.startswith(before):
-        return now[len(before) :]
-    anchor = before[-2000:]
-    found = now.rfind(anchor)
-    return now[found + len(anchor) :] if found >= 0 else now
+    old, new = before.splitlines(keepends=True), now.splitlines(keepends=True)
+    # The prefix function of new + [separator] + old: its last value is the overlap, in lines, in linear time.
+    seq: list[str | None] = [*new, None, *old]
+    border = [0] * len(seq)
+    for i in range(1, len(seq)):
+        k = border[i - 1]
+        while k and seq[i] != seq[k]:
+            k = border[k - 1]
+        if seq[i] == seq[k]:
+            k += 1
+        border[i] = k
+    return "".join(new[border[-1] :])
 
 
 def _details(data) -> str | None:
