@@ -102,7 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     creds = _credentials(args)
     spool = _open_spool(args, int(args.spool_max_mb * 2**20))
     collector = _start_collector(args)
-    runtime = _runtime(args)
+    runtime = _runtime(args, owner=str(creds.server))
     reconciler = None
     if runtime is not None and hasattr(collector.nvml, "follow_workloads"):
         # A simulated host: its cards are busy while a workload of the platform runs on them, idle otherwise.

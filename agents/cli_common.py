@@ -90,9 +90,9 @@ def _error_message(body: Any) -> str:
     return str(body)[:300]
 
 
-def _runtime(args: argparse.Namespace) -> Runtime | None:
+def _runtime(args: argparse.Namespace, owner: str | None = None) -> Runtime | None:
     """The workload runtime for `run`: an explicit --runtime that cannot work is a configuration error; a detected
-    one that cannot is logged, and the agent reports telemetry only."""
+    one that cannot is logged, and the agent reports telemetry only. `owner`: the server's id (its credentials)."""
     kind = choose_kind(args.runtime, simulate=args.simulate is not None, docker_url=args.docker_url)
     options = {
         "docker_url": args.docker_url,
@@ -100,6 +100,7 @@ def _runtime(args: argparse.Namespace) -> Runtime | None:
         "simulate": args.simulate is not None,
         "ssh_port": getattr(args, "ssh_port", 22),
         "volumes_dir": getattr(args, "volumes_dir", None),
+        "owner": owner,
     }
     try:
         runtime = make_runtime(kind, _state_dir(args), **options)

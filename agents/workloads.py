@@ -221,6 +221,8 @@ class Reconciler:
     def reconcile(self) -> None:
         """Compare the desired state with what is on the host and ask the runtime for the difference."""
         try:
+            if self.desired is not None:
+                self.runtime.claim({spec.id for spec in self.desired.workloads})
             observed = self.runtime.observe()
         except Exception as exc:  # the daemon is down or restarting: nothing is decided on a blind pass
             log.warning("cannot observe the workloads (%s: %s)", type(exc).__name__, exc)

@@ -34,7 +34,8 @@ def choose_kind(requested: str | None, *, simulate: bool, docker_url: str | None
 def make_runtime(kind: str, state_dir: str, **options: Any) -> Runtime | None:
     """The runtime of that kind (None for "none"); RuntimeUnavailable when it cannot work on this host.
 
-    options: docker_url, publish_address, simulate, volumes_dir (docker); ssh_port (host); anything else is
+    options: docker_url, publish_address, simulate, volumes_dir, owner (docker: the server's id, labelled on its
+    containers so that agents sharing a daemon never touch each other's); ssh_port (host); anything else is
     ignored."""
     if kind == "none":
         return None
@@ -51,6 +52,7 @@ def make_runtime(kind: str, state_dir: str, **options: Any) -> Runtime | None:
             publish_address=options.get("publish_address") or "0.0.0.0",  # noqa: S104 - see DockerRuntime
             simulate=bool(options.get("simulate")),
             volumes_dir=options.get("volumes_dir") or None,
+            owner=options.get("owner") or None,
         )
     if kind == "host":
         from agents.runtime.host import HostRuntime

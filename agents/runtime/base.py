@@ -288,6 +288,12 @@ class Runtime(ABC):
         and what was left behind (a scratch directory without its container). Adopted from labels (or records), so a
         restarted agent sees what the one before it started."""
 
+    def claim(self, workload_ids: set[int]) -> None:
+        """The workload ids of the desired state in force, told before each `observe`: a runtime that tells its own
+        containers from another agent's on the same host (by a label) adopts one of before without that label only
+        when its id is among these. Nothing by default."""
+        return None
+
     @abstractmethod
     def ensure(self, spec: WorkloadSpec, port_range: tuple[int, int] | None) -> None:
         """Bring `spec` towards running: create it (pulling its image first) when it does not exist, start it when

@@ -2,8 +2,13 @@
 
 Every container of ours carries the labels
     suanli.workload=<id>  suanli.lease=<lease>  suanli.spec=<sha256 of the spec fields>  suanli.generation=<n>
+    suanli.server=<the server's id>  (`owner`: the agent's own, from its credentials)
 and is named `suanli-workload-<id>`. `observe` finds them by label, so a restarted agent adopts what runs (it never
 starts a workload twice); the reconciler recreates a container whose spec or generation differs from the desired one.
+Several agents may share one Docker daemon (one host, several servers): an agent sees, stops and removes only
+containers labelled with its own server. A container of before that label (no suanli.server) is adopted only when
+its workload id is in this agent's desired state (`claim`), and then kept as ours (the ids in
+`adopted-containers.json` of the state directory) until it is gone; another one is never touched.
 
 What a container gets (its labels, env, mounts, devices, limits and ports) is built in `agents.runtime.docker_spec`;
 how a container's state reads, in `docker_state`; the image pull, in `docker_pull`; the daemon's probing, in
@@ -21,6 +26,7 @@ because the host went down (it finished before the last boot) is started again.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -69,6 +75,7 @@ from agents.runtime.docker_spec import LABEL_LEASE as LABEL_LEASE
 from agents.runtime.docker_spec import LABEL_SPEC as LABEL_SPEC
 from agents.runtime.docker_state import Failure, add_failures, add_operations, observed
 from agents.runtime.volumes import Volumes, VolumeStore
+from agents.spool import atomic_write
 
 log = logging.getLogger("suanli.agent.workloads")
 
@@ -77,6 +84,8 @@ RETRY_S = 60.0
 API_TIMEOUT_S = 60
 PULL_TIMEOUT_S = 300  # a pull that sends nothing for this long has stalled
 PORT_ATTEMPTS = 3
+LABEL_SERVER = "suanli.server"
+ADOPTED_FILE = "adopted-containers.json"
 LOG_TAIL_LINES = 2000  # of a workload's output read for its tail (then cut to the bytes the platform keeps)
 
 
@@ -94,8 +103,13 @@ class DockerRuntime(Runtime):
         clock: Callable[[], float] = time.monotonic,
         volumes_dir: str | None = None,
         volumes: Volumes | None = None,
+        owner: str | None = None,
     ):
         self.docker = import_docker()
+        # The server's id its containers are labelled with; None (a runtime made without credentials): every container
+        # labelled suanli.workload is ours, as before.
+        self.owner = owner
+        self._claimable: set[int] = set()  # the desired state's workload ids (`claim`)
         self.base_url = base_url or default_url()
         self.state_dir = state_dir
         self.publish_address = publish_address
@@ -115,6 +129,7 @@ class DockerRuntime(Runtime):
         self.nvidia = detect_nvidia(self.info)
         self.boot_time = boot_time()
         os.makedirs(self.workloads_dir, mode=0o700, exist_ok=True)
+        self._adopted: set[int] = self._load_adopted()  # unlabelled containers of before taken as ours
         self.volumes = volumes or VolumeStore(volumes_dir or os.path.join(state_dir, "volumes"))
 
     @property
@@ -141,19 +156,56 @@ class DockerRuntime(Runtime):
 
     # -- observing ----------------------------------------------------------------------------------------------
 
+    def claim(self, workload_ids: set[int]) -> None:
+        with self._lock:
+            self._claimable = set(workload_ids)
+
+    def _load_adopted(self) -> set[int]:
+        try:
+            with open(os.path.join(self.state_dir, ADOPTED_FILE), encoding="utf-8") as fh:
+                return {int(i) for i in json.load(fh)}
+        except (OSError, ValueError, TypeError):
+            return set()
+
     def _ours(self, client: Any = None) -> dict[int, Any]:
-        """Our containers by workload id (the newest if, against all odds, there are two)."""
+        """Our containers by workload id (the newest if, against all odds, there are two): those labelled with our
+        server, and unlabelled ones of before that we adopted (see the module docstring); never another agent's."""
         found: dict[int, Any] = {}
+        unlabelled: set[int] = set()
         containers = (client or self.client).containers.list(
             all=True, filters={"label": LABEL_WORKLOAD}, ignore_removed=True
         )
+        with self._lock:
+            adoptable = self._adopted | self._claimable
         for container in containers:
             try:
                 workload_id = int(container.labels.get(LABEL_WORKLOAD, ""))
             except ValueError:
                 continue
+            if self.owner is not None:
+                owner = container.labels.get(LABEL_SERVER)
+                if owner is None:
+                    unlabelled.add(workload_id)
+                    if workload_id not in adoptable:
+                        continue
+                elif owner != self.owner:
+                    continue  # another agent's, on the same daemon
             found[workload_id] = container
+        if self.owner is not None:
+            self._keep_adopted(unlabelled & adoptable)
         return found
+
+    def _keep_adopted(self, adopted: set[int]) -> None:
+        """Remember the unlabelled containers taken as ours (those still there), across restarts of the agent."""
+        with self._lock:
+            if adopted == self._adopted:
+                return
+            self._adopted = set(adopted)
+            data = json.dumps(sorted(adopted)).encode()
+        try:
+            atomic_write(os.path.join(self.state_dir, ADOPTED_FILE), data)
+        except OSError as exc:
+            log.warning("cannot record the adopted containers: %s", exc)
 
     def observe(self) -> dict[int, Observed]:
         containers = self._ours()
@@ -287,7 +339,7 @@ class DockerRuntime(Runtime):
         pull(self.docker, op, client, image)
 
     def _container_kwargs(self, spec: WorkloadSpec) -> dict[str, Any]:
-        return container_kwargs(
+        kwargs = container_kwargs(
             spec,
             docker=self.docker,
             info=self.info,
@@ -296,6 +348,9 @@ class DockerRuntime(Runtime):
             workload_dir=self.workload_dir(spec.id),
             volume_dirs={v.id: self.volumes.path(v.id) or "" for v in spec.volumes},
         )
+        if self.owner is not None:
+            kwargs["labels"][LABEL_SERVER] = self.owner
+        return kwargs
 
     def _create_and_start(
         self, op: Operation, client: Any, spec: WorkloadSpec, port_range: tuple[int, int] | None

@@ -345,3 +345,39 @@ def test_a_container_that_ended_with_the_host_is_started_again_after_the_reboot(
     runtime.boot_time = time.time() + 1  # the host booted after the container ended
     settle(rec, is_("running"))
     assert len(client.containers.list(all=True)) == 1
+
+
+def test_two_agents_on_one_daemon_touch_only_their_own_containers_and_adopt_an_unlabelled_one_they_are_told_to_run(
+    dockerd, ssh_image, client, tmp_path
+):
+    from agents.runtime.docker_runtime import LABEL_SERVER
+
+    def agent(name: str, owner: str | None, *workloads: dict) -> tuple[DockerRuntime, Reconciler, DesiredSource]:
+        source = DesiredSource(desired(1, *workloads))
+        runtime = DockerRuntime(str(tmp_path / name), dockerd.url, publish_address="127.0.0.1", owner=owner)
+        return runtime, Reconciler(source, runtime, str(tmp_path / name), poll=0.1, grace=2), source
+
+    # A container of before the label: an agent of before ran workload 33.
+    _old, old_rec, _ = agent("old", None, workload(33, ssh_image))
+    settle(old_rec, is_("running", 33))
+    unlabelled = container(client, 33).attrs
+    assert LABEL_SERVER not in unlabelled["Config"]["Labels"]
+    _a, rec_a, _ = agent("a", "1", workload(31, ssh_image))
+    _b, rec_b, source_b = agent("b", "2", workload(32, ssh_image))
+    for _ in range(3):  # each would remove what it is not told to run, were it its own
+        settle(rec_a, is_("running", 31))
+        settle(rec_b, is_("running", 32))
+    assert container(client, 31).labels[LABEL_SERVER] == "1" and container(client, 32).labels[LABEL_SERVER] == "2"
+    assert {w.id for w in rec_a.snapshot().workloads} == {31} and {w.id for w in rec_b.snapshot().workloads} == {32}
+    assert container(client, 33).attrs["Id"] == unlabelled["Id"]  # neither removed the unlabelled one
+    # Told to run 33, b adopts the unlabelled container as it is (never a second start) ...
+    source_b.payload = desired(2, workload(32, ssh_image), workload(33, ssh_image))
+    settle(rec_b, lambda s: s.get(33) is not None and s[33].state == "running")
+    after = container(client, 33).attrs
+    assert (after["Id"], after["State"]["StartedAt"]) == (unlabelled["Id"], unlabelled["State"]["StartedAt"])
+    # ... keeps it as its own across a restart of the agent, and removes it once it is no longer wanted.
+    _b2, rec_b2, source_b2 = agent("b", "2", workload(32, ssh_image))
+    source_b2.payload = desired(3, workload(32, ssh_image))
+    settle(rec_b2, is_("cleaned", 33))
+    assert {c.labels[LABEL_WORKLOAD] for c in client.containers.list(all=True)} == {"31", "32"}
+    settle(rec_a, is_("running", 31))
