@@ -73,9 +73,10 @@ def test_a_volume_moved_to_another_server_keeps_its_files_and_its_old_copy_is_wi
     volumes_dirs = [d / "volumes" for d in dirs]
     a, b = agents
     try:
-        # Both agents drive this session's one dockerd, and each removes containers of ours it is not told to run:
-        # so only one runs while a lease does (B joins for the move, A leaves after it).
+        # Both agents drive this session's one dockerd all along: each sees only the containers labelled with its
+        # own server, so neither removes the other's.
         a.start("--publish-address", "127.0.0.1", "--stop-grace", "1", "--volumes-dir", str(volumes_dirs[0]))
+        b.start("--publish-address", "127.0.0.1", "--stop-grace", "1", "--volumes-dir", str(volumes_dirs[1]))
         made = alice.api.post(
             "/api/v1/volumes/", {"name": "data", "server": servers[0]["id"], "size_gb": 1}, format="json"
         )
@@ -103,7 +104,6 @@ def test_a_volume_moved_to_another_server_keeps_its_files_and_its_old_copy_is_wi
         assert alice.api.post(f"/api/v1/leases/{first['id']}/end/").status_code == 200
         wait_for(lambda: not _containers(dockerd, first["id"]), a, what="lease 1's container removed")
 
-        b.start("--publish-address", "127.0.0.1", "--stop-grace", "1", "--volumes-dir", str(volumes_dirs[1]))
         asked = alice.api.post(
             f"/api/v1/volumes/{vid}/move/", {"server": servers[1]["id"], "consent": True}, format="json"
         )
@@ -131,7 +131,6 @@ def test_a_volume_moved_to_another_server_keeps_its_files_and_its_old_copy_is_wi
         assert volumes.storage_taken(Server.objects.get(pk=servers[0]["id"])) == 0
         assert (volumes_dirs[1] / f"{vid}.img").exists()
 
-        a.stop()
         second = _lease_with(alice, key_id, offers[1], ssh_image, vid)
         port = _ssh_port(alice, second["id"], b)
         read = ssh_run(port, keys.private, "cat /data/link; md5sum /data/blob", timeout=60)
