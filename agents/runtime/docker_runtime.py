@@ -86,7 +86,7 @@ PULL_TIMEOUT_S = 300  # a pull that sends nothing for this long has stalled
 PORT_ATTEMPTS = 3
 LABEL_SERVER = "suanli.server"
 ADOPTED_FILE = "adopted-containers.json"
-LOG_TAIL_LINES = 2000  # of a workload's output read for its tail (then cut to the bytes the platform keeps)
+LOG_TAIL_LINES = 20_000  # lines read for a tail: more than 64 KiB holds unless lines average under 4 bytes
 
 
 class DockerRuntime(Runtime):
