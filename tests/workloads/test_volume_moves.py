@@ -275,6 +275,14 @@ def test_bad_agent_requests_are_4xx(alice, source, target):
         **source.agent._signed(raw),
     )
     assert listed.status_code == 400
+    for hostile in (b"[" * 100_000 + b"]" * 100_000, b'{"chunks": NaN}', b"\xff"):
+        answer = source.agent.client.post(
+            f"/api/v1/agent/volume-transfers/{move}/sent/",
+            data=hostile,
+            content_type="application/json",
+            **source.agent._signed(hostile),
+        )
+        assert answer.status_code == 400 and answer.json()["error"]["code"] == "malformed_request"
 
 
 def test_a_volume_wiped_while_it_was_copied_is_not_switched(alice, source, target):
