@@ -24,7 +24,9 @@ def upload(agent, *entries: dict):
 
 @pytest.fixture
 def rented(alice, box) -> tuple[dict, int]:
-    lease = rent_with_workload(alice, gpu_count=1)
+    # An image of its own rather than a public template: a live_server test runs on a flushed database, which has
+    # lost the templates the migrations load.
+    lease = rent_with_workload(alice, gpu_count=1, workload={"image": "example/trainer:1"})
     return lease, Workload.objects.get(lease_id=lease["id"]).pk
 
 
