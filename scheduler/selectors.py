@@ -61,6 +61,36 @@ def live_offers(*, plan: str, interruptible: bool = False, until: datetime | Non
     return qs
 
 
+def _server_conditions(filters: Filters, prefix: str) -> Q:
+    """The server-level conditions of allocatable cards, on the server reached through `prefix` ("server__" from a
+    card, "" from the server itself): online, undrained, of an active provider with a live offer for the plan,
+    matching `filters`."""
+    conditions = Q(
+        **{
+            f"{prefix}status": Server.Status.ONLINE,
+            f"{prefix}drained": False,
+            f"{prefix}organization__status": Organization.Status.ACTIVE,
+            f"{prefix}organization__kind__in": [Organization.Kind.PROVIDER, Organization.Kind.BOTH],
+        }
+    )
+    if filters.plan:
+        offers = live_offers(plan=filters.plan, interruptible=filters.interruptible, until=filters.until)
+        if filters.gpu_count is not None:
+            offers = offers.filter(min_gpus__lte=filters.gpu_count)
+        if filters.host_access:
+            offers = offers.filter(host_access=True)
+        conditions &= Q(Exists(offers.filter(server_id=OuterRef(f"{prefix}pk"))))
+    for wanted, field in (
+        (filters.gpu_model_id, "gpu_model_id"),
+        (filters.region, "region"),
+        (filters.server_id, "pk"),
+        (filters.runtime, "runtime"),
+    ):
+        if wanted:
+            conditions &= Q(**{f"{prefix}{field}": wanted})
+    return conditions
+
+
 def allocatable_gpus(
     filters: Filters = Filters(),  # noqa: B008 - frozen dataclass
     *,
@@ -72,32 +102,11 @@ def allocatable_gpus(
     not considered here (see `free_gpus`)."""
     qs = (
         Gpu.objects.unscoped(STOREFRONT)
-        .filter(
-            drained=False,
-            server__status=Server.Status.ONLINE,
-            server__drained=False,
-            server__organization__status=Organization.Status.ACTIVE,
-            server__organization__kind__in=[Organization.Kind.PROVIDER, Organization.Kind.BOTH],
-        )
+        .filter(_server_conditions(filters, "server__"), drained=False)
         .exclude(health=Gpu.Health.FAILED)
     )
     if not uncleaned_too:
         qs = qs.filter(needs_cleaning=False)
-    if filters.plan:
-        offers = live_offers(plan=filters.plan, interruptible=filters.interruptible, until=filters.until)
-        if filters.gpu_count is not None:
-            offers = offers.filter(min_gpus__lte=filters.gpu_count)
-        if filters.host_access:
-            offers = offers.filter(host_access=True)
-        qs = qs.filter(Exists(offers.filter(server_id=OuterRef("server_id"))))
-    if filters.gpu_model_id:
-        qs = qs.filter(server__gpu_model_id=filters.gpu_model_id)
-    if filters.region:
-        qs = qs.filter(server__region=filters.region)
-    if filters.server_id:
-        qs = qs.filter(server_id=filters.server_id)
-    if filters.runtime:
-        qs = qs.filter(server__runtime=filters.runtime)
     return qs
 
 
@@ -120,28 +129,7 @@ def free_gpus(filters: Filters, period: DateTimeTZRange) -> QuerySet[Gpu]:
 
 def allocatable_servers(filters: Filters = Filters()) -> QuerySet[Server]:  # noqa: B008 - frozen dataclass
     """The servers whose cards `allocatable_gpus(filters)` may return: the same server-level conditions."""
-    qs = Server.objects.unscoped(STOREFRONT).filter(
-        status=Server.Status.ONLINE,
-        drained=False,
-        organization__status=Organization.Status.ACTIVE,
-        organization__kind__in=[Organization.Kind.PROVIDER, Organization.Kind.BOTH],
-    )
-    if filters.plan:
-        offers = live_offers(plan=filters.plan, interruptible=filters.interruptible, until=filters.until)
-        if filters.gpu_count is not None:
-            offers = offers.filter(min_gpus__lte=filters.gpu_count)
-        if filters.host_access:
-            offers = offers.filter(host_access=True)
-        qs = qs.filter(Exists(offers.filter(server_id=OuterRef("pk"))))
-    if filters.gpu_model_id:
-        qs = qs.filter(gpu_model_id=filters.gpu_model_id)
-    if filters.region:
-        qs = qs.filter(region=filters.region)
-    if filters.server_id:
-        qs = qs.filter(pk=filters.server_id)
-    if filters.runtime:
-        qs = qs.filter(runtime=filters.runtime)
-    return qs
+    return Server.objects.unscoped(STOREFRONT).filter(_server_conditions(filters, ""))
 
 
 def capacity_fresh(at: datetime, prefix: str = "") -> Q:
