@@ -183,15 +183,25 @@ def capacity_of(gpus: QuerySet[Gpu], *, held: AbstractSet[int] = frozenset()) ->
         .annotate(free=Count("id"))
         .order_by("server_id")
     )
-    minimums = offer_minimums()
+    keys = ("server_id", "server__gpu_model_id", "server__gpu_model__fp16_tflops", "server__gpu_count", "free")
+    return _capacities(rows, keys, held, offer_minimums())
+
+
+def _capacities(
+    rows: Iterable[dict], keys: tuple[str, str, str, str, str], held: AbstractSet[int], minimums: dict[int, int]
+) -> list[ServerCapacity]:
+    """`ServerCapacity` of each row, its fields read under `keys` (server id, model id, card TFLOPS, card count,
+    free cards); a server where the lease already has cards (`held`) takes any number, others their offer's
+    minimum."""
+    server, model, tflops, count, free = keys
     return [
         ServerCapacity(
-            server_id=row["server_id"],
-            gpu_model_id=row["server__gpu_model_id"],
-            card_tflops=row["server__gpu_model__fp16_tflops"],
-            gpu_count=row["server__gpu_count"],
-            free=row["free"],
-            min_cards=1 if row["server_id"] in held else minimums.get(row["server_id"], 1),
+            server_id=row[server],
+            gpu_model_id=row[model],
+            card_tflops=row[tflops],
+            gpu_count=row[count],
+            free=row[free],
+            min_cards=1 if row[server] in held else minimums.get(row[server], 1),
         )
         for row in rows
     ]
@@ -219,17 +229,8 @@ def best_fit_capacity(
     )
     rows = list(rows)
     minimums = offer_minimums([row["pk"] for row in rows]) if rows else {}
-    return [
-        ServerCapacity(
-            server_id=row["pk"],
-            gpu_model_id=row["gpu_model_id"],
-            card_tflops=row["gpu_model__fp16_tflops"],
-            gpu_count=row["gpu_count"],
-            free=row["capacity__free_onward"],
-            min_cards=1 if row["pk"] in held else minimums.get(row["pk"], 1),
-        )
-        for row in rows
-    ]
+    keys = ("pk", "gpu_model_id", "gpu_model__fp16_tflops", "gpu_count", "capacity__free_onward")
+    return _capacities(rows, keys, held, minimums)
 
 
 def offer_minimums(server_ids: Iterable[int] | None = None) -> dict[int, int]:
