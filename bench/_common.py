@@ -47,6 +47,7 @@ def server_env(database_url: str, *, bench_name: str, redis_db: int, **extra: st
         RATE_LIMIT_AGENT_REPORTS="1000000000/60",
         PYTHONUNBUFFERED="1",
         DEFAULT_PAYMENT_MODE="postpaid",
+        SUANLI_ALLOW_CONSOLE_EMAIL="1",  # debug off refuses the console mail backend otherwise (config/settings.py)
         **extra,
     )
     return env
