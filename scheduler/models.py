@@ -191,6 +191,9 @@ class LeaseEvent(models.Model):
         WORKLOAD = "workload", _("Workload")
         STOPPED = "stopped", _("Stopped")
         RESTARTED = "restarted", _("Started again")
+        # The scaling rule resized it (scheduler/elastic.py): data {from_count, to_count, reason, and the
+        # utilisation or queue depth that drove it}.
+        SCALED = "scaled", _("Scaled by its rule")
 
     lease = models.ForeignKey(Lease, on_delete=models.PROTECT, related_name="events")
     at = models.DateTimeField()
@@ -236,3 +239,85 @@ class Capacity(models.Model):
 
     def __str__(self) -> str:
         return f"server {self.server_id}: {self.free_now} of {self.ok_cards} free"
+
+
+class ScalingRule(models.Model):
+    """An elastic card_hour lease's rule (scheduler/elastic.py): between `min_gpus` and `max_gpus` cards, driven by
+    either the average GPU utilisation of its cards (`target_utilization_pct`) or a queue depth its customer's job
+    reports (`queue_depth_per_gpu`: wanted cards = ceil(depth / it)), moving by `step_up`/`step_down` cards at most
+    once per `cooldown_seconds`, capped by `schedule` windows (5-field UTC cron entries, each with its own
+    `max_gpus`) and by `max_price_per_hour` (cards x the card-hour price, in the lease's currency). The fields after
+    `max_price_per_hour` are its state, written only by the beat job and the queue-depth report."""
+
+    class Status(models.TextChoices):
+        OK = "ok", _("At its target")
+        SCALING = "scaling", _("Scaling")
+        WAITING_CAPACITY = "waiting_capacity", _("Waiting for capacity")
+        AT_PRICE_CEILING = "at_price_ceiling", _("At its price ceiling")
+        AT_BOUND = "at_bound", _("At its bound")
+        COOLING_DOWN = "cooling_down", _("Cooling down")
+        SCHEDULED = "scheduled", _("Held by its schedule")
+
+    lease = models.OneToOneField(Lease, primary_key=True, on_delete=models.CASCADE, related_name="scaling")
+    min_gpus = models.PositiveIntegerField(default=0)
+    max_gpus = models.PositiveIntegerField()
+    target_utilization_pct = models.PositiveSmallIntegerField(null=True, blank=True)
+    queue_depth_per_gpu = models.PositiveIntegerField(null=True, blank=True)
+    step_up = models.PositiveIntegerField(default=1)
+    step_down = models.PositiveIntegerField(default=1)
+    cooldown_seconds = models.PositiveIntegerField(default=300)
+    schedule = models.JSONField(default=list, blank=True)
+    max_price_per_hour = models.DecimalField(max_digits=20, decimal_places=6, null=True, blank=True)
+    # State.
+    queue_depth = models.PositiveIntegerField(null=True, blank=True)
+    queue_depth_at = models.DateTimeField(null=True, blank=True)
+    last_scaled_at = models.DateTimeField(null=True, blank=True)
+    evaluated_at = models.DateTimeField(null=True, blank=True)
+    desired_gpus = models.PositiveIntegerField(null=True, blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.OK)
+    status_message = models.TextField(blank=True)
+
+    TENANT_FIELD = "lease__organization"
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(max_gpus__gte=models.F("min_gpus")), name="scaling_min_le_max"),
+            models.CheckConstraint(condition=Q(max_gpus__gte=1), name="scaling_max_positive"),
+            models.CheckConstraint(
+                condition=(Q(target_utilization_pct__isnull=False) & Q(queue_depth_per_gpu__isnull=True))
+                | (Q(target_utilization_pct__isnull=True) & Q(queue_depth_per_gpu__isnull=False)),
+                name="scaling_one_target",
+            ),
+            models.CheckConstraint(
+                condition=Q(target_utilization_pct__isnull=True)
+                | (Q(target_utilization_pct__gte=1) & Q(target_utilization_pct__lte=100)),
+                name="scaling_utilization_pct_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(queue_depth_per_gpu__isnull=True) | Q(queue_depth_per_gpu__gte=1),
+                name="scaling_queue_depth_per_gpu_positive",
+            ),
+            models.CheckConstraint(condition=Q(step_up__gte=1) & Q(step_down__gte=1), name="scaling_steps_positive"),
+            models.CheckConstraint(
+                condition=Q(max_price_per_hour__isnull=True) | Q(max_price_per_hour__gt=0),
+                name="scaling_price_ceiling_positive",
+            ),
+            models.CheckConstraint(
+                condition=Q(
+                    status__in=[
+                        "ok",
+                        "scaling",
+                        "waiting_capacity",
+                        "at_price_ceiling",
+                        "at_bound",
+                        "cooling_down",
+                        "scheduled",
+                    ]
+                ),
+                name="scaling_status_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"scaling of lease {self.lease_id}: {self.min_gpus}..{self.max_gpus}"
