@@ -331,6 +331,11 @@ class Offer(models.Model):
     available_until = models.DateTimeField(null=True, blank=True)
     # server_month renters may ask for SSH onto the bare server (a lease-only user) instead of a container.
     host_access = models.BooleanField(default=False)
+    # A resale offer: `organization` (a broker, or a customer lending idle cards back) resells cards it holds on
+    # `server` through one of its own contracts (scheduler.models.Resale says which); it is not the provider's
+    # offer of the server, so it does not count against the server's one live offer. (Named `is_resale`: the reverse
+    # accessor `resale` is that Resale row.)
+    is_resale = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     delisted_at = models.DateTimeField(null=True, blank=True)
@@ -341,7 +346,9 @@ class Offer(models.Model):
     class Meta:
         ordering = ["id"]
         constraints = [
-            models.UniqueConstraint(fields=["server"], condition=LIVE_OFFER, name="offer_one_live"),
+            models.UniqueConstraint(
+                fields=["server"], condition=LIVE_OFFER & Q(is_resale=False), name="offer_one_live"
+            ),
             models.CheckConstraint(condition=Q(currency__in=["CNY", "USD"]), name="offer_currency_valid"),
             models.CheckConstraint(condition=Q(min_gpus__gte=1, min_gpus__lte=16), name="offer_min_gpus_1_16"),
             models.CheckConstraint(

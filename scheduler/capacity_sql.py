@@ -17,7 +17,10 @@ provider and offer) are the readers' joins; the exclusion constraint on allocati
 booking.
 """
 
-CREATE_SQL = r"""
+# The recount. `{layer}` is empty in the first version (migration 0007, before resale) and `AND al.layer = 0` since
+# resale (migration scheduler/0010_resale): a resale allocation (layer 1) lies inside its backing allocation of the
+# same card, which already counts the card as held, so it changes no count and no boundary.
+_RECOUNT_TEMPLATE = r"""
 CREATE OR REPLACE FUNCTION scheduler_capacity_recount(sids bigint[]) RETURNS void
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -54,7 +57,7 @@ BEGIN
                      min(CASE WHEN lower(al.period) > t THEN lower(al.period) ELSE upper(al.period) END)
                        AS next_boundary
                 FROM scheduler_allocation al
-               WHERE al.gpu_id = gpu.id AND al.period && tstzrange(t, NULL, '[)')
+               WHERE al.gpu_id = gpu.id AND al.period && tstzrange(t, NULL, '[)'){layer}
             ) a ON true
            WHERE gpu.server_id = s.id
         ) g ON true
@@ -63,6 +66,12 @@ BEGIN
    WHERE c.server_id = x.server_id;
 END $$;
 
+"""
+
+RECOUNT_V1_SQL = _RECOUNT_TEMPLATE.replace("{layer}", "")
+RECOUNT_SQL = _RECOUNT_TEMPLATE.replace("{layer}", " AND al.layer = 0")
+
+_CREATE_REST_SQL = r"""
 CREATE OR REPLACE FUNCTION scheduler_capacity_refresh() RETURNS integer
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -146,6 +155,8 @@ CREATE TRIGGER scheduler_capacity_gpu_truncate AFTER TRUNCATE ON inventory_gpu
 
 SELECT scheduler_capacity_recount_all();
 """
+
+CREATE_SQL = RECOUNT_V1_SQL + _CREATE_REST_SQL
 
 DROP_SQL = r"""
 DROP TRIGGER IF EXISTS scheduler_capacity_allocation_insert ON scheduler_allocation;

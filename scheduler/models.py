@@ -11,7 +11,7 @@ from __future__ import annotations
 from django.contrib.postgres.constraints import ExclusionConstraint
 from django.contrib.postgres.fields import DateTimeRangeField, RangeOperators
 from django.db import models
-from django.db.models import Q
+from django.db.models import Case, Q, Value, When
 from django.utils.translation import gettext_lazy as _
 
 from accounts.errors import InvalidTransition
@@ -152,6 +152,17 @@ class Allocation(models.Model):
     unit_price = models.DecimalField(max_digits=20, decimal_places=6)
     # 18 places: a share such as 1/3 is off by under 1e-18, so even a 1,000,000-a-month price sums to the cent.
     units = models.DecimalField(max_digits=30, decimal_places=18)
+    # A resale lease's allocation (its lease rents a resale offer, `Resale`): the backing lease's allocation of the
+    # same card, which it lies inside (card and period; a deferrable trigger checks it, scheduler/resale_sql.py).
+    backing = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="resold_as")
+    # 0: the card's holder (a provider's card rented directly); 1: a resale of a layer-0 allocation. The exclusion
+    # constraint is per layer: a resale overlaps its backing allocation, never another resale of the card. Derived
+    # from `backing`, so no writer can get it wrong. Capacity counts (capacity_sql.py) read layer 0 only.
+    layer = models.GeneratedField(
+        expression=Case(When(backing__isnull=False, then=Value(1)), default=Value(0)),
+        output_field=models.SmallIntegerField(),
+        db_persist=True,
+    )
 
     TENANT_FIELD = "lease__organization"
     objects = TenantQuerySet.as_manager()
@@ -161,7 +172,11 @@ class Allocation(models.Model):
         constraints = [
             ExclusionConstraint(
                 name="allocation_no_overlap_per_gpu",
-                expressions=[("gpu", RangeOperators.EQUAL), ("period", RangeOperators.OVERLAPS)],
+                expressions=[
+                    ("gpu", RangeOperators.EQUAL),
+                    ("layer", RangeOperators.EQUAL),
+                    ("period", RangeOperators.OVERLAPS),
+                ],
             ),
             models.CheckConstraint(
                 condition=Q(period__isempty=False) & Q(period__startswith__isnull=False),
@@ -172,6 +187,28 @@ class Allocation(models.Model):
 
     def __str__(self) -> str:
         return f"gpu {self.gpu_id} for lease {self.lease_id} {self.period}"
+
+
+class Resale(models.Model):
+    """A resale offer (`offer`, its `organization` the reseller, its `server` the server resold) backed by `lease`,
+    the reseller's own active server_month or pflops_year contract: a lease on the offer is placed only on the cards
+    `lease` holds on that server and does not resell already (scheduler/resale.py), its allocations pointing at the
+    backing ones (`Allocation.backing`). `interruptible_only`: idle committed cards lent back to the market, priced
+    interruptible only, which the reseller takes back with the usual preemption notice."""
+
+    offer = models.OneToOneField(Offer, primary_key=True, on_delete=models.PROTECT, related_name="resale")
+    lease = models.ForeignKey(Lease, on_delete=models.PROTECT, related_name="resales")
+    interruptible_only = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    TENANT_FIELD = "offer__organization"
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["offer"]
+
+    def __str__(self) -> str:
+        return f"resale offer {self.offer_id} of lease {self.lease_id}"
 
 
 class LeaseEvent(models.Model):
