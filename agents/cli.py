@@ -19,6 +19,8 @@ Global options (before or after the subcommand):
     --seed SEED          the simulated host's seed (default: the host name; UUIDs derive from it)
     --fault SPEC         inject a simulated fault, repeatable: xid:79@3, dbe@1, hot@2, silent:120, ...
     --fault-file PATH    JSON lines of fault specs, re-read every interval (inject into a running agent)
+    --load-curve SPEC    simulated utilisation over time, SECONDS:PERCENT,... (linear between points) or a file
+                         re-read when it changes (agents/sim_load.py); busy cards read it
     --log-level LEVEL    DEBUG, INFO (default), WARNING, ERROR; logs go to stderr
 
 `run --once-per SECONDS` sends the spool at most once per SECONDS (reports are still collected every interval);

@@ -35,13 +35,20 @@ class CliError(Exception):
 def _nvml_module(args: argparse.Namespace) -> Any:
     """The NVML module object: the simulator for --simulate N, else None (the collector imports pynvml)."""
     if args.simulate is None:
-        if args.fault or args.fault_file:
-            raise CliError(EXIT_CONFIG, "--fault and --fault-file need --simulate N")
+        if args.fault or args.fault_file or getattr(args, "load_curve", None):
+            raise CliError(EXIT_CONFIG, "--fault, --fault-file and --load-curve need --simulate N")
         return None
     from agents.simulate import SimulatedNVML
 
     try:
-        return SimulatedNVML(args.simulate, args.model, args.seed, faults=args.fault, fault_file=args.fault_file)
+        return SimulatedNVML(
+            args.simulate,
+            args.model,
+            args.seed,
+            faults=args.fault,
+            fault_file=args.fault_file,
+            load_curve=getattr(args, "load_curve", None),
+        )
     except ValueError as exc:
         raise CliError(EXIT_CONFIG, str(exc)) from None
 

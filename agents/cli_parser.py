@@ -66,6 +66,12 @@ def _add_globals(parser: argparse.ArgumentParser, suppress: bool) -> None:
     group.add_argument("--fault", action="append", metavar="SPEC", default=default([]), help="inject a fault")
     group.add_argument("--fault-file", metavar="PATH", default=default(None), help="JSON lines of faults")
     group.add_argument(
+        "--load-curve",
+        metavar="SPEC",
+        default=default(None),
+        help="simulated utilisation over time: SECONDS:PERCENT,... (e.g. 0:20,300:95,900:95,1200:10) or a file",
+    )
+    group.add_argument(
         "--log-level",
         default=default("INFO"),
         type=str.upper,

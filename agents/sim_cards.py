@@ -16,6 +16,7 @@ from typing import Any
 
 from agents.sim_catalogue import MIB, GpuModel, NVMLError, SimHandle, find_model
 from agents.sim_faults import FIELD_GROUPS, Fault, FaultFile, parse_fault
+from agents.sim_load import LoadSource
 
 log = logging.getLogger("suanli.agent.simulate")
 
@@ -98,6 +99,7 @@ class SimulatedCards:
         *,
         faults: list[str | Fault] | None = None,
         fault_file: str | None = None,
+        load_curve: str | None = None,
         clock: Callable[[], float] = time.time,
     ):
         self.model = model if isinstance(model, GpuModel) else find_model(model)
@@ -117,6 +119,8 @@ class SimulatedCards:
         # load then follows the workloads (a card in a running one is busy, any other idle) instead of the pattern.
         self._workload_cards: Callable[[], Iterable[str]] | None = None
         self._workload_seen: tuple[int, frozenset[str]] = (-1, frozenset())
+        # A utilisation curve (`--load-curve`, agents/sim_load.py): a busy card reads it instead of the job's shape.
+        self.load = LoadSource(load_curve, clock) if load_curve else None
         for spec in faults or []:
             self.inject(spec)
 
@@ -183,7 +187,9 @@ class SimulatedCards:
                 card.sbe = card.dbe = 0
 
     def suanli_tick(self) -> None:
-        """Called by the agent once per interval: apply the fault file's new lines."""
+        """Called by the agent once per interval: apply the fault file's new lines, re-read a changed load curve."""
+        if self.load is not None:
+            self.load.poll()
         if self._fault_file is not None:
             for fault in self._fault_file.poll():
                 try:
@@ -200,6 +206,7 @@ class SimulatedCards:
         """Make the load follow the workloads: `cards()` names the uuids of the cards running one now (read at
         most once a second). A card in none reads idle (0 %, memory free, idle clocks and power)."""
         self._workload_cards = cards
+        self._cache.clear()  # readings taken before (the collector's start) no longer hold for this second
 
     def _in_workload(self, index: int, t: float) -> bool:
         second = int(t)
@@ -215,6 +222,8 @@ class SimulatedCards:
     def _busy(self, index: int, t: float) -> bool:
         if self._workload_cards is not None:
             return self._in_workload(index, t)
+        if self.load is not None:  # no workloads to follow: every card runs the curve
+            return True
         block = int(t // BLOCK_S)
         r = _unit(self.seed, "block", block)
         if r < 0.70:
@@ -227,6 +236,9 @@ class SimulatedCards:
         second = int(t)
         if not self._busy(index, second):
             return 0.0
+        if self.load is not None:  # the curve, with a little noise (mean on the curve), no checkpoints or warm-up
+            value = self.load.utilization(t) + 3 * (_unit(self.seed, index, second, "curve") - 0.5)
+            return max(0.0, min(100.0, value))
         phase = second % CHECKPOINT_EVERY_S
         if phase < CHECKPOINT_S:  # checkpoint: the cards wait on storage
             return 4 + 8 * _unit(self.seed, index, second, "ckpt")

@@ -15,6 +15,9 @@ catalogue and pynvml's error class and return shapes in `agents/sim_catalogue.py
   power and clocks follow utilisation, power-capped when power nears the limit. Under `suanli-agent run` with a
   workload runtime (`follow_workloads`) a card is instead busy (the same job shape) while a running workload holds
   it and idle (0 %, memory free) otherwise, as a rented and an unrented card are.
+  With a load curve (`--load-curve SPEC`, `agents/sim_load.py`) a busy card's utilisation follows the curve instead
+  (seconds since the agent started -> %, linear in between, with ±1.5 % of noise): under a workload runtime the cards
+  of running workloads, otherwise every card.
 - What a card of that model does not have raises `NVMLError(NVML_ERROR_NOT_SUPPORTED)`, as the real one does: no fans on
   SXM or passive cards, no ECC on the RTX 4090, row remapping instead of page retirement from Ampere on.
 
