@@ -338,11 +338,13 @@ def run(command: list[str]) -> int:
     proc: subprocess.Popen | None = None
 
     def on_terminate(signum, frame):
-        # SIGTERM/SIGHUP: passed on to the tests when they run (the servers stop once they have), else as Ctrl-C.
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signum)
-        else:
+        # SIGTERM/SIGHUP: while setting up, stop as for Ctrl-C; once the tests run, passed on to them (the servers
+        # stop once they have); never an exception while waiting for them, or their exit status could be lost.
+        if proc is None:
             raise KeyboardInterrupt
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signum)
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_terminate)
@@ -356,12 +358,12 @@ def run(command: list[str]) -> int:
             env["SUANLI_REDIS_SERVER"] = binary
         env["SUANLI_OWN_SERVERS_UP"] = "1"
         proc = subprocess.Popen(command, env=env)  # noqa: S603 - scripts/test itself
-        while True:
-            try:
-                code = proc.wait()
-                return 128 - code if code < 0 else code
-            except KeyboardInterrupt:
-                continue  # Ctrl-C reached the tests too (one process group): wait until they have stopped
+        # Ctrl-C reaches the tests too (a terminal signals the whole foreground group): they decide how to stop, and
+        # the wrapper waits for them. Ignored rather than caught: a KeyboardInterrupt raised after the kernel handed
+        # back the child's status but before Popen kept it would lose the status, and the next wait reads 0.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        code = proc.wait()
+        return 128 - code if code < 0 else code
     except SetupError as exc:
         say(str(exc))
         return 1

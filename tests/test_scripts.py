@@ -151,6 +151,24 @@ def test_scripts_test_says_in_one_sentence_what_it_cannot_reach():
     )
 
 
+def _lines_until(proc: subprocess.Popen, last: str, *, within: float) -> list[str]:
+    """The lines `proc` writes on stderr up to `last` (read from the pipe itself, no buffer between); fails, killing
+    its group, when it ends first or stays silent past `within` seconds, instead of hanging the run."""
+    import select
+    import signal
+    import time
+
+    fd, text, deadline = proc.stderr.fileno(), b"", time.monotonic() + within
+    while last.encode() not in text.splitlines(keepends=True):
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        chunk = os.read(fd, 65536) if ready else b""
+        if not chunk:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"no {last!r} within {within} s or before it ended; it said: {text.decode()!r}")
+        text += chunk
+    return text.decode().splitlines(keepends=True)
+
+
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_the_servers_it_started_stop_when_the_run_is_interrupted(how):
     """Ctrl-C reaches the whole foreground group (the tests and the wrapper); SIGTERM only the wrapper, which passes
@@ -174,10 +192,7 @@ def test_the_servers_it_started_stop_when_the_run_is_interrupted(how):
         start_new_session=True,  # a group of its own, as a terminal's foreground job
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal
     )
-    said = []
-    while not said or said[-1] != "running\n":
-        said.append(proc.stderr.readline())
-        assert said[-1], "".join(said)
+    said = _lines_until(proc, "running\n", within=120)
     ports = [int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", "".join(said))]
     assert len(ports) == 2 and all(_answers(port) for port in ports), said
     assert len(set(Path(tempfile.gettempdir()).glob("suanli-test-*")) - before) == 2
