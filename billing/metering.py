@@ -25,6 +25,11 @@ old price, until the start of the platform-clock hour after its switch, and on t
 slot lies wholly on one server, so there is still one record per (volume, slot) and every second once. The old
 copy's wipe after the switch is the old provider's and is not billed.
 
+A resale lease's allocation (issue 20: `Allocation.backing`, the reseller's contract allocation of the same card) is
+metered like any other at its own prices, but its provider is the reseller (the backing lease's organisation), not
+the server's owner: the renter's charge is the reseller's revenue, on the reseller's statement less the commission.
+The backing contract's own records are untouched (billed to the reseller, earned by the server's owner).
+
 Data-access sessions (workloads.data_access) likewise: each session's running time [its container's first
 `running` report, the earlier of its end and its `ends_at`) cut into the same slots and rated per hour (one unit of
 a card-hour's curve at its price), one DataAccessRecord per (session, slot), ON CONFLICT DO NOTHING.
@@ -53,7 +58,7 @@ BATCH = 5000
 _SLOTS_SQL = """
 WITH a AS (
     SELECT al.id AS allocation_id, al.lease_id, al.gpu_id, al.server_id, al.unit_price, al.units,
-           l.organization_id, l.plan, l.currency, s.organization_id AS provider_id,
+           l.organization_id, l.plan, l.currency, coalesce(bl.organization_id, s.organization_id) AS provider_id,
            al.period * tstzrange(%(since)s, %(until)s, '[)')
                * CASE WHEN ws.id IS NOT NULL AND (l.plan = 'card_hour' OR l.interruptible)
                       THEN tstzrange(coalesce(w.started_at, 'infinity'), NULL, '[)')
@@ -61,6 +66,8 @@ WITH a AS (
     FROM scheduler_allocation al
     JOIN scheduler_lease l ON l.id = al.lease_id
     JOIN inventory_server s ON s.id = al.server_id
+    LEFT JOIN scheduler_allocation ba ON ba.id = al.backing_id
+    LEFT JOIN scheduler_lease bl ON bl.id = ba.lease_id
     LEFT JOIN workloads_workloadspec ws ON ws.lease_id = al.lease_id
     LEFT JOIN workloads_workload w ON w.lease_id = al.lease_id AND w.server_id = al.server_id
     WHERE al.period && tstzrange(%(since)s, %(until)s, '[)') {filters}
@@ -308,7 +315,11 @@ def slots(
 ) -> Iterator[Slot]:
     """Every held slot part in [since, until), with its seconds and down seconds, allocation by allocation: of one
     lease, one customer organisation's leases or one provider's servers when asked."""
-    columns = {"lease": "al.lease_id", "organization": "l.organization_id", "provider": "s.organization_id"}
+    columns = {
+        "lease": "al.lease_id",
+        "organization": "l.organization_id",
+        "provider": "coalesce(bl.organization_id, s.organization_id)",
+    }
     ids = {"lease": lease_id, "organization": organization_id, "provider": provider_id}
     for row in _rows(_SLOTS_SQL, columns, since=since, until=until, ids=ids):
         seconds, down = Decimal(row[12]).quantize(Decimal("0.000001")), Decimal(row[13])

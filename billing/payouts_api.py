@@ -162,6 +162,20 @@ class MismatchOutput(serializers.Serializer):
     objects = serializers.DictField(child=serializers.ListField(), help_text="Ids or numbers of the rows behind it")
 
 
+class ResaleOutput(serializers.Serializer):
+    organization = serializers.IntegerField(help_text="The reseller")
+    currency = serializers.CharField()
+    resold_card_seconds = serializers.DecimalField(max_digits=24, decimal_places=6)
+    resale_revenue = serializers.DecimalField(max_digits=18, decimal_places=2, help_text="What renters were charged")
+    take_rate = serializers.DecimalField(max_digits=5, decimal_places=4)
+    commission = serializers.DecimalField(max_digits=18, decimal_places=2)
+    resale_net = serializers.DecimalField(max_digits=18, decimal_places=2, help_text="Revenue less commission")
+    contract_cost = serializers.DecimalField(
+        max_digits=18, decimal_places=2, help_text="The month's cost of its contracts that back resale offers"
+    )
+    margin = serializers.DecimalField(max_digits=18, decimal_places=2, help_text="Net less contract cost")
+
+
 class ReconciliationOutput(serializers.Serializer):
     period = serializers.CharField()
     ok = serializers.BooleanField()
@@ -173,6 +187,7 @@ class ReconciliationOutput(serializers.Serializer):
     counts = serializers.DictField(child=serializers.IntegerField())
     stripe = serializers.DictField(child=serializers.IntegerField(), help_text="How payments were matched")
     mismatches = MismatchOutput(many=True)
+    resale = ResaleOutput(many=True, help_text="Per reseller and currency: its resale of the month added up")
 
 
 class ReconciliationApi(OrgAPIView):

@@ -31,12 +31,16 @@ each with a kind, a message and the objects behind it (ids, invoice numbers). Th
     for its intent whose `amount_received` and currency are the payment's. `payment_unconfirmed` when neither
     confirms it, `payment_stripe_amount` when Stripe's amount differs. Paid Connect payouts are fetched too
     (`transfer_mismatch`, `transfer_unconfirmed`). `stripe` in the result says how many were checked which way.
+(f) Resale (issue 20, resale.py): each resold card-second lies inside its reseller's contract on the same card, is
+    the reseller's revenue (`resale_provider`, `resale_unbacked`), and its contract's own usage of that second is still
+    billed to the reseller at the contract price and earned by the server's owner (`resale_contract_unbilled`); per
+    reseller the month's resale revenue, commission, net, contract cost and margin are added up (`resale`).
 
 Lists of ids in a mismatch are cut at MAX_IDS (the message gives the full count).
 
 This package holds `reconcile` and one module per check: usage.py, storage.py, data_access.py and invoices.py (a),
-payments.py (b), statements.py (c), stripe_checks.py (d), ledger.py (e); report.py holds the result, its CSV export
-and the shared reads.
+payments.py (b), statements.py (c), stripe_checks.py (d), ledger.py (e), resale.py (f); report.py holds the result, its
+CSV export and the shared reads.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from billing.reconciliation.invoices import check_invoices
 from billing.reconciliation.ledger import LEDGER_KINDS, check_ledger
 from billing.reconciliation.payments import check_payments
 from billing.reconciliation.report import MAX_IDS, Mismatch, Reconciliation, mismatches_csv
+from billing.reconciliation.resale import check_resale
 from billing.reconciliation.statements import check_statements
 from billing.reconciliation.storage import check_storage
 from billing.reconciliation.stripe_checks import check_stripe_payments, check_stripe_transfers
@@ -83,6 +88,7 @@ def reconcile(label: str, *, now: datetime | None = None, stripe_api: bool = Tru
     check_invoices(result, period)
     check_payments(result, period)
     check_statements(result, period)
+    check_resale(result, period)
     use_api = stripe_api and gateway.configured()
     check_stripe_payments(result, period, use_api=use_api)
     check_stripe_transfers(result, period, use_api=use_api)

@@ -54,6 +54,9 @@ LEDGER_FIELDS = (
     "ledger_credit_notes",
     "ledger_net",
 )
+# Resale (issue 20, resale.py): what renters were charged for resold cards, the commission on it, the resellers' net,
+# and the cost of the contracts that back resale offers.
+RESALE_FIELDS = ("resale_revenue", "resale_commission", "resale_net", "contract_cost")
 CSV_COLUMNS = ["period", "kind", "currency", "message", "objects"]
 
 
@@ -79,13 +82,16 @@ class Reconciliation:
     stripe: dict[str, int] = field(default_factory=dict)
     mismatches: list[Mismatch] = field(default_factory=list)
     checked_at: datetime | None = None
+    # Per reseller and currency (resale.py): resold card-seconds, revenue, take rate, commission, net, contract cost,
+    # margin.
+    resale: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.mismatches
 
     def total(self, currency: str) -> dict[str, Decimal]:
-        return self.totals.setdefault(currency, dict.fromkeys(TOTAL_FIELDS + LEDGER_FIELDS, ZERO))
+        return self.totals.setdefault(currency, dict.fromkeys(TOTAL_FIELDS + LEDGER_FIELDS + RESALE_FIELDS, ZERO))
 
     def add(self, kind: str, message: str, currency: str = "", **objects: list[Any]) -> None:
         cut = {name: list(values)[:MAX_IDS] for name, values in objects.items() if values}
@@ -100,6 +106,7 @@ class Reconciliation:
             "counts": self.counts,
             "stripe": self.stripe,
             "mismatches": [m.as_dict() for m in self.mismatches],
+            "resale": [{k: v if isinstance(v, int) else str(v) for k, v in row.items()} for row in self.resale],
         }
 
 
