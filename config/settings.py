@@ -7,7 +7,9 @@ from pathlib import Path
 import dj_database_url
 from celery.schedules import crontab
 from csp.constants import NONCE, NONE, SELF
+from kombu import Queue
 
+from accounts.databases import replica_settings
 from config.embedded import tooling_command
 from config.env import env_bool, env_int, env_list, env_networks, env_rates, env_str
 
@@ -131,6 +133,12 @@ if env_bool("DB_POOL", True):
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True  # Django passes the pool ConnectionPool.check_connection
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 0)
+# A streaming replica for offer search and telemetry charts (accounts/databases.py, docs/scaling.md); writes, and every
+# other read, stay on DATABASE_URL.
+DATABASE_REPLICA_URL = env_str("DATABASE_REPLICA_URL")
+if DATABASE_REPLICA_URL:
+    DATABASES["replica"] = replica_settings(DATABASE_REPLICA_URL, DATABASES["default"])
+DATABASE_ROUTERS = ["accounts.databases.PrimaryReplicaRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: cache, rate limits and Celery broker; without REDIS_URL a broker that needs no server ---------
@@ -174,6 +182,19 @@ CELERY_BEAT_SCHEDULE = {
     "mark-overdue": {"task": "billing.mark_overdue", "schedule": 3600.0},
     "check-funds": {"task": "billing.check_funds", "schedule": 60.0},
 }
+# A queue per kind of job (docs/scaling.md), so each kind can get workers of its own as the fleet grows
+# (`celery -A config worker -Q billing`) and a slow month-end close never holds up agents' liveness or mail. Routed
+# by task name; a task not named here goes to the default queue `celery`. A worker started without -Q consumes every
+# queue listed here (as docker-compose.yml's and `manage.py dev`'s do), so nothing is stranded.
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+CELERY_TASK_ROUTES = {
+    "accounts.send_registration_attempt_mail": {"queue": "mail"},
+    "inventory.*": {"queue": "fleet"},  # the ingest side: agents' liveness, telemetry roll-ups and partitions
+    "scheduler.*": {"queue": "scheduler"},  # lease lifecycle and failover
+    "billing.*": {"queue": "billing"},  # meter, close, overdue, funds
+    "workloads.*": {"queue": "workloads"},
+}
+CELERY_TASK_QUEUES = [Queue(name) for name in ("celery", "fleet", "scheduler", "billing", "workloads", "mail")]
 
 # --- Auth ------------------------------------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"

@@ -18,7 +18,9 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
+
+from accounts.databases import read_alias
 
 RAW = "inventory_gpusample"
 ONE_MINUTE = "inventory_gpusample_1m"
@@ -303,7 +305,8 @@ def series(*, server_id: int, since: datetime, until: datetime, step: int, now: 
         "until": until,
     }
     points: dict[int, list[dict]] = {}
-    with connection.cursor() as cursor:
+    # Charts read the replica when there is one (accounts/databases.py): at most the replication delay behind.
+    with connections[read_alias()].cursor() as cursor:
         cursor.execute(query, params)
         for gpu_id, t, *values in cursor.fetchall():
             point = {"t": t.isoformat()}
