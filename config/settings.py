@@ -174,6 +174,7 @@ CELERY_BEAT_SCHEDULE = {
     "telemetry-maintain": {"task": "inventory.telemetry_maintain", "schedule": 3600.0},
     "purge-expired-api-state": {"task": "accounts.purge_expired", "schedule": 3600.0},
     "run-leases": {"task": "scheduler.run_leases", "schedule": 30.0},
+    "scale-leases": {"task": "scheduler.scale_leases", "schedule": 60.0},
     "check-workloads": {"task": "workloads.check_workloads", "schedule": 30.0},
     "wipe-volumes": {"task": "workloads.wipe_volumes", "schedule": 300.0},
     # Hourly, a few minutes past the hour; close-period daily, closing the month before once it is over.

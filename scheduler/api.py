@@ -11,14 +11,24 @@ from rest_framework.response import Response
 
 from accounts.access import Actor
 from accounts.apiviews import TenantViewSet
+from accounts.errors import NotFound
 from accounts.permissions import OPERATE, HasOrganization, role_required
 from inventory.serializers import TelemetryQuery
-from scheduler import services
+from scheduler import elastic, services
 from scheduler.access import access_lease
 from scheduler.idempotency import HEADER, run_idempotent
 from scheduler.models import Lease
 from scheduler.selectors import lease_events, lease_telemetry
-from scheduler.serializers import LeaseEventOutput, LeaseInput, LeaseOutput, LeaseTelemetryOutput, ResizeInput
+from scheduler.serializers import (
+    LeaseEventOutput,
+    LeaseInput,
+    LeaseOutput,
+    LeaseTelemetryOutput,
+    QueueDepthInput,
+    ResizeInput,
+    ScalingInput,
+    ScalingOutput,
+)
 
 IDEMPOTENCY_KEY = OpenApiParameter(
     HEADER, location=OpenApiParameter.HEADER, required=False, description="Retries with the same key replay the answer."
@@ -51,7 +61,7 @@ class LeaseViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewS
         return super().get_queryset()
 
     def scope_queryset(self, queryset):
-        return queryset.select_related("gpu_model").order_by("-id")
+        return queryset.select_related("gpu_model", "scaling").order_by("-id")
 
     def get_object(self) -> Lease:
         return access_lease(Actor.of(self.request), self.kwargs["pk"])
@@ -121,6 +131,47 @@ class LeaseViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewS
             return status.HTTP_200_OK, self.output(lease_now)
 
         code, body = run_idempotent(request, scope=f"lease.{lease.pk}.resize", work=work)
+        return Response(body, status=code)
+
+    @extend_schema(methods=["GET"], request=None, responses={200: ScalingOutput})
+    @extend_schema(methods=["PUT"], request=ScalingInput, responses={200: ScalingOutput}, parameters=[IDEMPOTENCY_KEY])
+    @extend_schema(methods=["DELETE"], request=None, responses={204: None})
+    @action(detail=True, methods=["get", "put", "delete"])
+    def scaling(self, request: Request, pk: str) -> Response:
+        """The lease's scaling rule and its state (404 `no_scaling_rule` without one); PUT gives or replaces it
+        (card_hour only; omitted settings take their defaults), DELETE removes it (the lease keeps its cards)."""
+        lease = self.get_object()
+        if request.method == "GET":
+            rule = elastic.rule_of(lease)
+            if rule is None:
+                raise NotFound("This lease has no scaling rule.", code="no_scaling_rule")
+            return Response(ScalingOutput(rule).data)
+        if request.method == "DELETE":
+            elastic.scaling_remove(lease)
+            return Response(status=status.HTTP_204_NO_CONTENT)
+
+        def work():
+            data = ScalingInput(data=request.data)
+            data.is_valid(raise_exception=True)
+            return status.HTTP_200_OK, ScalingOutput(elastic.scaling_set(lease, data.validated_data)).data
+
+        code, body = run_idempotent(request, scope=f"lease.{lease.pk}.scaling", work=work)
+        return Response(body, status=code)
+
+    @extend_schema(request=QueueDepthInput, responses={200: ScalingOutput}, parameters=[IDEMPOTENCY_KEY])
+    @action(detail=True, methods=["post"], url_path="queue-depth")
+    def queue_depth(self, request: Request, pk: str) -> Response:
+        """Report the depth of the customer's own job queue to a queue-driven scaling rule (the latest wins; 409
+        `no_scaling_rule` / `not_queue_driven` otherwise)."""
+        lease = self.get_object()
+
+        def work():
+            data = QueueDepthInput(data=request.data)
+            data.is_valid(raise_exception=True)
+            rule = elastic.queue_depth_report(lease, data.validated_data["depth"])
+            return status.HTTP_200_OK, ScalingOutput(rule).data
+
+        code, body = run_idempotent(request, scope=f"lease.{lease.pk}.queue-depth", work=work)
         return Response(body, status=code)
 
     @extend_schema(request=None, responses={200: LeaseEventOutput(many=True)})

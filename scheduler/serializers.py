@@ -15,10 +15,52 @@ from accounts.serializers import AccessibleField, StrictSerializer
 from inventory.access import STOREFRONT
 from inventory.models import GpuModel, Offer, Server
 from inventory.serializers import TelemetryPoint
-from scheduler.models import Lease, LeaseEvent, Plan
+from scheduler import elastic
+from scheduler.models import Lease, LeaseEvent, Plan, ScalingRule
 
 # A start a little in the past (clock skew, a slow client) means "now"; older is refused.
 START_GRACE = timedelta(seconds=60)
+
+
+class ScheduleEntryInput(StrictSerializer):
+    cron = serializers.CharField(
+        max_length=100, help_text="5-field cron expression, UTC (minute hour day-of-month month day-of-week)."
+    )
+    max_gpus = serializers.IntegerField(
+        min_value=0, max_value=elastic.MAX_GPUS_LIMIT, help_text="The most cards in every minute the expression names."
+    )
+
+
+class ScalingInput(StrictSerializer):
+    """A card_hour lease's scaling rule (scheduler/elastic.py). Exactly one of target_utilization_pct and
+    queue_depth_per_gpu."""
+
+    min_gpus = serializers.IntegerField(min_value=0, max_value=elastic.MAX_GPUS_LIMIT, required=False, default=0)
+    max_gpus = serializers.IntegerField(min_value=1, max_value=elastic.MAX_GPUS_LIMIT)
+    target_utilization_pct = serializers.IntegerField(min_value=1, max_value=100, required=False, allow_null=True)
+    queue_depth_per_gpu = serializers.IntegerField(min_value=1, max_value=1_000_000, required=False, allow_null=True)
+    step_up = serializers.IntegerField(min_value=1, max_value=elastic.MAX_GPUS_LIMIT, required=False, default=1)
+    step_down = serializers.IntegerField(min_value=1, max_value=elastic.MAX_GPUS_LIMIT, required=False, default=1)
+    cooldown_seconds = serializers.IntegerField(min_value=0, max_value=7 * 86400, required=False, default=300)
+    schedule = ScheduleEntryInput(many=True, required=False, max_length=elastic.MAX_SCHEDULE_ENTRIES)
+    max_price_per_hour = serializers.DecimalField(
+        max_digits=20,
+        decimal_places=6,
+        min_value=Decimal("0.000001"),
+        required=False,
+        allow_null=True,
+        help_text="The most its cards may cost an hour together, in the lease's currency.",
+    )
+
+    def validate(self, attrs: dict) -> dict:
+        errors = elastic.rule_errors({**elastic.SETTINGS, **attrs})
+        if errors:
+            raise serializers.ValidationError(errors)
+        return attrs
+
+
+class QueueDepthInput(StrictSerializer):
+    depth = serializers.IntegerField(min_value=0, max_value=2_000_000_000)
 
 
 class LeaseInput(StrictSerializer):
@@ -49,6 +91,7 @@ class LeaseInput(StrictSerializer):
     start_at = serializers.DateTimeField(required=False, allow_null=True)
     end_at = serializers.DateTimeField(required=False, allow_null=True)
     interruptible = serializers.BooleanField(required=False, default=False)
+    scaling = ScalingInput(required=False, allow_null=True, help_text="card_hour only: its scaling rule.")
 
     def validate_pflops(self, value: Decimal | None) -> Decimal | None:
         if value is not None and value <= 0:
@@ -66,6 +109,13 @@ class LeaseInput(StrictSerializer):
                 errors[name] = [f"Not used by the {plan} plan."]
         if plan == Plan.CARD_HOUR and attrs.get("gpu_count") is None:
             errors["gpu_count"] = ["Required for card_hour."]
+        if attrs.get("scaling") is not None:
+            if plan != Plan.CARD_HOUR:
+                errors["scaling"] = ["Only card_hour leases can scale."]
+            elif attrs.get("gpu_count") is not None and not (
+                attrs["scaling"]["min_gpus"] <= attrs["gpu_count"] <= attrs["scaling"]["max_gpus"]
+            ):
+                errors["gpu_count"] = ["Must lie within the scaling rule's min_gpus and max_gpus."]
         if plan == Plan.SERVER_MONTH and attrs.get("servers") is None:
             attrs["servers"] = 1
         if plan == Plan.PFLOPS_YEAR and attrs.get("pflops") is None:
@@ -104,8 +154,44 @@ class LeaseGpuOutput(serializers.Serializer):
     until = serializers.DateTimeField(source="period.upper", allow_null=True)
 
 
+class ScheduleEntryOutput(serializers.Serializer):
+    cron = serializers.CharField()
+    max_gpus = serializers.IntegerField()
+
+
+class ScalingOutput(serializers.ModelSerializer):
+    """The rule's settings, then its state as the beat job last left it (`desired_gpus`: the cards it wants now)."""
+
+    schedule = ScheduleEntryOutput(many=True)
+    currency = serializers.CharField(source="lease.currency", read_only=True)
+
+    class Meta:
+        model = ScalingRule
+        fields = [
+            "min_gpus",
+            "max_gpus",
+            "target_utilization_pct",
+            "queue_depth_per_gpu",
+            "step_up",
+            "step_down",
+            "cooldown_seconds",
+            "schedule",
+            "max_price_per_hour",
+            "currency",
+            "queue_depth",
+            "queue_depth_at",
+            "last_scaled_at",
+            "evaluated_at",
+            "desired_gpus",
+            "status",
+            "status_message",
+        ]
+        read_only_fields = fields
+
+
 class LeaseOutput(serializers.ModelSerializer):
     gpus = serializers.SerializerMethodField()
+    scaling = serializers.SerializerMethodField()
     offer = serializers.IntegerField(source="offer_id", allow_null=True, read_only=True)
     unit_price = serializers.DecimalField(
         max_digits=20, decimal_places=6, read_only=True, help_text="Price per plan unit, fixed at creation."
@@ -136,7 +222,16 @@ class LeaseOutput(serializers.ModelSerializer):
             "created_at",
             "ended_at",
             "end_reason",
+            "scaling",
         ]
+
+    @extend_schema_field(ScalingOutput(allow_null=True))
+    def get_scaling(self, lease: Lease) -> dict | None:
+        try:
+            rule = lease.scaling
+        except ScalingRule.DoesNotExist:
+            return None
+        return ScalingOutput(rule).data
 
     @extend_schema_field(LeaseGpuOutput(many=True))
     def get_gpus(self, lease: Lease) -> list[dict]:

@@ -21,9 +21,9 @@ from accounts.errors import InvalidInput, InvalidTransition, NotAllowed
 from accounts.models import Organization
 from accounts.tenancy import platform_work
 from inventory.models import GpuModel, Offer, Server
-from scheduler import admission, allocator, pricing, restarts, selectors
+from scheduler import admission, allocator, elastic, pricing, restarts, selectors
 from scheduler.errors import NoCapacity
-from scheduler.models import Allocation, Lease, LeaseEvent, LeaseState, Plan, check_transition
+from scheduler.models import Allocation, Lease, LeaseEvent, LeaseState, Plan, ScalingRule, check_transition
 from scheduler.placement import PLATFORM, Demand, allocate, largest_allocatable, take_back_own_cards
 from scheduler.selectors import Filters
 from scheduler.transitions import append_event, close_allocations, gpu_uuids, move, rated_pflops, start
@@ -160,10 +160,13 @@ def lease_create(
     interruptible: bool = False,
     runtime: str = "",
     host_access: bool = False,
+    scaling: dict[str, Any] | None = None,
     now: datetime | None = None,
 ) -> Lease:
     """Create a lease and allocate all its cards for [start, end), or raise NoCapacity holding nothing (or what an
     admission check raises: billing's 402 when the organisation's money cannot cover it; scheduler/admission.py).
+    `scaling` gives a card_hour lease its scaling rule (scheduler/elastic.py) in the same transaction; its
+    `gpu_count` must lie within the rule's bounds.
 
     A start in the future makes a reservation (`scheduled`) that holds its cards for its time range. Locks the
     chosen card rows (see `placement.allocate`); retried after a deadlock. Not idempotent by itself: the API makes
@@ -172,6 +175,7 @@ def lease_create(
     now = now or timezone.now()
     if org.billing_hold:
         raise NotAllowed("Your organisation has an overdue invoice; pay it to start new leases.", code="billing_hold")
+    rule = _scaling_settings(scaling, plan=plan, gpu_count=gpu_count) if scaling is not None else None
     request = LeaseRequest(
         org=org,
         plan=plan,
@@ -190,7 +194,7 @@ def lease_create(
         now=now,
     )
     try:
-        return _retrying(lambda: _lease_place(request))
+        return _retrying(lambda: _lease_place(request, rule))
     except NoCapacity:
         # Only now, off the fast path: a request no capacity could ever meet is bad input (400), not a 409.
         largest = largest_allocatable(plan=plan, filters=request.filters)
@@ -200,9 +204,23 @@ def lease_create(
         raise
 
 
-def _lease_place(request: LeaseRequest) -> Lease:
-    """Insert the lease, allocate its cards, price it and log its creation; call inside a transaction."""
+def _scaling_settings(scaling: dict[str, Any], *, plan: str, gpu_count: int | None) -> dict[str, Any]:
+    """The settings of a new lease's scaling rule, or InvalidInput under `scaling` (or `gpu_count`)."""
+    if plan != Plan.CARD_HOUR:
+        raise InvalidInput("Only card_hour leases can scale.", fields={"scaling": ["Only card_hour leases can scale."]})
+    settings = elastic.rule_settings(scaling, within="scaling")
+    if gpu_count is not None and not settings["min_gpus"] <= gpu_count <= settings["max_gpus"]:
+        message = "Must lie within the scaling rule's min_gpus and max_gpus."
+        raise InvalidInput(message, fields={"gpu_count": [message]})
+    return settings
+
+
+def _lease_place(request: LeaseRequest, scaling: dict[str, Any] | None = None) -> Lease:
+    """Insert the lease (and its scaling rule), allocate its cards, price it and log its creation; call inside a
+    transaction."""
     lease = Lease.objects.create(**request.lease_fields())
+    if scaling is not None:
+        ScalingRule.objects.create(lease=lease, **scaling)
     rows = allocate(
         lease=lease,
         demand=request.demand,
@@ -420,9 +438,14 @@ def _no_capacity_to_start(lease: Lease, filters: Filters) -> NoCapacity:
 
 
 @platform_work(PLATFORM)
-def lease_resize(*, lease: Lease, gpu_count: int, now: datetime | None = None) -> Lease:
+def lease_resize(
+    *, lease: Lease, gpu_count: int, now: datetime | None = None, scaled: dict[str, Any] | None = None
+) -> Lease:
     """Change a card_hour lease's card count: grow on the lease's servers where they can take it (elsewhere
     otherwise, NoCapacity if nowhere), shrink by closing the periods of the cards on its least-used servers.
+    0 cards only for a lease whose scaling rule allows it (min_gpus 0): it stays active holding none, and grows
+    back on cards of the model it last held. `scaled` is the scaling rule's reason (scheduler/elastic.py): the
+    event is then "scaled" with it, instead of "resized".
 
     Locks the lease row, then card rows as `lease_create` does.
     """
@@ -436,6 +459,9 @@ def lease_resize(*, lease: Lease, gpu_count: int, now: datetime | None = None) -
             )
         if locked.state not in (LeaseState.SCHEDULED, LeaseState.ACTIVE):
             raise InvalidTransition(f"A {locked.state} lease cannot be resized.")
+        if gpu_count < 0 or (gpu_count == 0 and not ScalingRule.objects.filter(lease=locked, min_gpus=0).exists()):
+            message = "Must be at least 1 (0 only for a lease whose scaling rule has min_gpus 0)."
+            raise InvalidInput(message, fields={"gpu_count": [message]})
         held = list(selectors.held_allocations(lease=locked, at=now))
         current = len(held)
         added: list[int] = []
@@ -450,15 +476,10 @@ def lease_resize(*, lease: Lease, gpu_count: int, now: datetime | None = None) -
         locked.gpu_count = gpu_count
         locked.delivered_pflops = rated_pflops(held_now)
         locked.save(update_fields=["gpu_count", "delivered_pflops"])
-        append_event(
-            locked,
-            now,
-            LeaseEvent.Kind.RESIZED,
-            from_count=current,
-            to_count=gpu_count,
-            added=gpu_uuids(added),
-            removed=gpu_uuids(removed),
-        )
+        data = {**(scaled or {}), "from_count": current, "to_count": gpu_count}
+        data.update(added=gpu_uuids(added), removed=gpu_uuids(removed))
+        kind = LeaseEvent.Kind.SCALED if scaled is not None else LeaseEvent.Kind.RESIZED
+        append_event(locked, now, kind, **data)
         return locked
 
     return _retrying(work)
@@ -469,6 +490,12 @@ def _grow(lease: Lease, held: list[Allocation], *, by: int, gpu_count: int, now:
 
     Cards of the lease's GPU model, or of the one model it holds; NoCapacity when none could ever be found."""
     models = {a.gpu.server.gpu_model_id for a in held} if held else set()
+    prefer = {a.server_id for a in held}
+    if not held:
+        # Growing back from 0 cards (an elastic lease): the model and server it held last, where its volumes are.
+        last = Allocation.objects.filter(lease=lease).select_related("server").order_by("-period__startswith").first()
+        if last is not None:
+            models, prefer = {last.server.gpu_model_id}, {last.server_id}
     model_id = lease.gpu_model_id or (models.pop() if len(models) == 1 else None)
     filters = Filters(
         plan=Plan.CARD_HOUR,
@@ -490,7 +517,7 @@ def _grow(lease: Lease, held: list[Allocation], *, by: int, gpu_count: int, now:
         start=max(now, lease.start_at),
         end=lease.end_at,
         now=now,
-        prefer_servers={a.server_id for a in held},
+        prefer_servers=prefer,
         preempt=not lease.interruptible,
     )
     admission.admit(lease, rows, now)

@@ -1,0 +1,496 @@
+"""Elastic card_hour leases (issue 20): a lease's scaling rule (scheduler.models.ScalingRule) and the beat job that
+follows it, resizing through `scheduler.services.lease_resize` so every invariant of a resize holds (the exclusion
+constraint, per-second billing of each card's period, workloads started and stopped on the cards added and removed).
+
+How a rule decides (`decide`, pure; `evaluate` reads the facts it needs):
+- The signal. A utilisation rule reads the average `utilization_pct` of the cards the lease holds now, each card's
+  samples from the agents' raw telemetry since the latest of: UTILIZATION_WINDOW ago, when the lease got that card,
+  and the rule's last change (so a step is judged on what came after it). It adds `step_up` cards when that average
+  is above the target by more than UP_BAND points, and takes `step_down` away when it is below by more than
+  DOWN_BAND points *and* the same load on fewer cards (average x current / remaining) would stay within UP_BAND of
+  the target: the wider band down and the projection are the hysteresis, so a step down is never undone by the next
+  step up. A utilisation rule never goes below one card by itself (at 0 there is nothing to measure); from 0 (a
+  schedule's window that ended) it comes back to max(min_gpus, 1). No samples in the window: it holds.
+  A queue rule wants ceil(depth / queue_depth_per_gpu) cards for the depth last reported through the API, moving
+  at most `step_up` / `step_down` cards a time; a depth older than QUEUE_DEPTH_STALE (or none) holds the count.
+- The bounds. [min_gpus, max_gpus], lowered by every schedule entry whose 5-field UTC cron expression matches the
+  current minute (the smallest `max_gpus` of those), and by `max_price_per_hour`: as many cards as that buys at the
+  dearest card-hour price in the lease's price book (new cards usually come at one of those prices; a growth that
+  still lands dearer is undone and the rule says `at_price_ceiling`). The price ceiling wins over `min_gpus`.
+- The cool-down. A change the signal asks for waits until `cooldown_seconds` after the last change; a change to get
+  back inside the bounds (a schedule window starting, the price ceiling, a new rule) is made at once.
+- Capacity. Growth that finds no free cards (NoCapacity) changes nothing; the rule says `waiting_capacity` and the
+  next run tries again. Growth preempts as a customer's resize does: an on-demand lease may take an interruptible
+  lease's cards (with its notice), an interruptible lease never takes anyone's.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from celery.schedules import crontab
+from django.db import connection, transaction
+from django.db.models import Sum
+from django.utils import timezone
+
+from accounts.errors import DomainError, InvalidInput, InvalidTransition
+from accounts.tenancy import platform_work
+from inventory import telemetry
+from scheduler import selectors
+from scheduler.errors import NoCapacity
+from scheduler.models import Lease, LeaseState, Plan, ScalingRule
+from scheduler.placement import PLATFORM
+
+logger = logging.getLogger(__name__)
+
+UP_BAND = 10
+DOWN_BAND = 20
+UTILIZATION_WINDOW = timedelta(minutes=5)
+QUEUE_DEPTH_STALE = timedelta(minutes=5)
+MAX_SCHEDULE_ENTRIES = 20
+MAX_GPUS_LIMIT = 1024
+
+Status = ScalingRule.Status
+
+# The rule's settings (what PUT replaces), with their defaults; the rest of the row is its state.
+SETTINGS: dict[str, Any] = {
+    "min_gpus": 0,
+    "max_gpus": None,
+    "target_utilization_pct": None,
+    "queue_depth_per_gpu": None,
+    "step_up": 1,
+    "step_down": 1,
+    "cooldown_seconds": 300,
+    "schedule": [],
+    "max_price_per_hour": None,
+}
+
+
+# --- cron ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cron:
+    """A parsed 5-field cron expression (minute hour day-of-month month day-of-week, UTC; day-of-week 0-6 from
+    Sunday, or sun..sat), parsed by Celery's crontab parser (the project's own scheduler library). As in cron, when
+    both day fields are restricted a day matching either matches."""
+
+    minutes: frozenset[int]
+    hours: frozenset[int]
+    days: frozenset[int]
+    months: frozenset[int]
+    weekdays: frozenset[int]
+    any_day: bool
+    any_weekday: bool
+
+    @classmethod
+    def parse(cls, expression: str) -> Cron:
+        parts = expression.split()
+        if len(parts) != 5:
+            raise ValueError("A cron expression has 5 fields: minute hour day-of-month month day-of-week.")
+        minute, hour, day, month, weekday = parts
+        try:
+            parsed = crontab(minute=minute, hour=hour, day_of_month="*", month_of_year=month, day_of_week=weekday)
+            days = crontab(day_of_month=day).day_of_month
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            raise ValueError(f"Not a valid cron expression: {exc}") from None
+        return cls(
+            minutes=frozenset(parsed.minute),
+            hours=frozenset(parsed.hour),
+            days=frozenset(days),
+            months=frozenset(parsed.month_of_year),
+            weekdays=frozenset(parsed.day_of_week),
+            any_day=day == "*",
+            any_weekday=weekday == "*",
+        )
+
+    def matches(self, moment: datetime) -> bool:
+        """Whether the minute of `moment` (UTC) is one the expression names."""
+        moment = moment.astimezone(UTC)
+        if moment.minute not in self.minutes or moment.hour not in self.hours or moment.month not in self.months:
+            return False
+        day_ok = moment.day in self.days
+        weekday_ok = (moment.weekday() + 1) % 7 in self.weekdays
+        if self.any_day or self.any_weekday:
+            return day_ok and weekday_ok
+        return day_ok or weekday_ok
+
+
+def schedule_cap(schedule: list[dict[str, Any]], now: datetime) -> int | None:
+    """The smallest `max_gpus` of the schedule entries whose cron expression matches `now`'s minute; None if none."""
+    caps = [entry["max_gpus"] for entry in schedule if Cron.parse(entry["cron"]).matches(now)]
+    return min(caps) if caps else None
+
+
+# --- the rule's settings ----------------------------------------------------------------------------------------
+
+
+def rule_errors(data: dict[str, Any]) -> dict[str, list[str]]:
+    """What is wrong with a rule's settings (already of the right types), field by field; empty when valid."""
+    errors: dict[str, list[str]] = {}
+    low, high = data.get("min_gpus", 0), data.get("max_gpus")
+    if high is None:
+        errors["max_gpus"] = ["Required."]
+    elif high < 1 or high > MAX_GPUS_LIMIT:
+        errors["max_gpus"] = [f"Must be between 1 and {MAX_GPUS_LIMIT}."]
+    elif low > high:
+        errors["min_gpus"] = ["Must not be more than max_gpus."]
+    utilization, per_gpu = data.get("target_utilization_pct"), data.get("queue_depth_per_gpu")
+    if (utilization is None) == (per_gpu is None):
+        message = "Give exactly one of target_utilization_pct and queue_depth_per_gpu."
+        errors["target_utilization_pct"] = [message]
+        errors["queue_depth_per_gpu"] = [message]
+    elif utilization is not None and not 1 <= utilization <= 100:
+        errors["target_utilization_pct"] = ["Must be between 1 and 100."]
+    elif per_gpu is not None and per_gpu < 1:
+        errors["queue_depth_per_gpu"] = ["Must be at least 1."]
+    for name in ("step_up", "step_down"):
+        if data.get(name, 1) < 1:
+            errors[name] = ["Must be at least 1."]
+    price = data.get("max_price_per_hour")
+    if price is not None and price <= 0:
+        errors["max_price_per_hour"] = ["Must be greater than 0."]
+    schedule = data.get("schedule") or []
+    if len(schedule) > MAX_SCHEDULE_ENTRIES:
+        errors["schedule"] = [f"At most {MAX_SCHEDULE_ENTRIES} entries."]
+    else:
+        problems = []
+        for index, entry in enumerate(schedule):
+            try:
+                Cron.parse(entry["cron"])
+            except ValueError as exc:
+                problems.append(f"Entry {index}: {exc}")
+                continue
+            cap = entry["max_gpus"]
+            if cap < low or (high is not None and cap > high):
+                problems.append(f"Entry {index}: max_gpus must be between min_gpus and max_gpus.")
+        if problems:
+            errors["schedule"] = problems
+    return errors
+
+
+def rule_settings(data: dict[str, Any], *, within: str | None = None) -> dict[str, Any]:
+    """A rule's full settings from `data` (omitted ones take their defaults), or InvalidInput naming each bad field
+    (under `within`, the input field that holds them, when given: a lease's `scaling`)."""
+    unknown = sorted(set(data) - set(SETTINGS))
+    errors: dict[str, list[str]] = {name: ["Unknown field."] for name in unknown}
+    settings = {**SETTINGS, **{k: v for k, v in data.items() if k in SETTINGS}}
+    errors.update(rule_errors(settings))
+    if errors:
+        raise InvalidInput("The scaling rule has invalid fields.", fields={within: errors} if within else errors)
+    settings["schedule"] = [{"cron": e["cron"], "max_gpus": e["max_gpus"]} for e in settings["schedule"] or []]
+    return settings
+
+
+def _lease_refusal(lease: Lease) -> InvalidInput | InvalidTransition | None:
+    if lease.plan != Plan.CARD_HOUR:
+        message = "Only card_hour leases can scale."
+        return InvalidInput(message, fields={"scaling": [message]})
+    if lease.state not in (LeaseState.SCHEDULED, LeaseState.ACTIVE, LeaseState.STOPPED):
+        return InvalidTransition(f"A {lease.state} lease cannot have a scaling rule.")
+    return None
+
+
+@platform_work(PLATFORM)
+def scaling_set(lease: Lease, data: dict[str, Any], *, now: datetime | None = None) -> ScalingRule:
+    """Give `lease` this scaling rule, or replace its settings (omitted ones take their defaults); the rule's state
+    (queue depth, last change) is kept. InvalidInput (400, per field) for bad settings or another plan, 409 for a
+    lease that has ended. Locks the lease row; the next beat run follows the rule."""
+    settings = rule_settings(data)
+    with transaction.atomic():
+        locked = Lease.objects.select_for_update().get(pk=lease.pk)
+        refusal = _lease_refusal(locked)
+        if refusal is not None:
+            raise refusal
+        rule, created = ScalingRule.objects.select_for_update().get_or_create(lease=locked, defaults=settings)
+        if not created:
+            for name, value in settings.items():
+                setattr(rule, name, value)
+            rule.status, rule.status_message = Status.OK, ""
+            rule.save()
+    return rule
+
+
+@platform_work(PLATFORM)
+def rule_of(lease: Lease) -> ScalingRule | None:
+    """The lease's scaling rule, or None (the lease was reached through the access layer)."""
+    return ScalingRule.objects.filter(lease_id=lease.pk).select_related("lease").first()
+
+
+@platform_work(PLATFORM)
+def scaling_remove(lease: Lease) -> bool:
+    """Remove `lease`'s scaling rule (it keeps the cards it holds); False when it had none."""
+    with transaction.atomic():
+        Lease.objects.select_for_update().get(pk=lease.pk)
+        deleted, _ = ScalingRule.objects.filter(lease_id=lease.pk).delete()
+    return bool(deleted)
+
+
+@platform_work(PLATFORM)
+def queue_depth_report(lease: Lease, depth: int, now: datetime | None = None) -> ScalingRule:
+    """Record the queue depth the customer's job reports for a queue-driven rule (the latest report wins; a
+    repeated one only refreshes its time). 409 `no_scaling_rule` without a rule, `not_queue_driven` for a
+    utilisation rule; 400 for a negative depth."""
+    now = now or timezone.now()
+    if depth < 0:
+        raise InvalidInput("The queue depth cannot be negative.", fields={"depth": ["Must be 0 or more."]})
+    with transaction.atomic():
+        rule = ScalingRule.objects.select_for_update().filter(lease_id=lease.pk).first()
+        if rule is None:
+            raise InvalidTransition("This lease has no scaling rule.", code="no_scaling_rule")
+        if rule.queue_depth_per_gpu is None:
+            raise InvalidTransition(
+                "This lease's rule follows GPU utilisation, not a queue depth.", code="not_queue_driven"
+            )
+        rule.queue_depth, rule.queue_depth_at = depth, now
+        rule.save(update_fields=["queue_depth", "queue_depth_at"])
+    return rule
+
+
+# --- deciding ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What a decision reads besides the rule: the cards held now, their average utilisation over the window (None
+    without samples), and the dearest card-hour price of the lease's price book (None when it has none)."""
+
+    current: int
+    utilization: float | None = None
+    card_price: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    current: int
+    wanted: int
+    # Why, for the event log and the API: utilization_high / utilization_low / queue_depth (the signal),
+    # below_min / above_max / schedule / price_ceiling (the bounds), or for no change: on_target, cooling_down,
+    # no_telemetry, no_queue_depth, stale_queue_depth, at_bound.
+    reason: str
+    status: str
+    message: str
+    utilization: float | None = None
+    queue_depth: int | None = None
+    low: int = 0
+    high: int = 0
+
+    @property
+    def changes(self) -> bool:
+        return self.wanted != self.current
+
+    def data(self) -> dict[str, Any]:
+        """The event's data: from, to, why, and the figure that drove it."""
+        data: dict[str, Any] = {"from_count": self.current, "to_count": self.wanted, "reason": self.reason}
+        if self.utilization is not None:
+            data["utilization_pct"] = round(self.utilization, 1)
+        if self.queue_depth is not None:
+            data["queue_depth"] = self.queue_depth
+        return data
+
+
+def _bounds(rule: ScalingRule, facts: Facts, now: datetime) -> tuple[int, int, str]:
+    """The lowest and highest card counts allowed now, and what sets the highest (max_gpus, schedule, price)."""
+    high, by = rule.max_gpus, "max_gpus"
+    cap = schedule_cap(rule.schedule or [], now)
+    if cap is not None and cap < high:
+        high, by = cap, "schedule"
+    if rule.max_price_per_hour is not None and facts.card_price:
+        affordable = int(Decimal(rule.max_price_per_hour) // facts.card_price)
+        if affordable < high:
+            high, by = affordable, "price_ceiling"
+    return min(rule.min_gpus, high), high, by
+
+
+def _signal(rule: ScalingRule, facts: Facts, now: datetime) -> tuple[int, str, str]:
+    """What the rule's signal asks for, before bounds and cool-down: (cards, reason, message)."""
+    current = facts.current
+    if rule.target_utilization_pct is not None:
+        target = rule.target_utilization_pct
+        if current == 0:
+            return max(rule.min_gpus, 1), "utilization_high", "No cards to measure: back to the least that measures."
+        if facts.utilization is None:
+            return current, "no_telemetry", "No utilisation reported for its cards in the window yet."
+        util = facts.utilization
+        if util > target + UP_BAND:
+            return current + rule.step_up, "utilization_high", f"Utilisation {util:.0f}% is above the target {target}%."
+        if util < target - DOWN_BAND:
+            step = min(rule.step_down, current - 1)
+            if step >= 1 and util * current / (current - step) <= target + UP_BAND:
+                return current - step, "utilization_low", f"Utilisation {util:.0f}% is below the target {target}%."
+        return current, "on_target", f"Utilisation {util:.0f}% is near the target {target}%."
+    if rule.queue_depth is None or rule.queue_depth_at is None:
+        return current, "no_queue_depth", "No queue depth reported yet."
+    if now - rule.queue_depth_at > QUEUE_DEPTH_STALE:
+        return current, "stale_queue_depth", "The last queue depth is too old; holding the count."
+    wanted = math.ceil(rule.queue_depth / rule.queue_depth_per_gpu)
+    wanted = min(wanted, current + rule.step_up) if wanted > current else max(wanted, current - rule.step_down)
+    message = f"Queue depth {rule.queue_depth} at {rule.queue_depth_per_gpu} a card."
+    return wanted, "queue_depth" if wanted != current else "on_target", message
+
+
+_BOUND_STATUS = {"max_gpus": Status.AT_BOUND, "schedule": Status.SCHEDULED, "price_ceiling": Status.AT_PRICE_CEILING}
+
+
+def decide(rule: ScalingRule, facts: Facts, now: datetime) -> Decision:
+    """The rule's decision for a lease holding `facts.current` cards now (no database; see the module docstring)."""
+    current = facts.current
+    low, high, high_by = _bounds(rule, facts, now)
+    asked, reason, message = _signal(rule, facts, now)
+    queue = rule.queue_depth if rule.queue_depth_per_gpu is not None else None
+
+    def decision(wanted: int, reason: str, status: str, message: str) -> Decision:
+        return Decision(current, wanted, reason, status, message, facts.utilization, queue, low, high)
+
+    # Outside the bounds: back inside at once, whatever the cool-down.
+    if current > high:
+        why = {"max_gpus": "above_max", "schedule": "schedule", "price_ceiling": "price_ceiling"}[high_by]
+        return decision(high, why, Status.SCALING, f"Down to {high}: {_bound_message(high_by, high)}")
+    if current < low:
+        return decision(low, "below_min", Status.SCALING, f"Up to its minimum of {low} cards.")
+    wanted = min(max(asked, low), high)
+    if wanted == current:
+        if asked > high:
+            return decision(current, "at_bound", _BOUND_STATUS[high_by], f"{message} {_bound_message(high_by, high)}")
+        if asked < low:
+            return decision(current, "at_bound", Status.AT_BOUND, f"{message} Held at its minimum of {low} cards.")
+        return decision(current, reason, Status.OK, message)
+    cooldown_ends = rule.last_scaled_at + timedelta(seconds=rule.cooldown_seconds) if rule.last_scaled_at else None
+    if cooldown_ends is not None and now < cooldown_ends:
+        left = math.ceil((cooldown_ends - now).total_seconds())
+        return decision(current, "cooling_down", Status.COOLING_DOWN, f"{message} Cooling down for {left} s more.")
+    return decision(wanted, reason, Status.SCALING, message)
+
+
+def _bound_message(by: str, high: int) -> str:
+    if by == "schedule":
+        return f"Its schedule allows at most {high} cards now."
+    if by == "price_ceiling":
+        return f"Its price ceiling buys at most {high} cards."
+    return f"At its maximum of {high} cards."
+
+
+def lease_utilization(lease: Lease, *, since: datetime, now: datetime) -> float | None:
+    """The average utilisation of the cards `lease` holds now, each card's raw samples from the latest of `since`
+    and when the lease got it up to `now` (an unweighted mean over the cards that reported); None without samples."""
+    held = [(a.gpu_id, max(since, a.period.lower)) for a in selectors.held_allocations(lease=lease, at=now)]
+    if not held:
+        return None
+    query = (
+        "SELECT avg(card) FROM (SELECT s.gpu_id, avg(s.utilization_pct) AS card "  # noqa: S608 (our table name)
+        f"FROM {telemetry.RAW} s JOIN unnest(%(gpus)s::bigint[], %(froms)s::timestamptz[]) AS w(gpu_id, since) "
+        "ON s.gpu_id = w.gpu_id WHERE s.ts >= %(floor)s AND s.ts < %(now)s AND s.ts >= w.since "
+        "AND s.utilization_pct IS NOT NULL GROUP BY s.gpu_id) per_card"
+    )
+    params = {
+        "gpus": [gpu for gpu, _ in held],
+        "froms": [start for _, start in held],
+        "floor": min(start for _, start in held),
+        "now": now,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(query, params)
+        value = cursor.fetchone()[0]
+    return float(value) if value is not None else None
+
+
+def card_price(lease: Lease) -> Decimal | None:
+    """The dearest card-hour price in the lease's price book (its quote when the book is empty)."""
+    prices = [Decimal(price) for price in (lease.price_book or {}).values()]
+    price = max(prices) if prices else Decimal(lease.unit_price or 0)
+    return price if price > 0 else None
+
+
+def evaluate(rule: ScalingRule, now: datetime) -> Decision:
+    """Read the facts of the rule's lease (cards held, their utilisation, its price) and decide."""
+    lease = rule.lease
+    current = selectors.held_allocations(lease=lease, at=now).count()
+    utilization = None
+    if rule.target_utilization_pct is not None and current:
+        since = now - UTILIZATION_WINDOW
+        if rule.last_scaled_at is not None:
+            since = max(since, rule.last_scaled_at)
+        utilization = lease_utilization(lease, since=since, now=now)
+    facts = Facts(current=current, utilization=utilization, card_price=card_price(lease))
+    return decide(rule, facts, now)
+
+
+# --- the beat job ---------------------------------------------------------------------------------------------
+
+
+class _OverCeiling(Exception):
+    """A growth that landed on cards dearer than the price ceiling allows: rolled back."""
+
+
+def _hourly_cost(lease: Lease, now: datetime) -> Decimal:
+    total = selectors.held_allocations(lease=lease, at=now).aggregate(t=Sum("unit_price"))["t"]
+    return Decimal(total or 0)
+
+
+@platform_work(PLATFORM)
+def scale_lease(lease_id: int, now: datetime | None = None) -> str:
+    """Follow one lease's rule now: lock the lease (skipped when another run holds it), decide, resize, record why
+    and the rule's state. Returns what happened: scaled, held, waiting, refused or skipped."""
+    from scheduler import services  # the verbs sit beside this module and call into it (lease_resize's 0 cards)
+
+    now = now or timezone.now()
+    with transaction.atomic():
+        lease = (
+            Lease.objects.select_for_update(skip_locked=True)
+            .filter(pk=lease_id, state=LeaseState.ACTIVE, plan=Plan.CARD_HOUR)
+            .first()
+        )
+        if lease is None:
+            return "skipped"
+        rule = ScalingRule.objects.select_for_update().filter(lease=lease).first()
+        if rule is None:
+            return "skipped"
+        rule.lease = lease
+        decision = evaluate(rule, now)
+        outcome, status, message = "held", decision.status, decision.message
+        if decision.changes:
+            try:
+                with transaction.atomic():
+                    services.lease_resize(lease=lease, gpu_count=decision.wanted, now=now, scaled=decision.data())
+                    if (
+                        decision.wanted > decision.current
+                        and rule.max_price_per_hour is not None
+                        and _hourly_cost(lease, now) > rule.max_price_per_hour
+                    ):
+                        raise _OverCeiling
+            except NoCapacity:
+                outcome, status = "waiting", Status.WAITING_CAPACITY
+                message = f"{decision.message} Waiting for {decision.wanted - decision.current} more free cards."
+            except _OverCeiling:
+                outcome, status = "refused", Status.AT_PRICE_CEILING
+                message = f"{decision.message} The free cards cost more than its price ceiling allows."
+            except DomainError as exc:
+                outcome, status = "refused", Status.AT_BOUND
+                message = f"{decision.message} {exc.message}"
+            else:
+                outcome = "scaled"
+                rule.last_scaled_at = now
+                message = f"Scaled from {decision.current} to {decision.wanted} cards. {decision.message}"
+        rule.evaluated_at, rule.desired_gpus = now, decision.wanted
+        rule.status, rule.status_message = status, message[:1000]
+        rule.save(update_fields=["evaluated_at", "desired_gpus", "status", "status_message", "last_scaled_at"])
+    return outcome
+
+
+def scale_leases(now: datetime | None = None) -> dict[str, int]:
+    """The beat job (every minute; `manage.py scale_leases`): follow the rule of every active card_hour lease that
+    has one, each in its own transaction. Idempotent: a second run at the same instant finds each lease at its
+    decision (or in its cool-down)."""
+    now = now or timezone.now()
+    counts = {"scaled": 0, "held": 0, "waiting": 0, "refused": 0, "skipped": 0}
+    lease_ids = ScalingRule.objects.filter(lease__state=LeaseState.ACTIVE, lease__plan=Plan.CARD_HOUR).values_list(
+        "lease_id", flat=True
+    )
+    for lease_id in sorted(lease_ids):
+        counts[scale_lease(lease_id, now)] += 1
+    return counts
