@@ -107,6 +107,7 @@ ACCESS: dict[str, str] = {
     "lease-start": "api_post_only",
     "lease-move": "api_post_only",
     "lease-telemetry": "api_tenant_object",
+    "lease-scaling-history": "api_tenant_object",
     "lease-workload-restart": "api_post_only",
     "lease-workload-stop": "api_post_only",
     "lease-workload-logs": "api_tenant_object",

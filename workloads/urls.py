@@ -4,6 +4,7 @@ signed reports and desired-state read."""
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
+from scheduler import elastic_api
 from workloads import api, volume_moves_api
 
 router = SimpleRouter()
@@ -19,6 +20,11 @@ urlpatterns = [
     path("leases/<str:pk>/workloads/<str:wid>/stop/", stop, name="lease-workload-stop"),
     path("leases/<str:pk>/workloads/<str:wid>/logs/", logs, name="lease-workload-logs"),
     path("leases/<str:pk>/move/", volume_moves_api.LeaseMoveApi.as_view(), name="lease-move"),
+    path(
+        "leases/<str:pk>/scaling/history/",
+        elastic_api.LeaseScalingHistoryApi.as_view(),
+        name="lease-scaling-history",
+    ),
     path("ssh-keys/", api.SshKeyListApi.as_view(), name="ssh-keys"),
     path("ssh-keys/<str:pk>/", api.SshKeyDetailApi.as_view(), name="ssh-key-detail"),
     path("templates/", api.TemplateListApi.as_view(), name="templates"),

@@ -217,6 +217,7 @@ VICTIM_OBJECTS: dict[str, Callable[[Victims], dict]] = {
     "payout-detail": _bob_statement,
     "payout-pay": _bob_statement,
     "lease-telemetry": _alice_lease,
+    "lease-scaling-history": _alice_lease,
     "lease-usage": _alice_lease,
     "lease-workload-restart": _alice_workload,
     "lease-workload-stop": _alice_workload,
