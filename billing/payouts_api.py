@@ -162,7 +162,7 @@ class MismatchOutput(serializers.Serializer):
     objects = serializers.DictField(child=serializers.ListField(), help_text="Ids or numbers of the rows behind it")
 
 
-class ResaleOutput(serializers.Serializer):
+class ReconciliationResaleOutput(serializers.Serializer):
     organization = serializers.IntegerField(help_text="The reseller")
     currency = serializers.CharField()
     resold_card_seconds = serializers.DecimalField(max_digits=24, decimal_places=6)
@@ -187,7 +187,7 @@ class ReconciliationOutput(serializers.Serializer):
     counts = serializers.DictField(child=serializers.IntegerField())
     stripe = serializers.DictField(child=serializers.IntegerField(), help_text="How payments were matched")
     mismatches = MismatchOutput(many=True)
-    resale = ResaleOutput(many=True, help_text="Per reseller and currency: its resale of the month added up")
+    resale = ReconciliationResaleOutput(many=True, help_text="Per reseller and currency: its month of resale added up")
 
 
 class ReconciliationApi(OrgAPIView):

@@ -1,5 +1,5 @@
 """Staff page: the reconciliation of a closed month (billing/reconciliation/), with a CSV of its mismatches; the
-balance ledger's movements and mismatches have a section of their own.
+balance ledger's movements and mismatches have a section of their own, and so has resale (issue 20).
 
 Only platform staff see it: an anonymous visitor is sent to the login page, anyone else is answered 403 (as the
 other staff pages). `?period=YYYY-MM` picks the month (default: the last one), `&format=csv` downloads the CSV.
@@ -7,6 +7,7 @@ other staff pages). `?period=YYYY-MM` picks the month (default: the last one), `
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
@@ -16,6 +17,7 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_safe
 
 from accounts.errors import Conflict, InvalidInput
+from accounts.models import Organization
 from accounts.permissions import staff_required
 from billing import reconciliation
 from billing.forms import PeriodForm
@@ -55,9 +57,35 @@ LEDGER_LABELS = {
     "ledger_net": gettext_lazy("Net movement of balances"),
 }
 
+# Resale (issue 20: reconciliation/resale.py): renters' charges for resold cards, the commission on them, the resellers'
+# net, and the cost of the contracts behind them.
+RESALE_LABELS = {
+    "resale_revenue": gettext_lazy("Resale revenue"),
+    "resale_commission": gettext_lazy("Commission on resale"),
+    "resale_net": gettext_lazy("Resellers' net"),
+    "contract_cost": gettext_lazy("Cost of the contracts resold"),
+}
+
 
 def _rows(result: reconciliation.Reconciliation, currencies: list[str], labels: dict) -> list[dict[str, Any]]:
     return [{"label": label, "values": [result.totals[c][key] for c in currencies]} for key, label in labels.items()]
+
+
+def _resellers(result: reconciliation.Reconciliation) -> list[dict[str, Any]]:
+    """The per-reseller resale rows, each reseller named (staff read every organisation), card-seconds in hours."""
+    names = dict(
+        Organization.objects.unscoped("staff read every reseller's name on the reconciliation page")
+        .filter(pk__in=[row["organization"] for row in result.resale])
+        .values_list("pk", "name")
+    )
+    return [
+        {
+            **row,
+            "organization": names.get(row["organization"], row["organization"]),
+            "card_hours": (row["resold_card_seconds"] / 3600).quantize(Decimal("0.01")),
+        }
+        for row in result.resale
+    ]
 
 
 @staff_required
@@ -85,6 +113,8 @@ def reconciliation_page(request: HttpRequest) -> HttpResponse:
             currencies=currencies,
             rows=_rows(result, currencies, TOTAL_LABELS),
             ledger_rows=_rows(result, currencies, LEDGER_LABELS),
+            resale_rows=_rows(result, currencies, RESALE_LABELS),
+            resellers=_resellers(result),
             ledger_mismatches=ledger,
             other_mismatches=[m for m in result.mismatches if m.kind not in reconciliation.LEDGER_KINDS],
         )

@@ -34,6 +34,7 @@ api_v1 = [
     path("", include("billing.urls_payments")),
     path("", include("billing.urls_balance")),
     path("", include("billing.urls_payouts")),
+    path("", include("billing.urls_broker")),
     path("", include("billing.urls")),
 ]
 

@@ -8,6 +8,7 @@ from inventory.agent_package import wheel_filename
 from marketplace import (
     views,
     views_agent,
+    views_broker,
     views_data_access,
     views_leases,
     views_offers,
@@ -76,6 +77,7 @@ urlpatterns = [
     path("provider/offers/<int:offer_id>/edit/", views_provider.offer_edit, name="provider_offer_edit"),
     path("provider/offers/<int:offer_id>/delist/", views_provider.offer_delist, name="provider_offer_delist"),
     path("provider/earnings/", views_provider.earnings, name="provider_earnings"),
+    path("broker/", views_broker.broker_book_page, name="broker_book"),
     path("staff/", views_staff.staff_home, name="staff_home"),
     path("staff/catalogue/", views_staff.catalogue, name="staff_catalogue"),
     path("staff/close-period/", views_staff.close_period_page, name="staff_close_period"),

@@ -13,6 +13,7 @@ from accounts.access import is_platform_staff
 from accounts.models import Membership, Organization
 from accounts.selectors import api_keys_for_user, pending_providers
 from accounts.tenancy import scoped
+from billing.broker import holds_contracts
 from inventory.models import Server
 
 
@@ -44,6 +45,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             else None
         ),
         "pending_providers": pending_providers() if is_platform_staff(request.user) else None,
+        "holds_contracts": holds_contracts(org),
         "kinds": Organization.Kind.choices,
         "currencies": Organization.Currency.choices,
     }

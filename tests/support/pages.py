@@ -155,6 +155,7 @@ PAGES = [
     ("alice", "/invoices/"),
     ("alice", "/invoices/{invoice}/"),
     ("alice", "/balance/"),
+    ("alice", "/broker/"),
     ("alice", "/accounts/email/"),
     ("alice", "/accounts/password/change/"),
     ("alice", "/accounts/2fa/"),
