@@ -1,5 +1,5 @@
-"""Customers' commands: `offers search/show`, `templates`, `keys`, `leases ...`, `ssh`, `events`, `logs`, `usage`,
-`balance`, `top-up` and `invoices ...`."""
+"""Customers' commands: `offers search/show`, `templates`, `keys`, `volumes ...`, `leases ...`, `ssh`, `events`,
+`logs`, `usage`, `balance`, `top-up` and `invoices ...`."""
 
 from __future__ import annotations
 
@@ -159,6 +159,53 @@ def keys_add(path: Path, name: str | None) -> None:
 def keys_delete(key_id: int) -> None:
     state().client().delete(f"ssh-keys/{key_id}/")
     show({"deleted": key_id}, lambda d: say(_("Deleted SSH key {id}.").format(id=key_id)))
+
+
+# --- volumes ------------------------------------------------------------------------------------------------------
+
+
+@cli.group(help=_("Volumes: storage on one server that outlives a lease (mount with `leases create --volume`)."))
+def volumes() -> None:
+    pass
+
+
+VOLUME_COLUMNS = [
+    ("id", "id"),
+    (_("name"), "name"),
+    (_("server"), "server"),
+    (_("size GB"), "size_gb"),
+    (_("used GB"), "used_gb"),
+    (_("state"), "state"),
+    (_("per GB-month"), output.money("price_per_gb_month")),
+    (_("wiped by"), "wipe_at"),
+]
+
+
+@volumes.command("list", help=_("Your organisation's volumes."))
+def volumes_list() -> None:
+    items = list(state().client().pages("volumes/"))
+    show(items, lambda d: output.table(d, VOLUME_COLUMNS, empty=_("No volumes.")))
+
+
+@volumes.command("create", help=_("Make a volume on a server that lends storage (its offer prices it)."))
+@click.argument("name")
+@click.option("--server", type=int, required=True, help=_("The server to keep it on."))
+@click.option("--size-gb", type=int, required=True, help=_("Its size in GB."))
+def volumes_create(name: str, server: int, size_gb: int) -> None:
+    volume = state().client().post("volumes/", {"name": name, "server": server, "size_gb": size_gb})
+    show(volume, lambda v: output.fields(v, VOLUME_COLUMNS))
+
+
+@volumes.command("show", help=_("One volume."))
+@click.argument("volume_id", type=int)
+def volumes_show(volume_id: int) -> None:
+    show(state().client().get(f"volumes/{volume_id}/"), lambda v: output.fields(v, VOLUME_COLUMNS))
+
+
+@volumes.command("delete", help=_("Wipe a volume and its data (refused while a lease mounts it)."))
+@click.argument("volume_id", type=int)
+def volumes_delete(volume_id: int) -> None:
+    show(state().client().delete(f"volumes/{volume_id}/"), lambda v: output.fields(v, VOLUME_COLUMNS))
 
 
 # --- leases -------------------------------------------------------------------------------------------------------

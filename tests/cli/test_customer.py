@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -376,3 +377,56 @@ def test_wait_gives_up_after_its_timeout_with_exit_1(suanli, alice, box):
     )
     assert run.code == 1 and "Gave up waiting after 2 s" in run.err
     assert "pending" in run.out  # the lease as it stands is still shown
+
+
+def test_volumes_made_mounted_by_a_container_and_by_host_access_then_wiped(
+    suanli, alice, bob, box, h100, openapi, tmp_path
+):
+    from tests.workloads.conftest import enrolled_box
+    from tests.workloads.test_volumes import reported
+    from tests.workloads.test_volumes_api import lend_storage
+
+    suanli.login(alice)
+    lend_storage(bob, box)
+    made = suanli.ok("volumes", "create", "data", "--server", str(box.server_id), "--size-gb", "10", "--json").json()
+    assert_valid(made, response_schema(openapi, "/api/v1/volumes/", "post", "201"))
+    assert made["state"] == "creating" and made["size_gb"] == 10
+    too_big = suanli("volumes", "create", "huge", "--server", str(box.server_id), "--size-gb", "500")
+    assert too_big.code == 4 and "no_storage" in too_big.err
+    reported(box.agent, [{"id": made["id"], "state": "ready"}])
+    listed = suanli.ok("volumes", "list", "--json").json()
+    assert_items_valid(listed, openapi, "/api/v1/volumes/")
+    assert [v["id"] for v in listed] == [made["id"]] and listed[0]["state"] == "ready"
+    assert "data" in suanli.ok("volumes", "list").out
+
+    bad = suanli("leases", "create", "--offer", str(box.offer_id), "--cards", "1", "--volume", "data")
+    assert bad.code == 2 and "VOLUME_ID:/path" in bad.err
+    mounted = f"{made['id']}:/data"
+    lease = suanli.ok(
+        "leases", "create", "--offer", str(box.offer_id), "--cards", "1", "--image", "ubuntu:24.04", "--volume", mounted
+    )
+    [item] = box.agent.desired()["workloads"]
+    assert item["volumes"] == [{"id": made["id"], "path": "/data", "size_gb": 10}], item
+    assert suanli.ok("volumes", "show", str(made["id"]), "--json").json()["state"] == "in_use"
+    in_use = suanli("volumes", "delete", str(made["id"]))
+    assert in_use.code == 4 and "volume_in_use" in in_use.err
+    lease_id = int(next(line for line in lease.out.splitlines() if line.startswith("id")).split()[-1])
+    suanli.ok("leases", "end", str(lease_id))
+    wiping = suanli.ok("volumes", "delete", str(made["id"]), "--json").json()
+    assert wiping["state"] == "wiping"
+
+    # A whole bare server (host access) with a volume of its own under /data.
+    host = enrolled_box(bob, h100, name="host-cli", prefix="h0c1", runtime="host", host_access=True)
+    lend_storage(bob, host)
+    vol = suanli.ok("volumes", "create", "scratch", "--server", str(host.server_id), "--size-gb", "5", "--json").json()
+    reported(host.agent, [{"id": vol["id"], "state": "ready"}])
+    until = (datetime.now(UTC) + timedelta(days=40)).replace(microsecond=0).isoformat()
+    _add_key(suanli, tmp_path)
+    args = ["leases", "create", "--plan", "server_month", "--offer", str(host.offer_id), "--end-at", until]
+    args += ["--host-access", "--key", "me@laptop"]
+    on_host = suanli.ok(*args, "--volume", f"{vol['id']}:/data/train", "--json").json()
+    assert on_host["state"] == "active" and on_host["workload"]["access"] == "host", on_host
+    [item] = host.agent.desired()["workloads"]
+    assert item["access"] == "host" and item["volumes"] == [{"id": vol["id"], "path": "/data/train", "size_gb": 5}]
+    outside = suanli(*args, "--volume", f"{vol['id']}:/etc/x")
+    assert outside.code == 1 and "/data" in outside.err  # 400: host access mounts only under /data
