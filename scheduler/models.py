@@ -13,6 +13,7 @@ from django.contrib.postgres.fields import DateTimeRangeField, RangeOperators
 from django.db import models
 from django.db.models import Case, Q, Value, When
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 from accounts.errors import InvalidTransition
 from accounts.models import Organization
@@ -287,13 +288,13 @@ class ScalingRule(models.Model):
     `max_price_per_hour` are its state, written only by the beat job and the queue-depth report."""
 
     class Status(models.TextChoices):
-        OK = "ok", _("At its target")
-        SCALING = "scaling", _("Scaling")
-        WAITING_CAPACITY = "waiting_capacity", _("Waiting for capacity")
-        AT_PRICE_CEILING = "at_price_ceiling", _("At its price ceiling")
-        AT_BOUND = "at_bound", _("At its bound")
-        COOLING_DOWN = "cooling_down", _("Cooling down")
-        SCHEDULED = "scheduled", _("Held by its schedule")
+        OK = "ok", pgettext_lazy("scaling status", "At its target")
+        SCALING = "scaling", pgettext_lazy("scaling status", "Scaling")
+        WAITING_CAPACITY = "waiting_capacity", pgettext_lazy("scaling status", "Waiting for capacity")
+        AT_PRICE_CEILING = "at_price_ceiling", pgettext_lazy("scaling status", "At its price ceiling")
+        AT_BOUND = "at_bound", pgettext_lazy("scaling status", "At its bound")
+        COOLING_DOWN = "cooling_down", pgettext_lazy("scaling status", "Cooling down")
+        SCHEDULED = "scheduled", pgettext_lazy("scaling status", "Held by its schedule")
 
     lease = models.OneToOneField(Lease, primary_key=True, on_delete=models.CASCADE, related_name="scaling")
     min_gpus = models.PositiveIntegerField(default=0)

@@ -108,6 +108,8 @@ ACCESS: dict[str, str] = {
     "lease-move": "api_post_only",
     "lease-telemetry": "api_tenant_object",
     "lease-scaling-history": "api_tenant_object",
+    "lease-scaling": "api_tenant_object",
+    "lease-queue-depth": "api_post_only",
     "lease-workload-restart": "api_post_only",
     "lease-workload-stop": "api_post_only",
     "lease-workload-logs": "api_tenant_object",

@@ -208,6 +208,16 @@ def world(alice, bob, staff, box, fake_stripe):
         "volume-move": [{"server": box.server_id, "consent": True}, {"server": box.server_id, "consent": False}],
         "lease-move": [{"server": box.server_id, "consent": True}],
         "lease-resize": [{"gpu_count": 2}],
+        "lease-scaling": [
+            {
+                "min_gpus": 0,
+                "max_gpus": 4,
+                "queue_depth_per_gpu": 10,
+                "schedule": [{"cron": "* 0-8 * * *", "max_gpus": 0}],
+            },
+            {"min_gpus": 1, "max_gpus": 2, "target_utilization_pct": 70, "max_price_per_hour": "9.50"},
+        ],
+        "lease-queue-depth": [{"depth": 12}],
         "offer-list": [{"server": box.server_id, "prices": {"card_hour": "2.50"}, "available_until": FUTURE}],
         "offer-detail": [{"prices": {"card_hour": "3.00"}, "min_gpus": 1}],
         "server-list": [

@@ -51,6 +51,18 @@ def _alice_lease(v: Victims) -> dict:
     return {"pk": v.objects["lease"].pk}
 
 
+def _alice_elastic_lease(v: Victims) -> dict:
+    """Alice's lease with a (queue-driven) scaling rule: its rule reads as 200 to her organisation."""
+    if "elastic_lease" not in v.objects:
+        from scheduler.models import ScalingRule
+        from tests.factories import LeaseFactory
+
+        lease = LeaseFactory(organization=v.alice.org)
+        ScalingRule.objects.create(lease=lease, min_gpus=0, max_gpus=4, queue_depth_per_gpu=10)
+        v.objects["elastic_lease"] = lease
+    return {"pk": v.objects["elastic_lease"].pk}
+
+
 def _bob_statement(v: Victims) -> dict:
     if "statement" not in v.objects:
         from tests.factories import ProviderStatementFactory
@@ -218,6 +230,8 @@ VICTIM_OBJECTS: dict[str, Callable[[Victims], dict]] = {
     "payout-pay": _bob_statement,
     "lease-telemetry": _alice_lease,
     "lease-scaling-history": _alice_lease,
+    "lease-scaling": _alice_elastic_lease,
+    "lease-queue-depth": _alice_elastic_lease,
     "lease-usage": _alice_lease,
     "lease-workload-restart": _alice_workload,
     "lease-workload-stop": _alice_workload,
