@@ -13,6 +13,7 @@ from marketplace import (
     views_leases,
     views_offers,
     views_provider,
+    views_scaling,
     views_servers,
     views_staff,
     views_volume_moves,
@@ -41,6 +42,8 @@ urlpatterns = [
     path("leases/<int:lease_id>/end/", views_leases.lease_end, name="lease_end"),
     path("leases/<int:lease_id>/stop/", views_leases.lease_stop, name="lease_stop"),
     path("leases/<int:lease_id>/start/", views_leases.lease_start, name="lease_start"),
+    path("leases/<int:lease_id>/scaling/", views_scaling.lease_scaling_set, name="lease_scaling_set"),
+    path("leases/<int:lease_id>/scaling/remove/", views_scaling.lease_scaling_remove, name="lease_scaling_remove"),
     path("leases/<int:lease_id>/workloads/", views_workloads.lease_workloads, name="lease_workloads"),
     path(
         "leases/<int:lease_id>/workloads/<int:workload_id>/restart/",

@@ -32,6 +32,7 @@ from billing.metering import lease_usage
 from marketplace.card_memory import memory_gb
 from marketplace.forms import EndForm, IdempotentForm, ResizeForm, describe_errors
 from marketplace.polling import poll_login_required
+from marketplace.views_scaling import scaling_context
 from marketplace.views_volume_moves import lease_move_context
 from marketplace.views_workloads import lease_for_page, workload_event_text, workload_panel
 from scheduler import services as scheduler_services
@@ -281,6 +282,8 @@ def _detail(
     end_form: EndForm | None = None,
     stop_form: IdempotentForm | None = None,
     start_form: IdempotentForm | None = None,
+    scaling_form: Any = None,
+    scaling_remove_form: IdempotentForm | None = None,
     confirming: bool = False,
     status: int = 200,
 ) -> HttpResponse:
@@ -332,8 +335,15 @@ def _detail(
         ],
         "telemetry_url": reverse("lease-telemetry", args=[lease.pk]),
         "chart_text": _chart_text(),
+        # Its scaling rule, its status and chart, and the form (marketplace/views_scaling.py).
+        **scaling_context(request, lease, form=scaling_form, remove_form=scaling_remove_form),
     }
     return render(request, "marketplace/leases/detail.html", context, status=status)
+
+
+def render_detail(request: HttpRequest, lease: Lease, *, status: int = 200, **forms: Any) -> HttpResponse:
+    """The lease page with some of its forms bound (a refused submission shown with its errors)."""
+    return _detail(request, lease, status=status, **forms)
 
 
 @login_required

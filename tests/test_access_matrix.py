@@ -179,6 +179,8 @@ ACCESS: dict[str, str] = {
     "marketplace:lease_resize": "post_only",
     "marketplace:lease_end": "post_only",
     "marketplace:lease_stop": "post_only",
+    "marketplace:lease_scaling_set": "post_only",
+    "marketplace:lease_scaling_remove": "post_only",
     "marketplace:lease_start": "post_only",
     "marketplace:lease_workloads": "page_object",
     "marketplace:workload_restart": "post_only",
