@@ -6,7 +6,8 @@ An organisation that holds capacity through contracts (`server_month`, `pflops_y
 
 - held: the card-seconds the organisation's contracts held (their allocations, up to now);
 - resold: the card-seconds of those cards held by renters' resale leases (allocations whose `backing` is one of
-  them); the resold share is resold / held; idle is held - resold (cards neither resold nor lent back);
+  them); the resold share is resold / held; idle is held - resold (held cards no renter holds, whether or not the
+  organisation runs its own work on them);
 - money, from the usage records the meter wrote (up to `metered_until`): resale revenue (the renters' charge for
   resold cards, whose records name the reseller as provider: billing/metering.py), the platform's commission at the
   reseller's take rate (ProviderTerms, else SUANLI_TAKE_RATE: the rule of provider statements), the net, the
