@@ -3,7 +3,7 @@ bad queries and usage mistakes end in the documented exit codes."""
 
 from __future__ import annotations
 
-from cli import account, customer, provider, staff  # noqa: F401  (they attach their commands to the group)
+from cli import account, customer, elastic, provider, staff  # noqa: F401  (they attach their commands to the group)
 from cli.app import cli, handles_errors
 
 
