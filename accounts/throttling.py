@@ -12,7 +12,8 @@ import logging
 import time
 
 from django.conf import settings
-from django.core.cache import cache
+from django.core.cache import DEFAULT_CACHE_ALIAS, cache, caches
+from django.core.cache.backends.redis import RedisCache
 from redis.exceptions import RedisError
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
@@ -35,16 +36,32 @@ def hit(scope: str, ident: str, rate: str) -> tuple[bool, int]:
     start = now - now % window
     key = f"rl:{scope}:{ident}:{start}"
     try:
-        cache.add(key, 0, timeout=window + 1)
-        try:
-            count = cache.incr(key)
-        except ValueError:  # expired between add and incr
-            cache.add(key, 1, timeout=window + 1)
-            count = 1
+        backend = caches[DEFAULT_CACHE_ALIAS]
+        if isinstance(backend, RedisCache):
+            count = _redis_hit(backend, key, window + 1)
+        else:
+            cache.add(key, 0, timeout=window + 1)
+            try:
+                count = cache.incr(key)
+            except ValueError:  # expired between add and incr
+                cache.add(key, 1, timeout=window + 1)
+                count = 1
     except (ConnectionError, OSError, RedisError) as exc:
         logger.warning("rate limit %s not counted: the cache is unavailable (%s)", scope, exc)
         return True, 0
     return count <= limit, start + window - now
+
+
+# INCR, and on a window's first count its expiry: one round trip, atomic (the cache's add + exists + incr were three,
+# and a key that expired between them was counted again without an expiry).
+_HIT_SCRIPT = "local n = redis.call('INCR', KEYS[1]) if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end return n"
+
+
+def _redis_hit(backend: RedisCache, key: str, ttl: int) -> int:
+    """`hit`'s count on Redis, on the key the cache's get/incr/decr read (Django stores an int as a plain integer)."""
+    full_key = backend.make_and_validate_key(key)
+    client = backend._cache.get_client(full_key, write=True)
+    return int(client.eval(_HIT_SCRIPT, 1, full_key, ttl))
 
 
 def unhit(scope: str, ident: str, rate: str) -> None:

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
+from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
@@ -121,10 +122,29 @@ class AgentReportApi(APIView):
     def after_ingest(self, server: Server, report: dict[str, Any], extra: dict[str, Any], now: datetime) -> None:
         """Called once per report accepted (not for a duplicate), after its telemetry is stored."""
 
-    @extend_schema(
-        parameters=SIGNED, request=None, responses={202: ReportAccepted, 200: ReportAccepted}, tags=["agent"]
-    )
-    def post(self, request: Request) -> Response:
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        """A report (almost every request the platform serves) is answered without DRF's request wrapping, content
+        negotiation and rendering: its raw body is verified and decoded by `receive`, and the answer is one of two
+        fixed JSON bodies. An error takes DRF's path from the exception on, so it reads exactly as every API error
+        does (the same handler, status, body and headers); other methods are DRF's as before (405)."""
+        if request.method != "POST":
+            return super().dispatch(request, *args, **kwargs)
+        try:
+            return self.receive(request)
+        except Exception as exc:  # noqa: BLE001 - DRF's handler answers it, or re-raises what it does not know
+            return self._refused(request, exc, *args, **kwargs)
+
+    def _refused(self, request: HttpRequest, exc: Exception, *args: Any, **kwargs: Any) -> HttpResponse:
+        """The answer APIView.dispatch gives when its handler raises `exc`."""
+        self.args, self.kwargs = args, kwargs
+        self.request = self.initialize_request(request, *args, **kwargs)
+        self.headers = self.default_response_headers
+        self.format_kwarg = None
+        response = self.handle_exception(exc)
+        self.response = self.finalize_response(self.request, response, *args, **kwargs)
+        return self.response
+
+    def receive(self, request: HttpRequest) -> HttpResponse:
         now = timezone.now()
         body = request.body
         server = authenticate_agent(request, body=body, now=now)
@@ -133,6 +153,19 @@ class AgentReportApi(APIView):
         extra = self.parse_extra(payload)
         result = ingest.report_ingest(server=server, report=report, now=now)
         if result.duplicate:
-            return Response({"accepted": False, "duplicate": True}, status=status.HTTP_200_OK)
+            return HttpResponse(_DUPLICATE, content_type="application/json", status=status.HTTP_200_OK)
         self.after_ingest(server, report, extra, now)
-        return Response({"accepted": True}, status=status.HTTP_202_ACCEPTED)
+        # Only now, after the commit of its samples (and of its workload states): a 202 means the report is stored.
+        return HttpResponse(_ACCEPTED, content_type="application/json", status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
+        parameters=SIGNED, request=None, responses={202: ReportAccepted, 200: ReportAccepted}, tags=["agent"]
+    )
+    def post(self, request: Request) -> Response:
+        # Not reached through dispatch, which answers a POST itself: it describes the endpoint to the OpenAPI schema.
+        return self.receive(request._request)
+
+
+# The two answers to a report, as DRF's JSONRenderer writes them.
+_ACCEPTED = b'{"accepted":true}'
+_DUPLICATE = b'{"accepted":false,"duplicate":true}'

@@ -13,11 +13,13 @@ import hmac
 import json
 import math
 import secrets
+import sys
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
@@ -81,7 +83,7 @@ def signature_for(secret: str, timestamp: str, body: bytes) -> str:
 @platform_work(_PLATFORM)
 def authenticate_report(*, agent_id: str, timestamp: str, signature: str, body: bytes, now: datetime) -> Server:
     """The server whose agent signed `body`, or 401. Refuses unknown agents, bad signatures, and timestamps
-    further than AGENT_MAX_SKEW_SECONDS from `now` (replays of an old capture)."""
+    further than AGENT_MAX_SKEW_SECONDS from `now` (replays of an old capture). One prepared statement."""
     try:
         agent_uuid = uuid.UUID(agent_id)
         sent = int(timestamp)
@@ -89,13 +91,43 @@ def authenticate_report(*, agent_id: str, timestamp: str, signature: str, body: 
         raise BadSignature("Missing or malformed X-Agent-Id / X-Agent-Timestamp.") from None
     if abs(now.timestamp() - sent) > settings.SUANLI_AGENT_MAX_SKEW_SECONDS:
         raise BadSignature("X-Agent-Timestamp is too far from the platform clock.", code="stale_timestamp")
-    server = Server.objects.filter(agent_id=agent_uuid).exclude(agent_secret_sealed="").first()
-    if server is None:
+    names, sql = _server_sql()
+    rows = _execute(sql, {"agent": agent_uuid})
+    if not rows:
         raise BadSignature("Unknown agent.")
-    expected = signature_for(secretbox.unseal(server.agent_secret_sealed), timestamp, body)
+    server = Server.from_db(connection.alias, names, rows[0])
+    expected = signature_for(_unsealed(server.agent_secret_sealed), timestamp, body)
     if not hmac.compare_digest(expected, (signature or "").strip().lower()):
         raise BadSignature("The report signature does not match.")
     return server
+
+
+@functools.cache
+def _server_sql() -> tuple[list[str], str]:
+    """The enrolled server of an agent id, every column, as the ORM would read it (Server.from_db)."""
+    fields_ = Server._meta.concrete_fields
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(field.column) for field in fields_)
+    return [field.attname for field in fields_], (
+        f"SELECT {columns} FROM {quote(Server._meta.db_table)} "  # noqa: S608 (names from the model)
+        "WHERE agent_id = %(agent)s AND agent_secret_sealed <> ''"
+    )
+
+
+_UNSEALED: dict[str, str] = {}
+_UNSEALED_MAX = 100_000
+
+
+def _unsealed(sealed: str) -> str:
+    """The agent secret sealed in `sealed`, decrypted once per process (Fernet's HMAC and AES cost more than the
+    report's own signature check). Keyed by the sealed text, so new credentials are never answered from here."""
+    secret = _UNSEALED.get(sealed)
+    if secret is None:
+        secret = secretbox.unseal(sealed)
+        if len(_UNSEALED) >= _UNSEALED_MAX:
+            _UNSEALED.clear()
+        _UNSEALED[sealed] = secret
+    return secret
 
 
 # --- Enrolment -------------------------------------------------------------------------------------------
@@ -222,106 +254,122 @@ def check_report(payload: dict[str, Any]) -> dict[str, Any]:
     return {"seq": seq, "sent_at": sent_at.astimezone(UTC), "gpus": samples}
 
 
-def _state_of(gpu: Gpu) -> health.GpuState:
+def _state_of(card: _Card) -> health.GpuState:
     return health.GpuState(
-        latched_reason=gpu.fault_latched_reason,
-        pcie_replay_count=gpu.pcie_replay_count,
-        pcie_seen_at=gpu.pcie_seen_at,
-        thermal_since=gpu.thermal_since,
+        latched_reason=card.fault_latched_reason,
+        pcie_replay_count=card.pcie_replay_count,
+        pcie_seen_at=card.pcie_seen_at,
+        thermal_since=card.thermal_since,
     )
+
+
+@dataclass(slots=True)
+class _Card:
+    """One card of a report's server as the claim read (and locked) it: what the health rules start from and what
+    the report writes back. Not a model instance: building eight of those a report was a measurable part of it."""
+
+    id: int
+    uuid: str
+    health: str
+    health_reason: str
+    health_changed_at: datetime | None
+    drained: bool
+    drained_reason: str
+    fault_latched_reason: str
+    pcie_replay_count: int | None
+    pcie_seen_at: datetime | None
+    thermal_since: datetime | None
+    last_sample: dict[str, Any] | None = None
+    last_sample_at: datetime | None = None
+
+
+class _NotClaimed(Exception):
+    """Raised inside a report's transaction to roll back its claim: a seq already seen, or a GPU not the server's."""
 
 
 @platform_work(_PLATFORM)
 def report_ingest(*, server: Server, report: dict[str, Any], now: datetime) -> ReportResult:
     """Store one authenticated, parsed report exactly once and apply the health rules to its cards.
 
-    The cards are read after the claim, locked (primary-key order, no-key locks: the scheduler's allocation
-    skips locked cards and only key-share-locks them for its allocations), so the health rules start from the
-    last report's state and a drain or undrain committed meanwhile is neither missed nor written over.
+    Three statements and a commit: the claim of `seq` (`last_seq < seq`, one conditional UPDATE of the server row)
+    and the read of the server's cards, locked, in one statement (_CLAIM_SQL); the health rules in Python; then the
+    raw samples and the cards' new state in one statement (_WRITE_SQL); then COMMIT, before the caller answers.
+    The cards are locked in primary-key order with no-key locks (the scheduler's allocation skips locked cards and
+    only key-share-locks them for its allocations), so the health rules start from the last report's state and a
+    drain or undrain committed meanwhile is neither missed nor written over. A report naming a card the server
+    does not own is refused whole (its claim rolled back) and flags the server.
     """
-    known = set(Gpu.objects.filter(server=server).values_list("uuid", flat=True))
-    unknown = [s["uuid"] for s in report["gpus"] if s["uuid"] not in known]
-    if unknown:
-        Server.objects.filter(pk=server.pk).update(hardware_flag=f"unregistered GPU reported: {unknown[0]}"[:200])
-        raise InvalidInput("The report names a GPU this server does not own.", code="unknown_gpu")
     at = min(report["sent_at"], now + timedelta(seconds=settings.SUANLI_AGENT_MAX_SKEW_SECONDS))
     raw_start, raw_end = telemetry.raw_window(now)
     keep_raw = raw_start <= at < raw_end
     if keep_raw:
         telemetry.ensure_partition_for(at.date())
-    with transaction.atomic():
-        claimed = Server.objects.filter(pk=server.pk, last_seq__lt=report["seq"]).update(
-            last_seq=report["seq"], last_seen_at=now, status=Server.Status.ONLINE
-        )
-        if not claimed:
-            return ReportResult(accepted=False, duplicate=True)
-        locked = Gpu.objects.filter(server=server).order_by("pk").select_for_update(no_key=True)
-        gpus = {gpu.uuid: gpu for gpu in locked}
-        if server.status == Server.Status.UNREACHABLE:
-            server_outages_close(server_id=server.pk, now=now)
-        rows = []
-        changed: list[Gpu] = []
-        events: list[GpuHealthEvent] = []
-        for sample in report["gpus"]:
-            gpu = gpus[sample["uuid"]]
-            if keep_raw:
-                rows.append(_sample_row(sample, at=at, gpu=gpu, server=server))
-            event = _apply_sample(sample, at=at, gpu=gpu, server=server)
-            if event is not None:
-                events.append(event)
-            changed.append(gpu)
-        if rows:
-            telemetry.copy_samples(rows)
-            if now - at > telemetry.BACKFILL_AFTER:
+    try:
+        with transaction.atomic():
+            cards = _claim(server_id=server.pk, seq=report["seq"], now=now)
+            unknown = [s["uuid"] for s in report["gpus"] if s["uuid"] not in cards]
+            if not cards or unknown:
+                raise _NotClaimed
+            if server.status == Server.Status.UNREACHABLE:
+                server_outages_close(server_id=server.pk, now=now)
+            rows = []
+            events: list[GpuHealthEvent] = []
+            for sample in report["gpus"]:
+                card = cards[sample["uuid"]]
+                if keep_raw:
+                    rows.append(_sample_row(sample, card=card))
+                event = _apply_sample(sample, at=at, card=card, server=server)
+                if event is not None:
+                    events.append(event)
+            _write(server_id=server.pk, at=at, rows=rows, cards=[cards[s["uuid"]] for s in report["gpus"]])
+            if rows and now - at > telemetry.BACKFILL_AFTER:
                 telemetry.note_backfill(server.pk, [at])
-        _save_report_fields(changed)
-        if events:
-            # The events are also the outbox the scheduler consumes (unhandled ones, oldest first) to move
-            # leases off failed cards: written in this transaction, they cannot be lost or told twice.
-            GpuHealthEvent.objects.bulk_create(events)
+            if events:
+                # The events are also the outbox the scheduler consumes (unhandled ones, oldest first) to move
+                # leases off failed cards: written in this transaction, they cannot be lost or told twice.
+                GpuHealthEvent.objects.bulk_create(events)
+    except _NotClaimed:
+        # Nothing of the report was kept. Either its seq was seen already, or it names a card that is not this
+        # server's (checked against every card of the server, so also a server with none).
+        known = set(Gpu.objects.filter(server_id=server.pk).values_list("uuid", flat=True))
+        unknown = [s["uuid"] for s in report["gpus"] if s["uuid"] not in known]
+        if unknown:
+            Server.objects.filter(pk=server.pk).update(hardware_flag=f"unregistered GPU reported: {unknown[0]}"[:200])
+            raise InvalidInput("The report names a GPU this server does not own.", code="unknown_gpu") from None
+        return ReportResult(accepted=False, duplicate=True)
     return ReportResult(accepted=True, samples=len(rows))
 
 
-def _sample_row(sample: dict[str, Any], *, at: datetime, gpu: Gpu, server: Server) -> tuple[Any, ...]:
-    """The raw telemetry row of one card's sample (telemetry.copy_samples); unknown fields go to `extra`."""
-    extra = {k: v for k, v in sample.items() if k not in telemetry.SAMPLE_COLUMNS and k != "uuid"}
-    return (
-        at,
-        gpu.pk,
-        server.pk,
-        sample.get("utilization_pct"),
-        sample.get("memory_used_mb"),
-        sample.get("temperature_c"),
-        sample.get("power_w"),
-        sample.get("sm_clock_mhz"),
-        sample.get("ecc_sbe"),
-        sample.get("ecc_dbe"),
-        json.dumps(extra),
-    )
+def _sample_row(sample: dict[str, Any], *, card: _Card) -> dict[str, Any]:
+    """The raw telemetry row of one card's sample (_WRITE_SQL's `samples`); unknown fields go to `extra`."""
+    row = {name: sample.get(name) for name in _SAMPLE_VALUES}
+    row["gpu_id"] = card.id
+    row["extra"] = {k: v for k, v in sample.items() if k not in telemetry.SAMPLE_COLUMNS and k != "uuid"}
+    return row
 
 
-def _apply_sample(sample: dict[str, Any], *, at: datetime, gpu: Gpu, server: Server) -> GpuHealthEvent | None:
+def _apply_sample(sample: dict[str, Any], *, at: datetime, card: _Card, server: Server) -> GpuHealthEvent | None:
     """Apply the health rules to one (locked) card's sample, in memory: its new health, drain, rule state and
     last sample. The health event to write when its health or reason changed, else None."""
     event = None
-    verdict = health.evaluate(sample, _state_of(gpu), at)
-    if verdict.health != gpu.health or verdict.reason != gpu.health_reason:
+    verdict = health.evaluate(sample, _state_of(card), at)
+    if verdict.health != card.health or verdict.reason != card.health_reason:
         event = GpuHealthEvent(
-            gpu=gpu,
-            server=server,
+            gpu_id=card.id,
+            server_id=server.pk,
             at=at,
-            from_health=gpu.health,
+            from_health=card.health,
             to_health=verdict.health,
             reason=verdict.reason[:300],
         )
-        gpu.health, gpu.health_reason, gpu.health_changed_at = verdict.health, verdict.reason[:300], at
-        if verdict.latch and not gpu.drained:
-            gpu.drained, gpu.drained_reason = True, f"automatic: {verdict.reason}"[:200]
-    gpu.fault_latched_reason = verdict.state.latched_reason[:300]
-    gpu.pcie_replay_count = verdict.state.pcie_replay_count
-    gpu.pcie_seen_at = verdict.state.pcie_seen_at
-    gpu.thermal_since = verdict.state.thermal_since
-    gpu.last_sample, gpu.last_sample_at = sample, at
+        card.health, card.health_reason, card.health_changed_at = verdict.health, verdict.reason[:300], at
+        if verdict.latch and not card.drained:
+            card.drained, card.drained_reason = True, f"automatic: {verdict.reason}"[:200]
+    card.fault_latched_reason = verdict.state.latched_reason[:300]
+    card.pcie_replay_count = verdict.state.pcie_replay_count
+    card.pcie_seen_at = verdict.state.pcie_seen_at
+    card.thermal_since = verdict.state.thermal_since
+    card.last_sample, card.last_sample_at = sample, at
     return event
 
 
@@ -340,19 +388,47 @@ _GPU_REPORT_FIELDS = [
 ]
 
 
-def _save_report_fields(gpus: list[Gpu]) -> None:
-    """Write `_GPU_REPORT_FIELDS` of `gpus` in one `UPDATE ... FROM jsonb_to_recordset(...)`.
+# The numeric columns of a raw sample that come straight from the agent's fields (telemetry.SAMPLE_COLUMNS less
+# ts, gpu_id, server_id and extra), with their types in the raw table.
+_SAMPLE_VALUES = {
+    "utilization_pct": "real",
+    "memory_used_mb": "integer",
+    "temperature_c": "real",
+    "power_w": "real",
+    "sm_clock_mhz": "integer",
+    "ecc_sbe": "bigint",
+    "ecc_dbe": "bigint",
+}
+_CARD_COLUMNS = tuple(field.name for field in fields(_Card) if field.name not in ("last_sample", "last_sample_at"))
 
-    The same rows and values as `Gpu.objects.bulk_update(gpus, _GPU_REPORT_FIELDS)`, which builds a
-    CASE WHEN expression per field and card: for 8 cards x 11 fields that took ~25 ms of Python per report,
-    most of a report's cost (bench/ingest.py). Here the cards travel as one JSON parameter (one statement
-    text, which psycopg and PostgreSQL can cache) and PostgreSQL converts each value to its column's type."""
-    if not gpus:
-        return
-    sql, fields = _save_report_fields_sql()
-    rows = [{field.column: _json_value(getattr(gpu, field.attname)) for field in fields} for gpu in gpus]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [json.dumps(rows)])
+
+def _execute(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Run one of this module's statements on the request's connection, in its transaction, as a prepared statement
+    (server-side binding: PostgreSQL parses and plans each of them once per connection, not once per report).
+    Database errors reach the caller as Django's (a DataError is then a 400, as anywhere in the API)."""
+    connection.ensure_connection()
+    raw = connection.connection
+    if raw.prepare_threshold is None:
+        # Django turns psycopg's automatic preparing off (for connection poolers in transaction mode); its own
+        # cursors bind on the client and never prepare. This lets the statements that ask for it be prepared; put
+        # a pooler in front of PostgreSQL in session mode, or one that tracks prepared statements (PgBouncer 1.21+).
+        raw.prepare_threshold = sys.maxsize
+    with connection.wrap_database_errors, psycopg.Cursor(raw) as cursor:
+        cursor.execute(sql, params, prepare=True)
+        return cursor.fetchall() if cursor.description else []
+
+
+def _claim(*, server_id: int, seq: int, now: datetime) -> dict[str, _Card]:
+    """Claim `seq` for the server and read its cards, locked; {} when the seq was seen already (nothing claimed)."""
+    rows = _execute(_claim_sql(), {"server": server_id, "seq": seq, "now": now})
+    return {row[1]: _Card(*row) for row in rows}
+
+
+def _write(*, server_id: int, at: datetime, rows: list[dict[str, Any]], cards: list[_Card]) -> None:
+    """The report's raw samples and its cards' new state (`_GPU_REPORT_FIELDS`), in one statement."""
+    sql, columns = _write_sql()
+    states = [{column: _json_value(getattr(card, name)) for name, column in columns} for card in cards]
+    _execute(sql, {"server": server_id, "at": at, "samples": json.dumps(rows), "cards": json.dumps(states)})
 
 
 def _json_value(value: Any) -> Any:
@@ -360,18 +436,41 @@ def _json_value(value: Any) -> Any:
 
 
 @functools.cache
-def _save_report_fields_sql() -> tuple[str, list[Any]]:
-    """The UPDATE statement and the fields it writes, the primary key first."""
+def _claim_sql() -> str:
+    quote = connection.ops.quote_name
+    server, gpu = quote(Server._meta.db_table), quote(Gpu._meta.db_table)
+    columns = ", ".join(f"g.{quote(Gpu._meta.get_field(name).column)}" for name in _CARD_COLUMNS)
+    return (
+        f"WITH claim AS (UPDATE {server} SET last_seq = %(seq)s, last_seen_at = %(now)s, "  # noqa: S608 (names are ours)
+        f"status = '{Server.Status.ONLINE}' WHERE id = %(server)s AND last_seq < %(seq)s RETURNING id) "
+        f"SELECT {columns} FROM {gpu} AS g WHERE g.server_id = (SELECT id FROM claim) "
+        "ORDER BY g.id FOR NO KEY UPDATE OF g"
+    )
+
+
+@functools.cache
+def _write_sql() -> tuple[str, list[tuple[str, str]]]:
+    """The statement that writes a report, and the (attribute, column) pairs of a card's state it takes.
+
+    The samples are inserted into the partitioned raw table (PostgreSQL routes each row to its day) by a
+    data-modifying CTE, which runs to completion whatever the rest of the statement reads; the cards are updated
+    from one JSON parameter. A varchar's length is left out of the record type, so an over-long value is refused
+    by the column (a 400), not cut short by a cast."""
     meta = Gpu._meta
     quote = connection.ops.quote_name
-    fields = [meta.pk, *(meta.get_field(name) for name in _GPU_REPORT_FIELDS)]
-    # A varchar's length is left out of the record type, so an over-long value is refused by the column, as
-    # with bulk_update, not cut short by a cast.
-    record = ", ".join(f"{quote(field.column)} {field.db_type(connection).split('(')[0]}" for field in fields)
+    fields_ = [meta.pk, *(meta.get_field(name) for name in _GPU_REPORT_FIELDS)]
+    record = ", ".join(f"{quote(field.column)} {field.db_type(connection).split('(')[0]}" for field in fields_)
+    sample_record = ", ".join(
+        ["gpu_id bigint", *(f"{name} {kind}" for name, kind in _SAMPLE_VALUES.items()), "extra jsonb"]
+    )
+    sample_columns = ", ".join(_SAMPLE_VALUES)
     sql = (
-        f"UPDATE {quote(meta.db_table)} AS g SET "  # noqa: S608 (names from the model, values as a parameter)
-        + ", ".join(f"{quote(field.column)} = v.{quote(field.column)}" for field in fields[1:])
-        + f" FROM jsonb_to_recordset(%s::jsonb) AS v ({record})"
+        f"WITH samples AS (INSERT INTO {telemetry.RAW} (ts, gpu_id, server_id, {sample_columns}, extra) "  # noqa: S608
+        f"SELECT %(at)s, s.gpu_id, %(server)s, {', '.join(f's.{name}' for name in _SAMPLE_VALUES)}, s.extra "
+        f"FROM jsonb_to_recordset(%(samples)s::jsonb) AS s ({sample_record})) "
+        f"UPDATE {quote(meta.db_table)} AS g SET "
+        + ", ".join(f"{quote(field.column)} = v.{quote(field.column)}" for field in fields_[1:])
+        + f" FROM jsonb_to_recordset(%(cards)s::jsonb) AS v ({record})"
         + f" WHERE g.{quote(meta.pk.column)} = v.{quote(meta.pk.column)}"
     )
-    return sql, fields
+    return sql, [("id" if field is meta.pk else field.attname, field.column) for field in fields_]
