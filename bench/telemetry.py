@@ -15,8 +15,8 @@ exactly that state and times one run:
   roll-up reads and writes nothing else, so nothing is migrated;
 - per run, from empty tables: `--cards` cards (8 a server), the 1-minute rows of the hour so far up to
   `--minute-of-hour` minus four (as earlier roll-ups left them), the raw samples of the last four minutes (one per
-  card every 10 s, sent through `telemetry.copy_samples`, the ingest path's COPY), the watermark one minute back;
-- baseline, same run: the COPY of one minute of every card's samples (cards x 6 rows), i.e. what ingest writes in
+  card every 10 s, sent through `telemetry.copy_samples`, one COPY), the watermark one minute back;
+- baseline, same run: the COPY of one minute of every card's samples (cards x 6 rows), i.e. the rows ingest writes in
   the minute the roll-up has to keep up with;
 - `telemetry.rollup(now=...)`, timed with PostgreSQL's CPU (`_common.CpuMeter` on the database's backends);
 - after the runs: the on-disk size of a raw sample and a 1-minute row (table and indexes), for the retention maths.
@@ -118,7 +118,7 @@ def one_run(args: argparse.Namespace, now: datetime, meter: common.CpuMeter) -> 
         cursor.execute("CHECKPOINT")
 
     started = time.perf_counter()
-    with transaction.atomic():  # baseline: the last minute's samples, as ingest writes them
+    with transaction.atomic():  # baseline: the last minute's samples, in one COPY
         telemetry.copy_samples(minute)
     copy_s = time.perf_counter() - started
     with connection.cursor() as cursor:
