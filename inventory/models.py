@@ -200,6 +200,10 @@ class Gpu(models.Model):
     needs_cleaning = models.BooleanField(default=False)
     clean_after_version = models.BigIntegerField(null=True, blank=True)
     clean_requested_at = models.DateTimeField(null=True, blank=True)
+    # The lease whose workload the card was last handed to (a scheduler lease id; the inventory does not know
+    # leases). A card held by two leases at once (a contract and its resale, scheduler.models.Resale) goes from one's
+    # workload to the other's only after it was cleaned (workloads.agent_channel).
+    served_lease_id = models.BigIntegerField(null=True, blank=True)
 
     TENANT_FIELD = "server__organization"
     objects = TenantQuerySet.as_manager()
@@ -293,6 +297,10 @@ class OfferQuerySet(TenantQuerySet):
         """Offers not delisted."""
         return self.filter(LIVE_OFFER)
 
+    def direct(self) -> OfferQuerySet:
+        """The providers' own offers of their servers, not resale offers (one live one per server)."""
+        return self.filter(is_resale=False)
+
     def open_at(self, at: datetime) -> OfferQuerySet:
         """Live offers still available at `at` (no end, or an end after it): what the storefront shows."""
         return self.live().filter(Q(available_until__isnull=True) | Q(available_until__gt=at))
@@ -366,11 +374,13 @@ class Offer(models.Model):
                 for pair in PLAN_PRICE_FIELDS.values()
                 for field in pair
             ),
-            # Interruptible is a discount on an offered plan: only beside an on-demand price, and below it.
+            # Interruptible is a discount on an offered plan: only beside an on-demand price, and below it; a resale
+            # offer lending idle contract cards back (scheduler.models.Resale.interruptible_only) has it alone.
             *(
                 models.CheckConstraint(
                     condition=Q(**{f"{spot}__isnull": True})
-                    | Q(**{f"{firm}__isnull": False, f"{spot}__lt": models.F(firm)}),
+                    | Q(**{f"{firm}__isnull": False, f"{spot}__lt": models.F(firm)})
+                    | Q(**{f"{firm}__isnull": True, "is_resale": True}),
                     name=f"offer_{plan}_interruptible_cheaper",
                 )
                 for plan, (firm, spot) in PLAN_PRICE_FIELDS.items()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.utils.translation import get_language
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.permissions import AllowAny, IsAuthenticated
@@ -12,13 +12,23 @@ from rest_framework.response import Response
 
 from accounts.access import Actor
 from accounts.apiviews import OrgContextMixin
-from accounts.errors import NotAllowed
+from accounts.errors import NotAllowed, NotFound
 from accounts.models import Organization
 from accounts.permissions import OPERATE, HasOrganization, IsProvider, has_role
 from inventory.access import access_offer
 from inventory.models import Offer
 from marketplace import selectors, services
-from marketplace.serializers import OfferChange, OfferInput, OfferOutput, OfferSearch
+from marketplace.serializers import (
+    OfferChange,
+    OfferInput,
+    OfferOutput,
+    OfferSearch,
+    ReclaimInput,
+    ReclaimOutput,
+    ResaleOfferInput,
+)
+from scheduler import resale
+from scheduler.access import access_lease
 
 SEARCH_PARAMETERS = [
     OpenApiParameter(name, description=text)
@@ -54,7 +64,13 @@ class OfferViewSet(OrgContextMixin, mixins.ListModelMixin, mixins.RetrieveModelM
     def get_permissions(self):
         if self.action in ("list", "retrieve"):
             return [AllowAny()]
-        return [IsAuthenticated(), HasOrganization(), IsProvider()]
+        # Any organisation may resell capacity it holds (a resale offer); the rest is a provider's. `create` and
+        # `_own` ask for a provider where the offer is not a resale.
+        return [IsAuthenticated(), HasOrganization()]
+
+    def _need_provider(self) -> None:
+        if not IsProvider().has_permission(self.request, self):
+            self.permission_denied(self.request, message=IsProvider.message)
 
     def _search(self) -> OfferSearch:
         search = OfferSearch(data=self.request.query_params.dict())
@@ -92,15 +108,53 @@ class OfferViewSet(OrgContextMixin, mixins.ListModelMixin, mixins.RetrieveModelM
 
     def _own(self, pk: str) -> Offer:
         _need_operator(self.request)
-        return access_offer(Actor.for_org(self.request.org), pk)
+        if self.request.org.is_provider:
+            return access_offer(Actor.for_org(self.request.org), pk)
+        try:
+            offer = access_offer(Actor.for_org(self.request.org), pk)
+        except NotFound:
+            offer = None
+        if offer is None or not offer.is_resale:
+            # A customer organisation owns resale offers only; anything else is refused as before.
+            self.permission_denied(self.request, message=IsProvider.message)
+        return offer
 
-    @extend_schema(request=OfferInput, responses={201: OfferOutput})
+    @extend_schema(
+        request=PolymorphicProxySerializer(
+            component_name="OfferCreate", serializers=[OfferInput, ResaleOfferInput], resource_type_field_name=None
+        ),
+        responses={201: OfferOutput},
+    )
     def create(self, request: Request) -> Response:
+        """A provider lists its server (`server`), or any organisation resells cards it holds by contract
+        (`backed_by_lease` instead of `server`: scheduler/resale.py)."""
         _need_operator(request)
-        data = OfferInput(data=request.data, context={"request": request})
-        data.is_valid(raise_exception=True)
-        offer = services.offer_create(org=request.org, **data.validated_data)
+        if isinstance(request.data, dict) and "backed_by_lease" in request.data:
+            data = ResaleOfferInput(data=request.data, context={"request": request})
+            data.is_valid(raise_exception=True)
+            fields = dict(data.validated_data)
+            lease = access_lease(Actor.for_org(request.org), fields.pop("backed_by_lease"))
+            offer = resale.resale_offer_create(
+                org=request.org, lease=lease, server_id=fields.pop("server", None), **fields
+            )
+        else:
+            self._need_provider()
+            data = OfferInput(data=request.data, context={"request": request})
+            data.is_valid(raise_exception=True)
+            offer = services.offer_create(org=request.org, **data.validated_data)
         return Response(OfferOutput(offer, context=self.get_serializer_context()).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=ReclaimInput, responses={200: ReclaimOutput})
+    @action(detail=True, methods=["post"])
+    def reclaim(self, request: Request, pk: str) -> Response:
+        """Lend-back: take `gpu_count` cards of your resale offer back from interruptible leases on it, with the
+        usual preemption notice (409 `not_enough_interruptible` when they hold fewer)."""
+        offer = self._own(pk)
+        data = ReclaimInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        done = resale.resale_reclaim(offer=offer, gpu_count=data.validated_data["gpu_count"])
+        body = {"gpu_count": done.gpu_count, "leases": done.leases, "effective_at": done.effective_at}
+        return Response(ReclaimOutput(body).data)
 
     @extend_schema(request=OfferChange, responses={200: OfferOutput})
     def partial_update(self, request: Request, pk: str) -> Response:

@@ -41,6 +41,47 @@ class OfferInput(StrictSerializer):
     )
 
 
+class ResaleOfferInput(StrictSerializer):
+    """A resale offer (scheduler/resale.py): cards the caller holds through its own active server_month or
+    pflops_year contract, offered on by the card-hour."""
+
+    backed_by_lease = serializers.IntegerField(
+        min_value=1,
+        max_value=2**63 - 1,
+        help_text="The id of your own active server_month or pflops_year lease whose cards this offer resells.",
+    )
+    server = serializers.IntegerField(
+        min_value=1,
+        max_value=2**63 - 1,
+        required=False,
+        allow_null=True,
+        help_text="Which of the lease's servers (needed when it holds cards on several).",
+    )
+    prices = PricesField(help_text="card_hour only.")
+    interruptible_prices = PricesField(required=False, help_text="card_hour only.")
+    interruptible_only = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Lend idle committed cards back: rented interruptibly only (interruptible_prices alone), taken "
+        "back with the usual preemption notice (POST /api/v1/offers/{id}/reclaim/).",
+    )
+    min_gpus = serializers.IntegerField(min_value=1, max_value=16, default=1)
+    available_until = serializers.DateTimeField(
+        required=False, allow_null=True, help_text="No later than the lease's end (its end when left out)."
+    )
+    currency = serializers.ChoiceField(choices=Organization.Currency.choices, required=False)
+
+
+class ReclaimInput(StrictSerializer):
+    gpu_count = serializers.IntegerField(min_value=1, max_value=1024, help_text="Cards to take back.")
+
+
+class ReclaimOutput(serializers.Serializer):
+    gpu_count = serializers.IntegerField(help_text="Cards taken back (whole leases go, so possibly more).")
+    leases = serializers.ListField(child=serializers.IntegerField(), help_text="The leases given notice.")
+    effective_at = serializers.DateTimeField(help_text="When the cards come back (the preemption notice's end).")
+
+
 class OfferChange(StrictSerializer):
     prices = PricesField(required=False)
     interruptible_prices = PricesField(required=False)
@@ -98,12 +139,16 @@ class OfferOutput(serializers.ModelSerializer):
     interruptible_prices = serializers.SerializerMethodField()
     local_prices = serializers.SerializerMethodField()
     reliability = serializers.SerializerMethodField()
+    is_resale = serializers.BooleanField(
+        read_only=True, help_text="A resale offer: `provider` is the reseller, which holds these cards by contract."
+    )
 
     class Meta:
         model = Offer
         fields = [
             "id",
             "server",
+            "is_resale",
             "gpu_model",
             "gpu_model_name",
             "gpus_total",

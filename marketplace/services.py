@@ -1,4 +1,5 @@
-"""Writes of the storefront: providers list, reprice and delist their servers' offers."""
+"""Writes of the storefront: providers list, reprice and delist their servers' offers (resellers theirs: a resale
+offer is made by scheduler/resale.py and changed here under its rules)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from accounts.errors import Conflict, InvalidInput
 from accounts.models import Organization
 from accounts.tenancy import platform_work
 from inventory.models import PLAN_PRICE_FIELDS, Offer, Server
+from scheduler import resale
 
 # Why these services run across tenants while a request is handled (accounts/tenancy.py).
 _PLATFORM = "the offer and its server were reached through the access layer"
@@ -98,16 +100,32 @@ def offer_update(*, offer: Offer, **changes: Any) -> Offer:
             values.update({PLAN_PRICE_FIELDS[p][0]: v for p, v in changes.pop("prices").items()})
         if "interruptible_prices" in changes:
             values.update({PLAN_PRICE_FIELDS[p][1]: v for p, v in changes.pop("interruptible_prices").items()})
-        prices = {name: getattr(locked, name) for pair in PLAN_PRICE_FIELDS.values() for name in pair}
-        _check_prices({**prices, **values})
-        most = locked.server.gpu_count
-        if changes.get("min_gpus", locked.min_gpus) > most:
-            raise InvalidInput("More cards than the server has.", fields={"min_gpus": [f"At most {most}."]})
+        if locked.is_resale:
+            # A resale offer's own rules: card_hour prices, its contract's end and cards (scheduler/resale.py).
+            _resale_extras(changes)
+            resale.check_offer_change(locked, {**values, **changes})
+        else:
+            prices = {name: getattr(locked, name) for pair in PLAN_PRICE_FIELDS.values() for name in pair}
+            _check_prices({**prices, **values})
+            most = locked.server.gpu_count
+            if changes.get("min_gpus", locked.min_gpus) > most:
+                raise InvalidInput("More cards than the server has.", fields={"min_gpus": [f"At most {most}."]})
         values.update(changes)
         for name, value in values.items():
             setattr(locked, name, value)
         locked.save(update_fields=[*values, "updated_at"])
     return locked
+
+
+def _resale_extras(changes: dict[str, Any]) -> None:
+    """A resale offer lends no host access and no volume storage: those are the server's provider's."""
+    errors = {
+        name: ["Not for a resale offer."]
+        for name in ("host_access", "storage_gb_month_price", "data_access_hour_price")
+        if changes.get(name)
+    }
+    if errors:
+        raise InvalidInput("A resale offer sells card-hours only.", fields=errors)
 
 
 @platform_work(_PLATFORM)

@@ -63,6 +63,8 @@ END_REASON_LABELS = {
     "preempted": pgettext_lazy("lease end", "Ended: preempted for an on-demand lease"),
     "funds_exhausted": pgettext_lazy("lease end", "Ended: funds exhausted"),
     "workload_failed": pgettext_lazy("lease end", "Ended: its workload did not start"),
+    # A lease on a resale offer whose backing contract ended (scheduler/resale.py).
+    "backing_ended": pgettext_lazy("lease end", "Ended: the contract behind its resale offer ended"),
 }
 EVENT_LABELS = {
     LeaseEvent.Kind.CREATED: pgettext_lazy("lease event", "Created"),

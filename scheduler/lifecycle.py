@@ -15,6 +15,7 @@ from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from inventory.models import Gpu, GpuHealthEvent, Server
+from scheduler import resale
 from scheduler.errors import NoCapacity
 from scheduler.models import Allocation, Lease, LeaseEvent, LeaseState, Plan
 from scheduler.placement import Demand, allocate
@@ -76,6 +77,7 @@ def leases_run(*, now: datetime | None = None) -> dict[str, int]:
         "ended": leases_end_due(now=now),
         "preempted": preemptions_complete(now=now),
         **failover_run(now=now),
+        "resales_ended": resale.resale_orphans_end(now=now),
         "capacity_refreshed": capacity_refresh(),
     }
 
@@ -92,13 +94,65 @@ def capacity_refresh() -> int:
 # --- failover ----------------------------------------------------------------------------------------------
 
 
-def _replace_card(allocation: Allocation, *, now: datetime, reason: str) -> bool:
+def _replace_card(allocation: Allocation, *, now: datetime, reason: str) -> bool | None:
     """Move `allocation`'s lease off its card: close it now and allocate a healthy free card of the same model
-    (same server first). With none free, record the shortfall. Returns whether a replacement was found."""
+    (same server first). With none free, record the shortfall. Returns whether a replacement was found (None when
+    there was nothing left to move: a resale allocation its backing's failover already moved).
+
+    The resales of `allocation` (scheduler/resale.py) follow it: each gets another free card of its contract on
+    that server, the new one included, or a shortfall. A resale allocation itself moves only within its contract's
+    cards."""
     lease = Lease.objects.select_for_update().get(pk=allocation.lease_id)
+    if allocation.backing_id is not None:
+        return _replace_resale_card(allocation, lease, now=now, reason=reason)
     gpu = Gpu.objects.select_related("server").get(pk=allocation.gpu_id)
     end = allocation.period.upper
+    resold = list(_live_resales_of(allocation, now))
     close_allocations(Allocation.objects.filter(pk=allocation.pk), at=now, reason="failover")
+    replaced = _replace_own_card(allocation, lease, gpu, end, now=now, reason=reason)
+    for row in resold:
+        _replace_resale_card(row, Lease.objects.select_for_update().get(pk=row.lease_id), now=now, reason=reason)
+    return replaced
+
+
+def _live_resales_of(allocation: Allocation, now: datetime) -> QuerySet[Allocation]:
+    return Allocation.objects.filter(backing=allocation).filter(
+        Q(period__endswith__isnull=True) | Q(period__endswith__gt=now)
+    )
+
+
+def _replace_resale_card(allocation: Allocation, lease: Lease, *, now: datetime, reason: str) -> bool | None:
+    """A resale allocation (its backing's card failed or moved): another free card of its contract on that server,
+    at the same price, else a shortfall. None when its lease no longer lives or it was moved already."""
+    if lease.state not in (LeaseState.SCHEDULED, LeaseState.ACTIVE):
+        return None
+    current = Allocation.objects.get(pk=allocation.pk)
+    if (current.period.upper is not None and current.period.upper < now) or current.close_reason == "failover":
+        return None
+    close_allocations(Allocation.objects.filter(pk=allocation.pk), at=now, reason="failover")
+    Allocation.objects.filter(pk=allocation.pk).update(close_reason="failover")
+    gpu = Gpu.objects.select_related("server__gpu_model").get(pk=allocation.gpu_id)
+    try:
+        with transaction.atomic():
+            rows = resale.allocate_resale(
+                lease=lease,
+                count=1,
+                start=max(now, allocation.period.lower),
+                end=allocation.period.upper or lease.end_at,
+                now=now,
+                price_like=allocation,
+            )
+    except NoCapacity:
+        _record_shortfall(lease, gpu, now=now, reason=reason)
+        return False
+    to_gpu = gpu_uuids([rows[0].gpu_id])[0]
+    append_event(lease, now, LeaseEvent.Kind.FAILOVER, from_gpu=gpu.uuid, to_gpu=to_gpu, reason=reason)
+    return True
+
+
+def _replace_own_card(
+    allocation: Allocation, lease: Lease, gpu: Gpu, end: datetime | None, *, now: datetime, reason: str
+) -> bool:
     filters = Filters(
         plan=lease.plan,
         interruptible=lease.interruptible,

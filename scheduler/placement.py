@@ -238,8 +238,9 @@ def preemption_notice() -> timedelta:
 
 
 def _by_interruptible_only(period: DateTimeTZRange) -> Q:
-    """Cards whose overlapping allocations (if any) all belong to live interruptible leases."""
-    firm = selectors.overlapping(period).filter(
+    """Cards whose overlapping allocations (if any) all belong to live interruptible leases. A resale allocation
+    (layer 1) does not count: it lives inside its backing allocation, whose lease decides (its resales follow it)."""
+    firm = selectors.overlapping(period).filter(backing__isnull=True).filter(
         Q(lease__interruptible=False) | ~Q(lease__state__in=[LeaseState.SCHEDULED, LeaseState.ACTIVE])
     )
     return ~Q(Exists(firm))
@@ -303,8 +304,9 @@ def allocate_preempting(
 
 def _preempt_holders(gpu_ids: list[int], *, period: DateTimeTZRange, cut: datetime, now: datetime) -> set[int]:
     """Give notice to every lease holding one of `gpu_ids` during `period` (rows locked in id order); returns the
-    cards they held, which become free only at `cut`."""
-    holding = Allocation.objects.filter(gpu_id__in=gpu_ids, period__overlap=period)
+    cards they held, which become free only at `cut`. Resale leases on those cards are told by their contract's
+    preemption (resale.follow_backing), not as holders of their own."""
+    holding = Allocation.objects.filter(gpu_id__in=gpu_ids, period__overlap=period, backing__isnull=True)
     victim_ids = sorted(set(holding.values_list("lease_id", flat=True)))
     victim_cards = set(holding.values_list("gpu_id", flat=True))
     for victim in Lease.objects.filter(pk__in=victim_ids).order_by("pk").select_for_update():
@@ -322,3 +324,6 @@ def _preempt(victim: Lease, *, cut: datetime, now: datetime) -> None:
     append_event(victim, now, LeaseEvent.Kind.PREEMPTION_NOTICE, effective_at=cut.isoformat(), gpus=gpu_uuids(released))
     if cut <= now:
         finish_preemption(victim, now=now)
+    from scheduler import resale  # resale placement builds on this module
+
+    resale.follow_backing(victim, at=cut, now=now, reason="backing_preempted")

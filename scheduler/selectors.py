@@ -55,7 +55,7 @@ def period_range(start: datetime, end: datetime | None) -> DateTimeTZRange:
 def live_offers(*, plan: str, interruptible: bool = False, until: datetime | None = None) -> QuerySet[Offer]:
     """Offers not delisted that price `plan` (interruptibly when asked) and stay available until `until`
     (an open-ended lease needs an offer with no end)."""
-    qs = Offer.objects.unscoped(STOREFRONT).open_through(until)
+    qs = Offer.objects.unscoped(STOREFRONT).direct().open_through(until)
     if plan:
         qs = qs.filter(**{f"{PLAN_PRICE_FIELDS[plan][1 if interruptible else 0]}__isnull": False})
     return qs
@@ -235,7 +235,7 @@ def best_fit_capacity(
 
 def offer_minimums(server_ids: Iterable[int] | None = None) -> dict[int, int]:
     """Server id -> the `min_gpus` of its live offer (a server has one), where above 1; of `server_ids` if given."""
-    offers = Offer.objects.unscoped(STOREFRONT).live().filter(min_gpus__gt=1)
+    offers = Offer.objects.unscoped(STOREFRONT).direct().live().filter(min_gpus__gt=1)
     if server_ids is not None:
         offers = offers.filter(server_id__in=list(server_ids))
     return dict(offers.values_list("server_id", "min_gpus"))

@@ -21,7 +21,7 @@ from accounts.errors import InvalidInput, InvalidTransition, NotAllowed
 from accounts.models import Organization
 from accounts.tenancy import platform_work
 from inventory.models import GpuModel, Offer, Server
-from scheduler import admission, allocator, elastic, pricing, restarts, selectors
+from scheduler import admission, allocator, elastic, pricing, resale, restarts, selectors
 from scheduler.errors import NoCapacity
 from scheduler.models import Allocation, Lease, LeaseEvent, LeaseState, Plan, ScalingRule, check_transition
 from scheduler.placement import PLATFORM, Demand, allocate, largest_allocatable, take_back_own_cards
@@ -176,6 +176,9 @@ def lease_create(
     if org.billing_hold:
         raise NotAllowed("Your organisation has an overdue invoice; pay it to start new leases.", code="billing_hold")
     rule = _scaling_settings(scaling, plan=plan, gpu_count=gpu_count) if scaling is not None else None
+    if offer is not None and offer.is_resale:
+        # A resale lease ends with the contract behind it at the latest (scheduler/resale.py).
+        end_at = resale.resale_end(offer, end_at)
     request = LeaseRequest(
         org=org,
         plan=plan,
@@ -197,7 +200,10 @@ def lease_create(
         return _retrying(lambda: _lease_place(request, rule))
     except NoCapacity:
         # Only now, off the fast path: a request no capacity could ever meet is bad input (400), not a 409.
-        largest = largest_allocatable(plan=plan, filters=request.filters)
+        if offer is not None and offer.is_resale:
+            largest = resale.resellable(offer, request.start)
+        else:
+            largest = largest_allocatable(plan=plan, filters=request.filters)
         if request.wanted > largest:
             message = f"At most {largest} can be allocated with these filters."
             raise InvalidInput(message, fields={request.wanted_field: [message]}) from None
@@ -221,15 +227,20 @@ def _lease_place(request: LeaseRequest, scaling: dict[str, Any] | None = None) -
     lease = Lease.objects.create(**request.lease_fields())
     if scaling is not None:
         ScalingRule.objects.create(lease=lease, **scaling)
-    rows = allocate(
-        lease=lease,
-        demand=request.demand,
-        filters=request.filters,
-        start=request.start,
-        end=request.end_at,
-        now=request.now,
-        preempt=not request.interruptible,
-    )
+    if request.offer is not None and request.offer.is_resale:
+        rows = resale.allocate_resale(
+            lease=lease, count=request.gpu_count or 0, start=request.start, end=request.end_at, now=request.now
+        )
+    else:
+        rows = allocate(
+            lease=lease,
+            demand=request.demand,
+            filters=request.filters,
+            start=request.start,
+            end=request.end_at,
+            now=request.now,
+            preempt=not request.interruptible,
+        )
     gpu_ids = [row.gpu_id for row in rows]
     lease.gpu_count = len(rows)
     lease.delivered_pflops = rated_pflops(gpu_ids)
@@ -268,6 +279,7 @@ def lease_end(*, lease: Lease, now: datetime | None = None, reason: str = "custo
         released = close_allocations(Allocation.objects.filter(lease=lease), at=now, reason=target)
         move(lease, target, ended_at=now, end_reason=reason)
         append_event(lease, now, target, reason=reason, gpus=gpu_uuids(released))
+        resale.follow_backing(lease, at=now, now=now)
     return lease
 
 
@@ -287,6 +299,7 @@ def lease_fail(*, lease: Lease, reason: str, now: datetime | None = None) -> boo
         released = close_allocations(Allocation.objects.filter(lease=lease), at=now, reason=LeaseState.FAILED)
         move(lease, LeaseState.FAILED, ended_at=now, end_reason="workload_failed")
         append_event(lease, now, LeaseEvent.Kind.FAILED, reason=reason[:300], gpus=gpu_uuids(released))
+        resale.follow_backing(lease, at=now, now=now)
     return True
 
 
@@ -304,6 +317,9 @@ def _stop_refusal(lease: Lease, now: datetime) -> InvalidTransition | None:
         return InvalidTransition(
             "Only card_hour leases can be stopped; a contract holds its cards for its whole term.", code="not_stoppable"
         )
+    if lease.offer_id is not None and lease.offer.is_resale:
+        # It could start again only on its contract's cards, which may be resold meanwhile: it ends instead.
+        return InvalidTransition("A lease on a resale offer cannot be stopped; end it instead.", code="not_stoppable")
     if lease.interruptible:
         # Its cards may be taken for an on-demand lease at any time: it ends (and keeps its volumes) instead.
         return InvalidTransition("An interruptible lease cannot be stopped; end it instead.", code="not_stoppable")
@@ -488,7 +504,12 @@ def lease_resize(
 def _grow(lease: Lease, held: list[Allocation], *, by: int, gpu_count: int, now: datetime) -> list[int]:
     """Allocate `by` more cards to `lease` from now (or its start), on its servers first; the ids added.
 
-    Cards of the lease's GPU model, or of the one model it holds; NoCapacity when none could ever be found."""
+    Cards of the lease's GPU model, or of the one model it holds; NoCapacity when none could ever be found. A lease
+    on a resale offer grows only onto its contract's other free cards (scheduler/resale.py)."""
+    if lease.offer_id is not None and lease.offer.is_resale:
+        rows = resale.allocate_resale(lease=lease, count=by, start=max(now, lease.start_at), end=lease.end_at, now=now)
+        admission.admit(lease, rows, now)
+        return [row.gpu_id for row in rows]
     models = {a.gpu.server.gpu_model_id for a in held} if held else set()
     prefer = {a.server_id for a in held}
     if not held:

@@ -61,9 +61,24 @@ def finish_preemption(lease: Lease, *, now: datetime) -> bool:
 
 def close_allocations(allocations: QuerySet[Allocation], *, at: datetime, reason: str) -> list[int]:
     """Close every allocation of `allocations` still held at `at`: periods end at `at`; allocations that had not
-    started by `at` are removed (they never held the card). Returns the card ids released."""
-    live = allocations.filter(Q(period__endswith__isnull=True) | Q(period__endswith__gt=at))
-    released = list(live.values_list("gpu_id", flat=True))
+    started by `at` are removed (they never held the card). Returns the card ids released.
+
+    The rows are locked first (primary-key order), so a resale being placed on one of them (scheduler/resale.py
+    locks the backing allocations) either finishes first or then finds it closed; their resales (allocations with
+    `backing` on them) close at the same instant, before them, as the containment trigger wants (reason
+    "backing_ended"; resale.follow_backing ends the leases left without cards)."""
+    held = Q(period__endswith__isnull=True) | Q(period__endswith__gt=at)
+    rows = list(
+        allocations.filter(held).order_by("pk").select_for_update(no_key=True, of=("self",)).values_list("pk", "gpu_id")
+    )
+    if not rows:
+        return []
+    ids = [pk for pk, _gpu in rows]
+    released = [gpu for _pk, gpu in rows]
+    resold = Allocation.objects.filter(backing_id__in=ids).filter(held)
+    if resold.exists():
+        close_allocations(resold, at=at, reason="backing_ended")
+    live = Allocation.objects.filter(pk__in=ids)
     live.filter(period__startswith__gte=at).delete()
     closed = Func(F("period__startswith"), Value(at), Value("[)"), function="tstzrange")
     live.filter(period__startswith__lt=at).update(

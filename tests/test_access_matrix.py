@@ -129,6 +129,7 @@ ACCESS: dict[str, str] = {
     "offer-list": "public",
     "offer-mine": "api_tenant_list",
     "offer-detail": "public_listing",
+    "offer-reclaim": "api_post_only",
     "invoice-pay": "api_post_only",
     "admin-reconciliation": "api_staff",
     "admin-close-period": "api_staff_post_only",

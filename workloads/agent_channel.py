@@ -7,8 +7,10 @@ reported back among the `workloads`).
 Cleaning: a card named in a workload served to an agent is marked `needs_cleaning`; once it is in no workload of
 its server any more, it is stamped with the desired-state version that left it out (`clean_after_version`), and it
 becomes allocatable again only when the agent reports it has applied that version (everything of the workload
-gone). A card not reported clean within SUANLI_WORKLOAD_CLEAN_TIMEOUT_SECONDS is drained for the provider
-(workloads.checks).
+gone). A card two leases hold at once (a contract and its resale, scheduler/resale.py) is served to the resale while
+that holds it, and passes from one lease's workload to the other's only clean: while it still needs cleaning after
+another lease (`Gpu.served_lease_id`), it is left out, so it is stamped and cleaned first. A card not reported
+clean within SUANLI_WORKLOAD_CLEAN_TIMEOUT_SECONDS is drained for the provider (workloads.checks).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from accounts.errors import InvalidInput
@@ -91,13 +93,20 @@ def desired_state_serve(*, server: Server, now: datetime | None = None) -> dict[
     live = (
         Allocation.objects.filter(server=server, lease__state=LeaseState.ACTIVE, lease__workload_spec__isnull=False)
         .filter(period__contains=now)
+        # A contract's card resold now is the resale lease's (scheduler/resale.py): not its own workload's.
+        .exclude(Exists(Allocation.objects.filter(backing_id=OuterRef("pk"), period__contains=now)))
         .select_related("gpu")
         .order_by("lease_id", "gpu__index")
     )
     cards: dict[int, list[str]] = defaultdict(list)
     ends: dict[int, list[datetime | None]] = defaultdict(list)
     for allocation in live:
-        cards[allocation.lease_id].append(allocation.gpu.uuid)
+        gpu = allocation.gpu
+        if gpu.needs_cleaning and gpu.served_lease_id not in (None, allocation.lease_id):
+            # Still in (or not yet cleaned after) another lease's workload: a card passing between a contract and
+            # its resale. Left out, it is cleaned, then handed over (module docstring).
+            continue
+        cards[allocation.lease_id].append(gpu.uuid)
         ends[allocation.lease_id].append(allocation.period.upper)
     workloads = _workloads_for(server, list(cards), now)
     items = []
@@ -132,6 +141,10 @@ def desired_state_serve(*, server: Server, now: datetime | None = None) -> dict[
         Gpu.objects.filter(server=server, uuid__in=served).filter(
             Q(needs_cleaning=False) | Q(clean_after_version__isnull=False)
         ).update(needs_cleaning=True, clean_after_version=None, clean_requested_at=None)
+        for lease_id, uuids in cards.items():
+            Gpu.objects.filter(server=server, uuid__in=uuids).exclude(served_lease_id=lease_id).update(
+                served_lease_id=lease_id
+            )
         Gpu.objects.filter(server=server, needs_cleaning=True, clean_after_version__isnull=True).exclude(
             uuid__in=served
         ).update(clean_after_version=version, clean_requested_at=now)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 import pytest
 from django.db import connection
@@ -15,7 +16,7 @@ from django.utils import timezone
 from accounts.errors import DomainError
 from inventory.models import Gpu, GpuHealthEvent, Server
 from marketplace.selectors import offers_listed
-from scheduler import lifecycle, selectors, services
+from scheduler import lifecycle, resale, selectors, services
 from scheduler.models import Allocation, Capacity, Lease, LeaseState
 from scheduler.selectors import Filters, free_gpus, period_range
 from tests.factories import GpuModelFactory, OrganizationFactory, ProviderFactory, online_server
@@ -23,8 +24,9 @@ from tests.factories import GpuModelFactory, OrganizationFactory, ProviderFactor
 pytestmark = pytest.mark.django_db
 
 
-def recount(server: Server, at: datetime) -> dict:
-    """The row the model must hold for `server` counted at `at`, from the card and allocation rows in Python."""
+def recount(server: Server, at: datetime, *, layers: tuple[int, ...] = (0,)) -> dict:
+    """The row the model must hold for `server` counted at `at`, from the card and allocation rows in Python: the
+    holders of cards (layer 0); `layers=(0, 1)` counts resale allocations (scheduler/resale.py) too."""
     ok = free_now = free_onward = 0
     boundaries = []
     for gpu in Gpu.objects.filter(server=server):
@@ -33,7 +35,7 @@ def recount(server: Server, at: datetime) -> dict:
         ok += 1
         later = [
             a.period
-            for a in Allocation.objects.filter(gpu=gpu)
+            for a in Allocation.objects.filter(gpu=gpu, layer__in=layers)
             if a.period.upper is None or a.period.upper > at  # overlaps [at, infinity)
         ]
         free_now += not any(p.lower <= at for p in later)
@@ -59,6 +61,12 @@ def assert_model_matches(servers: list[Server]) -> None:
             "valid_until": None if row.valid_until.year == 9999 else row.valid_until,
         }
         assert got == want, (server.name, row.as_of)
+        # Resale rows lie inside their backing allocations: counted too, they would change no count.
+        every = recount(server, row.as_of, layers=(0, 1))
+        assert {k: every[k] for k in COUNTS} == {k: want[k] for k in COUNTS}, (server.name, row.as_of)
+
+
+COUNTS = ("ok_cards", "free_now", "free_onward")
 
 
 def assert_readers_match_live_counts(servers: list[Server]) -> None:
@@ -71,6 +79,8 @@ def assert_readers_match_live_counts(servers: list[Server]) -> None:
     assert selectors.free_capacity(filters, period) == live
     busy = selectors.busy_gpu_ids(period_range(now, now + timedelta(seconds=1)))
     for offer in offers_listed(now=now):
+        if offer.is_resale:
+            continue  # its free cards are its contract's, not the server's (tests/scheduler/test_resale.py)
         cards = selectors.allocatable_gpus(Filters()).filter(server_id=offer.server_id)
         assert offer.gpus_ok == cards.count()
         assert offer.gpus_free == cards.exclude(id__in=busy).count()
@@ -178,3 +188,91 @@ def test_a_truncate_of_the_allocations_recounts_every_server():
         cursor.execute("TRUNCATE scheduler_leaseevent, scheduler_allocation, scheduler_lease CASCADE")
     assert_model_matches([server])
     assert Capacity.objects.get(server=server).free_now == 4
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_resale_rows_leave_the_capacity_model_as_a_recount_of_the_card_holders_says(seed):
+    """A broker's contracts resold card by card (scheduler/resale.py): resale leases made, resized, ended, taken back,
+    their contract's cards failing over and contracts ending, beside plain leases; after every step the model equals
+    a recount of the card holders, and counting the resale rows too changes no count."""
+    rng = random.Random(seed)
+    provider = ProviderFactory()
+    model = GpuModelFactory()
+    servers = [
+        online_server(organization=provider, gpu_model=model, gpus=8, name=f"resale-{seed}-{i}") for i in range(3)
+    ]
+    broker = OrganizationFactory()
+    renters = [OrganizationFactory() for _ in range(2)]
+    offers = []
+    for _ in range(2):
+        backing = services.lease_create(
+            org=broker, plan="server_month", servers=1, end_at=timezone.now() + timedelta(days=30)
+        )
+        offers.append(
+            resale.resale_offer_create(
+                org=broker,
+                lease=backing,
+                prices={"card_hour": Decimal("4")},
+                interruptible_prices={"card_hour": Decimal("2")},
+            )
+        )
+    assert_model_matches(servers)
+    done: dict[str, int] = {}
+
+    def resale_leases(**kwargs) -> list[Lease]:
+        return list(Lease.objects.filter(offer__is_resale=True, **kwargs).order_by("pk"))
+
+    def create() -> None:
+        services.lease_create(
+            org=rng.choice(renters),
+            plan="card_hour",
+            gpu_count=rng.choice([1, 2, 3]),
+            offer=rng.choice(offers),
+            interruptible=rng.random() < 0.5,
+        )
+
+    def plain() -> None:
+        services.lease_create(org=rng.choice(renters), plan="card_hour", gpu_count=rng.choice([1, 2]))
+
+    def resize() -> None:
+        lease = rng.choice(resale_leases(state=LeaseState.ACTIVE))
+        services.lease_resize(lease=lease, gpu_count=max(1, lease.gpu_count + rng.choice([-1, 1, 2])))
+
+    def end() -> None:
+        services.lease_end(lease=rng.choice(resale_leases(state=LeaseState.ACTIVE)))
+
+    def reclaim() -> None:
+        resale.resale_reclaim(offer=rng.choice(offers), gpu_count=1)
+
+    def fail_a_card() -> None:
+        held = list(
+            Allocation.objects.filter(period__contains=timezone.now(), layer=1, gpu__health="healthy").select_related(
+                "gpu"
+            )
+        )
+        gpu = rng.choice(held).gpu
+        GpuHealthEvent.objects.create(
+            gpu=gpu, server=gpu.server, at=timezone.now(), from_health="healthy", to_health="failed", reason="XID 79"
+        )
+        Gpu.objects.filter(pk=gpu.pk).update(health="failed")
+        lifecycle.failover_run()
+
+    def end_a_contract() -> None:
+        if done.get("create", 0) < 6:
+            raise IndexError  # not before there is something resold to end with it
+        services.lease_end(lease=rng.choice(list(Lease.objects.filter(plan="server_month", state="active"))))
+
+    steps = [create] * 6 + [plain, resize, resize, end, reclaim, fail_a_card, end_a_contract, lifecycle.leases_run]
+    with override_settings(SUANLI_PREEMPTION_NOTICE_SECONDS=0):
+        for _ in range(50):
+            step = rng.choice(steps)
+            try:
+                step()
+            except (DomainError, IndexError):
+                pass
+            else:
+                done[step.__name__] = done.get(step.__name__, 0) + 1
+            assert_model_matches(servers)
+    assert_readers_match_live_counts(servers)
+    assert {"create", "resize", "end", "reclaim", "fail_a_card"} <= set(done), done
+    assert Allocation.objects.filter(layer=1).exists()

@@ -218,7 +218,11 @@ def world(alice, bob, staff, box, fake_stripe):
             {"min_gpus": 1, "max_gpus": 2, "target_utilization_pct": 70, "max_price_per_hour": "9.50"},
         ],
         "lease-queue-depth": [{"depth": 12}],
-        "offer-list": [{"server": box.server_id, "prices": {"card_hour": "2.50"}, "available_until": FUTURE}],
+        "offer-list": [
+            {"server": box.server_id, "prices": {"card_hour": "2.50"}, "available_until": FUTURE},
+            {"backed_by_lease": lease["id"], "prices": {"card_hour": "4.00"}, "interruptible_only": False},
+        ],
+        "offer-reclaim": [{"gpu_count": 1}],
         "offer-detail": [{"prices": {"card_hour": "3.00"}, "min_gpus": 1}],
         "server-list": [
             {

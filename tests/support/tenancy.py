@@ -219,6 +219,7 @@ VICTIM_OBJECTS: dict[str, Callable[[Victims], dict]] = {
     "server-enrollment-token": _bob_server,
     "server-telemetry": _bob_server,
     "offer-detail": _bob_offer,
+    "offer-reclaim": _bob_offer,
     "lease-detail": _alice_lease,
     "lease-end": _alice_lease,
     "lease-resize": _alice_lease,
