@@ -126,8 +126,8 @@ class OfferViewSet(OrgContextMixin, mixins.ListModelMixin, mixins.RetrieveModelM
         responses={201: OfferOutput},
     )
     def create(self, request: Request) -> Response:
-        """A provider lists its server (`server`), or any organisation resells cards it holds by contract
-        (`backed_by_lease` instead of `server`: scheduler/resale.py)."""
+        """A provider lists its server (`server`), or any organisation resells the cards it holds through its own
+        active server_month or pflops_year lease (`backed_by_lease` instead of `server`), by the card-hour."""
         _need_operator(request)
         if isinstance(request.data, dict) and "backed_by_lease" in request.data:
             data = ResaleOfferInput(data=request.data, context={"request": request})

@@ -141,6 +141,7 @@ def _replace_resale_card(allocation: Allocation, lease: Lease, *, now: datetime,
                 end=allocation.period.upper or lease.end_at,
                 now=now,
                 price_like=allocation,
+                listed_only=False,
             )
     except NoCapacity:
         _record_shortfall(lease, gpu, now=now, reason=reason)

@@ -184,12 +184,11 @@ def check_offer_change(offer: Offer, values: dict) -> None:
 
 
 def resale_end(offer: Offer, end_at: datetime | None) -> datetime | None:
-    """The end of a lease on resale offer `offer` asked to end at `end_at` (None: open): the backing contract's
-    end at the latest."""
+    """The end of a lease on resale offer `offer` asked to end at `end_at` (None: open): the offer's
+    `available_until` and the backing contract's end at the latest."""
     backing_end = Resale.objects.filter(offer=offer).values_list("lease__end_at", flat=True).first()
-    if backing_end is None:
-        return end_at
-    return backing_end if end_at is None else min(end_at, backing_end)
+    bounds = [moment for moment in (end_at, offer.available_until, backing_end) if moment is not None]
+    return min(bounds) if bounds else None
 
 
 def resellable(offer: Offer, at: datetime) -> int:
@@ -238,15 +237,20 @@ def allocate_resale(
     end: datetime | None,
     now: datetime,
     price_like: Allocation | None = None,
+    listed_only: bool = True,
 ) -> list[Allocation]:
     """Place `count` cards of `lease` (a lease on a resale offer) for [start, end) on its backing lease's cards on
-    the offer's server that no other resale holds then; call inside a transaction. All or nothing: NoCapacity.
+    the offer's server that no other resale holds then; call inside a transaction. All or nothing: NoCapacity. A
+    delisted offer takes no new cards (`listed_only`), except a failed card's replacement: delisting never ends or
+    shrinks the leases already on it.
 
     Locks the backing allocations of that server (primary-key order, waiting for a racing placement), then inserts
     the allocations with `backing` set inside a savepoint; when the exclusion constraint refuses one (a racing
     resale committed on that card after this statement's snapshot), it reads again, at most MAX_ATTEMPTS times."""
     resale = Resale.objects.select_related("offer", "offer__server").get(offer_id=lease.offer_id)
     offer = resale.offer
+    if listed_only and offer.delisted_at is not None:
+        raise NoCapacity("This resale offer is no longer listed.")
     end = resale_end(offer, end)
     if end is None or end <= start:
         raise NoCapacity("The contract behind this offer ends before that.")

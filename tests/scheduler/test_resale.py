@@ -256,6 +256,20 @@ def test_resale_rows_leave_the_capacity_model_as_it_was(broker, alice, rack):
     assert row()[:3] == before[:3]
 
 
+def test_a_delisted_resale_offer_places_no_new_cards_and_its_leases_run_on(broker, alice, rack):
+    backing = contract(broker)
+    offer = resale_offer(broker, backing["id"], available_until=(timezone.now() + timedelta(days=3)).isoformat())
+    lease = rent(alice, offer=offer["id"], gpu_count=2).json()
+    # No later than the offer is available.
+    assert Lease.objects.get(pk=lease["id"]).end_at == Offer.objects.get(pk=offer["id"]).available_until
+    assert broker.api.delete(f"/api/v1/offers/{offer['id']}/").status_code == 204
+    with pytest.raises(resale.NoCapacity):
+        services.lease_create(org=alice.org, plan="card_hour", gpu_count=1, offer=Offer.objects.get(pk=offer["id"]))
+    grow = alice.api.post(f"/api/v1/leases/{lease['id']}/resize/", {"gpu_count": 3}, format="json")
+    assert grow.status_code == 409
+    assert Lease.objects.get(pk=lease["id"]).state == "active" and len(cards_of(lease["id"])) == 2
+
+
 # --- life cycle --------------------------------------------------------------------------------------------
 
 
