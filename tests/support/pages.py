@@ -5,6 +5,7 @@ forms. A plugin (tests/conftest.py loads it): `pages_world` is a fixture for eve
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from html.parser import HTMLParser
 
 import pytest
@@ -13,7 +14,7 @@ from django.http import HttpResponse
 
 from billing import invoicing
 from billing.models import Invoice
-from scheduler import services
+from scheduler import elastic, services
 from tests.factories import online_server
 
 MARCH = datetime(2026, 2, 28, 16, 0, tzinfo=UTC)  # 2026-03-01 00:00 in Asia/Shanghai, the platform clock
@@ -125,6 +126,9 @@ def pages_world(alice, bob, staff, settings):
         clock.move_to(APRIL + timedelta(hours=1))
         invoicing.close_period("2026-03")
         lease = services.lease_create(org=alice.org, plan="card_hour", gpu_count=2)
+        # An elastic lease: its page shows the rule, its schedule and price ceiling, its chart and its forms.
+        rule = {"max_gpus": 4, "target_utilization_pct": 70, "schedule": [{"cron": "* 0-8 * * *", "max_gpus": 2}]}
+        elastic.scaling_set(lease, {**rule, "max_price_per_hour": Decimal("40")})
         yield {
             "alice": alice,
             "bob": bob,
