@@ -43,7 +43,7 @@ from accounts.tenancy import platform_work
 from inventory import telemetry
 from scheduler import selectors
 from scheduler.errors import NoCapacity
-from scheduler.models import Lease, LeaseState, Plan, ScalingRule
+from scheduler.models import Allocation, Lease, LeaseState, Plan, ScalingRule
 from scheduler.placement import PLATFORM
 
 logger = logging.getLogger(__name__)
@@ -375,10 +375,15 @@ def _bound_message(by: str, high: int) -> str:
     return f"At its maximum of {high} cards."
 
 
-def lease_utilization(lease: Lease, *, since: datetime, now: datetime) -> float | None:
-    """The average utilisation of the cards `lease` holds now, each card's raw samples from the latest of `since`
-    and when the lease got it up to `now` (an unweighted mean over the cards that reported); None without samples."""
-    held = [(a.gpu_id, max(since, a.period.lower)) for a in selectors.held_allocations(lease=lease, at=now)]
+def lease_utilization(
+    lease: Lease, *, since: datetime, now: datetime, allocations: list[Allocation] | None = None
+) -> float | None:
+    """The average utilisation of the cards `lease` holds now (`allocations`, when the caller has them), each card's
+    raw samples from the latest of `since` and when the lease got it up to `now` (an unweighted mean over the cards
+    that reported); None without samples."""
+    if allocations is None:
+        allocations = list(selectors.held_allocations(lease=lease, at=now))
+    held = [(a.gpu_id, max(since, a.period.lower)) for a in allocations]
     if not held:
         return None
     query = (
@@ -409,14 +414,14 @@ def card_price(lease: Lease) -> Decimal | None:
 def evaluate(rule: ScalingRule, now: datetime) -> Decision:
     """Read the facts of the rule's lease (cards held, their utilisation, its price) and decide."""
     lease = rule.lease
-    current = selectors.held_allocations(lease=lease, at=now).count()
+    held = list(selectors.held_allocations(lease=lease, at=now).select_related(None).only("gpu_id", "period"))
     utilization = None
-    if rule.target_utilization_pct is not None and current:
+    if rule.target_utilization_pct is not None and held:
         since = now - UTILIZATION_WINDOW
         if rule.last_scaled_at is not None:
             since = max(since, rule.last_scaled_at)
-        utilization = lease_utilization(lease, since=since, now=now)
-    facts = Facts(current=current, utilization=utilization, card_price=card_price(lease))
+        utilization = lease_utilization(lease, since=since, now=now, allocations=held)
+    facts = Facts(current=len(held), utilization=utilization, card_price=card_price(lease))
     return decide(rule, facts, now)
 
 
