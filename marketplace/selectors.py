@@ -33,6 +33,7 @@ from inventory.access import STOREFRONT
 from inventory.models import PLAN_PRICE_FIELDS, Offer, ServerOutage
 from scheduler.models import LeaseState
 from scheduler.pricing import rate_between
+from scheduler.resale import free_resale_cards
 from scheduler.selectors import Filters, allocatable_gpus, busy_gpu_ids, capacity_fresh, period_range
 from workloads.models import Workload
 
@@ -181,6 +182,8 @@ def offers_listed(query: OfferQuery = OfferQuery(), *, now: datetime | None = No
             # The server's capacity row (scheduler.models.Capacity, kept by triggers with the allocations) where it
             # answers for now; counted from the card and allocation rows where it does not.
             gpus_free=Case(
+                # A resale offer's free cards are its contract's, not the server's (scheduler/resale.py).
+                When(is_resale=True, then=Coalesce(free_resale_cards(now), 0)),
                 When(provider_ok & capacity_fresh(now, "server__"), then=F("server__capacity__free_now")),
                 default=Coalesce(count(free), 0),
             ),

@@ -1,0 +1,49 @@
+"""Resale offers in offer search (issue 20): listed like any other, the reseller as the seller, with their own free
+cards (the contract's cards on the server held now, less those resold now), in the API and on the storefront."""
+
+from __future__ import annotations
+
+import pytest
+
+from inventory.models import Offer
+from scheduler.models import Lease
+from tests.factories import GpuModelFactory, online_server
+from tests.scheduler.test_resale import broker, contract, rent, resale_offer  # noqa: F401 - `broker` is a fixture
+
+
+@pytest.fixture
+def rack(bob):
+    model = GpuModelFactory(slug="resale-h100", name="Resale H100")
+    return [online_server(organization=bob.org, gpu_model=model, name=f"resale-rack-{i}") for i in range(2)]
+
+
+def search(client, **params) -> dict[int, dict]:
+    response = client.get("/api/v1/offers/", {"page_size": 100, **params})
+    assert response.status_code == 200, response.content
+    return {offer["id"]: offer for offer in response.json()["results"]}
+
+
+def test_search_shows_the_resale_offer_with_the_reseller_and_its_own_free_cards(broker, alice, anon, rack):  # noqa: F811
+    backing = contract(broker)
+    offer = resale_offer(broker, backing["id"])
+    assert search(anon)[offer["id"]]["gpus_free"] == 8
+    assert rent(alice, offer=offer["id"], gpu_count=3).status_code == 201
+    found = search(anon)
+    listed = found[offer["id"]]
+    assert listed["provider"] == "Dana Compute Brokers" and listed["is_resale"] is True
+    assert listed["gpus_free"] == 5
+    # The provider's own offer of that server shows it full; the other server's all free.
+    direct = Offer.objects.get(server_id=offer["server"], is_resale=False)
+    assert found[direct.pk]["gpus_free"] == 0 and found[direct.pk]["provider"] == "Bob IDC"
+    other = Offer.objects.exclude(server_id=offer["server"]).get(is_resale=False)
+    assert found[other.pk]["gpus_free"] == 8
+    detail = anon.get(f"/api/v1/offers/{offer['id']}/").json()
+    assert detail["provider"] == "Dana Compute Brokers" and detail["gpus_free"] == 5
+    assert offer["id"] in search(anon, min_gpus=5) and offer["id"] not in search(anon, min_gpus=6)
+    # The storefront lists it under the reseller's name.
+    page = anon.get("/offers/")
+    assert page.status_code == 200 and "Dana Compute Brokers" in page.content.decode()
+    # Delisted, it leaves the search; the lease on it runs on.
+    assert broker.api.delete(f"/api/v1/offers/{offer['id']}/").status_code == 204
+    assert offer["id"] not in search(anon)
+    assert Lease.objects.filter(offer_id=offer["id"], state="active").count() == 1
