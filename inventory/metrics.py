@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from accounts.access import is_platform_staff
+from accounts.databases import read_alias
 from accounts.errors import error_body
 from inventory.models import Gpu
 
@@ -48,6 +49,9 @@ def render_metrics() -> bytes:
         "suanli_gpu_last_sample_timestamp_seconds", "Time of the latest sample.", _LABELS, registry=registry
     )
     fleet = Gpu.objects.unscoped("the operator's metrics cover every provider's cards (staff or METRICS_TOKEN)")
+    # Every card's latest sample, every scrape (about 1 KB a card): from the read replica when there is one
+    # (accounts/databases.py, docs/scaling.md).
+    fleet = fleet.using(read_alias())
     gpus = fleet.select_related("server__organization").only(
         "index",
         "uuid",

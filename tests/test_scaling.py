@@ -1,5 +1,6 @@
 """Beyond one machine (docs/scaling.md): a Celery queue per kind of job, each consumed by the workers as started, and
-offer search and telemetry charts on a read replica (`DATABASE_REPLICA_URL`) while writes stay on the primary."""
+offer search, telemetry charts and /metrics on a read replica (`DATABASE_REPLICA_URL`) while writes stay on the
+primary."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 from django.db import DatabaseError, connections
+from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -156,7 +158,7 @@ def test_without_a_replica_everything_reads_the_primary(db):
     assert sorted(connections.settings) == [PRIMARY]
 
 
-def test_offer_search_and_charts_read_the_replica_and_writes_stay_on_the_primary(replica, alice, bob):
+def test_offer_search_and_charts_read_the_replica_and_writes_stay_on_the_primary(replica, alice, bob, settings):
     server = online_server(organization=bob.org, gpus=2)
     offer = Offer.objects.get(server=server)
     gpu = Gpu.objects.filter(server=server).order_by("index").first()
@@ -179,6 +181,14 @@ def test_offer_search_and_charts_read_the_replica_and_writes_stay_on_the_primary
         assert not _touched(on_primary, *SEARCH_TABLES), "and not on the primary"
         assert _touched(on_replica, "inventory_gpusample"), "the chart's series came from the replica"
         assert not _touched(on_primary, "inventory_gpusample")
+
+        # The operator's /metrics reads every card's latest sample: from the replica too.
+        settings.METRICS_TOKEN = "scrape-me"
+        with CaptureQueriesContext(connections[PRIMARY]) as on_primary, CaptureQueriesContext(replica) as on_replica:
+            scraped = Client().get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-me")
+        assert scraped.status_code == 200, scraped.content
+        assert f'UUID="{gpu.uuid}"' in scraped.content.decode()
+        assert _touched(on_replica, "inventory_gpu") and not _touched(on_primary, "inventory_gpu")
 
         # Renting the offer just found: every statement on the primary, none on the replica.
         with CaptureQueriesContext(connections[PRIMARY]) as on_primary, CaptureQueriesContext(replica) as on_replica:
