@@ -1,8 +1,9 @@
-"""A read replica for the heavy public reads (docs/scaling.md): offer search and telemetry charts.
+"""A read replica for the heavy reads (docs/scaling.md): offer search, telemetry charts and /metrics.
 
 `DATABASE_REPLICA_URL` (README.md, Configuration) adds the database alias `replica`: a streaming replica of the
 primary, as PostgreSQL's hot standby serves one. Nothing is sent there implicitly: the selectors that may read a
-little behind the primary ask for `read_alias()` (marketplace.selectors.offers_listed, inventory.telemetry.series);
+little behind the primary ask for `read_alias()` (marketplace.selectors.offers_listed, inventory.telemetry.series,
+inventory.metrics);
 everything else, and every write, stays on `default`. Without the setting `read_alias()` is `default` and nothing
 changes.
 
