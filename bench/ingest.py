@@ -308,7 +308,7 @@ def profile(fleet: list[dict], count: int) -> str:
     clock.wrap(connection, "commit", "3d commit")
     # ingest's own statements run on a psycopg cursor of their own (prepared), not through Django's wrappers.
     execute = ingest._execute
-    ingest._execute = lambda sql, params: sql_timer(lambda s, p, _m, _c: execute(s, p), sql, params, False, {})
+    ingest._execute = lambda sql, params, **kw: sql_timer(lambda s, p, _m, _c: execute(s, p, **kw), sql, params, 0, {})
     try:
         with connection.execute_wrapper(sql_timer):
             for n in range(count):

@@ -71,6 +71,8 @@ MIDDLEWARE = [
     # Before SecurityMiddleware reads X-Forwarded-Proto: only a trusted proxy's forwarded headers are kept.
     "accounts.clientip.UntrustedForwardedHeadersMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Agent reports (most of the traffic) go from here straight to their view (inventory/agent_api.py).
+    "inventory.agent_api.AgentReportMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # Before anything that renders a page (the 503 of DatabaseUnavailableMiddleware too): it sets request.csp_nonce.
     "csp.middleware.CSPMiddleware",

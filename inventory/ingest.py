@@ -402,7 +402,7 @@ _SAMPLE_VALUES = {
 _CARD_COLUMNS = tuple(field.name for field in fields(_Card) if field.name not in ("last_sample", "last_sample_at"))
 
 
-def _execute(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+def _execute(sql: str, params: dict[str, Any], *, rows: bool = True) -> list[tuple[Any, ...]]:
     """Run one of this module's statements on the request's connection, in its transaction, as a prepared statement
     (server-side binding: PostgreSQL parses and plans each of them once per connection, not once per report).
     Database errors reach the caller as Django's (a DataError is then a 400, as anywhere in the API)."""
@@ -415,7 +415,7 @@ def _execute(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         raw.prepare_threshold = sys.maxsize
     with connection.wrap_database_errors, psycopg.Cursor(raw) as cursor:
         cursor.execute(sql, params, prepare=True)
-        return cursor.fetchall() if cursor.description else []
+        return cursor.fetchall() if rows else []
 
 
 def _claim(*, server_id: int, seq: int, now: datetime) -> dict[str, _Card]:
@@ -428,7 +428,7 @@ def _write(*, server_id: int, at: datetime, rows: list[dict[str, Any]], cards: l
     """The report's raw samples and its cards' new state (`_GPU_REPORT_FIELDS`), in one statement."""
     sql, columns = _write_sql()
     states = [{column: _json_value(getattr(card, name)) for name, column in columns} for card in cards]
-    _execute(sql, {"server": server_id, "at": at, "samples": json.dumps(rows), "cards": json.dumps(states)})
+    _execute(sql, {"server": server_id, "at": at, "samples": json.dumps(rows), "cards": json.dumps(states)}, rows=False)
 
 
 def _json_value(value: Any) -> Any:
