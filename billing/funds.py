@@ -37,6 +37,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 from rest_framework import status
 
@@ -48,9 +49,9 @@ from billing import rating
 from billing.balances import Standing, standing
 from billing.grace import volumes_grace_end, volumes_grace_start, volumes_remind
 from billing.ledger import _money
-from billing.models import FundsNotice, SpendLimit
+from billing.models import BillingTerms, FundsNotice, SpendLimit
 from billing.notify import mail_org as _mail
-from billing.terms import terms_of
+from billing.terms import default_terms
 from scheduler import services as scheduler_services
 from scheduler.models import Allocation, Lease, LeaseState, Plan
 from workloads.models import Volume, VolumeMove, VolumeState
@@ -112,12 +113,29 @@ def _reserved(org: Organization, exclude: list[int]) -> Decimal:
 
 def _to_check(org_id: int) -> tuple[Organization, Decimal | None] | None:
     """The organisation to admit against, its row locked (admissions of one organisation go one at a time), with
-    its monthly cap; None, and no lock taken, when nothing limits it: postpaid without a credit limit and no cap."""
-    org = Organization.objects.get(pk=org_id)
-    cap = SpendLimit.objects.for_org(org).values_list("monthly_cap", flat=True).first()
-    if not terms_of(org).limited and cap is None:
+    its monthly cap; None, and no lock taken, when nothing limits it: postpaid without a credit limit and no cap.
+
+    Whether anything limits it is one statement (its cap and its latest terms beside its currency; `terms_of`'s
+    answer), so an organisation nothing limits, most admissions, costs one round trip."""
+    terms = BillingTerms.objects.unscoped(_PLATFORM).filter(organization_id=OuterRef("pk")).order_by("-id")
+    caps = SpendLimit.objects.unscoped(_PLATFORM).filter(organization_id=OuterRef("pk")).order_by("pk")
+    row = (
+        Organization.objects.filter(pk=org_id)
+        .annotate(
+            cap=Subquery(caps.values("monthly_cap")[:1]),
+            terms_id=Subquery(terms.values("pk")[:1]),
+            terms_limit=Subquery(terms.values("credit_limit")[:1]),
+        )
+        .values("currency", "cap", "terms_id", "terms_limit")
+        .get()
+    )
+    if row["terms_id"] is not None:
+        limited = row["terms_limit"] is not None  # Terms.limited of its latest row
+    else:
+        limited = default_terms(row["currency"]).limited
+    if not limited and row["cap"] is None:
         return None
-    return Organization.objects.select_for_update().get(pk=org_id), cap
+    return Organization.objects.select_for_update().get(pk=org_id), row["cap"]
 
 
 @platform_work(_PLATFORM)

@@ -36,5 +36,10 @@ def terms_of(org: Organization) -> Terms:
     row = BillingTerms.objects.for_org(org).order_by("-id").first()
     if row is not None:
         return Terms(mode=row.mode, credit_limit=row.credit_limit, currency=row.currency)
+    return default_terms(org.currency)
+
+
+def default_terms(currency: str) -> Terms:
+    """The terms of an organisation (of `currency`) that has no BillingTerms row: the site's default mode."""
     mode = settings.SUANLI_DEFAULT_PAYMENT_MODE
-    return Terms(mode=mode, credit_limit=Decimal(0) if mode == PaymentMode.PREPAID else None, currency=org.currency)
+    return Terms(mode=mode, credit_limit=Decimal(0) if mode == PaymentMode.PREPAID else None, currency=currency)

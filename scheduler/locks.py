@@ -13,29 +13,43 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from django.db.backends.postgresql.psycopg_any import DateTimeTZRange
+from django.db.models import F, OuterRef, Subquery
 
+from inventory.models import PLAN_PRICE_FIELDS, Gpu
 from scheduler import selectors
 from scheduler.selectors import Filters
 
 
-def claim_free_cards(*, server_id: int, count: int, period: DateTimeTZRange, filters: Filters) -> list[int]:
+def claim_free_cards(*, server_id: int, count: int, period: DateTimeTZRange, filters: Filters) -> list[Gpu]:
     """Lock up to `count` free allocatable cards of `server_id` (lowest ids first), skipping locked ones.
 
-    Returns the ids locked; fewer than `count` means the server cannot take the request right now.
+    Returns the cards locked (fewer than `count` means the server cannot take the request right now), read in the
+    same statement with what placing and pricing them needs: their uuid, `card_tflops` (their model's rated FP16
+    TFLOPS), `server_gpu_count`, and with a plan in `filters`, `offer_price` and `offer_currency` (its price and
+    currency in the server's live offer for the plan as `filters` asks it: None without one). Their other fields
+    are deferred.
     """
-    return list(
+    cards = (
         selectors.free_gpus(filters, period)
         .filter(server_id=server_id)
-        .order_by("pk")
-        .select_for_update(no_key=True, skip_locked=True, of=("self",))
-        .values_list("pk", flat=True)[:count]
+        .only("id", "uuid", "server_id")
+        .annotate(card_tflops=F("server__gpu_model__fp16_tflops"), server_gpu_count=F("server__gpu_count"))
     )
+    if filters.plan:
+        offer = (
+            selectors.live_offers(plan=filters.plan, interruptible=filters.interruptible, until=filters.until)
+            .filter(server_id=OuterRef("server_id"))
+            .order_by("-pk")
+        )
+        price_field = PLAN_PRICE_FIELDS[filters.plan][1 if filters.interruptible else 0]
+        cards = cards.annotate(
+            offer_price=Subquery(offer.values(price_field)[:1]), offer_currency=Subquery(offer.values("currency")[:1])
+        )
+    return list(cards.order_by("pk").select_for_update(no_key=True, skip_locked=True, of=("self",))[:count])
 
 
 def claim_gpus(gpu_ids: Iterable[int]) -> list[int]:
     """Lock exactly these cards, skipping locked ones; returns the ids locked."""
-    from inventory.models import Gpu
-
     return list(
         Gpu.objects.filter(pk__in=list(gpu_ids))
         .order_by("pk")

@@ -10,10 +10,11 @@ cannot meet may take cards from interruptible leases, after their notice (`alloc
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -25,7 +26,17 @@ from scheduler import allocator, locks, pricing, selectors
 from scheduler.errors import NoCapacity
 from scheduler.models import Allocation, Lease, LeaseEvent, LeaseState, Plan, check_transition
 from scheduler.selectors import Filters, period_range
-from scheduler.transitions import append_event, close_allocations, finish_preemption, gpu_uuids
+from scheduler.transitions import (
+    append_event,
+    close_allocations,
+    finish_preemption,
+    gpu_uuids,
+    pflops_of,
+    rated_pflops,
+)
+
+if TYPE_CHECKING:
+    from inventory.models import Gpu
 
 # Why the scheduler's services run across tenants while a request is handled (accounts/tenancy.py).
 PLATFORM = "the scheduler places and changes leases on any provider's cards"
@@ -91,6 +102,8 @@ def allocate(
     prefer_servers: set[int] | None = None,
     preempt: bool = False,
     price_like: Allocation | None = None,
+    fresh: bool = False,
+    before_insert: Callable[[list[Allocation]], None] | None = None,
 ) -> list[Allocation]:
     """Allocate `demand` to `lease` for [start, end), all or nothing; call inside a transaction.
 
@@ -98,9 +111,16 @@ def allocate(
     order) before inserting the allocations. Raises NoCapacity when the demand cannot be met in full; the caller's
     transaction then rolls back, so nothing is held. New rows are priced from the lease's price book
     (scheduler/pricing.py), or like `price_like` (a failover replacement keeps the price of the card it replaces).
+    `fresh`: the lease row was inserted in this transaction, so it holds no cards yet, and the caller writes its
+    `price_book` with the rest of the row once placed (`lease_create`). `before_insert` is called with the placed
+    and priced rows just before they are inserted (again for each round that gets that far): what the caller
+    writes there is done before the insert takes the lock on the servers' capacity rows (the capacity triggers,
+    scheduler/capacity_sql.py), which every request placing cards on the same server waits for until commit.
+
+    The rows' cards come as the claim read them (`placed_cards`: uuids and rated PFLOPS without reading them again).
     """
     period = period_range(start, end)
-    held = _servers_held(lease, now)
+    held = set() if fresh else _servers_held(lease, now)
     # Cards on one server, the usual request: the few best-fitting servers from the capacity rows (a lookup); all
     # servers' capacity only when those cannot place it.
     partial = None
@@ -129,7 +149,14 @@ def allocate(
                 continue
             if preempt:
                 return allocate_preempting(
-                    lease=lease, demand=demand, filters=filters, start=start, end=end, now=now, price_like=price_like
+                    lease=lease,
+                    demand=demand,
+                    filters=filters,
+                    start=start,
+                    end=end,
+                    now=now,
+                    price_like=price_like,
+                    before_insert=before_insert,
                 )
             raise NoCapacity()
         savepoint = transaction.savepoint()
@@ -140,14 +167,27 @@ def allocate(
                 capacity[server_id] = replace(capacity[server_id], free=got)
                 contended.add(server_id)
             continue
-        cards = [(server_id, gpu_id) for server_id, ids in claimed.items() for gpu_id in ids]
-        rows = _insert(lease, cards, period, price_like=price_like)
+        cards = [(server_id, gpu.pk) for server_id, gpus in claimed.items() for gpu in gpus]
+        read = {gpu.pk: gpu for gpus in claimed.values() for gpu in gpus}
+        known = _server_facts(lease, filters, claimed)
+        rows = _insert(
+            lease,
+            cards,
+            period,
+            price_like=price_like,
+            read=read,
+            known=known,
+            save_book=not fresh,
+            savepoint=savepoint,
+            before_insert=before_insert,
+        )
         if rows is None:
-            # A card allocated by a transaction that committed between our snapshot and our lock.
-            transaction.savepoint_rollback(savepoint)
+            # A card allocated by a transaction that committed between our snapshot and our lock (rolled back to
+            # the savepoint).
             capacity = _capacity(filters, period, held)
             continue
-        transaction.savepoint_commit(savepoint)
+        # The savepoint is not released: it commits or rolls back with the caller's transaction all the same, and
+        # releasing it would be one more round trip on every lease.
         return rows
     raise NoCapacity()
 
@@ -191,12 +231,13 @@ def take_back_own_cards(*, lease: Lease, filters: Filters, start: datetime, end:
 
 def _claim(
     placement: allocator.Placement, *, period: DateTimeTZRange, filters: Filters
-) -> tuple[dict[int, list[int]], dict[int, int]]:
+) -> tuple[dict[int, list[Gpu]], dict[int, int]]:
     """Lock the placed cards server by server (in id order), stopping at the first server that comes up short.
 
-    Returns the card ids locked per server and, for a server short of cards, how many it had.
+    Returns the cards locked per server (as `locks.claim_free_cards` reads them) and, for a server short of cards,
+    how many it had.
     """
-    claimed: dict[int, list[int]] = {}
+    claimed: dict[int, list[Gpu]] = {}
     short: dict[int, int] = {}
     for server_id, count in sorted(placement.items()):
         ids = locks.claim_free_cards(server_id=server_id, count=count, period=period, filters=filters)
@@ -207,13 +248,71 @@ def _claim(
     return claimed, short
 
 
+def _server_facts(lease: Lease, filters: Filters, claimed: dict[int, list[Gpu]]) -> dict[int, pricing.ServerFacts]:
+    """What the claim read of each server for pricing; its offer's price only when the claim asked for the offers
+    the lease is priced from (the same plan, interruptibility and end)."""
+    same_offers = (filters.plan, filters.interruptible, filters.until) == (
+        lease.plan,
+        lease.interruptible,
+        lease.end_at,
+    )
+    facts = {}
+    for server_id, gpus in claimed.items():
+        card = gpus[0]
+        facts[server_id] = pricing.ServerFacts(
+            gpu_count=card.server_gpu_count,
+            tflops=card.card_tflops,
+            price=getattr(card, "offer_price", None) if same_offers else None,
+            currency=getattr(card, "offer_currency", None) if same_offers else None,
+        )
+    return facts
+
+
+def placed_cards(rows: list[Allocation]) -> tuple[list[str], Decimal]:
+    """The uuids (primary-key order, as the event log names them) and the rated PFLOPS together of the cards of
+    `rows`: from what the claim read with them (`allocate`), read again only when one was placed otherwise."""
+    read = [row.gpu for row in rows if Allocation.gpu.is_cached(row) and hasattr(row.gpu, "card_tflops")]
+    if len(read) < len(rows):
+        ids = [row.gpu_id for row in rows]
+        return gpu_uuids(ids), rated_pflops(ids)
+    read.sort(key=lambda gpu: gpu.pk)
+    return [gpu.uuid for gpu in read], pflops_of(sum((gpu.card_tflops for gpu in read), Decimal(0)))
+
+
 def _insert(
-    lease: Lease, cards: list[tuple[int, int]], period: DateTimeTZRange, *, price_like: Allocation | None = None
+    lease: Lease,
+    cards: list[tuple[int, int]],
+    period: DateTimeTZRange,
+    *,
+    price_like: Allocation | None = None,
+    read: dict[int, Gpu] | None = None,
+    known: dict[int, pricing.ServerFacts] | None = None,
+    save_book: bool = True,
+    savepoint: str | None = None,
+    before_insert: Callable[[list[Allocation]], None] | None = None,
 ) -> list[Allocation] | None:
     """Insert and price the allocations of `cards` (server id, card id) for `period`; None when the exclusion
-    constraint refuses one (the inner savepoint is rolled back, the caller's transaction stays usable)."""
+    constraint refuses one (rolled back to `savepoint`, the caller's, taken in its atomic block before the cards
+    were claimed, else to one of its own; the caller's transaction stays usable). `read`: the cards as their claim
+    read them (kept on the rows); `known`, `save_book`: see `pricing.price_allocations`; `before_insert`: see
+    `allocate`."""
     rows = [Allocation(lease=lease, gpu_id=gpu_id, server_id=server_id, period=period) for server_id, gpu_id in cards]
-    _price(lease, rows, price_like)
+    for row in rows:
+        if read and row.gpu_id in read:
+            row.gpu = read[row.gpu_id]
+    _price(lease, rows, price_like, known=known, save_book=save_book)
+    if before_insert is not None:
+        before_insert(rows)
+    if savepoint is not None:
+        try:
+            Allocation.objects.bulk_create(rows)
+        except IntegrityError:
+            # Back to a known-good savepoint of the current atomic block, as an inner atomic block would do (Django's
+            # set_rollback): the work since it is undone, so the block need not be rolled back.
+            transaction.set_rollback(False)
+            transaction.savepoint_rollback(savepoint)
+            return None
+        return rows
     try:
         with transaction.atomic():
             Allocation.objects.bulk_create(rows)
@@ -222,9 +321,16 @@ def _insert(
     return rows
 
 
-def _price(lease: Lease, rows: list[Allocation], like: Allocation | None) -> None:
+def _price(
+    lease: Lease,
+    rows: list[Allocation],
+    like: Allocation | None,
+    *,
+    known: dict[int, pricing.ServerFacts] | None = None,
+    save_book: bool = True,
+) -> None:
     if like is None:
-        pricing.price_allocations(lease, rows)
+        pricing.price_allocations(lease, rows, known=known, save_book=save_book)
         return
     for row in rows:
         row.unit_price, row.units = like.unit_price, like.units
@@ -255,8 +361,10 @@ def allocate_preempting(
     end: datetime | None,
     now: datetime,
     price_like: Allocation | None = None,
+    before_insert: Callable[[list[Allocation]], None] | None = None,
 ) -> list[Allocation]:
     """An on-demand request the free cards cannot meet: count cards held by interruptible leases as free too.
+    `before_insert` as for `allocate`.
 
     Notice semantics: each interruptible lease that loses a card gets a `preemption_notice` event now and keeps
     all its cards until `cut` = max(start, now + SUANLI_PREEMPTION_NOTICE_SECONDS); its allocations are closed
@@ -294,6 +402,8 @@ def allocate_preempting(
         for server_id, gpu_id in claimed
     ]
     _price(lease, allocations, price_like)
+    if before_insert is not None:
+        before_insert(allocations)
     try:
         with transaction.atomic():
             Allocation.objects.bulk_create(allocations)

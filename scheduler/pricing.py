@@ -8,7 +8,8 @@ after that never touches the lease.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 
 from django.conf import settings
@@ -39,33 +40,66 @@ def fx_rate(source: str, target: str) -> Decimal:
     return rate
 
 
-def _book_prices(lease: Lease, server_ids: Iterable[int]) -> None:
+@dataclass(frozen=True)
+class ServerFacts:
+    """A server as the claim of its cards read it (scheduler/locks.py), so pricing need not read it again: its card
+    count, its model's rated TFLOPS per card, and its live offer's price for the lease's plan in that offer's
+    currency (None: not read, or no such offer)."""
+
+    gpu_count: int
+    tflops: Decimal
+    price: Decimal | None = None
+    currency: str | None = None
+
+
+def _book_prices(
+    lease: Lease, server_ids: Iterable[int], known: Mapping[int, ServerFacts], *, save: bool = True
+) -> None:
     missing = sorted({sid for sid in server_ids if str(sid) not in lease.price_book})
     if not missing:
         return
-    offers = live_offers(plan=lease.plan, interruptible=lease.interruptible, until=lease.end_at).filter(
-        server_id__in=missing
-    )
-    for offer in offers:
-        price = offer.price(lease.plan, interruptible=lease.interruptible)
-        converted = (price * fx_rate(offer.currency, lease.currency)).quantize(PRICE_PLACES)
-        lease.price_book[str(offer.server_id)] = str(converted)
+    for sid in missing:
+        facts = known.get(sid)
+        if facts is not None and facts.price is not None and facts.currency is not None:
+            lease.price_book[str(sid)] = _converted(facts.price, facts.currency, lease.currency)
+    unread = [sid for sid in missing if str(sid) not in lease.price_book]
+    if unread:
+        offers = live_offers(plan=lease.plan, interruptible=lease.interruptible, until=lease.end_at).filter(
+            server_id__in=unread
+        )
+        for offer in offers:
+            price = offer.price(lease.plan, interruptible=lease.interruptible)
+            lease.price_book[str(offer.server_id)] = _converted(price, offer.currency, lease.currency)
     if any(str(sid) not in lease.price_book for sid in missing):
         raise NoCapacity("An offer was withdrawn while the cards were being placed; try again.")
-    Lease.objects.filter(pk=lease.pk).update(price_book=lease.price_book)
+    if save:
+        Lease.objects.filter(pk=lease.pk).update(price_book=lease.price_book)
 
 
-def price_allocations(lease: Lease, rows: list[Allocation]) -> None:
-    """Set `unit_price` and `units` on the new allocation rows of `lease` (not yet saved)."""
+def _converted(price: Decimal, source: str, target: str) -> str:
+    return str((price * fx_rate(source, target)).quantize(PRICE_PLACES))
+
+
+def price_allocations(
+    lease: Lease, rows: list[Allocation], *, known: Mapping[int, ServerFacts] | None = None, save_book: bool = True
+) -> None:
+    """Set `unit_price` and `units` on the new allocation rows of `lease` (not yet saved).
+
+    `known`: servers as the claim of their cards read them (their offers' prices are used when given, and no server
+    is read again when all are there). `save_book` False leaves writing the lease's `price_book` to the caller
+    (a lease being created writes its row once, after placing)."""
     if not rows:
         return
-    _book_prices(lease, (row.server_id for row in rows))
-    servers = {
-        s["pk"]: s
-        for s in Server.objects.filter(pk__in={row.server_id for row in rows}).values(
-            "pk", "gpu_count", tflops=F("gpu_model__fp16_tflops")
-        )
-    }
+    known = known or {}
+    _book_prices(lease, (row.server_id for row in rows), known, save=save_book)
+    wanted = {row.server_id for row in rows}
+    if wanted <= known.keys():
+        servers = {sid: {"gpu_count": known[sid].gpu_count, "tflops": known[sid].tflops} for sid in wanted}
+    else:
+        servers = {
+            s["pk"]: s
+            for s in Server.objects.filter(pk__in=wanted).values("pk", "gpu_count", tflops=F("gpu_model__fp16_tflops"))
+        }
     total_tflops = sum(servers[row.server_id]["tflops"] for row in rows)
     for row in rows:
         row.unit_price = Decimal(lease.price_book[str(row.server_id)])

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from django.db.backends.postgresql.psycopg_any import DateTimeTZRange
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Sum
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -19,7 +19,7 @@ from inventory.access import STOREFRONT
 from inventory.models import PLAN_PRICE_FIELDS, Gpu, Offer, Server
 from inventory.selectors import chart_step
 from scheduler.allocator import ServerCapacity
-from scheduler.models import Allocation, Capacity, Lease, LeaseEvent
+from scheduler.models import Allocation, Lease, LeaseEvent
 
 
 @dataclass(frozen=True)
@@ -215,27 +215,47 @@ def best_fit_capacity(
     index: a lookup, whatever the fleet's size. `allocator.place_cards` picks the same server from these as from
     every server's capacity whenever one of them accepts `count` (the fitting servers are walked in its order).
     None when this cannot answer: a bounded period, or a server of `filters` whose row is stale for the period's
-    start (the caller counts with `free_capacity` then)."""
+    start (the caller counts with `free_capacity` then); an empty list when no fresh row has that many free.
+
+    One statement: each row carries its offer's minimum and whether any server of `filters` has a stale row (the
+    same uncorrelated subquery on every row, evaluated once)."""
     if period.upper is not None or period.lower is None or count <= 0:
         return None
     servers = allocatable_servers(filters)
-    stale = list(Capacity.objects.filter(valid_until__lte=period.lower).values_list("server_id", flat=True))
-    if stale and servers.filter(pk__in=stale).exists():
-        return None
-    rows = (
+    rows = list(
         servers.filter(capacity__free_onward__gte=count, capacity__valid_until__gt=period.lower)
-        .values("pk", "gpu_model_id", "gpu_model__fp16_tflops", "gpu_count", "capacity__free_onward")
+        .annotate(
+            any_stale=Exists(servers.filter(capacity__valid_until__lte=period.lower)),
+            offer_min=Subquery(
+                _minimum_offers().filter(server_id=OuterRef("pk")).order_by("-pk").values("min_gpus")[:1]
+            ),
+        )
+        .values(
+            "pk",
+            "gpu_model_id",
+            "gpu_model__fp16_tflops",
+            "gpu_count",
+            "capacity__free_onward",
+            "any_stale",
+            "offer_min",
+        )
         .order_by("capacity__free_onward", "capacity__server_id")[:limit]
     )
-    rows = list(rows)
-    minimums = offer_minimums([row["pk"] for row in rows]) if rows else {}
+    if rows and rows[0]["any_stale"]:
+        return None
+    minimums = {row["pk"]: row["offer_min"] for row in rows if row["offer_min"]}
     keys = ("pk", "gpu_model_id", "gpu_model__fp16_tflops", "gpu_count", "capacity__free_onward")
     return _capacities(rows, keys, held, minimums)
 
 
+def _minimum_offers() -> QuerySet[Offer]:
+    """Live offers of the servers' own (not resale offers) that ask for more than one card."""
+    return Offer.objects.unscoped(STOREFRONT).direct().live().filter(min_gpus__gt=1)
+
+
 def offer_minimums(server_ids: Iterable[int] | None = None) -> dict[int, int]:
     """Server id -> the `min_gpus` of its live offer (a server has one), where above 1; of `server_ids` if given."""
-    offers = Offer.objects.unscoped(STOREFRONT).direct().live().filter(min_gpus__gt=1)
+    offers = _minimum_offers()
     if server_ids is not None:
         offers = offers.filter(server_id__in=list(server_ids))
     return dict(offers.values_list("server_id", "min_gpus"))

@@ -24,7 +24,7 @@ from inventory.models import GpuModel, Offer, Server
 from scheduler import admission, allocator, elastic, pricing, resale, restarts, selectors
 from scheduler.errors import NoCapacity
 from scheduler.models import Allocation, Lease, LeaseEvent, LeaseState, Plan, ScalingRule, check_transition
-from scheduler.placement import PLATFORM, Demand, allocate, largest_allocatable, take_back_own_cards
+from scheduler.placement import PLATFORM, Demand, allocate, largest_allocatable, placed_cards, take_back_own_cards
 from scheduler.selectors import Filters
 from scheduler.transitions import append_event, close_allocations, gpu_uuids, move, rated_pflops, start
 
@@ -227,10 +227,29 @@ def _lease_place(request: LeaseRequest, scaling: dict[str, Any] | None = None) -
     lease = Lease.objects.create(**request.lease_fields())
     if scaling is not None:
         ScalingRule.objects.create(lease=lease, **scaling)
+
+    def settle(rows: list[Allocation]) -> None:
+        # The lease's row and its creation event, written before its cards' rows: the insert of those takes the
+        # lock on their servers' capacity rows, which other requests for the same servers wait on until commit.
+        uuids, lease.delivered_pflops = placed_cards(rows)
+        lease.gpu_count = len(rows)
+        lease.unit_price = pricing.quote(rows)
+        lease.save(update_fields=["gpu_count", "delivered_pflops", "unit_price", "price_book"])
+        append_event(
+            lease,
+            request.now,
+            LeaseEvent.Kind.CREATED,
+            state=lease.state,
+            gpus=uuids,
+            start_at=request.start.isoformat(),
+            end_at=request.end_at.isoformat() if request.end_at else None,
+        )
+
     if request.offer is not None and request.offer.is_resale:
         rows = resale.allocate_resale(
             lease=lease, count=request.gpu_count or 0, start=request.start, end=request.end_at, now=request.now
         )
+        settle(rows)
     else:
         rows = allocate(
             lease=lease,
@@ -240,22 +259,10 @@ def _lease_place(request: LeaseRequest, scaling: dict[str, Any] | None = None) -
             end=request.end_at,
             now=request.now,
             preempt=not request.interruptible,
+            fresh=True,
+            before_insert=settle,
         )
-    gpu_ids = [row.gpu_id for row in rows]
-    lease.gpu_count = len(rows)
-    lease.delivered_pflops = rated_pflops(gpu_ids)
-    lease.unit_price = pricing.quote(rows)
-    lease.save(update_fields=["gpu_count", "delivered_pflops", "unit_price"])
     admission.admit(lease, rows, request.now)
-    append_event(
-        lease,
-        request.now,
-        LeaseEvent.Kind.CREATED,
-        state=lease.state,
-        gpus=gpu_uuids(gpu_ids),
-        start_at=request.start.isoformat(),
-        end_at=request.end_at.isoformat() if request.end_at else None,
-    )
     return lease
 
 

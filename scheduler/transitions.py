@@ -95,4 +95,9 @@ def gpu_uuids(gpu_ids: Iterable[int]) -> list[str]:
 def rated_pflops(gpu_ids: Iterable[int]) -> Decimal:
     """The rated dense FP16 PFLOPS of these cards together (what a lease delivers)."""
     total = Gpu.objects.filter(pk__in=list(gpu_ids)).aggregate(t=Sum("server__gpu_model__fp16_tflops"))["t"]
-    return (Decimal(total or 0) / 1000).quantize(Decimal("0.001"))
+    return pflops_of(Decimal(total or 0))
+
+
+def pflops_of(tflops: Decimal) -> Decimal:
+    """Summed card TFLOPS as the rated PFLOPS a lease delivers (three decimals)."""
+    return (tflops / 1000).quantize(Decimal("0.001"))

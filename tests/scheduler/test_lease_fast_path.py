@@ -1,0 +1,79 @@
+"""`lease_create`'s usual path in few statements (issue 18): the claim reads what pricing, the lease row and its event
+need, the lease row is written once after placing, and a card lost to a racing commit between the snapshot and the
+lock (the exclusion constraint refuses it) costs a round, not the request."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from scheduler import locks, services
+from scheduler.models import Allocation, Lease, LeaseEvent
+from tests.factories import online_server
+
+# BEGIN (a savepoint in a test), the lease, the best fit, a savepoint, the claim, the allocations, the lease row
+# once more, admission and the event; the transaction's end.
+MOST_STATEMENTS = 10
+
+
+def _overlaps() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM scheduler_allocation a JOIN scheduler_allocation b "
+            "ON a.gpu_id = b.gpu_id AND a.id < b.id AND a.period && b.period"
+        )
+        return cursor.fetchone()[0]
+
+
+def test_a_lease_on_one_server_takes_few_statements_and_reads_no_row_it_wrote(alice, bob, h100):
+    server = online_server(organization=bob.org, gpu_model=h100, gpus=8, offer={"card_hour_price": Decimal("3.25")})
+    with CaptureQueriesContext(connection) as queries:
+        lease = services.lease_create(org=alice.org, plan="card_hour", gpu_count=2)
+    assert len(queries.captured_queries) <= MOST_STATEMENTS, [q["sql"][:120] for q in queries.captured_queries]
+    lease = Lease.objects.get(pk=lease.pk)
+    rows = list(Allocation.objects.filter(lease=lease).select_related("gpu").order_by("gpu_id"))
+    assert [row.gpu.server_id for row in rows] == [server.pk, server.pk]
+    assert lease.gpu_count == 2
+    assert lease.unit_price == Decimal("3.25") and {row.unit_price for row in rows} == {Decimal("3.25")}
+    assert lease.price_book == {str(server.pk): "3.250000"}
+    assert lease.delivered_pflops == Decimal("1.979")  # 2 x 989.40 TFLOPS
+    (event,) = LeaseEvent.objects.filter(lease=lease)
+    assert event.kind == LeaseEvent.Kind.CREATED
+    assert event.data["gpus"] == [row.gpu.uuid for row in rows]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_card_taken_by_a_racing_commit_costs_a_round_and_the_lease_still_gets_free_cards(
+    alice, bob, h100, monkeypatch
+):
+    """The claim's snapshot saw a card free that a transaction committed after it: the first claim returns a card
+    another lease holds (as such a race would), the exclusion constraint refuses it, the placement rolls back to its
+    savepoint and claims again, and the request's transaction goes on to a whole lease."""
+    server = online_server(organization=bob.org, gpu_model=h100, gpus=8)
+    first = services.lease_create(org=alice.org, plan="card_hour", gpu_count=1)
+    taken = Allocation.objects.get(lease=first).gpu_id
+    real = locks.claim_free_cards
+    calls = []
+
+    def racing_claim(**kwargs):
+        cards = real(**kwargs)
+        calls.append([card.pk for card in cards])
+        if len(calls) == 1:
+            cards[0].pk = cards[0].id = taken  # the card the first lease committed
+        return cards
+
+    monkeypatch.setattr(locks, "claim_free_cards", racing_claim)
+    lease = services.lease_create(org=alice.org, plan="card_hour", gpu_count=2)
+    assert len(calls) == 2
+    held = sorted(Allocation.objects.filter(lease=lease).values_list("gpu_id", flat=True))
+    assert len(held) == 2 and taken not in held
+    assert all(Allocation.objects.get(lease=lease, gpu_id=gpu_id).server_id == server.pk for gpu_id in held)
+    lease.refresh_from_db()
+    assert lease.gpu_count == 2 and lease.price_book == {str(server.pk): lease.price_book[str(server.pk)]}
+    (event,) = LeaseEvent.objects.filter(lease=lease)
+    uuids = dict(Allocation.objects.filter(lease=lease).values_list("gpu_id", "gpu__uuid"))
+    assert event.data["gpus"] == [uuids[gpu_id] for gpu_id in held]
+    assert _overlaps() == 0
