@@ -41,9 +41,10 @@ class World:
     cards: list[Allocation] = field(default_factory=list)  # the contracts' allocations, server by server
 
 
-def broker_world(*, renter_currencies: tuple[str, ...] = ("USD", "USD", "CNY")) -> World:
+def broker_world(*, renter_currencies: tuple[str, ...] = ("USD", "USD", "CNY"), publish: bool = True) -> World:
     """A broker (a customer organisation) holding two 2-card servers of two providers for the whole month, each
-    behind a resale offer (card-hour and interruptible prices); three renters."""
+    behind a resale offer (card-hour and interruptible prices; `publish=False`: none, for the services to publish);
+    three renters."""
     period = period_of(MONTH)
     broker = OrganizationFactory(name="Broker Ltd", currency="USD")
     providers = [ProviderFactory(name=f"IDC {n}", currency="USD") for n in (1, 2)]
@@ -57,7 +58,7 @@ def broker_world(*, renter_currencies: tuple[str, ...] = ("USD", "USD", "CNY")) 
                 services.lease_create(org=broker, plan="server_month", servers=1, server=server, end_at=period.end)
             )
     offers = []
-    for server, contract in zip(servers, contracts, strict=True):
+    for server, contract in zip(servers, contracts, strict=True) if publish else ():
         offer = Offer.objects.create(
             organization=broker,
             server=server,
