@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 from decimal import Decimal
+from io import StringIO
 
 import pytest
 import time_machine
+from django.core.management import call_command
 from django.test import Client
 
 from billing.invoicing import close_period
@@ -60,6 +62,13 @@ def test_a_clean_month_of_resale_reconciles_and_adds_up(world):
     assert result.totals["USD"]["resale_revenue"] == D("72.00")
     assert result.totals["USD"]["contract_cost"] == D("18000.00")
     assert {row["organization"] for row in result.resale} == {world.broker.pk}
+    out = StringIO()
+    with time_machine.travel(world.after, tick=False):
+        call_command("reconcile", MONTH, "--no-stripe-api", stdout=out)
+    assert (
+        f"resale of organisation {world.broker.pk} (USD): revenue 72.00, commission 10.80, net 61.20, "
+        "contract cost 18000.00, margin -17938.80"
+    ) in out.getvalue()
 
 
 def test_a_resold_record_paid_to_the_server_owner_is_named(world):

@@ -40,6 +40,12 @@ class Command(BaseCommand):
             self.stdout.write("    balance ledger (the month's entries, signed)")
             for name in LEDGER_FIELDS:
                 self.stdout.write(f"      {name.removeprefix('ledger_'):<19} {totals[name]:>18}")
+        for row in result.resale:
+            self.stdout.write(
+                f"  resale of organisation {row['organization']} ({row['currency']}): revenue {row['resale_revenue']}, "
+                f"commission {row['commission']}, net {row['resale_net']}, contract cost {row['contract_cost']}, "
+                f"margin {row['margin']}"
+            )
         counts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in {**result.counts, **result.stripe}.items())
         self.stdout.write(f"  {counts}")
         ledger = [m for m in result.mismatches if m.kind in reconciliation.LEDGER_KINDS]
