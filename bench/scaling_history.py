@@ -11,8 +11,8 @@ it held has a raw sample every 10 s while it held it, rolled up into the 1-minut
 
 Per run, alternating, `--requests` reads each of:
 - baseline: `scheduler.selectors.lease_telemetry` (the per-card series behind the lease page's telemetry charts);
-- history: `scheduler.elastic_history.lease_scaling_history` (the same series, plus the cards held as steps from the
-  allocations, the mean per bucket, and the resizes),
+- history: `scheduler.elastic_history.lease_scaling_history` (the mean per bucket of the cards held, in one query over
+  all the held windows, plus the cards held as steps from the allocations, and the resizes),
 over the last hour (raw samples, 10 s steps) and the whole day (1-minute roll-ups, 300 s steps). Medians of the
 runs' median milliseconds, and the ratio history / baseline.
 """

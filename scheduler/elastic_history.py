@@ -3,20 +3,24 @@ beside the mean utilisation of the cards it held (from the agents' telemetry), a
 and 'resized' events). The lease page (marketplace/views_scaling.py) draws it from
 `GET /api/v1/leases/{id}/scaling/history/`.
 
-Tenant-safe like `scheduler.selectors.lease_telemetry`, which the utilisation is read through: only the lease's own
-cards, each only over the time the lease held it, roll-up buckets only when they lie wholly inside that time.
+Tenant-safe as `scheduler.selectors.lease_telemetry` is: only the lease's own cards, each only over the time the lease
+held it, roll-up buckets only when they lie wholly inside that time; but one query for the mean over all its windows
+(a lease resized often holds many), where the per-card series takes one per window.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
+from django.db import connections
 from django.utils import timezone
 
+from accounts.databases import read_alias
+from inventory import telemetry
 from inventory.selectors import chart_step
 from scheduler.models import Lease, LeaseEvent
-from scheduler.selectors import lease_telemetry, period_range
+from scheduler.selectors import BUCKETS, _ceil, _floor, period_range
 
 # A resize by hand is 'resized'; one by the scaling rule is 'scaled' (the same data, with the rule's reason).
 HISTORY_EVENT_KINDS = (LeaseEvent.Kind.RESIZED, LeaseEvent.Kind.SCALED)
@@ -46,19 +50,59 @@ def held_cards_series(*, lease: Lease, since: datetime, until: datetime) -> list
     return points
 
 
-def mean_utilization_series(telemetry: dict) -> list[dict]:
-    """Per time bucket of a `lease_telemetry` answer: the mean utilisation over the cards that reported in it,
-    and how many did."""
-    buckets: dict[str, list[float]] = defaultdict(list)
-    for gpu in telemetry["gpus"]:
-        for point in gpu["points"]:
-            value = point.get("utilization_pct")
-            if value is not None:
-                buckets[point["t"]].append(float(value))
-    return [
-        {"t": t, "utilization_pct": round(sum(values) / len(values), 2), "cards": len(values)}
-        for t, values in sorted(buckets.items(), key=lambda item: datetime.fromisoformat(item[0]))
-    ]
+def held_windows(
+    *, lease: Lease, since: datetime, until: datetime, bucket: timedelta | None
+) -> list[tuple[int, datetime, datetime]]:
+    """(card, from, to) for each time `lease` held a card within [since, until): trimmed at the lease's own edges to
+    whole `bucket`s when the figures come from roll-ups, as `lease_telemetry` trims them, so a bucket shared with
+    the card's tenant before or after is never read."""
+    windows = []
+    for gpu_id, period in lease.allocations.filter(period__overlap=period_range(since, until)).values_list(
+        "gpu_id", "period"
+    ):
+        start, end = period.lower, period.upper
+        low, high = max(since, start), min(until, end) if end else until
+        if bucket is not None:
+            low = _ceil(low, bucket) if low == start else low
+            high = _floor(high, bucket) if high == end else high
+        if low < high:
+            windows.append((gpu_id, low, high))
+    return windows
+
+
+def mean_utilization(*, lease: Lease, since: datetime, until: datetime, step: int, now: datetime) -> tuple[str, list]:
+    """The mean utilisation of the cards `lease` held, per bucket of `step` seconds over [since, until): each card's
+    average in the bucket (only over the time the lease held it), then the mean over the cards that reported, and
+    how many did. One query over all the held windows, from the table that fits the step (the replica's when there
+    is one, as every chart). Returns the source's name and the points."""
+    source = telemetry.choose_source(step, since, now)
+    windows = held_windows(lease=lease, since=since, until=until, bucket=BUCKETS.get(source))
+    name = source.removeprefix("inventory_gpusample").lstrip("_") or "raw"
+    if not windows:
+        return name, []
+    column = "ts" if source == telemetry.RAW else "bucket"
+    query = (
+        "SELECT t, avg(card), count(*) FROM ("  # noqa: S608 (our own table and column names)
+        f"SELECT s.gpu_id, date_bin(make_interval(secs => %(step)s), s.{column}, %(origin)s) AS t, "
+        f"avg(s.utilization_pct) AS card FROM {source} s "
+        "JOIN unnest(%(gpus)s::bigint[], %(lows)s::timestamptz[], %(highs)s::timestamptz[]) AS w(gpu_id, low, high) "
+        f"ON s.gpu_id = w.gpu_id AND s.{column} >= w.low AND s.{column} < w.high "
+        f"WHERE s.{column} >= %(floor)s AND s.{column} < %(ceiling)s AND s.utilization_pct IS NOT NULL "
+        "GROUP BY s.gpu_id, t) per_card GROUP BY t ORDER BY t"
+    )
+    params = {
+        "step": step,
+        "origin": datetime(2000, 1, 1, tzinfo=UTC),
+        "gpus": [gpu for gpu, _, _ in windows],
+        "lows": [low for _, low, _ in windows],
+        "highs": [high for _, _, high in windows],
+        "floor": min(low for _, low, _ in windows),
+        "ceiling": max(high for _, _, high in windows),
+    }
+    with connections[read_alias()].cursor() as cursor:
+        cursor.execute(query, params)
+        rows = cursor.fetchall()
+    return name, [{"t": t.isoformat(), "utilization_pct": round(mean, 2), "cards": cards} for t, mean, cards in rows]
 
 
 def scaling_steps(*, lease: Lease, since: datetime, until: datetime) -> list[dict]:
@@ -97,14 +141,14 @@ def lease_scaling_history(
     until = until or min(now, lease.ended_at or now)
     since = since or until - timedelta(hours=1)
     step = chart_step(since=since, until=until, step=step)
-    telemetry = lease_telemetry(lease=lease, since=since, until=until, step=step, now=now)
+    source, utilization = mean_utilization(lease=lease, since=since, until=until, step=step, now=now)
     return {
         "lease": lease.pk,
         "since": since,
         "until": until,
         "step": step,
-        "source": telemetry["source"],
+        "source": source,
         "gpus": held_cards_series(lease=lease, since=since, until=until),
-        "utilization": mean_utilization_series(telemetry),
+        "utilization": utilization,
         "steps": scaling_steps(lease=lease, since=since, until=until),
     }

@@ -8,12 +8,14 @@ import json
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from inventory import telemetry
 from inventory.models import Gpu
-from scheduler.elastic_history import held_cards_series, lease_scaling_history, mean_utilization_series
+from scheduler.elastic_history import held_cards_series, lease_scaling_history
 from scheduler.models import LeaseEvent
+from scheduler.selectors import lease_telemetry
 from scheduler.services import lease_create, lease_end, lease_resize
 from scheduler.transitions import append_event
 from tests.cli.conftest import assert_valid, response_schema
@@ -119,24 +121,50 @@ def test_the_resizes_say_who_made_them_and_why(alice, offer):
     ]
 
 
-def test_mean_utilisation_skips_gaps():
-    series = mean_utilization_series(
-        {
-            "gpus": [
-                {"points": [{"t": "2026-12-07T10:01:00+00:00", "utilization_pct": 10.0}]},
-                {
-                    "points": [
-                        {"t": "2026-12-07T10:00:00+00:00", "utilization_pct": 30.0},
-                        {"t": "2026-12-07T10:01:00+00:00", "utilization_pct": None},
-                    ]
-                },
-            ]
-        }
+def test_a_rollup_minute_shared_with_the_tenant_before_is_left_out(alice, offer):
+    start = timezone.now().replace(second=30, microsecond=0) - timedelta(hours=3)
+    lease = lease_create(org=alice.org, plan="card_hour", gpu_count=1, offer=offer, now=start)
+    gpu = Gpu.objects.get(allocations__lease=lease)
+    minute = start.replace(second=0)
+    with connection.cursor() as cursor:
+        for bucket, util in [(minute, 99.0), (minute + timedelta(minutes=1), 40.0)]:
+            cursor.execute(
+                "INSERT INTO inventory_gpusample_1m (gpu_id, bucket, server_id, samples, utilization_pct, "
+                "memory_used_mb) VALUES (%s, %s, %s, 6, %s, 1024)",
+                [gpu.pk, bucket, gpu.server_id, util],
+            )
+    history = lease_scaling_history(
+        lease=lease, since=minute - timedelta(minutes=30), until=minute + timedelta(minutes=30), step=60
     )
-    assert series == [
-        {"t": "2026-12-07T10:00:00+00:00", "utilization_pct": 30.0, "cards": 1},
-        {"t": "2026-12-07T10:01:00+00:00", "utilization_pct": 10.0, "cards": 1},
-    ]
+    assert history["source"] == "1m"
+    assert [(p["utilization_pct"], p["cards"]) for p in history["utilization"]] == [(40.0, 1)]
+
+
+def test_the_mean_is_the_mean_of_the_per_card_series_the_telemetry_charts_show(alice, offer):
+    start = timezone.now().replace(second=0, microsecond=0) - timedelta(minutes=50)
+    lease = _grown(alice, offer, start)
+    for allocation in lease.allocations.all():
+        end = allocation.period.upper or start + timedelta(minutes=50)
+        moments, at, k = [], allocation.period.lower, 0
+        while at < end:
+            moments.append((at, 30.0 + (allocation.gpu.index * 7 + k) % 60))
+            at, k = at + timedelta(seconds=20), k + 1
+        telemetry.copy_samples(
+            [(t, allocation.gpu_id, allocation.server_id, u, 1, 1.0, 1.0, 1, 0, 0, json.dumps({})) for t, u in moments]
+        )
+    query = {"since": start, "until": start + timedelta(minutes=50), "step": 30}
+    history = lease_scaling_history(lease=lease, **query)
+    per_card = lease_telemetry(lease=lease, **query)
+    buckets: dict[str, list[float]] = {}
+    for card in per_card["gpus"]:
+        for point in card["points"]:
+            buckets.setdefault(point["t"], []).append(point["utilization_pct"])
+    expected = [(t, round(sum(v) / len(v), 2), len(v)) for t, v in sorted(buckets.items())]
+    got = [(p["t"], p["utilization_pct"], p["cards"]) for p in history["utilization"]]
+    assert len(got) == len(expected) == 100
+    for (t1, mean1, n1), (t2, mean2, n2) in zip(got, expected, strict=True):
+        assert t1 == t2 and n1 == n2 and abs(mean1 - mean2) <= 0.011, (t1, mean1, mean2)
+    assert {n for _, _, n in got} == {2, 3, 4, 6}
 
 
 def test_the_history_api_by_default_covers_the_last_hour_and_checks_its_parameters_and_tenancy(
