@@ -135,7 +135,7 @@ class OfferForm(forms.Form):
             self.fields["server"].queryset = (
                 scoped(Server, org)
                 .select_related("gpu_model")
-                .annotate(listed=Exists(Offer.objects.live().filter(server_id=OuterRef("pk"))))
+                .annotate(listed=Exists(Offer.objects.direct().live().filter(server_id=OuterRef("pk"))))
                 .order_by("listed", "name", "id")
             )
             self.fields["server"].label_from_instance = _server_label
@@ -272,7 +272,7 @@ def offer_list(request: HttpRequest) -> HttpResponse:
     rows = [{"offer": offer, "prices": _offer_prices(offer)} for offer in offers]
     unlisted = (
         scoped(Server, org)
-        .filter(~Exists(Offer.objects.live().filter(server_id=OuterRef("pk"))))
+        .filter(~Exists(Offer.objects.direct().live().filter(server_id=OuterRef("pk"))))
         .order_by("name", "id")
         .values("pk", "name")
     )
