@@ -197,7 +197,7 @@ def _lease_refusal(lease: Lease) -> InvalidInput | InvalidTransition | None:
 
 
 @platform_work(PLATFORM)
-def scaling_set(lease: Lease, data: dict[str, Any], *, now: datetime | None = None) -> ScalingRule:
+def scaling_set(lease: Lease, data: dict[str, Any]) -> ScalingRule:
     """Give `lease` this scaling rule, or replace its settings (omitted ones take their defaults); the rule's state
     (queue depth, last change) is kept. InvalidInput (400, per field) for bad settings or another plan, 409 for a
     lease that has ended. Locks the lease row; the next beat run follows the rule."""
