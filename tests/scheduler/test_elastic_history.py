@@ -193,3 +193,20 @@ def test_the_history_api_by_default_covers_the_last_hour_and_checks_its_paramete
     foreign = charlie.api.get(url)
     assert foreign.status_code == 404 and foreign.json()["error"]["code"] == "not_found"
     assert alice.api.get("/api/v1/leases/99999999/scaling/history/").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"until": "0001-01-01T00:00:00Z"},
+        {"until": "9999-12-31T23:59:59Z"},
+        {"since": "0001-01-01T00:00:00Z"},
+        {"since": "9999-12-31T23:59:59Z"},
+        {"since": "0001-01-01T00:00:00Z", "until": "9999-12-31T23:59:59Z", "step": 2592000},
+    ],
+)
+def test_dates_at_the_ends_of_the_calendar_are_a_400_never_a_500(alice, offer, query):
+    lease = lease_create(org=alice.org, plan="card_hour", gpu_count=1, offer=offer)
+    response = alice.api.get(f"/api/v1/leases/{lease.pk}/scaling/history/", query)
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["fields"]
