@@ -162,7 +162,13 @@ def raw_sql(query_string: str):
     client = Client()
     with CaptureQueriesContext(connection) as captured:
         client.get(f"/offers/?{query_string}")
-    statements = [q["sql"] for q in captured.captured_queries if "inventory_offer" in q["sql"]]
+    # The search's statements: the offers (and their listing rows, marketplace.models.OfferListing, where the search
+    # reads those), not the session's or the form's other lookups.
+    statements = [
+        q["sql"]
+        for q in captured.captured_queries
+        if "inventory_offer" in q["sql"] or "marketplace_offerlisting" in q["sql"]
+    ]
     # The session settings the site's connections carry (jit=off), so the baseline differs by the framework only.
     options = settings.DATABASES["default"].get("OPTIONS", {}).get("options", "")
     conn = psycopg.connect(os.environ["DATABASE_URL"], autocommit=True, options=options)

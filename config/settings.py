@@ -176,6 +176,7 @@ CELERY_BEAT_SCHEDULE = {
     "telemetry-maintain": {"task": "inventory.telemetry_maintain", "schedule": 3600.0},
     "purge-expired-api-state": {"task": "accounts.purge_expired", "schedule": 3600.0},
     "run-leases": {"task": "scheduler.run_leases", "schedule": 30.0},
+    "refresh-listings": {"task": "marketplace.refresh_listings", "schedule": 60.0},
     "scale-leases": {"task": "scheduler.scale_leases", "schedule": 60.0},
     "check-workloads": {"task": "workloads.check_workloads", "schedule": 30.0},
     "wipe-volumes": {"task": "workloads.wipe_volumes", "schedule": 300.0},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.http import Http404
 from django.utils.translation import get_language
 from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer, extend_schema
 from rest_framework import mixins, status, viewsets
@@ -13,6 +14,7 @@ from rest_framework.response import Response
 from accounts.access import Actor
 from accounts.apiviews import OrgContextMixin
 from accounts.errors import NotAllowed, NotFound
+from accounts.inputs import BIGINT_MAX, ascii_int
 from accounts.models import Organization
 from accounts.permissions import OPERATE, HasOrganization, IsProvider, has_role
 from inventory.access import access_offer
@@ -101,6 +103,15 @@ class OfferViewSet(OrgContextMixin, mixins.ListModelMixin, mixins.RetrieveModelM
             data["currency"] = self._currency()
             return selectors.offers_listed(selectors.OfferQuery(**data))
         return selectors.offers_listed()
+
+    def get_object(self) -> Offer:
+        """A listed offer with its free cards and reliability (marketplace.selectors.offer_listed); else 404."""
+        pk = ascii_int(self.kwargs.get("pk"), 1, BIGINT_MAX)
+        offer = None if pk is None else selectors.offer_listed(pk, currency=self._currency())
+        if offer is None:
+            raise Http404
+        self.check_object_permissions(self.request, offer)
+        return offer
 
     @extend_schema(parameters=SEARCH_PARAMETERS)
     def list(self, request: Request, *args, **kwargs) -> Response:

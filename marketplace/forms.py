@@ -26,9 +26,9 @@ from accounts.formfields import AsciiDecimalField, AsciiIntegerField
 from accounts.models import Organization
 from billing import rating
 from billing.display import PLAN_LABELS
-from inventory.access import STOREFRONT
 from inventory.models import Interconnect, Offer
 from inventory.selectors import gpu_models_listed
+from marketplace.selectors import listed_regions
 from scheduler.idempotency import MAX_KEY_LENGTH, run_once
 from scheduler.models import Plan
 from scheduler.serializers import START_GRACE
@@ -126,14 +126,7 @@ def describe_errors(form: forms.Form) -> None:
 
 
 def _regions() -> list[tuple[str, str]]:
-    regions = (
-        Offer.objects.unscoped(STOREFRONT)
-        .live()
-        .filter(server__status="online")
-        .order_by("server__region")
-        .values_list("server__region", flat=True)
-        .distinct()
-    )
+    regions = listed_regions()
     return [("", _("Any region")), *((r, r) for r in regions)]
 
 

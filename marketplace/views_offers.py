@@ -32,7 +32,7 @@ from billing.display import PLAN_LABELS, UNIT_LABELS, money
 from inventory.models import Offer
 from marketplace.forms import OfferSearchForm, RentForm, describe_errors
 from marketplace.forms_workloads import WorkloadForm
-from marketplace.selectors import OfferQuery, offers_listed, shown_currency
+from marketplace.selectors import OfferQuery, offer_listed, offers_listed, shown_currency
 from marketplace.views_rent import add_rent_errors, rent_payload, rented, renter_problem
 from scheduler.models import Plan
 from scheduler.pricing import PRICE_PLACES, rate_between
@@ -135,7 +135,7 @@ def offer_view(offer: Offer, currency: str) -> OfferView:
 
 def _listed_offer(offer_id: int, currency: str, now: datetime | None = None) -> Offer:
     """A listed offer (live, on an online server of an approved provider) with its free cards and reliability."""
-    offer = offers_listed(OfferQuery(currency=currency), now=now).filter(pk=offer_id).first()
+    offer = offer_listed(offer_id, currency=currency, now=now)
     if offer is None:
         raise Http404
     return offer
@@ -167,10 +167,9 @@ def offer_search(request: HttpRequest) -> HttpResponse:
         min_reliability=None if reliability is None else reliability / 100,
         ordering=data.get("ordering") or "price",
         currency=currency,
+        min_price=data.get("min_price"),
     )
     offers = offers_listed(query)
-    if data.get("min_price") is not None:
-        offers = offers.filter(sort_price__gte=data["min_price"])
     page = Paginator(offers, PAGE_SIZE).get_page(request.GET.get("page"))
     describe_errors(form)
     context = {
