@@ -20,7 +20,8 @@ What it does, loopback only, and stops by itself:
      connection, as one statement and again as one 8-row COPY + commit per report (1,000 reports);
    and the CPU each party used during the ingest window (gunicorn, every postgres process, the load generator);
 4. with gunicorn stopped, `--profile N` reports through the ingest code in this process: time per step (verify,
-   parse, store, and within store the health rules, COPY, card update and commit), per SQL statement, and the
+   parse, store, and within store the health rules, the claim + locked read of the cards, the one statement
+   that writes the samples and the cards, and the commit), per SQL statement, and the
    whole request through Django's handler next to GET /healthz.
 The machine's cores are shared by the load generator, gunicorn and PostgreSQL, as on any one-box deployment.
 """

@@ -1,8 +1,21 @@
 """Agent enrolment and signed telemetry reports: the platform side of API.md's Agent section.
 
 A report is accepted at most once: its `seq` is claimed with one conditional UPDATE of the server row
-(`last_seq < seq`), in the same transaction that COPYs its samples and updates the cards' health, so a
+(`last_seq < seq`), in the same transaction that inserts its samples and updates the cards' health, so a
 retry, a replay or a concurrent duplicate changes nothing.
+
+What the answers promise (tests/inventory/test_ingest_killed.py kills the platform under reports to prove it):
+- 202: the report's transaction has committed, with PostgreSQL's durable commit (synchronous_commit as the server
+  is configured; on by default): its raw samples (one row per card, when its time is inside the raw window), its
+  cards' health, drain and last sample, its health events, and the claim of its `seq` are all stored, once. The
+  workload and volume states it carried are applied too (in a transaction of their own, after that one) before the
+  202 is sent.
+- 200 `{"accepted": false, "duplicate": true}`: a report with this `seq` or a later one was stored before; this
+  copy changed nothing.
+- no answer (the platform died, the connection broke): the report was stored completely or not at all, never in
+  part; the agent sends it again with the same `seq`, and that copy is then answered 200 or 202 accordingly.
+  Only its workload states can be missing after a 200 to such a re-send; the next report carries them again.
+- 4xx: nothing of the report was stored (a report naming another server's card flags the server).
 """
 
 from __future__ import annotations
