@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from celery.schedules import crontab
+from celery.schedules import ParseException, crontab
 from django.db import connection, transaction
 from django.db.models import Sum
 from django.utils import timezone
@@ -94,10 +94,12 @@ class Cron:
         if len(parts) != 5:
             raise ValueError("A cron expression has 5 fields: minute hour day-of-month month day-of-week.")
         minute, hour, day, month, weekday = parts
+        if not expression.isascii():  # int() takes other scripts' digits; cron does not
+            raise ValueError("A cron expression is written in ASCII.")
         try:
             parsed = crontab(minute=minute, hour=hour, day_of_month="*", month_of_year=month, day_of_week=weekday)
             days = crontab(day_of_month=day).day_of_month
-        except (ValueError, TypeError, KeyError, IndexError) as exc:
+        except (ValueError, TypeError, KeyError, IndexError, ParseException) as exc:  # ParseException: "-1", "1,,2"
             raise ValueError(f"Not a valid cron expression: {exc}") from None
         return cls(
             minutes=frozenset(parsed.minute),

@@ -66,7 +66,20 @@ def test_cron_day_fields_match_either_when_both_are_restricted():
     assert not first_or_monday.matches(datetime(2026, 12, 8, 10, 0, tzinfo=UTC))
 
 
-@pytest.mark.parametrize("expression", ["", "* * * *", "* * * * * *", "61 * * * *", "* 25 * * *", "x * * * *"])
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "",
+        "* * * *",
+        "* * * * * *",
+        "61 * * * *",
+        "* 25 * * *",
+        "x * * * *",
+        "-1 * * * *",
+        "1,,2 * * * *",
+        "\u0661 * * * *",
+    ],
+)
 def test_bad_cron_expressions_are_refused(expression):
     with pytest.raises(ValueError):
         Cron.parse(expression)

@@ -96,6 +96,8 @@ def test_a_lease_without_a_rule_shows_none(alice, servers):
         ({"scaling": {**RULE, "max_price_per_hour": "0"}}, "max_price_per_hour"),
         ({"scaling": {**RULE, "max_price_per_hour": "NaN"}}, "max_price_per_hour"),
         ({"scaling": {**RULE, "schedule": [{"cron": "* * *", "max_gpus": 1}]}}, "schedule"),
+        ({"scaling": {**RULE, "schedule": [{"cron": "-1 * * * *", "max_gpus": 1}]}}, "schedule"),
+        ({"scaling": {**RULE, "schedule": [{"cron": "1,,2 * * * *", "max_gpus": 1}]}}, "schedule"),
         ({"scaling": {**RULE, "schedule": [{"cron": "* * * * *", "max_gpus": 0}]}}, "schedule"),  # below min
         ({"scaling": {**RULE, "schedule": [{"cron": "* * * * *", "max_gpus": 9}]}}, "schedule"),  # above max
         ({"scaling": {**RULE, "schedule": [{"cron": "* * * * *"}]}}, "schedule"),
