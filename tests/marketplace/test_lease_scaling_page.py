@@ -115,6 +115,11 @@ def test_bad_settings_are_shown_beside_their_fields_and_nothing_is_saved(client,
     assert "cannot be more than the most" in _errors(response.content.decode(), "min_gpus")
     response = client.post(url, {**RULE, "schedule": "every night = 0", "idempotency_key": "b"})
     assert response.status_code == 400 and "is not a cron expression" in _errors(response.content.decode(), "schedule")
+    for n, odd in enumerate(["-1 * * * *", "1,,2 * * * *", "*/* * * * *", "٣ * * * *", "*/0 * * * *"]):
+        response = client.post(url, {**RULE, "schedule": f"{odd} = 1", "idempotency_key": f"odd-{n}"})
+        assert response.status_code == 400 and "is not a cron expression" in _errors(
+            response.content.decode(), "schedule"
+        ), odd
     response = client.post(url, {**RULE, "schedule": "* * * * * = 9", "idempotency_key": "c"})
     assert response.status_code == 400 and "between the fewest (1) and the most (6)" in _errors(
         response.content.decode(), "schedule"
