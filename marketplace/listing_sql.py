@@ -20,7 +20,8 @@ advisory, listing row), the order an allocation already takes them in.
 Reliability depends on time: its parts are counted over the 30 days before the sync (`rel_as_of`) and answer until
 `rel_valid_until`, the first instant a counted workload or outage leaves that window or an outage begun before it
 stops counting whole. Readers compute live where a row does not answer for their instant (marketplace.selectors);
-`marketplace_listing_refresh()` re-syncs the rows whose time has passed (the marketplace.refresh_listings job).
+the marketplace.refresh_listings job re-syncs the rows whose time has passed, 64 servers a transaction
+(marketplace.listing.listings_refresh; `marketplace_listing_refresh()` does all of them in one).
 """
 
 # Reliability's window is marketplace.selectors.RELIABILITY_WINDOW, 30 days: '2592000 seconds' below (a test holds

@@ -17,6 +17,7 @@ from django.utils import timezone
 from accounts.models import Organization
 from inventory.models import Gpu, Offer, Server, ServerOutage
 from marketplace import listing_sql, selectors
+from marketplace.listing import listings_refresh
 from marketplace.models import OfferListing
 from marketplace.selectors import RELIABILITY_WINDOW, OfferQuery, offers_listed, offers_recounted
 from scheduler.models import Lease, LeaseState
@@ -272,17 +273,21 @@ def test_each_row_copies_its_offer_and_answers_with_stored_parts():
 
 def test_rows_the_clock_has_passed_are_synced_again_by_the_refresh():
     now = timezone.now()
-    server = online_server(gpus=2)
-    lease = LeaseFactory(state=LeaseState.FAILED)
-    Workload.objects.unscoped("test").create(lease=lease, server=server, created_at=now - timedelta(days=10))
-    row = OfferListing.objects.get(offer__server=server)
-    assert row.rel_failed == 1
-    OfferListing.objects.filter(pk=row.pk).update(rel_valid_until=now - timedelta(seconds=1), rel_failed=7)
+    servers = [online_server(gpus=2) for _ in range(3)]
+    for server in servers:
+        lease = LeaseFactory(state=LeaseState.FAILED)
+        Workload.objects.unscoped("test").create(lease=lease, server=server, created_at=now - timedelta(days=10))
+    assert set(OfferListing.objects.values_list("rel_failed", flat=True)) == {1}
+    OfferListing.objects.update(rel_valid_until=now - timedelta(seconds=1), rel_failed=7)
     out = StringIO()
     call_command("refresh_listings", stdout=out)
-    assert out.getvalue().strip() == "servers synced: 1"
-    row.refresh_from_db()
-    assert row.rel_failed == 1 and row.rel_valid_until > now
+    assert out.getvalue().strip() == "servers synced: 3"
+    assert set(OfferListing.objects.values_list("rel_failed", flat=True)) == {1}
+    assert not OfferListing.objects.filter(rel_valid_until__lte=now).exists()
+    # In batches, each its own transaction.
+    OfferListing.objects.update(rel_valid_until=now - timedelta(seconds=1), rel_failed=7)
+    assert listings_refresh(batch=2) == 3
+    assert set(OfferListing.objects.values_list("rel_failed", flat=True)) == {1}
 
 
 def test_a_compiled_search_sends_what_the_queryset_would():
