@@ -7,8 +7,14 @@ import pytest
 
 from inventory.models import Offer
 from scheduler.models import Lease
-from tests.factories import GpuModelFactory, online_server
-from tests.scheduler.test_resale import broker, contract, rent, resale_offer  # noqa: F401 - `broker` is a fixture
+from tests.conftest import Persona, make_persona
+from tests.factories import GpuModelFactory, OrganizationFactory, online_server
+from tests.scheduler.test_resale import contract, rent, resale_offer
+
+
+@pytest.fixture
+def broker(db) -> Persona:
+    return make_persona(OrganizationFactory(name="Dana Compute Brokers"), email="dana@example.com")
 
 
 @pytest.fixture
@@ -23,7 +29,7 @@ def search(client, **params) -> dict[int, dict]:
     return {offer["id"]: offer for offer in response.json()["results"]}
 
 
-def test_search_shows_the_resale_offer_with_the_reseller_and_its_own_free_cards(broker, alice, anon, rack):  # noqa: F811
+def test_search_shows_the_resale_offer_with_the_reseller_and_its_own_free_cards(broker, alice, anon, rack):
     backing = contract(broker)
     offer = resale_offer(broker, backing["id"])
     assert search(anon)[offer["id"]]["gpus_free"] == 8
@@ -47,3 +53,15 @@ def test_search_shows_the_resale_offer_with_the_reseller_and_its_own_free_cards(
     assert broker.api.delete(f"/api/v1/offers/{offer['id']}/").status_code == 204
     assert offer["id"] not in search(anon)
     assert Lease.objects.filter(offer_id=offer["id"], state="active").count() == 1
+
+
+def test_a_resale_lease_ended_with_its_contract_says_why_on_its_page_in_both_languages(client, broker, alice, rack):
+    backing = contract(broker)
+    offer = resale_offer(broker, backing["id"])
+    lease = rent(alice, offer=offer["id"], gpu_count=2).json()
+    assert broker.api.post(f"/api/v1/leases/{backing['id']}/end/").status_code == 200
+    client.force_login(alice.user)
+    english = client.get(f"/leases/{lease['id']}/").content.decode()
+    assert "Ended: the contract behind its resale offer ended" in english
+    chinese = client.get(f"/leases/{lease['id']}/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert "已结束：其转售报价背后的合约已到期或终止" in chinese
