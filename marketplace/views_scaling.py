@@ -127,25 +127,38 @@ def status_sentence(rule: ScalingRule, lease: Lease) -> str:
         return _("Not checked yet: the rule is followed once a minute.")
     status = rule.status
     if status == ScalingRule.Status.WAITING_CAPACITY:
-        return (
-            ngettext(
-                "It wants %(wanted)s cards and holds %(held)s: waiting for free cards; it tries again every minute.",
-                "It wants %(wanted)s cards and holds %(held)s: waiting for free cards; it tries again every minute.",
-                wanted,
-            )
-            % values
+        text = ngettext(
+            "It wants %(wanted)s card and holds %(held)s: waiting for free cards; it tries again every minute.",
+            "It wants %(wanted)s cards and holds %(held)s: waiting for free cards; it tries again every minute.",
+            wanted,
         )
-    if status == ScalingRule.Status.COOLING_DOWN:
-        return _("It holds %(held)s cards and waits for its cool-down before the next step.") % values
-    if status == ScalingRule.Status.SCALING:
-        return _("It moved the lease to %(wanted)s cards.") % values
-    if status == ScalingRule.Status.SCHEDULED:
-        return _("Its schedule holds it at %(held)s cards now.") % values
-    if status == ScalingRule.Status.AT_PRICE_CEILING:
-        return _("Its price ceiling holds it at %(held)s cards.") % values
-    if status == ScalingRule.Status.AT_BOUND:
-        return _("It is at a bound of the rule, with %(held)s cards.") % values
-    return _("It holds %(held)s cards, as its target asks.") % values
+    elif status == ScalingRule.Status.SCALING:
+        text = ngettext("It moved the lease to %(wanted)s card.", "It moved the lease to %(wanted)s cards.", wanted)
+    elif status == ScalingRule.Status.COOLING_DOWN:
+        text = ngettext(
+            "It holds %(held)s card and waits for its cool-down before the next step.",
+            "It holds %(held)s cards and waits for its cool-down before the next step.",
+            held,
+        )
+    elif status == ScalingRule.Status.SCHEDULED:
+        text = ngettext(
+            "Its schedule holds it at %(held)s card now.", "Its schedule holds it at %(held)s cards now.", held
+        )
+    elif status == ScalingRule.Status.AT_PRICE_CEILING:
+        text = ngettext(
+            "Its price ceiling holds it at %(held)s card.", "Its price ceiling holds it at %(held)s cards.", held
+        )
+    elif status == ScalingRule.Status.AT_BOUND:
+        text = ngettext(
+            "It is at a bound of the rule, with %(held)s card.",
+            "It is at a bound of the rule, with %(held)s cards.",
+            held,
+        )
+    else:
+        text = ngettext(
+            "It holds %(held)s card, as its target asks.", "It holds %(held)s cards, as its target asks.", held
+        )
+    return text % values
 
 
 def _rule_view(rule: ScalingRule, lease: Lease) -> dict[str, Any]:

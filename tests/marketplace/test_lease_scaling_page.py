@@ -183,3 +183,17 @@ def test_an_ended_lease_offers_no_form_and_a_late_post_says_why(client, alice, o
     assert response.status_code == 302
     assert "can no longer have a scaling rule" in client.get(response["Location"]).content.decode()
     assert not ScalingRule.objects.filter(lease=ended).exists()
+
+
+def test_the_status_sentence_counts_one_card_and_several():
+    from marketplace.views_scaling import status_sentence
+    from scheduler.models import Lease
+
+    now = timezone.now()
+    one, three = Lease(gpu_count=1), Lease(gpu_count=3)
+    bound = ScalingRule(status=ScalingRule.Status.AT_BOUND, evaluated_at=now, desired_gpus=1)
+    assert status_sentence(bound, one) == "It is at a bound of the rule, with 1 card."
+    assert status_sentence(bound, three) == "It is at a bound of the rule, with 3 cards."
+    waiting = ScalingRule(status=ScalingRule.Status.WAITING_CAPACITY, evaluated_at=now, desired_gpus=1)
+    assert status_sentence(waiting, Lease(gpu_count=0)).startswith("It wants 1 card and holds 0:")
+    assert status_sentence(ScalingRule(evaluated_at=None), one).startswith("Not checked yet")
