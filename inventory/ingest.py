@@ -25,9 +25,11 @@ import hashlib
 import hmac
 import json
 import math
+import operator
 import secrets
 import sys
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -244,8 +246,13 @@ def check_report(payload: dict[str, Any]) -> dict[str, Any]:
             raise InvalidInput(f"gpus[{index}] needs a uuid.", fields={"gpus": {index: {"uuid": "required"}}})
         sample: dict[str, Any] = {"uuid": raw["uuid"]}
         for name, value in raw.items():
-            if name in _BOUNDS and value is not None:
-                sample[name] = _number(value, name, index)
+            bounds = _BOUNDS.get(name)
+            if bounds is not None:
+                if value is None:
+                    continue
+                kind = type(value)  # not isinstance: a bool is an int; NaN fails the comparison, infinity the bound
+                ok = (kind is int or kind is float) and bounds[0] <= value <= bounds[1]
+                sample[name] = value if ok else _number(value, name, index)  # _number says what is wrong
             elif name in _FLAGS:
                 sample[name] = bool(value)
             elif name == "xid_errors":
@@ -439,13 +446,16 @@ def _claim(*, server_id: int, seq: int, now: datetime) -> dict[str, _Card]:
 
 def _write(*, server_id: int, at: datetime, rows: list[dict[str, Any]], cards: list[_Card]) -> None:
     """The report's raw samples and its cards' new state (`_GPU_REPORT_FIELDS`), in one statement."""
-    sql, columns = _write_sql()
-    states = [{column: _json_value(getattr(card, name)) for name, column in columns} for card in cards]
-    _execute(sql, {"server": server_id, "at": at, "samples": json.dumps(rows), "cards": json.dumps(states)}, rows=False)
+    sql, columns, values = _write_sql()
+    states = [dict(zip(columns, values(card), strict=True)) for card in cards]
+    params = {"server": server_id, "at": at, "samples": json.dumps(rows), "cards": json.dumps(states, default=_iso)}
+    _execute(sql, params, rows=False)
 
 
-def _json_value(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, datetime) else value
+def _iso(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 @functools.cache
@@ -462,8 +472,8 @@ def _claim_sql() -> str:
 
 
 @functools.cache
-def _write_sql() -> tuple[str, list[tuple[str, str]]]:
-    """The statement that writes a report, and the (attribute, column) pairs of a card's state it takes.
+def _write_sql() -> tuple[str, list[str], Callable[[_Card], tuple[Any, ...]]]:
+    """The statement that writes a report, the columns of a card's state it takes, and their values of a card.
 
     The samples are inserted into the partitioned raw table (PostgreSQL routes each row to its day) by a
     data-modifying CTE, which runs to completion whatever the rest of the statement reads; the cards are updated
@@ -486,4 +496,5 @@ def _write_sql() -> tuple[str, list[tuple[str, str]]]:
         + f" FROM jsonb_to_recordset(%(cards)s::jsonb) AS v ({record})"
         + f" WHERE g.{quote(meta.pk.column)} = v.{quote(meta.pk.column)}"
     )
-    return sql, [("id" if field is meta.pk else field.attname, field.column) for field in fields_]
+    names = ["id" if field is meta.pk else field.attname for field in fields_]
+    return sql, [field.column for field in fields_], operator.attrgetter(*names)
