@@ -145,7 +145,7 @@ def admit(lease: Lease, new: list[Allocation], now: datetime) -> None:
     if checked is None:
         return
     org, cap = checked
-    excluded = [a.pk for a in new]
+    excluded = [a.pk for a in new if a.pk is not None]  # rows already written (admission may come before)
     now_standing = standing(org, now=now, exclude=excluded)
     _afford(now_standing, minimum_cost(lease.plan, new), cap, reserved=_reserved(org, excluded), what="lease")
 

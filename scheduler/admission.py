@@ -2,8 +2,9 @@
 
 The scheduler places cards and knows nothing of money; billing does, and sits above it. So billing registers its
 check here when the apps are ready (billing/apps.py), and `lease_create` and a growing `lease_resize` call
-`admit` inside their transaction once the new cards are placed and priced: a check that raises (402
-`insufficient_funds`) rolls the whole transaction back, so nothing stays allocated.
+`admit` inside their transaction once the new cards are placed (locked) and priced, just before their allocation
+rows are written (placement's `before_insert`; their `pk` is None then); `lease_start` after they are written. A
+check that raises (402 `insufficient_funds`) rolls the whole transaction back, so nothing stays allocated.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def register(check: Check) -> None:
 
 
 def admit(lease: Lease, new: list[Allocation], now: datetime) -> None:
-    """Run every check on `lease` and the allocations just made for it (`new`); raise what a check raises."""
+    """Run every check on `lease` and the allocations just made for it (`new`, written or about to be); raise what a
+    check raises."""
     for check in _checks:
         check(lease, new, now)

@@ -10,13 +10,14 @@ then rolls back never makes it fail. The exclusion constraint stays the last wor
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from django.db.backends.postgresql.psycopg_any import DateTimeTZRange
-from django.db.models import F, OuterRef, Subquery
+from django.db.models import F, OuterRef, QuerySet, Subquery
 
 from inventory.models import PLAN_PRICE_FIELDS, Gpu
-from scheduler import selectors
+from scheduler import selectors, statements
 from scheduler.selectors import Filters
 
 
@@ -29,23 +30,32 @@ def claim_free_cards(*, server_id: int, count: int, period: DateTimeTZRange, fil
     currency in the server's live offer for the plan as `filters` asks it: None without one). Their other fields
     are deferred.
     """
-    cards = (
-        selectors.free_gpus(filters, period)
-        .filter(server_id=server_id)
-        .only("id", "uuid", "server_id")
-        .annotate(card_tflops=F("server__gpu_model__fp16_tflops"), server_gpu_count=F("server__gpu_count"))
-    )
-    if filters.plan:
-        offer = (
-            selectors.live_offers(plan=filters.plan, interruptible=filters.interruptible, until=filters.until)
-            .filter(server_id=OuterRef("server_id"))
-            .order_by("-pk")
+
+    def build(stand_in: Mapping[str, Any]) -> QuerySet:
+        cards = (
+            selectors.free_gpus(filters, stand_in[slot])
+            .filter(server_id=stand_in["server_id"])
+            .only("id", "uuid", "server_id")
+            .annotate(card_tflops=F("server__gpu_model__fp16_tflops"), server_gpu_count=F("server__gpu_count"))
         )
-        price_field = PLAN_PRICE_FIELDS[filters.plan][1 if filters.interruptible else 0]
-        cards = cards.annotate(
-            offer_price=Subquery(offer.values(price_field)[:1]), offer_currency=Subquery(offer.values("currency")[:1])
-        )
-    return list(cards.order_by("pk").select_for_update(no_key=True, skip_locked=True, of=("self",))[:count])
+        if filters.plan:
+            offer = (
+                selectors.live_offers(plan=filters.plan, interruptible=filters.interruptible, until=filters.until)
+                .filter(server_id=OuterRef("server_id"))
+                .order_by("-pk")
+            )
+            price_field = PLAN_PRICE_FIELDS[filters.plan][1 if filters.interruptible else 0]
+            cards = cards.annotate(
+                offer_price=Subquery(offer.values(price_field)[:1]),
+                offer_currency=Subquery(offer.values("currency")[:1]),
+            )
+        return cards.order_by("pk").select_for_update(no_key=True, skip_locked=True, of=("self",))[:count]
+
+    # Built and compiled once per filters, count and kind of period (scheduler/statements.py): only the period and
+    # the server change.
+    slot = "open_period" if period.upper is None else "period"
+    sql, params = statements.compiled(("claim", filters, count, slot), build, {slot: period, "server_id": server_id})
+    return list(Gpu.objects.raw(sql, params))
 
 
 def claim_gpus(gpu_ids: Iterable[int]) -> list[int]:

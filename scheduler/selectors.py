@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from django.db.backends.postgresql.psycopg_any import DateTimeTZRange
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery, Sum
@@ -18,6 +19,7 @@ from inventory import telemetry
 from inventory.access import STOREFRONT
 from inventory.models import PLAN_PRICE_FIELDS, Gpu, Offer, Server
 from inventory.selectors import chart_step
+from scheduler import statements
 from scheduler.allocator import ServerCapacity
 from scheduler.models import Allocation, Lease, LeaseEvent
 
@@ -221,26 +223,32 @@ def best_fit_capacity(
     same uncorrelated subquery on every row, evaluated once)."""
     if period.upper is not None or period.lower is None or count <= 0:
         return None
-    servers = allocatable_servers(filters)
-    rows = list(
-        servers.filter(capacity__free_onward__gte=count, capacity__valid_until__gt=period.lower)
-        .annotate(
-            any_stale=Exists(servers.filter(capacity__valid_until__lte=period.lower)),
-            offer_min=Subquery(
-                _minimum_offers().filter(server_id=OuterRef("pk")).order_by("-pk").values("min_gpus")[:1]
-            ),
+
+    def build(stand_in: Mapping[str, Any]) -> QuerySet:
+        servers = allocatable_servers(filters)
+        return (
+            servers.filter(capacity__free_onward__gte=count, capacity__valid_until__gt=stand_in["at"])
+            .annotate(
+                any_stale=Exists(servers.filter(capacity__valid_until__lte=stand_in["at"])),
+                offer_min=Subquery(
+                    _minimum_offers().filter(server_id=OuterRef("pk")).order_by("-pk").values("min_gpus")[:1]
+                ),
+            )
+            .values(
+                "pk",
+                "gpu_model_id",
+                "gpu_model__fp16_tflops",
+                "gpu_count",
+                "capacity__free_onward",
+                "any_stale",
+                "offer_min",
+            )
+            .order_by("capacity__free_onward", "capacity__server_id")[:limit]
         )
-        .values(
-            "pk",
-            "gpu_model_id",
-            "gpu_model__fp16_tflops",
-            "gpu_count",
-            "capacity__free_onward",
-            "any_stale",
-            "offer_min",
-        )
-        .order_by("capacity__free_onward", "capacity__server_id")[:limit]
-    )
+
+    # Built and compiled once per filters, count and limit (scheduler/statements.py): only the instant changes.
+    sql, params = statements.compiled(("best_fit", filters, count, limit), build, {"at": period.lower})
+    rows = statements.fetch_dicts(sql, params)
     if rows and rows[0]["any_stale"]:
         return None
     minimums = {row["pk"]: row["offer_min"] for row in rows if row["offer_min"]}

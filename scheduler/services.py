@@ -229,8 +229,9 @@ def _lease_place(request: LeaseRequest, scaling: dict[str, Any] | None = None) -
         ScalingRule.objects.create(lease=lease, **scaling)
 
     def settle(rows: list[Allocation]) -> None:
-        # The lease's row and its creation event, written before its cards' rows: the insert of those takes the
-        # lock on their servers' capacity rows, which other requests for the same servers wait on until commit.
+        # The lease's row, its creation event and its admission, before its cards' rows are written: the insert of
+        # those takes the lock on their servers' capacity rows, which other requests for the same servers wait on
+        # until commit. (A lease on a resale offer has its cards' rows written by then.)
         uuids, lease.delivered_pflops = placed_cards(rows)
         lease.gpu_count = len(rows)
         lease.unit_price = pricing.quote(rows)
@@ -244,6 +245,7 @@ def _lease_place(request: LeaseRequest, scaling: dict[str, Any] | None = None) -
             start_at=request.start.isoformat(),
             end_at=request.end_at.isoformat() if request.end_at else None,
         )
+        admission.admit(lease, rows, request.now)
 
     if request.offer is not None and request.offer.is_resale:
         rows = resale.allocate_resale(
@@ -262,7 +264,6 @@ def _lease_place(request: LeaseRequest, scaling: dict[str, Any] | None = None) -
             fresh=True,
             before_insert=settle,
         )
-    admission.admit(lease, rows, request.now)
     return lease
 
 
@@ -547,8 +548,10 @@ def _grow(lease: Lease, held: list[Allocation], *, by: int, gpu_count: int, now:
         now=now,
         prefer_servers=prefer,
         preempt=not lease.interruptible,
+        # Admitted before the rows are written, as a new lease is: the organisation's lock, when admission takes
+        # it, comes before the servers' capacity rows' in both.
+        before_insert=lambda new: admission.admit(lease, new, now),
     )
-    admission.admit(lease, rows, now)
     return [row.gpu_id for row in rows]
 
 

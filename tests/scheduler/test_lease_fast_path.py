@@ -1,6 +1,7 @@
 """`lease_create`'s usual path in few statements (issue 18): the claim reads what pricing, the lease row and its event
 need, the lease row is written once after placing, and a card lost to a racing commit between the snapshot and the
-lock (the exclusion constraint refuses it) costs a round, not the request."""
+lock (the exclusion constraint refuses it) costs a round, not the request. The best fit and the claim are compiled
+once per shape (scheduler/statements.py) and take each call's values."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from scheduler import locks, services
+from inventory.models import Gpu
+from scheduler import locks, services, statements
 from scheduler.models import Allocation, Lease, LeaseEvent
 from tests.factories import online_server
 
-# BEGIN (a savepoint in a test), the lease, the best fit, a savepoint, the claim, the allocations, the lease row
-# once more, admission and the event; the transaction's end.
+# BEGIN (a savepoint in a test), the lease, the best fit, a savepoint, the claim, the lease row once more, the
+# event, admission and the allocations; the transaction's end.
 MOST_STATEMENTS = 10
 
 
@@ -77,3 +79,33 @@ def test_a_card_taken_by_a_racing_commit_costs_a_round_and_the_lease_still_gets_
     uuids = dict(Allocation.objects.filter(lease=lease).values_list("gpu_id", "gpu__uuid"))
     assert event.data["gpus"] == [uuids[gpu_id] for gpu_id in held]
     assert _overlaps() == 0
+
+
+def test_a_compiled_statement_takes_each_calls_values(bob, h100):
+    one = online_server(organization=bob.org, gpu_model=h100, gpus=2, name="one")
+    two = online_server(organization=bob.org, gpu_model=h100, gpus=3, name="two")
+
+    def build(stand_in):
+        return Gpu.objects.unscoped("a test").filter(server_id=stand_in["server_id"]).values("id")
+
+    for server in (one, two, one):
+        sql, params = statements.compiled(("a test", "cards of a server"), build, {"server_id": server.pk})
+        found = {row["id"] for row in statements.fetch_dicts(sql, params)}
+        assert found == set(Gpu.objects.filter(server=server).values_list("pk", flat=True))
+
+
+def test_a_value_the_statement_does_not_take_as_a_parameter_is_refused(db):
+    with pytest.raises(ValueError, match="server_id"):
+        statements.compiled(
+            ("a test", "no server"), lambda stand_in: Gpu.objects.unscoped("a test").all(), {"server_id": 1}
+        )
+
+
+def test_leases_of_different_shapes_each_get_cards_that_match_them(alice, bob, h100, a100):
+    """One shape compiled for one model and region does not answer for another (the filters are in the key)."""
+    north = online_server(organization=bob.org, gpu_model=h100, gpus=4, region="north", name="north")
+    south = online_server(organization=bob.org, gpu_model=a100, gpus=4, region="south", name="south")
+    for _ in range(2):
+        for model, region, server in ((h100, "north", north), (a100, "south", south)):
+            lease = services.lease_create(org=alice.org, plan="card_hour", gpu_count=1, gpu_model=model, region=region)
+            assert Allocation.objects.get(lease=lease).server_id == server.pk
