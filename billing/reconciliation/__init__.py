@@ -40,7 +40,8 @@ Lists of ids in a mismatch are cut at MAX_IDS (the message gives the full count)
 
 This package holds `reconcile` and one module per check: usage.py, storage.py, data_access.py and invoices.py (a),
 payments.py (b), statements.py (c), stripe_checks.py (d), ledger.py (e), resale.py (f); report.py holds the result, its
-CSV export and the shared reads.
+CSV export and the shared reads; records.py the one check of a kind of record billed on lines of its own, which
+storage.py and data_access.py each give their model, words and test against the volume or session.
 """
 
 from __future__ import annotations
