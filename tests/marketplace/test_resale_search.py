@@ -3,6 +3,8 @@ cards (the contract's cards on the server held now, less those resold now), in t
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from inventory.models import Offer
@@ -65,3 +67,21 @@ def test_a_resale_lease_ended_with_its_contract_says_why_on_its_page_in_both_lan
     assert "Ended: the contract behind its resale offer ended" in english
     chinese = client.get(f"/leases/{lease['id']}/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
     assert "已结束：其转售报价背后的合约已到期或终止" in chinese
+
+
+def test_a_resale_offer_is_rented_from_its_storefront_page_onto_the_contracts_cards(client, broker, alice, rack):
+    backing = contract(broker)
+    offer = resale_offer(broker, backing["id"])
+    client.force_login(alice.user)
+    page = client.get(f"/offers/{offer['id']}/")
+    assert page.status_code == 200 and "Dana Compute Brokers" in page.content.decode()
+    # The offer ends with the contract: the form asks for an end no later than that.
+    end = (Lease.objects.get(pk=backing["id"]).end_at - timedelta(days=1)).replace(second=0, microsecond=0)
+    data = {"plan": "card_hour", "gpu_count": 2, "months": 1, "term_years": 1, "idempotency_key": "resale-1"}
+    response = client.post(f"/offers/{offer['id']}/", {**data, "end_at": end.strftime("%Y-%m-%dT%H:%M")})
+    lease = Lease.objects.get(organization=alice.org)
+    assert response.status_code == 302 and response["Location"] == f"/leases/{lease.pk}/"
+    held = set(Lease.objects.get(pk=backing["id"]).allocations.values_list("gpu_id", flat=True))
+    assert lease.offer_id == offer["id"] and lease.end_at == end
+    assert set(lease.allocations.values_list("gpu_id", flat=True)) <= held
+    assert all(row.backing_id for row in lease.allocations.all())
