@@ -80,7 +80,50 @@ class UsageRecord(models.Model):
         return f"allocation {self.allocation_id} at {self.slot_start}: {self.amount} {self.currency}"
 
 
-class StorageRecord(models.Model):
+class SlotRecord(models.Model):
+    """What a record of the seconds one volume or data-access session was billed for within one slot (an hour of the
+    platform's clock) keeps besides what it bills, its parties, its unit price and quantity (StorageRecord,
+    DataAccessRecord): the server, the slot and the seconds in it, the amount and its currency."""
+
+    server = models.ForeignKey(Server, on_delete=models.PROTECT, related_name="+")
+    slot_start = models.DateTimeField()
+    start = models.DateTimeField()
+    end = models.DateTimeField()
+    seconds = models.DecimalField(max_digits=18, decimal_places=6)
+    currency = models.CharField(**CURRENCY)
+    amount = exact()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    TENANT_FIELD = "organization"
+    PROVIDER_FIELD = "provider"
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+        ordering = ["id"]
+
+
+def slot_record_rules(prefix: str, owner: str) -> list[models.BaseConstraint]:
+    """A slot record's constraints, named `<prefix>_...`: one record per `owner` and slot, its end after its start,
+    its amount not negative."""
+    return [
+        models.UniqueConstraint(fields=[owner, "slot_start"], name=f"{prefix}_once_per_slot"),
+        models.CheckConstraint(condition=Q(end__gt=models.F("start")), name=f"{prefix}_end_after_start"),
+        models.CheckConstraint(condition=Q(amount__gte=0), name=f"{prefix}_amount_not_negative"),
+    ]
+
+
+def slot_record_indexes(prefix: str, *more: models.Index) -> list[models.Index]:
+    """A slot record's indexes by organisation, provider and slot (and `more` before the last), named `<prefix>_...`."""
+    return [
+        models.Index(fields=["organization", "slot_start"], name=f"{prefix}_org_slot"),
+        models.Index(fields=["provider", "slot_start"], name=f"{prefix}_provider_slot"),
+        *more,
+        models.Index(fields=["slot_start"], name=f"{prefix}_slot"),
+    ]
+
+
+class StorageRecord(SlotRecord):
     """The seconds one volume existed within one slot (an hour of the platform's clock), rated per GB-month.
 
     A volume takes its disk from `created_at` until its data is wiped (`wiped_at`), whatever its state in between
@@ -92,35 +135,15 @@ class StorageRecord(models.Model):
     volume = models.ForeignKey(Volume, on_delete=models.PROTECT, related_name="storage_usage")
     organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="storage_usage")
     provider = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="provided_storage")
-    server = models.ForeignKey(Server, on_delete=models.PROTECT, related_name="+")
-    slot_start = models.DateTimeField()
-    start = models.DateTimeField()
-    end = models.DateTimeField()
-    seconds = models.DecimalField(max_digits=18, decimal_places=6)
     size_gb = models.PositiveIntegerField()
     unit_price = models.DecimalField(max_digits=20, decimal_places=6, help_text=_("Per GB-month"))
-    currency = models.CharField(**CURRENCY)
     quantity = exact(help_text=_("GB-months"))
-    amount = exact()
-    created_at = models.DateTimeField(auto_now_add=True)
 
-    TENANT_FIELD = "organization"
-    PROVIDER_FIELD = "provider"
-    objects = TenantQuerySet.as_manager()
-
-    class Meta:
-        ordering = ["id"]
-        constraints = [
-            models.UniqueConstraint(fields=["volume", "slot_start"], name="storage_once_per_slot"),
-            models.CheckConstraint(condition=Q(end__gt=models.F("start")), name="storage_end_after_start"),
-            models.CheckConstraint(condition=Q(amount__gte=0), name="storage_amount_not_negative"),
-        ]
-        indexes = [
-            models.Index(fields=["organization", "slot_start"], name="storage_org_slot"),
-            models.Index(fields=["provider", "slot_start"], name="storage_provider_slot"),
-            models.Index(fields=["volume", "slot_start"], name="storage_volume_slot"),
-            models.Index(fields=["slot_start"], name="storage_slot"),
-        ]
+    class Meta(SlotRecord.Meta):
+        constraints = slot_record_rules("storage", "volume")
+        indexes = slot_record_indexes(
+            "storage", models.Index(fields=["volume", "slot_start"], name="storage_volume_slot")
+        )
 
     def __str__(self) -> str:
         return f"volume {self.volume_id} at {self.slot_start}: {self.amount} {self.currency}"
@@ -211,7 +234,7 @@ class Invoice(models.Model):
         return self.total - self.credited()
 
 
-class DataAccessRecord(models.Model):
+class DataAccessRecord(SlotRecord):
     """The seconds one data-access session ran within one slot (an hour of the platform's clock), rated per hour
     at the session's price (units 1, like one card-hour). From its container's first `running` report until it
     ended (or its `ends_at`, whichever comes first); made by `meter` with the usage and storage records, once per
@@ -220,33 +243,12 @@ class DataAccessRecord(models.Model):
     data_access = models.ForeignKey(DataAccess, on_delete=models.PROTECT, related_name="usage")
     organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="data_access_usage")
     provider = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="provided_data_access")
-    server = models.ForeignKey(Server, on_delete=models.PROTECT, related_name="+")
-    slot_start = models.DateTimeField()
-    start = models.DateTimeField()
-    end = models.DateTimeField()
-    seconds = models.DecimalField(max_digits=18, decimal_places=6)
     unit_price = models.DecimalField(max_digits=20, decimal_places=6, help_text=_("Per hour"))
-    currency = models.CharField(**CURRENCY)
     quantity = exact(help_text=_("Hours"))
-    amount = exact()
-    created_at = models.DateTimeField(auto_now_add=True)
 
-    TENANT_FIELD = "organization"
-    PROVIDER_FIELD = "provider"
-    objects = TenantQuerySet.as_manager()
-
-    class Meta:
-        ordering = ["id"]
-        constraints = [
-            models.UniqueConstraint(fields=["data_access", "slot_start"], name="data_access_once_per_slot"),
-            models.CheckConstraint(condition=Q(end__gt=models.F("start")), name="data_access_end_after_start"),
-            models.CheckConstraint(condition=Q(amount__gte=0), name="data_access_amount_not_negative"),
-        ]
-        indexes = [
-            models.Index(fields=["organization", "slot_start"], name="data_access_org_slot"),
-            models.Index(fields=["provider", "slot_start"], name="data_access_provider_slot"),
-            models.Index(fields=["slot_start"], name="data_access_slot"),
-        ]
+    class Meta(SlotRecord.Meta):
+        constraints = slot_record_rules("data_access", "data_access")
+        indexes = slot_record_indexes("data_access")
 
     def __str__(self) -> str:
         return f"data access {self.data_access_id} {self.start:%Y-%m-%d %H:%M}: {self.amount} {self.currency}"
