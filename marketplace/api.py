@@ -31,6 +31,8 @@ from marketplace.serializers import (
 )
 from scheduler import resale
 from scheduler.access import access_lease
+from scheduler.api import IDEMPOTENCY_KEY
+from scheduler.idempotency import run_idempotent
 
 SEARCH_PARAMETERS = [
     OpenApiParameter(name, description=text)
@@ -155,17 +157,23 @@ class OfferViewSet(OrgContextMixin, mixins.ListModelMixin, mixins.RetrieveModelM
             offer = services.offer_create(org=request.org, **data.validated_data)
         return Response(OfferOutput(offer, context=self.get_serializer_context()).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=ReclaimInput, responses={200: ReclaimOutput})
+    @extend_schema(request=ReclaimInput, responses={200: ReclaimOutput}, parameters=[IDEMPOTENCY_KEY])
     @action(detail=True, methods=["post"])
     def reclaim(self, request: Request, pk: str) -> Response:
         """Lend-back: take `gpu_count` cards of your resale offer back from interruptible leases on it, with the
-        usual preemption notice (409 `not_enough_interruptible` when they hold fewer)."""
+        usual preemption notice (409 `not_enough_interruptible` when they hold fewer). A retry with the same
+        `Idempotency-Key` replays the answer instead of taking more cards."""
         offer = self._own(pk)
-        data = ReclaimInput(data=request.data)
-        data.is_valid(raise_exception=True)
-        done = resale.resale_reclaim(offer=offer, gpu_count=data.validated_data["gpu_count"])
-        body = {"gpu_count": done.gpu_count, "leases": done.leases, "effective_at": done.effective_at}
-        return Response(ReclaimOutput(body).data)
+
+        def work():
+            data = ReclaimInput(data=request.data)
+            data.is_valid(raise_exception=True)
+            done = resale.resale_reclaim(offer=offer, gpu_count=data.validated_data["gpu_count"])
+            body = {"gpu_count": done.gpu_count, "leases": done.leases, "effective_at": done.effective_at}
+            return status.HTTP_200_OK, ReclaimOutput(body).data
+
+        code, body = run_idempotent(request, scope=f"offer.{offer.pk}.reclaim", work=work)
+        return Response(body, status=code)
 
     @extend_schema(request=OfferChange, responses={200: OfferOutput})
     def partial_update(self, request: Request, pk: str) -> Response:
