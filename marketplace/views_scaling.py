@@ -1,6 +1,7 @@
 """The lease page's elastic part (issue 20): a card_hour lease's scaling rule in words (bounds, target, steps,
-cool-down, schedule, price ceiling), its status and the beat job's message, the cards it wants now, the chart of its
-cards over time beside their mean utilisation (static/js/scaling_chart.js reads
+cool-down, schedule, price ceiling), its status and the beat job's notes (in the page's language, from the one table
+scheduler.elastic.NOTE_SENTENCES; another service's refusal through accounts.error_text), the cards it wants now, the
+chart of its cards over time beside their mean utilisation (static/js/scaling_chart.js reads
 `GET /api/v1/leases/{id}/scaling/history/`), and the form that sets, changes or removes the rule.
 
 Thin: the rule is read and written through scheduler.elastic (`rule_of`, `scaling_set`, `scaling_remove`), the same
@@ -10,7 +11,6 @@ services as `PUT|DELETE /api/v1/leases/{id}/scaling/`, once per rendered form (m
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from django.contrib import messages
@@ -51,71 +51,6 @@ REASON_LABELS = {
     "schedule": gettext_lazy("its schedule"),
     "price_ceiling": gettext_lazy("its price ceiling"),
 }
-
-# The beat job's message (scheduler/elastic.py) is English sentences with figures; each known sentence is shown in
-# the page's language, an unknown one as it is (through error_text, which knows the services' common refusals).
-_SENTENCES = (
-    (
-        r"No cards to measure: back to the least that measures\.",
-        gettext_lazy("No cards to measure: back to the least that measures."),
-    ),
-    (
-        r"No utilisation reported for its cards in the window yet\.",
-        gettext_lazy("No utilisation reported for its cards in the window yet."),
-    ),
-    (
-        r"Utilisation (?P<u>\d+)% is above the target (?P<t>\d+)%\.",
-        gettext_lazy("Utilisation %(u)s%% is above the target %(t)s%%."),
-    ),
-    (
-        r"Utilisation (?P<u>\d+)% is below the target (?P<t>\d+)%\.",
-        gettext_lazy("Utilisation %(u)s%% is below the target %(t)s%%."),
-    ),
-    (
-        r"Utilisation (?P<u>\d+)% is near the target (?P<t>\d+)%\.",
-        gettext_lazy("Utilisation %(u)s%% is near the target %(t)s%%."),
-    ),
-    (r"No queue depth reported yet\.", gettext_lazy("No queue depth reported yet.")),
-    (
-        r"The last queue depth is too old; holding the count\.",
-        gettext_lazy("The last queue depth is too old; holding the count."),
-    ),
-    (r"Queue depth (?P<d>\d+) at (?P<n>\d+) a card\.", gettext_lazy("Queue depth %(d)s at %(n)s a card.")),
-    (r"Up to its minimum of (?P<n>\d+) cards\.", gettext_lazy("Up to its minimum of %(n)s cards.")),
-    (r"Held at its minimum of (?P<n>\d+) cards\.", gettext_lazy("Held at its minimum of %(n)s cards.")),
-    (
-        r"Its schedule allows at most (?P<n>\d+) cards now\.",
-        gettext_lazy("Its schedule allows at most %(n)s cards now."),
-    ),
-    (r"Its price ceiling buys at most (?P<n>\d+) cards\.", gettext_lazy("Its price ceiling buys at most %(n)s cards.")),
-    (r"At its maximum of (?P<n>\d+) cards\.", gettext_lazy("At its maximum of %(n)s cards.")),
-    (r"Cooling down for (?P<s>\d+) s more\.", gettext_lazy("Cooling down for %(s)s s more.")),
-    (r"Waiting for (?P<n>\d+) more free cards\.", gettext_lazy("Waiting for %(n)s more free cards.")),
-    (
-        r"The free cards cost more than its price ceiling allows\.",
-        gettext_lazy("The free cards cost more than its price ceiling allows."),
-    ),
-    (r"Scaled from (?P<a>\d+) to (?P<b>\d+) cards\.", gettext_lazy("Scaled from %(a)s to %(b)s cards.")),
-    (r"Down to (?P<n>\d+):", gettext_lazy("Down to %(n)s:")),
-)
-_SENTENCE_RES = [(re.compile(pattern), text) for pattern, text in _SENTENCES]
-
-
-def message_text(message: str) -> str:
-    """The beat job's message in the page's language: its known sentences translated, in order, the rest as is."""
-    out: list[str] = []
-    rest = message.strip()
-    while rest:
-        for pattern, text in _SENTENCE_RES:
-            match = pattern.match(rest)
-            if match:
-                out.append(str(text) % match.groupdict())
-                rest = rest[match.end() :].strip()
-                break
-        else:
-            out.append(error_text(rest))
-            break
-    return " ".join(out)
 
 
 def status_sentence(rule: ScalingRule, lease: Lease) -> str:
@@ -175,7 +110,7 @@ def _rule_view(rule: ScalingRule, lease: Lease) -> dict[str, Any]:
         "target": target,
         "status_label": STATUS_LABELS.get(rule.status, rule.status),
         "status_sentence": status_sentence(rule, lease),
-        "message": message_text(rule.status_message) if rule.status_message else "",
+        "message": elastic.notes_text(rule.status_notes, message_text=error_text),
         "price_ceiling": (
             money(rule.max_price_per_hour, lease.currency) if rule.max_price_per_hour is not None else None
         ),

@@ -22,21 +22,30 @@ How a rule decides (`decide`, pure; `evaluate` reads the facts it needs):
 - Capacity. Growth that finds no free cards (NoCapacity) changes nothing; the rule says `waiting_capacity` and the
   next run tries again. Growth preempts as a customer's resize does: an on-demand lease may take an interruptible
   lease's cards (with its notice), an interruptible lease never takes anyone's.
+
+What the job says about a rule is data, not prose: `ScalingRule.status_notes` is a list of notes
+{"code": ..., "params": {...}}, each code's sentence is in NOTE_SENTENCES (one table, gettext_lazy with named
+placeholders), and both readers render from it: `status_message` (the API's field, always English) and the lease page
+(marketplace/views_scaling.py, in the request's language). A refusal raised by another service keeps its own words:
+the note MESSAGE carries its text, which the page shows through accounts.error_text.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypedDict
 
 from celery.schedules import ParseException, crontab
 from django.db import connection, transaction
 from django.db.models import Sum
-from django.utils import timezone
+from django.utils import timezone, translation
+from django.utils.functional import Promise
+from django.utils.translation import gettext_lazy
 
 from accounts.errors import DomainError, InvalidInput, InvalidTransition
 from accounts.tenancy import platform_work
@@ -56,6 +65,78 @@ MAX_SCHEDULE_ENTRIES = 20
 MAX_GPUS_LIMIT = 1024
 
 Status = ScalingRule.Status
+
+
+# --- what the job says --------------------------------------------------------------------------------------------
+
+
+class Note(TypedDict):
+    """One thing the beat job says about a rule: a code of NOTE_SENTENCES (or MESSAGE) and its sentence's figures."""
+
+    code: str
+    params: dict[str, Any]
+
+
+# Another service's refusal, in its own words (params {"text": exc.message}); not in NOTE_SENTENCES: the API shows the
+# text as it is and the page through accounts.error_text, the catalogue of the services' messages.
+MESSAGE = "message"
+
+# Each note's sentence (the English is the API's `status_message`; locale/*/django.po translates it for the page).
+NOTE_SENTENCES: dict[str, Promise] = {
+    # The signal (_signal).
+    "no_cards_to_measure": gettext_lazy("No cards to measure: back to the least that measures."),
+    "no_telemetry": gettext_lazy("No utilisation reported for its cards in the window yet."),
+    "utilization_above": gettext_lazy("Utilisation %(u)s%% is above the target %(t)s%%."),
+    "utilization_below": gettext_lazy("Utilisation %(u)s%% is below the target %(t)s%%."),
+    "utilization_near": gettext_lazy("Utilisation %(u)s%% is near the target %(t)s%%."),
+    "no_queue_depth": gettext_lazy("No queue depth reported yet."),
+    "stale_queue_depth": gettext_lazy("The last queue depth is too old; holding the count."),
+    "queue_depth": gettext_lazy("Queue depth %(d)s at %(n)s a card."),
+    # The bounds and the cool-down (decide).
+    "down_to": gettext_lazy("Down to %(n)s:"),
+    "up_to_min": gettext_lazy("Up to its minimum of %(n)s cards."),
+    "held_at_min": gettext_lazy("Held at its minimum of %(n)s cards."),
+    "schedule_cap": gettext_lazy("Its schedule allows at most %(n)s cards now."),
+    "price_ceiling_cap": gettext_lazy("Its price ceiling buys at most %(n)s cards."),
+    "at_max": gettext_lazy("At its maximum of %(n)s cards."),
+    "cooling_down": gettext_lazy("Cooling down for %(s)s s more."),
+    # The resize (scale_lease).
+    "waiting_capacity": gettext_lazy("Waiting for %(n)s more free cards."),
+    "over_price_ceiling": gettext_lazy("The free cards cost more than its price ceiling allows."),
+    "scaled": gettext_lazy("Scaled from %(a)s to %(b)s cards."),
+}
+
+
+def note(code: str, **params: Any) -> Note:
+    """A note (its code must be MESSAGE or one of NOTE_SENTENCES'; params are JSON values)."""
+    if code != MESSAGE and code not in NOTE_SENTENCES:
+        raise ValueError(f"Unknown scaling note {code!r}.")
+    return {"code": code, "params": params}
+
+
+def note_text(item: Note, *, message_text: Callable[[str], str] = str) -> str:
+    """One note's sentence in the active language; a MESSAGE's text through `message_text` (as it is by default).
+    A code this version does not know (a row written by another) says nothing."""
+    code, params = item.get("code"), item.get("params") or {}
+    if code == MESSAGE:
+        return message_text(str(params.get("text", "")))
+    sentence = NOTE_SENTENCES.get(code)
+    if sentence is None:
+        logger.warning("Unknown scaling note %r", code)
+        return ""
+    return str(sentence) % params
+
+
+def notes_text(notes: list[Note], *, message_text: Callable[[str], str] = str) -> str:
+    """The notes' sentences in the active language, in order, one space apart."""
+    return " ".join(text for text in (note_text(n, message_text=message_text) for n in notes or []) if text)
+
+
+def notes_message(notes: list[Note]) -> str:
+    """The notes in English: the API's `status_message`."""
+    with translation.override("en"):
+        return notes_text(notes)
+
 
 # The rule's settings (what PUT replaces), with their defaults; the rest of the row is its state.
 SETTINGS: dict[str, Any] = {
@@ -213,7 +294,7 @@ def scaling_set(lease: Lease, data: dict[str, Any]) -> ScalingRule:
         if not created:
             for name, value in settings.items():
                 setattr(rule, name, value)
-            rule.status, rule.status_message = Status.OK, ""
+            rule.status, rule.status_notes = Status.OK, []
             rule.save()
     return rule
 
@@ -276,7 +357,7 @@ class Decision:
     # no_telemetry, no_queue_depth, stale_queue_depth, at_bound.
     reason: str
     status: str
-    message: str
+    notes: tuple[Note, ...]
     utilization: float | None = None
     queue_depth: int | None = None
     low: int = 0
@@ -285,6 +366,11 @@ class Decision:
     @property
     def changes(self) -> bool:
         return self.wanted != self.current
+
+    @property
+    def message(self) -> str:
+        """The notes in English."""
+        return notes_message(list(self.notes))
 
     def data(self) -> dict[str, Any]:
         """The event's data: from, to, why, and the figure that drove it."""
@@ -309,31 +395,32 @@ def _bounds(rule: ScalingRule, facts: Facts, now: datetime) -> tuple[int, int, s
     return min(rule.min_gpus, high), high, by
 
 
-def _signal(rule: ScalingRule, facts: Facts, now: datetime) -> tuple[int, str, str]:
-    """What the rule's signal asks for, before bounds and cool-down: (cards, reason, message)."""
+def _signal(rule: ScalingRule, facts: Facts, now: datetime) -> tuple[int, str, Note]:
+    """What the rule's signal asks for, before bounds and cool-down: (cards, reason, note)."""
     current = facts.current
     if rule.target_utilization_pct is not None:
         target = rule.target_utilization_pct
         if current == 0:
-            return max(rule.min_gpus, 1), "utilization_high", "No cards to measure: back to the least that measures."
+            return max(rule.min_gpus, 1), "utilization_high", note("no_cards_to_measure")
         if facts.utilization is None:
-            return current, "no_telemetry", "No utilisation reported for its cards in the window yet."
+            return current, "no_telemetry", note("no_telemetry")
         util = facts.utilization
+        figures = {"u": round(util), "t": target}  # round() as f"{util:.0f}" (half to even)
         if util > target + UP_BAND:
-            return current + rule.step_up, "utilization_high", f"Utilisation {util:.0f}% is above the target {target}%."
+            return current + rule.step_up, "utilization_high", note("utilization_above", **figures)
         if util < target - DOWN_BAND:
             step = min(rule.step_down, current - 1)
             if step >= 1 and util * current / (current - step) <= target + UP_BAND:
-                return current - step, "utilization_low", f"Utilisation {util:.0f}% is below the target {target}%."
-        return current, "on_target", f"Utilisation {util:.0f}% is near the target {target}%."
+                return current - step, "utilization_low", note("utilization_below", **figures)
+        return current, "on_target", note("utilization_near", **figures)
     if rule.queue_depth is None or rule.queue_depth_at is None:
-        return current, "no_queue_depth", "No queue depth reported yet."
+        return current, "no_queue_depth", note("no_queue_depth")
     if now - rule.queue_depth_at > QUEUE_DEPTH_STALE:
-        return current, "stale_queue_depth", "The last queue depth is too old; holding the count."
+        return current, "stale_queue_depth", note("stale_queue_depth")
     wanted = math.ceil(rule.queue_depth / rule.queue_depth_per_gpu)
     wanted = min(wanted, current + rule.step_up) if wanted > current else max(wanted, current - rule.step_down)
-    message = f"Queue depth {rule.queue_depth} at {rule.queue_depth_per_gpu} a card."
-    return wanted, "queue_depth" if wanted != current else "on_target", message
+    said = note("queue_depth", d=rule.queue_depth, n=rule.queue_depth_per_gpu)
+    return wanted, "queue_depth" if wanted != current else "on_target", said
 
 
 _BOUND_STATUS = {"max_gpus": Status.AT_BOUND, "schedule": Status.SCHEDULED, "price_ceiling": Status.AT_PRICE_CEILING}
@@ -343,38 +430,38 @@ def decide(rule: ScalingRule, facts: Facts, now: datetime) -> Decision:
     """The rule's decision for a lease holding `facts.current` cards now (no database; see the module docstring)."""
     current = facts.current
     low, high, high_by = _bounds(rule, facts, now)
-    asked, reason, message = _signal(rule, facts, now)
+    asked, reason, signal = _signal(rule, facts, now)
     queue = rule.queue_depth if rule.queue_depth_per_gpu is not None else None
 
-    def decision(wanted: int, reason: str, status: str, message: str) -> Decision:
-        return Decision(current, wanted, reason, status, message, facts.utilization, queue, low, high)
+    def decision(wanted: int, reason: str, status: str, *notes: Note) -> Decision:
+        return Decision(current, wanted, reason, status, notes, facts.utilization, queue, low, high)
 
     # Outside the bounds: back inside at once, whatever the cool-down.
     if current > high:
         why = {"max_gpus": "above_max", "schedule": "schedule", "price_ceiling": "price_ceiling"}[high_by]
-        return decision(high, why, Status.SCALING, f"Down to {high}: {_bound_message(high_by, high)}")
+        return decision(high, why, Status.SCALING, note("down_to", n=high), _bound_note(high_by, high))
     if current < low:
-        return decision(low, "below_min", Status.SCALING, f"Up to its minimum of {low} cards.")
+        return decision(low, "below_min", Status.SCALING, note("up_to_min", n=low))
     wanted = min(max(asked, low), high)
     if wanted == current:
         if asked > high:
-            return decision(current, "at_bound", _BOUND_STATUS[high_by], f"{message} {_bound_message(high_by, high)}")
+            return decision(current, "at_bound", _BOUND_STATUS[high_by], signal, _bound_note(high_by, high))
         if asked < low:
-            return decision(current, "at_bound", Status.AT_BOUND, f"{message} Held at its minimum of {low} cards.")
-        return decision(current, reason, Status.OK, message)
+            return decision(current, "at_bound", Status.AT_BOUND, signal, note("held_at_min", n=low))
+        return decision(current, reason, Status.OK, signal)
     cooldown_ends = rule.last_scaled_at + timedelta(seconds=rule.cooldown_seconds) if rule.last_scaled_at else None
     if cooldown_ends is not None and now < cooldown_ends:
         left = math.ceil((cooldown_ends - now).total_seconds())
-        return decision(current, "cooling_down", Status.COOLING_DOWN, f"{message} Cooling down for {left} s more.")
-    return decision(wanted, reason, Status.SCALING, message)
+        return decision(current, "cooling_down", Status.COOLING_DOWN, signal, note("cooling_down", s=left))
+    return decision(wanted, reason, Status.SCALING, signal)
 
 
-def _bound_message(by: str, high: int) -> str:
+def _bound_note(by: str, high: int) -> Note:
     if by == "schedule":
-        return f"Its schedule allows at most {high} cards now."
+        return note("schedule_cap", n=high)
     if by == "price_ceiling":
-        return f"Its price ceiling buys at most {high} cards."
-    return f"At its maximum of {high} cards."
+        return note("price_ceiling_cap", n=high)
+    return note("at_max", n=high)
 
 
 def lease_utilization(
@@ -459,7 +546,7 @@ def scale_lease(lease_id: int, now: datetime | None = None) -> str:
             return "skipped"
         rule.lease = lease
         decision = evaluate(rule, now)
-        outcome, status, message = "held", decision.status, decision.message
+        outcome, status, notes = "held", decision.status, list(decision.notes)
         if decision.changes:
             try:
                 with transaction.atomic():
@@ -472,20 +559,20 @@ def scale_lease(lease_id: int, now: datetime | None = None) -> str:
                         raise _OverCeiling
             except NoCapacity:
                 outcome, status = "waiting", Status.WAITING_CAPACITY
-                message = f"{decision.message} Waiting for {decision.wanted - decision.current} more free cards."
+                notes.append(note("waiting_capacity", n=decision.wanted - decision.current))
             except _OverCeiling:
                 outcome, status = "refused", Status.AT_PRICE_CEILING
-                message = f"{decision.message} The free cards cost more than its price ceiling allows."
+                notes.append(note("over_price_ceiling"))
             except DomainError as exc:
                 outcome, status = "refused", Status.AT_BOUND
-                message = f"{decision.message} {exc.message}"
+                notes.append(note(MESSAGE, text=exc.message[:1000]))
             else:
                 outcome = "scaled"
                 rule.last_scaled_at = now
-                message = f"Scaled from {decision.current} to {decision.wanted} cards. {decision.message}"
+                notes.insert(0, note("scaled", a=decision.current, b=decision.wanted))
         rule.evaluated_at, rule.desired_gpus = now, decision.wanted
-        rule.status, rule.status_message = status, message[:1000]
-        rule.save(update_fields=["evaluated_at", "desired_gpus", "status", "status_message", "last_scaled_at"])
+        rule.status, rule.status_notes = status, notes
+        rule.save(update_fields=["evaluated_at", "desired_gpus", "status", "status_notes", "last_scaled_at"])
     return outcome
 
 

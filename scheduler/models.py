@@ -313,7 +313,9 @@ class ScalingRule(models.Model):
     evaluated_at = models.DateTimeField(null=True, blank=True)
     desired_gpus = models.PositiveIntegerField(null=True, blank=True)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.OK)
-    status_message = models.TextField(blank=True)
+    # What the beat job said, as data: [{"code", "params"}], the codes and their sentences in
+    # scheduler.elastic.NOTE_SENTENCES (rendered in English for the API, in the reader's language on the page).
+    status_notes = models.JSONField(default=list, blank=True)
 
     TENANT_FIELD = "lease__organization"
     objects = TenantQuerySet.as_manager()
@@ -359,3 +361,10 @@ class ScalingRule(models.Model):
 
     def __str__(self) -> str:
         return f"scaling of lease {self.lease_id}: {self.min_gpus}..{self.max_gpus}"
+
+    @property
+    def status_message(self) -> str:
+        """The beat job's notes in English (the API's `status_message`)."""
+        from scheduler.elastic import notes_message  # elastic imports this module
+
+        return notes_message(self.status_notes)

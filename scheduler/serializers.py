@@ -164,6 +164,9 @@ class ScalingOutput(serializers.ModelSerializer):
 
     schedule = ScheduleEntryOutput(many=True)
     currency = serializers.CharField(source="lease.currency", read_only=True)
+    status_message = serializers.CharField(
+        read_only=True, help_text="What the beat job last said about the rule, in English."
+    )
 
     class Meta:
         model = ScalingRule

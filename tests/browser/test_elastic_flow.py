@@ -114,7 +114,7 @@ def test_the_elastic_part_in_chinese(open_as, alice, lease):
     assert scale_leases()["held"] == 1
     page.goto(f"/leases/{lease.pk}/")
     assert page.locator("#scaling-status").get_attribute("data-status") == "at_bound"
-    assert "已达规则的边界，持有 2 张卡。" in _text(page, "#scaling-status")
+    assert "已达卡数上下限，持有 2 张卡。" in _text(page, "#scaling-status")
     assert "利用率 5% 低于目标 60%。" in _text(page, "#scaling-message")
     page.locator("#scaling-chart-section[data-drawn]").wait_for(state="attached")
     assert page.locator("#chart-scaling canvas").count() >= 1

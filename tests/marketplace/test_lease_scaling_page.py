@@ -89,7 +89,10 @@ def test_the_status_message_and_target_are_shown_in_english_and_chinese(client, 
         status=ScalingRule.Status.WAITING_CAPACITY,
         desired_gpus=4,
         evaluated_at=timezone.now(),
-        status_message="Utilisation 95% is above the target 70%. Waiting for 2 more free cards.",
+        status_notes=[
+            elastic.note("utilization_above", u=95, t=70),
+            elastic.note("waiting_capacity", n=2),
+        ],
     )
     client.force_login(alice.user)
     english = client.get(f"/leases/{lease.pk}/").content.decode()

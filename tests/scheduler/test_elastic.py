@@ -485,5 +485,5 @@ def test_ended_leases_and_other_plans_are_not_scaled(clock, alice, servers):
 
 
 def test_a_decision_is_a_value(clock):
-    decision = Decision(current=2, wanted=2, reason="on_target", status="ok", message="")
+    decision = Decision(current=2, wanted=2, reason="on_target", status="ok", notes=())
     assert not decision.changes and decision.data() == {"from_count": 2, "to_count": 2, "reason": "on_target"}
