@@ -487,3 +487,21 @@ def test_ended_leases_and_other_plans_are_not_scaled(clock, alice, servers):
 def test_a_decision_is_a_value(clock):
     decision = Decision(current=2, wanted=2, reason="on_target", status="ok", notes=())
     assert not decision.changes and decision.data() == {"from_count": 2, "to_count": 2, "reason": "on_target"}
+
+
+def test_a_growth_another_service_refuses_is_noted_in_its_own_words(clock, alice, servers):
+    from billing import ledger
+
+    ledger.terms_set(org=alice.org, mode="prepaid", credit_limit=D(0), currency=alice.org.currency)
+    ledger.adjustment_record(org=alice.org, amount=D("6.00"), currency=alice.org.currency, reference="WIRE-E1")
+    lease = elastic_lease(alice, gpu_count=2, min_gpus=1, max_gpus=8, step_up=2)  # 5.00 of 6.00 for its first hour
+    clock.shift(MINUTE / 2)
+    Agents().report(lease, 95.0, at=datetime.now(UTC))
+    clock.shift(MINUTE / 2)
+    assert elastic.scale_leases()["refused"] == 1, ScalingRule.objects.get(lease=lease).status_notes
+    rule = ScalingRule.objects.get(lease=lease)
+    assert held(lease) == 2 and rule.status == "at_bound" and rule.desired_gpus == 4
+    above, refusal = rule.status_notes
+    assert above == {"code": "utilization_above", "params": {"u": 95, "t": 70}}
+    assert refusal["code"] == elastic.MESSAGE and refusal["params"]["text"].startswith("Your balance cannot cover")
+    assert rule.status_message == f"Utilisation 95% is above the target 70%. {refusal['params']['text']}"
