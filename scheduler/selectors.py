@@ -315,6 +315,22 @@ def _floor(moment: datetime, unit: timedelta) -> datetime:
 BUCKETS = {telemetry.ONE_MINUTE: timedelta(minutes=1), telemetry.ONE_HOUR: timedelta(hours=1)}
 
 
+def _own_time(
+    start: datetime, end: datetime | None, resold: list[tuple[datetime, datetime | None]]
+) -> list[tuple[datetime, datetime | None]]:
+    """[start, end) less the periods (sorted by start, inside it) its card was resold."""
+    pieces: list[tuple[datetime, datetime | None]] = []
+    for lower, upper in resold:
+        if lower > start:
+            pieces.append((start, lower))
+        if upper is None:
+            return pieces
+        start = max(start, upper)
+    if end is None or start < end:
+        pieces.append((start, end))
+    return pieces
+
+
 def lease_telemetry(
     *,
     lease: Lease,
@@ -338,20 +354,29 @@ def lease_telemetry(
         .select_related("gpu")
         .order_by("server_id", "gpu__index", "id")
     )
+    allocations = list(allocations)
+    # A contract's card resold to another organisation (scheduler/resale.py) is that renter's for the time: its
+    # samples then are the renter's, not the contract's.
+    resold: dict[int, list[tuple[datetime, datetime | None]]] = {}
+    resales = Allocation.objects.unscoped("the renters' periods on a contract's cards, to leave them out").filter(
+        backing_id__in=[a.pk for a in allocations], period__overlap=period_range(since, until)
+    )
+    for backing_id, period in resales.order_by("period__startswith").values_list("backing_id", "period"):
+        resold.setdefault(backing_id, []).append((period.lower, period.upper))
     cards: dict[int, dict] = {}
     windows: dict[tuple[int, datetime, datetime], list[int]] = {}
     for allocation in allocations:
         gpu = allocation.gpu
         cards.setdefault(gpu.pk, {"uuid": gpu.uuid, "server": allocation.server_id, "index": gpu.index, "points": []})
-        start, end = allocation.period.lower, allocation.period.upper
-        low, high = max(since, start), min(until, end) if end else until
-        bucket = BUCKETS.get(telemetry.choose_source(step, low, now))
-        if bucket is not None:
-            # Trim to whole buckets at the lease's own edges (the caller's range edges are theirs anyway).
-            low = _ceil(low, bucket) if low == start else low
-            high = _floor(high, bucket) if high == end else high
-        if low < high:
-            windows.setdefault((allocation.server_id, low, high), []).append(gpu.pk)
+        for start, end in _own_time(allocation.period.lower, allocation.period.upper, resold.get(allocation.pk, [])):
+            low, high = max(since, start), min(until, end) if end else until
+            bucket = BUCKETS.get(telemetry.choose_source(step, low, now))
+            if bucket is not None:
+                # Trim to whole buckets at the lease's own edges (the caller's range edges are theirs anyway).
+                low = _ceil(low, bucket) if low == start else low
+                high = _floor(high, bucket) if high == end else high
+            if low < high:
+                windows.setdefault((allocation.server_id, low, high), []).append(gpu.pk)
     for (server_id, low, high), gpu_ids in windows.items():
         result = telemetry.series(server_id=server_id, since=low, until=high, step=step, now=now)
         for gpu_id in gpu_ids:

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+from datetime import timedelta
+from decimal import Decimal
 
+import pytest
+from django.utils import timezone
+
+from inventory import telemetry
+from inventory.models import Gpu
+from scheduler import resale
 from scheduler.models import Lease
+from scheduler.selectors import lease_telemetry
+from scheduler.services import lease_create, lease_end
 from tests.conftest import Persona, make_persona
-from tests.factories import OrganizationFactory
+from tests.factories import GpuModelFactory, OrganizationFactory, online_server
 from tests.scheduler.test_resale import contract, rent, resale_offer
 
 
@@ -35,3 +45,27 @@ def test_a_reclaim_retried_with_its_idempotency_key_takes_the_cards_back_once(br
     # A new key is a new reclaim.
     fresh = broker.api.post(url, {"gpu_count": 1}, format="json", HTTP_IDEMPOTENCY_KEY="reclaim-2")
     assert fresh.status_code == 200 and told.count() == 2
+
+
+def test_the_contracts_telemetry_leaves_out_the_time_a_renter_held_its_card(broker, alice, bob):
+    """The broker's contract holds the card while it is resold, but the samples of that time are the renter's."""
+    server = online_server(organization=bob.org, gpu_model=GpuModelFactory(slug="resale-tm"), name="resale-tm")
+    start = timezone.now().replace(second=0, microsecond=0) - timedelta(hours=1)
+    backing = lease_create(org=broker.org, plan="server_month", servers=1, end_at=start + timedelta(days=30), now=start)
+    offer = resale.resale_offer_create(org=broker.org, lease=backing, prices={"card_hour": Decimal(4)}, now=start)
+    renter = lease_create(org=alice.org, plan="card_hour", gpu_count=1, offer=offer, now=start + timedelta(minutes=10))
+    lease_end(lease=renter, now=start + timedelta(minutes=20))
+    [card] = Gpu.objects.filter(allocations__lease=renter)
+    moments = [start + timedelta(minutes=m, seconds=5) for m in (5, 15, 25)]
+    telemetry.copy_samples(
+        [(at, card.pk, server.pk, 50.0, 4096, 60.0, 300.0, 1400, 0, 0, json.dumps({})) for at in moments]
+    )
+    query = {"since": start, "until": start + timedelta(minutes=30), "step": 30, "now": start + timedelta(minutes=31)}
+
+    def seen(lease) -> list:
+        [row] = [g for g in lease_telemetry(lease=lease, **query)["gpus"] if g["uuid"] == card.uuid]
+        return sorted(p["t"] for p in row["points"])
+
+    minute = {m: (start + timedelta(minutes=m)).isoformat() for m in (5, 15, 25)}
+    assert seen(renter) == [minute[15]]
+    assert seen(backing) == [minute[5], minute[25]]
