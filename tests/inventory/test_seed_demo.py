@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from io import StringIO
 
 from allauth.account.models import EmailAddress
@@ -14,12 +15,14 @@ from accounts.models import ApiKey, Membership, Organization, User
 from agents.simulate import SimulatedNVML
 from billing.balances import standing
 from billing.models import BalanceEntry, BillingTerms
-from inventory.models import Gpu, Server
-from marketplace.management.commands.seed_demo import PASSWORD, SIMULATED_MODEL
-from scheduler.models import Lease
+from inventory.models import Gpu, Offer, Server
+from marketplace import demo_capacity
+from marketplace.management.commands.seed_demo import PASSWORD, PROVIDERS, SIMULATED_MODEL
+from scheduler.models import Allocation, Lease, LeaseEvent, Resale, ScalingRule
 
 UUID = re.compile(r"^GPU-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _VOLATILE = {"last_login", "last_used_at"}
+MID_MONTH = datetime(2026, 12, 15, 12, 0, tzinfo=UTC)
 
 
 def seed(*args: str) -> str:
@@ -30,6 +33,7 @@ def seed(*args: str) -> str:
 
 def snapshot() -> dict:
     models = [User, EmailAddress, Organization, Membership, ApiKey, Server, Gpu, BillingTerms, BalanceEntry, Lease]
+    models += [Allocation, Offer, Resale, ScalingRule]
     return {m._meta.label: [_stable(row) for row in m.objects.order_by("pk").values()] for m in models}
 
 
@@ -111,9 +115,13 @@ def test_demo_customers_get_terms_and_money_before_they_rent_under_the_prepaid_d
         org.name: list(Lease.objects.filter(organization=org, state="active").order_by("pk"))
         for org in (labs, lab, enterprise)
     }
-    assert [(x.plan, x.gpu_count, x.workload_spec.template.slug) for x in leases["Demo Labs"]] == [
-        ("card_hour", 2, "pytorch-jupyter")
-    ]
+    # Besides its two H100 cards: its elastic lease and its rental from the broker (test_issue_20_demo_* below).
+    assert [(x.plan, x.gpu_count, x.workload_spec.template.slug) for x in leases["Demo Labs"]][0] == (
+        "card_hour",
+        2,
+        "pytorch-jupyter",
+    )
+    assert len(leases["Demo Labs"]) == 3
     assert [(x.plan, x.gpu_count) for x in leases["Qiming Research Lab"]] == [("card_hour", 4)]
     assert [(x.plan, x.gpu_count) for x in leases["Hengtai Enterprise AI"]] == [("server_month", 8)]
     assert all(lease.workloads.exists() for leased in leases.values() for lease in leased)
@@ -132,3 +140,67 @@ def test_seed_demo_is_safe_on_a_database_with_other_data(bob, alice):
     assert Organization.objects.filter(name="Bob IDC").count() == 2  # the persona's and the demo's
     assert Server.objects.filter(organization=bob.org).count() == 0
     assert Membership.objects.filter(organization=alice.org).count() == 1
+
+
+def _issue_20_pieces():
+    labs = Organization.objects.get(name="Demo Labs")
+    broker = Organization.objects.get(name=demo_capacity.BROKER_NAME)
+    elastic = Lease.objects.get(organization=labs, scaling__isnull=False)
+    return labs, broker, elastic
+
+
+def test_issue_20_demo_has_an_elastic_lease_with_scaled_steps_and_a_broker_with_a_resold_card_rental(db, time_machine):
+    time_machine.move_to(MID_MONTH, tick=True)  # the rule's past fits in the month (not so on its first hours)
+    output = seed()
+
+    labs, broker, elastic = _issue_20_pieces()
+    rule = ScalingRule.objects.get(lease=elastic)
+    assert (rule.min_gpus, rule.max_gpus, rule.target_utilization_pct) == (1, 4, 70)
+    assert (elastic.plan, elastic.state, elastic.gpu_model.slug) == ("card_hour", "active", "h20-96gb")
+    assert {a.server.name for a in elastic.allocations.all()} == {"bob-h20-01"}
+    assert elastic.workload_spec.template.slug == "pytorch-jupyter"
+    # The rule's past, made by the beat job at past moments from the agent's reports: up twice, then down once.
+    steps = [
+        (event.data["from_count"], event.data["to_count"], event.data["reason"])
+        for event in LeaseEvent.objects.filter(lease=elastic, kind=LeaseEvent.Kind.SCALED).order_by("pk")
+    ]
+    assert [(low, high) for low, high, _why in steps] == [(1, 2), (2, 3), (3, 2)]
+    assert {why for _low, _high, why in steps} <= {"utilization_high", "utilization_low"}
+    assert elastic.gpu_count == 2
+    minute = timedelta(minutes=1)
+    assert timedelta(0) <= rule.last_scaled_at - (MID_MONTH - timedelta(hours=2)) < minute
+    assert timedelta(0) <= elastic.start_at - (MID_MONTH - demo_capacity.ELASTIC_PAST_START) < minute
+    # The simulated agent of its server follows the load curve under `manage.py dev`.
+    curves = {spec.name: spec.load_curve for provider in PROVIDERS for spec in provider.servers if spec.load_curve}
+    assert curves == {"bob-h20-01": demo_capacity.ELASTIC_LOAD_CURVE}
+
+    # The broker: a whole H100 server by the month, its cards resold by the card-hour, two of them rented.
+    contract = Lease.objects.get(organization=broker)
+    assert (contract.plan, contract.state, contract.gpu_count) == ("server_month", "active", 8)
+    offer = Offer.objects.get(organization=broker, is_resale=True)
+    assert Resale.objects.get(offer=offer).lease == contract
+    assert offer.server_id == contract.allocations.get(gpu__index=0).server_id
+    rental = Lease.objects.get(organization=labs, offer=offer)
+    assert (rental.plan, rental.state, rental.gpu_count) == ("card_hour", "active", 2)
+    backing = set(contract.allocations.values_list("pk", flat=True))
+    assert set(rental.allocations.values_list("backing_id", flat=True)) <= backing
+    assert standing(broker).available > 0
+    assert "broker@suanli.local" in output
+
+    time_machine.move_to(MID_MONTH + timedelta(minutes=30), tick=True)
+    before = snapshot()
+    seed()
+    assert snapshot() == before
+
+
+def test_issue_20_demo_pieces_are_made_today_without_the_past(db):
+    seed("--no-history")
+
+    labs, broker, elastic = _issue_20_pieces()
+    assert elastic.gpu_count == 1
+    assert not LeaseEvent.objects.filter(lease=elastic, kind=LeaseEvent.Kind.SCALED).exists()
+    assert Lease.objects.filter(organization=labs, offer__organization=broker, state="active").count() == 1
+
+    before = snapshot()
+    seed("--no-history")
+    assert snapshot() == before

@@ -80,11 +80,14 @@ def test_the_readme_offer_searches_answer_what_their_comments_show_on_a_fresh_de
 
 
 def test_max_price_is_read_in_the_currency_asked_for(demo):
-    """The ceiling is in `currency`: 3 CNY is below every H100 card-hour (17.679 CNY), 3 USD is above (2.49 USD)."""
+    """The ceiling is in `currency`: 3 CNY is below every H100 card-hour (17.679 CNY), 3 USD is above (2.49 USD, and
+    the broker's resale at 2.79 USD, 19.809 CNY)."""
     h100 = _h100(demo)
     base = f"gpu_model={h100}&min_gpus=2&plan=card_hour&ordering=price"
     assert _search(demo, f"{base}&max_price=3&currency=CNY", h100)["count"] == 0
-    assert _search(demo, f"{base}&max_price=17.679&currency=CNY", h100)["count"] == 3
+    assert _search(demo, f"{base}&max_price=17.679&currency=CNY", h100)["count"] == 2  # Bob IDC's two free servers
+    found = _search(demo, f"{base}&max_price=19.809&currency=CNY", h100)["results"]
+    assert [offer["provider"] for offer in found] == ["Bob IDC", "Bob IDC", "Lanting Compute Brokers"]
     assert _search(demo, f"{base}&max_price=17.67&currency=CNY", h100)["count"] == 0
     assert _search(demo, f"{base}&max_price=3&currency=USD", h100)["count"] == 3
 

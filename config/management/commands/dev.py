@@ -159,6 +159,8 @@ class Command(BaseCommand):
                 argv = [sys.executable, "-m", "agents", "--config", str(config)]
                 argv += ["--spool-dir", str(folder / f"{spec.name}.spool"), "--simulate", str(server.gpu_count)]
                 argv += ["--model", SIMULATED_MODEL[spec.gpu_model], "--seed", spec.name, "--log-level", "WARNING"]
+                if spec.load_curve:  # the elastic lease's server: its busy cards follow the curve (the beat scales it)
+                    argv += ["--load-curve", spec.load_curve]
                 children.append(Child(spec.name, [*argv, "run", "--interval", "10"], after_up=True))
         return children
 

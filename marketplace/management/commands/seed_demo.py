@@ -39,7 +39,7 @@ from billing import services as billing_services
 from billing.models import BillingTerms, Invoice, PaymentMode
 from inventory import services as inventory_services
 from inventory.models import Gpu, GpuModel, Offer, Server
-from marketplace import demo_history
+from marketplace import demo_capacity, demo_history
 from marketplace import services as marketplace_services
 from scheduler.models import Lease
 from workloads import services as workloads_services
@@ -59,6 +59,7 @@ class DemoServer:
     ram_gb: int
     disk_gb: int
     network_gbps: int
+    load_curve: str = ""  # the simulated agent's `--load-curve` under `manage.py dev` (empty: the jobs' own shape)
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,19 @@ CUSTOMERS = (
 )
 
 
+# A broker (issue 20, marketplace/demo_capacity.py): holds an H100 server by the month and resells its cards by the
+# card-hour. 13,500 USD a month for the server, against 20,000 USD paid in.
+BROKER = DemoCustomer(
+    name=demo_capacity.BROKER_NAME,
+    owner=demo_capacity.BROKER_EMAIL,
+    currency="USD",
+    mode=PaymentMode.PREPAID,
+    transfer="20000.00",
+    reference="DEMO-WIRE-LT-0001",
+    leases=(),
+)
+
+
 DEMO_SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILDBo6yLkItr3CMkalaEmc+Hp8eJtb8jEchskcIGYRId demo@laptop"
 
 
@@ -155,7 +169,8 @@ PROVIDERS = (
             _hgx("bob-h100-01", "h100-sxm5-80gb"),
             _hgx("bob-h100-02", "h100-sxm5-80gb"),
             _hgx("bob-h100-03", "h100-sxm5-80gb"),
-            _hgx("bob-h20-01", "h20-96gb"),
+            # The elastic lease's server (marketplace/demo_capacity.py): its busy cards follow the load curve.
+            DemoServer("bob-h20-01", "h20-96gb", 112, 2048, 30720, 400, load_curve=demo_capacity.ELASTIC_LOAD_CURVE),
         ),
     ),
     DemoProvider(
@@ -224,7 +239,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, new_token: bool = False, site_url: str = "", no_history: bool = False, **options):
         now = timezone.now()
-        names = [demo.name for demo in CUSTOMERS]
+        names = [demo.name for demo in (*CUSTOMERS, BROKER)]
         why = "--no-history" if no_history else demo_history.blocker(now, names)
         if why:
             token, servers = self._present(new_token, now)
@@ -241,6 +256,7 @@ class Command(BaseCommand):
         for org, demo in customers:  # each lease in its own transaction (lease_create retries after a deadlock)
             if not Lease.objects.for_org(org).exists():
                 self._leases(org, demo, now, contracts_too=True)
+        self._capacity(dict(customers), now, past=False)
         billing_services.meter(until=now)
         return token, servers
 
@@ -270,6 +286,7 @@ class Command(BaseCommand):
             )
             for org, demo in customers:
                 self._leases(org, demo, now)
+            self._capacity(dict(customers), now, past=True)
             rows = demo_history.telemetry_history(servers, now)
             self.stdout.write(f"wrote {rows} telemetry points of the last {demo_history.TELEMETRY_DAYS} days")
             billing_services.meter(until=now)
@@ -283,7 +300,7 @@ class Command(BaseCommand):
         customer = self._user(CUSTOMER_EMAIL)
         self._ssh_key(customer)
         customers = []
-        for demo in CUSTOMERS:
+        for demo in (*CUSTOMERS, BROKER):
             owner = self._user(demo.owner)
             org = self._org(
                 demo.name, owner=owner, kind=Organization.Kind.CUSTOMER, currency=demo.currency, staff=admin
@@ -384,6 +401,31 @@ class Command(BaseCommand):
                 f"rented {lease.gpu_count} {spec.gpu_model} cards ({spec.plan}) for {org.name}, running {spec.template}"
             )
 
+    def _capacity(self, customers: dict[Organization, DemoCustomer], now, *, past: bool) -> None:
+        """Issue 20's demo (marketplace/demo_capacity.py): Demo Labs' elastic lease (with the rule's steps of the
+        last hours when `past` and they fit in this month), the broker's contract and resale offer, and Demo Labs'
+        rental on that offer; each made once."""
+        by_name = {org.name: (org, demo) for org, demo in customers.items()}
+        labs, labs_demo = by_name["Demo Labs"]
+        labs_owner = User.objects.get(email=labs_demo.owner)
+        if not demo_capacity.has_elastic(labs):
+            with transaction.atomic():
+                if past and demo_capacity.past_fits(now):
+                    lease = demo_capacity.elastic_past(labs, labs_owner, now, say=self.stdout.write)
+                else:
+                    lease = demo_capacity.elastic_lease(labs, labs_owner, now)
+            self.stdout.write(f"rented {lease.gpu_count} elastic h20-96gb cards (1 to 4, target 70 %) for Demo Labs")
+        broker, broker_demo = by_name[BROKER.name]
+        broker_owner = User.objects.get(email=broker_demo.owner)
+        with transaction.atomic():
+            contract = demo_capacity.broker_contract(broker, broker_owner, now)
+            offer = demo_capacity.broker_offer(broker, contract, now)
+            rental = demo_capacity.broker_rental(labs, labs_owner, offer, now)
+        if rental is not None:
+            self.stdout.write(
+                f"{broker.name} resells the cards of its server-month contract; Demo Labs rented {rental.gpu_count}"
+            )
+
     def _server(self, org: Organization, provider: DemoProvider, spec: DemoServer) -> Server:
         server = Server.objects.for_org(org).filter(name=spec.name).first()
         if server is None:
@@ -447,6 +489,7 @@ class Command(BaseCommand):
         logins = [("staff, admin site /admin/", ADMIN_EMAIL)]
         logins += [(f"customer, {demo.name} ({demo.mode})", demo.owner) for demo in CUSTOMERS]
         logins += [(f"provider, {provider.name}", provider.owner) for provider in PROVIDERS]
+        logins += [(f"broker, {BROKER.name} (/broker/)", BROKER.owner)]
         width = max(len(role) for role, _email in logins) + 1
         for role, email in logins:
             self.stdout.write(f"  {role + ':':<{width}} {email}")
