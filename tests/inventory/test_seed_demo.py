@@ -204,3 +204,20 @@ def test_issue_20_demo_pieces_are_made_today_without_the_past(db):
     before = snapshot()
     seed("--no-history")
     assert snapshot() == before
+
+
+def test_manage_py_dev_runs_the_elastic_lease_servers_agent_with_the_load_curve(db, settings, tmp_path):
+    from config.management.commands.dev import Command as Dev
+
+    settings.VAR_DIR = tmp_path
+    seed("--no-history")
+
+    children = {
+        child.name: child.argv
+        for child in Dev()._demo_agents({"no_seed": False, "no_agents": False, "addr": "127.0.0.1", "port": 8000})
+    }
+    assert len(children) == sum(len(provider.servers) for provider in PROVIDERS)
+    elastic = children["bob-h20-01"]
+    assert elastic[elastic.index("--load-curve") + 1] == demo_capacity.ELASTIC_LOAD_CURVE
+    assert elastic.index("--load-curve") < elastic.index("run")  # an agent option, before the subcommand
+    assert all("--load-curve" not in argv for name, argv in children.items() if name != "bob-h20-01")
