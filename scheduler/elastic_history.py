@@ -20,7 +20,7 @@ from accounts.databases import read_alias
 from inventory import telemetry
 from inventory.selectors import chart_step
 from scheduler.models import Lease, LeaseEvent
-from scheduler.selectors import BUCKETS, _ceil, _floor, period_range
+from scheduler.selectors import BUCKETS, _ceil, _floor, own_time, period_range, resold_periods
 
 # A resize by hand is 'resized'; one by the scaling rule is 'scaled' (the same data, with the rule's reason).
 HISTORY_EVENT_KINDS = (LeaseEvent.Kind.RESIZED, LeaseEvent.Kind.SCALED)
@@ -57,16 +57,19 @@ def held_windows(
     whole `bucket`s when the figures come from roll-ups, as `lease_telemetry` trims them, so a bucket shared with
     the card's tenant before or after is never read."""
     windows = []
-    for gpu_id, period in lease.allocations.filter(period__overlap=period_range(since, until)).values_list(
-        "gpu_id", "period"
-    ):
-        start, end = period.lower, period.upper
-        low, high = max(since, start), min(until, end) if end else until
-        if bucket is not None:
-            low = _ceil(low, bucket) if low == start else low
-            high = _floor(high, bucket) if high == end else high
-        if low < high:
-            windows.append((gpu_id, low, high))
+    rows = list(
+        lease.allocations.filter(period__overlap=period_range(since, until)).values_list("pk", "gpu_id", "period")
+    )
+    # A contract's card resold to a renter is the renter's for that time (selectors.resold_periods).
+    resold = resold_periods([pk for pk, _gpu, _period in rows], since, until)
+    for pk, gpu_id, period in rows:
+        for start, end in own_time(period.lower, period.upper, resold.get(pk, [])):
+            low, high = max(since, start), min(until, end) if end else until
+            if bucket is not None:
+                low = _ceil(low, bucket) if low == start else low
+                high = _floor(high, bucket) if high == end else high
+            if low < high:
+                windows.append((gpu_id, low, high))
     return windows
 
 

@@ -315,7 +315,21 @@ def _floor(moment: datetime, unit: timedelta) -> datetime:
 BUCKETS = {telemetry.ONE_MINUTE: timedelta(minutes=1), telemetry.ONE_HOUR: timedelta(hours=1)}
 
 
-def _own_time(
+def resold_periods(
+    allocation_ids: list[int], since: datetime, until: datetime
+) -> dict[int, list[tuple[datetime, datetime | None]]]:
+    """Allocation id -> the periods (by start) resale leases of another organisation held its card within [since,
+    until) (scheduler/resale.py): a contract's time that is a renter's, whose telemetry is the renter's."""
+    resold: dict[int, list[tuple[datetime, datetime | None]]] = {}
+    resales = Allocation.objects.unscoped("the renters' periods on a contract's cards, to leave them out").filter(
+        backing_id__in=allocation_ids, period__overlap=period_range(since, until)
+    )
+    for backing_id, period in resales.order_by("period__startswith").values_list("backing_id", "period"):
+        resold.setdefault(backing_id, []).append((period.lower, period.upper))
+    return resold
+
+
+def own_time(
     start: datetime, end: datetime | None, resold: list[tuple[datetime, datetime | None]]
 ) -> list[tuple[datetime, datetime | None]]:
     """[start, end) less the periods (sorted by start, inside it) its card was resold."""
@@ -357,18 +371,13 @@ def lease_telemetry(
     allocations = list(allocations)
     # A contract's card resold to another organisation (scheduler/resale.py) is that renter's for the time: its
     # samples then are the renter's, not the contract's.
-    resold: dict[int, list[tuple[datetime, datetime | None]]] = {}
-    resales = Allocation.objects.unscoped("the renters' periods on a contract's cards, to leave them out").filter(
-        backing_id__in=[a.pk for a in allocations], period__overlap=period_range(since, until)
-    )
-    for backing_id, period in resales.order_by("period__startswith").values_list("backing_id", "period"):
-        resold.setdefault(backing_id, []).append((period.lower, period.upper))
+    resold = resold_periods([a.pk for a in allocations], since, until)
     cards: dict[int, dict] = {}
     windows: dict[tuple[int, datetime, datetime], list[int]] = {}
     for allocation in allocations:
         gpu = allocation.gpu
         cards.setdefault(gpu.pk, {"uuid": gpu.uuid, "server": allocation.server_id, "index": gpu.index, "points": []})
-        for start, end in _own_time(allocation.period.lower, allocation.period.upper, resold.get(allocation.pk, [])):
+        for start, end in own_time(allocation.period.lower, allocation.period.upper, resold.get(allocation.pk, [])):
             low, high = max(since, start), min(until, end) if end else until
             bucket = BUCKETS.get(telemetry.choose_source(step, low, now))
             if bucket is not None:

@@ -12,6 +12,7 @@ from django.utils import timezone
 from inventory import telemetry
 from inventory.models import Gpu
 from scheduler import resale
+from scheduler.elastic_history import lease_scaling_history
 from scheduler.models import Lease
 from scheduler.selectors import lease_telemetry
 from scheduler.services import lease_create, lease_end
@@ -69,3 +70,37 @@ def test_the_contracts_telemetry_leaves_out_the_time_a_renter_held_its_card(brok
     minute = {m: (start + timedelta(minutes=m)).isoformat() for m in (5, 15, 25)}
     assert seen(renter) == [minute[15]]
     assert seen(backing) == [minute[5], minute[25]]
+
+
+def test_the_contracts_utilisation_chart_leaves_out_the_time_a_renter_held_its_card(broker, alice, bob):
+    server = online_server(organization=bob.org, gpu_model=GpuModelFactory(slug="resale-ch"), name="resale-ch")
+    start = timezone.now().replace(second=0, microsecond=0) - timedelta(hours=1)
+    backing = lease_create(org=broker.org, plan="server_month", servers=1, end_at=start + timedelta(days=30), now=start)
+    offer = resale.resale_offer_create(org=broker.org, lease=backing, prices={"card_hour": Decimal(4)}, now=start)
+    renter = lease_create(org=alice.org, plan="card_hour", gpu_count=1, offer=offer, now=start + timedelta(minutes=10))
+    lease_end(lease=renter, now=start + timedelta(minutes=20))
+    [card] = Gpu.objects.filter(allocations__lease=renter)
+    rows = [
+        (
+            start + timedelta(minutes=m, seconds=5),
+            gpu.pk,
+            server.pk,
+            99.0 if gpu == card else 10.0,
+            1,
+            1.0,
+            1.0,
+            1,
+            0,
+            0,
+            "{}",
+        )
+        for gpu in Gpu.objects.filter(server=server)
+        for m in (5, 15)
+    ]
+    telemetry.copy_samples(rows)
+    history = lease_scaling_history(
+        lease=backing, since=start, until=start + timedelta(minutes=30), step=30, now=start + timedelta(minutes=31)
+    )
+    by_minute = {p["t"]: (p["utilization_pct"], p["cards"]) for p in history["utilization"]}
+    assert by_minute[(start + timedelta(minutes=5)).isoformat()] == (pytest.approx((99.0 + 7 * 10.0) / 8, abs=0.01), 8)
+    assert by_minute[(start + timedelta(minutes=15)).isoformat()] == (10.0, 7)
