@@ -73,38 +73,28 @@ def _setter(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
     return store
 
 
+def _kept(*decls: str, into: str, **kwargs: Any) -> Callable:
+    """An option not passed to the command: given, it is kept on the invocation's State as `into`."""
+    return click.option(*decls, expose_value=False, callback=_setter(into), **kwargs)
+
+
 def global_options(f: Callable) -> Callable:
     """--api-url, --org, --profile, --json and --lang, on the group and on every command."""
     options = [
-        click.option(
+        _kept(
             "--api-url",
+            into="api_url",
             metavar="URL",
-            expose_value=False,
-            callback=_setter("api_url"),
             help=_("The site (default: the profile's, SUANLI_API_URL, http://127.0.0.1:8000)."),
         ),
-        click.option(
+        _kept(
             "--org",
+            into="org",
             metavar="ID|NAME",
-            expose_value=False,
-            callback=_setter("org"),
             help=_("Act for this organisation (also SUANLI_ORG; default: your first)."),
         ),
-        click.option(
-            "--profile",
-            metavar="NAME",
-            expose_value=False,
-            callback=_setter("profile"),
-            help=_("Use this saved profile (also SUANLI_PROFILE)."),
-        ),
-        click.option(
-            "--json",
-            "as_json",
-            is_flag=True,
-            expose_value=False,
-            callback=_setter("json"),
-            help=_("Print the API's JSON instead of a table."),
-        ),
+        _kept("--profile", into="profile", metavar="NAME", help=_("Use this saved profile (also SUANLI_PROFILE).")),
+        _kept("--json", "as_json", into="json", is_flag=True, help=_("Print the API's JSON instead of a table.")),
         click.option(
             "--lang",
             type=click.Choice(LANGUAGES),
