@@ -326,6 +326,8 @@ def queue_depth_report(lease: Lease, depth: int, now: datetime | None = None) ->
         rule = ScalingRule.objects.select_for_update().filter(lease_id=lease.pk).first()
         if rule is None:
             raise InvalidTransition("This lease has no scaling rule.", code="no_scaling_rule")
+        if (refusal := _lease_refusal(Lease.objects.get(pk=lease.pk))) is not None:
+            raise refusal  # an ended lease's rule follows nothing any more: as scaling_set, 409
         if rule.queue_depth_per_gpu is None:
             raise InvalidTransition(
                 "This lease's rule follows GPU utilisation, not a queue depth.", code="not_queue_driven"
