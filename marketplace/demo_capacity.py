@@ -41,9 +41,10 @@ ELASTIC_RULE = {"min_gpus": 1, "max_gpus": 4, "target_utilization_pct": 70, "coo
 # The simulated agent's load curve for the elastic lease's server (`suanli-agent --load-curve`, agents/sim_load.py):
 # 95 % for a quarter of an hour, 30 % for the next, repeated; the rule grows to 4 cards, then back to 1.
 ELASTIC_LOAD_CURVE = "0:95,900:95,901:30,1800:30,repeat"
-# The rule's past, hours before now: the card utilisation the agent reported in the minutes before each beat run.
+# The rule's past, before now: the utilisation the agent reported in the minutes before each beat run (the step down
+# within the last hour, the range the lease page's chart shows first).
 ELASTIC_PAST_START = timedelta(hours=5)
-ELASTIC_PAST_STEPS = ((timedelta(hours=4), 95), (timedelta(hours=3, minutes=20), 92), (timedelta(hours=2), 28))
+ELASTIC_PAST_STEPS = ((timedelta(hours=4), 95), (timedelta(hours=3, minutes=20), 92), (timedelta(minutes=40), 28))
 
 BROKER_NAME = "Lanting Compute Brokers"
 BROKER_EMAIL = "broker@suanli.local"

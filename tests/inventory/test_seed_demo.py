@@ -168,8 +168,13 @@ def test_issue_20_demo_has_an_elastic_lease_with_scaled_steps_and_a_broker_with_
     assert {why for _low, _high, why in steps} <= {"utilization_high", "utilization_low"}
     assert elastic.gpu_count == 2
     minute = timedelta(minutes=1)
-    assert timedelta(0) <= rule.last_scaled_at - (MID_MONTH - timedelta(hours=2)) < minute
+    assert timedelta(0) <= rule.last_scaled_at - (MID_MONTH - timedelta(minutes=40)) < minute
     assert timedelta(0) <= elastic.start_at - (MID_MONTH - demo_capacity.ELASTIC_PAST_START) < minute
+    # The chart's first range (the last hour) shows the step down from 3 cards to 2.
+    client = APIClient()
+    client.force_authenticate(User.objects.get(email="customer@suanli.local"))
+    history = client.get(f"/api/v1/leases/{elastic.pk}/scaling/history/").json()
+    assert [point["gpus"] for point in history["gpus"]] == [3, 2, 2]
     # The simulated agent of its server follows the load curve under `manage.py dev`.
     curves = {spec.name: spec.load_curve for provider in PROVIDERS for spec in provider.servers if spec.load_curve}
     assert curves == {"bob-h20-01": demo_capacity.ELASTIC_LOAD_CURVE}
