@@ -66,15 +66,27 @@ def _field(name: str, message: str) -> InvalidInput:
 
 
 def resale_prices(
-    prices: dict[str, Decimal | None], interruptible_prices: dict[str, Decimal | None], *, interruptible_only: bool
+    prices: dict[str, Decimal | None],
+    interruptible_prices: dict[str, Decimal | None],
+    *,
+    interruptible_only: bool,
+    interruptible_backing: bool = False,
 ) -> dict[str, Decimal | None]:
     """The price fields of a resale offer: card_hour only; an on-demand price (with an optional cheaper
-    interruptible one), or, lending idle cards back (`interruptible_only`), an interruptible price alone."""
+    interruptible one), or, lending idle cards back (`interruptible_only`), an interruptible price alone. A
+    contract that is itself interruptible (`interruptible_backing`) can be preempted, so its cards are resold
+    interruptibly only too: no renter pays for on-demand cards its reseller may lose."""
     others = [plan for plan in (*prices, *interruptible_prices) if plan != Plan.CARD_HOUR]
     if any(prices.get(plan) is not None or interruptible_prices.get(plan) is not None for plan in others):
         raise _field("prices", "A resale offer prices card_hour only.")
     firm, spot = prices.get(Plan.CARD_HOUR), interruptible_prices.get(Plan.CARD_HOUR)
-    if interruptible_only:
+    if interruptible_backing and firm is not None:
+        raise _field(
+            "prices",
+            "card_hour: an interruptible contract can be preempted, so its cards are resold interruptibly only: "
+            "give interruptible_prices.",
+        )
+    if interruptible_only or interruptible_backing:
         if firm is not None:
             raise _field("prices", "Idle cards lent back are rented interruptibly only: give interruptible_prices.")
         if spot is None:
@@ -137,7 +149,12 @@ def resale_offer_create(
         if not held:
             raise Conflict(f"Lease {backing.pk} holds no cards now.", code="lease_not_active")
         chosen = _pick_server(held, server_id)
-        fields = resale_prices(prices, interruptible_prices or {}, interruptible_only=interruptible_only)
+        fields = resale_prices(
+            prices,
+            interruptible_prices or {},
+            interruptible_only=interruptible_only,
+            interruptible_backing=backing.interruptible,
+        )
         assert backing.end_at is not None  # noqa: S101 - a contract has an end (lease_end_required_unless_card_hour)
         if available_until is None:
             available_until = backing.end_at
@@ -170,7 +187,9 @@ def check_offer_change(offer: Offer, values: dict) -> None:
     merged = {**current, **{k: v for k, v in values.items() if k in current}}
     prices = {plan: merged[firm] for plan, (firm, _spot) in PLAN_PRICE_FIELDS.items()}
     spots = {plan: merged[spot] for plan, (_firm, spot) in PLAN_PRICE_FIELDS.items()}
-    resale_prices(prices, spots, interruptible_only=resale.interruptible_only)
+    resale_prices(
+        prices, spots, interruptible_only=resale.interruptible_only, interruptible_backing=resale.lease.interruptible
+    )
     until = values.get("available_until", offer.available_until)
     if "available_until" in values and (until is None or until > resale.lease.end_at):
         raise _field("available_until", f"No later than the contract's end, {resale.lease.end_at.isoformat()}.")
@@ -289,6 +308,26 @@ def allocate_resale(
 def resale_leases(backing: Lease) -> QuerySet[Lease]:
     """The live leases on `backing`'s resale offers."""
     return Lease.objects.filter(offer__resale__lease=backing, state__in=LIVE)
+
+
+def check_not_resold(backing: Lease) -> None:
+    """409 `resold_cards_in_use` while leases on `backing`'s resale offers are live: its customer may not end it
+    under them (an on-demand renter was promised its cards; an interruptible one gets the usual notice through a
+    reclaim). Call with `backing` locked: a new resale lease locks its backing allocations, not the lease row, so
+    one racing in after this check still follows the end (`follow_backing`)."""
+    counts = resale_leases(backing).values("interruptible").annotate(n=Count("pk")).order_by()
+    live = dict(counts.values_list("interruptible", "n"))
+    firm, spot = live.get(False, 0), live.get(True, 0)
+    if not firm and not spot:
+        return
+    offers = ", ".join(map(str, sorted(set(resale_leases(backing).values_list("offer_id", flat=True)))))
+    raise Conflict(
+        f"Lease {backing.pk}'s cards are resold (resale offer {offers}): {firm} on-demand and {spot} interruptible "
+        "resale leases run on them. Delist the offer (DELETE /api/v1/offers/{id}/), take the interruptible ones' "
+        "cards back with the usual notice (POST /api/v1/offers/{id}/reclaim/), and end the contract once the "
+        "on-demand ones have ended: they cannot be reclaimed.",
+        code="resold_cards_in_use",
+    )
 
 
 def _still_holds(lease: Lease, at: datetime) -> bool:

@@ -275,11 +275,16 @@ def lease_end(*, lease: Lease, now: datetime | None = None, reason: str = "custo
     """End a lease now: its periods close now. A reservation that has not started is `cancelled` instead.
     `reason` is why (`end_reason`, and the event's): the customer asked, or billing stopped it (funds_exhausted).
 
-    Locks the lease row. A lease that already ended (or was preempted or cancelled) raises InvalidTransition.
+    Locks the lease row. A lease that already ended (or was preempted or cancelled) raises InvalidTransition. The
+    customer's own end of a contract whose cards are resold (any live lease on its resale offers) is 409
+    `resold_cards_in_use`: its renters' leases would end at once, with no notice. Endings not asked for by the
+    customer (billing's funds_exhausted) end them as the backing's expiry does (`backing_ended`).
     """
     now = now or timezone.now()
     with transaction.atomic():
         lease = Lease.objects.select_for_update().get(pk=lease.pk)
+        if reason == "customer":
+            resale.check_not_resold(lease)
         if lease.state == LeaseState.SCHEDULED and lease.start_at <= now:
             start(lease, now=now)
         target = LeaseState.CANCELLED if lease.state == LeaseState.SCHEDULED else LeaseState.ENDED

@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 
 from inventory.models import Offer
+from scheduler import services
 from scheduler.models import Lease
 from tests.conftest import Persona, make_persona
 from tests.factories import GpuModelFactory, OrganizationFactory, online_server
@@ -61,12 +62,25 @@ def test_a_resale_lease_ended_with_its_contract_says_why_on_its_page_in_both_lan
     backing = contract(broker)
     offer = resale_offer(broker, backing["id"])
     lease = rent(alice, offer=offer["id"], gpu_count=2).json()
-    assert broker.api.post(f"/api/v1/leases/{backing['id']}/end/").status_code == 200
+    # Billing stops the contract (funds ran out): the broker's own end is refused while resale leases run.
+    services.lease_end(lease=Lease.objects.get(pk=backing["id"]), reason="funds_exhausted")
     client.force_login(alice.user)
     english = client.get(f"/leases/{lease['id']}/").content.decode()
     assert "Ended: the contract behind its resale offer ended" in english
     chinese = client.get(f"/leases/{lease['id']}/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
     assert "已结束：其转售报价背后的合约已到期或终止" in chinese
+
+
+def test_the_lease_pages_end_button_of_a_resold_contract_shows_why_it_is_refused(client, broker, alice, rack):
+    backing = contract(broker)
+    offer = resale_offer(broker, backing["id"])
+    rent(alice, offer=offer["id"], gpu_count=2)
+    client.force_login(broker.user)
+    refused = client.post(f"/leases/{backing['id']}/end/", {"idempotency_key": "end-1", "confirm": "1"}, follow=True)
+    page = refused.content.decode()
+    assert refused.status_code == 200
+    assert "1 on-demand and 0 interruptible resale leases run on them" in page and "/reclaim/" in page
+    assert Lease.objects.get(pk=backing["id"]).state == "active"
 
 
 def test_a_resale_offer_is_rented_from_its_storefront_page_onto_the_contracts_cards(client, broker, alice, rack):

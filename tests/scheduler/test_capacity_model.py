@@ -260,7 +260,9 @@ def test_resale_rows_leave_the_capacity_model_as_a_recount_of_the_card_holders_s
     def end_a_contract() -> None:
         if done.get("create", 0) < 6:
             raise IndexError  # not before there is something resold to end with it
-        services.lease_end(lease=rng.choice(list(Lease.objects.filter(plan="server_month", state="active"))))
+        # Billing's end (the broker's own is refused while its cards are resold): the resale leases end with it.
+        contracts = list(Lease.objects.filter(plan="server_month", state="active"))
+        services.lease_end(lease=rng.choice(contracts), reason="funds_exhausted")
 
     steps = [create] * 6 + [plain, resize, resize, end, reclaim, fail_a_card, end_a_contract, lifecycle.leases_run]
     with override_settings(SUANLI_PREEMPTION_NOTICE_SECONDS=0):

@@ -284,7 +284,9 @@ def test_when_the_contract_ends_its_resale_leases_end_with_it(broker, alice, cha
         start_at=(timezone.now() + timedelta(hours=2)).isoformat(),
         end_at=(timezone.now() + timedelta(hours=4)).isoformat(),
     ).json()
-    assert broker.api.post(f"/api/v1/leases/{backing['id']}/end/").status_code == 200
+    # An end the broker did not ask for (billing stopped the contract: funds ran out).
+    services.lease_end(lease=Lease.objects.get(pk=backing["id"]), reason="funds_exhausted")
+    assert Lease.objects.get(pk=backing["id"]).state == "ended"
     ended = Lease.objects.get(pk=running["id"])
     assert ended.state == "ended" and ended.end_reason == "backing_ended"
     assert Lease.objects.get(pk=reserved["id"]).state == "cancelled"
@@ -299,8 +301,9 @@ def test_a_preempted_contract_gives_its_resale_leases_the_same_notice(broker, al
     server = online_server(organization=bob.org, gpu_model=h100, name="solo")
     backing = contract(broker, interruptible=True)
     assert backing["gpus"][0]["server"] == server.pk
-    offer = resale_offer(broker, backing["id"])
-    resold = rent(alice, offer=offer["id"], gpu_count=2).json()
+    offer = resale_offer(broker, backing["id"], prices={}, interruptible_prices={"card_hour": "3.0000"})
+    resold = rent(alice, offer=offer["id"], gpu_count=2, interruptible=True).json()
+    assert resold["interruptible"] is True
     now = timezone.now()
     with override_settings(SUANLI_PREEMPTION_NOTICE_SECONDS=600):
         taken = rent(charlie, gpu_count=8)
@@ -311,6 +314,51 @@ def test_a_preempted_contract_gives_its_resale_leases_the_same_notice(broker, al
     with time_machine.travel(lease.preempt_at + timedelta(seconds=1)):
         lifecycle.leases_run()
     assert Lease.objects.get(pk=resold["id"]).state == "preempted"
+
+
+def test_the_brokers_own_end_of_a_resold_contract_is_refused_while_resale_leases_run(broker, alice, charlie, rack):
+    backing = contract(broker)
+    offer = resale_offer(broker, backing["id"], interruptible_prices={"card_hour": "3.0000"})
+    firm = rent(alice, offer=offer["id"], gpu_count=2).json()
+    spot = rent(charlie, offer=offer["id"], gpu_count=1, interruptible=True).json()
+    refused = broker.api.post(f"/api/v1/leases/{backing['id']}/end/")
+    assert refused.status_code == 409, refused.content
+    error = refused.json()["error"]
+    assert error["code"] == "resold_cards_in_use"
+    assert "1 on-demand and 1 interruptible" in error["message"]
+    assert "/reclaim/" in error["message"] and "cannot be reclaimed" in error["message"]
+    # Nothing changed: the contract and both renters keep their cards.
+    assert Lease.objects.get(pk=backing["id"]).state == "active"
+    assert len(cards_of(firm["id"])) == 2 and len(cards_of(spot["id"])) == 1
+    # The interruptible renter gets the usual notice through a reclaim; the on-demand one ends when it will.
+    assert broker.api.post(f"/api/v1/offers/{offer['id']}/reclaim/", {"gpu_count": 1}, format="json").status_code == 200
+    assert Lease.objects.get(pk=spot["id"]).preempt_at is not None
+    assert alice.api.post(f"/api/v1/leases/{firm['id']}/end/").status_code == 200
+    assert broker.api.post(f"/api/v1/leases/{backing['id']}/end/").status_code == 409  # the notice still runs
+    with time_machine.travel(Lease.objects.get(pk=spot["id"]).preempt_at + timedelta(seconds=1)):
+        lifecycle.leases_run()
+        assert Lease.objects.get(pk=spot["id"]).state == "preempted"
+        assert broker.api.post(f"/api/v1/leases/{backing['id']}/end/").status_code == 200
+    assert Lease.objects.get(pk=backing["id"]).state == "ended"
+
+
+def test_an_interruptible_contract_is_resold_interruptibly_only(broker, alice, bob, h100):
+    online_server(organization=bob.org, gpu_model=h100, name="solo")
+    backing = contract(broker, interruptible=True)
+    # An on-demand price, alone or above an interruptible one: 400 on prices, saying why.
+    for extra in ({}, {"interruptible_prices": {"card_hour": "3.0000"}}):
+        refused = resell(broker, backing["id"], **extra)
+        assert refused.status_code == 400, refused.content
+        assert "interruptibly only" in refused.json()["error"]["fields"]["prices"][0]
+    offer = resale_offer(broker, backing["id"], prices={}, interruptible_prices={"card_hour": "3.0000"})
+    assert offer["prices"]["card_hour"] is None
+    # PATCH keeps the rule: no on-demand price added later.
+    changed = broker.api.patch(f"/api/v1/offers/{offer['id']}/", {"prices": {"card_hour": "5.0000"}}, format="json")
+    assert changed.status_code == 400 and "prices" in changed.json()["error"]["fields"]
+    assert Offer.objects.get(pk=offer["id"]).card_hour_price is None
+    # So no renter gets on-demand cards off it.
+    assert rent(alice, offer=offer["id"], gpu_count=1).status_code in (400, 409)
+    assert rent(alice, offer=offer["id"], gpu_count=1, interruptible=True).status_code == 201
 
 
 def test_a_failed_contract_card_is_replaced_and_its_resale_follows_within_the_contract(broker, alice, rack):
