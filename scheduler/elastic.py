@@ -275,7 +275,7 @@ def _lease_refusal(lease: Lease) -> InvalidInput | InvalidTransition | None:
         message = "Only card_hour leases can scale."
         return InvalidInput(message, fields={"scaling": [message]})
     if lease.state not in (LeaseState.SCHEDULED, LeaseState.ACTIVE, LeaseState.STOPPED):
-        return InvalidTransition(f"A {lease.state} lease cannot have a scaling rule.")
+        return InvalidTransition(f"This lease is {lease.state} and cannot have a scaling rule.")
     return None
 
 

@@ -182,6 +182,7 @@ def test_put_on_a_contract_is_a_400_and_on_an_ended_lease_a_409(alice, servers):
     alice.api.post(f"/api/v1/leases/{ended}/end/")
     response = alice.api.put(f"/api/v1/leases/{ended}/scaling/", RULE, format="json")
     assert response.status_code == 409 and error(response)["code"] == "invalid_state"
+    assert error(response)["message"] == "This lease is ended and cannot have a scaling rule."
 
 
 def test_queue_depth_refusals(alice, servers):
