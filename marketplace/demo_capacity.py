@@ -53,6 +53,8 @@ BROKER_DAYS = 30
 BROKER_PRICE = Decimal("2.7900")  # USD a card-hour, on demand (its server costs it some 2.34 a card-hour)
 BROKER_SPOT_PRICE = Decimal("1.7900")  # interruptible
 RENTED_FROM_BROKER = 2
+# With the demo's past, the contract starts this long ago (the offer a third of the way on, the rental half-way).
+BROKER_PAST = timedelta(days=3)
 
 
 def _workload(owner: User, template: str) -> dict:
@@ -106,6 +108,15 @@ def elastic_past(org: Organization, owner: User, now: datetime, say: Callable[[s
         lease.refresh_from_db()
         say(f"  {at:%H:%M}: the elastic lease {lease.pk} at {utilization} % was {outcome}: {lease.gpu_count} cards")
     return lease
+
+
+def broker_since(now: datetime) -> datetime:
+    """When the broker's contract starts with the demo's past: BROKER_PAST ago when that is in this month after the
+    meter's watermark, else now."""
+    since = now - BROKER_PAST
+    watermark = metered_until()
+    fits = since >= period_containing(now).start and (watermark is None or watermark < since)
+    return since if fits else now
 
 
 def broker_contract(broker: Organization, owner: User, now: datetime) -> Lease | None:

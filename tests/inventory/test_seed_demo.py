@@ -182,11 +182,14 @@ def test_issue_20_demo_has_an_elastic_lease_with_scaled_steps_and_a_broker_with_
     # The broker: a whole H100 server by the month, its cards resold by the card-hour, two of them rented.
     contract = Lease.objects.get(organization=broker)
     assert (contract.plan, contract.state, contract.gpu_count) == ("server_month", "active", 8)
+    # With the past, the contract started days ago and the rental since, so the broker's book has days to show.
+    assert timedelta(0) <= contract.start_at - (MID_MONTH - demo_capacity.BROKER_PAST) < timedelta(minutes=1)
     offer = Offer.objects.get(organization=broker, is_resale=True)
     assert Resale.objects.get(offer=offer).lease == contract
     assert offer.server_id == contract.allocations.get(gpu__index=0).server_id
     rental = Lease.objects.get(organization=labs, offer=offer)
     assert (rental.plan, rental.state, rental.gpu_count) == ("card_hour", "active", 2)
+    assert contract.start_at < rental.start_at < MID_MONTH - timedelta(days=1)
     backing = set(contract.allocations.values_list("pk", flat=True))
     assert set(rental.allocations.values_list("backing_id", flat=True)) <= backing
     assert standing(broker).available > 0

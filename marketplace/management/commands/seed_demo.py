@@ -417,10 +417,11 @@ class Command(BaseCommand):
             self.stdout.write(f"rented {lease.gpu_count} elastic h20-96gb cards (1 to 4, target 70 %) for Demo Labs")
         broker, broker_demo = by_name[BROKER.name]
         broker_owner = User.objects.get(email=broker_demo.owner)
+        since = demo_capacity.broker_since(now) if past else now  # with the past: its book has days to show
         with transaction.atomic():
-            contract = demo_capacity.broker_contract(broker, broker_owner, now)
-            offer = demo_capacity.broker_offer(broker, contract, now)
-            rental = demo_capacity.broker_rental(labs, labs_owner, offer, now)
+            contract = demo_capacity.broker_contract(broker, broker_owner, since)
+            offer = demo_capacity.broker_offer(broker, contract, since + (now - since) / 3)
+            rental = demo_capacity.broker_rental(labs, labs_owner, offer, since + (now - since) / 2)
         if rental is not None:
             self.stdout.write(
                 f"{broker.name} resells the cards of its server-month contract; Demo Labs rented {rental.gpu_count}"
