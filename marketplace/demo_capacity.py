@@ -32,7 +32,8 @@ from scheduler import elastic
 from scheduler.models import Lease, LeaseState, ScalingRule
 from scheduler.resale import resale_offer_create
 from workloads import services as workloads_services
-from workloads.models import SshKey, Template
+from workloads.agent_channel import parse_workload_report, reported_states_apply
+from workloads.models import SshKey, Template, Workload
 
 ELASTIC_SERVER = ("Bob IDC", "bob-h20-01")
 ELASTIC_MODEL = "h20-96gb"
@@ -61,6 +62,20 @@ def _workload(owner: User, template: str) -> dict:
     public = Template.objects.unscoped("public templates have no owner").get(organization=None, slug=template)
     keys = list(SshKey.objects.filter(user=owner).values_list("pk", flat=True))
     return {"template": public.pk, "ssh_keys": keys}
+
+
+def workloads_running(lease: Lease, at: datetime) -> None:
+    """The lease's workloads reported running at `at` by their servers' agents (the agent API's workload report), as
+    the simulated agents would have: a card-hour lease made in the past is then charged from `at` and not failed
+    by the start timeout (workloads.checks) once the beat runs."""
+    by_server: dict[int, list[int]] = {}
+    for workload in Workload.objects.filter(lease=lease, started_at__isnull=True):
+        by_server.setdefault(workload.server_id, []).append(workload.pk)
+    for server_id, ids in sorted(by_server.items()):
+        payload = {"workloads": [{"id": pk, "state": "running"} for pk in ids]}
+        report = {**parse_workload_report(payload), "sent_at": at.isoformat()}
+        with demo_history.clock_at(at):
+            reported_states_apply(server=Server.objects.get(pk=server_id), report=report, now=at)
 
 
 def has_elastic(org: Organization) -> bool:
@@ -97,6 +112,7 @@ def elastic_past(org: Organization, owner: User, now: datetime, say: Callable[[s
     reported by the agent in the two minutes before, and the beat job's `scale_lease` at that moment."""
     telemetry.ensure_partitions(today=now.date())  # the raw samples' days (the agent API's ingest writes there)
     lease = elastic_lease(org, owner, now - ELASTIC_PAST_START)
+    workloads_running(lease, now - ELASTIC_PAST_START + timedelta(minutes=1))
     for before, utilization in ELASTIC_PAST_STEPS:
         at = now - before
         held = list(lease.allocations.filter(period__contains=at).select_related("gpu", "server"))
@@ -106,6 +122,7 @@ def elastic_past(org: Organization, owner: User, now: datetime, say: Callable[[s
         with demo_history.clock_at(at):
             outcome = elastic.scale_lease(lease.pk, now=at)
         lease.refresh_from_db()
+        workloads_running(lease, at + timedelta(minutes=1))
         say(f"  {at:%H:%M}: the elastic lease {lease.pk} at {utilization} % was {outcome}: {lease.gpu_count} cards")
     return lease
 
@@ -150,12 +167,15 @@ def broker_offer(broker: Organization, contract: Lease | None, now: datetime) ->
         )
 
 
-def broker_rental(renter: Organization, owner: User, offer: Offer | None, now: datetime) -> Lease | None:
-    """The renter's card-hour lease on the broker's offer, running a workload (once per renter and broker)."""
+def broker_rental(
+    renter: Organization, owner: User, offer: Offer | None, now: datetime, running_at: datetime | None = None
+) -> Lease | None:
+    """The renter's card-hour lease on the broker's offer, running a workload (once per renter and broker); made in
+    the past, its workload reported running at `running_at`."""
     if offer is None or Lease.objects.filter(organization=renter, offer__organization=offer.organization).exists():
         return None
     with demo_history.clock_at(now):
-        return workloads_services.lease_create(
+        rental = workloads_services.lease_create(
             org=renter,
             user=owner,
             workload=_workload(owner, ELASTIC_TEMPLATE),
@@ -164,3 +184,6 @@ def broker_rental(renter: Organization, owner: User, offer: Offer | None, now: d
             offer=offer,
             now=now,
         )
+    if running_at is not None:
+        workloads_running(rental, running_at)
+    return rental

@@ -195,6 +195,14 @@ def test_issue_20_demo_has_an_elastic_lease_with_scaled_steps_and_a_broker_with_
     assert standing(broker).available > 0
     assert "broker@suanli.local" in output
 
+    # Made in the past, their workloads were reported running then: the start-timeout check fails neither.
+    from workloads.checks import workloads_check
+
+    assert elastic.workloads.filter(started_at__isnull=True).count() == 0 and rental.workloads.exists()
+    assert rental.workloads.filter(started_at__isnull=True).count() == 0
+    workloads_check(now=MID_MONTH + timedelta(minutes=1))  # today's leases are still within their start timeout
+    assert {Lease.objects.get(pk=x.pk).state for x in (elastic, rental)} == {"active"}
+
     time_machine.move_to(MID_MONTH + timedelta(minutes=30), tick=True)
     before = snapshot()
     seed()

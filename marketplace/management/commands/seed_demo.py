@@ -421,7 +421,9 @@ class Command(BaseCommand):
         with transaction.atomic():
             contract = demo_capacity.broker_contract(broker, broker_owner, since)
             offer = demo_capacity.broker_offer(broker, contract, since + (now - since) / 3)
-            rental = demo_capacity.broker_rental(labs, labs_owner, offer, since + (now - since) / 2)
+            rented = since + (now - since) / 2
+            running = rented + timedelta(minutes=1) if rented < now else None
+            rental = demo_capacity.broker_rental(labs, labs_owner, offer, rented, running_at=running)
         if rental is not None:
             self.stdout.write(
                 f"{broker.name} resells the cards of its server-month contract; Demo Labs rented {rental.gpu_count}"
