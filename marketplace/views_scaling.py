@@ -18,7 +18,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy, ngettext, pgettext_lazy
+from django.utils.translation import gettext_lazy, ngettext
 from django.views.decorators.http import require_POST
 
 from accounts.error_text import error_text, place_errors
@@ -33,15 +33,6 @@ from scheduler.models import Lease, LeaseState, Plan, ScalingRule
 # The states a lease may be given a rule in (scheduler.elastic refuses the others).
 RULE_STATES = (LeaseState.SCHEDULED, LeaseState.ACTIVE, LeaseState.STOPPED)
 
-STATUS_LABELS = {
-    ScalingRule.Status.OK: pgettext_lazy("scaling status", "At its target"),
-    ScalingRule.Status.SCALING: pgettext_lazy("scaling status", "Scaling"),
-    ScalingRule.Status.WAITING_CAPACITY: pgettext_lazy("scaling status", "Waiting for free cards"),
-    ScalingRule.Status.AT_PRICE_CEILING: pgettext_lazy("scaling status", "At its price ceiling"),
-    ScalingRule.Status.AT_BOUND: pgettext_lazy("scaling status", "At its bound"),
-    ScalingRule.Status.COOLING_DOWN: pgettext_lazy("scaling status", "Cooling down"),
-    ScalingRule.Status.SCHEDULED: pgettext_lazy("scaling status", "Held by its schedule"),
-}
 REASON_LABELS = {
     "utilization_high": gettext_lazy("utilisation above the target"),
     "utilization_low": gettext_lazy("utilisation below the target"),
@@ -108,7 +99,7 @@ def _rule_view(rule: ScalingRule, lease: Lease) -> dict[str, Any]:
     return {
         "rule": rule,
         "target": target,
-        "status_label": STATUS_LABELS.get(rule.status, rule.status),
+        "status_label": ScalingRule.Status(rule.status).label,
         "status_sentence": status_sentence(rule, lease),
         "message": elastic.notes_text(rule.status_notes, message_text=error_text),
         "price_ceiling": (

@@ -97,14 +97,14 @@ def test_the_status_message_and_target_are_shown_in_english_and_chinese(client, 
     client.force_login(alice.user)
     english = client.get(f"/leases/{lease.pk}/").content.decode()
     status = english[english.index('id="scaling-status"') :]
-    assert 'data-status="waiting_capacity"' in english and "Waiting for free cards" in status
+    assert 'data-status="waiting_capacity"' in english and "Waiting for capacity" in status
     assert "It wants 4 cards and holds 2: waiting for free cards" in status
     assert "Utilisation 95% is above the target 70%. Waiting for 2 more free cards." in english
     assert "mean utilisation of those cards (%)" in english and "%%" not in english
     assert re.search(r'id="scaling-desired">4 cards<', english)
     chinese = client.get(f"/leases/{lease.pk}/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
     section = chinese[chinese.index('id="lease-scaling"') :]
-    for words in ("弹性伸缩", "等待空闲卡", "利用率 95% 高于目标 70%。", "还在等待 2 张空闲卡。", "保存规则"):
+    for words in ("弹性伸缩", "等待可用容量", "利用率 95% 高于目标 70%。", "还在等待 2 张空闲卡。", "保存规则"):
         assert words in section, words
     assert "Waiting for" not in section
     assert "这些卡的平均利用率（%）" in section and "%%" not in section
