@@ -57,6 +57,7 @@ import multiprocessing
 import os
 import queue as queue_module
 import random
+import socket
 import sys
 import tempfile
 import threading
@@ -80,6 +81,8 @@ PROVIDER_NAME = "soak provider"
 AGENT_INTERVAL_S = 10.0
 TARGET_REPORTS_PER_S = 1250.0  # issue 7: 12,500 servers at their 10 s interval
 LEASES_RUN_EVERY_S = 30.0  # the beat's run-leases schedule
+ACCESS_FORMAT = "%(m)s %(U)s %(s)s %(D)s"
+WAIT_SAMPLE_S = 0.5  # how often the PostgreSQL sessions' states are sampled
 HTTP_TIMEOUT_S = 60.0
 KINDS = ["report", "lease create", "lease create replay", "lease resize", "lease end", "lease list"]
 # Answers that are part of the contract: 409 is no_capacity when renting or growing.
@@ -103,18 +106,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--think", type=float, default=3.0, help="mean seconds between a customer's actions (3)")
     parser.add_argument("--cards-per-customer", type=int, default=16, help="most cards one customer holds (16)")
     parser.add_argument("--max-leases", type=int, default=20_000, help="lease requests in all, at most (20,000)")
-    parser.add_argument("--workers", type=int, default=4, help="gunicorn sync workers (default 4)")
-    parser.add_argument("--concurrency", type=int, default=16, help="agent report connections in all (16)")
+    parser.add_argument("--workers", type=int, default=2, help="sync workers of the customers' gunicorn (2)")
+    parser.add_argument(
+        "--agent-workers",
+        type=int,
+        default=3,
+        help="sync workers of the agents' own gunicorn (3); 0: the reports share the customers' (one pool, as before)",
+    )
+    parser.add_argument("--concurrency", type=int, default=8, help="agent report connections in all (8)")
     parser.add_argument("--load-procs", type=int, default=2, help="agent report processes (default 2)")
     parser.add_argument("--meter-every", type=float, default=60.0, help="seconds between billing job runs (60)")
     parser.add_argument("--progress", type=float, default=60.0, help="seconds between progress lines (60)")
     parser.add_argument("--max-error-rate", type=float, default=0.001, help="5xx + dropped, of all (0.001)")
     parser.add_argument("--keep-db", action="store_true", help="keep this run's leases, usage and telemetry")
+    parser.add_argument("--enrol-only", action="store_true", help="build the fleet and customers, then stop")
     args = parser.parse_args(argv)
     if "bench" not in common.database_name(args.database_url):
         parser.error("the database name must contain 'bench': this script empties its leases and telemetry")
     if not 0 < args.minutes <= 120:
         parser.error("--minutes: more than 0, at most 120")
+    if args.workers < 1 or args.agent_workers < 0:
+        parser.error("need --workers >= 1 and --agent-workers >= 0")
     if not args.load_procs <= args.concurrency <= args.servers:
         parser.error("need --load-procs <= --concurrency <= --servers (each connection drives its own servers)")
     if not 1 <= args.customers <= 500 or args.cards_per_customer < 1 or args.think <= 0:
@@ -124,10 +136,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def server_env(database_url: str) -> dict[str, str]:
-    """The environment of the production server under test (the jobs and this process add DB_POOL=0)."""
+def server_env(database_url: str, party: str = "soak") -> dict[str, str]:
+    """The environment of the production server under test (the jobs and this process add DB_POOL=0). Its
+    PostgreSQL sessions carry `party` as their application_name, so their backends' CPU is counted per party."""
     # DB_POOL_MAX 2: a sync worker serves one request at a time; the server is shared with others' tests.
-    return common.server_env(database_url, bench_name="soak", redis_db=9, DB_POOL_MIN="1", DB_POOL_MAX="2")
+    url = f"{database_url}{'&' if '?' in database_url else '?'}application_name={party}"
+    return common.server_env(url, bench_name="soak", redis_db=9, DB_POOL="1", DB_POOL_MIN="1", DB_POOL_MAX="2")
 
 
 # --- setup (Django) --------------------------------------------------------------------------------------
@@ -290,12 +304,64 @@ class Client:
             return status, None
 
 
+SAMPLE_VARIANTS = 64  # distinct card samples a report thread draws from
+
+
+def sample_variants(rng: random.Random) -> list[str]:
+    """Card samples as `common.sample_values` draws them, rendered once: the JSON of each after its uuid and index
+    (the load generator's CPU goes to sending reports, not to rendering the same kind of numbers again)."""
+    variants = []
+    for _ in range(SAMPLE_VARIANTS):
+        values = common.sample_values(rng, "", 0)
+        del values["uuid"], values["index"]
+        variants.append(json.dumps(values, separators=(",", ":"))[1:])  # without its opening brace
+    return variants
+
+
+def report_bytes(seq: int, wall: float, cards: list[str], variants: list[str], rng: random.Random) -> bytes:
+    """The JSON of `common.report_body` (same fields, same shape), each card a random one of `variants`."""
+    sent_at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall)) + f".{int(wall * 1000) % 1000:03d}+00:00"
+    gpus = ",".join(card + variants[rng.randrange(SAMPLE_VARIANTS)] for card in cards)
+    return (
+        f'{{"seq":{seq},"sent_at":"{sent_at}","interval_s":10.0,"agent_version":"0.1.0","hostname":"bench",'
+        f'"gpus":[{gpus}]}}'
+    ).encode()
+
+
+def raw_exchange(address: tuple[str, int], request: bytes) -> tuple[int, bytes]:
+    """One request on a connection of its own, read to the server's close (gunicorn's sync workers close after each
+    answer; the request says `Connection: close`): the status and the body; 0 and the error when it failed."""
+    try:
+        with socket.create_connection(address, timeout=HTTP_TIMEOUT_S) as sock:
+            sock.sendall(request)
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+        return int(head.split(b" ", 2)[1]), body
+    except (OSError, ValueError, IndexError) as exc:
+        return 0, repr(exc).encode()
+
+
 def report_thread(spec: dict[str, Any], agents: list[list[Any]], recorder: Recorder, offset: float) -> None:
-    """Reports of `agents` in turn, one every `gap` s (each agent every 10 s), never ahead of the schedule."""
+    """Reports of `agents` in turn, one every `gap` s (each agent every 10 s), never ahead of the schedule.
+
+    Each report is built, signed (`agents.signing`, HMAC-SHA256 over the exact bytes sent, as the agent does) and
+    sent when its turn comes; what is the same in every report of a server (its cards' uuids and indexes, its key,
+    the request line) is made once, and a card's values are one of `SAMPLE_VARIANTS` rendered samples. The request
+    goes out on a plain socket, as bytes: the latency is from the connect to the last byte of the answer."""
     from agents import signing
 
-    client = Client(spec, recorder)
     rng = random.Random()
+    variants = sample_variants(rng)
+    address = (spec["host"], spec["port"])
+    cards = [[f'{{"uuid":"{uuid_}","index":{i},' for i, uuid_ in enumerate(uuids)] for _, _, uuids in agents]
+    keys = [secret.encode() for _, secret, _ in agents]
+    heads = [
+        f"POST {REPORT_PATH} HTTP/1.1\r\nHost: {spec['host']}:{spec['port']}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\n{signing.HEADER_ID}: {agent_id}\r\n"
+        for agent_id, _, _ in agents
+    ]
     gap = spec["threads_total"] / spec["report_rate"]
     seqs = [spec["seq_base"]] * len(agents)
     next_at, turn = spec["start_at"] + offset, 0
@@ -304,11 +370,19 @@ def report_thread(spec: dict[str, Any], agents: list[list[Any]], recorder: Recor
             time.sleep(min(next_at, spec["stop_at"]) - now)
             continue
         slot = turn % len(agents)
-        agent_id, secret, uuids = agents[slot]
         seqs[slot] += 1
-        body = common.report_body(rng, seqs[slot], uuids, now)
-        headers = {**signing.headers(agent_id, secret, body, timestamp=int(now)), "Content-Type": "application/json"}
-        client.call("report", "POST", REPORT_PATH, body, headers)
+        body = report_bytes(seqs[slot], now, cards[slot], variants, rng)
+        timestamp = int(now)
+        request = (
+            f"{heads[slot]}{signing.HEADER_TIMESTAMP}: {timestamp}\r\n"
+            f"{signing.HEADER_SIGNATURE}: {signing.sign(keys[slot], timestamp, body)}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        started = time.perf_counter()
+        status, answer = raw_exchange(address, request)
+        recorder.add("report", status, (time.perf_counter() - started) * 1000)
+        if status not in EXPECTED["report"]:
+            recorder.note(f"report {status}", answer[:200].decode(errors="replace"))
         turn += 1
         next_at = max(next_at + gap, time.time() - gap)  # behind: catch up by one gap at most, no burst
 
@@ -632,7 +706,7 @@ def spawn(target: Any, spec: dict[str, Any], queue: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    env = server_env(args.database_url)
+    env = server_env(args.database_url, "soak-parent")
     os.environ.update(env, DB_POOL="0")
     os.chdir(common.REPO)
     setup_database(args.database_url)
@@ -647,26 +721,44 @@ def main(argv: list[str] | None = None) -> int:
     from django.db import connections
 
     connections.close_all()
+    if args.enrol_only:
+        return 0
 
     seconds = args.minutes * 60
     report_rate = len(fleet) / AGENT_INTERVAL_S
     logdir = tempfile.mkdtemp(prefix="suanli-bench-soak-")
-    server = common.Gunicorn(env, workers=args.workers, log_path=os.path.join(logdir, "gunicorn.log"))
+    # Two pools of the same code, as a deployment that serves a fleet runs them (docs/scaling.md): the agents' reports
+    # on a gunicorn of their own, the customers' API on another, so a lease request never waits in line behind
+    # thousands of reports. --agent-workers 0: one pool serves both (the set-up of the earlier soaks).
+    sizes = {"api": args.workers, "agents": args.agent_workers}
+    access_log = os.path.join(logdir, "api-access.log")
+    pools: dict[str, common.Gunicorn] = {}
     procs: dict[str, Any] = {}
     try:
-        server.wait_ready()
+        for name, workers in sizes.items():
+            if workers:
+                log_path = os.path.join(logdir, f"gunicorn-{name}.log")
+                pool_env = server_env(args.database_url, f"soak-{name}")
+                if name == "api":  # each customer request's time inside its worker (%(D)s: microseconds)
+                    access = f"--access-logfile {access_log} --access-logformat '{ACCESS_FORMAT}'"
+                    pool_env["GUNICORN_CMD_ARGS"] = access
+                pools[name] = common.Gunicorn(pool_env, workers=workers, log_path=log_path)
+        for pool in pools.values():
+            pool.wait_ready()
+        server = pools.get("agents", pools["api"])  # the reports' pool
         start_at = time.time() + 3.0  # spawn + import time, so every process starts together
         stop_at = start_at + seconds
         boundaries = [
             min(start_at + (k + 1) * args.progress, stop_at) for k in range(math.ceil(seconds / args.progress))
         ]
-        base = {"host": "127.0.0.1", "port": server.port, "start_at": start_at, "stop_at": stop_at}
+        base = {"host": "127.0.0.1", "port": pools["api"].port, "start_at": start_at, "stop_at": stop_at}
         base["boundaries"] = boundaries
         queue = multiprocessing.get_context("spawn").Queue()
         agents = [[f["agent_id"], f["secret"], f["uuids"]] for f in fleet]
         per_proc = args.concurrency // args.load_procs
         for n in range(args.load_procs):
             spec = dict(base, role="reports", name=f"reports-{n}", index=n, agents=agents[n :: args.load_procs])
+            spec.update(port=server.port)
             spec.update(threads=per_proc, threads_total=per_proc * args.load_procs, report_rate=report_rate)
             spec.update(seq_base=time.time_ns() // 1000)  # above any seq an earlier run reached
             procs[spec["name"]] = spawn(load_process, spec, queue)
@@ -675,28 +767,57 @@ def main(argv: list[str] | None = None) -> int:
         spec.update(leases_per_customer=max(1, args.max_leases // len(customers)))
         procs["customers"] = spawn(load_process, spec, queue)
         procs["jobs"] = spawn(
-            jobs_process, dict(base, env={**env, "DB_POOL": "0"}, meter_every=args.meter_every), queue
+            jobs_process,
+            dict(
+                base, env={**server_env(args.database_url, "soak-jobs"), "DB_POOL": "0"}, meter_every=args.meter_every
+            ),
+            queue,
+        )
+        served = ", ".join(
+            f"{name} (pid {pool.proc.pid}, 127.0.0.1:{pool.port}, {sizes[name]} sync workers)"
+            for name, pool in pools.items()
         )
         print(
-            f"gunicorn (pid {server.proc.pid}) on 127.0.0.1:{server.port}, {args.workers} sync workers; reports: "
+            f"gunicorn: {served}; reports to {'agents' if 'agents' in pools else 'api'}: "
             f"{args.load_procs} processes, {per_proc * args.load_procs} connections, target {report_rate:,.0f}/s; "
             f"{len(customers)} customers; billing jobs every {args.meter_every:g} s; {args.minutes:g} min from now",
             flush=True,
         )
-        result = drive(args, server, procs, queue, boundaries, start_at)
+        result = drive(args, pools, procs, queue, boundaries, start_at)
+        result["access_log"] = access_log
     finally:
         for proc in procs.values():
             proc.join(timeout=5)
             if proc.is_alive():
                 proc.kill()
-        result_log = server.log_tail()
-        server.stop()
+        result_log = "\n".join(f"[{name}]\n{pool.log_tail()}" for name, pool in pools.items())
+        for pool in pools.values():
+            pool.stop()
     return finish(args, result, result_log, report_rate)
+
+
+def postgres_party(url: str, party: str | None, parties: list[str]) -> Any:
+    """The PostgreSQL processes of the bench's database whose application_name is `party`; with None, the rest of
+    `common.postgres_pids` (the server's background processes, this process's own session, anyone else's)."""
+
+    def pids() -> list[int]:
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT pid, application_name FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+                "AND (datname = current_database() OR backend_type <> 'client backend')"
+            ).fetchall()
+        if party is None:
+            return [pid for pid, name in rows if name not in parties]
+        return [pid for pid, name in rows if name == party]
+
+    return pids
 
 
 def drive(
     args: argparse.Namespace,
-    server: common.Gunicorn,
+    pools: dict[str, common.Gunicorn],
     procs: dict[str, Any],
     queue: Any,
     boundaries: list[float],
@@ -704,12 +825,17 @@ def drive(
 ) -> dict[str, Any]:
     """Print a progress line per window while the load runs; then gather every process's totals."""
     load_names = [name for name in procs if name != "jobs"]
-    groups = {
-        "gunicorn": server.pids,
-        "postgres": common.postgres_pids(args.database_url),
-        "load": lambda: [procs[n].pid for n in load_names],
-        "jobs": lambda: [procs["jobs"].pid],
-    }
+    # CPU by party: each gunicorn pool and the PostgreSQL backends of its sessions (by application_name), the
+    # jobs process and its backend, the load generators, this process; "other" is the rest of the machine.
+    parties = [f"soak-{name}" for name in pools] + ["soak-jobs"]
+    groups: dict[str, Any] = {f"web {name}": pool.pids for name, pool in pools.items()}
+    for name in [*pools, "jobs"]:
+        groups[f"pg {name}"] = postgres_party(args.database_url, f"soak-{name}", parties)
+    groups["pg rest"] = postgres_party(args.database_url, None, parties)
+    groups["load reports"] = lambda: [procs[n].pid for n in load_names if n != "customers"]
+    groups["load customers"] = lambda: [procs["customers"].pid]
+    groups["jobs"] = lambda: [procs["jobs"].pid]
+    groups["soak"] = lambda: [os.getpid()]
     windows: dict[int, dict[str, dict]] = defaultdict(dict)
     finals: dict[str, dict] = {}
     state: dict[str, Any] = {"jobs_final": None, "fatal": [], "live": [], "cpu": [], "drift": []}
@@ -734,6 +860,10 @@ def drive(
             if time.time() >= block_until:
                 return
 
+    waits: Counter = Counter()
+    sampler = threading.Thread(target=sample_waits, args=(args.database_url, parties, boundaries[-1], waits))
+    sampler.daemon = True
+    sampler.start()
     take(start_at)
     meter = WindowCpu(groups)
     meter.start()
@@ -760,7 +890,30 @@ def drive(
             break
         take(time.time() + 1.0)
     state["at_stop"] = {**live_state(), "active leases not holding gpu_count cards": sql_one(SQL_WRONG_COUNT)[0]}
-    return {"finals": finals, **state}
+    sampler.join(timeout=10)
+    return {"finals": finals, "waits": waits, **state}
+
+
+def sample_waits(url: str, parties: list[str], stop_at: float, out: Counter) -> None:
+    """Every WAIT_SAMPLE_S s until `stop_at`, what each of the parties' PostgreSQL sessions is doing: idle (its worker
+    is in Python, or has no request), in a transaction between statements, running, or waiting (lock, I/O, WAL)."""
+    import psycopg
+
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            while time.time() < stop_at:
+                rows = conn.execute(
+                    "SELECT application_name, state, wait_event_type, wait_event FROM pg_stat_activity "
+                    "WHERE application_name = ANY(%s)",
+                    [parties],
+                ).fetchall()
+                for party, session, wait_type, wait in rows:
+                    if session == "active":
+                        session = f"waiting on {wait_type}:{wait}" if wait_type else "running"
+                    out[(party, session)] += 1
+                time.sleep(WAIT_SAMPLE_S)
+    except psycopg.Error as exc:
+        out[("sampler", repr(exc)[:80])] += 1
 
 
 def progress_line(
@@ -820,6 +973,52 @@ def check_booking(live_samples: list[dict], at_stop: dict[str, int]) -> tuple[di
     return booking, [f"{name}: {booking[name]}" for name in must_be_zero if booking[name]]
 
 
+def worker_times(access_log: str) -> dict[str, list[float]]:
+    """Milliseconds each customer request spent inside its gunicorn worker, per kind, from the API pool's access log
+    (what the client saw beyond that is the wait for a worker and the loopback)."""
+    kinds: dict[str, list[float]] = defaultdict(list)
+    try:
+        with open(access_log) as fh:
+            for line in fh:
+                method, path, _, micros = line.split()
+                if not path.startswith(LEASES_PATH):
+                    continue
+                kind = "lease list" if method == "GET" else "lease create"
+                if path.endswith("/end/"):
+                    kind = "lease end"
+                elif path.endswith("/resize/"):
+                    kind = "lease resize"
+                kinds[kind].append(int(micros) / 1000)
+    except (OSError, ValueError):
+        pass
+    return kinds
+
+
+def print_waits(result: dict[str, Any], latencies: dict[str, list[float]]) -> None:
+    """Where a lease request's time went: at the client against inside the worker; and what the PostgreSQL sessions
+    of each party were doing, sampled."""
+    inside = worker_times(result.get("access_log", ""))
+    rows = []
+    for kind, times in inside.items():
+        seen = sorted(
+            latencies.get(kind, []) + (latencies.get("lease create replay", []) if kind == "lease create" else [])
+        )
+        times.sort()
+        rows.append(
+            [kind, len(seen), common.percentile(seen, 50), common.percentile(seen, 95), len(times)]
+            + [common.percentile(times, 50), common.percentile(times, 95)]
+        )
+    if rows:
+        headers = ["customer requests", "at the client", "p50 ms", "p95 ms", "in the worker", "p50 ms", "p95 ms"]
+        print(common.table(headers, rows))
+    waits: Counter = result.get("waits", Counter())
+    for party in sorted({party for party, _ in waits}):
+        total = sum(n for (p, _), n in waits.items() if p == party)
+        shares = sorted(((n, what) for (p, what), n in waits.items() if p == party), reverse=True)
+        text = ", ".join(f"{what} {100 * n / total:.0f} %" for n, what in shares[:6])
+        print(f"PostgreSQL sessions of {party} ({total} samples, every {WAIT_SAMPLE_S:g} s): {text}")
+
+
 def finish(args: argparse.Namespace, result: dict[str, Any], gunicorn_log: str, report_rate: float) -> int:
     """End the leases, meter once more, check, print; the exit status."""
     from django.utils import timezone
@@ -869,7 +1068,10 @@ def finish(args: argparse.Namespace, result: dict[str, Any], gunicorn_log: str, 
             cpu[name] += pct * w / span
     achieved = accepted / seconds
     # CPU per request, all kinds together (reports are nearly all of them): what the target rate would take.
-    per_request_ms = 10 * (cpu["gunicorn"] + cpu["postgres"]) * seconds / total if total else float("nan")
+    server_side = sum(pct for name, pct in cpu.items() if name.startswith(("web ", "pg ")))
+    per_request_ms = 10 * server_side * seconds / total if total else float("nan")
+    reports = sum(statuses["report"].values())
+    api_requests = total - reports
 
     print()
     print(
@@ -890,6 +1092,21 @@ def finish(args: argparse.Namespace, result: dict[str, Any], gunicorn_log: str, 
         f"{notes.get('lease resize: no capacity', 0)} resizes; {ended} leases still live at the stop, ended after it"
     )
     print("CPU, % of one core (mean over the load): " + ", ".join(f"{k} {v:.0f}" for k, v in cpu.items()))
+
+    def each(pct: float, n: int) -> str:  # ms of CPU per request from a mean % of one core over the load
+        return f"{10 * pct * seconds / n:.2f} ms" if n else "-"
+
+    by_party = [f"load generator {each(cpu['load reports'], reports)} a report"]
+    if "web agents" in cpu:
+        by_party.insert(0, f"web {each(cpu['web agents'], reports)} + PostgreSQL {each(cpu['pg agents'], reports)}")
+        by_party.append(
+            f"customers' requests: web {each(cpu['web api'], api_requests)} + PostgreSQL "
+            f"{each(cpu['pg api'], api_requests)} each ({api_requests} requests)"
+        )
+    print(
+        "CPU by party: reports: " + ", ".join(by_party) + f"; billing jobs {cpu['jobs']:.1f} % + PostgreSQL "
+        f"{cpu['pg jobs']:.1f} % of a core; PostgreSQL's rest (background, this process) {cpu['pg rest']:.1f} %"
+    )
     print(
         f"CPU per served request, gunicorn + PostgreSQL: {per_request_ms:.1f} ms; at that cost "
         f"{TARGET_REPORTS_PER_S:,.0f} reports/s would take {per_request_ms * TARGET_REPORTS_PER_S / 1000:.1f} cores "
@@ -899,6 +1116,7 @@ def finish(args: argparse.Namespace, result: dict[str, Any], gunicorn_log: str, 
         f"{name} x{n} (median {common.median(jobs['seconds'][name]):.2f} s, max {max(jobs['seconds'][name]):.2f} s)"
         for name, n in sorted(jobs["runs"].items())
     )
+    print_waits(result, latencies)
     print(f"jobs: {timings}; usage records written during the load {jobs['records']}, after it {final_records}")
     print(common.table(["booking", "value"], [[k, v] for k, v in booking.items()]))
     print(common.table(["billing", "value"], [[k, str(v)] for k, v in billing.items()]))
