@@ -28,6 +28,7 @@ from billing import rating
 from billing.display import PLAN_LABELS
 from inventory.models import Interconnect, Offer
 from inventory.selectors import gpu_models_listed
+from marketplace import widget_html
 from marketplace.selectors import listed_regions
 from scheduler.idempotency import MAX_KEY_LENGTH, run_once
 from scheduler.models import Plan
@@ -130,33 +131,94 @@ def _regions() -> list[tuple[str, str]]:
     return [("", _("Any region")), *((r, r) for r in regions)]
 
 
+class _LoadedChoices(forms.models.ModelChoiceIterator):
+    """The choices from the field's queryset loaded once (its result cache) instead of read again with a server-side
+    cursor (DECLARE, FETCH, CLOSE) each time the select renders."""
+
+    def __iter__(self):
+        if self.field.empty_label is not None:
+            yield ("", self.field.empty_label)
+        for obj in self.queryset:
+            yield self.choice(obj)
+
+    def __len__(self) -> int:
+        return len(self.queryset) + (1 if self.field.empty_label is not None else 0)
+
+
+class CatalogueChoiceField(forms.ModelChoiceField):
+    """A choice of a small table's rows (the GPU catalogue) read in one statement per form: validating a value looks
+    it up among the rows the select shows, as ModelChoiceField's own `get` would find it (the same key conversion,
+    the same error), so the page's select and its validation never disagree and cost one query together."""
+
+    iterator = _LoadedChoices
+
+    def to_python(self, value: Any) -> Any:
+        if value in self.empty_values:
+            return None
+        self.validate_no_null_characters(value)
+        model = self.queryset.model
+        try:
+            if isinstance(value, model):
+                value = value.pk
+            key = model._meta.pk.get_prep_value(value)
+        except (ValueError, TypeError):
+            key = None
+        for obj in self.queryset if key is not None else ():
+            if obj.pk == key:
+                return obj
+        raise forms.ValidationError(
+            self.error_messages["invalid_choice"], code="invalid_choice", params={"value": value}
+        )
+
+
 class OfferSearchForm(forms.Form):
     """The search filters; every field optional, and a bad value is reported beside its field."""
 
-    gpu_model = forms.ModelChoiceField(
+    gpu_model = CatalogueChoiceField(
         label=gettext_lazy("GPU model"),
         queryset=gpu_models_listed(),
         required=False,
+        widget=widget_html.Select,
         empty_label=gettext_lazy("Any model"),
     )
     min_gpus = AsciiIntegerField(
-        label=gettext_lazy("Cards free now, at least"), min_value=1, max_value=16, required=False
+        label=gettext_lazy("Cards free now, at least"),
+        min_value=1,
+        max_value=16,
+        required=False,
+        widget=widget_html.NumberInput,
     )
-    region = forms.ChoiceField(label=gettext_lazy("Region"), required=False)
+    region = forms.ChoiceField(label=gettext_lazy("Region"), required=False, widget=widget_html.Select)
     plan = forms.ChoiceField(
-        label=gettext_lazy("Plan"), required=False, choices=[("", gettext_lazy("Any plan")), *PLAN_LABELS.items()]
+        label=gettext_lazy("Plan"),
+        required=False,
+        choices=[("", gettext_lazy("Any plan")), *PLAN_LABELS.items()],
+        widget=widget_html.Select,
     )
-    interruptible = forms.BooleanField(label=gettext_lazy("Interruptible prices"), required=False)
+    interruptible = forms.BooleanField(
+        label=gettext_lazy("Interruptible prices"), required=False, widget=widget_html.CheckboxInput
+    )
     min_price = AsciiDecimalField(
-        label=gettext_lazy("Price from"), min_value=0, max_digits=20, decimal_places=6, required=False
+        label=gettext_lazy("Price from"),
+        min_value=0,
+        max_digits=20,
+        decimal_places=6,
+        required=False,
+        widget=widget_html.NumberInput,
     )
     max_price = AsciiDecimalField(
-        label=gettext_lazy("Price up to"), min_value=0, max_digits=20, decimal_places=6, required=False
+        label=gettext_lazy("Price up to"),
+        min_value=0,
+        max_digits=20,
+        decimal_places=6,
+        required=False,
+        widget=widget_html.NumberInput,
     )
     interconnect = forms.ChoiceField(
         label=gettext_lazy("Interconnect"),
         required=False,
         choices=[("", gettext_lazy("Any interconnect")), *Interconnect.choices],
+        widget=widget_html.Select,
     )
     min_reliability = AsciiDecimalField(
         label=gettext_lazy("Reliability at least (%)"),
@@ -165,9 +227,14 @@ class OfferSearchForm(forms.Form):
         max_digits=6,
         decimal_places=3,
         required=False,
+        widget=widget_html.NumberInput,
     )
-    currency = forms.ChoiceField(label=gettext_lazy("Currency"), choices=Organization.Currency.choices, required=False)
-    ordering = forms.ChoiceField(label=gettext_lazy("Sort by"), choices=ORDERING_CHOICES, required=False)
+    currency = forms.ChoiceField(
+        label=gettext_lazy("Currency"), choices=Organization.Currency.choices, required=False, widget=widget_html.Select
+    )
+    ordering = forms.ChoiceField(
+        label=gettext_lazy("Sort by"), choices=ORDERING_CHOICES, required=False, widget=widget_html.Select
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

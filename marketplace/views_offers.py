@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from functools import cached_property
 from typing import Any
 
 from django.contrib.auth.views import redirect_to_login
@@ -20,6 +21,7 @@ from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.urls import reverse
 from django.utils import formats, timezone
 from django.utils.cache import patch_vary_headers
 from django.utils.translation import get_language, ngettext
@@ -81,6 +83,20 @@ class OfferView:
     @property
     def server(self) -> Any:
         return self.offer.server
+
+    # What a search result's card shows more than once, made once: the card renders 12 times a page (issue 18).
+    @cached_property
+    def pk(self) -> str:
+        return str(self.offer.pk)
+
+    @cached_property
+    def detail_url(self) -> str:
+        return reverse("marketplace:offer_detail", args=[self.offer.pk])
+
+    @cached_property
+    def title(self) -> str:
+        """The cards and their model: "8 × NVIDIA H100 SXM 80GB"."""
+        return f"{self.gpus_total} × {self.server.gpu_model.name}"
 
     @property
     def gpus_free(self) -> int:
