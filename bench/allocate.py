@@ -13,6 +13,10 @@ and migrated. Per run, `--clients` forked processes, each on its own connection,
   client after its snapshot trips the exclusion constraint: the floor the service is compared with.
 Then the same again after 10 closed past allocations per card have been added (history), to show that allocation
 time does not grow with the number of past allocations. Medians of `--runs` runs and ratios are printed.
+
+It measures what production runs: `DJANGO_DEBUG` off (its own throwaway secret key, console e-mail allowed, no SSL
+redirect), whatever the shell exports; `--debug-cursor` runs with `DJANGO_DEBUG=1` instead (Django's debug cursor
+formats and records every statement), as the figures of bench/README.md before 2026-12-08 were measured.
 """
 
 from __future__ import annotations
@@ -34,7 +38,15 @@ os.environ["DATABASE_URL"] = os.environ.get(
     "BENCH_SCHED_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/suanli_bench_sched"
 )
 os.environ["DB_POOL"] = "0"  # forked clients open their own connections
-os.environ.setdefault("DJANGO_DEBUG", "1")
+# Production's settings (DJANGO_DEBUG off), whatever the shell exports for the tests: with DEBUG on, Django wraps every
+# cursor in a debug wrapper that formats and logs each statement, which the service (9 statements) pays and the raw
+# claim (1) hardly does. `--debug-cursor` measures with it, as the rows of bench/README.md before 2026-12-08 did.
+DEBUG_CURSOR = "--debug-cursor" in sys.argv
+os.environ["DJANGO_DEBUG"] = "1" if DEBUG_CURSOR else "0"
+if not DEBUG_CURSOR:
+    os.environ.setdefault("DJANGO_SECRET_KEY", "bench-allocate-" + "x" * 50)  # nothing is signed here
+    os.environ["SUANLI_ALLOW_CONSOLE_EMAIL"] = "1"  # no mail is sent
+    os.environ["SECURE_SSL_REDIRECT"] = "0"
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 # Postpaid without a credit limit, as every bench server (bench/_common.server_env): placement is measured alone.
 os.environ.setdefault("DEFAULT_PAYMENT_MODE", "postpaid")
@@ -231,6 +243,9 @@ def main() -> None:
     parser.add_argument(
         "--history", type=int, default=10, help="past allocations per card in the second phase (0: no second phase)"
     )
+    parser.add_argument(
+        "--debug-cursor", action="store_true", help="run with DJANGO_DEBUG=1 (its debug cursor) instead of production's"
+    )
     args = parser.parse_args()
 
     ensure_database(os.environ["DATABASE_URL"])
@@ -238,7 +253,8 @@ def main() -> None:
 
     django.setup()
     _, customer_id = setup_world(args.servers)
-    print(f"{args.servers} servers x 8 cards, {args.leases} requests of 1-4 cards, {args.clients} clients")
+    mode = "DJANGO_DEBUG=1 (debug cursor)" if DEBUG_CURSOR else "DJANGO_DEBUG=0 (production)"
+    print(f"{args.servers} servers x 8 cards, {args.leases} requests of 1-4 cards, {args.clients} clients, {mode}")
     figures: dict[str, list[float]] = {}
     phases = ["empty history", f"{args.history} past allocations per card"][: 2 if args.history else 1]
     for phase in phases:
