@@ -29,7 +29,7 @@ from billing.display import PLAN_LABELS
 from inventory.models import Interconnect, Offer
 from inventory.selectors import gpu_models_listed
 from marketplace import widget_html
-from marketplace.selectors import listed_regions
+from marketplace.search_page import listed_regions
 from scheduler.idempotency import MAX_KEY_LENGTH, run_once
 from scheduler.models import Plan
 from scheduler.serializers import START_GRACE
