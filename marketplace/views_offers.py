@@ -126,7 +126,14 @@ class OfferView:
         return (Decimal(server.gpu_model.fp16_tflops) * server.gpu_count / 1000).quantize(Decimal("0.001"))
 
 
-def offer_view(offer: Offer, currency: str) -> OfferView:
+def plan_texts() -> dict[str, tuple[str, str]]:
+    """Each plan's label and unit in the active language: translated once for a page of offers rather than once per
+    offer and plan (Django's gettext looks through every app's catalogue on each call)."""
+    return {plan: (str(PLAN_LABELS[plan]), str(UNIT_LABELS[plan])) for plan in Plan}
+
+
+def offer_view(offer: Offer, currency: str, texts: dict[str, tuple[str, str]] | None = None) -> OfferView:
+    texts = texts or plan_texts()
     rate = rate_between(offer.currency, currency)
     shown = currency if rate is not None else offer.currency
     view = OfferView(offer=offer, currency=shown, converted=shown != offer.currency, no_rate=rate is None)
@@ -139,8 +146,8 @@ def offer_view(offer: Offer, currency: str) -> OfferView:
         view.prices.append(
             PlanPrice(
                 plan=plan.value,
-                label=str(PLAN_LABELS[plan]),
-                unit=str(UNIT_LABELS[plan]),
+                label=texts[plan][0],
+                unit=texts[plan][1],
                 price=money(converted(price, rate), shown),
                 original=money(price, offer.currency) if view.converted else "",
                 interruptible=money(converted(spot, rate), shown) if spot is not None else "",
@@ -187,11 +194,12 @@ def offer_search(request: HttpRequest) -> HttpResponse:
     )
     offers = offers_listed(query)
     page = Paginator(offers, PAGE_SIZE).get_page(request.GET.get("page"))
+    texts = plan_texts()
     describe_errors(form)
     context = {
         "form": form,
         "page": page,
-        "results": [offer_view(offer, currency) for offer in page.object_list],
+        "results": [offer_view(offer, currency, texts) for offer in page.object_list],
         "currency": currency,
         "price_plan": PLAN_LABELS.get(query.plan or Plan.CARD_HOUR),
     }
