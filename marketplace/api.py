@@ -20,6 +20,7 @@ from accounts.permissions import OPERATE, HasOrganization, IsProvider, has_role
 from inventory.access import access_offer
 from inventory.models import Offer
 from marketplace import selectors, services
+from marketplace.offer_json import offer_json
 from marketplace.serializers import (
     OfferChange,
     OfferInput,
@@ -103,7 +104,8 @@ class OfferViewSet(OrgContextMixin, mixins.ListModelMixin, mixins.RetrieveModelM
             for unused in ("page", "page_size"):
                 data.pop(unused, None)
             data["currency"] = self._currency()
-            return selectors.offers_listed(selectors.OfferQuery(**data))
+            # Rows, not Offer instances: `list` shows them with marketplace.offer_json.
+            return selectors.offers_listed(selectors.OfferQuery(**data), rows=True)
         return selectors.offers_listed()
 
     def get_object(self) -> Offer:
@@ -117,7 +119,17 @@ class OfferViewSet(OrgContextMixin, mixins.ListModelMixin, mixins.RetrieveModelM
 
     @extend_schema(parameters=SEARCH_PARAMETERS)
     def list(self, request: Request, *args, **kwargs) -> Response:
-        return super().list(request, *args, **kwargs)
+        """The search: its count and the asked page in one statement (ListedOffers.expect), each offer shown from
+        that statement's row (marketplace.offer_json: what OfferOutput shows), paginated as every list is."""
+        listed = self.get_queryset()
+        pages = self.paginator
+        if request.query_params.get(pages.page_query_param) not in pages.last_page_strings:
+            # The page DRF's pagination will ask for (a bad page or page_size is its 400, as before).
+            number, size = pages.get_page_number(request, None), pages.get_page_size(request)
+            listed.expect((number - 1) * size, number * size)
+        page = self.paginate_queryset(listed)
+        currency = self._currency()
+        return self.get_paginated_response([offer_json(row, currency) for row in page])
 
     def _own(self, pk: str) -> Offer:
         _need_operator(self.request)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections import namedtuple
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -27,6 +28,7 @@ from django.db.models import (
     Sum,
     Value,
     When,
+    Window,
 )
 from django.db.models.functions import Coalesce, Greatest, Least, Now, NullIf
 from django.utils import timezone
@@ -35,7 +37,7 @@ from psycopg.types.range import Range
 from accounts.databases import read_alias
 from accounts.models import Organization
 from inventory.access import STOREFRONT
-from inventory.models import PLAN_PRICE_FIELDS, Offer, ServerOutage
+from inventory.models import PLAN_PRICE_FIELDS, GpuModel, Offer, Server, ServerOutage
 from marketplace.models import OfferListing
 from scheduler.models import LeaseState
 from scheduler.pricing import rate_between
@@ -352,6 +354,39 @@ _STAND_INS = {
 _ROW_FIELDS = ("offer_id", *ANNOTATIONS)
 
 
+# What an answer of the API shows of a listed offer besides its figures (marketplace/offer_json.py), read in the
+# statement that selects the page (`ListedOffers(rows=True)`): name -> (model, field) of the offer `o`, its server
+# `s`, the server's model `m` and the offer's organisation `g`.
+_SHOWN_FROM = {
+    "server": (Offer, "server"),
+    "is_resale": (Offer, "is_resale"),
+    "gpu_model": (Server, "gpu_model"),
+    "gpu_model_name": (GpuModel, "name"),
+    "gpus_total": (Server, "gpu_count"),
+    "region": (Server, "region"),
+    "interconnect": (Server, "interconnect"),
+    "provider": (Organization, "name"),
+    **{
+        name: (Offer, name)
+        for name in (
+            "currency",
+            *(field for pair in PLAN_PRICE_FIELDS.values() for field in pair),
+            "min_gpus",
+            "available_until",
+            "host_access",
+            "storage_gb_month_price",
+            "data_access_hour_price",
+            "created_at",
+            "delisted_at",
+        )
+    },
+}
+_ALIASES = {Offer: "o", Server: "s", GpuModel: "m", Organization: "g"}
+# A listed offer as `ListedOffers(rows=True)` gives it: its figures as `offers_listed` annotates an offer, then what
+# the API shows of it (`_SHOWN_FROM`); plain values, no model instances.
+ListedOffer = namedtuple("ListedOffer", ["id", *ANNOTATIONS, *_SHOWN_FROM])
+
+
 @dataclass(frozen=True)
 class _Compiled:
     count_sql: str
@@ -360,6 +395,44 @@ class _Compiled:
     # for a constant of the shape (a rate, a literal).
     count_params: tuple
     page_params: tuple
+    # The page's figures with the count of all matches beside each (COUNT(*) OVER ()), LIMIT %s OFFSET %s at the
+    # end: the count and a page in one statement (`ListedOffers.expect`); `shown_sql` is the same statement joined
+    # to the page's offers, servers, models and organisations for what the API shows (`_SHOWN_FROM`).
+    window_sql: str
+    shown_sql: str
+    window_params: tuple
+
+
+def _outer_ordering(ordering: str) -> str:
+    """The search's ORDER BY (LISTING_ORDERINGS) over the columns of the page's subquery `page`: the same total
+    order (the offer id breaks ties), so the joined page keeps the order its figures were selected in."""
+    out = []
+    for key in LISTING_ORDERINGS.get(ordering, LISTING_ORDERINGS["price"]):
+        if isinstance(key, str):
+            name, descending, nulls = key.lstrip("-"), key.startswith("-"), ""
+        else:  # F(...).asc() / .desc() with its NULLS placement
+            name, descending = key.expression.name, key.descending
+            nulls = " NULLS LAST" if key.nulls_last else " NULLS FIRST" if key.nulls_first else ""
+        out.append(f'page."{name}" {"DESC" if descending else "ASC"}{nulls}')
+    return ", ".join(out)
+
+
+def _shown_sql(window_sql: str, ordering: str) -> str:
+    """`window_sql` (with its LIMIT and OFFSET) as a subquery, joined to what the API shows of each offer."""
+    columns = ", ".join(
+        f'{_ALIASES[model]}."{model._meta.get_field(field).column}" AS "{name}"'
+        for name, (model, field) in _SHOWN_FROM.items()
+    )
+    offer, server = Offer._meta, Server._meta
+    return (
+        f'SELECT page."offer_id", {", ".join(f"page.{name}" for name in ANNOTATIONS)}, page."total", {columns} '  # noqa: S608 - names from the models, values as parameters
+        f"FROM ({window_sql}) AS page "
+        f'JOIN "{offer.db_table}" o ON o."id" = page."offer_id" '
+        f'JOIN "{server.db_table}" s ON s."id" = o."{offer.get_field("server").column}" '
+        f'JOIN "{GpuModel._meta.db_table}" m ON m."id" = s."{server.get_field("gpu_model").column}" '
+        f'JOIN "{Organization._meta.db_table}" g ON g."id" = o."{offer.get_field("organization").column}" '
+        f"ORDER BY {_outer_ordering(ordering)}"
+    )
 
 
 def _time_stand_ins(now: datetime) -> dict:
@@ -400,6 +473,9 @@ def _compile(shape: tuple, rates: tuple, alias: str) -> _Compiled:
         rows = rows.filter(offer_id=_STAND_INS["offer_id"])
     inner, count_params = rows.order_by().values("offer_id").query.get_compiler(alias).as_sql()
     page_sql, page_params = rows.values_list(*_ROW_FIELDS).query.get_compiler(alias).as_sql()
+    window = rows.annotate(total=Window(Count("*"))).values_list(*_ROW_FIELDS, "offer_created_at", "total")
+    window_sql, window_params = window.query.get_compiler(alias).as_sql()
+    window_sql += " LIMIT %s OFFSET %s"
     markers = {**_time_stand_ins(_NOW), **{name: _STAND_INS[name] for name in present}}
     if "min_reliability" in present:
         markers["min_reliability"] = float(_STAND_INS["min_reliability"])
@@ -418,12 +494,14 @@ def _compile(shape: tuple, rates: tuple, alias: str) -> _Compiled:
             out.append(("value", value) if name is None else (name, type(value)))
         return tuple(out)
 
-    counted, paged = mark(count_params), mark(page_params)
-    missing = set(markers) - {"now", "since", "period"} - {m[0] for m in counted + paged}
-    if missing:  # a value the statements do not carry as a parameter: this shape cannot be reused
-        raise RuntimeError(f"offer search: stand-ins not found in the compiled statement: {sorted(missing)}")
+    counted, paged, windowed = mark(count_params), mark(page_params), mark(window_params)
+    for marked in (counted + paged, windowed):
+        missing = set(markers) - {"now", "since", "period"} - {m[0] for m in marked}
+        if missing:  # a value the statements do not carry as a parameter: this shape cannot be reused
+            raise RuntimeError(f"offer search: stand-ins not found in the compiled statement: {sorted(missing)}")
     count_sql = "SELECT COUNT(*) FROM (" + inner + ") AS listed"  # noqa: S608 - the ORM's SQL, values as parameters
-    return _Compiled(count_sql, page_sql, counted, paged)
+    shown_sql = _shown_sql(window_sql, ordering)
+    return _Compiled(count_sql, page_sql, counted, paged, window_sql, shown_sql, windowed)
 
 
 class ListedOffers:
@@ -431,16 +509,33 @@ class ListedOffers:
     listing) and slices, each one statement over the listing for the slice's offer ids and their figures, then one
     lookup of those offers with their servers, models and organisations. An offer carries `gpus_free`, `gpus_ok`,
     `reliability` and `sort_price` as the queryset of `offers_recounted` annotates them (`listing_rows` is the
-    same search as a queryset; its statements are compiled once per shape, `_compile`)."""
+    same search as a queryset; its statements are compiled once per shape, `_compile`).
+
+    `expect(start, stop)` says which slice the caller will ask for after `count()` (a paginator counts, then
+    slices): the count and that slice are then read in one statement. With `rows=True` slices give `ListedOffer`
+    tuples (the figures and what the API shows of each offer, read in the statement that selects the slice, joined
+    to the offers, servers, models and organisations) instead of Offer instances."""
 
     ordered = True
 
-    def __init__(self, query: OfferQuery, *, now: datetime | None = None, alias: str = "default", offer_id=None):
+    def __init__(
+        self,
+        query: OfferQuery,
+        *,
+        now: datetime | None = None,
+        alias: str = "default",
+        offer_id=None,
+        rows: bool = False,
+    ):
         self.query = query
         self.now = now or timezone.now()
         self.alias = alias
         self.offer_id = offer_id
+        self.rows = rows
         self._count: int | None = None
+        self._expected: tuple[int, int | None] | None = None
+        # The slice read with the count: its start, how many rows the statement gave and the items made of them.
+        self._window: tuple[int, int, list] | None = None
         rates = tuple(sorted((f"{a}:{b}", str(r)) for (a, b), r in settings.SUANLI_FX_RATES.items()))
         self._compiled = _compile(_shape(query, offer_id), rates, alias)
         if query.max_price is not None and not query.currency:
@@ -466,7 +561,22 @@ class ListedOffers:
             out.append(value)
         return out
 
+    def expect(self, start: int, stop: int | None) -> None:
+        """The slice [start:stop] will be asked for after `count()`: read both in one statement (a slice of it, as
+        a paginator cuts the last page short, is answered from that read too)."""
+        if start < 0 or (stop is not None and stop <= start):
+            raise ValueError("ListedOffers.expect takes a non-empty slice with non-negative bounds")
+        self._expected = (start, stop)
+
     def count(self) -> int:
+        if self._count is None and self._expected is not None and self._window is None:
+            start, stop = self._expected
+            total, read, items = self._read(start, stop, counted=True)
+            self._window = (start, read, items)
+            if total is not None:
+                self._count = total
+            elif start == 0:  # nothing matches at all
+                self._count = 0
         if self._count is None:
             with connections[self.alias].cursor() as cursor:
                 cursor.execute(self._compiled.count_sql, self._params(self._compiled.count_params))
@@ -475,6 +585,54 @@ class ListedOffers:
 
     def __len__(self) -> int:
         return self.count()
+
+    def _read(self, start: int, stop: int | None, *, counted: bool) -> tuple[int | None, int, list]:
+        """The slice's items, with the count of all matches where `counted` (None where the slice is empty) and
+        how many rows the statement gave (an offer delisted between two reads is left out of the items)."""
+        limit = None if stop is None else stop - start
+        compiled = self._compiled
+        if self.rows:
+            sql, params = compiled.shown_sql, [*self._params(compiled.window_params), limit, start]
+        elif counted:
+            sql, params = compiled.window_sql, [*self._params(compiled.window_params), limit, start]
+        else:
+            sql, params = compiled.page_sql, self._params(compiled.page_params)
+            if stop is not None:
+                sql, params = f"{sql} LIMIT %s", [*params, limit]
+            if start:
+                sql, params = f"{sql} OFFSET %s", [*params, start]
+        with connections[self.alias].cursor() as cursor:
+            cursor.execute(sql, params)
+            found = cursor.fetchall()
+            names = [column.name for column in cursor.description]
+        width = len(ANNOTATIONS) + 1
+        if self.rows:
+            # As the ORM converts these annotations (FloatField: float).
+            items = [
+                ListedOffer(*row[:3], None if row[3] is None else float(row[3]), row[4], *row[width + 1 :])
+                for row in found
+            ]
+            return (found[0][width] if found else None), len(found), items
+        if counted:  # the ORM puts the fields first, then the annotations: the figures as `_ROW_FIELDS` names them
+            at = [names.index(name) for name in (*_ROW_FIELDS, "total")]
+            found = [tuple(row[i] for i in at) for row in found]
+        total = found[0][width] if counted and found else None
+        offers = (
+            Offer.objects.unscoped(STOREFRONT)
+            .using(self.alias)
+            .select_related("server", "server__gpu_model", "organization")
+            .in_bulk([row[0] for row in found])
+        )
+        items = []
+        for offer_id, gpus_free, gpus_ok, reliability, sort_price, *_total in found:
+            offer = offers.get(offer_id)
+            if offer is None:  # delisted between the two reads (the listing row went with it)
+                continue
+            # As the ORM converts these annotations (FloatField: float).
+            offer.gpus_free, offer.gpus_ok, offer.sort_price = gpus_free, gpus_ok, sort_price
+            offer.reliability = None if reliability is None else float(reliability)
+            items.append(offer)
+        return total, len(found), items
 
     def __getitem__(self, key: slice | int) -> list[Offer] | Offer:
         if isinstance(key, int):
@@ -487,30 +645,17 @@ class ListedOffers:
             raise ValueError("ListedOffers takes slices with non-negative bounds")
         if stop is not None and stop <= start:
             return []
-        sql, params = self._compiled.page_sql, self._params(self._compiled.page_params)
-        if stop is not None:
-            sql, params = f"{sql} LIMIT %s", [*params, stop - start]
-        if start:
-            sql, params = f"{sql} OFFSET %s", [*params, start]
-        with connections[self.alias].cursor() as cursor:
-            cursor.execute(sql, params)
-            figures = cursor.fetchall()
-        offers = (
-            Offer.objects.unscoped(STOREFRONT)
-            .using(self.alias)
-            .select_related("server", "server__gpu_model", "organization")
-            .in_bulk([row[0] for row in figures])
-        )
-        out = []
-        for offer_id, gpus_free, gpus_ok, reliability, sort_price in figures:
-            offer = offers.get(offer_id)
-            if offer is None:  # delisted between the two reads (the listing row went with it)
-                continue
-            # As the ORM converts these annotations (FloatField: float).
-            offer.gpus_free, offer.gpus_ok, offer.sort_price = gpus_free, gpus_ok, sort_price
-            offer.reliability = None if reliability is None else float(reliability)
-            out.append(offer)
-        return out
+        if self._window is not None:
+            first, read, items = self._window
+            wanted = self._expected[1]
+            # The read slice answers where it holds [start, stop): inside it, or it reached the last match.
+            reached_end = wanted is None or read < wanted - first
+            if start == first and (stop is not None and stop <= first + read or reached_end) and read == len(items):
+                return items[: None if stop is None else stop - first]
+        total, _, items = self._read(start, stop, counted=self.rows)
+        if total is not None and self._count is None:
+            self._count = total
+        return items
 
     def __iter__(self):
         return iter(self[:])
@@ -520,14 +665,19 @@ class ListedOffers:
         return found[0] if found else None
 
 
-def offers_listed(query: OfferQuery = OfferQuery(), *, now: datetime | None = None) -> ListedOffers:  # noqa: B008
+def offers_listed(
+    query: OfferQuery = OfferQuery(),  # noqa: B008
+    *,
+    now: datetime | None = None,
+    rows: bool = False,
+) -> ListedOffers:
     """Live offers of approved providers on online servers, with `gpus_free` (allocatable, free now),
     `reliability` (share of the last 30 days the server was reachable, times the share of its workloads in that
     time that started rather than failed, 0..1) and `sort_price`: read from the listing (`listing_rows`), the same
-    offers in the same order as `offers_recounted`."""
+    offers in the same order as `offers_recounted`. With `rows`, as `ListedOffer` tuples (what the API shows)."""
     # The read replica when there is one (accounts/databases.py): a search may lag the primary by the replication
     # delay; renting re-checks every card under lock on the primary.
-    return ListedOffers(query, now=now, alias=read_alias())
+    return ListedOffers(query, now=now, alias=read_alias(), rows=rows)
 
 
 def offer_listed(offer_id: int, *, currency: str = "", now: datetime | None = None) -> Offer | None:

@@ -115,7 +115,7 @@ class OfferSearch(StrictSerializer):
     page_size = serializers.IntegerField(required=False, min_value=1, max_value=500)
 
 
-def _prices(offer: Offer, index: int, rate: Decimal = Decimal(1)) -> dict[str, str | None]:
+def _prices(offer, index: int, rate: Decimal = Decimal(1)) -> dict[str, str | None]:
     out = {}
     for plan, pair in PLAN_PRICE_FIELDS.items():
         value = getattr(offer, pair[index])
@@ -182,19 +182,26 @@ class OfferOutput(serializers.ModelSerializer):
     def get_local_prices(self, offer: Offer) -> dict | None:
         """Prices in the currency asked for (`currency`, else the caller's organisation), at the rates a lease
         would be priced at; null when it is the offer's own currency or no rate is configured."""
-        currency = self.context.get("currency")
-        if not currency or currency == offer.currency:
-            return None
-        rate = rate_between(offer.currency, currency)
-        if rate is None:
-            return None
-        return {
-            "currency": currency,
-            "prices": _prices(offer, 0, rate),
-            "interruptible_prices": _prices(offer, 1, rate),
-        }
+        return local_prices(offer, self.context.get("currency"))
 
     @extend_schema_field(serializers.FloatField(allow_null=True))
     def get_reliability(self, offer: Offer) -> float | None:
-        value = getattr(offer, "reliability", None)
-        return None if value is None else round(float(value), 4)
+        return shown_reliability(getattr(offer, "reliability", None))
+
+
+def local_prices(offer, currency: str | None) -> dict | None:
+    """`local_prices` of an offer (or of anything with its currency and price attributes: a ListedOffer)."""
+    if not currency or currency == offer.currency:
+        return None
+    rate = rate_between(offer.currency, currency)
+    if rate is None:
+        return None
+    return {
+        "currency": currency,
+        "prices": _prices(offer, 0, rate),
+        "interruptible_prices": _prices(offer, 1, rate),
+    }
+
+
+def shown_reliability(value) -> float | None:
+    return None if value is None else round(float(value), 4)
