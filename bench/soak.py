@@ -11,16 +11,26 @@ What it does, loopback only, and stops by itself:
    records, raw telemetry) are emptied and the server and card tables vacuumed. The fleet is kept between runs:
    a provider "soak provider" with servers of 8 H100 SXM cards, registered, enrolled and listed through the
    services (`server_register`, `agent_enroll`, `offer_create` at 2.00-3.50 USD a card-hour), 30-90 ms a server
-   on the 2-vCPU box, so 12,500 take 7-20 minutes the first time; later runs reuse them (the agent secrets are
-   unsealed from the database), enrol only what is missing and delist the servers beyond `--servers`.
+   on the 2-vCPU box, so 12,500 take 7-20 minutes the first time (more on a crowded box; `--enrol-only` does just
+   this); later runs reuse them (the agent secrets are unsealed from the database), enrol only what is missing and
+   delist the servers beyond `--servers`.
    `--customers` customer organisations (one in five billed in CNY) get a new API key each run;
-2. the production server: `gunicorn config.wsgi --workers W --threads 1` (sync workers), DJANGO_DEBUG=0, logging
-   at WARNING, Redis db 9 as the cache, a connection pool of 2 per worker; the per-agent report rate limit is counted
-   in Redis but out of reach, as in bench/ingest.py (the load paces each server at its 10 s interval anyway);
+2. the production server, as a deployment that serves a fleet runs it (docs/scaling.md): two pools of the same code,
+   `gunicorn config.wsgi --threads 1` (sync workers) for the customers' API (`--workers`, default 2) and another for
+   the agents' reports (`--agent-workers`, default 3), so a lease request never queues behind thousands of reports;
+   `--agent-workers 0` serves both from one pool, as the soaks before issue 18's did with `--workers 4`.
+   DJANGO_DEBUG=0, logging at WARNING, Redis db 9 as the cache, a connection pool of 2 per worker, each pool's
+   PostgreSQL sessions named by their application_name (soak-api, soak-agents; soak-jobs); the per-agent report
+   rate limit is counted in Redis but out of reach, as in bench/ingest.py (the load paces each server at its 10 s
+   interval anyway);
 3. for `--minutes`, from spawned processes that import no Django:
    - agent reports: `--load-procs` processes, `--concurrency` connections in all, each server driven by one
      connection, paced at the agent interval (10 s a server, i.e. servers / 10 reports/s; 1,250/s for 12,500), never
-     faster; when the machine cannot keep up each connection sends back to back and the achieved rate is reported;
+     faster; when the machine cannot keep up each connection sends back to back and the achieved rate is reported.
+     Each report is built and signed (HMAC over the exact bytes, as the agent does) when its turn comes, from what is
+     made once per server (its cards' uuids, its key) and one of 64 pre-rendered card samples, and sent as bytes on
+     a socket of its own (a sync worker closes the connection after each answer); a report counts when answered
+     202, its latency from the connect to the answer's last byte;
    - customers: one connection each, a random action every `--think` s (exponential): rent a card_hour lease of 1-4
      cards (POST /api/v1/leases/ with an Idempotency-Key; one in ten sent twice, and the replay must answer the same
      lease), end one (/end/), resize one (/resize/, 1-4 cards) or list them; at most `--cards-per-customer` cards held
@@ -30,7 +40,11 @@ What it does, loopback only, and stops by itself:
      every 30 s (inventory's check_agents is not run: a fleet reporting slower than its interval would be marked
      unreachable and failed over, which would measure the load generator, not the platform);
    and, per `--progress` s, a line: requests, p95, error count per kind, live leases and cards, double-booked cards,
-   and CPU of gunicorn, PostgreSQL, the load, the jobs and everything else, in % of one core;
+   and CPU by party in % of one core: each gunicorn pool (web), its PostgreSQL backends (pg, by application_name),
+   the jobs and their backend, PostgreSQL's rest (background processes, this process), the load generators, this
+   process, and everything else on the machine (other); the summary gives it per report and per customer request,
+   each customer request kind's time at the client against inside its worker (the API pool's access log), and what
+   each party's PostgreSQL sessions were doing (idle, in a transaction, running, waiting on what), sampled;
 4. afterwards, with gunicorn stopped: every live lease is ended (`lease_end`) and the meter run once more, through
    the end of the hour in progress (every allocation is closed by then, so its slots are final), then:
    - booking: no two allocations of a card overlap (self-join on `&&`); no card was held by two live leases (also
@@ -903,13 +917,14 @@ def sample_waits(url: str, parties: list[str], stop_at: float, out: Counter) -> 
         with psycopg.connect(url, autocommit=True) as conn:
             while time.time() < stop_at:
                 rows = conn.execute(
-                    "SELECT application_name, state, wait_event_type, wait_event FROM pg_stat_activity "
-                    "WHERE application_name = ANY(%s)",
+                    "SELECT application_name, state, wait_event_type, wait_event, left(query, 90) "
+                    "FROM pg_stat_activity WHERE application_name = ANY(%s)",
                     [parties],
                 ).fetchall()
-                for party, session, wait_type, wait in rows:
+                for party, session, wait_type, wait, query in rows:
                     if session == "active":
                         session = f"waiting on {wait_type}:{wait}" if wait_type else "running"
+                        out[("statement", party, " ".join(query.split()))] += 1
                     out[(party, session)] += 1
                 time.sleep(WAIT_SAMPLE_S)
     except psycopg.Error as exc:
@@ -1012,11 +1027,15 @@ def print_waits(result: dict[str, Any], latencies: dict[str, list[float]]) -> No
         headers = ["customer requests", "at the client", "p50 ms", "p95 ms", "in the worker", "p50 ms", "p95 ms"]
         print(common.table(headers, rows))
     waits: Counter = result.get("waits", Counter())
-    for party in sorted({party for party, _ in waits}):
-        total = sum(n for (p, _), n in waits.items() if p == party)
-        shares = sorted(((n, what) for (p, what), n in waits.items() if p == party), reverse=True)
+    states = {key: n for key, n in waits.items() if len(key) == 2}
+    for party in sorted({party for party, _ in states}):
+        total = sum(n for (p, _), n in states.items() if p == party)
+        shares = sorted(((n, what) for (p, what), n in states.items() if p == party), reverse=True)
         text = ", ".join(f"{what} {100 * n / total:.0f} %" for n, what in shares[:6])
         print(f"PostgreSQL sessions of {party} ({total} samples, every {WAIT_SAMPLE_S:g} s): {text}")
+        busy = sorted((n, key[2]) for key, n in waits.items() if len(key) == 3 and key[1] == party)
+        for n, query in busy[::-1][:4]:
+            print(f"    active {100 * n / total:4.1f} % of samples: {query}")
 
 
 def finish(args: argparse.Namespace, result: dict[str, Any], gunicorn_log: str, report_rate: float) -> int:
