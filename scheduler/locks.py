@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from django.db import connection
 from django.db.backends.postgresql.psycopg_any import DateTimeTZRange
 from django.db.models import F, OuterRef, QuerySet, Subquery
 
@@ -21,14 +22,17 @@ from scheduler import selectors, statements
 from scheduler.selectors import Filters
 
 
-def claim_free_cards(*, server_id: int, count: int, period: DateTimeTZRange, filters: Filters) -> list[Gpu]:
+def claim_free_cards(
+    *, server_id: int, count: int, period: DateTimeTZRange, filters: Filters, savepoint: str | None = None
+) -> list[Gpu]:
     """Lock up to `count` free allocatable cards of `server_id` (lowest ids first), skipping locked ones.
 
     Returns the cards locked (fewer than `count` means the server cannot take the request right now), read in the
     same statement with what placing and pricing them needs: their uuid, `card_tflops` (their model's rated FP16
     TFLOPS), `server_gpu_count`, and with a plan in `filters`, `offer_price` and `offer_currency` (its price and
     currency in the server's live offer for the plan as `filters` asks it: None without one). Their other fields
-    are deferred.
+    are deferred. `savepoint` (a name from `savepoint_name`): that savepoint is taken just before the claim, in the
+    same round trip (`transaction.savepoint_rollback` returns to it).
     """
 
     def build(stand_in: Mapping[str, Any]) -> QuerySet:
@@ -55,7 +59,31 @@ def claim_free_cards(*, server_id: int, count: int, period: DateTimeTZRange, fil
     # the server change.
     slot = "open_period" if period.upper is None else "period"
     sql, params = statements.compiled(("claim", filters, count, slot), build, {slot: period, "server_id": server_id})
-    return list(Gpu.objects.raw(sql, params))
+    before = f"SAVEPOINT {connection.ops.quote_name(savepoint)}" if savepoint is not None else None
+    return _cards(statements.fetch_dicts(sql, params, before=before))
+
+
+def savepoint_name() -> str:
+    """A new name for the savepoint `claim_free_cards` takes, unique in the connection's transaction as Django's own
+    savepoints' are (it counts on the same counter)."""
+    connection.savepoint_state += 1
+    return f"claim_{connection.savepoint_state}"
+
+
+def _cards(rows: list[dict[str, Any]]) -> list[Gpu]:
+    """The claim's rows as cards, as `Gpu.objects.raw` makes them: the columns that are the card's fields loaded (the
+    others deferred), the rest set as attributes."""
+    fields = [field.attname for field in Gpu._meta.concrete_fields]
+    loaded = set(fields)
+    cards = []
+    for row in rows:
+        names = [name for name in fields if name in row]  # `from_db` takes them in the model's order
+        card = Gpu.from_db(connection.alias, names, [row[name] for name in names])
+        for name, value in row.items():
+            if name not in loaded:
+                setattr(card, name, value)
+        cards.append(card)
+    return cards
 
 
 def claim_gpus(gpu_ids: Iterable[int]) -> list[int]:

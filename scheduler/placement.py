@@ -111,11 +111,12 @@ def allocate(
     order) before inserting the allocations. Raises NoCapacity when the demand cannot be met in full; the caller's
     transaction then rolls back, so nothing is held. New rows are priced from the lease's price book
     (scheduler/pricing.py), or like `price_like` (a failover replacement keeps the price of the card it replaces).
-    `fresh`: the lease row was inserted in this transaction, so it holds no cards yet, and the caller writes its
-    `price_book` with the rest of the row once placed (`lease_create`). `before_insert` is called with the placed
-    and priced rows just before they are inserted (again for each round that gets that far): what the caller
-    writes there is done before the insert takes the lock on the servers' capacity rows (the capacity triggers,
-    scheduler/capacity_sql.py), which every request placing cards on the same server waits for until commit.
+    `fresh`: the lease is new in this transaction (`lease_create` inserts its row in `before_insert`, once placed),
+    so it holds no cards yet, and the caller writes its `price_book` with the rest of the row. `before_insert` is
+    called with the placed and priced rows just before they are inserted (again for each round that gets that far,
+    after the savepoint's rollback undid what the last one wrote): what the caller writes there is done before the
+    insert takes the lock on the servers' capacity rows (the capacity triggers, scheduler/capacity_sql.py), which
+    every request placing cards on the same server waits for until commit.
 
     The rows' cards come as the claim read them (`placed_cards`: uuids and rated PFLOPS without reading them again).
     """
@@ -157,10 +158,12 @@ def allocate(
                     now=now,
                     price_like=price_like,
                     before_insert=before_insert,
+                    save_book=not fresh,
                 )
             raise NoCapacity()
-        savepoint = transaction.savepoint()
-        claimed, short = _claim(placement, period=period, filters=filters)
+        # The savepoint goes with the first claim, in its round trip.
+        savepoint = locks.savepoint_name()
+        claimed, short = _claim(placement, period=period, filters=filters, savepoint=savepoint)
         if short:
             transaction.savepoint_rollback(savepoint)
             for server_id, got in short.items():
@@ -230,9 +233,10 @@ def take_back_own_cards(*, lease: Lease, filters: Filters, start: datetime, end:
 
 
 def _claim(
-    placement: allocator.Placement, *, period: DateTimeTZRange, filters: Filters
+    placement: allocator.Placement, *, period: DateTimeTZRange, filters: Filters, savepoint: str
 ) -> tuple[dict[int, list[Gpu]], dict[int, int]]:
-    """Lock the placed cards server by server (in id order), stopping at the first server that comes up short.
+    """Lock the placed cards server by server (in id order), stopping at the first server that comes up short; the
+    first claim takes `savepoint` first.
 
     Returns the cards locked per server (as `locks.claim_free_cards` reads them) and, for a server short of cards,
     how many it had.
@@ -240,7 +244,13 @@ def _claim(
     claimed: dict[int, list[Gpu]] = {}
     short: dict[int, int] = {}
     for server_id, count in sorted(placement.items()):
-        ids = locks.claim_free_cards(server_id=server_id, count=count, period=period, filters=filters)
+        ids = locks.claim_free_cards(
+            server_id=server_id,
+            count=count,
+            period=period,
+            filters=filters,
+            savepoint=savepoint if not claimed else None,
+        )
         if len(ids) < count:
             short[server_id] = len(ids)
             break
@@ -346,8 +356,10 @@ def preemption_notice() -> timedelta:
 def _by_interruptible_only(period: DateTimeTZRange) -> Q:
     """Cards whose overlapping allocations (if any) all belong to live interruptible leases. A resale allocation
     (layer 1) does not count: it lives inside its backing allocation, whose lease decides (its resales follow it)."""
-    firm = selectors.overlapping(period).filter(backing__isnull=True).filter(
-        Q(lease__interruptible=False) | ~Q(lease__state__in=[LeaseState.SCHEDULED, LeaseState.ACTIVE])
+    firm = (
+        selectors.overlapping(period)
+        .filter(backing__isnull=True)
+        .filter(Q(lease__interruptible=False) | ~Q(lease__state__in=[LeaseState.SCHEDULED, LeaseState.ACTIVE]))
     )
     return ~Q(Exists(firm))
 
@@ -362,9 +374,10 @@ def allocate_preempting(
     now: datetime,
     price_like: Allocation | None = None,
     before_insert: Callable[[list[Allocation]], None] | None = None,
+    save_book: bool = True,
 ) -> list[Allocation]:
     """An on-demand request the free cards cannot meet: count cards held by interruptible leases as free too.
-    `before_insert` as for `allocate`.
+    `before_insert` as for `allocate`; `save_book` False when the caller writes the lease's price book (`fresh`).
 
     Notice semantics: each interruptible lease that loses a card gets a `preemption_notice` event now and keeps
     all its cards until `cut` = max(start, now + SUANLI_PREEMPTION_NOTICE_SECONDS); its allocations are closed
@@ -401,7 +414,7 @@ def allocate_preempting(
         )
         for server_id, gpu_id in claimed
     ]
-    _price(lease, allocations, price_like)
+    _price(lease, allocations, price_like, save_book=save_book)
     if before_insert is not None:
         before_insert(allocations)
     try:

@@ -219,8 +219,11 @@ def best_fit_capacity(
     None when this cannot answer: a bounded period, or a server of `filters` whose row is stale for the period's
     start (the caller counts with `free_capacity` then); an empty list when no fresh row has that many free.
 
-    One statement: each row carries its offer's minimum and whether any server of `filters` has a stale row (the
-    same uncorrelated subquery on every row, evaluated once)."""
+    One statement: each row carries its offer's minimum and the earliest `valid_until` of the rows of all servers of
+    `filters` (the same uncorrelated subquery on every row, evaluated once: the first of them along the rows'
+    `valid_until` index; it takes no parameter, so a prepared statement's generic plan walks that index as a custom
+    plan does, where `valid_until <= instant` made it read every row). Any of them at or before the instant is stale.
+    Prepared, with one generic plan (scheduler/statements.py): PostgreSQL parses and plans it once per connection."""
     if period.upper is not None or period.lower is None or count <= 0:
         return None
 
@@ -229,7 +232,11 @@ def best_fit_capacity(
         return (
             servers.filter(capacity__free_onward__gte=count, capacity__valid_until__gt=stand_in["at"])
             .annotate(
-                any_stale=Exists(servers.filter(capacity__valid_until__lte=stand_in["at"])),
+                first_valid_until=Subquery(
+                    servers.filter(capacity__valid_until__isnull=False)
+                    .order_by("capacity__valid_until")
+                    .values("capacity__valid_until")[:1]
+                ),
                 offer_min=Subquery(
                     _minimum_offers().filter(server_id=OuterRef("pk")).order_by("-pk").values("min_gpus")[:1]
                 ),
@@ -240,7 +247,7 @@ def best_fit_capacity(
                 "gpu_model__fp16_tflops",
                 "gpu_count",
                 "capacity__free_onward",
-                "any_stale",
+                "first_valid_until",
                 "offer_min",
             )
             .order_by("capacity__free_onward", "capacity__server_id")[:limit]
@@ -248,8 +255,8 @@ def best_fit_capacity(
 
     # Built and compiled once per filters, count and limit (scheduler/statements.py): only the instant changes.
     sql, params = statements.compiled(("best_fit", filters, count, limit), build, {"at": period.lower})
-    rows = statements.fetch_dicts(sql, params)
-    if rows and rows[0]["any_stale"]:
+    rows = statements.fetch_dicts(sql, params, generic=True)
+    if rows and rows[0]["first_valid_until"] <= period.lower:
         return None
     minimums = {row["pk"]: row["offer_min"] for row in rows if row["offer_min"]}
     keys = ("pk", "gpu_model_id", "gpu_model__fp16_tflops", "gpu_count", "capacity__free_onward")

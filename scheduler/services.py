@@ -26,7 +26,15 @@ from scheduler.errors import NoCapacity
 from scheduler.models import Allocation, Lease, LeaseEvent, LeaseState, Plan, ScalingRule, check_transition
 from scheduler.placement import PLATFORM, Demand, allocate, largest_allocatable, placed_cards, take_back_own_cards
 from scheduler.selectors import Filters
-from scheduler.transitions import append_event, close_allocations, gpu_uuids, move, rated_pflops, start
+from scheduler.transitions import (
+    append_event,
+    close_allocations,
+    gpu_uuids,
+    insert_with_event,
+    move,
+    rated_pflops,
+    start,
+)
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -222,11 +230,15 @@ def _scaling_settings(scaling: dict[str, Any], *, plan: str, gpu_count: int | No
 
 
 def _lease_place(request: LeaseRequest, scaling: dict[str, Any] | None = None) -> Lease:
-    """Insert the lease (and its scaling rule), allocate its cards, price it and log its creation; call inside a
-    transaction."""
-    lease = Lease.objects.create(**request.lease_fields())
-    if scaling is not None:
-        ScalingRule.objects.create(lease=lease, **scaling)
+    """Place the lease's cards, then insert its row (and its scaling rule) once, priced, with its creation event and
+    admission, just before its cards' rows; call inside a transaction. (A lease on a resale offer is inserted first:
+    its cards' rows are written as they are placed, scheduler/resale.py.)"""
+    lease = Lease(**request.lease_fields())
+    on_resale = request.offer is not None and request.offer.is_resale
+    if on_resale:
+        lease.save(force_insert=True)
+        if scaling is not None:
+            ScalingRule.objects.create(lease=lease, **scaling)
 
     def settle(rows: list[Allocation]) -> None:
         # The lease's row, its creation event and its admission, before its cards' rows are written: the insert of
@@ -235,19 +247,28 @@ def _lease_place(request: LeaseRequest, scaling: dict[str, Any] | None = None) -
         uuids, lease.delivered_pflops = placed_cards(rows)
         lease.gpu_count = len(rows)
         lease.unit_price = pricing.quote(rows)
-        lease.save(update_fields=["gpu_count", "delivered_pflops", "unit_price", "price_book"])
-        append_event(
-            lease,
-            request.now,
-            LeaseEvent.Kind.CREATED,
+        created = dict(
             state=lease.state,
             gpus=uuids,
             start_at=request.start.isoformat(),
             end_at=request.end_at.isoformat() if request.end_at else None,
         )
+        if on_resale:
+            lease.save(update_fields=["gpu_count", "delivered_pflops", "unit_price", "price_book"])
+            append_event(lease, request.now, LeaseEvent.Kind.CREATED, **created)
+        else:
+            # The row, placed and priced, with its creation event in one statement. Placement calls this again only
+            # after rolling back to its savepoint, taken before any of it, so an earlier round's row is gone: anew.
+            lease.pk = None
+            lease._state.adding = True
+            insert_with_event(lease, request.now, LeaseEvent.Kind.CREATED, **created)
+            for row in rows:  # made before this round's insert: an earlier round's id would be on them
+                row.lease = lease
+            if scaling is not None:
+                ScalingRule.objects.create(lease=lease, **scaling)
         admission.admit(lease, rows, request.now)
 
-    if request.offer is not None and request.offer.is_resale:
+    if on_resale:
         rows = resale.allocate_resale(
             lease=lease, count=request.gpu_count or 0, start=request.start, end=request.end_at, now=request.now
         )
