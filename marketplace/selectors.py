@@ -357,9 +357,10 @@ _STAND_INS = {
 _ROW_FIELDS = ("offer_id", *ANNOTATIONS)
 
 
-# What an answer of the API shows of a listed offer besides its figures (marketplace/offer_json.py), read in the
-# statement that selects the page (`ListedOffers(rows=True)`): name -> (model, field) of the offer `o`, its server
-# `s`, the server's model `m` and the offer's organisation `g`.
+# What an answer of the API (marketplace/offer_json.py) and a result card of the search page (marketplace.views_offers
+# .ResultCard) show of a listed offer besides its figures, read in the statement that selects the page
+# (`ListedOffers(rows=True)`): name -> (model, field) of the offer `o`, its server `s`, the server's model `m` and the
+# offer's organisation `g`.
 _SHOWN_FROM = {
     "server": (Offer, "server"),
     "is_resale": (Offer, "is_resale"),
@@ -369,6 +370,9 @@ _SHOWN_FROM = {
     "region": (Server, "region"),
     "interconnect": (Server, "interconnect"),
     "provider": (Organization, "name"),
+    # The card's alone: the model's memory, and its interconnect where the server names none.
+    "gpu_memory_gb": (GpuModel, "memory_gb"),
+    "gpu_model_interconnect": (GpuModel, "interconnect"),
     **{
         name: (Offer, name)
         for name in (
@@ -551,8 +555,8 @@ class ListedOffers:
 
     `expect(start, stop)` says which slice the caller will ask for after `count()` (a paginator counts, then
     slices): the count and that slice are then read in one statement. With `rows=True` slices give `ListedOffer`
-    tuples (the figures and what the API shows of each offer, read in the statement that selects the slice, joined
-    to the offers, servers, models and organisations) instead of Offer instances."""
+    tuples (the figures and what the API and the search page's cards show of each offer, read in the statement that
+    selects the slice, joined to the offers, servers, models and organisations) instead of Offer instances."""
 
     ordered = True
 

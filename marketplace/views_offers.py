@@ -28,13 +28,14 @@ from django.utils.translation import get_language, ngettext
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from accounts.inputs import BIGINT_MAX
 from accounts.models import Organization
 from billing import rating
 from billing.display import PLAN_LABELS, UNIT_LABELS, money
-from inventory.models import Offer
+from inventory.models import PLAN_PRICE_FIELDS, Interconnect, Offer
 from marketplace.forms import OfferSearchForm, RentForm, describe_errors
 from marketplace.forms_workloads import WorkloadForm
-from marketplace.selectors import OfferQuery, offer_listed, offers_listed, shown_currency
+from marketplace.selectors import ListedOffer, OfferQuery, offer_listed, offers_listed, shown_currency
 from marketplace.views_rent import add_rent_errors, rent_payload, rented, renter_problem
 from scheduler.models import Plan
 from scheduler.pricing import PRICE_PLACES, rate_between
@@ -132,28 +133,91 @@ def plan_texts() -> dict[str, tuple[str, str]]:
     return {plan: (str(PLAN_LABELS[plan]), str(UNIT_LABELS[plan])) for plan in Plan}
 
 
-def offer_view(offer: Offer, currency: str, texts: dict[str, tuple[str, str]] | None = None) -> OfferView:
-    texts = texts or plan_texts()
+def _plan_prices(
+    offer: Offer | ListedOffer, currency: str, texts: dict[str, tuple[str, str]]
+) -> tuple[str, list[PlanPrice], bool]:
+    """The currency an offer's prices are shown in (`currency`, else its own where no rate is set), each plan it
+    prices in that currency (its own price beside a converted one), and whether a rate was missing. `offer` an Offer
+    or a listed row (anything with its currency and price fields)."""
     rate = rate_between(offer.currency, currency)
-    shown = currency if rate is not None else offer.currency
-    view = OfferView(offer=offer, currency=shown, converted=shown != offer.currency, no_rate=rate is None)
+    no_rate = rate is None
+    shown = offer.currency if no_rate else currency
+    was_converted = shown != offer.currency
     rate = rate or Decimal(1)
+    prices = []
     for plan in Plan:
-        price = offer.price(plan)
+        firm, spot_field = PLAN_PRICE_FIELDS[plan]
+        price = getattr(offer, firm)
         if price is None:
             continue
-        spot = offer.price(plan, interruptible=True)
-        view.prices.append(
+        spot = getattr(offer, spot_field)
+        prices.append(
             PlanPrice(
                 plan=plan.value,
                 label=texts[plan][0],
                 unit=texts[plan][1],
                 price=money(converted(price, rate), shown),
-                original=money(price, offer.currency) if view.converted else "",
+                original=money(price, offer.currency) if was_converted else "",
                 interruptible=money(converted(spot, rate), shown) if spot is not None else "",
             )
         )
-    return view
+    return shown, prices, no_rate
+
+
+def offer_view(offer: Offer, currency: str, texts: dict[str, tuple[str, str]] | None = None) -> OfferView:
+    shown, prices, no_rate = _plan_prices(offer, currency, texts or plan_texts())
+    return OfferView(offer=offer, currency=shown, prices=prices, converted=shown != offer.currency, no_rate=no_rate)
+
+
+@dataclass(frozen=True)
+class ResultCard:
+    """What a search result's card shows (templates/marketplace/offers/_offer_card.html), made from the listed row
+    the search's one statement gave (marketplace.selectors.ListedOffer): no model instances."""
+
+    pk: str
+    detail_url: str
+    title: str
+    provider: str
+    region: str
+    interconnect: str
+    gpus_free: int
+    gpus_total: int
+    reliability_pct: float | None
+    memory_gb: int
+    min_gpus: int
+    currency: str
+    prices: list[PlanPrice]
+    no_rate: bool
+
+
+def interconnect_texts() -> dict[str, str]:
+    """Each interconnect's label, as a server's or a model's get_interconnect_display() shows it."""
+    return {value: str(label) for value, label in Interconnect.choices}
+
+
+def result_card(
+    row: ListedOffer, currency: str, texts: dict[str, tuple[str, str]], interconnects: dict[str, str]
+) -> ResultCard:
+    """A search result's card from its listed row, showing what `offer_view` of the same offer shows."""
+    shown, prices, no_rate = _plan_prices(row, currency, texts)
+    # The server's own interconnect where it names one, else its model's (OfferView.interconnect).
+    interconnect = row.interconnect or row.gpu_model_interconnect
+    return ResultCard(
+        pk=str(row.id),
+        detail_url=reverse("marketplace:offer_detail", args=[row.id]),
+        title=f"{row.gpus_total} × {row.gpu_model_name}",
+        provider=row.provider,
+        region=row.region,
+        interconnect=interconnects.get(interconnect, interconnect),
+        gpus_free=int(row.gpus_free or 0),
+        gpus_total=row.gpus_total,
+        reliability_pct=None if row.reliability is None else round(float(row.reliability) * 100, 1),
+        memory_gb=row.gpu_memory_gb,
+        min_gpus=row.min_gpus,
+        currency=shown,
+        prices=prices,
+        no_rate=no_rate,
+    )
 
 
 def _listed_offer(offer_id: int, currency: str, now: datetime | None = None) -> Offer:
@@ -165,6 +229,18 @@ def _listed_offer(offer_id: int, currency: str, now: datetime | None = None) -> 
 
 
 # --- search -----------------------------------------------------------------------------------------------
+
+
+def _page_number(value: str | None) -> int | None:
+    """The page Paginator.get_page will show for `value` where it is in range: a whole number from 1, the first
+    page for what is not a number; None where it cannot be a page (beyond what an OFFSET takes: the last page)."""
+    try:
+        number = int(value or 1)
+    except ValueError:
+        return 1
+    if number * PAGE_SIZE > BIGINT_MAX:
+        return None
+    return number if number >= 1 else 1
 
 
 @require_GET
@@ -192,14 +268,19 @@ def offer_search(request: HttpRequest) -> HttpResponse:
         currency=currency,
         min_price=data.get("min_price"),
     )
-    offers = offers_listed(query)
+    # The count and the asked page in one statement, each offer a row joined to what its card shows (as the API
+    # reads its page): the page the paginator will cut, where the number is one (out of range, it counts again).
+    offers = offers_listed(query, rows=True)
+    number = _page_number(request.GET.get("page"))
+    if number is not None:
+        offers.expect((number - 1) * PAGE_SIZE, number * PAGE_SIZE)
     page = Paginator(offers, PAGE_SIZE).get_page(request.GET.get("page"))
-    texts = plan_texts()
+    texts, interconnects = plan_texts(), interconnect_texts()
     describe_errors(form)
     context = {
         "form": form,
         "page": page,
-        "results": [offer_view(offer, currency, texts) for offer in page.object_list],
+        "results": [result_card(row, currency, texts, interconnects) for row in page.object_list],
         "currency": currency,
         "price_plan": PLAN_LABELS.get(query.plan or Plan.CARD_HOUR),
     }
