@@ -20,10 +20,9 @@ What it does, loopback only, and stops by itself:
      connection, as one statement and again as one 8-row COPY + commit per report (1,000 reports);
    and the CPU each party used during the ingest window (gunicorn, every postgres process, the load generator);
 4. with gunicorn stopped, `--profile N` reports through the ingest code in this process: time per step (verify,
-   parse, store, and within store the health rules, the quiet report's one statement (_ingest_unlocked), and for a
-   report that takes the locked path the claim + locked read of the cards, the statement that writes the samples
-   and the cards, and the commit), per SQL statement, and the whole request through Django's handler next to
-   GET /healthz.
+   parse, store, and within store the health rules, the claim + locked read of the cards, the one statement
+   that writes the samples and the cards, and the commit), per SQL statement, and the
+   whole request through Django's handler next to GET /healthz.
 The machine's cores are shared by the load generator, gunicorn and PostgreSQL, as on any one-box deployment.
 """
 
@@ -273,19 +272,17 @@ def profile(fleet: list[dict], count: int) -> str:
         body, headers = next_report(n)
         now = timezone.now()
         started = time.perf_counter()
-        cards: dict = {}  # as the view does: the cards read with the credentials, for the one-statement write
         server = ingest.authenticate_report(
             agent_id=headers[signing.HEADER_ID],
             timestamp=headers[signing.HEADER_TIMESTAMP],
             signature=headers[signing.HEADER_SIGNATURE],
             body=body,
             now=now,
-            cards=cards,
         )
         verified = time.perf_counter()
         report = ingest.parse_report(body)
         parsed = time.perf_counter()
-        result = ingest.report_ingest(server=server, report=report, now=now, cards=cards)
+        result = ingest.report_ingest(server=server, report=report, now=now)
         assert result.accepted, result
         clock.seconds["1 verify (authenticate_report)"] += verified - started
         clock.seconds["2 parse (parse_report)"] += parsed - verified
@@ -307,7 +304,6 @@ def profile(fleet: list[dict], count: int) -> str:
         one(n)
     clock.seconds.clear()
     clock.wrap(health, "evaluate", "3a health rules (health.evaluate, x8)")
-    clock.wrap(ingest, "_ingest_unlocked", "3e quiet report: health rules + one statement (_ingest_unlocked)")
     clock.wrap(ingest, "_claim", "3b claim of the seq + read of the locked cards (_claim)")
     clock.wrap(ingest, "_write", "3c samples + the 8 Gpu rows, one statement (_write)")
     clock.wrap(connection, "commit", "3d commit")

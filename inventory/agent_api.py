@@ -84,17 +84,14 @@ SIGNED = [
 ]
 
 
-def authenticate_agent(
-    request: Request, *, body: bytes, now: datetime, limit: str = "agent_reports", cards: dict | None = None
-) -> Server:
+def authenticate_agent(request: Request, *, body: bytes, now: datetime, limit: str = "agent_reports") -> Server:
     """The server whose agent signed this request (reports and the desired-state read alike).
 
     The signature is always checked, and a correctly signed request is never refused for anyone else's bad ones:
     requests refused for their signature are counted per client address (accounts.clientip, never a forwarded
     header the client wrote), and over that limit only the *bad* ones are answered 429 instead of 401. Signed
     requests are then limited per agent, counted after the signature checks out, so nobody can use up another
-    agent's allowance by naming it. The agent honours the 429's Retry-After and keeps spooling. `cards`: see
-    ingest.authenticate_report."""
+    agent's allowance by naming it. The agent honours the 429's Retry-After and keeps spooling."""
     limits = settings.SUANLI_RATE_LIMITS
     try:
         server = ingest.authenticate_report(
@@ -103,7 +100,6 @@ def authenticate_agent(
             signature=request.headers.get("X-Agent-Signature", ""),
             body=body,
             now=now,
-            cards=cards,
         )
     except Unauthenticated:
         allowed, wait = hit("agent_auth_fail", client_key(request), limits["agent_auth_fail"])
@@ -155,12 +151,11 @@ class AgentReportApi(APIView):
     def receive(self, request: HttpRequest) -> HttpResponse:
         now = timezone.now()
         body = request.body
-        cards: dict = {}  # the server's cards, read with its credentials: the report's one-statement write
-        server = authenticate_agent(request, body=body, now=now, cards=cards)
+        server = authenticate_agent(request, body=body, now=now)
         payload = ingest.load_report(body)
         report = ingest.check_report(payload)
         extra = self.parse_extra(payload)
-        result = ingest.report_ingest(server=server, report=report, now=now, cards=cards)
+        result = ingest.report_ingest(server=server, report=report, now=now)
         if result.duplicate:
             return HttpResponse(_DUPLICATE, content_type="application/json", status=status.HTTP_200_OK)
         self.after_ingest(server, report, extra, now)

@@ -2,9 +2,7 @@
 
 A report is accepted at most once: its `seq` is claimed with one conditional UPDATE of the server row
 (`last_seq < seq`), in the same transaction that inserts its samples and updates the cards' health, so a
-retry, a replay or a concurrent duplicate changes nothing. A quiet report (no card's health or drain changes) is
-all of that in one statement, committed as it returns; any other, or one that meets a concurrent change, takes the
-locked path (report_ingest).
+retry, a replay or a concurrent duplicate changes nothing.
 
 What the answers promise (tests/inventory/test_ingest_killed.py kills the platform under reports to prove it):
 - 202: the report's transaction has committed, with PostgreSQL's durable commit (synchronous_commit as the server
@@ -98,21 +96,9 @@ def signature_for(secret: str, timestamp: str, body: bytes) -> str:
 
 
 @platform_work(_PLATFORM)
-def authenticate_report(
-    *,
-    agent_id: str,
-    timestamp: str,
-    signature: str,
-    body: bytes,
-    now: datetime,
-    cards: dict[str, _Card] | None = None,
-) -> Server:
+def authenticate_report(*, agent_id: str, timestamp: str, signature: str, body: bytes, now: datetime) -> Server:
     """The server whose agent signed `body`, or 401. Refuses unknown agents, bad signatures, and timestamps
-    further than AGENT_MAX_SKEW_SECONDS from `now` (replays of an old capture). One prepared statement.
-
-    Given `cards` (an empty dict), the same statement also reads the server's cards, unlocked, each with its row
-    version, into it by uuid: what report_ingest's one-statement path starts from (filled only for a good
-    signature)."""
+    further than AGENT_MAX_SKEW_SECONDS from `now` (replays of an old capture). One prepared statement."""
     try:
         agent_uuid = uuid.UUID(agent_id)
         sent = int(timestamp)
@@ -120,19 +106,14 @@ def authenticate_report(
         raise BadSignature("Missing or malformed X-Agent-Id / X-Agent-Timestamp.") from None
     if abs(now.timestamp() - sent) > settings.SUANLI_AGENT_MAX_SKEW_SECONDS:
         raise BadSignature("X-Agent-Timestamp is too far from the platform clock.", code="stale_timestamp")
-    names, sql = _server_sql() if cards is None else _server_cards_sql()
+    names, sql = _server_sql()
     rows = _execute(sql, {"agent": agent_uuid})
     if not rows:
         raise BadSignature("Unknown agent.")
-    server = Server.from_db(connection.alias, names, rows[0][: len(names)])
+    server = Server.from_db(connection.alias, names, rows[0])
     expected = signature_for(_unsealed(server.agent_secret_sealed), timestamp, body)
     if not hmac.compare_digest(expected, (signature or "").strip().lower()):
         raise BadSignature("The report signature does not match.")
-    if cards is not None:
-        for row in rows:
-            if row[len(names)] is not None:  # LEFT JOIN: a server without cards reads one row of NULLs
-                card = _Card(*row[len(names) : -1], version=row[-1])
-                cards[card.uuid] = card
     return server
 
 
@@ -145,20 +126,6 @@ def _server_sql() -> tuple[list[str], str]:
     return [field.attname for field in fields_], (
         f"SELECT {columns} FROM {quote(Server._meta.db_table)} "  # noqa: S608 (names from the model)
         "WHERE agent_id = %(agent)s AND agent_secret_sealed <> ''"
-    )
-
-
-@functools.cache
-def _server_cards_sql() -> tuple[list[str], str]:
-    """_server_sql, and the server's cards (the claim's columns, then the row version `xmin`), one row per card."""
-    names, _ = _server_sql()
-    quote = connection.ops.quote_name
-    server = ", ".join(f"s.{quote(field.column)}" for field in Server._meta.concrete_fields)
-    cards = ", ".join(f"g.{quote(Gpu._meta.get_field(name).column)}" for name in _CARD_COLUMNS)
-    return names, (
-        f"SELECT {server}, {cards}, g.xmin::text FROM {quote(Server._meta.db_table)} AS s "  # noqa: S608 (ours)
-        f"LEFT JOIN {quote(Gpu._meta.db_table)} AS g ON g.server_id = s.id "
-        "WHERE s.agent_id = %(agent)s AND s.agent_secret_sealed <> '' ORDER BY g.id"
     )
 
 
@@ -334,7 +301,6 @@ class _Card:
     thermal_since: datetime | None
     last_sample: dict[str, Any] | None = None
     last_sample_at: datetime | None = None
-    version: str | None = None  # the row's xmin when read unlocked (authenticate_report): None under the lock
 
 
 class _NotClaimed(Exception):
@@ -342,23 +308,12 @@ class _NotClaimed(Exception):
 
 
 @platform_work(_PLATFORM)
-def report_ingest(
-    *, server: Server, report: dict[str, Any], now: datetime, cards: dict[str, _Card] | None = None
-) -> ReportResult:
+def report_ingest(*, server: Server, report: dict[str, Any], now: datetime) -> ReportResult:
     """Store one authenticated, parsed report exactly once and apply the health rules to its cards.
 
-    With `cards`, the server's cards as authenticate_report read them (unlocked, with their row versions), the
-    usual report is written by ONE statement in autocommit (_write_unlocked_sql): no BEGIN, no separate claim, no
-    COMMIT round trip. It is taken only when the report changes no card's health or drain, needs no outage closed
-    and no backfill noted, and its seq follows the last one read; the statement claims the seq and writes only if
-    the server's `last_seq`, credentials and status and every card's row version (xmin) are still those read and
-    none of those rows is locked by anyone, and waits for no lock. Any of that not so, it changes nothing and the
-    report takes the locked path below, which decides it from scratch.
-
-    The locked path, three statements and a commit: the claim of `seq` (`last_seq < seq`, one conditional UPDATE of
-    the server row) and the read of the server's cards, locked, in one statement (_CLAIM_SQL); the health rules in
-    Python; then the raw samples and the cards' new state in one statement (_WRITE_SQL); then COMMIT, before the
-    caller answers.
+    Three statements and a commit: the claim of `seq` (`last_seq < seq`, one conditional UPDATE of the server row)
+    and the read of the server's cards, locked, in one statement (_CLAIM_SQL); the health rules in Python; then the
+    raw samples and the cards' new state in one statement (_WRITE_SQL); then COMMIT, before the caller answers.
     The cards are locked in primary-key order with no-key locks (the scheduler's allocation skips locked cards and
     only key-share-locks them for its allocations), so the health rules start from the last report's state and a
     drain or undrain committed meanwhile is neither missed nor written over. A report naming a card the server
@@ -369,10 +324,6 @@ def report_ingest(
     keep_raw = raw_start <= at < raw_end
     if keep_raw:
         telemetry.ensure_partition_for(at.date())
-    if cards:
-        written = _ingest_unlocked(server=server, report=report, now=now, at=at, keep_raw=keep_raw, cards=cards)
-        if written is not None:
-            return written
     try:
         with transaction.atomic():
             cards = _claim(server_id=server.pk, seq=report["seq"], now=now)
@@ -407,42 +358,6 @@ def report_ingest(
             raise InvalidInput("The report names a GPU this server does not own.", code="unknown_gpu") from None
         return ReportResult(accepted=False, duplicate=True)
     return ReportResult(accepted=True, samples=len(rows))
-
-
-def _ingest_unlocked(
-    *, server: Server, report: dict[str, Any], now: datetime, at: datetime, keep_raw: bool, cards: dict[str, _Card]
-) -> ReportResult | None:
-    """report_ingest's one-statement path: the report stored, or None when it must take the locked path."""
-    if server.status != Server.Status.ONLINE or report["seq"] <= server.last_seq:
-        return None  # an outage to close, a duplicate to tell apart from a re-enrolment: the locked path decides
-    rows, written = [], []
-    for sample in report["gpus"]:
-        card = cards.get(sample["uuid"])
-        if card is None or card.version is None:
-            return None  # not this server's card (the locked path refuses the report and flags the server)
-        if _apply_sample(sample, at=at, card=card, server=server) is not None:
-            return None  # a health event: written with its cards, in one transaction, by the locked path
-        if keep_raw:
-            rows.append(_sample_row(sample, card=card))
-        written.append(card)
-    if rows and now - at > telemetry.BACKFILL_AFTER:
-        return None
-    sql, columns, values = _write_unlocked_sql()
-    states = [dict(zip(columns, values(card), strict=True)) for card in written]
-    params = {
-        "server": server.pk,
-        "agent": server.agent_id,
-        "sealed": server.agent_secret_sealed,
-        "last_seq": server.last_seq,
-        "seq": report["seq"],
-        "now": now,
-        "at": at,
-        "cards": json.dumps(states, default=_iso),
-        "count": len(states),
-        "samples": json.dumps(rows),
-    }
-    claimed = _execute(sql, params)[0][0]  # one statement: atomic, and committed as it returns (autocommit)
-    return ReportResult(accepted=True, samples=len(rows)) if claimed else None
 
 
 def _sample_row(sample: dict[str, Any], *, card: _Card) -> dict[str, Any]:
@@ -504,9 +419,7 @@ _SAMPLE_VALUES = {
     "ecc_sbe": "bigint",
     "ecc_dbe": "bigint",
 }
-_CARD_COLUMNS = tuple(
-    field.name for field in fields(_Card) if field.name not in ("last_sample", "last_sample_at", "version")
-)
+_CARD_COLUMNS = tuple(field.name for field in fields(_Card) if field.name not in ("last_sample", "last_sample_at"))
 
 
 def _execute(sql: str, params: dict[str, Any], *, rows: bool = True) -> list[tuple[Any, ...]]:
@@ -556,61 +469,6 @@ def _claim_sql() -> str:
         f"SELECT {columns} FROM {gpu} AS g WHERE g.server_id = (SELECT id FROM claim) "
         "ORDER BY g.id FOR NO KEY UPDATE OF g"
     )
-
-
-# The card columns a report writes when it changes no card's health or drain (_write_unlocked_sql): the health
-# rules' memory and the last sample. Health and drain are left out of its SET, so the capacity triggers on them
-# (scheduler) are not even considered.
-_GPU_QUIET_FIELDS = [
-    "fault_latched_reason",
-    "pcie_replay_count",
-    "pcie_seen_at",
-    "thermal_since",
-    "last_sample",
-    "last_sample_at",
-]
-
-
-@functools.cache
-def _write_unlocked_sql() -> tuple[str, list[str], Callable[[_Card], tuple[Any, ...]]]:
-    """The one statement of report_ingest's unlocked path, the columns of a card's state it takes, their values.
-
-    It waits for no lock, so it cannot deadlock with the locked path nor hang on a card someone holds: `server`
-    locks the server row (SKIP LOCKED) only while its `last_seq`, credentials and status are those read, then
-    `locked` the report's cards (SKIP LOCKED) only while each is still the row version read (xmin; under READ
-    COMMITTED a row changed meanwhile is re-checked and left out). `claim` moves `last_seq` only when the server row
-    and every card were locked; then `cards` writes the cards (held by this statement, so all of them) and `samples`
-    inserts the raw rows. It answers 1 when it claimed the seq and stored the report, committed as it returns
-    (autocommit); 0 when it changed nothing (the locks it took end with it)."""
-    meta = Gpu._meta
-    quote = connection.ops.quote_name
-    server, gpu = quote(Server._meta.db_table), quote(meta.db_table)
-    pk = quote(meta.pk.column)
-    fields_ = [meta.pk, *(meta.get_field(name) for name in _GPU_QUIET_FIELDS)]
-    record = ", ".join(f"{quote(field.column)} {field.db_type(connection).split('(')[0]}" for field in fields_)
-    sample_record = ", ".join(
-        ["gpu_id bigint", *(f"{name} {kind}" for name, kind in _SAMPLE_VALUES.items()), "extra jsonb"]
-    )
-    sample_columns = ", ".join(_SAMPLE_VALUES)
-    sql = (
-        f"WITH server AS (SELECT id FROM {server} WHERE id = %(server)s AND last_seq = %(last_seq)s "  # noqa: S608
-        f"AND agent_id = %(agent)s AND agent_secret_sealed = %(sealed)s AND status = '{Server.Status.ONLINE}' "
-        "FOR NO KEY UPDATE SKIP LOCKED), "
-        f"v AS (SELECT * FROM jsonb_to_recordset(%(cards)s::jsonb) AS v ({record}, version xid)), "
-        f"locked AS (SELECT g.{pk} FROM {gpu} AS g JOIN v ON g.{pk} = v.{pk} "
-        "WHERE g.xmin = v.version AND EXISTS (SELECT FROM server) FOR NO KEY UPDATE OF g SKIP LOCKED), "
-        f"claim AS (UPDATE {server} SET last_seq = %(seq)s, last_seen_at = %(now)s "
-        "WHERE id = (SELECT id FROM server) AND (SELECT count(*) FROM locked) = %(count)s RETURNING id), "
-        f"cards AS (UPDATE {gpu} AS g SET "
-        + ", ".join(f"{quote(field.column)} = v.{quote(field.column)}" for field in fields_[1:])
-        + f" FROM v WHERE g.{pk} = v.{pk} AND EXISTS (SELECT FROM claim)), "  # noqa: S608 (names: ours)
-        f"samples AS (INSERT INTO {telemetry.RAW} (ts, gpu_id, server_id, {sample_columns}, extra) "
-        f"SELECT %(at)s, s.gpu_id, %(server)s, {', '.join(f's.{name}' for name in _SAMPLE_VALUES)}, s.extra "
-        f"FROM jsonb_to_recordset(%(samples)s::jsonb) AS s ({sample_record}) WHERE EXISTS (SELECT FROM claim)) "
-        "SELECT count(*) FROM claim"
-    )
-    names = ["id" if field is meta.pk else field.attname for field in fields_] + ["version"]
-    return sql, [field.column for field in fields_] + ["version"], operator.attrgetter(*names)
 
 
 @functools.cache
