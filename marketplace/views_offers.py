@@ -35,6 +35,7 @@ from billing.display import PLAN_LABELS, UNIT_LABELS, money
 from inventory.models import PLAN_PRICE_FIELDS, Interconnect, Offer
 from marketplace.forms import OfferSearchForm, RentForm, describe_errors
 from marketplace.forms_workloads import WorkloadForm
+from marketplace.offer_cards import CardWriter
 from marketplace.selectors import ListedOffer, OfferQuery, offer_listed, offers_listed, shown_currency
 from marketplace.views_rent import add_rent_errors, rent_payload, rented, renter_problem
 from scheduler.models import Plan
@@ -277,10 +278,12 @@ def offer_search(request: HttpRequest) -> HttpResponse:
     page = Paginator(offers, PAGE_SIZE).get_page(request.GET.get("page"))
     texts, interconnects = plan_texts(), interconnect_texts()
     describe_errors(form)
+    results = [result_card(row, currency, texts, interconnects) for row in page.object_list]
     context = {
         "form": form,
         "page": page,
-        "results": [result_card(row, currency, texts, interconnects) for row in page.object_list],
+        "results": results,
+        "cards": CardWriter().cards(results),
         "currency": currency,
         "price_plan": PLAN_LABELS.get(query.plan or Plan.CARD_HOUR),
     }

@@ -6,19 +6,21 @@ shows of the same offer."""
 from __future__ import annotations
 
 import re
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from decimal import Decimal
 
 import pytest
 from django.db import connection
+from django.template.loader import render_to_string
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import translation
 
 from inventory.models import Offer
 from marketplace.models import OfferListing
+from marketplace.offer_cards import LABELS, CardWriter
 from marketplace.selectors import OfferQuery, offers_listed
-from marketplace.views_offers import PAGE_SIZE, interconnect_texts, offer_view, plan_texts, result_card
+from marketplace.views_offers import PAGE_SIZE, PlanPrice, interconnect_texts, offer_view, plan_texts, result_card
 from tests.factories import GpuModelFactory, ProviderFactory, online_server
 
 CARD = re.compile(r'<article class="offer-card" id="offer-(\d+)"')
@@ -127,3 +129,32 @@ def test_pages_past_the_first_and_pages_out_of_range_show_what_the_paginator_pic
     with CaptureQueriesContext(connection) as queries:
         assert CARD.findall(client.get("/offers/?currency=USD&page=2").content.decode()) == pages["2"]
     assert len(_search_statements(queries)) == 1
+
+
+@pytest.mark.parametrize("rates", [None, {}], ids=["rates", "no rates"])
+@pytest.mark.parametrize("language", ["en", "zh-hans"])
+def test_the_written_cards_are_what_the_card_template_renders(fleet, language, rates):
+    settings = {} if rates is None else {"SUANLI_FX_RATES": rates}
+    with override_settings(**settings), translation.override(language):
+        texts, interconnects = plan_texts(), interconnect_texts()
+        cards = [
+            result_card(row, "USD", texts, interconnects)
+            for row in offers_listed(OfferQuery(currency="USD"), rows=True)
+        ]
+        odd = replace(
+            cards[0],
+            title="8 × <b>&'\"",
+            provider="A & B <Ltd>",
+            region="r<1>",
+            interconnect="x&y",
+            reliability_pct=None,
+            min_gpus=1001,
+            memory_gb=12345,
+            prices=[PlanPrice("card_hour", "a<b", "c&d", "1 < 2", "", ""), PlanPrice("x", "y", "z", "1", "2 & 3", "4")],
+        )
+        labels = {name: translation.gettext(text) for name, text in LABELS.items()}
+        writer = CardWriter()
+        for card in [*cards, odd, replace(odd, min_gpus=2, reliability_pct=99.95, no_rate=True, prices=[])]:
+            assert writer.card(card) == render_to_string(
+                "marketplace/offers/_offer_card.html", {"view": card, **labels}
+            ), card
