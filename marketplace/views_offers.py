@@ -10,6 +10,7 @@ lease would be priced at (scheduler.pricing), with the offer's own price beside 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -22,8 +23,9 @@ from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
-from django.utils import formats, timezone
+from django.utils import formats, numberformat, timezone
 from django.utils.cache import patch_vary_headers
+from django.utils.formats import get_format
 from django.utils.translation import get_language, ngettext
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -128,6 +130,32 @@ class OfferView:
         return (Decimal(server.gpu_model.fp16_tflops) * server.gpu_count / 1000).quantize(Decimal("0.001"))
 
 
+class PageMoney:
+    """billing.display.money for a page of offers: its pattern translated and the locale's number formats read once,
+    not for each of the page's 72 or more prices (a gettext through every app's catalogue and three format lookups
+    each: about a third of making a page's 12 cards). The same text as money (tests/marketplace/
+    test_search_page_rows.py compares them)."""
+
+    def __init__(self) -> None:
+        language = get_language()
+        self.pattern = _("%(currency)s %(amount)s")
+        self.formats = tuple(
+            get_format(name, language, use_l10n=True)
+            for name in ("DECIMAL_SEPARATOR", "NUMBER_GROUPING", "THOUSAND_SEPARATOR")
+        )
+
+    def __call__(self, amount: Decimal | None, currency: str) -> str:
+        if amount is None:
+            return "—"
+        places = 2 if amount == amount.quantize(Decimal("0.01")) else 4
+        value = Decimal(amount).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+        decimal_separator, grouping, thousand_separator = self.formats
+        number = numberformat.format(
+            value, decimal_separator, places, grouping, thousand_separator, force_grouping=True, use_l10n=True
+        )
+        return self.pattern % {"currency": currency, "amount": number}
+
+
 def plan_texts() -> dict[str, tuple[str, str]]:
     """Each plan's label and unit in the active language: translated once for a page of offers rather than once per
     offer and plan (Django's gettext looks through every app's catalogue on each call)."""
@@ -135,7 +163,10 @@ def plan_texts() -> dict[str, tuple[str, str]]:
 
 
 def _plan_prices(
-    offer: Offer | ListedOffer, currency: str, texts: dict[str, tuple[str, str]]
+    offer: Offer | ListedOffer,
+    currency: str,
+    texts: dict[str, tuple[str, str]],
+    shown_money: Callable[[Decimal | None, str], str] = money,
 ) -> tuple[str, list[PlanPrice], bool]:
     """The currency an offer's prices are shown in (`currency`, else its own where no rate is set), each plan it
     prices in that currency (its own price beside a converted one), and whether a rate was missing. `offer` an Offer
@@ -157,9 +188,9 @@ def _plan_prices(
                 plan=plan.value,
                 label=texts[plan][0],
                 unit=texts[plan][1],
-                price=money(converted(price, rate), shown),
-                original=money(price, offer.currency) if was_converted else "",
-                interruptible=money(converted(spot, rate), shown) if spot is not None else "",
+                price=shown_money(converted(price, rate), shown),
+                original=shown_money(price, offer.currency) if was_converted else "",
+                interruptible=shown_money(converted(spot, rate), shown) if spot is not None else "",
             )
         )
     return shown, prices, no_rate
@@ -197,10 +228,15 @@ def interconnect_texts() -> dict[str, str]:
 
 
 def result_card(
-    row: ListedOffer, currency: str, texts: dict[str, tuple[str, str]], interconnects: dict[str, str]
+    row: ListedOffer,
+    currency: str,
+    texts: dict[str, tuple[str, str]],
+    interconnects: dict[str, str],
+    shown_money: Callable[[Decimal | None, str], str] = money,
 ) -> ResultCard:
-    """A search result's card from its listed row, showing what `offer_view` of the same offer shows."""
-    shown, prices, no_rate = _plan_prices(row, currency, texts)
+    """A search result's card from its listed row, showing what `offer_view` of the same offer shows (`shown_money`:
+    a page's PageMoney, the same text as billing.display.money)."""
+    shown, prices, no_rate = _plan_prices(row, currency, texts, shown_money)
     # The server's own interconnect where it names one, else its model's (OfferView.interconnect).
     interconnect = row.interconnect or row.gpu_model_interconnect
     return ResultCard(
@@ -278,7 +314,8 @@ def offer_search(request: HttpRequest) -> HttpResponse:
     page = Paginator(offers, PAGE_SIZE).get_page(request.GET.get("page"))
     texts, interconnects = plan_texts(), interconnect_texts()
     describe_errors(form)
-    results = [result_card(row, currency, texts, interconnects) for row in page.object_list]
+    shown_money = PageMoney()
+    results = [result_card(row, currency, texts, interconnects, shown_money) for row in page.object_list]
     context = {
         "form": form,
         "page": page,

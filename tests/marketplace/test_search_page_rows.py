@@ -16,11 +16,20 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import translation
 
+from billing.display import money
 from inventory.models import Offer
 from marketplace.models import OfferListing
 from marketplace.offer_cards import LABELS, CardWriter
 from marketplace.selectors import OfferQuery, offers_listed
-from marketplace.views_offers import PAGE_SIZE, PlanPrice, interconnect_texts, offer_view, plan_texts, result_card
+from marketplace.views_offers import (
+    PAGE_SIZE,
+    PageMoney,
+    PlanPrice,
+    interconnect_texts,
+    offer_view,
+    plan_texts,
+    result_card,
+)
 from tests.factories import GpuModelFactory, ProviderFactory, online_server
 
 CARD = re.compile(r'<article class="offer-card" id="offer-(\d+)"')
@@ -158,3 +167,22 @@ def test_the_written_cards_are_what_the_card_template_renders(fleet, language, r
             assert writer.card(card) == render_to_string(
                 "marketplace/offers/_offer_card.html", {"view": card, **labels}
             ), card
+
+
+@pytest.mark.parametrize("language", ["en", "zh-hans", "de"])
+def test_a_pages_money_is_billing_displays_money(language):
+    amounts = [
+        None,
+        Decimal(0),
+        Decimal("2.5"),
+        Decimal("2.5000"),
+        Decimal("0.3333"),
+        Decimal("0.00005"),
+        Decimal("-3"),
+    ]
+    amounts += [Decimal("1234567.891"), Decimal("12000.000000"), Decimal("17.75000000"), Decimal("0.004999")]
+    with translation.override(language):
+        shown = PageMoney()
+        for amount in amounts:
+            for currency in ("USD", "CNY"):
+                assert shown(amount, currency) == money(amount, currency), amount
