@@ -11,7 +11,9 @@ What it does, loopback only, and stops by itself:
    rate-limited to 30 enrolments a minute);
 2. the production server: `gunicorn config.wsgi --workers W --threads 1` (sync workers), DJANGO_DEBUG=0, logging
    at WARNING, Redis db 8 as the cache, the per-agent report rate limit counted but out of reach;
-3. three measurements per repeat, `--repeats` times, medians printed at the end:
+3. three measurements per repeat, `--repeats` times, medians printed at the end (the server and card tables
+   vacuumed before each, as autovacuum keeps them on a production server; this machine's PostgreSQL runs without
+   it, so every earlier run's dead row versions stayed in them):
    - ingest: `--load-procs` spawned processes with `--concurrency` connections in flight in all post signed
      8-GPU reports (the agent's shape and size, ~5 KB), each server's `seq` increasing, for `--seconds` after
      `--warmup`; 202s, other statuses and errors are counted, latency p50/p95 taken per request;
@@ -91,6 +93,16 @@ def setup_database(url: str) -> None:
     with connection.cursor() as cursor:
         cursor.execute(f"TRUNCATE {telemetry.RAW}")  # the bench's own samples from earlier runs
     telemetry.ensure_partitions()
+
+
+def vacuum(url: str) -> None:
+    """What autovacuum keeps in production: the server and card rows every report rewrites, without the dead
+    versions of earlier runs (this machine's PostgreSQL runs without autovacuum, so they would pile up and every
+    later run would read through them)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM (ANALYZE) inventory_server, inventory_gpu")
 
 
 def make_fleet(count: int) -> list[dict[str, Any]]:
@@ -379,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         groups = {"gunicorn": server.pids, "postgres": common.postgres_pids(args.database_url)}
         for repeat in range(1, args.repeats + 1):
+            vacuum(args.database_url)
             report = run_http(args, server.port, "report", fleet, groups)
             bare = run_http(args, server.port, "get", fleet, groups)
             copy = run_copy(args.database_url, fleet, args.copy_rows)
