@@ -926,6 +926,7 @@ def sample_waits(url: str, parties: list[str], stop_at: float, out: Counter) -> 
                     [parties],
                 ).fetchall()
                 for party, session, wait_type, wait, query in rows:
+                    session = session or "connecting"  # no state yet: a backend still starting up
                     if session == "active":
                         session = f"waiting on {wait_type}:{wait}" if wait_type else "running"
                         out[("statement", party, " ".join(query.split()))] += 1
