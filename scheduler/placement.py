@@ -165,7 +165,12 @@ def allocate(
         savepoint = locks.savepoint_name()
         claimed, short = _claim(placement, period=period, filters=filters, savepoint=savepoint)
         if short:
-            transaction.savepoint_rollback(savepoint)
+            if claimed or any(short.values()):
+                # Release what this round locked. Not when it locked nothing (the first server's claim got no card,
+                # its capacity row most likely held by another writer): psycopg answers every ROLLBACK, a savepoint's
+                # too, by deallocating the connection's prepared statements, which the best fit and the claim would
+                # then be parsed and planned again for.
+                transaction.savepoint_rollback(savepoint)
             for server_id, got in short.items():
                 capacity[server_id] = replace(capacity[server_id], free=got)
                 contended.add(server_id)
