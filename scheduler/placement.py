@@ -123,9 +123,12 @@ def allocate(
     period = period_range(start, end)
     held = set() if fresh else _servers_held(lease, now)
     # Cards on one server, the usual request: the few best-fitting servers from the capacity rows (a lookup); all
-    # servers' capacity only when those cannot place it.
+    # servers' capacity only when those cannot place it. A lease growing onto its own servers (`prefer_servers`,
+    # where placement looks first): those servers' capacity alone, and every server's only when they cannot take it.
     partial = None
-    if demand.plan == Plan.CARD_HOUR and not prefer_servers:
+    if demand.plan == Plan.CARD_HOUR and prefer_servers:
+        partial = selectors.free_capacity(filters, period, held=held, server_ids=prefer_servers)
+    elif demand.plan == Plan.CARD_HOUR:
         partial = selectors.best_fit_capacity(filters, period, demand.gpu_count, held=held)
     capacity = {c.server_id: c for c in partial} if partial else _capacity(filters, period, held)
     contended: set[int] = set()
@@ -136,8 +139,10 @@ def allocate(
             placement = _place(demand, [c for c in capacity.values() if c.server_id in prefer_servers])
         if placement is None:
             placement = _place(demand, capacity.values())
-        if partial and (placement is None or len(placement) > 1):
-            # The best fit on one server is among the few read; anything else is decided over every server.
+        if partial and (placement is None or (len(placement) > 1 and not prefer_servers)):
+            # The best fit on one server is among the few read, and a placement on the lease's own servers is the
+            # one every server's capacity would give too (they come first); anything else is decided over every
+            # server.
             placement, partial = None, None
             capacity = _capacity(filters, period, held)
             continue

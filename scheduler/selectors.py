@@ -141,17 +141,27 @@ def capacity_fresh(at: datetime, prefix: str = "") -> Q:
 
 
 def free_capacity(
-    filters: Filters, period: DateTimeTZRange, *, held: AbstractSet[int] = frozenset()
+    filters: Filters,
+    period: DateTimeTZRange,
+    *,
+    held: AbstractSet[int] = frozenset(),
+    server_ids: AbstractSet[int] | None = None,
 ) -> list[ServerCapacity]:
-    """Per server: how many of its cards are allocatable and free for the whole `period`.
+    """Per server (of `server_ids` only, if given): how many of its cards are allocatable and free for the whole
+    `period`.
 
     An open-ended period reads the servers' capacity rows (a lookup per server, not a count of the fleet's cards);
     the few servers whose row is stale for its start, and a bounded period, are counted from the allocation rows.
     A row counted at an instant after the period's start may show cards released since then as free: placement
     claims under lock with the exact condition (scheduler/locks.py), so that only costs it a round."""
     if period.upper is not None or period.lower is None:
-        return capacity_of(free_gpus(filters, period), held=held)
+        gpus = free_gpus(filters, period)
+        if server_ids is not None:
+            gpus = gpus.filter(server_id__in=sorted(server_ids))
+        return capacity_of(gpus, held=held)
     servers = allocatable_servers(filters)
+    if server_ids is not None:
+        servers = servers.filter(pk__in=sorted(server_ids))
     fresh = capacity_fresh(period.lower)
     rows = (
         servers.filter(fresh, capacity__free_onward__gt=0)
@@ -159,7 +169,7 @@ def free_capacity(
         .order_by("pk")
     )
     stale = list(servers.exclude(fresh).values_list("pk", flat=True))
-    minimums = offer_minimums()
+    minimums = offer_minimums(server_ids)
     found = [
         ServerCapacity(
             server_id=row["pk"],

@@ -563,8 +563,8 @@ def _grow(lease: Lease, held: list[Allocation], *, by: int, gpu_count: int, now:
         runtime=lease.runtime,
         host_access=lease.host_access,
     )
-    if by > largest_allocatable(plan=Plan.CARD_HOUR, filters=filters):
-        raise NoCapacity()
+    # No count of what the filters could ever hold first (a read of every server's cards): a request beyond it
+    # finds no placement, free or by preemption, and raises NoCapacity all the same.
     rows = allocate(
         lease=lease,
         demand=Demand(plan=Plan.CARD_HOUR, gpu_count=by),
